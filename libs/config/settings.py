@@ -1,0 +1,114 @@
+"""Settings shared by the services, the runner and the CLI.
+
+Everything is read from the environment (prefix ``LATHE_``) so that a service
+started by ``lathe up``, by Kubernetes or by hand is configured the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
+
+
+class ServiceName(StrEnum):
+    """The four services; the value is also the Postgres schema and subject token."""
+
+    FEATURE_STORE = "feature_store"
+    MODEL_REGISTRY = "model_registry"
+    TRAINER = "trainer"
+    INFERENCE = "inference"
+
+    @property
+    def display_name(self) -> str:
+        return self.value.replace("_", "-")
+
+
+_DEFAULT_PORTS: dict[ServiceName, int] = {
+    ServiceName.FEATURE_STORE: 50051,
+    ServiceName.MODEL_REGISTRY: 50052,
+    ServiceName.TRAINER: 50053,
+    ServiceName.INFERENCE: 50054,
+}
+
+
+class LatheSettings(BaseSettings):
+    """One Lathe process's configuration.
+
+    Leave ``database_url`` / ``nats_url`` unset in development: ``lathe up`` then
+    starts embedded Postgres and NATS under ``home`` and passes their URLs to the
+    services it starts.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LATHE_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, description="Postgres DSN, e.g. postgresql://postgres@127.0.0.1:5432/lathe"
+    )
+    nats_url: str | None = Field(default=None, description="NATS URL, e.g. nats://127.0.0.1:4222")
+    home: Path = Field(
+        default=Path(".lathe"),
+        description="Local state: embedded servers, logs, traces, artifacts.",
+    )
+    namespace: str = Field(
+        default="lathe",
+        description="First subject token and stream-name prefix; tests use a unique one per run.",
+    )
+    auth_token: SecretStr | None = Field(
+        default=None, description="When set, mutating RPCs need 'authorization: Bearer <token>'."
+    )
+    feature_store_addr: str = f"127.0.0.1:{_DEFAULT_PORTS[ServiceName.FEATURE_STORE]}"
+    model_registry_addr: str = f"127.0.0.1:{_DEFAULT_PORTS[ServiceName.MODEL_REGISTRY]}"
+    trainer_addr: str = f"127.0.0.1:{_DEFAULT_PORTS[ServiceName.TRAINER]}"
+    inference_addr: str = f"127.0.0.1:{_DEFAULT_PORTS[ServiceName.INFERENCE]}"
+    metrics_port: int | None = Field(
+        default=None, description="Prometheus /metrics port of this process; unset: none."
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Interface for /metrics; 0.0.0.0 in a cluster."
+    )
+    duplicate_window_s: float = Field(
+        default=120.0, gt=0, description="JetStream dedupe window for relayed events."
+    )
+    relay_batch_size: int = Field(default=500, gt=0, le=10_000)
+    relay_poll_interval_s: float = Field(
+        default=1.0, gt=0, description="Relay polling fallback when no NOTIFY arrives."
+    )
+    shutdown_grace_s: float = Field(
+        default=10.0, ge=0, description="How long in-flight RPCs may drain on SIGTERM."
+    )
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        if not _NAMESPACE_RE.fullmatch(value):
+            raise ValueError(
+                "LATHE_NAMESPACE must be 1-31 characters of lowercase letters, digits and '_', "
+                f"starting with a letter; got {value!r}"
+            )
+        return value
+
+    def service_addr(self, service: ServiceName) -> str:
+        """The host:port a service listens on and clients dial."""
+        return str(getattr(self, f"{service.value}_addr"))
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise RuntimeError(
+                "LATHE_DATABASE_URL is not set. Start the platform with `lathe up` (which sets it), "
+                "or export LATHE_DATABASE_URL=postgresql://user@host:port/db."
+            )
+        return self.database_url
+
+    def require_nats_url(self) -> str:
+        if not self.nats_url:
+            raise RuntimeError(
+                "LATHE_NATS_URL is not set. Start the platform with `lathe up` (which sets it), "
+                "or export LATHE_NATS_URL=nats://host:4222."
+            )
+        return self.nats_url

@@ -1,0 +1,14 @@
+"""Postgres access shared by the services: pools, identifiers and migrations."""
+
+from libs.db.identifiers import quote_ident, validate_identifier
+from libs.db.migrations import Migration, apply_migrations, load_migrations
+from libs.db.pool import connect_pool
+
+__all__ = [
+    "Migration",
+    "apply_migrations",
+    "connect_pool",
+    "load_migrations",
+    "quote_ident",
+    "validate_identifier",
+]

@@ -1,0 +1,34 @@
+"""asyncpg pools with the settings every Lathe service wants."""
+
+from __future__ import annotations
+
+import asyncpg
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+_CONNECT_ERRORS = (OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
+
+
+async def connect_pool(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    connect_timeout_s: float = 30.0,
+    application_name: str = "lathe",
+) -> asyncpg.Pool:
+    """Open a pool, retrying while Postgres is still starting (e.g. right after `lathe up`)."""
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(_CONNECT_ERRORS),
+        wait=wait_exponential(multiplier=0.05, max=1.0),
+        stop=stop_after_delay(connect_timeout_s),
+        reraise=True,
+    ):
+        with attempt:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                server_settings={"application_name": application_name},
+            )
+    assert pool is not None
+    return pool

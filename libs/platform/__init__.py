@@ -1,0 +1,1 @@
+"""The platform runner behind `lathe up/down/status/logs`: infrastructure and processes."""

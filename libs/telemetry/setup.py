@@ -1,0 +1,75 @@
+"""Per-process OpenTelemetry set-up: tracer, meter, exporters and instrumentation.
+
+Spans go to an OTLP collector when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, and
+otherwise to JSON-lines files under the given directory so development traces
+stay inspectable. Metrics are served for Prometheus on ``metrics_port``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from libs.telemetry.span_files import JsonLinesSpanExporter
+
+
+@dataclass
+class Telemetry:
+    """Handles to flush and stop this process's telemetry on shutdown."""
+
+    tracer_provider: TracerProvider
+    meter_provider: MeterProvider
+
+    def shutdown(self) -> None:
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
+
+
+def configure_telemetry(
+    service_name: str,
+    *,
+    traces_dir: Path | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
+) -> Telemetry:
+    """Install this process's tracer and meter providers (once, at start-up)."""
+    resource = Resource.create({"service.name": service_name})
+    otlp = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+
+    tracer_provider = TracerProvider(resource=resource)
+    if otlp:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    elif traces_dir is not None:
+        exporter = JsonLinesSpanExporter(traces_dir / f"{service_name}.jsonl")
+        tracer_provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+    trace.set_tracer_provider(tracer_provider)
+
+    readers: list[MetricReader] = []
+    if metrics_port is not None:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr=metrics_host)
+        readers.append(PrometheusMetricReader())
+    if otlp:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    metrics.set_meter_provider(meter_provider)
+
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+    AsyncPGInstrumentor().instrument(tracer_provider=tracer_provider)
+    return Telemetry(tracer_provider, meter_provider)
