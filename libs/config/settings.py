@@ -100,7 +100,8 @@ class LatheSettings(BaseSettings):
     def require_database_url(self) -> str:
         if not self.database_url:
             raise RuntimeError(
-                "LATHE_DATABASE_URL is not set. Start the platform with `lathe up` (which sets it), "
+                "LATHE_DATABASE_URL is not set. Start the platform with `lathe up` "
+                "(which sets it), "
                 "or export LATHE_DATABASE_URL=postgresql://user@host:port/db."
             )
         return self.database_url

@@ -2,7 +2,7 @@
 
 from libs.db.identifiers import quote_ident, validate_identifier
 from libs.db.migrations import Migration, apply_migrations, load_migrations
-from libs.db.pool import connect_pool
+from libs.db.pool import connect_pool, transaction
 
 __all__ = [
     "Migration",
@@ -10,5 +10,6 @@ __all__ = [
     "connect_pool",
     "load_migrations",
     "quote_ident",
+    "transaction",
     "validate_identifier",
 ]

@@ -132,7 +132,12 @@ class DurableConsumer:
                 )
             except ValueError as exc:
                 # Malformed envelope or payload: retrying cannot fix it.
-                _log.error("consumer %s drops malformed message on %s: %s", self._spec.name, msg.subject, exc)
+                _log.error(
+                    "consumer %s drops malformed message on %s: %s",
+                    self._spec.name,
+                    msg.subject,
+                    exc,
+                )
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
                 await msg.term()
                 return
@@ -150,7 +155,11 @@ class DurableConsumer:
                 delay = min(30.0, 0.25 * 2**attempt)
                 _log.exception(
                     "consumer %s failed on event %s (attempt %d of %d); retrying in %.1fs",
-                    self._spec.name, event.event_id, attempt, self._spec.max_deliver, delay,
+                    self._spec.name,
+                    event.event_id,
+                    attempt,
+                    self._spec.max_deliver,
+                    delay,
                 )
                 await msg.nak(delay=delay)
                 return

@@ -62,12 +62,20 @@ class RecordedEvent:
 
 @dataclass(frozen=True)
 class AppendResult:
-    """Where an append landed."""
+    """What an append recorded."""
 
-    stream_version: int
-    """The stream's version after the append (its last event's version)."""
-    positions: tuple[int, ...]
-    """Global positions of the appended events, in order."""
+    events: tuple[RecordedEvent, ...]
+    """The appended events as stored, in stream-version order."""
+
+    @property
+    def stream_version(self) -> int:
+        """The stream's version after the append (its last event's version)."""
+        return self.events[-1].stream_version
+
+    @property
+    def positions(self) -> tuple[int, ...]:
+        """Global positions of the appended events, in order."""
+        return tuple(event.global_position for event in self.events)
 
 
 class WrongExpectedVersion(Conflict):

@@ -42,7 +42,9 @@ async def rebuild_projection(
         while events := await store.read_all(after_position=position, limit=page_size, conn=conn):
             for event in events:
                 if event.event_type in catalog:
-                    await projection.apply(conn, event, catalog.decode(event.event_type, event.payload))
+                    await projection.apply(
+                        conn, event, catalog.decode(event.event_type, event.payload)
+                    )
                     applied += 1
             position = events[-1].global_position
     return applied

@@ -67,7 +67,9 @@ class EventRelay:
         while not stop.is_set():
             try:
                 async with self._store.pool.acquire() as conn:
-                    if await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", self._lock_key):
+                    if await conn.fetchval(
+                        "SELECT pg_try_advisory_lock(hashtext($1))", self._lock_key
+                    ):
                         failures = 0
                         await self._lead(conn, stop)
                         continue

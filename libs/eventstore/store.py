@@ -9,10 +9,9 @@ that commits late with a lower position.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 
 import asyncpg
 from opentelemetry import trace
@@ -58,7 +57,7 @@ class _Statements:
                                       subject_tail, correlation_id, causation_id, actor,
                                       traceparent, ord)
             ORDER BY e.ord
-            RETURNING global_position, stream_version"""
+            RETURNING global_position, stream_version, recorded_at"""
         # Each variant first writes the stream row (which also gives the transaction
         # its xid before any position is drawn, see ADR 0002), then inserts the events
         # numbered from the stream's previous version. $2 = expected version, $3 = count;
@@ -145,7 +144,9 @@ class EventStore:
         return self._pool
 
     @asynccontextmanager
-    async def _connection(self, conn: asyncpg.Connection | None) -> AsyncIterator[asyncpg.Connection]:
+    async def _connection(
+        self, conn: asyncpg.Connection | None
+    ) -> AsyncIterator[asyncpg.Connection]:
         if conn is not None:
             yield conn
         else:
@@ -203,12 +204,27 @@ class EventStore:
                 if not rows:
                     actual = await connection.fetchval(self.sql.stream_version, stream_id)
                     raise WrongExpectedVersion(stream_id, expected_version, actual or NO_STREAM)
-        return AppendResult(
-            stream_version=max(row["stream_version"] for row in rows),
-            positions=tuple(row["global_position"] for row in rows),
+        rows = sorted(rows, key=lambda row: row["stream_version"])
+        recorded = tuple(
+            RecordedEvent(
+                global_position=row["global_position"],
+                stream_id=stream_id,
+                stream_version=row["stream_version"],
+                event_id=event.event_id,
+                event_type=event.event_type,
+                schema_version=event.schema_version,
+                payload=event.payload,
+                subject_tail=event.subject_tail,
+                metadata=event.metadata,
+                recorded_at=row["recorded_at"],
+            )
+            for row, event in zip(rows, events, strict=True)
         )
+        return AppendResult(recorded)
 
-    async def stream_version(self, stream_id: str, *, conn: asyncpg.Connection | None = None) -> int:
+    async def stream_version(
+        self, stream_id: str, *, conn: asyncpg.Connection | None = None
+    ) -> int:
         """The stream's current version, ``NO_STREAM`` (0) if it has no events."""
         async with self._connection(conn) as connection:
             version = await connection.fetchval(self.sql.stream_version, stream_id)

@@ -40,9 +40,12 @@ class EmbeddedNats:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [
             str(nats_server_binary()),
-            "-a", "127.0.0.1",
-            "-p", str(self.port),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
             "-js",
-            "-sd", str(self.data_dir),
+            "-sd",
+            str(self.data_dir),
         ]
         return spawn_detached(argv, log_path=self.log_path)

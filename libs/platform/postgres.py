@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import os
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import pgserver
-from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+with warnings.catch_warnings():
+    # pgserver asks platformdirs for a runtime dir at import and warns when
+    # XDG_RUNTIME_DIR is unset (always, in containers); Lathe never uses that dir.
+    warnings.simplefilter("ignore")
+    import pgserver
+    from pgserver._commands import POSTGRES_BIN_PATH
+    from pgserver.utils import (
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
 
 _SYSTEM_USER_WHEN_ROOT = "pgserver"
 DATABASE = "lathe"
@@ -48,8 +58,8 @@ class EmbeddedPostgres:
         assert entry is not None
         ensure_prefix_permissions(self.data_dir)
         readable = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
-        ensure_folder_permissions(pgserver.POSTGRES_BIN_PATH, readable)
-        ensure_folder_permissions(pgserver.POSTGRES_BIN_PATH.parent / "lib", readable)
+        ensure_folder_permissions(POSTGRES_BIN_PATH, readable)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", readable)
         os.chown(self.data_dir, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
         self.log_path.touch()
         os.chown(self.log_path, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
@@ -80,7 +90,9 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         if not (self.data_dir / "postmaster.pid").exists():
             return
-        pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=self._run_as(), timeout=60)
+        pgserver.pg_ctl(
+            ["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=self._run_as(), timeout=60
+        )
 
     def postmaster_pid(self) -> int | None:
         pid_file = self.data_dir / "postmaster.pid"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -13,7 +14,11 @@ import psutil
 
 
 def spawn_detached(
-    argv: Sequence[str], *, log_path: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> int:
     """Start ``argv`` in its own session (it outlives the caller); return its pid."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,26 +53,20 @@ def stop_process_tree(pid: int, *, timeout_s: float = 10.0) -> None:
         return
     processes = [root, *root.children(recursive=True)]
     for process in processes:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             process.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
     _, alive = psutil.wait_procs(processes, timeout=timeout_s)
     for process in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(alive, timeout=5)
     _reap(pid)
 
 
 def _reap(pid: int) -> None:
     # A child of this very process would otherwise linger as a zombie.
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def port_is_free(host: str, port: int) -> bool:

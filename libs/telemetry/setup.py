@@ -18,6 +18,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from libs.telemetry.sampling import SkipUntracedClientCalls
 from libs.telemetry.span_files import JsonLinesSpanExporter
 
 
@@ -44,7 +45,7 @@ def configure_telemetry(
     resource = Resource.create({"service.name": service_name})
     otlp = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
 
-    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider = TracerProvider(resource=resource, sampler=SkipUntracedClientCalls())
     if otlp:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 

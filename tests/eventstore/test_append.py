@@ -32,7 +32,10 @@ async def test_append_new_stream_numbers_versions_and_positions(event_store: Eve
 
 async def test_metadata_and_envelope_round_trip(event_store: EventStore) -> None:
     event = note(
-        "x", correlation_id="req-7", causation_id="cmd-3", actor="alice",
+        "x",
+        correlation_id="req-7",
+        causation_id="cmd-3",
+        actor="alice",
         traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
     )
     await event_store.append("s", [event], expected_version=NO_STREAM)
@@ -64,7 +67,9 @@ async def test_wrong_expected_version_is_rejected_and_writes_nothing(
     event_store: EventStore, existing: int, expected: int
 ) -> None:
     if existing:
-        await event_store.append("s", [note(str(i)) for i in range(existing)], expected_version=NO_STREAM)
+        await event_store.append(
+            "s", [note(str(i)) for i in range(existing)], expected_version=NO_STREAM
+        )
     before = await _row_count(event_store)
 
     with pytest.raises(WrongExpectedVersion) as raised:
@@ -99,7 +104,9 @@ async def test_racing_appenders_on_one_version_exactly_one_wins(event_store: Eve
     assert await event_store.stream_version("s") == 2
 
 
-async def test_append_inside_a_rolled_back_transaction_leaves_nothing(event_store: EventStore) -> None:
+async def test_append_inside_a_rolled_back_transaction_leaves_nothing(
+    event_store: EventStore,
+) -> None:
     async with event_store.pool.acquire() as conn:
         with pytest.raises(RuntimeError):
             async with conn.transaction():
@@ -110,7 +117,9 @@ async def test_append_inside_a_rolled_back_transaction_leaves_nothing(event_stor
     assert await event_store.stream_version("s") == NO_STREAM
 
 
-async def test_reusing_an_event_id_is_a_conflict_and_writes_nothing(event_store: EventStore) -> None:
+async def test_reusing_an_event_id_is_a_conflict_and_writes_nothing(
+    event_store: EventStore,
+) -> None:
     event = note("once")
     await event_store.append("a", [event], expected_version=NO_STREAM)
 

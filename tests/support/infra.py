@@ -51,7 +51,9 @@ class TestInfra:
 def reachable(url: str, default_port: int) -> bool:
     parsed = urlparse(url)
     try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), 1):
+        with socket.create_connection(
+            (parsed.hostname or "127.0.0.1", parsed.port or default_port), 1
+        ):
             return True
     except OSError:
         return False
@@ -66,7 +68,9 @@ def provide_infra(scratch: Path) -> Iterator[TestInfra]:
     nats_pid: int | None = None
     try:
         if not reachable(database_url, 5432):
-            embedded_pg = EmbeddedPostgres(scratch / "postgres" / "data", pick_port("127.0.0.1", 55433))
+            embedded_pg = EmbeddedPostgres(
+                scratch / "postgres" / "data", pick_port("127.0.0.1", 55433)
+            )
             embedded_pg.start()
             database_url = embedded_pg.url.rsplit("/", 1)[0] + "/postgres"
         if not reachable(nats_url, 4222):

@@ -1,0 +1,132 @@
+"""The one server interceptor every Lathe service runs (beside OpenTelemetry's).
+
+Per call it: checks the bearer token on mutating RPCs when the service has one,
+records the deadline for propagation, and turns domain errors into status codes
+with their message. Anything unexpected becomes INTERNAL with the trace id to
+look up, never a stack trace on the wire. One interceptor rather than several
+keeps the per-call overhead to a single wrapper.
+"""
+
+from __future__ import annotations
+
+import hmac
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+from opentelemetry import trace
+
+from libs.errors import LatheError
+from libs.grpckit.deadlines import reset_deadline, set_deadline_from_remaining
+from libs.grpckit.errors import status_code_for
+
+_log = logging.getLogger(__name__)
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
+
+
+class LatheServerInterceptor(grpc.aio.ServerInterceptor):
+    """Auth for mutating RPCs, deadline propagation and error mapping."""
+
+    def __init__(
+        self,
+        *,
+        auth_token: str | None,
+        mutating: frozenset[str],
+        starting: Mapping[str, grpc.RpcMethodHandler],
+        is_ready: Callable[[], bool],
+    ) -> None:
+        self._expected_auth = f"Bearer {auth_token}".encode() if auth_token else None
+        self._mutating = mutating
+        self._starting = starting
+        self._is_ready = is_ready
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None:
+            return None if self._is_ready() else self._starting.get(method)
+        needs_auth = self._expected_auth is not None and method in self._mutating
+        if handler.unary_unary or handler.stream_unary:
+            behavior = handler.unary_unary or handler.stream_unary
+            wrapped: Behavior = self._wrap_unary(behavior, method, needs_auth)
+        else:
+            behavior = handler.unary_stream or handler.stream_stream
+            wrapped = self._wrap_streaming(behavior, method, needs_auth)
+        factory = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(handler.request_streaming, handler.response_streaming)]
+        return factory(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap_unary(self, behavior: Behavior, method: str, needs_auth: bool) -> Behavior:
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if needs_auth:
+                await self._authenticate(context, method)
+            token = set_deadline_from_remaining(context.time_remaining())
+            try:
+                return await behavior(request, context)
+            except Exception as exc:
+                await _abort_for(exc, context, method)
+            finally:
+                reset_deadline(token)
+
+        return unary
+
+    def _wrap_streaming(self, behavior: Behavior, method: str, needs_auth: bool) -> Behavior:
+        if not inspect.isasyncgenfunction(behavior):
+            # Handlers that write with context.write() are plain coroutines.
+            return self._wrap_unary(behavior, method, needs_auth)
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if needs_auth:
+                await self._authenticate(context, method)
+            token = set_deadline_from_remaining(context.time_remaining())
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except Exception as exc:
+                await _abort_for(exc, context, method)
+            finally:
+                reset_deadline(token)
+
+        return streaming
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext, method: str) -> None:
+        assert self._expected_auth is not None
+        presented = b""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                presented = value.encode() if isinstance(value, str) else value
+        if not hmac.compare_digest(presented, self._expected_auth):
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"{method} changes state and needs metadata 'authorization: Bearer <token>' "
+                "with the service's LATHE_AUTH_TOKEN",
+            )
+
+
+async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    if isinstance(exc, LatheError):
+        await context.abort(status_code_for(exc), str(exc))
+    trace_id = f"{trace.get_current_span().get_span_context().trace_id:032x}"
+    _log.exception("unexpected error in %s (trace %s)", method, trace_id)
+    await context.abort(
+        grpc.StatusCode.INTERNAL,
+        f"internal error in {method}; the platform's on-call can inspect it with "
+        f"`lathe trace {trace_id}` and the service log",
+    )

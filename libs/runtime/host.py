@@ -1,0 +1,143 @@
+"""The life of one service process, from start-up to graceful shutdown.
+
+Start: telemetry, then the gRPC server (health NOT_SERVING), then Postgres
+(migrations applied), NATS (stream ensured), then the service's servicers, the
+outbox relay and its background tasks; only then SERVING. While running, a
+watchdog reports NOT_SERVING whenever Postgres or NATS is unreachable. SIGTERM
+or SIGINT: NOT_SERVING, drain in-flight calls, stop background work, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from libs.config import LatheSettings
+from libs.db import apply_migrations, connect_pool
+from libs.eventstore import EventRelay, EventStore
+from libs.grpckit import GrpcServer
+from libs.messaging import EventStreamNames, connect_nats, ensure_stream
+from libs.runtime.spec import ServiceContext, ServiceSpec
+from libs.telemetry import configure_telemetry
+
+_log = logging.getLogger(__name__)
+_WATCHDOG_INTERVAL_S = 2.0
+
+
+class ServiceHost:
+    """Runs one service until it is asked to stop."""
+
+    def __init__(self, spec: ServiceSpec, settings: LatheSettings) -> None:
+        self._spec = spec
+        self._settings = settings
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        spec, settings = self._spec, self._settings
+        telemetry = configure_telemetry(
+            spec.name.display_name,
+            traces_dir=settings.home / "traces",
+            metrics_port=settings.metrics_port,
+            metrics_host=settings.metrics_host,
+        )
+        auth = settings.auth_token.get_secret_value() if settings.auth_token else None
+        server = GrpcServer(
+            address=settings.service_addr(spec.name), services=spec.services, auth_token=auth
+        )
+        port = await server.start()
+        _log.info("%s listening on port %d (NOT_SERVING until ready)", spec.name.display_name, port)
+        pool = await connect_pool(
+            settings.require_database_url(), max_size=20, application_name=spec.name.display_name
+        )
+        nats_client = None
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            async with pool.acquire() as conn:
+                await apply_migrations(
+                    conn, spec.name.value, [*EventStore.migrations(), *spec.migrations]
+                )
+            nats_client = await connect_nats(
+                settings.require_nats_url(), name=spec.name.display_name
+            )
+            js = nats_client.jetstream()
+            streams = EventStreamNames(settings.namespace, spec.name.value)
+            await ensure_stream(
+                js,
+                streams.stream,
+                [streams.all_subjects],
+                duplicate_window_s=settings.duplicate_window_s,
+            )
+            store = EventStore(pool, spec.name.value)
+            context = ServiceContext(settings, pool, nats_client, js, store, streams)
+            components = spec.build(context)
+            server.bind(*components.registrations)
+            relay = EventRelay(
+                store,
+                js,
+                streams,
+                batch_size=settings.relay_batch_size,
+                poll_interval_s=settings.relay_poll_interval_s,
+            )
+            for work in (relay.run, *components.background):
+                tasks.append(asyncio.create_task(work(self._stop)))
+            tasks.append(asyncio.create_task(self._watch_dependencies(context, server)))
+            await server.set_serving(True)
+            _log.info("%s SERVING on port %d", spec.name.display_name, port)
+            await self._stop.wait()
+        finally:
+            _log.info("%s shutting down", spec.name.display_name)
+            self._stop.set()
+            await server.stop(settings.shutdown_grace_s)
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(task, timeout=5)
+            if nats_client is not None:
+                with contextlib.suppress(Exception):
+                    await nats_client.drain()
+            await pool.close()
+            telemetry.shutdown()
+
+    async def _watch_dependencies(self, context: ServiceContext, server: GrpcServer) -> None:
+        healthy = True
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), _WATCHDOG_INTERVAL_S)
+            if self._stop.is_set():
+                return
+            now_healthy = context.nats.is_connected and await _postgres_answers(context)
+            if now_healthy != healthy:
+                healthy = now_healthy
+                _log.warning(
+                    "dependencies %s", "recovered: SERVING" if healthy else "lost: NOT_SERVING"
+                )
+                await server.set_serving(healthy)
+
+
+async def _postgres_answers(context: ServiceContext) -> bool:
+    try:
+        async with asyncio.timeout(2):
+            await context.pool.fetchval("SELECT 1")
+    except Exception:
+        return False
+    return True
+
+
+def run_service(spec: ServiceSpec) -> None:
+    """Entry point of a service process: run until SIGTERM/SIGINT."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    host = ServiceHost(spec, LatheSettings())
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, host.request_stop)
+        await host.run()
+
+    asyncio.run(main())

@@ -1,0 +1,57 @@
+"""What a service declares to the host, and what the host hands back to it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+from google.protobuf.descriptor import ServiceDescriptor
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+
+from libs.config import LatheSettings, ServiceName
+from libs.db import Migration
+from libs.eventstore import EventCatalog, EventStore
+from libs.grpckit.server import Registration
+from libs.messaging import EventStreamNames
+
+BackgroundTask = Callable[[asyncio.Event], Awaitable[None]]
+"""Runs until the event is set (consumers, schedulers)."""
+
+
+@dataclass(frozen=True)
+class ServiceContext:
+    """The connected dependencies a service builds its servicers from."""
+
+    settings: LatheSettings
+    pool: asyncpg.Pool
+    nats: NatsClient
+    js: JetStreamContext
+    store: EventStore
+    """This service's own event store (its Postgres schema)."""
+    streams: EventStreamNames
+    """Names of this service's JetStream stream and subjects."""
+
+
+@dataclass(frozen=True)
+class ServiceComponents:
+    """What a service plugs into its host once dependencies are connected."""
+
+    registrations: Sequence[Registration]
+    background: Sequence[BackgroundTask] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """Everything the host needs to know to run a service."""
+
+    name: ServiceName
+    services: tuple[ServiceDescriptor, ...]
+    """The gRPC services it exposes (health, reflection, auth rules come from these)."""
+    catalog: EventCatalog
+    """The events it records."""
+    migrations: tuple[Migration, ...]
+    """Its own schema migrations (the event store's are applied before them)."""
+    build: Callable[[ServiceContext], ServiceComponents]

@@ -1,0 +1,34 @@
+"""The model registry as the host runs it: its contract, events, tables and wiring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lathe.model_registry.v1 import service_pb2, service_pb2_grpc
+from libs.config import ServiceName
+from libs.db import load_migrations
+from libs.runtime import ServiceComponents, ServiceContext, ServiceSpec
+from services.model_registry.api.servicer import ModelRegistryServicer
+from services.model_registry.app.commands import RegistryCommands
+from services.model_registry.events import CATALOG
+from services.model_registry.store.models import ModelQueries
+
+
+def build(context: ServiceContext) -> ServiceComponents:
+    servicer = ModelRegistryServicer(
+        RegistryCommands(context.pool, context.store), ModelQueries(context.pool)
+    )
+    return ServiceComponents(
+        registrations=[
+            lambda server: service_pb2_grpc.add_ModelRegistryServicer_to_server(servicer, server)
+        ]
+    )
+
+
+SPEC = ServiceSpec(
+    name=ServiceName.MODEL_REGISTRY,
+    services=(service_pb2.DESCRIPTOR.services_by_name["ModelRegistry"],),
+    catalog=CATALOG,
+    migrations=tuple(load_migrations("model_registry", Path(__file__).parent / "migrations")),
+    build=build,
+)
