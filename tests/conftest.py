@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import nats
@@ -11,20 +13,36 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
+from opentelemetry import trace
+from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from libs.config import LatheSettings, ServiceName
 from libs.db import apply_migrations, connect_pool
 from libs.eventstore import EventStore
-from tests.support.infra import TestInfra, provide_infra
+from libs.telemetry.sampling import SkipUntracedClientCalls
+from tests.support.infra import InfraEndpoints, provide_infra
+
+pytest_plugins = ["tests.support.registry_fixtures"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
-def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestInfra]:
+def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfraEndpoints]:
     with provide_infra(tmp_path_factory.mktemp("infra")) as provided:
         yield provided
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def database_url(infra: TestInfra) -> AsyncIterator[str]:
+async def database_url(infra: InfraEndpoints) -> AsyncIterator[str]:
     """A database created for this run and dropped after it."""
     admin = await asyncpg.connect(infra.admin_database_url)
     try:
@@ -47,7 +65,7 @@ async def db_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def nats_client(infra: TestInfra) -> AsyncIterator[NatsClient]:
+async def nats_client(infra: InfraEndpoints) -> AsyncIterator[NatsClient]:
     client = await nats.connect(infra.nats_url)
     yield client
     js = client.jetstream()
@@ -63,7 +81,7 @@ def js(nats_client: NatsClient) -> JetStreamContext:
 
 
 @pytest.fixture
-def namespace(infra: TestInfra) -> str:
+def namespace(infra: InfraEndpoints) -> str:
     """This run's JetStream namespace (first subject token, stream-name prefix)."""
     return infra.namespace
 
@@ -79,3 +97,30 @@ async def event_store(db_pool: asyncpg.Pool, unique_name: str) -> EventStore:
     async with db_pool.acquire() as conn:
         await apply_migrations(conn, unique_name, EventStore.migrations())
     return EventStore(db_pool, unique_name)
+
+
+@pytest.fixture(scope="session")
+def span_exporter() -> InMemorySpanExporter:
+    """Every span this test process records (the global provider can be set only once)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "tests"}), sampler=SkipUntracedClientCalls()
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    AsyncPGInstrumentor().instrument(tracer_provider=provider)
+    return exporter
+
+
+@pytest.fixture
+def test_settings(infra: InfraEndpoints, database_url: str, tmp_path: Path) -> LatheSettings:
+    """Settings for a service hosted inside the test process, on free ports."""
+    return LatheSettings(
+        database_url=database_url,
+        nats_url=infra.nats_url,
+        namespace=infra.namespace,
+        home=tmp_path / "lathe-home",
+        shutdown_grace_s=1.0,
+        relay_poll_interval_s=0.2,
+        **{f"{name.value}_addr": f"127.0.0.1:{free_port()}" for name in ServiceName},
+    )

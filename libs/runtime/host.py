@@ -33,23 +33,21 @@ class ServiceHost:
         self._spec = spec
         self._settings = settings
         self._stop = asyncio.Event()
+        self.serving = asyncio.Event()
+        """Set once the service reports SERVING (for embedding hosts, e.g. in tests)."""
+        self.port: int | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
 
     async def run(self) -> None:
+        """Serve until ``request_stop``; telemetry must already be configured."""
         spec, settings = self._spec, self._settings
-        telemetry = configure_telemetry(
-            spec.name.display_name,
-            traces_dir=settings.home / "traces",
-            metrics_port=settings.metrics_port,
-            metrics_host=settings.metrics_host,
-        )
         auth = settings.auth_token.get_secret_value() if settings.auth_token else None
         server = GrpcServer(
             address=settings.service_addr(spec.name), services=spec.services, auth_token=auth
         )
-        port = await server.start()
+        port = self.port = await server.start()
         _log.info("%s listening on port %d (NOT_SERVING until ready)", spec.name.display_name, port)
         pool = await connect_pool(
             settings.require_database_url(), max_size=20, application_name=spec.name.display_name
@@ -87,6 +85,7 @@ class ServiceHost:
                 tasks.append(asyncio.create_task(work(self._stop)))
             tasks.append(asyncio.create_task(self._watch_dependencies(context, server)))
             await server.set_serving(True)
+            self.serving.set()
             _log.info("%s SERVING on port %d", spec.name.display_name, port)
             await self._stop.wait()
         finally:
@@ -100,7 +99,6 @@ class ServiceHost:
                 with contextlib.suppress(Exception):
                     await nats_client.drain()
             await pool.close()
-            telemetry.shutdown()
 
     async def _watch_dependencies(self, context: ServiceContext, server: GrpcServer) -> None:
         healthy = True
@@ -132,7 +130,14 @@ def run_service(spec: ServiceSpec) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    host = ServiceHost(spec, LatheSettings())
+    settings = LatheSettings()
+    telemetry = configure_telemetry(
+        spec.name.display_name,
+        traces_dir=settings.home / "traces",
+        metrics_port=settings.metrics_port,
+        metrics_host=settings.metrics_host,
+    )
+    host = ServiceHost(spec, settings)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -140,4 +145,7 @@ def run_service(spec: ServiceSpec) -> None:
             loop.add_signal_handler(sig, host.request_stop)
         await host.run()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        telemetry.shutdown()

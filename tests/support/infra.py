@@ -27,7 +27,7 @@ DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
 
 @dataclass(frozen=True)
-class TestInfra:
+class InfraEndpoints:
     admin_database_url: str
     """A database the suite may CREATE DATABASE from."""
     nats_url: str
@@ -60,7 +60,7 @@ def reachable(url: str, default_port: int) -> bool:
 
 
 @contextmanager
-def provide_infra(scratch: Path) -> Iterator[TestInfra]:
+def provide_infra(scratch: Path) -> Iterator[InfraEndpoints]:
     """Yield URLs of a real Postgres and NATS, starting embedded ones if needed."""
     database_url = os.environ.get("LATHE_TEST_DATABASE_URL", DEFAULT_DATABASE_URL)
     nats_url = os.environ.get("LATHE_TEST_NATS_URL", DEFAULT_NATS_URL)
@@ -77,7 +77,7 @@ def provide_infra(scratch: Path) -> Iterator[TestInfra]:
             embedded_nats = EmbeddedNats(scratch / "nats" / "data", pick_port("127.0.0.1", 54223))
             nats_pid = embedded_nats.start()
             nats_url = embedded_nats.url
-        yield TestInfra(database_url, nats_url, uuid.uuid4().hex[:10])
+        yield InfraEndpoints(database_url, nats_url, uuid.uuid4().hex[:10])
     finally:
         if nats_pid is not None:
             stop_process_tree(nats_pid)
