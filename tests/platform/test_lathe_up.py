@@ -6,6 +6,8 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -44,6 +46,16 @@ def _environment(home: Path, **overrides: str) -> dict[str, str]:
         env[f"LATHE_{name.value.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
     env.update(overrides)
     return env
+
+
+def _get(url: str) -> str:
+    deadline = time.monotonic() + 10
+    while True:  # the relay publishes within milliseconds; the counter appears with it
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body = response.read().decode()
+        if "lathe_relay_events_published" in body or time.monotonic() > deadline:
+            return body
+        time.sleep(0.2)
 
 
 def _recorded_pids(state: PlatformState) -> list[int]:
@@ -88,6 +100,9 @@ async def test_up_on_embedded_servers_beside_the_system_ones(tmp_path: Path) -> 
         assert status.returncode == 0, status.stdout
         assert status.stdout.count("SERVING") == 4
         assert await _create_model(env)
+        metrics_port = state.services[ServiceName.MODEL_REGISTRY.value].metrics_port
+        metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{metrics_port}/metrics")
+        assert "lathe_relay_events_published" in metrics
         log = _lathe(env, "logs", "model-registry", "-n", "200")
         assert "SERVING" in log.stdout
     finally:
