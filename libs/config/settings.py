@@ -62,6 +62,10 @@ class LatheSettings(BaseSettings):
     auth_token: SecretStr | None = Field(
         default=None, description="When set, mutating RPCs need 'authorization: Bearer <token>'."
     )
+    artifact_root: Path | None = Field(
+        default=None,
+        description="Model registry blob store directory; default $LATHE_HOME/artifacts.",
+    )
     feature_store_addr: str = f"127.0.0.1:{_DEFAULT_PORTS[ServiceName.FEATURE_STORE]}"
     model_registry_addr: str = f"127.0.0.1:{_DEFAULT_PORTS[ServiceName.MODEL_REGISTRY]}"
     trainer_addr: str = f"127.0.0.1:{_DEFAULT_PORTS[ServiceName.TRAINER]}"
@@ -92,6 +96,11 @@ class LatheSettings(BaseSettings):
                 f"starting with a letter; got {value!r}"
             )
         return value
+
+    @property
+    def artifact_dir(self) -> Path:
+        """Where the model registry keeps content-addressed artifact blobs."""
+        return self.artifact_root or self.home / "artifacts"
 
     def service_addr(self, service: ServiceName) -> str:
         """The host:port a service listens on and clients dial."""

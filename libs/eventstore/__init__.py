@@ -4,6 +4,7 @@
 - ``EventTailer``: follow the log in position order without skipping late commits.
 - ``EventRelay``: the transactional outbox, publishing to JetStream exactly once.
 - ``DurableConsumer``: JetStream consumers whose effects apply exactly once.
+- ``Recorder``: append events and apply them to read models in one transaction.
 - ``rebuild_projection``: replay the log into a read model.
 """
 
@@ -20,6 +21,7 @@ from libs.eventstore.model import (
     WrongExpectedVersion,
 )
 from libs.eventstore.projection import Projection, rebuild_projection
+from libs.eventstore.recorder import Recorder
 from libs.eventstore.relay import EventRelay
 from libs.eventstore.store import EventStore
 from libs.eventstore.tailer import EventTailer, TailBatch
@@ -42,6 +44,7 @@ __all__ = [
     "NewEvent",
     "Projection",
     "RecordedEvent",
+    "Recorder",
     "TailBatch",
     "UnknownEventType",
     "WrongExpectedVersion",

@@ -11,12 +11,15 @@ from libs.runtime import ServiceComponents, ServiceContext, ServiceSpec
 from services.model_registry.api.servicer import ModelRegistryServicer
 from services.model_registry.app.commands import RegistryCommands
 from services.model_registry.events import CATALOG
-from services.model_registry.store.models import ModelQueries
+from services.model_registry.store.artifacts import LocalArtifactStore
+from services.model_registry.store.queries import RegistryQueries
 
 
 def build(context: ServiceContext) -> ServiceComponents:
+    queries = RegistryQueries(context.pool)
+    artifacts = LocalArtifactStore(context.settings.artifact_dir)
     servicer = ModelRegistryServicer(
-        RegistryCommands(context.pool, context.store), ModelQueries(context.pool)
+        RegistryCommands(context.pool, context.store, queries, artifacts), queries
     )
     return ServiceComponents(
         registrations=[

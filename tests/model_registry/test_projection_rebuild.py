@@ -10,7 +10,7 @@ from lathe.model_registry.v1 import request_response_pb2 as rr
 from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
 from libs.eventstore import EventStore, rebuild_projection
 from services.model_registry.events import CATALOG
-from services.model_registry.store.models import ModelsProjection
+from services.model_registry.store.projection import RegistryProjection
 
 _SNAPSHOT = "SELECT row_to_json(m)::text FROM model_registry.models m ORDER BY name"
 
@@ -33,7 +33,7 @@ async def test_rebuilt_models_projection_equals_the_live_one(
         await conn.execute("DELETE FROM model_registry.models")  # lose the read model entirely
 
     applied = await rebuild_projection(
-        EventStore(db_pool, "model_registry"), CATALOG, ModelsProjection()
+        EventStore(db_pool, "model_registry"), CATALOG, RegistryProjection()
     )
 
     rebuilt = await db_pool.fetch(_SNAPSHOT)

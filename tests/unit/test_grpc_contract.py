@@ -15,7 +15,18 @@ REGISTRY = registry.DESCRIPTOR.services_by_name["ModelRegistry"]
 
 
 def test_mutating_methods_are_those_not_marked_no_side_effects() -> None:
-    assert mutating_methods(REGISTRY) == {"/lathe.model_registry.v1.ModelRegistry/CreateModel"}
+    prefix = "/lathe.model_registry.v1.ModelRegistry/"
+    assert mutating_methods(REGISTRY) == {
+        prefix + name
+        for name in (
+            "CreateModel",
+            "SetPromotionPolicy",
+            "RegisterModelVersion",
+            "SetAlias",
+            "DeleteAlias",
+            "ApproveModelVersion",
+        )
+    }
 
 
 def test_every_public_service_has_the_published_name() -> None:

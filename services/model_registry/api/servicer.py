@@ -2,83 +2,245 @@
 
 from __future__ import annotations
 
-import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
+from collections.abc import AsyncIterator
+from datetime import UTC
 
-from lathe.model_registry.v1 import message_pb2, service_pb2_grpc
+import grpc
+
+from lathe.model_registry.v1 import events_pb2, message_pb2, service_pb2_grpc
 from lathe.model_registry.v1 import request_response_pb2 as rr
-from libs.errors import NotFound
+from libs.errors import InvalidArgument, NotFound
 from libs.eventstore import EventMetadata
 from libs.grpckit import validation
 from libs.grpckit.caller import caller_of
 from libs.telemetry import current_traceparent
-from services.model_registry.app.commands import CreateModel, RegistryCommands
-from services.model_registry.app.views import ModelFilter, ModelView
-from services.model_registry.store.models import ModelQueries
+from services.model_registry.api import validate
+from services.model_registry.app.commands import RegistryCommands
+from services.model_registry.app.history import summarize
+from services.model_registry.events import CATALOG, alias_stream, model_stream
+from services.model_registry.store.queries import RegistryQueries
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> EventMetadata:
+    caller = caller_of(context)
+    return EventMetadata(
+        correlation_id=caller.request_id, actor=caller.actor, traceparent=current_traceparent()
+    )
 
 
 class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
-    def __init__(self, commands: RegistryCommands, models: ModelQueries) -> None:
+    def __init__(self, commands: RegistryCommands, queries: RegistryQueries) -> None:
         self._commands = commands
-        self._models = models
+        self._queries = queries
 
     async def CreateModel(
         self, request: rr.CreateModelRequest, context: grpc.aio.ServicerContext
     ) -> rr.CreateModelResponse:
-        command = CreateModel(
-            name=validation.resource_name(request.name, "name"),
-            description=request.description,
-            owner=validation.require(request.owner, "owner"),
-            tags=validation.tags(request.tags),
-        )
-        caller = caller_of(context)
-        metadata = EventMetadata(
-            correlation_id=caller.request_id,
-            actor=caller.actor,
-            traceparent=current_traceparent(),
-        )
-        await self._commands.create_model(command, metadata)
-        return rr.CreateModelResponse(model=await self._get(command.name))
+        new = validate.new_model(request)
+        await self._commands.create_model(new, _metadata(context))
+        return rr.CreateModelResponse(model=await self._model(new.name))
 
     async def GetModel(
         self, request: rr.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> rr.GetModelResponse:
-        return rr.GetModelResponse(model=await self._get(validation.require(request.name, "name")))
+        return rr.GetModelResponse(
+            model=await self._model(validation.require(request.name, "name"))
+        )
 
     async def ListModels(
         self, request: rr.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> rr.ListModelsResponse:
         cursor = validation.decode_page_token(request.page_token)
-        page = await self._models.page(
-            ModelFilter(
-                owner=request.owner,
-                tag_key=request.tag_key,
-                after_name=str(cursor.get("after", "")),
-                limit=validation.page_size(request.page_size),
-            )
+        models, more = await self._queries.models_page(
+            after_name=str(cursor.get("after", "")),
+            owner=request.owner,
+            tag_key=request.tag_key,
+            limit=validation.page_size(request.page_size),
         )
-        return rr.ListModelsResponse(
-            models=[_model_message(m) for m in page.models],
-            next_page_token=validation.encode_page_token({"after": page.next_cursor})
-            if page.next_cursor
-            else "",
+        token = validation.encode_page_token({"after": models[-1].name}) if more else ""
+        return rr.ListModelsResponse(models=models, next_page_token=token)
+
+    async def SetPromotionPolicy(
+        self, request: rr.SetPromotionPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> rr.SetPromotionPolicyResponse:
+        name = validation.resource_name(request.model_name, "model_name")
+        await self._commands.set_policy(name, validate.policy(request.policy), _metadata(context))
+        return rr.SetPromotionPolicyResponse(model=await self._model(name))
+
+    async def RegisterModelVersion(
+        self,
+        request_iterator: AsyncIterator[rr.RegisterModelVersionRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> rr.RegisterModelVersionResponse:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("metadata"):
+            raise InvalidArgument(
+                "the first message of RegisterModelVersion must carry the version metadata; "
+                "artifact chunks follow it"
+            )
+        new = validate.new_version(first.metadata)
+
+        async def chunks() -> AsyncIterator[tuple[str, bytes]]:
+            async for message in request_iterator:
+                yield validate.chunk(message)
+
+        version = await self._commands.register_version(new, chunks(), _metadata(context))
+        registered = await self._queries.version(new.model_name, version)
+        return rr.RegisterModelVersionResponse(model_version=registered)
+
+    async def GetModelVersion(
+        self, request: rr.GetModelVersionRequest, context: grpc.aio.ServicerContext
+    ) -> rr.GetModelVersionResponse:
+        return rr.GetModelVersionResponse(
+            model_version=await self._version(request.model_name, request.version)
         )
 
-    async def _get(self, name: str) -> message_pb2.Model:
-        model = await self._models.get(name)
+    async def ListModelVersions(
+        self, request: rr.ListModelVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> rr.ListModelVersionsResponse:
+        name = validation.require(request.model_name, "model_name")
+        limit = validation.page_size(request.page_size)
+        before = int(validation.decode_page_token(request.page_token).get("before", 2**62))
+        versions, more = await self._queries.versions_page(name, before_version=before, limit=limit)
+        if not versions and before == 2**62:
+            await self._model(name)  # NOT_FOUND for an unknown model, not an empty page
+        token = validation.encode_page_token({"before": versions[-1].version}) if more else ""
+        return rr.ListModelVersionsResponse(model_versions=versions, next_page_token=token)
+
+    async def DownloadArtifact(
+        self, request: rr.DownloadArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[rr.DownloadArtifactResponse]:
+        artifact, content = await self._commands.open_artifact(
+            validation.require(request.model_name, "model_name"),
+            validate.version_number(request.version),
+            validate.artifact_name(request.artifact_name, "artifact_name"),
+        )
+        yield rr.DownloadArtifactResponse(artifact=artifact)
+        async for data in content:
+            yield rr.DownloadArtifactResponse(data=data)
+
+    async def SetAlias(
+        self, request: rr.SetAliasRequest, context: grpc.aio.ServicerContext
+    ) -> rr.SetAliasResponse:
+        move = validate.alias_move(
+            request.model_name,
+            request.alias,
+            validate.version_number(request.version),
+            request.expected_version,
+            request.traffic_share,
+        )
+        await self._commands.move_alias(move, _metadata(context))
+        state = await self._queries.alias(move.model_name, move.alias)
+        assert state is not None
+        return rr.SetAliasResponse(alias=state.alias)
+
+    async def DeleteAlias(
+        self, request: rr.DeleteAliasRequest, context: grpc.aio.ServicerContext
+    ) -> rr.DeleteAliasResponse:
+        move = validate.alias_move(request.model_name, request.alias, 0, request.expected_version)
+        await self._commands.move_alias(move, _metadata(context))
+        return rr.DeleteAliasResponse()
+
+    async def ResolveAlias(
+        self, request: rr.ResolveAliasRequest, context: grpc.aio.ServicerContext
+    ) -> rr.ResolveAliasResponse:
+        model_name = validation.require(request.model_name, "model_name")
+        alias = validation.require(request.alias, "alias")
+        if request.HasField("as_of"):
+            return rr.ResolveAliasResponse(
+                alias=await self._alias_as_of(model_name, alias, request)
+            )
+        state = await self._queries.alias(model_name, alias)
+        if state is None or state.alias.version == 0:
+            await self._model(model_name)
+            raise NotFound(f"alias {alias!r} of model {model_name!r} is not set")
+        return rr.ResolveAliasResponse(alias=state.alias)
+
+    async def _alias_as_of(
+        self, model_name: str, alias: str, request: rr.ResolveAliasRequest
+    ) -> message_pb2.Alias:
+        as_of = request.as_of.ToDatetime(tzinfo=UTC)
+        event = await self._queries.last_event_as_of(alias_stream(model_name, alias), as_of)
+        message = CATALOG.decode(event.event_type, event.payload) if event is not None else None
+        if event is None or not isinstance(message, events_pb2.AliasSet):
+            await self._model(model_name)
+            raise NotFound(
+                f"alias {alias!r} of model {model_name!r} was not set at {as_of.isoformat()}"
+            )
+        resolved = message_pb2.Alias(
+            name=alias,
+            version=message.version,
+            traffic_share=message.traffic_share,
+            updated_by=event.metadata.actor,
+        )
+        resolved.update_time.FromDatetime(event.recorded_at)
+        return resolved
+
+    async def ApproveModelVersion(
+        self, request: rr.ApproveModelVersionRequest, context: grpc.aio.ServicerContext
+    ) -> rr.ApproveModelVersionResponse:
+        metadata = _metadata(context)
+        if metadata.actor == "anonymous":
+            raise InvalidArgument(
+                "an approval needs an identified approver: send the 'lathe-actor' metadata"
+            )
+        await self._commands.approve(
+            validation.resource_name(request.model_name, "model_name"),
+            validate.version_number(request.version),
+            validation.resource_name(request.alias, "alias"),
+            request.comment,
+            metadata,
+        )
+        return rr.ApproveModelVersionResponse()
+
+    async def GetLineage(
+        self, request: rr.GetLineageRequest, context: grpc.aio.ServicerContext
+    ) -> rr.GetLineageResponse:
+        version = await self._version(request.model_name, request.version)
+        aliases = await self._queries.aliases_of_version(version.model_name, version.version)
+        return rr.GetLineageResponse(
+            lineage=version.lineage, artifacts=version.artifacts, aliases=aliases
+        )
+
+    async def GetModelHistory(
+        self, request: rr.GetModelHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> rr.GetModelHistoryResponse:
+        name = validation.require(request.model_name, "model_name")
+        limit = validation.page_size(request.page_size)
+        after = int(validation.decode_page_token(request.page_token).get("after", 0))
+        await self._model(name)
+        streams = [model_stream(name)] + [
+            alias_stream(name, alias) for alias in await self._queries.alias_names_ever(name)
+        ]
+        events = await self._queries.events_of_streams(
+            streams, after_position=after, limit=limit + 1
+        )
+        entries = []
+        for event in events[:limit]:
+            entry = message_pb2.HistoryEntry(
+                position=event.global_position,
+                event_id=str(event.event_id),
+                event_type=event.event_type,
+                stream_id=event.stream_id,
+                actor=event.metadata.actor,
+                summary=summarize(CATALOG.decode(event.event_type, event.payload)),
+            )
+            entry.record_time.FromDatetime(event.recorded_at)
+            entries.append(entry)
+        more = len(events) > limit
+        token = validation.encode_page_token({"after": entries[-1].position}) if more else ""
+        return rr.GetModelHistoryResponse(entries=entries, next_page_token=token)
+
+    async def _model(self, name: str) -> message_pb2.Model:
+        model = await self._queries.model(name)
         if model is None:
             raise NotFound(f"no model named {name!r}; ListModels shows the registered ones")
-        return _model_message(model)
+        return model
 
-
-def _model_message(model: ModelView) -> message_pb2.Model:
-    created = Timestamp()
-    created.FromDatetime(model.created_at)
-    return message_pb2.Model(
-        name=model.name,
-        description=model.description,
-        owner=model.owner,
-        tags=model.tags,
-        create_time=created,
-        created_by=model.created_by,
-    )
+    async def _version(self, model_name: str, version: int) -> message_pb2.ModelVersion:
+        name = validation.require(model_name, "model_name")
+        found = await self._queries.version(name, validate.version_number(version))
+        if found is None:
+            await self._model(name)
+            raise NotFound(f"model {name!r} has no version {version}; ListModelVersions shows them")
+        return found

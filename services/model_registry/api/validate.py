@@ -1,0 +1,156 @@
+"""Request validation: protobuf requests in, checked application values out.
+
+Every failure is InvalidArgument saying what to fix; nothing reaches the
+application (or the database) unchecked.
+"""
+
+from __future__ import annotations
+
+import re
+
+from lathe.model_registry.v1 import message_pb2
+from lathe.model_registry.v1 import request_response_pb2 as rr
+from libs.errors import InvalidArgument
+from libs.grpckit import validation
+from services.model_registry.app.commands import AliasMove, NewModel, NewVersion
+from services.model_registry.app.uploads import DeclaredArtifact
+
+MAX_CHUNK_BYTES = 4 * 1024 * 1024
+_ARTIFACT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_MAX_TEXT = 256
+
+
+def new_model(request: rr.CreateModelRequest) -> NewModel:
+    return NewModel(
+        name=validation.resource_name(request.name, "name"),
+        description=request.description,
+        owner=_text(validation.require(request.owner, "owner"), "owner"),
+        tags=validation.tags(request.tags),
+        policy=policy(request.policy),
+    )
+
+
+def policy(value: message_pb2.PromotionPolicy) -> message_pb2.PromotionPolicy:
+    seen: set[str] = set()
+    for i, protected in enumerate(value.protected_aliases):
+        field = f"policy.protected_aliases[{i}]"
+        validation.resource_name(protected.alias, f"{field}.alias")
+        if protected.alias in seen:
+            raise InvalidArgument(f"{field}: alias {protected.alias!r} is protected twice")
+        seen.add(protected.alias)
+        for j, gate in enumerate(protected.gates):
+            validation.resource_name(gate.metric, f"{field}.gates[{j}].metric")
+            if gate.comparison == message_pb2.COMPARISON_UNSPECIFIED:
+                raise InvalidArgument(f"{field}.gates[{j}].comparison must be set (e.g. >=)")
+            validation.finite(gate.threshold, f"{field}.gates[{j}].threshold")
+    return value
+
+
+def new_version(metadata: rr.ModelVersionMetadata) -> NewVersion:
+    if not metadata.HasField("signature") or not metadata.signature.inputs:
+        raise InvalidArgument(
+            "metadata.signature is required and must list at least one input "
+            "(feature name and dtype), so serving can check requests"
+        )
+    for field, specs in (
+        ("inputs", metadata.signature.inputs),
+        ("outputs", metadata.signature.outputs),
+    ):
+        for i, spec in enumerate(specs):
+            _text(validation.require(spec.name, f"signature.{field}[{i}].name"), "name")
+            if spec.dtype == message_pb2.DATA_TYPE_UNSPECIFIED:
+                raise InvalidArgument(f"signature.{field}[{i}] ({spec.name}) needs a dtype")
+            if any(d < -1 or d == 0 for d in spec.shape):
+                raise InvalidArgument(f"signature.{field}[{i}].shape: use positive sizes or -1")
+    for name, value in metadata.metrics.items():
+        validation.resource_name(name, "metrics key")
+        validation.finite(value, f"metrics[{name!r}]")
+    lineage = metadata.lineage
+    for field in (
+        "training_job_id",
+        "dataset_snapshot_id",
+        "feature_service",
+        "feature_service_version",
+        "code_revision",
+    ):
+        _text(getattr(lineage, field), f"lineage.{field}")
+    return NewVersion(
+        model_name=validation.resource_name(metadata.model_name, "metadata.model_name"),
+        description=metadata.description,
+        signature=metadata.signature,
+        metrics=dict(metadata.metrics),
+        tags=validation.tags(metadata.tags),
+        lineage=metadata.lineage,
+        artifacts=_declared_artifacts(metadata.artifacts),
+    )
+
+
+def _declared_artifacts(declared: list[rr.ArtifactDeclaration]) -> tuple[DeclaredArtifact, ...]:
+    if not declared:
+        raise InvalidArgument(
+            "metadata.artifacts must declare at least one artifact (e.g. model.onnx)"
+        )
+    names: set[str] = set()
+    result = []
+    for i, artifact in enumerate(declared):
+        artifact_name(artifact.name, f"metadata.artifacts[{i}].name")
+        if artifact.name in names:
+            raise InvalidArgument(f"artifact {artifact.name!r} is declared twice")
+        names.add(artifact.name)
+        if artifact.format == message_pb2.ARTIFACT_FORMAT_UNSPECIFIED:
+            raise InvalidArgument(
+                f"metadata.artifacts[{i}].format must be set (ONNX, SAFETENSORS, JSON, OTHER)"
+            )
+        if artifact.sha256 and not _SHA256_RE.fullmatch(artifact.sha256):
+            raise InvalidArgument(f"metadata.artifacts[{i}].sha256 must be 64 lowercase hex digits")
+        result.append(DeclaredArtifact(artifact.name, artifact.format, artifact.sha256))
+    return tuple(result)
+
+
+def artifact_name(name: str, field: str) -> str:
+    if not _ARTIFACT_NAME_RE.fullmatch(name):
+        raise InvalidArgument(
+            f"{field} {name!r} is not a valid artifact name: 1-128 letters, digits, '.', '_', '-', "
+            "starting with a letter or digit (no paths)"
+        )
+    return name
+
+
+def chunk(request: rr.RegisterModelVersionRequest) -> tuple[str, bytes]:
+    if request.HasField("metadata"):
+        raise InvalidArgument("metadata may be sent only once, as the first message")
+    if not request.HasField("chunk"):
+        raise InvalidArgument("each message after the metadata must carry an artifact chunk")
+    if len(request.chunk.data) > MAX_CHUNK_BYTES:
+        raise InvalidArgument(f"artifact chunks must be at most {MAX_CHUNK_BYTES} bytes")
+    return request.chunk.name, request.chunk.data
+
+
+def version_number(version: int, field: str = "version") -> int:
+    if version <= 0:
+        raise InvalidArgument(f"{field} must be a positive version number, got {version}")
+    return version
+
+
+def alias_move(
+    model_name: str, alias: str, version: int, expected_version: int, traffic_share: float = 0.0
+) -> AliasMove:
+    if expected_version < 0:
+        raise InvalidArgument("expected_version must be >= 0 (0: the alias must not be set)")
+    validation.finite(traffic_share, "traffic_share")
+    if not 0.0 <= traffic_share <= 1.0:
+        raise InvalidArgument(f"traffic_share must be within [0, 1], got {traffic_share}")
+    return AliasMove(
+        model_name=validation.resource_name(model_name, "model_name"),
+        alias=validation.resource_name(alias, "alias"),
+        version=version,
+        expected_version=expected_version,
+        traffic_share=traffic_share,
+    )
+
+
+def _text(value: str, field: str) -> str:
+    if len(value) > _MAX_TEXT:
+        raise InvalidArgument(f"{field} must be at most {_MAX_TEXT} characters")
+    return value

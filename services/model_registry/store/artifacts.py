@@ -1,0 +1,152 @@
+"""Content-addressed artifact blobs: streamed in and out with bounded memory.
+
+Blobs are named by the SHA-256 of their content. ``ArtifactStore`` is the
+interface the registry uses; ``LocalArtifactStore`` keeps blobs under a
+directory (the default), and an S3-compatible store implements the same four
+methods. Every read is verified against the digest before anything is served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    sha256: str
+    size_bytes: int
+
+
+class BlobCorrupted(Exception):
+    """The stored bytes no longer hash to the blob's name."""
+
+    def __init__(self, expected: BlobRef, actual_sha256: str, actual_size: int) -> None:
+        self.expected = expected
+        self.actual_sha256 = actual_sha256
+        self.actual_size = actual_size
+        super().__init__(
+            f"blob {expected.sha256} reads back as {actual_sha256} ({actual_size} bytes)"
+        )
+
+
+class BlobMissing(Exception):
+    """No blob with that digest is stored."""
+
+
+class BlobWriter(Protocol):
+    async def write(self, data: bytes) -> None: ...
+    async def commit(self) -> BlobRef: ...
+    async def abort(self) -> None: ...
+
+
+class ArtifactStore(Protocol):
+    def writer(self) -> BlobWriter:
+        """A writer for one new blob; its digest is known at commit."""
+
+    async def verify(self, sha256: str) -> BlobRef:
+        """Hash the stored blob; raise BlobCorrupted or BlobMissing."""
+
+    def read(self, blob: BlobRef, chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
+        """Stream the blob, re-hashing as it goes; raise BlobCorrupted at the end on mismatch."""
+
+
+class _LocalBlobWriter:
+    """Writes to a temporary file, hashing as it goes; commit renames it into place."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._temporary = root / "incoming" / f"{uuid.uuid4().hex}.part"
+        self._temporary.parent.mkdir(parents=True, exist_ok=True)
+        self._file: BinaryIO | None = self._temporary.open("wb")
+        self._hash = hashlib.sha256()
+        self._size = 0
+
+    async def write(self, data: bytes) -> None:
+        assert self._file is not None, "writer already finished"
+        await asyncio.to_thread(self._write, data)
+
+    def _write(self, data: bytes) -> None:
+        assert self._file is not None
+        self._hash.update(data)
+        self._file.write(data)
+        self._size += len(data)
+
+    async def commit(self) -> BlobRef:
+        assert self._file is not None, "writer already finished"
+        ref = BlobRef(self._hash.hexdigest(), self._size)
+        file, self._file = self._file, None
+        await asyncio.to_thread(self._finish, file, ref)
+        return ref
+
+    def _finish(self, file: BinaryIO, ref: BlobRef) -> None:
+        file.flush()
+        os.fsync(file.fileno())
+        file.close()
+        final = _blob_path(self._root, ref.sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # Same content, same name: replacing an existing blob is harmless.
+        self._temporary.replace(final)
+
+    async def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._temporary.unlink(missing_ok=True)
+
+
+class LocalArtifactStore:
+    """Blobs under ``root/sha256/<first two hex digits>/<digest>``."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path_of(self, sha256: str) -> Path:
+        return _blob_path(self._root, sha256)
+
+    def writer(self) -> BlobWriter:
+        return _LocalBlobWriter(self._root)
+
+    async def verify(self, sha256: str) -> BlobRef:
+        path = self.path_of(sha256)
+        try:
+            actual, size = await asyncio.to_thread(_hash_file, path)
+        except FileNotFoundError:
+            raise BlobMissing(f"blob {sha256} is not in the store at {path}") from None
+        if actual != sha256:
+            raise BlobCorrupted(BlobRef(sha256, size), actual, size)
+        return BlobRef(sha256, size)
+
+    async def read(self, blob: BlobRef, chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
+        digest = hashlib.sha256()
+        size = 0
+        with self.path_of(blob.sha256).open("rb") as handle:
+            while data := await asyncio.to_thread(handle.read, chunk_bytes):
+                digest.update(data)
+                size += len(data)
+                yield data
+        if digest.hexdigest() != blob.sha256:
+            raise BlobCorrupted(blob, digest.hexdigest(), size)
+
+
+def _blob_path(root: Path, sha256: str) -> Path:
+    return root / "sha256" / sha256[:2] / sha256
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while data := handle.read(CHUNK_BYTES):
+            digest.update(data)
+            size += len(data)
+    return digest.hexdigest(), size
