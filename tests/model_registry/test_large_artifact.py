@@ -1,0 +1,124 @@
+"""A 50 MB artifact streams in and out of a real registry process with bounded memory."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+
+from lathe.model_registry.v1 import request_response_pb2 as rr
+from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
+from libs.config import LatheSettings, ServiceName
+from libs.platform.health import health_status
+from tests.support import registry_client as client
+from tests.support.subprocesses import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+SIZE = 50 * 1024 * 1024
+MIB = 1024 * 1024
+
+
+def _content() -> Iterator[bytes]:
+    """50 MB of incompressible bytes, produced one chunk at a time (never all in memory)."""
+    seed = hashlib.sha256(b"lathe").digest()
+    for i in range(SIZE // client.CHUNK):
+        block = hashlib.sha256(seed + i.to_bytes(8, "big")).digest()
+        yield block * (client.CHUNK // len(block))
+
+
+class _PeakRss:
+    """Samples a process's resident memory in the background."""
+
+    def __init__(self, pid: int) -> None:
+        self._process = psutil.Process(pid)
+        self.peak = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            await asyncio.sleep(0.01)
+
+    def __enter__(self) -> _PeakRss:
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+@pytest.fixture
+def registry_process_env(test_settings: LatheSettings, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATHE_")}
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "gen" / "python")]),
+        LATHE_DATABASE_URL=str(test_settings.database_url),
+        LATHE_NATS_URL=str(test_settings.nats_url),
+        LATHE_NAMESPACE=test_settings.namespace,
+        LATHE_HOME=str(tmp_path / "registry-home"),
+        LATHE_MODEL_REGISTRY_ADDR=test_settings.service_addr(ServiceName.MODEL_REGISTRY),
+    )
+    return env
+
+
+async def test_50_mb_round_trip_with_bounded_server_memory(
+    registry_process_env: dict[str, str], tmp_path: Path
+) -> None:
+    address = registry_process_env["LATHE_MODEL_REGISTRY_ADDR"]
+    log = (tmp_path / "registry.log").open("wb")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.model_registry",
+        env=registry_process_env,
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        for _ in range(300):
+            if await health_status(address) == "SERVING":
+                break
+            await asyncio.sleep(0.1)
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = ModelRegistryStub(channel)
+            name = "large-artifact-model"
+            await stub.CreateModel(rr.CreateModelRequest(name=name, owner="uw"))
+            expected = hashlib.sha256()
+
+            async def requests() -> AsyncIterator[rr.RegisterModelVersionRequest]:
+                yield rr.RegisterModelVersionRequest(metadata=client.metadata(name))
+                for data in _content():
+                    expected.update(data)
+                    yield rr.RegisterModelVersionRequest(
+                        chunk=rr.ArtifactChunk(name="model.onnx", data=data)
+                    )
+
+            baseline = psutil.Process(process.pid).memory_info().rss
+            with _PeakRss(process.pid) as upload_peak:
+                version = (await stub.RegisterModelVersion(requests())).model_version
+            with _PeakRss(process.pid) as download_peak:
+                header, digest, size = await client.download(
+                    stub, name, version.version, "model.onnx"
+                )
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        await process.wait()
+        log.close()
+
+    assert version.artifacts[0].size_bytes == SIZE
+    assert digest == header.sha256 == expected.hexdigest()
+    assert size == SIZE
+    growth = max(upload_peak.peak, download_peak.peak) - baseline
+    print(f"registry RSS: baseline {baseline / MIB:.0f} MiB, growth {growth / MIB:.1f} MiB")
+    assert growth < 24 * MIB, f"server memory grew by {growth / MIB:.1f} MiB for a 50 MiB artifact"
