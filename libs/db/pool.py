@@ -19,7 +19,13 @@ async def connect_pool(
     connect_timeout_s: float = 30.0,
     application_name: str = "lathe",
 ) -> asyncpg.Pool:
-    """Open a pool, retrying while Postgres is still starting (e.g. right after `lathe up`)."""
+    """Open a pool, retrying while Postgres is still starting (e.g. right after `lathe up`).
+
+    Connections are not reset when released (asyncpg would spend a round trip per
+    release on ``RESET ALL; UNLISTEN *; ...``). So never leave session state on a
+    pooled connection: use ``SET LOCAL`` and transaction-scoped advisory locks, or
+    undo it before release as the relay does with its LISTEN and leader lock.
+    """
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(_CONNECT_ERRORS),
         wait=wait_exponential(multiplier=0.05, max=1.0),
@@ -32,9 +38,14 @@ async def connect_pool(
                 min_size=min_size,
                 max_size=max_size,
                 server_settings={"application_name": application_name},
+                reset=_no_reset,
             )
     assert pool is not None
     return pool
+
+
+async def _no_reset(connection: asyncpg.Connection) -> None:
+    """Release without a reset round trip (see ``connect_pool``)."""
 
 
 @asynccontextmanager

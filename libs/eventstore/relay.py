@@ -71,7 +71,12 @@ class EventRelay:
                         "SELECT pg_try_advisory_lock(hashtext($1))", self._lock_key
                     ):
                         failures = 0
-                        await self._lead(conn, stop)
+                        try:
+                            await self._lead(conn, stop)
+                        finally:
+                            # Pooled connections are not reset on release (see connect_pool).
+                            with contextlib.suppress(Exception):
+                                await conn.execute("SELECT pg_advisory_unlock_all()")
                         continue
                 await _wait(stop, self._poll_interval_s)  # another replica leads
             except Exception as exc:  # database or broker outage: back off and resume

@@ -7,6 +7,7 @@ than in a cluster.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
@@ -44,8 +45,12 @@ def load_directory(directory: Path) -> list[Manifest]:
     ]
 
 
+@functools.cache
 def kustomize(directory: Path) -> list[Manifest]:
-    """What ``kubectl kustomize`` renders: what a cluster would actually receive."""
+    """What ``kubectl kustomize`` renders: what a cluster would actually receive.
+
+    Rendered once per directory and run; callers must not modify the result.
+    """
     kubectl = shutil.which("kubectl")
     assert kubectl is not None, "kubectl is needed to render kustomizations"
     rendered = subprocess.run(
