@@ -79,6 +79,12 @@ class LatheSettings(BaseSettings):
     duplicate_window_s: float = Field(
         default=120.0, gt=0, description="JetStream dedupe window for relayed events."
     )
+    stream_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="JetStream replicas of each event stream (3 in a cluster).",
+    )
     relay_batch_size: int = Field(default=500, gt=0, le=10_000)
     relay_poll_interval_s: float = Field(
         default=1.0, gt=0, description="Relay polling fallback when no NOTIFY arrives."

@@ -25,6 +25,12 @@ from libs.grpckit.methods import aborting_handlers, mutating_methods
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 _HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+LIVENESS_SERVICE = "lathe.liveness"
+"""Health name that is SERVING while the process runs, whatever its dependencies do.
+
+Liveness probes ask for it: restarting a process cannot fix a Postgres outage,
+which only readiness (the per-service names and "") should reflect.
+"""
 
 Registration = Callable[[LateBoundHandlers], None]
 """Adds servicers, e.g. ``lambda s: add_ModelRegistryServicer_to_server(servicer, s)``."""
@@ -73,6 +79,7 @@ class GrpcServer:
     async def start(self) -> int:
         """Listen (health NOT_SERVING until ``bind`` and ``set_serving``); returns the port."""
         await self._set_all(_NOT_SERVING)
+        await self._health.set(LIVENESS_SERVICE, _SERVING)
         try:
             self.port = self.server.add_insecure_port(self.address)
         except RuntimeError as exc:
@@ -95,6 +102,7 @@ class GrpcServer:
     async def stop(self, grace_s: float) -> None:
         """Stop accepting calls and let in-flight ones finish within ``grace_s``."""
         await self._set_all(_NOT_SERVING)
+        await self._health.set(LIVENESS_SERVICE, _NOT_SERVING)
         await self.server.stop(grace_s)
 
     async def _set_all(self, status: int) -> None:

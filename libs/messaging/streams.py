@@ -39,7 +39,12 @@ class EventStreamNames:
 
 
 async def ensure_stream(
-    js: JetStreamContext, name: str, subjects: list[str], *, duplicate_window_s: float
+    js: JetStreamContext,
+    name: str,
+    subjects: list[str],
+    *,
+    duplicate_window_s: float,
+    replicas: int = 1,
 ) -> None:
     """Create the stream, or update it to this configuration if it exists."""
     config = StreamConfig(
@@ -50,6 +55,7 @@ async def ensure_stream(
         discard=DiscardPolicy.OLD,
         duplicate_window=duplicate_window_s,
         allow_direct=True,
+        num_replicas=replicas,
     )
     try:
         await js.stream_info(name)

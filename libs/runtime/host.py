@@ -69,6 +69,7 @@ class ServiceHost:
                 streams.stream,
                 [streams.all_subjects],
                 duplicate_window_s=settings.duplicate_window_s,
+                replicas=settings.stream_replicas,
             )
             store = EventStore(pool, spec.name.value)
             context = ServiceContext(settings, pool, nats_client, js, store, streams)

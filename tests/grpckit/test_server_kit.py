@@ -15,6 +15,7 @@ from lathe.model_registry.v1 import request_response_pb2 as rr
 from lathe.model_registry.v1 import service_pb2, service_pb2_grpc
 from libs.errors import NotFound
 from libs.grpckit import GrpcServer, open_channel, remaining_time_s
+from libs.grpckit.server import LIVENESS_SERVICE
 
 REGISTRY = service_pb2.DESCRIPTOR.services_by_name["ModelRegistry"]
 TOKEN = "s3cret"
@@ -73,10 +74,10 @@ async def stub(server: GrpcServer) -> AsyncIterator[service_pb2_grpc.ModelRegist
         yield service_pb2_grpc.ModelRegistryStub(channel)
 
 
-async def _health(port: int) -> int:
+async def _health(port: int, service: str = REGISTRY.full_name) -> int:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         response = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=REGISTRY.full_name)
+            health_pb2.HealthCheckRequest(service=service)
         )
     return response.status
 
@@ -85,6 +86,9 @@ async def test_not_serving_and_unavailable_until_bound() -> None:
     server = await _start(ScriptedRegistry(), bind=False)
     try:
         assert await _health(server.port) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert (
+            await _health(server.port, LIVENESS_SERVICE) == health_pb2.HealthCheckResponse.SERVING
+        )
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await service_pb2_grpc.ModelRegistryStub(channel).GetModel(

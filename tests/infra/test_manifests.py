@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from libs.config import LatheSettings, ServiceName
+from libs.grpckit.server import LIVENESS_SERVICE
 from libs.platform.runner import _METRICS_PORTS
 from tests.infra.manifests import (
     BASE,
@@ -172,12 +173,13 @@ def test_termination_grace_covers_the_drain(
 
 
 @pytest.mark.parametrize("service", _SERVICES, ids=str)
-def test_liveness_rides_out_a_dependency_failover(
-    base: list[Manifest], service: ServiceName
-) -> None:
-    """Health is NOT_SERVING while Postgres or NATS is down; restarting would not help."""
-    liveness = only_container(_deployment(base, service))["livenessProbe"]
+def test_liveness_ignores_dependency_outages(base: list[Manifest], service: ServiceName) -> None:
+    """Readiness goes NOT_SERVING while Postgres or NATS is down; restarting would not help."""
+    container = only_container(_deployment(base, service))
+    liveness, readiness = container["livenessProbe"], container["readinessProbe"]
 
+    assert liveness["grpc"]["service"] == LIVENESS_SERVICE
+    assert readiness["grpc"].get("service", "") != LIVENESS_SERVICE
     assert liveness["periodSeconds"] * liveness["failureThreshold"] >= _DEPENDENCY_FAILOVER_S
 
 
