@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 
 from libs.eventstore.catalog import EventCatalog
 from libs.eventstore.headers import EventHeaders
@@ -98,15 +98,67 @@ class DurableConsumer:
                     messages = await subscription.fetch(spec.batch_size, timeout=0.5)
                 except TimeoutError:
                     continue
-                for message in messages:
-                    await self.handle(message)
+                await self.handle_batch(messages)
         finally:
             await subscription.unsubscribe()
 
-    async def handle(self, msg: Msg) -> None:
-        """Apply one message's effect once, then ack it (nak on failure)."""
+    async def handle_batch(self, messages: list[Msg]) -> None:
+        """Apply a fetched batch in one transaction (one commit, not one per event).
+
+        If any handler fails, the batch rolls back and each message is retried in
+        a transaction of its own, so only the failing one is nak'ed.
+        """
+        ready = [(msg, delivered) for msg in messages if (delivered := await self._decode(msg))]
+        if not ready:
+            return
+        try:
+            async with self._store.pool.acquire() as conn, conn.transaction():
+                for msg, delivered in ready:
+                    await self._apply(conn, msg, delivered)
+        except Exception:
+            if len(ready) == 1:
+                await self._nak(*ready[0])
+                return
+            for msg, delivered in ready:
+                await self._handle_alone(msg, delivered)
+            return
+        for msg, _ in ready:
+            await msg.ack()
+
+    async def _handle_alone(self, msg: Msg, delivered: DeliveredEvent) -> None:
+        try:
+            async with self._store.pool.acquire() as conn, conn.transaction():
+                await self._apply(conn, msg, delivered)
+        except Exception:
+            await self._nak(msg, delivered)
+        else:
+            await msg.ack()
+
+    async def _decode(self, msg: Msg) -> DeliveredEvent | None:
+        """The decoded event, or None after acking/terminating what cannot be handled."""
+        try:
+            event = EventHeaders.decode(msg.headers or {}, msg.data, msg.subject)
+            if event.event_type not in self._catalog:
+                _log.debug("consumer %s skips event type %s", self._spec.name, event.event_type)
+                await msg.ack()
+                return None
+            return DeliveredEvent(
+                event=event,
+                message=self._catalog.decode(event.event_type, event.payload),
+                subject=msg.subject,
+                delivery_attempt=msg.metadata.num_delivered if msg.reply else 1,
+            )
+        except ValueError as exc:
+            # Malformed envelope or payload: retrying cannot fix it.
+            _log.error(
+                "consumer %s drops malformed message on %s: %s", self._spec.name, msg.subject, exc
+            )
+            await msg.term()
+            return None
+
+    async def _apply(self, conn: asyncpg.Connection, msg: Msg, delivered: DeliveredEvent) -> None:
+        """Record the event as processed and, the first time only, run the handler."""
         headers = msg.headers or {}
-        attempt = msg.metadata.num_delivered if msg.reply else 1
         with _tracer.start_as_current_span(
             f"{msg.subject} process",
             context=extract_context(headers),
@@ -115,52 +167,25 @@ class DurableConsumer:
                 "messaging.system": "nats",
                 "messaging.destination.name": msg.subject,
                 "messaging.consumer.group.name": self._spec.name,
-                "messaging.message.id": headers.get("Nats-Msg-Id", ""),
+                "messaging.message.id": str(delivered.event.event_id),
             },
         ) as span:
-            try:
-                event = EventHeaders.decode(headers, msg.data, msg.subject)
-                if event.event_type not in self._catalog:
-                    _log.debug("consumer %s skips event type %s", self._spec.name, event.event_type)
-                    await msg.ack()
-                    return
-                delivered = DeliveredEvent(
-                    event=event,
-                    message=self._catalog.decode(event.event_type, event.payload),
-                    subject=msg.subject,
-                    delivery_attempt=attempt,
-                )
-            except ValueError as exc:
-                # Malformed envelope or payload: retrying cannot fix it.
-                _log.error(
-                    "consumer %s drops malformed message on %s: %s",
-                    self._spec.name,
-                    msg.subject,
-                    exc,
-                )
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
-                await msg.term()
-                return
-            try:
-                async with self._store.pool.acquire() as conn, conn.transaction():
-                    first_time = await conn.fetchval(
-                        self._store.sql.mark_processed, self._spec.name, event.event_id
-                    )
-                    if first_time is not None:
-                        await self._handler(delivered, conn)
-                    span.set_attribute("lathe.duplicate", first_time is None)
-            except Exception as exc:
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
-                delay = min(30.0, 0.25 * 2**attempt)
-                _log.exception(
-                    "consumer %s failed on event %s (attempt %d of %d); retrying in %.1fs",
-                    self._spec.name,
-                    event.event_id,
-                    attempt,
-                    self._spec.max_deliver,
-                    delay,
-                )
-                await msg.nak(delay=delay)
-                return
-            await msg.ack()
+            first_time = await conn.fetchval(
+                self._store.sql.mark_processed, self._spec.name, delivered.event.event_id
+            )
+            span.set_attribute("lathe.duplicate", first_time is None)
+            if first_time is not None:
+                await self._handler(delivered, conn)
+
+    async def _nak(self, msg: Msg, delivered: DeliveredEvent) -> None:
+        attempt = delivered.delivery_attempt
+        delay = min(30.0, 0.25 * 2**attempt)
+        _log.exception(
+            "consumer %s failed on event %s (attempt %d of %d); retrying in %.1fs",
+            self._spec.name,
+            delivered.event.event_id,
+            attempt,
+            self._spec.max_deliver,
+            delay,
+        )
+        await msg.nak(delay=delay)

@@ -1,0 +1,72 @@
+"""Durable consumers against real NATS + Postgres: batches, failures, redelivery."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+from google.protobuf.wrappers_pb2 import Int64Value
+from nats.js import JetStreamContext
+
+from libs.db import apply_migrations
+from libs.eventstore import (
+    NO_STREAM,
+    ConsumerSpec,
+    DeliveredEvent,
+    DurableConsumer,
+    EventRelay,
+    EventStore,
+)
+from libs.messaging import EventStreamNames, ensure_stream
+from tests.eventstore.events import CATALOG, increment
+from tests.support.infra import InfraEndpoints
+
+
+async def test_a_failing_event_is_retried_alone_while_its_batch_commits(
+    event_store: EventStore, db_pool: asyncpg.Pool, js: JetStreamContext, infra: InfraEndpoints
+) -> None:
+    names = EventStreamNames(infra.namespace, event_store.schema)
+    await ensure_stream(js, names.stream, [names.all_subjects], duplicate_window_s=120)
+    await event_store.append("s", [increment(v) for v in range(1, 21)], expected_version=NO_STREAM)
+    consumer_schema = f"c_{uuid.uuid4().hex[:8]}"
+    async with db_pool.acquire() as conn:
+        await apply_migrations(conn, consumer_schema, EventStore.migrations())
+        await conn.execute(f'CREATE TABLE "{consumer_schema}".seen (value int, attempt int)')
+
+    async def flaky(delivered: DeliveredEvent, conn: asyncpg.Connection) -> None:
+        assert isinstance(delivered.message, Int64Value)
+        value = delivered.message.value
+        await conn.execute(
+            f'INSERT INTO "{consumer_schema}".seen VALUES ($1, $2)',
+            value,
+            delivered.delivery_attempt,
+        )
+        if value == 7 and attempt < 3:
+            raise RuntimeError("downstream dependency hiccup")
+
+    consumer = DurableConsumer(
+        ConsumerSpec("flaky", names.stream, names.all_subjects, batch_size=20),
+        js=js,
+        store=EventStore(db_pool, consumer_schema),
+        catalog=CATALOG,
+        handler=flaky,
+    )
+    stop = asyncio.Event()
+    relay = asyncio.create_task(EventRelay(event_store, js, names, poll_interval_s=0.1).run(stop))
+    consuming = asyncio.create_task(consumer.run(stop))
+    count = f'SELECT count(*) FROM "{consumer_schema}".seen'
+    for _ in range(100):
+        if await db_pool.fetchval(count) >= 20:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # a duplicate application would land now
+    stop.set()
+    await asyncio.gather(relay, consuming)
+
+    rows = await db_pool.fetch(
+        f'SELECT value, attempt FROM "{consumer_schema}".seen ORDER BY value'
+    )
+    # Rolled-back attempts (the failing one, and its batch's first try) left no effect.
+    assert [r["value"] for r in rows] == list(range(1, 21))
+    assert {r["value"]: r["attempt"] for r in rows}[7] == 3
