@@ -36,12 +36,8 @@ async def test_a_failing_event_is_retried_alone_while_its_batch_commits(
 
     async def flaky(delivered: DeliveredEvent, conn: asyncpg.Connection) -> None:
         assert isinstance(delivered.message, Int64Value)
-        value = delivered.message.value
-        await conn.execute(
-            f'INSERT INTO "{consumer_schema}".seen VALUES ($1, $2)',
-            value,
-            delivered.delivery_attempt,
-        )
+        value, attempt = delivered.message.value, delivered.delivery_attempt
+        await conn.execute(f'INSERT INTO "{consumer_schema}".seen VALUES ($1, $2)', value, attempt)
         if value == 7 and attempt < 3:
             raise RuntimeError("downstream dependency hiccup")
 
