@@ -57,6 +57,7 @@ class EmbeddedPostgres:
         entry = ensure_user_exists(user)
         assert entry is not None
         ensure_prefix_permissions(self.data_dir)
+        ensure_prefix_permissions(POSTGRES_BIN_PATH)  # e.g. a virtualenv inside a 0700 dir
         readable = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
         ensure_folder_permissions(POSTGRES_BIN_PATH, readable)
         ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", readable)
