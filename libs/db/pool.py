@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 
 import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -48,8 +49,36 @@ async def _no_reset(connection: asyncpg.Connection) -> None:
     """Release without a reset round trip (see ``connect_pool``)."""
 
 
+_after_commit: ContextVar[list[Callable[[], None]] | None] = ContextVar(
+    "lathe_after_commit", default=None
+)
+
+
 @asynccontextmanager
 async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection inside a transaction: commit on success, roll back on error."""
-    async with pool.acquire() as conn, conn.transaction():
-        yield conn
+    """A pooled connection inside a transaction: commit on success, roll back on error.
+
+    Callbacks registered with ``on_commit`` inside the block run after the commit.
+    """
+    callbacks: list[Callable[[], None]] = []
+    token = _after_commit.set(callbacks)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            yield conn
+    finally:
+        _after_commit.reset(token)
+    for callback in callbacks:  # reached only when the transaction committed
+        callback()
+
+
+def on_commit(callback: Callable[[], None]) -> None:
+    """Run ``callback`` once the enclosing ``transaction()`` commits (now if there is none).
+
+    A rolled-back transaction drops it. Used to announce appended events only once
+    they are visible.
+    """
+    pending = _after_commit.get()
+    if pending is None:
+        callback()
+    else:
+        pending.append(callback)

@@ -9,9 +9,11 @@ finds the record and only acks. Either way the effect happens once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from uuid import UUID
 
 import asyncpg
 from google.protobuf.message import Message
@@ -29,6 +31,7 @@ from libs.telemetry.propagation import extract_context
 
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
+_RETRY_BACKOFF_S = (0.05, 0.2, 1.0, 2.0, 5.0)
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,23 @@ class DurableConsumer:
         self._handler = handler
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Fetch and handle messages until ``stop`` is set."""
+        """Fetch and handle messages until ``stop`` is set, surviving outages."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                await self._consume(stop)
+            except Exception as exc:  # database or broker outage: back off and resume
+                delay = _RETRY_BACKOFF_S[min(failures, len(_RETRY_BACKOFF_S) - 1)]
+                failures += 1
+                _log.warning(
+                    "consumer %s interrupted (%r); resuming in %.2fs", self._spec.name, exc, delay
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+            else:
+                failures = 0
+
+    async def _consume(self, stop: asyncio.Event) -> None:
         spec = self._spec
         subscription = await self._js.pull_subscribe(
             spec.filter_subject,
@@ -93,46 +112,82 @@ class DurableConsumer:
             ),
         )
         try:
-            while not stop.is_set():
-                try:
-                    messages = await subscription.fetch(spec.batch_size, timeout=0.5)
-                except TimeoutError:
-                    continue
-                await self.handle_batch(messages)
+            # One connection for the consumer's life: no pool round trip per batch.
+            async with self._store.pool.acquire() as conn:
+                while not stop.is_set():
+                    try:
+                        messages = await subscription.fetch(spec.batch_size, timeout=0.5)
+                    except TimeoutError:
+                        continue
+                    await self.handle_batch(messages, conn)
         finally:
-            await subscription.unsubscribe()
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
 
-    async def handle_batch(self, messages: list[Msg]) -> None:
+    async def handle_batch(self, messages: list[Msg], conn: asyncpg.Connection) -> None:
         """Apply a fetched batch in one transaction (one commit, not one per event).
 
         If any handler fails, the batch rolls back and each message is retried in
         a transaction of its own, so only the failing one is nak'ed.
         """
-        ready = [(msg, delivered) for msg in messages if (delivered := await self._decode(msg))]
+        ready: list[tuple[Msg, DeliveredEvent]] = []
+        seen: set[UUID] = set()
+        for msg in messages:
+            delivered = await self._decode(msg)
+            if delivered is None:
+                continue
+            if delivered.event.event_id in seen:  # the same event twice in one batch
+                await msg.ack()
+                continue
+            seen.add(delivered.event.event_id)
+            ready.append((msg, delivered))
         if not ready:
             return
         try:
-            async with self._store.pool.acquire() as conn, conn.transaction():
-                for msg, delivered in ready:
-                    await self._apply(conn, msg, delivered)
+            await self._apply(conn, ready)
         except Exception:
             if len(ready) == 1:
                 await self._nak(*ready[0])
                 return
-            for msg, delivered in ready:
-                await self._handle_alone(msg, delivered)
+            for one in ready:
+                try:
+                    await self._apply(conn, [one])
+                except Exception:
+                    await self._nak(*one)
+                else:
+                    await one[0].ack()
             return
         for msg, _ in ready:
             await msg.ack()
 
-    async def _handle_alone(self, msg: Msg, delivered: DeliveredEvent) -> None:
-        try:
-            async with self._store.pool.acquire() as conn, conn.transaction():
-                await self._apply(conn, msg, delivered)
-        except Exception:
-            await self._nak(msg, delivered)
-        else:
-            await msg.ack()
+    async def _apply(
+        self, conn: asyncpg.Connection, ready: list[tuple[Msg, DeliveredEvent]]
+    ) -> None:
+        """In one transaction: record the events as processed, run handlers for the new ones."""
+        async with conn.transaction():
+            new = {
+                row["event_id"]
+                for row in await conn.fetch(
+                    self._store.sql.mark_processed_many,
+                    self._spec.name,
+                    [delivered.event.event_id for _, delivered in ready],
+                )
+            }
+            for msg, delivered in ready:
+                with _tracer.start_as_current_span(
+                    f"{msg.subject} process",
+                    context=extract_context(msg.headers or {}),
+                    kind=SpanKind.CONSUMER,
+                    attributes={
+                        "messaging.system": "nats",
+                        "messaging.destination.name": msg.subject,
+                        "messaging.consumer.group.name": self._spec.name,
+                        "messaging.message.id": str(delivered.event.event_id),
+                        "lathe.duplicate": delivered.event.event_id not in new,
+                    },
+                ):
+                    if delivered.event.event_id in new:
+                        await self._handler(delivered, conn)
 
     async def _decode(self, msg: Msg) -> DeliveredEvent | None:
         """The decoded event, or None after acking/terminating what cannot be handled."""
@@ -155,27 +210,6 @@ class DurableConsumer:
             )
             await msg.term()
             return None
-
-    async def _apply(self, conn: asyncpg.Connection, msg: Msg, delivered: DeliveredEvent) -> None:
-        """Record the event as processed and, the first time only, run the handler."""
-        headers = msg.headers or {}
-        with _tracer.start_as_current_span(
-            f"{msg.subject} process",
-            context=extract_context(headers),
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.destination.name": msg.subject,
-                "messaging.consumer.group.name": self._spec.name,
-                "messaging.message.id": str(delivered.event.event_id),
-            },
-        ) as span:
-            first_time = await conn.fetchval(
-                self._store.sql.mark_processed, self._spec.name, delivered.event.event_id
-            )
-            span.set_attribute("lathe.duplicate", first_time is None)
-            if first_time is not None:
-                await self._handler(delivered, conn)
 
     async def _nak(self, msg: Msg, delivered: DeliveredEvent) -> None:
         attempt = delivered.delivery_attempt

@@ -36,7 +36,7 @@ _tracer = trace.get_tracer(__name__)
 _meter = metrics.get_meter(__name__)
 _published = _meter.create_counter("lathe.relay.events_published", unit="{event}")
 
-_GAP_POLL_S = 0.002
+_GAP_POLL_S = 0.005
 _RETRY_BACKOFF_S = (0.05, 0.2, 1.0, 2.0, 5.0)
 
 
@@ -76,7 +76,9 @@ class EventRelay:
                         finally:
                             # Pooled connections are not reset on release (see connect_pool).
                             with contextlib.suppress(Exception):
-                                await conn.execute("SELECT pg_advisory_unlock_all()")
+                                await conn.execute(
+                                    "RESET synchronous_commit; SELECT pg_advisory_unlock_all()"
+                                )
                         continue
                 await _wait(stop, self._poll_interval_s)  # another replica leads
             except Exception as exc:  # database or broker outage: back off and resume
@@ -86,27 +88,35 @@ class EventRelay:
                 await _wait(stop, delay)
 
     async def _lead(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
-        wake = asyncio.Event()
+        signal = self._store.signal
+        # Appends in this process ring `signal.local` directly; other processes NOTIFY.
+        signal.leading_here = True
 
         def _on_notify(*_: object) -> None:
-            wake.set()
+            signal.local.set()
 
         await conn.add_listener(self._store.notify_channel, _on_notify)
+        # Losing a checkpoint write in a crash only republishes events JetStream
+        # dedupes, so checkpoint commits need not wait for the WAL flush.
+        await conn.execute("SET synchronous_commit TO off")
         try:
             position = await self._store.load_checkpoint(self._checkpoint_name, conn=conn)
             tailer = EventTailer(self._store.schema, position=position)
             _log.info("event relay for %s leading from position %d", self._store.schema, position)
             while not stop.is_set():
-                wake.clear()
+                signal.local.clear()
                 batch = await tailer.read(conn, self._batch_size)
                 if batch.events:
                     await self._publish(batch.events)
-                    await self._save_checkpoint(conn, tailer.position)
-                elif batch.waiting_on_gap:
-                    await asyncio.sleep(_GAP_POLL_S)
+                    await self._store.save_checkpoint(
+                        self._checkpoint_name, tailer.position, conn=conn
+                    )
                 else:
-                    await _wait_any(wake, stop, self._poll_interval_s)
+                    # A hole may fill any moment (its writer's commit rings the signal).
+                    timeout = _GAP_POLL_S if batch.waiting_on_gap else self._poll_interval_s
+                    await _wait_any(signal.local, stop, timeout)
         finally:
+            signal.leading_here = False
             with contextlib.suppress(Exception):
                 await conn.remove_listener(self._store.notify_channel, _on_notify)
 
@@ -137,13 +147,6 @@ class EventRelay:
             pending.append(future)
         await asyncio.gather(*pending)
         _published.add(len(events), {"service": self._names.service})
-
-    async def _save_checkpoint(self, conn: asyncpg.Connection, position: int) -> None:
-        # Losing this write in a crash only republishes events JetStream dedupes,
-        # so it need not wait for the WAL flush.
-        async with conn.transaction():
-            await conn.execute("SET LOCAL synchronous_commit TO off")
-            await self._store.save_checkpoint(self._checkpoint_name, position, conn=conn)
 
 
 def _end_span(span: trace.Span, future: asyncio.Future[object]) -> None:

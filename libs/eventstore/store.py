@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 from opentelemetry import trace
 
-from libs.db import Migration, load_migrations, quote_ident
+from libs.db import Migration, load_migrations, on_commit, quote_ident
 from libs.errors import Conflict, InvalidArgument
 from libs.eventstore.model import (
     ANY_VERSION,
@@ -27,6 +27,7 @@ from libs.eventstore.model import (
     RecordedEvent,
     WrongExpectedVersion,
 )
+from libs.eventstore.signal import AppendSignal
 
 _tracer = trace.get_tracer(__name__)
 
@@ -95,8 +96,9 @@ class _Statements:
         self.save_checkpoint = f"""
             INSERT INTO {s}.checkpoints (name, position) VALUES ($1, $2)
             ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()"""
-        self.mark_processed = f"""
-            INSERT INTO {s}.processed_events (consumer, event_id) VALUES ($1, $2)
+        self.mark_processed_many = f"""
+            INSERT INTO {s}.processed_events (consumer, event_id)
+            SELECT $1, unnest($2::uuid[])
             ON CONFLICT DO NOTHING RETURNING event_id"""
 
 
@@ -128,6 +130,8 @@ class EventStore:
         self._pool = pool
         self.schema = schema
         self.sql = _Statements(schema)
+        self.signal = AppendSignal(pool, f"lathe_events.{schema}")
+        """Rings after each committed append; the relay waits on it."""
 
     @staticmethod
     def migrations() -> list[Migration]:
@@ -136,8 +140,8 @@ class EventStore:
 
     @property
     def notify_channel(self) -> str:
-        """The LISTEN channel notified after every append to this store."""
-        return f"lathe_events.{self.schema}"
+        """The LISTEN channel notified after appends from processes whose relay is not leading."""
+        return self.signal.channel
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -165,8 +169,10 @@ class EventStore:
 
         ``expected_version`` is the stream's current version, ``NO_STREAM`` (0) for a
         new stream or ``ANY_VERSION`` (-1). Pass ``conn`` to append inside a caller's
-        transaction (e.g. together with a projection update). Raises
-        ``WrongExpectedVersion`` (nothing written) when another writer got there first.
+        transaction (e.g. together with a projection update); open that transaction with
+        ``libs.db.transaction`` so the relay is told at its commit (otherwise it finds the
+        events at its next poll). Raises ``WrongExpectedVersion`` (nothing written) when
+        another writer got there first.
         """
         if not stream_id:
             raise InvalidArgument("stream_id must not be empty")
@@ -204,6 +210,10 @@ class EventStore:
                 if not rows:
                     actual = await connection.fetchval(self.sql.stream_version, stream_id)
                     raise WrongExpectedVersion(stream_id, expected_version, actual or NO_STREAM)
+        if conn is None:
+            self.signal.appended()
+        else:
+            on_commit(self.signal.appended)
         rows = sorted(rows, key=lambda row: row["stream_version"])
         recorded = tuple(
             RecordedEvent(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 
@@ -87,6 +88,9 @@ class ServiceHost:
             tasks.append(asyncio.create_task(self._watch_dependencies(context, server)))
             await server.set_serving(True)
             self.serving.set()
+            # Start-up objects live for the whole process: keep them out of every
+            # future collection (a full one of this heap took ~20 ms).
+            gc.freeze()
             _log.info("%s SERVING on port %d", spec.name.display_name, port)
             await self._stop.wait()
         finally:

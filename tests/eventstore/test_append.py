@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from google.protobuf.wrappers_pb2 import StringValue
 
+from libs.db import transaction
 from libs.errors import Conflict, InvalidArgument
 from libs.eventstore import ANY_VERSION, NO_STREAM, EventStore, WrongExpectedVersion
 from tests.eventstore.events import CATALOG, note
@@ -151,3 +152,25 @@ async def test_read_all_pages_in_position_order(event_store: EventStore) -> None
     positions = [e.global_position for e in first + rest]
     assert positions == sorted(positions)
     assert len(positions) == 5
+
+
+async def test_the_append_signal_rings_after_commit_and_never_after_rollback(
+    event_store: EventStore,
+) -> None:
+    signal = event_store.signal
+    signal.leading_here = True  # as if this process's relay led: no NOTIFY needed
+    signal.local.clear()
+    async with transaction(event_store.pool) as conn:
+        await event_store.append("s", [note("a")], expected_version=NO_STREAM, conn=conn)
+        assert not signal.local.is_set(), "rang before the events were visible"
+    assert signal.local.is_set()
+
+    signal.local.clear()
+    with pytest.raises(RuntimeError):
+        async with transaction(event_store.pool) as conn:
+            await event_store.append("t", [note("b")], expected_version=NO_STREAM, conn=conn)
+            raise RuntimeError("roll back")
+    assert not signal.local.is_set()
+
+    await event_store.append("u", [note("c")], expected_version=NO_STREAM)
+    assert signal.local.is_set()
