@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 
 import asyncpg
@@ -37,6 +38,9 @@ _meter = metrics.get_meter(__name__)
 _published = _meter.create_counter("lathe.relay.events_published", unit="{event}")
 
 _GAP_POLL_S = 0.005
+# Checkpoint at most this often while busy (always before going idle): a checkpoint
+# lost in a crash only republishes events that JetStream drops as duplicates.
+_CHECKPOINT_EVERY_S = 0.05
 _RETRY_BACKOFF_S = (0.05, 0.2, 1.0, 2.0, 5.0)
 
 
@@ -99,8 +103,11 @@ class EventRelay:
         # Losing a checkpoint write in a crash only republishes events JetStream
         # dedupes, so checkpoint commits need not wait for the WAL flush.
         await conn.execute("SET synchronous_commit TO off")
+        stopping = asyncio.create_task(stop.wait())
+        stopping.add_done_callback(lambda _: signal.local.set())
         try:
-            position = await self._store.load_checkpoint(self._checkpoint_name, conn=conn)
+            saved = position = await self._store.load_checkpoint(self._checkpoint_name, conn=conn)
+            saved_at = time.monotonic()
             tailer = EventTailer(self._store.schema, position=position)
             _log.info("event relay for %s leading from position %d", self._store.schema, position)
             while not stop.is_set():
@@ -108,14 +115,21 @@ class EventRelay:
                 batch = await tailer.read(conn, self._batch_size)
                 if batch.events:
                     await self._publish(batch.events)
+                if tailer.position != saved and (
+                    not batch.events or time.monotonic() - saved_at >= _CHECKPOINT_EVERY_S
+                ):
                     await self._store.save_checkpoint(
                         self._checkpoint_name, tailer.position, conn=conn
                     )
-                else:
+                    saved, saved_at = tailer.position, time.monotonic()
+                if not batch.events:
                     # A hole may fill any moment (its writer's commit rings the signal).
                     timeout = _GAP_POLL_S if batch.waiting_on_gap else self._poll_interval_s
-                    await _wait_any(signal.local, stop, timeout)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(timeout):
+                            await signal.local.wait()
         finally:
+            stopping.cancel()
             signal.leading_here = False
             with contextlib.suppress(Exception):
                 await conn.remove_listener(self._store.notify_channel, _on_notify)
@@ -161,12 +175,3 @@ def _end_span(span: trace.Span, future: asyncio.Future[object]) -> None:
 async def _wait(stop: asyncio.Event, timeout_s: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout_s)
-
-
-async def _wait_any(wake: asyncio.Event, stop: asyncio.Event, timeout_s: float) -> None:
-    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

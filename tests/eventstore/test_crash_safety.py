@@ -55,15 +55,17 @@ async def test_relay_killed_mid_batch_publishes_every_event_exactly_once(
     appended: list[UUID] = []
 
     async def write(total: int) -> None:
+        # Bursts keep the relay busy over many batches, so kills land mid-publish.
         n = 0
         while n < total:
-            size = rng.randint(1, 5)
-            result = await event_store.append(
-                f"s{n}", [note(str(n + i)) for i in range(size)], expected_version=NO_STREAM
-            )
-            appended.extend(e.event_id for e in result.events)
-            n += size
-            await asyncio.sleep(0.001)
+            for _ in range(60):
+                size = rng.randint(1, 5)
+                result = await event_store.append(
+                    f"s{n}", [note(str(n + i)) for i in range(size)], expected_version=NO_STREAM
+                )
+                appended.extend(e.event_id for e in result.events)
+                n += size
+            await asyncio.sleep(0.02)
 
     worker_args = (
         "--database-url",
@@ -77,7 +79,7 @@ async def test_relay_killed_mid_batch_publishes_every_event_exactly_once(
         "--batch-size",
         "25",
     )
-    writing = asyncio.create_task(write(3000))
+    writing = asyncio.create_task(write(6000))
     kills, kills_with_broker_ahead = 0, 0
     while kills < 3 or (kills_with_broker_ahead == 0 and kills < 12):
         relay = await start_worker(
