@@ -58,6 +58,9 @@ class ConsumerSpec:
     filter_subject: str
     """E.g. ``lathe.model_registry.>`` or ``lathe.model_registry.alias.*``."""
     batch_size: int = 64
+    """At most this many messages share one transaction."""
+    max_in_flight: int = 1000
+    """Delivered but unacknowledged messages per consumer (JetStream max_ack_pending)."""
     ack_wait_s: float = 30.0
     max_deliver: int = 20
     """After this many failed attempts JetStream stops redelivering (a dead letter)."""
@@ -100,15 +103,27 @@ class DurableConsumer:
 
     async def _consume(self, stop: asyncio.Event) -> None:
         spec = self._spec
-        subscription = await self._js.pull_subscribe(
+        inbox: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def deliver(msg: Msg) -> None:
+            inbox.put_nowait(msg)  # bounded by max_ack_pending
+
+        # A push consumer with a deliver group: JetStream sends each message as soon
+        # as it is stored (no pull round trip, no long-poll tail), and replicas with
+        # the same durable name share the work as a queue group.
+        subscription = await self._js.subscribe(
             spec.filter_subject,
+            queue=spec.name,
             durable=spec.name,
             stream=spec.stream,
+            cb=deliver,
+            manual_ack=True,
             config=ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
                 ack_wait=spec.ack_wait_s,
                 max_deliver=spec.max_deliver,
+                max_ack_pending=spec.max_in_flight,
             ),
         )
         try:
@@ -116,10 +131,13 @@ class DurableConsumer:
             async with self._store.pool.acquire() as conn:
                 while not stop.is_set():
                     try:
-                        messages = await subscription.fetch(spec.batch_size, timeout=0.5)
+                        async with asyncio.timeout(0.5):
+                            batch = [await inbox.get()]
                     except TimeoutError:
                         continue
-                    await self.handle_batch(messages, conn)
+                    while len(batch) < spec.batch_size and not inbox.empty():
+                        batch.append(inbox.get_nowait())
+                    await self.handle_batch(batch, conn)
         finally:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
