@@ -76,6 +76,13 @@ class LatheSettings(BaseSettings):
     metrics_host: str = Field(
         default="127.0.0.1", description="Interface for /metrics; 0.0.0.0 in a cluster."
     )
+    trace_sample_ratio: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of new traces recorded (1.0 in development; e.g. 0.01 under load). "
+        "Calls that arrive with a sampled trace context are always recorded.",
+    )
     duplicate_window_s: float = Field(
         default=120.0, gt=0, description="JetStream dedupe window for relayed events."
     )

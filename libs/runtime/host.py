@@ -141,6 +141,7 @@ def run_service(spec: ServiceSpec) -> None:
         traces_dir=settings.home / "traces",
         metrics_port=settings.metrics_port,
         metrics_host=settings.metrics_host,
+        sample_ratio=settings.trace_sample_ratio,
     )
     host = ServiceHost(spec, settings)
 

@@ -1,4 +1,4 @@
-"""Which spans are kept: every trace a request starts, not background polling.
+"""Which spans are kept: the traces requests start, not background polling.
 
 Database and broker calls made outside any trace (the relay polling for new
 events, health watchdogs, pool resets) would otherwise each start a trace of
@@ -16,16 +16,18 @@ from opentelemetry.sdk.trace.sampling import (
     ParentBased,
     Sampler,
     SamplingResult,
+    TraceIdRatioBased,
 )
 from opentelemetry.trace import Link, SpanKind, get_current_span
 from opentelemetry.util.types import Attributes
 
 
 class SkipUntracedClientCalls(Sampler):
-    """Drops root CLIENT spans; otherwise follows the parent's decision (default: keep)."""
+    """Drops root CLIENT spans; keeps ``ratio`` of other new traces; children follow parents."""
 
-    def __init__(self) -> None:
-        self._delegate = ParentBased(ALWAYS_ON)
+    def __init__(self, ratio: float = 1.0) -> None:
+        root = ALWAYS_ON if ratio >= 1.0 else TraceIdRatioBased(ratio)
+        self._delegate = ParentBased(root)
 
     def should_sample(
         self,

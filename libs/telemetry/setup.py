@@ -40,12 +40,15 @@ def configure_telemetry(
     traces_dir: Path | None = None,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
+    sample_ratio: float = 1.0,
 ) -> Telemetry:
     """Install this process's tracer and meter providers (once, at start-up)."""
     resource = Resource.create({"service.name": service_name})
     otlp = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
 
-    tracer_provider = TracerProvider(resource=resource, sampler=SkipUntracedClientCalls())
+    tracer_provider = TracerProvider(
+        resource=resource, sampler=SkipUntracedClientCalls(sample_ratio)
+    )
     if otlp:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 

@@ -1,0 +1,334 @@
+"""Model registry serving: ResolveAlias and ListModelVersions over gRPC.
+
+The registry runs as its own process exactly as `lathe up` starts it
+(``python -m services.model_registry``, telemetry on), against this run's
+database and namespace. Baselines, measured in the same run and interleaved in
+chunks so machine drift hits every variant alike: a raw grpc.aio echo server in
+its own process (the RPC floor) and a raw asyncpg primary-key read of the alias
+row (the storage floor). The issue's goal: ResolveAlias p99 <= 1.5x the sum of
+the two; ListModelVersions (a page of 100 of 10,000 versions) p99 < 20 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+
+from bench.echo_server import ECHO_METHOD
+from bench.families import Family
+from bench.harness import BenchContext, LatencyStats
+from bench.results import Comparison, FamilyResult, Goal, Measurement, Role
+from lathe.model_registry.v1 import message_pb2
+from lathe.model_registry.v1 import request_response_pb2 as rr
+from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
+from libs.platform.health import health_status
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+_MODEL = "bench-credit-default"
+
+
+@dataclass(frozen=True)
+class RegistryParams:
+    versions: int = 10_000
+    """Versions registered (through the real API) before measuring."""
+    register_concurrency: int = 8
+    samples: int = 3000
+    """Calls per variant for ResolveAlias and its baselines."""
+    warmup: int = 300
+    chunk: int = 100
+    """Variants alternate every ``chunk`` calls."""
+    list_samples: int = 600
+    page_size: int = 100
+    sampled_ratio: float = 0.01
+    """LATHE_TRACE_SAMPLE_RATIO of the second registry (a production-like setting)."""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@asynccontextmanager
+async def _process(args: list[str], env: dict[str, str], log: Path) -> AsyncIterator[int]:
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, *args, env=env, cwd=_REPO_ROOT, stdout=out, stderr=out
+        )
+    try:
+        yield process.pid
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        await process.wait()
+
+
+def _env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LATHE_", "OTEL_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(_REPO_ROOT), str(_REPO_ROOT / "gen" / "python")])
+    env.update(values)
+    return env
+
+
+async def _wait_serving(address: str) -> None:
+    for _ in range(600):
+        if await health_status(address) == "SERVING":
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"the model registry at {address} never reached SERVING")
+
+
+async def _seed(stub: ModelRegistryStub, params: RegistryParams) -> None:
+    await stub.CreateModel(rr.CreateModelRequest(name=_MODEL, owner="bench"))
+    signature = message_pb2.Signature(
+        inputs=[message_pb2.TensorSpec(name="x", dtype=message_pb2.DATA_TYPE_FLOAT32)]
+    )
+    artifact = [rr.ArtifactDeclaration(name="model.onnx", format=message_pb2.ARTIFACT_FORMAT_ONNX)]
+
+    async def register(i: int) -> None:
+        async def requests() -> AsyncIterator[rr.RegisterModelVersionRequest]:
+            meta = rr.ModelVersionMetadata(
+                model_name=_MODEL, signature=signature, metrics={"auc": 0.7}, artifacts=artifact
+            )
+            yield rr.RegisterModelVersionRequest(metadata=meta)
+            chunk = rr.ArtifactChunk(name="model.onnx", data=i.to_bytes(8, "big") * 16)
+            yield rr.RegisterModelVersionRequest(chunk=chunk)
+
+        await stub.RegisterModelVersion(requests())
+
+    queue = iter(range(params.versions))
+
+    async def worker() -> None:
+        for i in queue:
+            await register(i)
+
+    await asyncio.gather(*(worker() for _ in range(params.register_concurrency)))
+    await stub.SetAlias(
+        rr.SetAliasRequest(model_name=_MODEL, alias="production", version=params.versions // 2)
+    )
+
+
+async def _interleaved(
+    calls: dict[str, Callable[[], Awaitable[object]]], *, samples: int, warmup: int, chunk: int
+) -> dict[str, list[int]]:
+    """Per variant, ``samples`` call latencies (ns), alternating variants every ``chunk``."""
+    for call in calls.values():
+        for _ in range(warmup):
+            await call()
+    latencies: dict[str, list[int]] = {key: [] for key in calls}
+    while any(len(v) < samples for v in latencies.values()):
+        for key, call in calls.items():
+            for _ in range(min(chunk, samples - len(latencies[key]))):
+                started = time.perf_counter_ns()
+                await call()
+                latencies[key].append(time.perf_counter_ns() - started)
+    return latencies
+
+
+def _measurement(key: str, label: str, role: Role, samples: list[int]) -> Measurement:
+    stats = LatencyStats.from_ns(samples)
+    return Measurement(key, label, role, stats.metrics(), {"latency_ms": asdict(stats)})
+
+
+async def run(context: BenchContext, params: RegistryParams) -> FamilyResult:
+    registry_addr = f"127.0.0.1:{_free_port()}"
+    sampled_addr = f"127.0.0.1:{_free_port()}"
+    echo_port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="lathe-bench-registry-") as home:
+        env = _env(
+            LATHE_DATABASE_URL=context.database_url,
+            LATHE_NATS_URL=context.nats_url,
+            LATHE_NAMESPACE=context.namespace,
+            LATHE_HOME=home,
+            LATHE_MODEL_REGISTRY_ADDR=registry_addr,
+        )
+        sampled_env = {
+            **env,
+            "LATHE_MODEL_REGISTRY_ADDR": sampled_addr,
+            "LATHE_TRACE_SAMPLE_RATIO": str(params.sampled_ratio),
+        }
+        logs = Path(home)
+        async with (
+            _process(["-m", "services.model_registry"], env, logs / "registry.log"),
+            _process(["-m", "services.model_registry"], sampled_env, logs / "sampled.log"),
+            _process(["-m", "bench.echo_server", str(echo_port)], env, logs / "echo.log"),
+            grpc.aio.insecure_channel(registry_addr) as registry_channel,
+            grpc.aio.insecure_channel(sampled_addr) as sampled_channel,
+            grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}") as echo_channel,
+            context.pool(max_size=2) as pool,
+        ):
+            await _wait_serving(registry_addr)
+            await _wait_serving(sampled_addr)
+            stub = ModelRegistryStub(registry_channel)
+            sampled = ModelRegistryStub(sampled_channel)
+            seeded = time.perf_counter()
+            await _seed(stub, params)
+            seed_s = time.perf_counter() - seeded
+            echo = echo_channel.unary_unary(ECHO_METHOD)
+            resolve_request = rr.ResolveAliasRequest(model_name=_MODEL, alias="production")
+            echo_payload = resolve_request.SerializeToString()
+            pk_sql = (
+                "SELECT version, traffic_share, updated_at, updated_by FROM model_registry.aliases "
+                "WHERE model_name = $1 AND alias = $2"
+            )
+            resolve = await _interleaved(
+                {
+                    "raw_grpc_echo": lambda: echo(echo_payload),
+                    "raw_pk_read": lambda: pool.fetchrow(pk_sql, _MODEL, "production"),
+                    "resolve_alias": lambda: stub.ResolveAlias(resolve_request),
+                    "resolve_alias_sampled": lambda: sampled.ResolveAlias(resolve_request),
+                },
+                samples=params.samples,
+                warmup=params.warmup,
+                chunk=params.chunk,
+            )
+            first_page = await stub.ListModelVersions(
+                rr.ListModelVersionsRequest(model_name=_MODEL, page_size=params.page_size)
+            )
+            deep_token = first_page.next_page_token
+            for _ in range(params.versions // params.page_size // 2 - 1):
+                deep_token = (
+                    await stub.ListModelVersions(
+                        rr.ListModelVersionsRequest(
+                            model_name=_MODEL, page_size=params.page_size, page_token=deep_token
+                        )
+                    )
+                ).next_page_token
+            listing = await _interleaved(
+                {
+                    "first_page": lambda: sampled.ListModelVersions(
+                        rr.ListModelVersionsRequest(model_name=_MODEL, page_size=params.page_size)
+                    ),
+                    "middle_page": lambda: sampled.ListModelVersions(
+                        rr.ListModelVersionsRequest(
+                            model_name=_MODEL, page_size=params.page_size, page_token=deep_token
+                        )
+                    ),
+                },
+                samples=params.list_samples,
+                warmup=params.warmup // 3,
+                chunk=params.chunk,
+            )
+
+    echo_m = _measurement(
+        "raw_grpc_echo", "raw grpc.aio echo (own process)", Role.BASELINE, resolve["raw_grpc_echo"]
+    )
+    pk_m = _measurement(
+        "raw_pk_read",
+        "raw asyncpg primary-key read of the alias row",
+        Role.DIAGNOSTIC,
+        resolve["raw_pk_read"],
+    )
+    resolve_m = _measurement(
+        "resolve_alias",
+        "Lathe ResolveAlias, every call traced (development default)",
+        Role.LATHE,
+        resolve["resolve_alias"],
+    )
+    sampled_m = _measurement(
+        "resolve_alias_sampled",
+        f"Lathe ResolveAlias, {params.sampled_ratio:.0%} of new traces recorded",
+        Role.LATHE,
+        resolve["resolve_alias_sampled"],
+    )
+    floor_p99 = echo_m.metric("p99") + pk_m.metric("p99")
+    floor_p50 = echo_m.metric("p50") + pk_m.metric("p50")
+    first_m = _measurement(
+        "first_page",
+        f"ListModelVersions, first page of {params.page_size}",
+        Role.LATHE,
+        listing["first_page"],
+    )
+    middle_m = _measurement(
+        "middle_page",
+        f"ListModelVersions, page {params.versions // params.page_size // 2}",
+        Role.LATHE,
+        listing["middle_page"],
+    )
+
+    def vs_floor(m: Measurement) -> str:
+        return (
+            f"{m.label}: p50 {m.metric('p50') / floor_p50:.2f}x, "
+            f"p99 {m.metric('p99') / floor_p99:.2f}x the floor"
+        )
+
+    return FamilyResult(
+        name=FAMILY.name,
+        summary=FAMILY.summary,
+        parameters=asdict(params),
+        comparisons=[
+            Comparison(
+                key="resolve_alias",
+                title="ResolveAlias vs the floor: a raw gRPC echo + a raw asyncpg PK read",
+                headline="p99",
+                higher_is_better=False,
+                columns=["p50", "p90", "p99", "max", "mean"],
+                variants=[echo_m, pk_m, resolve_m, sampled_m],
+                notes=[
+                    f"{params.samples} sequential calls per variant, alternating every "
+                    f"{params.chunk}; floor (echo + PK read): p50 {floor_p50:.3f} ms, "
+                    f"p99 {floor_p99:.3f} ms.",
+                    vs_floor(resolve_m),
+                    vs_floor(sampled_m),
+                    "Both registries run as `lathe up` starts them (interceptors, spans to "
+                    "files); they differ only in LATHE_TRACE_SAMPLE_RATIO.",
+                ],
+            ),
+            Comparison(
+                key="list_versions",
+                title=f"ListModelVersions: {params.page_size} of {params.versions} versions",
+                headline="p99",
+                higher_is_better=False,
+                columns=["p50", "p90", "p99", "max", "mean"],
+                variants=[echo_m, first_m, middle_m],
+                notes=[
+                    f"Seeding {params.versions} versions through RegisterModelVersion took "
+                    f"{seed_s:.1f} s; pages served by the sampled registry."
+                ],
+            ),
+        ],
+        goals=[
+            Goal(
+                "ResolveAlias p99 <= 1.5x (raw gRPC echo p99 + raw asyncpg PK read p99), "
+                f"{params.sampled_ratio:.0%} of traces recorded",
+                round(sampled_m.metric("p99") / floor_p99, 2),
+                1.5,
+                "x the floor",
+                "<=",
+            ),
+            Goal(
+                "ResolveAlias p99 <= 1.5x the same floor, every call traced",
+                round(resolve_m.metric("p99") / floor_p99, 2),
+                1.5,
+                "x the floor",
+                "<=",
+            ),
+            Goal(
+                f"ListModelVersions page of {params.page_size} out of {params.versions} "
+                "versions p99 < 20 ms",
+                round(max(first_m.metric("p99"), middle_m.metric("p99")), 2),
+                20.0,
+                "ms",
+                "<",
+            ),
+        ],
+    )
+
+
+FAMILY = Family(
+    name="registry.serving",
+    summary="ResolveAlias and ListModelVersions over gRPC vs a raw gRPC echo + raw asyncpg",
+    params=RegistryParams,
+    run=run,
+    quick={"versions": 1000, "samples": 500, "warmup": 50, "list_samples": 100},
+)
