@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import socket
 import tempfile
 import time
 import uuid
@@ -34,6 +33,7 @@ from bench.results import Report, Value, to_json
 from libs.db import apply_migrations, connect_pool, validate_identifier
 from libs.eventstore import EventStore
 from libs.messaging import EventStreamNames, connect_nats
+from libs.platform.scratch import ScratchServers, scratch_servers
 
 _log = logging.getLogger(__name__)
 
@@ -45,71 +45,22 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # --- servers -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Servers:
-    """Where Postgres and NATS are for this run, and which ones we started ourselves."""
-
-    admin_database_url: str
-    """A database we may ``CREATE DATABASE`` from."""
-    nats_url: str
-    embedded: tuple[str, ...] = ()
-    """``postgres`` and/or ``nats`` when the configured server was unreachable."""
-
-
-def _reachable(url: str, default_port: int) -> bool:
-    parsed = urlparse(url)
-    try:
-        with socket.create_connection(
-            (parsed.hostname or "127.0.0.1", parsed.port or default_port), 1
-        ):
-            return True
-    except OSError:
-        return False
-
-
 @contextmanager
-def provide_servers() -> Iterator[Servers]:
+def provide_servers() -> Iterator[ScratchServers]:
     """Yield a reachable Postgres and NATS, starting the embedded ones if needed.
 
     Embedded servers are a fallback for fresh machines only: their numbers are
     not comparable with the machine's tuned servers, so the report names them.
     """
-    database_url = os.environ.get("LATHE_BENCH_DATABASE_URL", DEFAULT_DATABASE_URL)
-    nats_url = os.environ.get("LATHE_BENCH_NATS_URL", DEFAULT_NATS_URL)
-    embedded: list[str] = []
-    stop_postgres = None
-    nats_pid: int | None = None
-    with tempfile.TemporaryDirectory(prefix="lathe-bench-") as scratch:
-        try:
-            if not _reachable(database_url, 5432):
-                from libs.platform.postgres import EmbeddedPostgres
-                from libs.platform.processes import pick_port
-
-                _log.warning("no Postgres at %s; starting the embedded one", database_url)
-                pg = EmbeddedPostgres(Path(scratch) / "pg" / "data", pick_port("127.0.0.1", 55433))
-                pg.start()
-                stop_postgres = pg.stop
-                database_url = pg.url.rsplit("/", 1)[0] + "/postgres"
-                embedded.append("postgres")
-            if not _reachable(nats_url, 4222):
-                from libs.platform.nats import EmbeddedNats
-                from libs.platform.processes import pick_port
-
-                _log.warning("no NATS at %s; starting the embedded one", nats_url)
-                embedded_nats = EmbeddedNats(
-                    Path(scratch) / "nats" / "data", pick_port("127.0.0.1", 54223)
-                )
-                nats_pid = embedded_nats.start()
-                nats_url = embedded_nats.url
-                embedded.append("nats")
-            yield Servers(database_url, nats_url, tuple(embedded))
-        finally:
-            if nats_pid is not None:
-                from libs.platform.processes import stop_process_tree
-
-                stop_process_tree(nats_pid)
-            if stop_postgres is not None:
-                stop_postgres()
+    with (
+        tempfile.TemporaryDirectory(prefix="lathe-bench-") as scratch,
+        scratch_servers(
+            os.environ.get("LATHE_BENCH_DATABASE_URL", DEFAULT_DATABASE_URL),
+            os.environ.get("LATHE_BENCH_NATS_URL", DEFAULT_NATS_URL),
+            Path(scratch),
+        ) as servers,
+    ):
+        yield servers
 
 
 # --- per-run isolation -----------------------------------------------------------------
@@ -167,7 +118,7 @@ class BenchContext:
 
 
 @asynccontextmanager
-async def isolated_run(servers: Servers) -> AsyncIterator[BenchContext]:
+async def isolated_run(servers: ScratchServers) -> AsyncIterator[BenchContext]:
     """Create this run's database; drop it and the namespace's streams afterwards."""
     run_id = uuid.uuid4().hex[:10]
     database = f"lathe_bench_{run_id}"

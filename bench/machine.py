@@ -17,7 +17,8 @@ from typing import Any
 
 import asyncpg
 
-from bench.harness import BenchContext, Servers
+from bench.harness import BenchContext
+from libs.platform.scratch import ScratchServers
 
 
 def machine_info() -> dict[str, Any]:
@@ -41,7 +42,7 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-async def server_info(servers: Servers, context: BenchContext) -> dict[str, Any]:
+async def server_info(servers: ScratchServers, context: BenchContext) -> dict[str, Any]:
     """Versions and the durability settings that decide commit latency."""
     conn = await asyncpg.connect(context.database_url)
     try:

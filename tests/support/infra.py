@@ -10,7 +10,6 @@ JetStream namespace, removed at the end.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,9 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from libs.platform.nats import EmbeddedNats
-from libs.platform.postgres import EmbeddedPostgres
-from libs.platform.processes import pick_port, stop_process_tree
+from libs.platform.scratch import scratch_servers
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -48,38 +45,12 @@ class InfraEndpoints:
         return f"t{self.run_id}"
 
 
-def reachable(url: str, default_port: int) -> bool:
-    parsed = urlparse(url)
-    try:
-        with socket.create_connection(
-            (parsed.hostname or "127.0.0.1", parsed.port or default_port), 1
-        ):
-            return True
-    except OSError:
-        return False
-
-
 @contextmanager
 def provide_infra(scratch: Path) -> Iterator[InfraEndpoints]:
     """Yield URLs of a real Postgres and NATS, starting embedded ones if needed."""
-    database_url = os.environ.get("LATHE_TEST_DATABASE_URL", DEFAULT_DATABASE_URL)
-    nats_url = os.environ.get("LATHE_TEST_NATS_URL", DEFAULT_NATS_URL)
-    embedded_pg: EmbeddedPostgres | None = None
-    nats_pid: int | None = None
-    try:
-        if not reachable(database_url, 5432):
-            embedded_pg = EmbeddedPostgres(
-                scratch / "postgres" / "data", pick_port("127.0.0.1", 55433)
-            )
-            embedded_pg.start()
-            database_url = embedded_pg.url.rsplit("/", 1)[0] + "/postgres"
-        if not reachable(nats_url, 4222):
-            embedded_nats = EmbeddedNats(scratch / "nats" / "data", pick_port("127.0.0.1", 54223))
-            nats_pid = embedded_nats.start()
-            nats_url = embedded_nats.url
-        yield InfraEndpoints(database_url, nats_url, uuid.uuid4().hex[:10])
-    finally:
-        if nats_pid is not None:
-            stop_process_tree(nats_pid)
-        if embedded_pg is not None:
-            embedded_pg.stop()
+    with scratch_servers(
+        os.environ.get("LATHE_TEST_DATABASE_URL", DEFAULT_DATABASE_URL),
+        os.environ.get("LATHE_TEST_NATS_URL", DEFAULT_NATS_URL),
+        scratch,
+    ) as servers:
+        yield InfraEndpoints(servers.admin_database_url, servers.nats_url, uuid.uuid4().hex[:10])
