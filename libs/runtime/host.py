@@ -1,6 +1,7 @@
 """The life of one service process, from start-up to graceful shutdown.
 
-Start: telemetry, then the gRPC server (health NOT_SERVING), then Postgres
+Start (``run_service``): telemetry, then ``ServiceHost.run``: the gRPC server
+(health NOT_SERVING), then Postgres
 (migrations applied), NATS (stream ensured), then the service's servicers, the
 outbox relay and its background tasks; only then SERVING. While running, a
 watchdog reports NOT_SERVING whenever Postgres or NATS is unreachable. SIGTERM
