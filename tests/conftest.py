@@ -26,7 +26,7 @@ from libs.eventstore import EventStore
 from libs.telemetry.sampling import SkipUntracedClientCalls
 from tests.support.infra import InfraEndpoints, provide_infra
 
-pytest_plugins = ["tests.support.registry_fixtures"]
+pytest_plugins = ["tests.support.registry_fixtures", "tests.support.feature_store_fixtures"]
 
 
 def free_port() -> int:

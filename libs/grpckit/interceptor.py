@@ -123,6 +123,8 @@ async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: 
         raise exc
     if isinstance(exc, LatheError):
         await context.abort(status_code_for(exc), str(exc))
+    if isinstance(exc, NotImplementedError):  # a generated servicer method not overridden
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")
     trace_id = f"{trace.get_current_span().get_span_context().trace_id:032x}"
     _log.exception("unexpected error in %s (trace %s)", method, trace_id)
     await context.abort(

@@ -1,11 +1,35 @@
-"""The feature store service. Today a shell: health, reflection, event store; RPCs UNIMPLEMENTED."""
+"""The feature store as the host runs it: its contract, events, tables and wiring."""
 
-from lathe.feature_store.v1 import service_pb2
+from __future__ import annotations
+
+from pathlib import Path
+
+from lathe.feature_store.v1 import service_pb2, service_pb2_grpc
 from libs.config import ServiceName
-from libs.runtime.shell import shell_spec
+from libs.db import load_migrations
+from libs.runtime import ServiceComponents, ServiceContext, ServiceSpec
+from services.feature_store.api.servicer import FeatureStoreServicer
+from services.feature_store.app.commands import DefinitionCommands
+from services.feature_store.events import CATALOG
+from services.feature_store.store.definitions import DefinitionQueries
 
-SPEC = shell_spec(
-    ServiceName.FEATURE_STORE,
-    service_pb2.DESCRIPTOR.services_by_name["FeatureStore"],
-    "definitions, ingestion and serving arrive with the feature store issue",
+
+def build(context: ServiceContext) -> ServiceComponents:
+    queries = DefinitionQueries(context.pool)
+    servicer = FeatureStoreServicer(
+        DefinitionCommands(context.pool, context.store, queries), queries
+    )
+    return ServiceComponents(
+        registrations=[
+            lambda server: service_pb2_grpc.add_FeatureStoreServicer_to_server(servicer, server)
+        ]
+    )
+
+
+SPEC = ServiceSpec(
+    name=ServiceName.FEATURE_STORE,
+    services=(service_pb2.DESCRIPTOR.services_by_name["FeatureStore"],),
+    catalog=CATALOG,
+    migrations=tuple(load_migrations("feature_store", Path(__file__).parent / "migrations")),
+    build=build,
 )

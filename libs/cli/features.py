@@ -1,0 +1,87 @@
+"""`lathe features ...`: feature definitions from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lathe.feature_store.v1 import message_pb2 as m
+from lathe.feature_store.v1 import request_response_pb2 as rr
+from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
+from libs.config import LatheSettings
+from libs.grpckit import open_channel
+from libs.sdk.features import load_repository
+
+app = typer.Typer(no_args_is_help=True, help="Plan and apply feature definitions.")
+console = Console()
+DefinitionsFile = Annotated[
+    Path, typer.Argument(exists=True, dir_okay=False, help="Python file of definitions.")
+]
+_STYLE = {
+    m.CHANGE_ACTION_CREATE: "green",
+    m.CHANGE_ACTION_UPDATE: "yellow",
+    m.CHANGE_ACTION_NEW_VERSION: "cyan",
+    m.CHANGE_ACTION_UNCHANGED: "dim",
+    m.CHANGE_ACTION_NOT_IN_REPOSITORY: "dim",
+}
+
+
+def _show(changes: list[m.DefinitionChange]) -> None:
+    table = Table("kind", "name", "change", "versions", "details")
+    for change in changes:
+        action = m.ChangeAction.Name(change.action).removeprefix("CHANGE_ACTION_").lower()
+        style = "red" if change.blocked else _STYLE.get(change.action, "")
+        label = f"[{style}]{action}{' (blocked)' if change.blocked else ''}[/{style}]"
+        versions = (
+            f"{change.from_version or '-'} -> {change.to_version}" if change.to_version else ""
+        )
+        table.add_row(change.kind, change.name, label, versions, "\n".join(change.details))
+    console.print(table)
+
+
+async def _call(request_plan: bool, path: Path) -> list[m.DefinitionChange]:
+    settings = LatheSettings()
+    repository = load_repository(path)
+    metadata = [("lathe-actor", getpass.getuser())]
+    if settings.auth_token is not None:
+        metadata.append(("authorization", f"Bearer {settings.auth_token.get_secret_value()}"))
+    async with open_channel(settings.feature_store_addr) as channel:
+        stub = FeatureStoreStub(channel)
+        if request_plan:
+            plan = await stub.PlanDefinitions(rr.PlanDefinitionsRequest(repository=repository))
+            return list(plan.changes)
+        applied = await stub.ApplyDefinitions(
+            rr.ApplyDefinitionsRequest(repository=repository), metadata=metadata
+        )
+        return list(applied.changes)
+
+
+def _run(request_plan: bool, path: Path) -> list[m.DefinitionChange]:
+    try:
+        return asyncio.run(_call(request_plan, path))
+    except grpc.aio.AioRpcError as error:
+        console.print(f"[red]{error.code().name}[/red]: {error.details()}")
+        raise typer.Exit(1) from error
+
+
+@app.command()
+def plan(path: DefinitionsFile) -> None:
+    """Show what `apply` would change, without changing anything."""
+    changes = _run(True, path)
+    _show(changes)
+    if any(c.blocked for c in changes):
+        console.print("[red]blocked changes: apply would refuse this repository[/red]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def apply(path: DefinitionsFile) -> None:
+    """Record the definitions (all or nothing); breaking changes need a new version."""
+    _show(_run(False, path))

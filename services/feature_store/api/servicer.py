@@ -1,0 +1,67 @@
+"""gRPC surface of the feature store: validate, call the application, shape replies."""
+
+from __future__ import annotations
+
+import grpc
+
+from lathe.feature_store.v1 import message_pb2 as m
+from lathe.feature_store.v1 import request_response_pb2 as rr
+from lathe.feature_store.v1 import service_pb2_grpc
+from libs.errors import InvalidArgument, NotFound
+from libs.eventstore import EventMetadata
+from libs.grpckit import validation
+from libs.grpckit.caller import caller_of
+from libs.telemetry import current_traceparent
+from services.feature_store.app.commands import DefinitionCommands
+from services.feature_store.app.names import check_name
+from services.feature_store.store.definitions import DefinitionQueries
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> EventMetadata:
+    caller = caller_of(context)
+    return EventMetadata(
+        correlation_id=caller.request_id, actor=caller.actor, traceparent=current_traceparent()
+    )
+
+
+class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
+    def __init__(self, definitions: DefinitionCommands, queries: DefinitionQueries) -> None:
+        self._definitions = definitions
+        self._queries = queries
+
+    async def PlanDefinitions(
+        self, request: rr.PlanDefinitionsRequest, context: grpc.aio.ServicerContext
+    ) -> rr.PlanDefinitionsResponse:
+        changes = [c.change for c in await self._definitions.plan(request.repository)]
+        return rr.PlanDefinitionsResponse(
+            changes=changes, applicable=not any(c.blocked for c in changes)
+        )
+
+    async def ApplyDefinitions(
+        self, request: rr.ApplyDefinitionsRequest, context: grpc.aio.ServicerContext
+    ) -> rr.ApplyDefinitionsResponse:
+        changes = await self._definitions.apply(request.repository, _metadata(context))
+        return rr.ApplyDefinitionsResponse(changes=[c.change for c in changes])
+
+    async def ListFeatureViews(
+        self, request: rr.ListFeatureViewsRequest, context: grpc.aio.ServicerContext
+    ) -> rr.ListFeatureViewsResponse:
+        cursor = validation.decode_page_token(request.page_token)
+        views, more = await self._queries.latest_views_page(
+            after_name=str(cursor.get("after", "")), limit=validation.page_size(request.page_size)
+        )
+        token = validation.encode_page_token({"after": views[-1].name}) if more else ""
+        return rr.ListFeatureViewsResponse(feature_views=views, next_page_token=token)
+
+    async def GetFeatureView(
+        self, request: rr.GetFeatureViewRequest, context: grpc.aio.ServicerContext
+    ) -> rr.GetFeatureViewResponse:
+        name = check_name(request.name, "feature view")
+        if request.version < 0:
+            raise InvalidArgument("version must be >= 0 (0: the latest)")
+        view = await self._queries.version("feature_view", name, request.version)
+        if not isinstance(view, m.FeatureView):
+            which = f"version {request.version} of " if request.version else ""
+            raise NotFound(f"no {which}feature view {name!r}; ListFeatureViews shows them")
+        versions = await self._queries.versions("feature_view", name)
+        return rr.GetFeatureViewResponse(feature_view=view, versions=versions)

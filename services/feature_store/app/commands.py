@@ -1,0 +1,62 @@
+"""Feature-store commands: apply definitions as events (more commands join as they land)."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from lathe.feature_store.v1 import message_pb2 as m
+from libs.db import transaction
+from libs.errors import FailedPrecondition
+from libs.eventstore import EventMetadata, EventStore, Recorder
+from services.feature_store.app.definitions import check_service_references, validate_repository
+from services.feature_store.app.plan import Applied, PlannedChange, plan
+from services.feature_store.events import CATALOG, definition_stream
+from services.feature_store.store.definitions import DefinitionQueries, DefinitionsProjection, wrap
+
+
+class DefinitionCommands:
+    def __init__(self, pool: asyncpg.Pool, store: EventStore, queries: DefinitionQueries) -> None:
+        self._pool = pool
+        self._store = store
+        self._queries = queries
+        self._recorder = Recorder(store, CATALOG, DefinitionsProjection())
+
+    async def plan(self, repository: m.FeatureRepository) -> list[PlannedChange]:
+        return _checked_plan(repository, await self._queries.applied())
+
+    async def apply(
+        self, repository: m.FeatureRepository, metadata: EventMetadata
+    ) -> list[PlannedChange]:
+        """Record every change as an event, all or nothing; blocked changes refuse the lot."""
+        async with transaction(self._pool) as conn:
+            # Applies are rare; one at a time keeps "the latest version" well defined.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('lathe.feature_store.apply'))"
+            )
+            changes = _checked_plan(repository, await self._queries.applied(conn))
+            blocked = [c.change for c in changes if c.change.blocked]
+            if blocked:
+                lines = [f"{c.kind} {c.name}: {'; '.join(c.details)}" for c in blocked]
+                raise FailedPrecondition("nothing was applied: " + " | ".join(lines))
+            for planned in changes:
+                if not planned.records:
+                    continue
+                kind, name = planned.change.kind, planned.change.name
+                stream = definition_stream(kind, name)
+                await self._recorder.record(
+                    conn,
+                    stream,
+                    [wrap(kind, planned.definition)],
+                    expected_version=await self._store.stream_version(stream, conn=conn),
+                    metadata=metadata,
+                )
+        return changes
+
+
+def _checked_plan(repository: m.FeatureRepository, applied: Applied) -> list[PlannedChange]:
+    checked = validate_repository(repository, applied.entities.values())
+    views = {**applied.views, **{v.name: v for v in checked.feature_views}}
+    on_demand = {**applied.on_demand, **{v.name: v for v in checked.on_demand_views}}
+    for service in checked.feature_services:
+        check_service_references(service, views, on_demand)
+    return plan(checked, applied)

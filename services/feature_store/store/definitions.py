@@ -1,0 +1,123 @@
+"""The definitions read model: every applied version, and the latest of each."""
+
+from __future__ import annotations
+
+import asyncpg
+from google.protobuf.message import Message
+
+from lathe.feature_store.v1 import events_pb2
+from lathe.feature_store.v1 import message_pb2 as m
+from libs.eventstore import RecordedEvent
+from services.feature_store.app.plan import Applied
+
+_KINDS: dict[str, type[Message]] = {
+    "entity": m.Entity,
+    "feature_view": m.FeatureView,
+    "on_demand_view": m.OnDemandFeatureView,
+    "feature_service": m.FeatureService,
+}
+
+
+def unwrap(message: Message) -> tuple[str, Message] | None:
+    """(kind, definition) carried by a *Defined event, None for other events."""
+    match message:
+        case events_pb2.EntityDefined():
+            return "entity", message.entity
+        case events_pb2.FeatureViewDefined():
+            return "feature_view", message.feature_view
+        case events_pb2.OnDemandFeatureViewDefined():
+            return "on_demand_view", message.on_demand_view
+        case events_pb2.FeatureServiceDefined():
+            return "feature_service", message.feature_service
+    return None
+
+
+def wrap(kind: str, definition: Message) -> Message:
+    """The *Defined event that records ``definition``."""
+    return {
+        "entity": lambda d: events_pb2.EntityDefined(entity=d),
+        "feature_view": lambda d: events_pb2.FeatureViewDefined(feature_view=d),
+        "on_demand_view": lambda d: events_pb2.OnDemandFeatureViewDefined(on_demand_view=d),
+        "feature_service": lambda d: events_pb2.FeatureServiceDefined(feature_service=d),
+    }[kind](definition)
+
+
+class DefinitionsProjection:
+    async def reset(self, conn: asyncpg.Connection) -> None:
+        await conn.execute("DELETE FROM feature_store.definitions")
+
+    async def apply(self, conn: asyncpg.Connection, event: RecordedEvent, message: Message) -> None:
+        unwrapped = unwrap(message)
+        if unwrapped is None:
+            return
+        kind, definition = unwrapped
+        await conn.execute(
+            """INSERT INTO feature_store.definitions
+                   (kind, name, version, body, defined_at, defined_by)
+               VALUES ($1, $2, $3, $4, $5, $6)
+               ON CONFLICT (kind, name, version) DO UPDATE SET
+                   body = EXCLUDED.body, defined_at = EXCLUDED.defined_at,
+                   defined_by = EXCLUDED.defined_by""",
+            kind,
+            definition.name,  # type: ignore[attr-defined]
+            getattr(definition, "version", 0),
+            definition.SerializeToString(deterministic=True),
+            event.recorded_at,
+            event.metadata.actor,
+        )
+
+
+class DefinitionQueries:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def applied(self, conn: asyncpg.Connection | None = None) -> Applied:
+        rows = await (conn or self._pool).fetch(
+            """SELECT DISTINCT ON (kind, name) kind, body FROM feature_store.definitions
+               ORDER BY kind, name, version DESC"""
+        )
+        applied = Applied()
+        targets = {
+            "entity": applied.entities,
+            "feature_view": applied.views,
+            "on_demand_view": applied.on_demand,
+            "feature_service": applied.services,
+        }
+        for row in rows:
+            definition = _KINDS[row["kind"]].FromString(row["body"])
+            targets[row["kind"]][definition.name] = definition  # type: ignore[attr-defined,index]
+        return applied
+
+    async def version(self, kind: str, name: str, version: int) -> Message | None:
+        """One version (0: the latest)."""
+        body = await self._pool.fetchval(
+            """SELECT body FROM feature_store.definitions
+               WHERE kind = $1 AND name = $2 AND ($3 = 0 OR version = $3)
+               ORDER BY version DESC LIMIT 1""",
+            kind,
+            name,
+            version,
+        )
+        return _KINDS[kind].FromString(body) if body is not None else None
+
+    async def versions(self, kind: str, name: str) -> list[int]:
+        rows = await self._pool.fetch(
+            """SELECT version FROM feature_store.definitions
+               WHERE kind = $1 AND name = $2 ORDER BY version""",
+            kind,
+            name,
+        )
+        return [row["version"] for row in rows]
+
+    async def latest_views_page(
+        self, *, after_name: str, limit: int
+    ) -> tuple[list[m.FeatureView], bool]:
+        rows = await self._pool.fetch(
+            """SELECT DISTINCT ON (name) name, body FROM feature_store.definitions
+               WHERE kind = 'feature_view' AND name > $1
+               ORDER BY name, version DESC LIMIT $2""",
+            after_name,
+            limit + 1,
+        )
+        views = [m.FeatureView.FromString(row["body"]) for row in rows[:limit]]
+        return views, len(rows) > limit
