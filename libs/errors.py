@@ -45,5 +45,9 @@ class PermissionDenied(LatheError):
     """The caller is known but not allowed to do this."""
 
 
+class Unimplemented(LatheError):
+    """The request is valid but asks for something not built yet; the message says what."""
+
+
 class Unavailable(LatheError):
     """A dependency (database, broker) is not reachable right now; retry later."""

@@ -257,6 +257,12 @@ class OnDemandFeatureView:
     description: str = ""
 
     def to_proto(self) -> m.OnDemandFeatureView:
+        if self.function.__code__.co_freevars:
+            raise ValueError(
+                f"on-demand view {self.name!r}: the function uses variables from around it "
+                f"({', '.join(self.function.__code__.co_freevars)}); it is shipped as source "
+                "and runs on its own, so it may use only its row argument and `math`"
+            )
         source = textwrap.dedent(inspect.getsource(self.function))
         lines = source.splitlines()
         while lines and lines[0].lstrip().startswith("@"):  # the decorator itself

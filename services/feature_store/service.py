@@ -9,20 +9,30 @@ from libs.config import ServiceName
 from libs.db import load_migrations
 from libs.runtime import ServiceComponents, ServiceContext, ServiceSpec
 from services.feature_store.api.servicer import FeatureStoreServicer
+from services.feature_store.app.cache import DefinitionsCache
 from services.feature_store.app.commands import DefinitionCommands
+from services.feature_store.app.ingest import FeatureWriter
+from services.feature_store.app.online import OnlineReader
+from services.feature_store.app.push import Pusher
 from services.feature_store.events import CATALOG
 from services.feature_store.store.definitions import DefinitionQueries
 
 
 def build(context: ServiceContext) -> ServiceComponents:
     queries = DefinitionQueries(context.pool)
+    cache = DefinitionsCache(context.pool, queries)
     servicer = FeatureStoreServicer(
-        DefinitionCommands(context.pool, context.store, queries), queries
+        DefinitionCommands(context.pool, context.store, queries),
+        queries,
+        cache,
+        OnlineReader(context.pool, cache),
+        Pusher(context.pool, cache, FeatureWriter(context.store)),
     )
     return ServiceComponents(
         registrations=[
             lambda server: service_pb2_grpc.add_FeatureStoreServicer_to_server(servicer, server)
-        ]
+        ],
+        background=[cache.watch],
     )
 
 

@@ -12,8 +12,11 @@ from libs.eventstore import EventMetadata
 from libs.grpckit import validation
 from libs.grpckit.caller import caller_of
 from libs.telemetry import current_traceparent
+from services.feature_store.app.cache import DefinitionsCache
 from services.feature_store.app.commands import DefinitionCommands
 from services.feature_store.app.names import check_name
+from services.feature_store.app.online import OnlineReader
+from services.feature_store.app.push import Pusher
 from services.feature_store.store.definitions import DefinitionQueries
 
 
@@ -25,9 +28,19 @@ def _metadata(context: grpc.aio.ServicerContext) -> EventMetadata:
 
 
 class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
-    def __init__(self, definitions: DefinitionCommands, queries: DefinitionQueries) -> None:
+    def __init__(
+        self,
+        definitions: DefinitionCommands,
+        queries: DefinitionQueries,
+        cache: DefinitionsCache,
+        reader: OnlineReader,
+        pusher: Pusher,
+    ) -> None:
         self._definitions = definitions
         self._queries = queries
+        self._cache = cache
+        self._reader = reader
+        self._pusher = pusher
 
     async def PlanDefinitions(
         self, request: rr.PlanDefinitionsRequest, context: grpc.aio.ServicerContext
@@ -41,6 +54,7 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
         self, request: rr.ApplyDefinitionsRequest, context: grpc.aio.ServicerContext
     ) -> rr.ApplyDefinitionsResponse:
         changes = await self._definitions.apply(request.repository, _metadata(context))
+        await self._cache.refresh()
         return rr.ApplyDefinitionsResponse(changes=[c.change for c in changes])
 
     async def ListFeatureViews(
@@ -65,3 +79,26 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
             raise NotFound(f"no {which}feature view {name!r}; ListFeatureViews shows them")
         versions = await self._queries.versions("feature_view", name)
         return rr.GetFeatureViewResponse(feature_view=view, versions=versions)
+
+    async def GetOnlineFeatures(
+        self, request: rr.GetOnlineFeaturesRequest, context: grpc.aio.ServicerContext
+    ) -> rr.GetOnlineFeaturesResponse:
+        selection = request.WhichOneof("selection")
+        if selection is None:
+            raise InvalidArgument("set feature_service or feature_list")
+        return await self._reader.read(
+            feature_service=request.feature_service,
+            references=tuple(request.feature_list.features),
+            entities=request.entities,
+            request_data=request.request_data,
+        )
+
+    async def PushFeatures(
+        self, request: rr.PushFeaturesRequest, context: grpc.aio.ServicerContext
+    ) -> rr.PushFeaturesResponse:
+        result = await self._pusher.push(
+            check_name(request.feature_view, "feature_view"), request.columns, _metadata(context)
+        )
+        return rr.PushFeaturesResponse(
+            rows_written=result.written, rows_quarantined=result.quarantined
+        )

@@ -130,9 +130,17 @@ def _check_expectation(expectation: m.Expectation, field: m.Field, where: str) -
                 )
 
 
+_RESERVED_COLUMNS = {"entity_key", "event_time", "created_time"}
+_MAX_VIEW_NAME = 48  # views name their offline tables: log_<view>_v<version>
+
+
 def _check_view(view: m.FeatureView, entities: dict[str, m.Entity]) -> None:
     check_name(view.name, "feature view")
     where = f"feature view {view.name!r}"
+    if len(view.name) > _MAX_VIEW_NAME:
+        raise InvalidArgument(
+            f"{where}: names of feature views are at most {_MAX_VIEW_NAME} characters"
+        )
     if view.version < 1:
         raise InvalidArgument(f"{where}: version must be >= 1")
     if view.entity not in entities:
@@ -152,6 +160,8 @@ def _check_view(view: m.FeatureView, entities: dict[str, m.Entity]) -> None:
         if not view.features:
             raise InvalidArgument(f"{where} declares no features")
     _check_fields(view.features, where)
+    for reserved in _RESERVED_COLUMNS & {f.name for f in view.features}:
+        raise InvalidArgument(f"{where}: {reserved!r} is reserved; name the feature differently")
     if source == "batch_source":
         _check_batch_source(view.batch_source, where)
     if view.on_violation == m.VIOLATION_POLICY_UNSPECIFIED:

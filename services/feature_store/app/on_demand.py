@@ -18,36 +18,42 @@ from typing import Any
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.errors import InvalidArgument
 
-_SAFE_BUILTINS = {
-    name: getattr(builtins, name)
-    for name in (
-        "abs",
-        "all",
-        "any",
-        "bool",
-        "dict",
-        "divmod",
-        "enumerate",
-        "float",
-        "int",
-        "len",
-        "list",
-        "max",
-        "min",
-        "pow",
-        "range",
-        "round",
-        "sorted",
-        "str",
-        "sum",
-        "tuple",
-        "zip",
-        "isinstance",
-        "ValueError",
-        "ZeroDivisionError",
-        "TypeError",
-    )
-}
+_ALLOWED_BUILTINS = (
+    "abs",
+    "all",
+    "any",
+    "bool",
+    "dict",
+    "divmod",
+    "enumerate",
+    "filter",
+    "float",
+    "frozenset",
+    "int",
+    "isinstance",
+    "iter",
+    "len",
+    "list",
+    "map",
+    "max",
+    "min",
+    "next",
+    "pow",
+    "range",
+    "reversed",
+    "round",
+    "set",
+    "sorted",
+    "str",
+    "sum",
+    "tuple",
+    "zip",
+    "KeyError",
+    "TypeError",
+    "ValueError",
+    "ZeroDivisionError",
+)
+_SAFE_BUILTINS = {name: getattr(builtins, name) for name in _ALLOWED_BUILTINS}
 
 OnDemandFunction = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 

@@ -9,6 +9,7 @@ from lathe.feature_store.v1 import events_pb2
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.eventstore import RecordedEvent
 from services.feature_store.app.plan import Applied
+from services.feature_store.store.offline import ensure_log_table
 
 _KINDS: dict[str, type[Message]] = {
     "entity": m.Entity,
@@ -51,6 +52,8 @@ class DefinitionsProjection:
         if unwrapped is None:
             return
         kind, definition = unwrapped
+        if isinstance(definition, m.FeatureView):
+            await ensure_log_table(conn, definition)
         await conn.execute(
             """INSERT INTO feature_store.definitions
                    (kind, name, version, body, defined_at, defined_by)
@@ -87,6 +90,16 @@ class DefinitionQueries:
             definition = _KINDS[row["kind"]].FromString(row["body"])
             targets[row["kind"]][definition.name] = definition  # type: ignore[attr-defined,index]
         return applied
+
+    async def everything(self) -> dict[str, list[Message]]:
+        """Every version of every definition, by kind, oldest version first."""
+        rows = await self._pool.fetch(
+            "SELECT kind, body FROM feature_store.definitions ORDER BY kind, name, version"
+        )
+        found: dict[str, list[Message]] = {kind: [] for kind in _KINDS}
+        for row in rows:
+            found[row["kind"]].append(_KINDS[row["kind"]].FromString(row["body"]))
+        return found
 
     async def version(self, kind: str, name: str, version: int) -> Message | None:
         """One version (0: the latest)."""

@@ -1,0 +1,72 @@
+"""The offline store: an append-only, typed log per feature view version in Postgres.
+
+Each version gets a table ``feature_store.log_<view>_v<version>`` with the entity
+key, the event time (when the values were true), the created time (when they
+became known) and one typed column per feature. Point-in-time joins read these.
+Identifiers come only from validated definitions and are quoted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+
+from lathe.feature_store.v1 import message_pb2 as m
+from libs.db import quote_ident
+
+SQL_TYPES = {
+    m.VALUE_TYPE_BOOL: "boolean",
+    m.VALUE_TYPE_INT64: "bigint",
+    m.VALUE_TYPE_FLOAT64: "double precision",
+    m.VALUE_TYPE_STRING: "text",
+    m.VALUE_TYPE_TIMESTAMP: "timestamptz",
+}
+SCHEMA = "feature_store"
+
+
+def log_table(view: str, version: int) -> str:
+    """The (unquoted) table name of a view version's log."""
+    return f"log_{view}_v{version}"
+
+
+def qualified_log_table(view: str, version: int) -> str:
+    return f"{quote_ident(SCHEMA)}.{quote_ident(log_table(view, version))}"
+
+
+async def ensure_log_table(conn: asyncpg.Connection, view: m.FeatureView) -> None:
+    """Create the view version's log, or add columns for features appended since."""
+    table = qualified_log_table(view.name, view.version)
+    await conn.execute(
+        f"""CREATE TABLE IF NOT EXISTS {table} (
+                entity_key   text        NOT NULL,
+                event_time   timestamptz NOT NULL,
+                created_time timestamptz NOT NULL)"""
+    )
+    for feature in view.features:
+        await conn.execute(
+            f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {quote_ident(feature.name)} "
+            f"{SQL_TYPES[feature.type]}"
+        )
+    index = quote_ident(f"{log_table(view.name, view.version)}_key_time")
+    await conn.execute(
+        f"CREATE INDEX IF NOT EXISTS {index} ON {table} (entity_key, event_time, created_time)"
+    )
+
+
+async def append_rows(
+    conn: asyncpg.Connection,
+    view: m.FeatureView,
+    rows: Sequence[tuple[str, datetime, datetime, Sequence[object]]],
+) -> None:
+    """Append (entity key, event time, created time, feature values) rows with COPY."""
+    if not rows:
+        return
+    columns = ["entity_key", "event_time", "created_time", *(f.name for f in view.features)]
+    await conn.copy_records_to_table(
+        log_table(view.name, view.version),
+        schema_name=SCHEMA,
+        columns=columns,
+        records=[(key, event, created, *values) for key, event, created, values in rows],
+    )
