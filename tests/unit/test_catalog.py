@@ -52,16 +52,3 @@ def test_subject_tokens_are_validated(aggregate: str, name: str) -> None:
 def test_a_type_cannot_be_registered_twice() -> None:
     with pytest.raises(ValueError, match="twice"):
         EventCatalog([EventSpec(StringValue, "a", "b"), EventSpec(StringValue, "c", "d")])
-
-
-def test_on_demand_functions_may_not_capture_variables() -> None:
-    from libs.sdk.features import Field, Float64, on_demand_feature_view
-
-    factor = 2.0
-
-    @on_demand_feature_view(inputs=["v:x"], features=[Field("y", Float64)])
-    def doubled(row: dict) -> dict:
-        return {"y": row["v:x"] * factor}
-
-    with pytest.raises(ValueError, match="factor"):
-        doubled.to_proto()
