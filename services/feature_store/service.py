@@ -12,6 +12,7 @@ from services.feature_store.api.servicer import FeatureStoreServicer
 from services.feature_store.app.cache import DefinitionsCache
 from services.feature_store.app.commands import DefinitionCommands
 from services.feature_store.app.ingest import FeatureWriter
+from services.feature_store.app.materialize import Materializer
 from services.feature_store.app.online import OnlineReader
 from services.feature_store.app.push import Pusher
 from services.feature_store.events import CATALOG
@@ -21,12 +22,14 @@ from services.feature_store.store.definitions import DefinitionQueries
 def build(context: ServiceContext) -> ServiceComponents:
     queries = DefinitionQueries(context.pool)
     cache = DefinitionsCache(context.pool, queries)
+    writer = FeatureWriter(context.store)
     servicer = FeatureStoreServicer(
         DefinitionCommands(context.pool, context.store, queries),
         queries,
         cache,
         OnlineReader(context.pool, cache),
-        Pusher(context.pool, cache, FeatureWriter(context.store)),
+        Pusher(context.pool, cache, writer),
+        Materializer(context.pool, context.store, cache, writer),
     )
     return ServiceComponents(
         registrations=[

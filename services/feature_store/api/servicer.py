@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from datetime import UTC
+
 import grpc
 
 from lathe.feature_store.v1 import message_pb2 as m
@@ -14,6 +17,7 @@ from libs.grpckit.caller import caller_of
 from libs.telemetry import current_traceparent
 from services.feature_store.app.cache import DefinitionsCache
 from services.feature_store.app.commands import DefinitionCommands
+from services.feature_store.app.materialize import Materializer
 from services.feature_store.app.names import check_name
 from services.feature_store.app.online import OnlineReader
 from services.feature_store.app.push import Pusher
@@ -35,12 +39,14 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
         cache: DefinitionsCache,
         reader: OnlineReader,
         pusher: Pusher,
+        materializer: Materializer,
     ) -> None:
         self._definitions = definitions
         self._queries = queries
         self._cache = cache
         self._reader = reader
         self._pusher = pusher
+        self._materializer = materializer
 
     async def PlanDefinitions(
         self, request: rr.PlanDefinitionsRequest, context: grpc.aio.ServicerContext
@@ -102,3 +108,12 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
         return rr.PushFeaturesResponse(
             rows_written=result.written, rows_quarantined=result.quarantined
         )
+
+    async def Materialize(
+        self, request: rr.MaterializeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[rr.MaterializeResponse]:
+        end = request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else None
+        async for progress in self._materializer.run(
+            check_name(request.feature_view, "feature_view"), end, _metadata(context)
+        ):
+            yield rr.MaterializeResponse(progress=progress)

@@ -28,6 +28,8 @@ class IngestRow:
     event_time: datetime
     values: Sequence[m.Value]
     """In the view's feature order (already typed)."""
+    created_time: datetime | None = None
+    """When the values became known (None: when they are written)."""
 
 
 @dataclass
@@ -78,14 +80,19 @@ class FeatureWriter:
             conn,
             view,
             [
-                (r.entity_key, r.event_time, created_time, [to_python(v) for v in r.values])
+                (
+                    r.entity_key,
+                    r.event_time,
+                    r.created_time or created_time,
+                    [to_python(v) for v in r.values],
+                )
                 for r in kept
             ],
         )
         latest: dict[str, IngestRow] = {}
         for row in kept:
             current = latest.get(row.entity_key)
-            if current is None or current.event_time <= row.event_time:
+            if current is None or _order(current, created_time) <= _order(row, created_time):
                 latest[row.entity_key] = row
         await online.upsert_latest(
             conn,
@@ -96,7 +103,7 @@ class FeatureWriter:
                     key,
                     m.FeatureRow(values=row.values).SerializeToString(),
                     row.event_time,
-                    created_time,
+                    row.created_time or created_time,
                 )
                 for key, row in latest.items()
             ],
@@ -132,3 +139,7 @@ class FeatureWriter:
                 f"quality-{view.name}", [event], expected_version=ANY_VERSION, conn=conn
             )
         return IngestResult(written=len(kept), quarantined=len(held), violations=counts)
+
+
+def _order(row: IngestRow, default_created: datetime) -> tuple[datetime, datetime]:
+    return row.event_time, row.created_time or default_created
