@@ -85,3 +85,36 @@ def plan(path: DefinitionsFile) -> None:
 def apply(path: DefinitionsFile) -> None:
     """Record the definitions (all or nothing); breaking changes need a new version."""
     _show(_run(False, path))
+
+
+@app.command()
+def materialize(view: Annotated[str, typer.Argument(help="A batch-source feature view.")]) -> None:
+    """Load new rows of a view's batch source into the stores, with progress."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    async def run() -> None:
+        settings = LatheSettings()
+        async with open_channel(settings.feature_store_addr) as channel:
+            stream = FeatureStoreStub(channel).Materialize(
+                rr.MaterializeRequest(feature_view=view),
+                metadata=[("lathe-actor", getpass.getuser())],
+            )
+            with Progress(
+                TextColumn(f"materializing {view}"), BarColumn(), MofNCompleteColumn()
+            ) as bar:
+                task = bar.add_task(view, total=None)
+                async for response in stream:
+                    progress = response.progress
+                    bar.update(
+                        task, total=progress.rows_total or None, completed=progress.rows_read
+                    )
+            console.print(
+                f"{progress.rows_written} rows written, {progress.rows_quarantined} quarantined, "
+                f"through {progress.through.ToDatetime().isoformat()}"
+            )
+
+    try:
+        asyncio.run(run())
+    except grpc.aio.AioRpcError as error:
+        console.print(f"[red]{error.code().name}[/red]: {error.details()}")
+        raise typer.Exit(1) from error
