@@ -9,7 +9,15 @@
 """
 
 from libs.eventstore.catalog import EventCatalog, EventSpec, UnknownEventType
-from libs.eventstore.consumer import ConsumerSpec, DeliveredEvent, DurableConsumer, EventHandler
+from libs.eventstore.consumer import (
+    ConsumerSpec,
+    DeliveredEvent,
+    Delivery,
+    DurableConsumer,
+    EventHandler,
+    RawDelivery,
+    raw_decoder,
+)
 from libs.eventstore.headers import EventHeaders
 from libs.eventstore.model import (
     ANY_VERSION,
@@ -32,6 +40,7 @@ __all__ = [
     "AppendResult",
     "ConsumerSpec",
     "DeliveredEvent",
+    "Delivery",
     "DurableConsumer",
     "EventCatalog",
     "EventHandler",
@@ -43,10 +52,12 @@ __all__ = [
     "EventTailer",
     "NewEvent",
     "Projection",
+    "RawDelivery",
     "RecordedEvent",
     "Recorder",
     "TailBatch",
     "UnknownEventType",
     "WrongExpectedVersion",
+    "raw_decoder",
     "rebuild_projection",
 ]

@@ -13,7 +13,9 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from uuid import UUID
+from datetime import datetime
+from typing import Generic, Protocol, TypeVar
+from uuid import UUID, uuid5
 
 import asyncpg
 from google.protobuf.message import Message
@@ -34,15 +36,69 @@ _tracer = trace.get_tracer(__name__)
 _RETRY_BACKOFF_S = (0.05, 0.2, 1.0, 2.0, 5.0)
 
 
+class Delivery(Protocol):
+    """What a consumer needs of any delivered message: an identity for exactly-once."""
+
+    @property
+    def event_id(self) -> UUID: ...
+
+    @property
+    def delivery_attempt(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class DeliveredEvent:
-    """An event received from JetStream, decoded with the producer's protos."""
+    """A Lathe event received from JetStream, decoded with the producer's protos."""
 
     event: RecordedEvent
     message: Message
     subject: str
     delivery_attempt: int
 
+    @property
+    def event_id(self) -> UUID:
+        return self.event.event_id
+
+
+@dataclass(frozen=True)
+class RawDelivery:
+    """A message that is not a Lathe event, e.g. a product system's business event."""
+
+    event_id: UUID
+    """The producer's Nats-Msg-Id when it is a UUID, else derived from the stream sequence."""
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+    stream_sequence: int
+    arrival_time: datetime
+    """When JetStream stored the message."""
+    delivery_attempt: int
+
+
+_RAW_NAMESPACE = UUID("6f1e8d62-7a1b-4c3e-9a55-0c2b8f4d9e21")
+
+
+def raw_decoder(msg: Msg) -> RawDelivery:
+    """Decode any JetStream message; its identity survives redelivery."""
+    headers = msg.headers or {}
+    metadata = msg.metadata
+    try:
+        event_id = UUID(headers.get("Nats-Msg-Id", ""))
+    except ValueError:
+        stream_key = f"{metadata.stream}:{metadata.sequence.stream}"
+        event_id = uuid5(_RAW_NAMESPACE, stream_key)
+    return RawDelivery(
+        event_id=event_id,
+        subject=msg.subject,
+        data=msg.data,
+        headers=dict(headers),
+        stream_sequence=metadata.sequence.stream,
+        arrival_time=metadata.timestamp,
+        delivery_attempt=metadata.num_delivered,
+    )
+
+
+D = TypeVar("D", bound=Delivery)
 
 EventHandler = Callable[[DeliveredEvent, asyncpg.Connection], Awaitable[None]]
 """Applies one event's effect using ``conn``, inside the consumer's transaction."""
@@ -66,8 +122,13 @@ class ConsumerSpec:
     """After this many failed attempts JetStream stops redelivering (a dead letter)."""
 
 
-class DurableConsumer:
-    """Consumes events from JetStream into this service's Postgres, exactly once."""
+class DurableConsumer(Generic[D]):
+    """Consumes messages from JetStream into this service's Postgres, exactly once.
+
+    By default messages are Lathe events decoded with ``catalog``; pass ``decoder``
+    (e.g. ``raw_decoder``) to consume other messages. A decoder raises ValueError
+    for a malformed message (terminated, never retried) or returns None to skip one.
+    """
 
     def __init__(
         self,
@@ -75,14 +136,18 @@ class DurableConsumer:
         *,
         js: JetStreamContext,
         store: EventStore,
-        catalog: EventCatalog,
-        handler: EventHandler,
+        handler: Callable[[D, asyncpg.Connection], Awaitable[None]],
+        catalog: EventCatalog | None = None,
+        decoder: Callable[[Msg], D | None] | None = None,
     ) -> None:
+        if decoder is None and catalog is None:
+            raise TypeError("DurableConsumer needs a catalog (Lathe events) or a decoder")
         self._spec = spec
         self._js = js
         self._store = store
-        self._catalog = catalog
         self._handler = handler
+        self._catalog = catalog
+        self._decoder = decoder or self._lathe_event  # type: ignore[assignment]
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch and handle messages until ``stop`` is set, surviving outages."""
@@ -148,16 +213,16 @@ class DurableConsumer:
         If any handler fails, the batch rolls back and each message is retried in
         a transaction of its own, so only the failing one is nak'ed.
         """
-        ready: list[tuple[Msg, DeliveredEvent]] = []
+        ready: list[tuple[Msg, D]] = []
         seen: set[UUID] = set()
         for msg in messages:
             delivered = await self._decode(msg)
             if delivered is None:
                 continue
-            if delivered.event.event_id in seen:  # the same event twice in one batch
+            if delivered.event_id in seen:  # the same event twice in one batch
                 await msg.ack()
                 continue
-            seen.add(delivered.event.event_id)
+            seen.add(delivered.event_id)
             ready.append((msg, delivered))
         if not ready:
             return
@@ -178,9 +243,7 @@ class DurableConsumer:
         for msg, _ in ready:
             await msg.ack()
 
-    async def _apply(
-        self, conn: asyncpg.Connection, ready: list[tuple[Msg, DeliveredEvent]]
-    ) -> None:
+    async def _apply(self, conn: asyncpg.Connection, ready: list[tuple[Msg, D]]) -> None:
         """In one transaction: record the events as processed, run handlers for the new ones."""
         async with conn.transaction():
             new = {
@@ -188,7 +251,7 @@ class DurableConsumer:
                 for row in await conn.fetch(
                     self._store.sql.mark_processed_many,
                     self._spec.name,
-                    [delivered.event.event_id for _, delivered in ready],
+                    [delivered.event_id for _, delivered in ready],
                 )
             }
             for msg, delivered in ready:
@@ -200,27 +263,17 @@ class DurableConsumer:
                         "messaging.system": "nats",
                         "messaging.destination.name": msg.subject,
                         "messaging.consumer.group.name": self._spec.name,
-                        "messaging.message.id": str(delivered.event.event_id),
-                        "lathe.duplicate": delivered.event.event_id not in new,
+                        "messaging.message.id": str(delivered.event_id),
+                        "lathe.duplicate": delivered.event_id not in new,
                     },
                 ):
-                    if delivered.event.event_id in new:
+                    if delivered.event_id in new:
                         await self._handler(delivered, conn)
 
-    async def _decode(self, msg: Msg) -> DeliveredEvent | None:
-        """The decoded event, or None after acking/terminating what cannot be handled."""
+    async def _decode(self, msg: Msg) -> D | None:
+        """The decoded message, or None after acking/terminating what cannot be handled."""
         try:
-            event = EventHeaders.decode(msg.headers or {}, msg.data, msg.subject)
-            if event.event_type not in self._catalog:
-                _log.debug("consumer %s skips event type %s", self._spec.name, event.event_type)
-                await msg.ack()
-                return None
-            return DeliveredEvent(
-                event=event,
-                message=self._catalog.decode(event.event_type, event.payload),
-                subject=msg.subject,
-                delivery_attempt=msg.metadata.num_delivered if msg.reply else 1,
-            )
+            delivered = self._decoder(msg)
         except ValueError as exc:
             # Malformed envelope or payload: retrying cannot fix it.
             _log.error(
@@ -228,14 +281,30 @@ class DurableConsumer:
             )
             await msg.term()
             return None
+        if delivered is None:
+            await msg.ack()
+        return delivered
 
-    async def _nak(self, msg: Msg, delivered: DeliveredEvent) -> None:
+    def _lathe_event(self, msg: Msg) -> DeliveredEvent | None:
+        event = EventHeaders.decode(msg.headers or {}, msg.data, msg.subject)
+        assert self._catalog is not None
+        if event.event_type not in self._catalog:
+            _log.debug("consumer %s skips event type %s", self._spec.name, event.event_type)
+            return None
+        return DeliveredEvent(
+            event=event,
+            message=self._catalog.decode(event.event_type, event.payload),
+            subject=msg.subject,
+            delivery_attempt=msg.metadata.num_delivered if msg.reply else 1,
+        )
+
+    async def _nak(self, msg: Msg, delivered: D) -> None:
         attempt = delivered.delivery_attempt
         delay = min(30.0, 0.25 * 2**attempt)
         _log.exception(
             "consumer %s failed on event %s (attempt %d of %d); retrying in %.1fs",
             self._spec.name,
-            delivered.event.event_id,
+            delivered.event_id,
             attempt,
             self._spec.max_deliver,
             delay,

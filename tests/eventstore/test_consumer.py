@@ -17,6 +17,8 @@ from libs.eventstore import (
     DurableConsumer,
     EventRelay,
     EventStore,
+    RawDelivery,
+    raw_decoder,
 )
 from libs.messaging import EventStreamNames, ensure_stream
 from tests.eventstore.events import CATALOG, increment
@@ -66,3 +68,46 @@ async def test_a_failing_event_is_retried_alone_while_its_batch_commits(
     # Rolled-back attempts (the failing one, and its batch's first try) left no effect.
     assert [r["value"] for r in rows] == list(range(1, 21))
     assert {r["value"]: r["attempt"] for r in rows}[7] == 3
+
+
+async def test_raw_business_events_are_consumed_exactly_once(
+    event_store: EventStore, db_pool: asyncpg.Pool, js: JetStreamContext, infra: InfraEndpoints
+) -> None:
+    names = EventStreamNames(infra.namespace, f"ingest_{event_store.schema}")
+    await ensure_stream(js, names.stream, [names.all_subjects], duplicate_window_s=120)
+    for i in range(10):
+        await js.publish(names.subject("payments"), f'{{"n": {i}}}'.encode())
+    await db_pool.execute(f'CREATE TABLE "{event_store.schema}".raw_seen (n int, seq bigint)')
+    failed_once: set[int] = set()
+
+    async def record(delivery: RawDelivery, conn: asyncpg.Connection) -> None:
+        n = int(delivery.data.decode().split(":")[1].rstrip("}"))
+        await conn.execute(
+            f'INSERT INTO "{event_store.schema}".raw_seen VALUES ($1, $2)',
+            n,
+            delivery.stream_sequence,
+        )
+        if n == 3 and n not in failed_once:
+            failed_once.add(n)
+            raise RuntimeError("transient")
+
+    consumer = DurableConsumer(
+        ConsumerSpec("raw", names.stream, names.all_subjects),
+        js=js,
+        store=event_store,
+        handler=record,
+        decoder=raw_decoder,
+    )
+    stop = asyncio.Event()
+    consuming = asyncio.create_task(consumer.run(stop))
+    for _ in range(100):
+        if await db_pool.fetchval(f'SELECT count(*) FROM "{event_store.schema}".raw_seen') >= 10:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)
+    stop.set()
+    await consuming
+
+    rows = await db_pool.fetch(f'SELECT n, seq FROM "{event_store.schema}".raw_seen ORDER BY n')
+    assert [r["n"] for r in rows] == list(range(10))
+    assert [r["seq"] for r in rows] == list(range(1, 11))
