@@ -11,12 +11,14 @@ from libs.runtime import ServiceComponents, ServiceContext, ServiceSpec
 from services.feature_store.api.servicer import FeatureStoreServicer
 from services.feature_store.app.cache import DefinitionsCache
 from services.feature_store.app.commands import DefinitionCommands
+from services.feature_store.app.historical import HistoricalReader
 from services.feature_store.app.ingest import FeatureWriter
 from services.feature_store.app.materialize import Materializer
 from services.feature_store.app.online import OnlineReader
 from services.feature_store.app.push import Pusher
 from services.feature_store.events import CATALOG
 from services.feature_store.store.definitions import DefinitionQueries
+from services.feature_store.store.offline_mirror import OfflineMirror
 
 
 def build(context: ServiceContext) -> ServiceComponents:
@@ -30,6 +32,12 @@ def build(context: ServiceContext) -> ServiceComponents:
         OnlineReader(context.pool, cache),
         Pusher(context.pool, cache, writer),
         Materializer(context.pool, context.store, cache, writer),
+        HistoricalReader(
+            context.pool,
+            context.store,
+            cache,
+            OfflineMirror(context.pool, scratch=context.settings.home),
+        ),
     )
     return ServiceComponents(
         registrations=[

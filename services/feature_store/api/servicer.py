@@ -17,11 +17,14 @@ from libs.grpckit.caller import caller_of
 from libs.telemetry import current_traceparent
 from services.feature_store.app.cache import DefinitionsCache
 from services.feature_store.app.commands import DefinitionCommands
+from services.feature_store.app.historical import HistoricalReader
 from services.feature_store.app.materialize import Materializer
 from services.feature_store.app.names import check_name
 from services.feature_store.app.online import OnlineReader
 from services.feature_store.app.push import Pusher
 from services.feature_store.store.definitions import DefinitionQueries
+
+_ARROW_CHUNK = 4 * 1024 * 1024
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> EventMetadata:
@@ -40,6 +43,7 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
         reader: OnlineReader,
         pusher: Pusher,
         materializer: Materializer,
+        historical: HistoricalReader,
     ) -> None:
         self._definitions = definitions
         self._queries = queries
@@ -47,6 +51,7 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
         self._reader = reader
         self._pusher = pusher
         self._materializer = materializer
+        self._historical = historical
 
     async def PlanDefinitions(
         self, request: rr.PlanDefinitionsRequest, context: grpc.aio.ServicerContext
@@ -117,3 +122,22 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
             check_name(request.feature_view, "feature_view"), end, _metadata(context)
         ):
             yield rr.MaterializeResponse(progress=progress)
+
+    async def GetHistoricalFeatures(
+        self, request: rr.GetHistoricalFeaturesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[rr.GetHistoricalFeaturesResponse]:
+        if request.WhichOneof("selection") is None:
+            raise InvalidArgument("set feature_service or feature_list")
+        training = await self._historical.training_set(
+            feature_service=request.feature_service,
+            references=tuple(request.feature_list.features),
+            label_source=request.label_source if request.HasField("label_source") else None,
+            entity_rows_arrow=request.entity_rows_arrow,
+            metadata=_metadata(context),
+        )
+        yield rr.GetHistoricalFeaturesResponse(snapshot=training.snapshot)
+        view = memoryview(training.arrow_ipc)
+        for start in range(0, len(view), _ARROW_CHUNK):
+            yield rr.GetHistoricalFeaturesResponse(
+                arrow_ipc=bytes(view[start : start + _ARROW_CHUNK])
+            )

@@ -76,6 +76,7 @@ class FeatureWriter:
     ) -> IngestResult:
         """Store ``rows`` in one transaction (the caller's); report what happened."""
         kept, held, counts = check_expectations(view, rows)
+        await offline.lock_for_append(conn, view)
         await offline.append_rows(
             conn,
             view,

@@ -38,8 +38,11 @@ def qualified_log_table(view: str, version: int) -> str:
 async def ensure_log_table(conn: asyncpg.Connection, view: m.FeatureView) -> None:
     """Create the view version's log, or add columns for features appended since."""
     table = qualified_log_table(view.name, view.version)
+    # seq orders rows in commit order (appends to one view are serialized, see
+    # lock_for_append), which lets readers mirror the log incrementally.
     await conn.execute(
         f"""CREATE TABLE IF NOT EXISTS {table} (
+                seq          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
                 entity_key   text        NOT NULL,
                 event_time   timestamptz NOT NULL,
                 created_time timestamptz NOT NULL)"""
@@ -55,12 +58,26 @@ async def ensure_log_table(conn: asyncpg.Connection, view: m.FeatureView) -> Non
     )
 
 
+async def lock_for_append(conn: asyncpg.Connection, view: m.FeatureView) -> None:
+    """Serialize appends to one view version until the caller's transaction ends.
+
+    Then rows commit in ``seq`` order: a reader that has seen seq N has seen
+    everything before it, so ``seq > N`` fetches exactly what is new.
+    """
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1))", f"lathe.log.{view.name}.{view.version}"
+    )
+
+
 async def append_rows(
     conn: asyncpg.Connection,
     view: m.FeatureView,
     rows: Sequence[tuple[str, datetime, datetime, Sequence[object]]],
 ) -> None:
-    """Append (entity key, event time, created time, feature values) rows with COPY."""
+    """Append (entity key, event time, created time, feature values) rows with COPY.
+
+    Call ``lock_for_append`` first in the same transaction.
+    """
     if not rows:
         return
     columns = ["entity_key", "event_time", "created_time", *(f.name for f in view.features)]
