@@ -22,7 +22,7 @@ from libs.sdk.features import (
     on_demand_feature_view,
     repository_of,
 )
-from tests.feature_store.helpers import suffix
+from tests.feature_store.helpers import column, python, suffix
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -222,3 +222,27 @@ async def test_bad_training_set_requests(features: FeatureStoreStub, db_pool: as
             await _training_set(features, request)
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert fragment in raised.value.details()
+
+
+async def test_on_demand_and_stored_values_agree_online_and_offline(
+    features: FeatureStoreStub, db_pool: asyncpg.Pool
+) -> None:
+    s = await _setup(features, db_pool)
+    now = datetime.now(UTC)
+    _, offline = await _training_set(
+        features,
+        rr.GetHistoricalFeaturesRequest(
+            feature_service=f"train_{s}", entity_rows_arrow=_arrow([("L1", now, 2500.0)])
+        ),
+    )
+    online = await features.GetOnlineFeatures(
+        rr.GetOnlineFeaturesRequest(
+            feature_service=f"train_{s}",
+            entities={"loan_id": column(["L1"])},
+            request_data={"amount": column([2500.0])},
+        )
+    )
+
+    online_values = [python(v) for v in online.results[0].values]
+    offline_values = [offline.column(name).to_pylist()[0] for name in online.feature_names]
+    assert online_values == offline_values == [7.5, pytest.approx(187.5)]
