@@ -118,3 +118,42 @@ def materialize(view: Annotated[str, typer.Argument(help="A batch-source feature
     except grpc.aio.AioRpcError as error:
         console.print(f"[red]{error.code().name}[/red]: {error.details()}")
         raise typer.Exit(1) from error
+
+
+@app.command()
+def drift(
+    view: Annotated[str, typer.Argument(help="A feature view.")],
+    snapshot: Annotated[str, typer.Option(help="Training snapshot id (sha256:...).")] = "",
+) -> None:
+    """Statistics of a view's online values, and their drift (PSI) from a training snapshot."""
+
+    async def fetch() -> rr.GetFeatureStatisticsResponse:
+        settings = LatheSettings()
+        async with open_channel(settings.feature_store_addr) as channel:
+            return await FeatureStoreStub(channel).GetFeatureStatistics(
+                rr.GetFeatureStatisticsRequest(feature_view=view, snapshot_id=snapshot)
+            )
+
+    try:
+        response = asyncio.run(fetch())
+    except grpc.aio.AioRpcError as error:
+        console.print(f"[red]{error.code().name}[/red]: {error.details()}")
+        raise typer.Exit(1) from error
+    table = Table("feature", "count", "nulls", "mean", "min", "max", "psi")
+    for stats in response.features:
+        psi = ""
+        if stats.HasField("psi"):
+            color = "green" if stats.psi < 0.1 else "yellow" if stats.psi < 0.25 else "red"
+            psi = f"[{color}]{stats.psi:.3f}[/{color}]"
+        table.add_row(
+            stats.feature,
+            str(stats.count),
+            str(stats.nulls),
+            f"{stats.mean:.4g}",
+            f"{stats.min:.4g}",
+            f"{stats.max:.4g}",
+            psi,
+        )
+    console.print(table)
+    console.print(f"expectation violations recorded: {response.violations}")
+    console.print("PSI: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 significant shift")

@@ -16,6 +16,7 @@ from services.feature_store.app.ingest import FeatureWriter
 from services.feature_store.app.materialize import Materializer
 from services.feature_store.app.online import OnlineReader
 from services.feature_store.app.push import Pusher
+from services.feature_store.app.statistics import StatisticsReader
 from services.feature_store.events import CATALOG
 from services.feature_store.store.definitions import DefinitionQueries
 from services.feature_store.store.offline_mirror import OfflineMirror
@@ -38,6 +39,7 @@ def build(context: ServiceContext) -> ServiceComponents:
             cache,
             OfflineMirror(context.pool, scratch=context.settings.home),
         ),
+        StatisticsReader(context.pool, cache),
     )
     return ServiceComponents(
         registrations=[

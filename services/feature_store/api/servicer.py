@@ -22,6 +22,7 @@ from services.feature_store.app.materialize import Materializer
 from services.feature_store.app.names import check_name
 from services.feature_store.app.online import OnlineReader
 from services.feature_store.app.push import Pusher
+from services.feature_store.app.statistics import StatisticsReader
 from services.feature_store.store.definitions import DefinitionQueries
 
 _ARROW_CHUNK = 4 * 1024 * 1024
@@ -44,6 +45,7 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
         pusher: Pusher,
         materializer: Materializer,
         historical: HistoricalReader,
+        statistics: StatisticsReader,
     ) -> None:
         self._definitions = definitions
         self._queries = queries
@@ -52,6 +54,7 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
         self._pusher = pusher
         self._materializer = materializer
         self._historical = historical
+        self._statistics = statistics
 
     async def PlanDefinitions(
         self, request: rr.PlanDefinitionsRequest, context: grpc.aio.ServicerContext
@@ -141,3 +144,10 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
             yield rr.GetHistoricalFeaturesResponse(
                 arrow_ipc=bytes(view[start : start + _ARROW_CHUNK])
             )
+
+    async def GetFeatureStatistics(
+        self, request: rr.GetFeatureStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> rr.GetFeatureStatisticsResponse:
+        return await self._statistics.statistics(
+            check_name(request.feature_view, "feature_view"), request.snapshot_id
+        )

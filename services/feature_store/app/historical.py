@@ -28,6 +28,7 @@ from libs.errors import InvalidArgument, Unimplemented
 from libs.eventstore import ANY_VERSION, EventMetadata, EventStore
 from services.feature_store.app.cache import DefinitionsCache
 from services.feature_store.app.names import check_name
+from services.feature_store.app.quality import profile
 from services.feature_store.app.read_plan import OnDemandColumn, ReadPlan, StoredColumn
 from services.feature_store.app.values import from_python, to_python
 from services.feature_store.events import CATALOG
@@ -82,7 +83,7 @@ class HistoricalReader:
             rows=joined.num_rows,
             feature_names=plan.feature_names,
         )
-        await self._record(snapshot, feature_service, metadata)
+        await self._record(snapshot, feature_service, _profiles(joined, plan), metadata)
         return TrainingSet(snapshot, ipc)
 
     def _join(self, plan: ReadPlan, labels: pa.Table, tables: list[str]) -> pa.Table:
@@ -161,7 +162,11 @@ class HistoricalReader:
             cursor.close()
 
     async def _record(
-        self, snapshot: rr.DatasetSnapshot, feature_service: str, metadata: EventMetadata
+        self,
+        snapshot: rr.DatasetSnapshot,
+        feature_service: str,
+        profiles: list[events_pb2.FeatureProfile],
+        metadata: EventMetadata,
     ) -> None:
         service = self._cache.definitions.services.get(feature_service)
         event = events_pb2.DatasetSnapshotCreated(
@@ -170,6 +175,7 @@ class HistoricalReader:
             feature_service_version=service.version if service is not None else 0,
             feature_names=snapshot.feature_names,
             rows=snapshot.rows,
+            profiles=profiles,
         )
         await self._store.append(
             f"dataset-{snapshot.snapshot_id.split(':')[-1][:32]}",
@@ -260,6 +266,16 @@ def _to_ipc(table: pa.Table) -> bytes:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=65_536)
     return sink.getvalue().to_pybytes()
+
+
+def _profiles(table: pa.Table, plan: ReadPlan) -> list[events_pb2.FeatureProfile]:
+    """Histograms of the numeric features: the reference for later drift checks."""
+    profiles = []
+    for name in plan.feature_names:
+        column = table.column(name)
+        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+            profiles.append(profile(name, column.to_pylist()))
+    return profiles
 
 
 def _joined_name(plan: ReadPlan, column: StoredColumn) -> str:

@@ -1,0 +1,32 @@
+"""Histograms and PSI (pure logic)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from services.feature_store.app.quality import histogram, profile, psi, summarize
+
+
+def test_profile_has_equal_population_bins_and_counts_nulls() -> None:
+    values = [float(v) for v in range(1000)] + [None, None]
+    built = profile("f", values, bins=10)
+    assert (built.count, built.nulls) == (1000, 2)
+    assert len(built.counts) == len(built.edges) + 1 == 10
+    assert all(95 <= c <= 105 for c in built.counts)
+
+
+def test_psi_is_zero_for_the_same_distribution_and_large_for_a_shift() -> None:
+    rng = np.random.default_rng(1)
+    reference = profile("f", rng.normal(0, 1, 5000).tolist())
+    same = histogram(rng.normal(0, 1, 5000), list(reference.edges))
+    moved = histogram(rng.normal(1.5, 1, 5000), list(reference.edges))
+    assert psi(list(reference.counts), same) < 0.02
+    assert psi(list(reference.counts), moved) > 0.25
+    assert math.isnan(psi([0, 0], [1, 2]))
+
+
+def test_summary_of_no_values() -> None:
+    summary = summarize([None])
+    assert summary.count == 0 and summary.nulls == 1 and math.isnan(summary.mean)
