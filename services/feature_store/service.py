@@ -17,6 +17,7 @@ from services.feature_store.app.materialize import Materializer
 from services.feature_store.app.online import OnlineReader
 from services.feature_store.app.push import Pusher
 from services.feature_store.app.statistics import StatisticsReader
+from services.feature_store.app.stream_ingest import StreamIngestor
 from services.feature_store.events import CATALOG
 from services.feature_store.store.definitions import DefinitionQueries
 from services.feature_store.store.offline_mirror import OfflineMirror
@@ -45,7 +46,7 @@ def build(context: ServiceContext) -> ServiceComponents:
         registrations=[
             lambda server: service_pb2_grpc.add_FeatureStoreServicer_to_server(servicer, server)
         ],
-        background=[cache.watch],
+        background=[cache.watch, StreamIngestor(context, cache).run],
     )
 
 

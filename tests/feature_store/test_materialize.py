@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -124,7 +125,14 @@ async def test_an_interrupted_run_resumes_without_duplicates(
         break  # the client goes away after the first committed page
     call.cancel()
 
-    rest = await _materialize(features, view)
+    # The server notices the cancelled call and releases its run lock a moment later.
+    for _ in range(50):
+        try:
+            rest = await _materialize(features, view)
+            break
+        except grpc.aio.AioRpcError as busy:
+            assert busy.code() == grpc.StatusCode.ABORTED, busy.details()
+            await asyncio.sleep(0.1)
     logged = await db_pool.fetchval(f'SELECT count(*) FROM feature_store."log_{view}_v1"')
     assert logged == 20
     assert rest[-1].done and rest[-1].rows_read < 20

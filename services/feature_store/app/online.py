@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -10,10 +11,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lathe.feature_store.v1 import message_pb2 as m
 from lathe.feature_store.v1 import request_response_pb2 as rr
-from libs.errors import InvalidArgument, Unimplemented
+from libs.errors import InvalidArgument
 from services.feature_store.app.cache import DefinitionsCache
 from services.feature_store.app.read_plan import OnDemandColumn, ReadPlan, StoredColumn
 from services.feature_store.app.values import coerce, from_python, to_python
+from services.feature_store.app.windows import WindowReader
 from services.feature_store.store import online
 
 _PRESENT = m.FEATURE_STATUS_PRESENT
@@ -35,6 +37,7 @@ class OnlineReader:
     def __init__(self, pool: asyncpg.Pool, cache: DefinitionsCache) -> None:
         self._pool = pool
         self._cache = cache
+        self._windows = WindowReader(pool)
 
     async def read(
         self,
@@ -48,24 +51,24 @@ class OnlineReader:
         rows = _row_count(entities, request_data)
         keys_by_view = []
         for read in plan.views:
-            if read.view.WhichOneof("source") == "stream_source":
-                raise Unimplemented(
-                    f"feature view {read.view.name!r} aggregates a stream; serving stream "
-                    "aggregations online is not built yet"
-                )
             column = entities.get(read.join_key)
             if column is None:
                 raise InvalidArgument(
                     f"entities lacks {read.join_key!r}, the join key of {read.view.name!r}"
                 )
             keys_by_view.append([entity_key(v, read.join_key) for v in column.values])
-        wanted = [
-            (read.view.name, read.view.version, key)
-            for read, keys in zip(plan.views, keys_by_view, strict=True)
-            for key in keys
-        ]
-        stored = await online.read_rows(self._pool, wanted)
+        wanted, aggregated = [], []  # stream views: window values computed from tiles
+        for read, keys in zip(plan.views, keys_by_view, strict=True):
+            if read.view.WhichOneof("source") == "stream_source":
+                spec = self._windows.spec(read.view, read.join_key)
+                aggregated.extend((spec, key) for key in dict.fromkeys(keys))
+            else:
+                wanted.extend((read.view.name, read.view.version, key) for key in keys)
         now = datetime.now(UTC)
+        stored, windows = await asyncio.gather(
+            online.read_rows(self._pool, wanted), self._windows.read(aggregated, now)
+        )
+        stored.update(windows)
         response = rr.GetOnlineFeaturesResponse(feature_names=plan.feature_names)
         for row in range(rows):
             fetched = [

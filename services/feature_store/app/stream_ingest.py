@@ -1,0 +1,170 @@
+"""Stream ingestion: raw business events from JetStream into tiles, exactly once.
+
+A durable consumer reads ``<namespace>.ingest.>`` (stream ``<NAMESPACE>_INGEST``). For
+each event, inside the consumer's Postgres transaction (which also records the event as
+processed): log it raw — a replay finds it logged and stops there — then, for every
+applied version of every stream view of its source, parse it, reject what cannot count,
+lock its tile and merge it in. Rejections are counted per view and reason, never raised:
+a poison message is acknowledged like any other and cannot block the stream.
+
+Views applied after an event was ingested do not see it until they are backfilled
+(backfill.py): the raw log keeps every event for that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections import Counter
+
+import asyncpg
+
+from libs.eventstore import ConsumerSpec, DurableConsumer, RawDelivery, raw_decoder
+from libs.messaging import EventStreamNames, ensure_stream
+from libs.runtime import ServiceContext
+from services.feature_store.app.aggregation import (
+    StreamEvent,
+    StreamViewSpec,
+    decode_state,
+    encode_state,
+    floor_tile,
+    spec_of,
+    to_us,
+)
+from services.feature_store.app.cache import DefinitionsCache
+from services.feature_store.app.names import NAME_PATTERN
+from services.feature_store.app.read_plan import Definitions
+from services.feature_store.app.stream_events import (
+    BAD_SUBJECT,
+    EventRejected,
+    decode_payload,
+    parse_event,
+)
+from services.feature_store.store import stream_events, tiles
+
+_log = logging.getLogger(__name__)
+CONSUMER = "feature-store-stream-aggregations"
+_SOURCE_RE = re.compile(NAME_PATTERN)
+_RETRY_S = (0.2, 1.0, 5.0)
+
+
+def ingest_streams(namespace: str) -> EventStreamNames:
+    """Subjects ``<namespace>.ingest.<source>`` in the stream ``<NAMESPACE>_INGEST``."""
+    return EventStreamNames(namespace, "ingest")
+
+
+def stream_views(definitions: Definitions) -> dict[str, list[StreamViewSpec]]:
+    """Every applied version of every stream view, by source."""
+    by_source: dict[str, list[StreamViewSpec]] = {}
+    for key in sorted(definitions.views):
+        view = definitions.views[key]
+        if view.WhichOneof("source") == "stream_source":
+            join_key = definitions.entities[view.entity].join_key
+            by_source.setdefault(view.stream_source.source, []).append(spec_of(view, join_key))
+    return by_source
+
+
+class StreamIngestor:
+    """The feature store's background task that consumes business events."""
+
+    def __init__(self, context: ServiceContext, cache: DefinitionsCache) -> None:
+        self._context = context
+        self._cache = cache
+        self._names = ingest_streams(context.settings.namespace)
+        self._indexed: Definitions | None = None
+        self._by_source: dict[str, list[StreamViewSpec]] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Ensure the ingest stream exists, then consume until ``stop``."""
+        if not await self._prepare(stop):
+            return
+        consumer: DurableConsumer[RawDelivery] = DurableConsumer(
+            ConsumerSpec(
+                name=CONSUMER, stream=self._names.stream, filter_subject=self._names.all_subjects
+            ),
+            js=self._context.js,
+            store=self._context.store,
+            handler=self.handle,
+            decoder=raw_decoder,
+        )
+        await consumer.run(stop)
+
+    async def _prepare(self, stop: asyncio.Event) -> bool:
+        """The stream exists and definitions are loaded (else pending events find no view)."""
+        settings = self._context.settings
+        attempt = 0
+        while not stop.is_set():
+            try:
+                await ensure_stream(
+                    self._context.js,
+                    self._names.stream,
+                    [self._names.all_subjects],
+                    duplicate_window_s=settings.duplicate_window_s,
+                    replicas=settings.stream_replicas,
+                )
+                await self._cache.refresh()
+                return True
+            except Exception as exc:  # broker or database restarting: retry, the host stays up
+                delay = _RETRY_S[min(attempt, len(_RETRY_S) - 1)]
+                attempt += 1
+                _log.warning("stream ingestion cannot start yet (%r); retrying", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        return False
+
+    async def handle(self, delivery: RawDelivery, conn: asyncpg.Connection) -> None:
+        """Apply one event in the consumer's transaction (see the module docstring)."""
+        source = self._source_of(delivery.subject)
+        try:
+            if source is None:
+                raise EventRejected(BAD_SUBJECT, f"subject {delivery.subject!r} names no source")
+            payload = decode_payload(delivery.data)
+        except EventRejected as exc:
+            where = source or delivery.subject[-200:]
+            _log.warning("ingest %s: dropped event %s: %s", where, delivery.event_id, exc)
+            await stream_events.count_rejections(conn, where, Counter({("", 0, exc.reason): 1}))
+            return
+        arrival_us = to_us(delivery.arrival_time)
+        accepted: dict[tiles.TileRef, StreamEvent] = {}
+        rejected = Counter[tuple[str, int, str]]()
+        for spec in self._views_of(source):
+            try:
+                event = parse_event(
+                    spec, payload, arrival_us=arrival_us, sequence=delivery.stream_sequence
+                )
+            except EventRejected as exc:
+                _log.debug(
+                    "ingest %s: %s v%d rejects an event: %s", source, spec.view, spec.version, exc
+                )
+                rejected[(spec.view, spec.version, exc.reason)] += 1
+                continue
+            start = floor_tile(event.event_us, spec.tile_us)
+            accepted[(spec.view, spec.version, event.entity_key, start)] = event
+        raw = stream_events.RawEvent(
+            delivery.event_id, delivery.stream_sequence, delivery.arrival_time, delivery.data
+        )
+        refs = sorted(accepted)
+        locked = await tiles.log_and_lock(conn, source, raw, refs)
+        if locked is None:
+            return  # logged before: a replay past the consumer's own dedupe changes nothing
+        await stream_events.count_rejections(conn, source, rejected)
+        merged = {}
+        for ref in refs:
+            state = decode_state(locked[ref])
+            state.add(accepted[ref])
+            merged[ref] = encode_state(state)
+        await tiles.write_tiles(conn, merged)
+
+    def _source_of(self, subject: str) -> str | None:
+        prefix = self._names.subject_prefix + "."
+        source = subject[len(prefix) :] if subject.startswith(prefix) else ""
+        return source if _SOURCE_RE.fullmatch(source) else None
+
+    def _views_of(self, source: str) -> list[StreamViewSpec]:
+        definitions = self._cache.definitions
+        if definitions is not self._indexed:  # the cache swaps in a new object on refresh
+            self._by_source = stream_views(definitions)
+            self._indexed = definitions
+        return self._by_source.get(source, [])

@@ -1,0 +1,133 @@
+"""The raw-event log of stream sources and the count of rejected events, in Postgres.
+
+The log keeps every business event that was a JSON object, exactly as published, with
+its JetStream arrival time and stream sequence: backfills recompute tiles from it and
+point-in-time aggregates read it as of each label's time. Its primary key (source,
+event id) is also the last guard against applying one event twice.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+# The shared lock is taken by every ingestion transaction of a source before it touches
+# the log or tiles; a backfill takes it exclusively, so it reads a log no ingestion is
+# still adding to and replaces tiles no ingestion is merging into. $1..$5: source, event
+# id, stream sequence, arrival time, payload. (tiles.log_and_lock embeds it.)
+APPEND = """
+    INSERT INTO feature_store.stream_events
+        (source, event_id, stream_sequence, arrival_time, payload)
+    SELECT $1, $2, $3, $4, $5
+    FROM (SELECT pg_advisory_xact_lock_shared(hashtext('lathe.stream.' || $1::text))) AS locked
+    ON CONFLICT (source, event_id) DO NOTHING
+    RETURNING event_id"""
+
+_IMPORT = """
+    INSERT INTO feature_store.stream_events
+        (source, event_id, stream_sequence, arrival_time, payload)
+    SELECT $1, e, s, a, p
+    FROM unnest($2::uuid[], $3::bigint[], $4::timestamptz[], $5::bytea[]) AS t(e, s, a, p)
+    ON CONFLICT (source, event_id) DO NOTHING"""
+
+_REJECT = """
+    INSERT INTO feature_store.stream_rejections AS r
+        (source, view, version, reason, count, last_at)
+    SELECT $1, v, n, reason, c, now()
+    FROM unnest($2::text[], $3::int[], $4::text[], $5::bigint[]) AS t(v, n, reason, c)
+    ON CONFLICT (source, view, version, reason)
+    DO UPDATE SET count = r.count + EXCLUDED.count, last_at = EXCLUDED.last_at"""
+
+
+@dataclass(frozen=True)
+class RawEvent:
+    """One business event as the log keeps it."""
+
+    event_id: UUID
+    stream_sequence: int
+    arrival_time: datetime
+    payload: bytes
+
+
+async def append_event(conn: asyncpg.Connection, source: str, event: RawEvent) -> bool:
+    """Log one event (in the caller's transaction); False if it was logged before."""
+    logged = await conn.fetchval(
+        APPEND, source, event.event_id, event.stream_sequence, event.arrival_time, event.payload
+    )
+    return logged is not None
+
+
+async def import_events(conn: asyncpg.Connection, source: str, events: Sequence[RawEvent]) -> None:
+    """Log historical events in bulk (events already logged are left as they are)."""
+    if not events:
+        return
+    await conn.execute(
+        _IMPORT,
+        source,
+        [e.event_id for e in events],
+        [e.stream_sequence for e in events],
+        [e.arrival_time for e in events],
+        [e.payload for e in events],
+    )
+
+
+async def lock_source(conn: asyncpg.Connection, source: str) -> None:
+    """Hold off ingestion of ``source`` until the caller's transaction ends (backfill)."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('lathe.stream.' || $1::text))", source
+    )
+
+
+async def read_events(
+    conn: asyncpg.Connection,
+    source: str,
+    *,
+    arrived_from: datetime | None = None,
+    arrived_until: datetime | None = None,
+    prefetch: int = 10_000,
+) -> AsyncIterator[RawEvent]:
+    """The source's logged events (optionally by arrival time), streamed with a cursor.
+
+    Needs a transaction on ``conn`` (cursors live in one).
+    """
+    query = """SELECT event_id, stream_sequence, arrival_time, payload
+               FROM feature_store.stream_events
+               WHERE source = $1
+                 AND ($2::timestamptz IS NULL OR arrival_time >= $2)
+                 AND ($3::timestamptz IS NULL OR arrival_time <= $3)"""
+    async for record in conn.cursor(query, source, arrived_from, arrived_until, prefetch=prefetch):
+        yield RawEvent(record[0], record[1], record[2], record[3])
+
+
+async def count_rejections(
+    conn: asyncpg.Connection, source: str, counts: Counter[tuple[str, int, str]]
+) -> None:
+    """Add (view, version, reason) counts for ``source`` in the caller's transaction."""
+    if not counts:
+        return
+    keys = sorted(counts)
+    await conn.execute(
+        _REJECT,
+        source,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
+        [counts[k] for k in keys],
+    )
+
+
+async def rejections(
+    executor: asyncpg.Pool | asyncpg.Connection, source: str
+) -> dict[tuple[str, int, str], int]:
+    """(view, version, reason) -> how many events of ``source`` were rejected for it."""
+    records = await executor.fetch(
+        """SELECT view, version, reason, count FROM feature_store.stream_rejections
+           WHERE source = $1""",
+        source,
+    )
+    return {(r[0], r[1], r[2]): r[3] for r in records}
