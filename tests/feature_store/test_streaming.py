@@ -560,3 +560,45 @@ async def test_point_in_time_aggregates_use_known_at_times(
     l1_tiles = [(start, agg.decode_state(v)) for (k, start), v in stored.items() if k == "L1"]
     final = agg.combine(spec, l1_tiles, agg.to_us(t0 + 200 * minute))
     assert list(final.values) == [rows[4][a.name] for a in spec.aggregations]
+
+
+async def test_stream_aggregates_in_a_training_set_match_online(
+    features: FeatureStoreStub, js: JetStreamContext, test_settings: LatheSettings, db_pool
+) -> None:
+    s = suffix()
+    loan = Entity(f"loan_{s}", join_key="loan_id")
+    view = _view(f"pay_{s}", f"src_{s}", loan, lateness=timedelta(days=30))
+    await _apply(features, view)
+    subject = ingest_streams(test_settings.namespace).subject(f"src_{s}")
+    now = datetime.now(UTC)
+    for i, age in enumerate((timedelta(minutes=3), timedelta(hours=2), timedelta(days=2))):
+        await _publish(
+            js, subject, {"loan_id": "L1", "at": _at(now - age), "amount": 10.0 * (i + 1)}
+        )
+    await _wait_for_events(db_pool, f"pay_{s}", 3)
+
+    read_at = datetime.now(UTC)
+    labels = pa.table(
+        {
+            "loan_id": ["L1", "L2"],
+            "event_time": pa.array([read_at, read_at], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, labels.schema) as writer:
+        writer.write_table(labels)
+    parts = []
+    async for part in features.GetHistoricalFeatures(
+        rr.GetHistoricalFeaturesRequest(
+            feature_list=rr.FeatureList(features=[f"pay_{s}:*"]),
+            entity_rows_arrow=sink.getvalue().to_pybytes(),
+        )
+    ):
+        if not part.HasField("snapshot"):
+            parts.append(part.arrow_ipc)
+    offline = pa.ipc.open_stream(b"".join(parts)).read_all()
+    [online_l1, _] = await _online(features, [f"pay_{s}:*"], ["L1", "L2"])
+
+    for name, (value, _) in online_l1.items():
+        assert offline.column(f"pay_{s}:{name}").to_pylist()[0] == value, name
+    assert offline.column(f"pay_{s}:amount_count_1d").to_pylist() == [2, None]

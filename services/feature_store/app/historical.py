@@ -24,12 +24,13 @@ import pyarrow.compute as pc
 from lathe.feature_store.v1 import events_pb2
 from lathe.feature_store.v1 import request_response_pb2 as rr
 from libs.db import quote_ident
-from libs.errors import InvalidArgument, Unimplemented
+from libs.errors import InvalidArgument
 from libs.eventstore import ANY_VERSION, EventMetadata, EventStore
 from services.feature_store.app.cache import DefinitionsCache
 from services.feature_store.app.names import check_name
 from services.feature_store.app.quality import profile
 from services.feature_store.app.read_plan import OnDemandColumn, ReadPlan, StoredColumn
+from services.feature_store.app.stream_history import stream_aggregates_as_of
 from services.feature_store.app.values import from_python, to_python
 from services.feature_store.events import CATALOG
 from services.feature_store.store.offline_mirror import OfflineMirror
@@ -63,19 +64,17 @@ class HistoricalReader:
         metadata: EventMetadata,
     ) -> TrainingSet:
         plan = await self._cache.plan(feature_service, references)
-        for read in plan.views:
-            if read.view.WhichOneof("source") == "stream_source":
-                raise Unimplemented(
-                    f"feature view {read.view.name!r} aggregates a stream; point-in-time "
-                    "stream aggregates in training sets are not built yet"
-                )
         join_keys = sorted({read.join_key for read in plan.views})
         if label_source is not None:
             labels = await self._labels_from_table(label_source, join_keys)
         else:
             labels = _labels_from_arrow(entity_rows_arrow, join_keys)
-        tables = [await self._mirror.sync(read.view) for read in plan.views]
+        stored = [i for i, read in enumerate(plan.views) if not _is_stream(read.view)]
+        tables = {i: await self._mirror.sync(plan.views[i].view) for i in stored}
         joined = await asyncio.to_thread(self._join, plan, labels, tables)
+        for index, read in enumerate(plan.views):
+            if _is_stream(read.view):
+                joined = await self._add_stream_aggregates(joined, plan, index)
         joined = _with_on_demand(joined, plan)
         ipc = _to_ipc(joined)
         snapshot = rr.DatasetSnapshot(
@@ -86,22 +85,22 @@ class HistoricalReader:
         await self._record(snapshot, feature_service, _profiles(joined, plan), metadata)
         return TrainingSet(snapshot, ipc)
 
-    def _join(self, plan: ReadPlan, labels: pa.Table, tables: list[str]) -> pa.Table:
+    def _join(self, plan: ReadPlan, labels: pa.Table, tables: dict[int, str]) -> pa.Table:
+        """Labels joined point in time with every stored (non-stream) view, in label order."""
+        if not tables:
+            return labels.sort_by("row_number")
         views = []
-        for read, table in zip(plan.views, tables, strict=True):
-            stored = [
-                c
-                for c in plan.columns
-                if isinstance(c, StoredColumn) and plan.views[c.view_index] is read
-            ]
-            del stored
+        for index, table in tables.items():
+            read = plan.views[index]
             features = tuple(f.name for f in read.view.features)
             views.append(
                 JoinView(
                     table=table,
                     join_key=read.join_key,
                     features=features,
-                    outputs=tuple(f"{read.view.name}@{read.view.version}:{f}" for f in features),
+                    outputs=tuple(
+                        _joined_name(plan, StoredColumn(index, i)) for i in range(len(features))
+                    ),
                     ttl_us=int(read.ttl_s * 1_000_000),
                 )
             )
@@ -113,6 +112,24 @@ class HistoricalReader:
         finally:
             cursor.unregister(name)
             cursor.close()
+        return joined
+
+    async def _add_stream_aggregates(
+        self, joined: pa.Table, plan: ReadPlan, index: int
+    ) -> pa.Table:
+        """Append a stream view's window values as of each (label-ordered) row's time."""
+        read = plan.views[index]
+        values = await stream_aggregates_as_of(
+            self._pool,
+            read.view,
+            read.join_key,
+            joined.column(read.join_key),
+            joined.column("event_time").cast(pa.timestamp("us", tz="UTC")),
+        )
+        for i, feature in enumerate(read.view.features):
+            joined = joined.append_column(
+                _joined_name(plan, StoredColumn(index, i)), values.column(feature.name)
+            )
         return joined
 
     async def _labels_from_table(self, source: rr.LabelSource, join_keys: list[str]) -> pa.Table:
@@ -276,6 +293,10 @@ def _profiles(table: pa.Table, plan: ReadPlan) -> list[events_pb2.FeatureProfile
         if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
             profiles.append(profile(name, column.to_pylist()))
     return profiles
+
+
+def _is_stream(view: object) -> bool:
+    return view.WhichOneof("source") == "stream_source"  # type: ignore[attr-defined]
 
 
 def _joined_name(plan: ReadPlan, column: StoredColumn) -> str:
