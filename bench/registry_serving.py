@@ -12,13 +12,9 @@ the two; ListModelVersions (a page of 100 of 10,000 versions) p99 < 20 ms.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,14 +22,20 @@ import grpc
 
 from bench.echo_server import ECHO_METHOD
 from bench.families import Family
-from bench.harness import BenchContext, LatencyStats
+from bench.harness import BenchContext
 from bench.results import Comparison, FamilyResult, Goal, Measurement, Role
+from bench.service_process import (
+    free_port,
+    interleaved,
+    measurement,
+    process,
+    service_env,
+    wait_serving,
+)
 from lathe.model_registry.v1 import message_pb2
 from lathe.model_registry.v1 import request_response_pb2 as rr
 from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
-from libs.platform.health import health_status
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 _MODEL = "bench-credit-default"
 
 
@@ -51,41 +53,6 @@ class RegistryParams:
     page_size: int = 100
     sampled_ratio: float = 0.01
     """LATHE_TRACE_SAMPLE_RATIO of the second registry (a production-like setting)."""
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@asynccontextmanager
-async def _process(args: list[str], env: dict[str, str], log: Path) -> AsyncIterator[int]:
-    with log.open("wb") as out:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, *args, env=env, cwd=_REPO_ROOT, stdout=out, stderr=out
-        )
-    try:
-        yield process.pid
-    finally:
-        if process.returncode is None:
-            process.terminate()
-        await process.wait()
-
-
-def _env(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LATHE_", "OTEL_"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(_REPO_ROOT), str(_REPO_ROOT / "gen" / "python")])
-    env.update(values)
-    return env
-
-
-async def _wait_serving(address: str) -> None:
-    for _ in range(600):
-        if await health_status(address) == "SERVING":
-            return
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"the model registry at {address} never reached SERVING")
 
 
 async def _seed(stub: ModelRegistryStub, params: RegistryParams) -> None:
@@ -118,34 +85,12 @@ async def _seed(stub: ModelRegistryStub, params: RegistryParams) -> None:
     )
 
 
-async def _interleaved(
-    calls: dict[str, Callable[[], Awaitable[object]]], *, samples: int, warmup: int, chunk: int
-) -> dict[str, list[int]]:
-    """Per variant, ``samples`` call latencies (ns), alternating variants every ``chunk``."""
-    for call in calls.values():
-        for _ in range(warmup):
-            await call()
-    latencies: dict[str, list[int]] = {key: [] for key in calls}
-    while any(len(v) < samples for v in latencies.values()):
-        for key, call in calls.items():
-            for _ in range(min(chunk, samples - len(latencies[key]))):
-                started = time.perf_counter_ns()
-                await call()
-                latencies[key].append(time.perf_counter_ns() - started)
-    return latencies
-
-
-def _measurement(key: str, label: str, role: Role, samples: list[int]) -> Measurement:
-    stats = LatencyStats.from_ns(samples)
-    return Measurement(key, label, role, stats.metrics(), {"latency_ms": asdict(stats)})
-
-
 async def run(context: BenchContext, params: RegistryParams) -> FamilyResult:
-    registry_addr = f"127.0.0.1:{_free_port()}"
-    sampled_addr = f"127.0.0.1:{_free_port()}"
-    echo_port = _free_port()
+    registry_addr = f"127.0.0.1:{free_port()}"
+    sampled_addr = f"127.0.0.1:{free_port()}"
+    echo_port = free_port()
     with tempfile.TemporaryDirectory(prefix="lathe-bench-registry-") as home:
-        env = _env(
+        env = service_env(
             LATHE_DATABASE_URL=context.database_url,
             LATHE_NATS_URL=context.nats_url,
             LATHE_NAMESPACE=context.namespace,
@@ -159,16 +104,16 @@ async def run(context: BenchContext, params: RegistryParams) -> FamilyResult:
         }
         logs = Path(home)
         async with (
-            _process(["-m", "services.model_registry"], env, logs / "registry.log"),
-            _process(["-m", "services.model_registry"], sampled_env, logs / "sampled.log"),
-            _process(["-m", "bench.echo_server", str(echo_port)], env, logs / "echo.log"),
+            process(["-m", "services.model_registry"], env, logs / "registry.log"),
+            process(["-m", "services.model_registry"], sampled_env, logs / "sampled.log"),
+            process(["-m", "bench.echo_server", str(echo_port)], env, logs / "echo.log"),
             grpc.aio.insecure_channel(registry_addr) as registry_channel,
             grpc.aio.insecure_channel(sampled_addr) as sampled_channel,
             grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}") as echo_channel,
             context.pool(max_size=2) as pool,
         ):
-            await _wait_serving(registry_addr)
-            await _wait_serving(sampled_addr)
+            await wait_serving(registry_addr)
+            await wait_serving(sampled_addr)
             stub = ModelRegistryStub(registry_channel)
             sampled = ModelRegistryStub(sampled_channel)
             seeded = time.perf_counter()
@@ -181,7 +126,7 @@ async def run(context: BenchContext, params: RegistryParams) -> FamilyResult:
                 "SELECT version, traffic_share, updated_at, updated_by FROM model_registry.aliases "
                 "WHERE model_name = $1 AND alias = $2"
             )
-            resolve = await _interleaved(
+            resolve = await interleaved(
                 {
                     "raw_grpc_echo": lambda: echo(echo_payload),
                     "raw_pk_read": lambda: pool.fetchrow(pk_sql, _MODEL, "production"),
@@ -204,7 +149,7 @@ async def run(context: BenchContext, params: RegistryParams) -> FamilyResult:
                         )
                     )
                 ).next_page_token
-            listing = await _interleaved(
+            listing = await interleaved(
                 {
                     "first_page": lambda: sampled.ListModelVersions(
                         rr.ListModelVersionsRequest(model_name=_MODEL, page_size=params.page_size)
@@ -220,22 +165,22 @@ async def run(context: BenchContext, params: RegistryParams) -> FamilyResult:
                 chunk=params.chunk,
             )
 
-    echo_m = _measurement(
+    echo_m = measurement(
         "raw_grpc_echo", "raw grpc.aio echo (own process)", Role.BASELINE, resolve["raw_grpc_echo"]
     )
-    pk_m = _measurement(
+    pk_m = measurement(
         "raw_pk_read",
         "raw asyncpg primary-key read of the alias row",
         Role.DIAGNOSTIC,
         resolve["raw_pk_read"],
     )
-    resolve_m = _measurement(
+    resolve_m = measurement(
         "resolve_alias",
         "Lathe ResolveAlias, every call traced (development default)",
         Role.LATHE,
         resolve["resolve_alias"],
     )
-    sampled_m = _measurement(
+    sampled_m = measurement(
         "resolve_alias_sampled",
         f"Lathe ResolveAlias, {params.sampled_ratio:.0%} of new traces recorded",
         Role.LATHE,
@@ -243,13 +188,13 @@ async def run(context: BenchContext, params: RegistryParams) -> FamilyResult:
     )
     floor_p99 = echo_m.metric("p99") + pk_m.metric("p99")
     floor_p50 = echo_m.metric("p50") + pk_m.metric("p50")
-    first_m = _measurement(
+    first_m = measurement(
         "first_page",
         f"ListModelVersions, first page of {params.page_size}",
         Role.LATHE,
         listing["first_page"],
     )
-    middle_m = _measurement(
+    middle_m = measurement(
         "middle_page",
         f"ListModelVersions, page {params.versions // params.page_size // 2}",
         Role.LATHE,
