@@ -60,9 +60,14 @@ def _convert(text: str, kind: type) -> Any:
 def all_families() -> tuple[Family, ...]:
     """Every registered family, in the order a full run executes them."""
     # Imported here so that ``--list`` and argument errors stay fast.
-    from bench import event_lag, eventstore_append, registry_serving
+    from bench import event_lag, eventstore_append, features_serving, registry_serving
 
-    return (eventstore_append.FAMILY, event_lag.FAMILY, registry_serving.FAMILY)
+    return (
+        eventstore_append.FAMILY,
+        event_lag.FAMILY,
+        registry_serving.FAMILY,
+        features_serving.FAMILY,
+    )
 
 
 def select(names: Iterable[str]) -> list[Family]:

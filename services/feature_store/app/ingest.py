@@ -105,6 +105,7 @@ class FeatureWriter:
                     m.FeatureRow(values=row.values).SerializeToString(),
                     row.event_time,
                     row.created_time or created_time,
+                    len(row.values),
                 )
                 for key, row in latest.items()
             ],

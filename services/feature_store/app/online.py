@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
@@ -12,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from lathe.feature_store.v1 import message_pb2 as m
 from lathe.feature_store.v1 import request_response_pb2 as rr
 from libs.errors import InvalidArgument
+from services.feature_store.app import wire
 from services.feature_store.app.cache import DefinitionsCache
 from services.feature_store.app.read_plan import OnDemandColumn, ReadPlan, StoredColumn
 from services.feature_store.app.values import coerce, from_python, to_python
@@ -57,25 +59,37 @@ class OnlineReader:
                     f"entities lacks {read.join_key!r}, the join key of {read.view.name!r}"
                 )
             keys_by_view.append([entity_key(v, read.join_key) for v in column.values])
-        wanted, aggregated = [], []  # stream views: window values computed from tiles
+        stored_views, aggregated = [], []  # stream views: window values computed from tiles
         for read, keys in zip(plan.views, keys_by_view, strict=True):
             if read.view.WhichOneof("source") == "stream_source":
                 spec = self._windows.spec(read.view, read.join_key)
                 aggregated.extend((spec, key) for key in dict.fromkeys(keys))
             else:
-                wanted.extend((read.view.name, read.view.version, key) for key in keys)
+                stored_views.append((read.view.name, read.view.version))
+        all_keys = [key for keys in keys_by_view for key in keys]
         now = datetime.now(UTC)
-        stored, windows = await asyncio.gather(
-            online.read_rows(self._pool, wanted), self._windows.read(aggregated, now)
-        )
-        stored.update(windows)
-        response = rr.GetOnlineFeaturesResponse(feature_names=plan.feature_names)
+        reading = online.read_latest(self._pool, stored_views, all_keys)
+        if aggregated:
+            stored, windows = await asyncio.gather(reading, self._windows.read(aggregated, now))
+            stored.update(windows)
+        else:
+            stored = await reading
+        times: dict[datetime, bytes] = {}
+        pieces = segments(plan)
+        results = []
         for row in range(rows):
             fetched = [
-                _fetch(stored.get((read.view.name, read.view.version, keys[row])), read.ttl_s, now)
+                _fetch(
+                    stored.get((read.view.name, read.view.version, keys[row])),
+                    read.ttl_s,
+                    now,
+                    times,
+                )
                 for read, keys in zip(plan.views, keys_by_view, strict=True)
             ]
-            _fill(response.results.add(), plan, fetched, request_data, row)
+            results.append(_vector(plan, pieces, fetched, request_data, row))
+        response = rr.GetOnlineFeaturesResponse(feature_names=plan.feature_names)
+        response.MergeFromString(b"".join(results))
         return response
 
 
@@ -95,48 +109,126 @@ def _row_count(
     return rows
 
 
+class _Fetched:
+    """One view's stored row for one entity, as the reply needs it."""
+
+    __slots__ = ("_fields", "count", "row", "status", "time")
+
+    def __init__(self, row: bytes, status: int, time: bytes, count: int = 0) -> None:
+        self.row = row
+        self.status = status
+        self.time = time
+        """The event time as an encoded ``event_times`` field."""
+        self._fields: list[bytes] | None = None if status == _PRESENT else []
+        self.count = count if status == _PRESENT and count else len(self.fields)
+        """How many values the row holds (0 unless PRESENT)."""
+
+    @property
+    def fields(self) -> list[bytes]:
+        """The row's values as encoded ``values`` fields, split only when needed."""
+        if self._fields is None:
+            self._fields = wire.value_fields(self.row)
+        return self._fields
+
+    def python(self, index: int) -> object:
+        """One value as Python (for on-demand inputs); None when absent."""
+        if index >= self.count:
+            return None
+        return to_python(m.FeatureRow.FromString(self.row).values[index])
+
+
+_ABSENT = _Fetched(b"", _NOT_FOUND, wire.NO_TIME)
+
+
 def _fetch(
-    row: online.OnlineRow | None, ttl_s: float, now: datetime
-) -> tuple[Sequence[m.Value], int, Timestamp | None]:
-    """(values, status, event time) of one view for one entity."""
+    row: online.OnlineRow | None, ttl_s: float, now: datetime, times: dict[datetime, bytes]
+) -> _Fetched:
     if row is None:
-        return (), _NOT_FOUND, None
-    stamp = Timestamp()
-    stamp.FromDatetime(row.event_time)
+        return _ABSENT
+    time = times.get(row.event_time)
+    if time is None:
+        stamp = Timestamp()
+        stamp.FromDatetime(row.event_time)
+        time = times[row.event_time] = wire.time_field(stamp.SerializeToString())
     if ttl_s and (now - row.event_time).total_seconds() > ttl_s:
-        return (), _EXPIRED, stamp
-    return m.FeatureRow.FromString(row.row).values, _PRESENT, stamp
+        return _Fetched(b"", _EXPIRED, time)
+    return _Fetched(row.row, _PRESENT, time, row.features)
 
 
-def _fill(
-    vector: rr.FeatureVector,
+@dataclass(frozen=True)
+class _Whole:
+    """Columns that are all of one view's features in order: copied as the stored row."""
+
+    view_index: int
+    count: int
+
+
+def segments(plan: ReadPlan) -> list[_Whole | StoredColumn | OnDemandColumn]:
+    """The plan's columns, with runs that cover a whole view merged into one piece."""
+    merged: list[_Whole | StoredColumn | OnDemandColumn] = []
+    columns, at = plan.columns, 0
+    while at < len(columns):
+        column = columns[at]
+        if isinstance(column, StoredColumn) and column.feature_index == 0:
+            count = len(plan.views[column.view_index].view.features)
+            run = columns[at : at + count]
+            if len(run) == count and all(
+                isinstance(c, StoredColumn)
+                and c.view_index == column.view_index
+                and c.feature_index == i
+                for i, c in enumerate(run)
+            ):
+                merged.append(_Whole(column.view_index, count))
+                at += count
+                continue
+        merged.append(column)
+        at += 1
+    return merged
+
+
+def _vector(
     plan: ReadPlan,
-    fetched: list[tuple[Sequence[m.Value], int, Timestamp | None]],
+    pieces: list[_Whole | StoredColumn | OnDemandColumn],
+    fetched: list[_Fetched],
     request_data: Mapping[str, m.RepeatedValue],
     row: int,
-) -> None:
+) -> bytes:
     outputs = [_run_step(step, fetched, request_data, row) for step in plan.steps]
-    empty = Timestamp()
-    for column in plan.columns:
-        if isinstance(column, StoredColumn):
-            values, status, stamp = fetched[column.view_index]
-            present = status == _PRESENT and column.feature_index < len(values)
-            vector.values.append(values[column.feature_index] if present else m.Value())
-            vector.statuses.append(status if present or status != _PRESENT else _NOT_FOUND)
-            vector.event_times.append(stamp or empty)
+    values: list[bytes] = []
+    statuses = bytearray()
+    times: list[bytes] = []
+    for piece in pieces:
+        if isinstance(piece, _Whole):
+            found = fetched[piece.view_index]
+            if found.count == piece.count:  # present, with every feature stored
+                values.append(found.row)
+                statuses.extend([_PRESENT] * piece.count)
+                times.append(found.time * piece.count)
+                continue
+            piece_columns = [StoredColumn(piece.view_index, i) for i in range(piece.count)]
         else:
-            assert isinstance(column, OnDemandColumn)
-            vector.values.append(outputs[column.step_index][column.output])
-            vector.statuses.append(_PRESENT)
-            vector.event_times.append(empty)
+            piece_columns = [piece]
+        for column in piece_columns:
+            if isinstance(column, StoredColumn):
+                found = fetched[column.view_index]
+                if column.feature_index < found.count:
+                    values.append(found.fields[column.feature_index])
+                    statuses.append(_PRESENT)
+                else:  # absent, expired, or a feature appended after this row was stored
+                    values.append(wire.NULL_VALUE)
+                    statuses.append(_NOT_FOUND if found.status == _PRESENT else found.status)
+                times.append(found.time)
+            else:
+                values.append(wire.value_field(outputs[column.step_index][column.output]))
+                statuses.append(_PRESENT)
+                times.append(wire.NO_TIME)
+    return wire.result_field(values, statuses, times)
 
 
 def _run_step(step, fetched, request_data, row):  # type: ignore[no-untyped-def]
     inputs: dict[str, object] = {}
     for name, column in step.inputs:
-        values, status, _ = fetched[column.view_index]
-        present = status == _PRESENT and column.feature_index < len(values)
-        inputs[name] = to_python(values[column.feature_index]) if present else None
+        inputs[name] = fetched[column.view_index].python(column.feature_index)
     for request_field in step.view.request_fields:
         column = request_data.get(request_field.name)
         if column is None:
@@ -154,6 +246,8 @@ def _run_step(step, fetched, request_data, row):  # type: ignore[no-untyped-def]
             f"on-demand view {step.view.name!r} failed on row {row}: {type(exc).__name__}: {exc}"
         ) from exc
     return {
-        f.name: from_python(result.get(f.name), f.type, f"on-demand view {step.view.name!r}")
+        f.name: from_python(
+            result.get(f.name), f.type, f"on-demand view {step.view.name!r}"
+        ).SerializeToString()
         for f in step.view.features
     }

@@ -79,7 +79,7 @@ class WindowReader:
                 continue
             row = m.FeatureRow(values=[_value(v) for v in result.values])
             rows[(view, version, key)] = OnlineRow(
-                row.SerializeToString(), from_us(result.latest_us)
+                row.SerializeToString(), from_us(result.latest_us), len(result.values)
             )
         return rows
 

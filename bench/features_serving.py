@@ -1,0 +1,523 @@
+"""Feature store serving: GetOnlineFeatures and GetHistoricalFeatures vs their baselines.
+
+The feature store runs as its own process, as `lathe up` starts it (1% of new traces
+recorded), against this run's database. The data set is the one the Feast and
+DuckDB baselines use (bench/feast_baseline/data.py): 5 views x 4 features of lending
+data with late corrections, and label rows spread over two years. It is written
+into the store's offline log and online table through the store layer (the same
+COPY and upsert the service's writer uses); ingestion speed is not what this family
+measures.
+
+Side by side in one run: a raw grpc.aio echo (own process) and raw asyncpg key
+lookups (the floor under an online read), Feast 0.67's feature server over HTTP and
+its in-process SDK (its own virtualenv: `bash bench/feast_baseline/setup.sh`), and
+DuckDB's ASOF join over the same data already in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bench.duckdb_asof import run_baseline
+from bench.echo_server import ECHO_METHOD
+from bench.families import Family
+from bench.feast_baseline import data
+from bench.feast_baseline.runner import FeastUnavailable, run_feast
+from bench.harness import BenchContext
+from bench.results import Comparison, FamilyResult, Goal, Measurement, Role, Value
+from bench.service_process import (
+    free_port,
+    interleaved,
+    measurement,
+    process,
+    service_env,
+    wait_serving,
+)
+from lathe.feature_store.v1 import message_pb2 as m
+from lathe.feature_store.v1 import request_response_pb2 as rr
+from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
+from libs.sdk.features import (
+    Entity,
+    FeatureService,
+    FeatureView,
+    Field,
+    Float64,
+    Int64,
+    PushSource,
+    repository_of,
+)
+from services.feature_store.store import offline, online
+
+_SERVICE = "bench_all"
+_TYPES = {"float64": Float64, "int64": Int64}
+
+
+@dataclass(frozen=True)
+class FeaturesParams:
+    entities: int = 100_000
+    rows_per_entity: int = 10
+    labels: int = 1_000_000
+    samples: int = 2000
+    """Calls per variant for the single-entity comparison."""
+    batch_samples: int = 500
+    batch: int = 100
+    warmup: int = 200
+    chunk: int = 100
+    historical_runs: int = 2
+    """GetHistoricalFeatures calls: the first syncs the mirror from Postgres (cold)."""
+    feast: bool = True
+    feast_historical_labels: int = 1_000_000
+    data_dir: str = ""
+    """Where the generated data set is cached (default: a directory per spec in /tmp)."""
+
+
+def _spec(params: FeaturesParams) -> data.DataSpec:
+    return data.DataSpec(
+        entities=params.entities, rows_per_entity=params.rows_per_entity, labels=params.labels
+    )
+
+
+def _definitions() -> m.FeatureRepository:
+    loan = Entity("loan", join_key=data.ENTITY_KEY)
+    views = [
+        FeatureView(
+            view,
+            entity=loan,
+            source=PushSource(),
+            features=[Field(name, _TYPES[kind]) for name, kind in columns],
+            ttl=__import__("datetime").timedelta(days=data.TTL_DAYS),
+        )
+        for view, columns in data.VIEWS.items()
+    ]
+    service = FeatureService(_SERVICE, [f"{view}:*" for view in data.VIEWS])
+    return repository_of([loan, *views, service])
+
+
+async def _seed(pool: Any, directory: Path, repository: m.FeatureRepository) -> dict[str, float]:
+    """Write every view's rows into the offline log and its latest rows online."""
+    seconds = {}
+    for view in repository.feature_views:
+        started = time.perf_counter()
+        table = data.read_table(directory, view.name)
+        names = [f.name for f in view.features]
+        columns = [
+            table.column(c).to_pylist()
+            for c in (data.ENTITY_KEY, data.EVENT_TIME, data.CREATED_TIME, *names)
+        ]
+        rows = [(k, e, c, list(values)) for k, e, c, *values in zip(*columns, strict=True)]
+        async with pool.acquire() as conn, conn.transaction():
+            await offline.append_rows(conn, view, rows)
+        ordered = table.sort_by(
+            [
+                (data.ENTITY_KEY, "ascending"),
+                (data.EVENT_TIME, "ascending"),
+                (data.CREATED_TIME, "ascending"),
+            ]
+        )
+        keys = ordered.column(data.ENTITY_KEY)
+        last = [*pc.not_equal(keys.slice(0, len(keys) - 1), keys.slice(1)).to_pylist(), True]
+        latest = ordered.filter(pa.array(last))
+        values = [latest.column(n).to_pylist() for n in names]
+        kinds = [f.type for f in view.features]
+        upserts = []
+        for i, (key, event, created) in enumerate(
+            zip(
+                *(
+                    latest.column(c).to_pylist()
+                    for c in (data.ENTITY_KEY, data.EVENT_TIME, data.CREATED_TIME)
+                ),
+                strict=True,
+            )
+        ):
+            row = m.FeatureRow(
+                values=[
+                    m.Value(int64_value=v[i])
+                    if kind == m.VALUE_TYPE_INT64
+                    else m.Value(float64_value=v[i])
+                    for v, kind in zip(values, kinds, strict=True)
+                ]
+            )
+            upserts.append((key, row.SerializeToString(), event, created, len(names)))
+        async with pool.acquire() as conn:
+            await online.upsert_latest(conn, view.name, view.version, upserts)
+        seconds[view.name] = round(time.perf_counter() - started, 1)
+    return seconds
+
+
+def _labels_ipc(directory: Path, count: int) -> bytes:
+    labels = data.read_table(directory, "labels").slice(0, count)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, labels.schema) as writer:
+        writer.write_table(labels)
+    return sink.getvalue().to_pybytes()
+
+
+async def _historical(stub: FeatureStoreStub, labels: bytes) -> tuple[float, int]:
+    started = time.perf_counter()
+    rows, parts = 0, []
+    async for response in stub.GetHistoricalFeatures(
+        rr.GetHistoricalFeaturesRequest(feature_service=_SERVICE, entity_rows_arrow=labels)
+    ):
+        if response.HasField("snapshot"):
+            rows = response.snapshot.rows
+        else:
+            parts.append(response.arrow_ipc)
+    table = pa.ipc.open_stream(b"".join(parts)).read_all()  # the client has its DataFrame
+    assert table.num_rows == rows
+    return time.perf_counter() - started, rows
+
+
+def _keys(rng: random.Random, entities: int, count: int) -> m.RepeatedValue:
+    ids = data.loan_ids(entities)
+    return m.RepeatedValue(
+        values=[m.Value(string_value=ids[rng.randrange(entities)].as_py()) for _ in range(count)]
+    )
+
+
+async def run(context: BenchContext, params: FeaturesParams) -> FamilyResult:
+    spec = _spec(params)
+    directory = Path(
+        params.data_dir
+        or f"/tmp/lathe-features-bench/{spec.entities}-{spec.rows_per_entity}-"
+        f"{spec.labels}-{spec.seed}"
+    )
+    await asyncio.to_thread(data.write_dataset, spec, directory)
+    repository = _definitions()
+    address, echo_port = f"127.0.0.1:{free_port()}", free_port()
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="lathe-bench-features-") as home:
+        env = service_env(
+            LATHE_DATABASE_URL=context.database_url,
+            LATHE_NATS_URL=context.nats_url,
+            LATHE_NAMESPACE=context.namespace,
+            LATHE_HOME=home,
+            LATHE_FEATURE_STORE_ADDR=address,
+            LATHE_TRACE_SAMPLE_RATIO="0.01",
+        )
+        async with (
+            process(["-m", "services.feature_store"], env, Path(home) / "fs.log"),
+            process(["-m", "bench.echo_server", str(echo_port)], env, Path(home) / "echo.log"),
+            grpc.aio.insecure_channel(
+                address,
+                options=[
+                    ("grpc.max_receive_message_length", 64 << 20),
+                    ("grpc.max_send_message_length", 64 << 20),
+                ],
+            ) as channel,
+            grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}") as echo_channel,
+            context.pool(max_size=4) as pool,
+        ):
+            await wait_serving(address, what="the feature store")
+            stub = FeatureStoreStub(channel)
+            await stub.ApplyDefinitions(rr.ApplyDefinitionsRequest(repository=repository))
+            seed_s = await _seed(pool, directory, repository)
+            notes.append(
+                f"seeded through the store layer in {sum(seed_s.values()):.0f} s: {seed_s}"
+            )
+            rng = random.Random(5)
+            echo = echo_channel.unary_unary(ECHO_METHOD)
+            one_request = rr.GetOnlineFeaturesRequest(
+                feature_service=_SERVICE, entities={data.ENTITY_KEY: _keys(rng, spec.entities, 1)}
+            )
+            echo_payload = one_request.SerializeToString()
+            ids = data.loan_ids(spec.entities).to_pylist()
+            pk_sql = (
+                "SELECT row FROM feature_store.online_values "
+                "WHERE view = $1 AND version = 1 AND entity_key = $2"
+            )
+            five_sql = (
+                "SELECT o.row FROM unnest($1::text[], $2::int[], $3::text[]) "
+                "AS k(view, version, entity_key) "
+                "JOIN feature_store.online_values o USING (view, version, entity_key)"
+            )
+            views = list(data.VIEWS)
+
+            def one() -> rr.GetOnlineFeaturesRequest:
+                return rr.GetOnlineFeaturesRequest(
+                    feature_service=_SERVICE,
+                    entities={data.ENTITY_KEY: _keys(rng, spec.entities, 1)},
+                )
+
+            single = await interleaved(
+                {
+                    "raw_grpc_echo": lambda: echo(echo_payload),
+                    "raw_pk_read": lambda: pool.fetchval(pk_sql, "loan_terms", rng.choice(ids)),
+                    "raw_five_rows": lambda: pool.fetch(
+                        five_sql, views, [1] * 5, [rng.choice(ids)] * 5
+                    ),
+                    "lathe_one": lambda: stub.GetOnlineFeatures(one()),
+                },
+                samples=params.samples,
+                warmup=params.warmup,
+                chunk=params.chunk,
+            )
+            batch_requests = [
+                rr.GetOnlineFeaturesRequest(
+                    feature_service=_SERVICE,
+                    entities={data.ENTITY_KEY: _keys(rng, spec.entities, params.batch)},
+                )
+                for _ in range(64)
+            ]
+            batch = await interleaved(
+                {"lathe_batch": lambda: stub.GetOnlineFeatures(rng.choice(batch_requests))},
+                samples=params.batch_samples,
+                warmup=params.warmup // 4,
+                chunk=params.chunk,
+            )
+            labels = _labels_ipc(directory, spec.labels)
+            historical = [await _historical(stub, labels) for _ in range(params.historical_runs)]
+    duck = await asyncio.to_thread(run_baseline, directory, repeats=2, methods=("record_setters",))
+    feast: dict[str, Any] | None = None
+    if params.feast:
+        try:
+            feast = await asyncio.to_thread(
+                run_feast,
+                directory,
+                [
+                    "--historical-labels",
+                    str(params.feast_historical_labels),
+                    "--historical-modes",
+                    "default",
+                    "--requests",
+                    str(params.samples),
+                    "--batch-requests",
+                    str(params.batch_samples),
+                ],
+                timeout_s=3600,
+            )
+        except FeastUnavailable as missing:
+            notes.append(f"Feast not measured: {missing}")
+    return _result(params, spec, single, batch, historical, duck, feast, notes)
+
+
+def _ms(value: float) -> Value:
+    return Value(round(value, 3), "ms")
+
+
+def _feast_latency(feast: dict[str, Any] | None, key: str) -> dict[str, float] | None:
+    if not feast or key not in feast or "latency_ms" not in feast[key]:
+        return None
+    return dict(feast[key]["latency_ms"])
+
+
+def _result(params, spec, single, batch, historical, duck, feast, notes) -> FamilyResult:  # type: ignore[no-untyped-def]
+    echo = measurement(
+        "raw_grpc_echo", "raw grpc.aio echo (own process)", Role.BASELINE, single["raw_grpc_echo"]
+    )
+    pk = measurement(
+        "raw_pk_read",
+        "raw asyncpg primary-key read (one view's row)",
+        Role.DIAGNOSTIC,
+        single["raw_pk_read"],
+    )
+    five = measurement(
+        "raw_five_rows",
+        "raw asyncpg read of the 5 views' rows (one query)",
+        Role.DIAGNOSTIC,
+        single["raw_five_rows"],
+    )
+    one = measurement(
+        "lathe_one",
+        "Lathe GetOnlineFeatures, 1 entity x 20 features",
+        Role.LATHE,
+        single["lathe_one"],
+    )
+    hundred = measurement(
+        "lathe_batch",
+        f"Lathe GetOnlineFeatures, {params.batch} entities x 20 features",
+        Role.LATHE,
+        batch["lathe_batch"],
+    )
+    single_variants = [echo, pk, five, one]
+    feast_http = _feast_latency(feast, "http_single")
+    if feast_http:
+        single_variants.append(
+            Measurement(
+                "feast_http",
+                "Feast feature server over HTTP, 1 entity x 20",
+                Role.DIAGNOSTIC,
+                {
+                    k: _ms(v)
+                    for k, v in feast_http.items()
+                    if k in ("p50", "p90", "p99", "max", "mean")
+                },
+            )
+        )
+    batch_variants = [echo, hundred]
+    feast_batch = _feast_latency(feast, "inprocess_batch")
+    if feast_batch:
+        batch_variants.insert(
+            0,
+            Measurement(
+                "feast_inprocess",
+                f"Feast get_online_features in process, {params.batch} entities",
+                Role.DIAGNOSTIC,
+                {
+                    k: _ms(v)
+                    for k, v in feast_batch.items()
+                    if k in ("p50", "p90", "p99", "max", "mean")
+                },
+            ),
+        )
+    cold, warm = (
+        historical[0][0],
+        min(t for t, _ in historical[1:]) if len(historical) > 1 else historical[0][0],
+    )
+    duck_simple = duck["asof_simple"]["best_s"]
+    duck_bitemporal = duck["bitemporal"]["record_setters"]["best_s"]
+    historical_variants = [
+        Measurement(
+            "duckdb_asof",
+            "DuckDB ASOF join, data already in memory (event time only)",
+            Role.BASELINE,
+            {"seconds": Value(duck_simple, "s")},
+        ),
+        Measurement(
+            "duckdb_bitemporal",
+            "DuckDB bitemporal join + TTL, data in memory",
+            Role.DIAGNOSTIC,
+            {"seconds": Value(duck_bitemporal, "s")},
+        ),
+        Measurement(
+            "lathe_cold",
+            "Lathe GetHistoricalFeatures over gRPC, first call (mirror synced from Postgres)",
+            Role.LATHE,
+            {"seconds": Value(round(cold, 3), "s")},
+        ),
+        Measurement(
+            "lathe_warm",
+            "Lathe GetHistoricalFeatures over gRPC, later call",
+            Role.LATHE,
+            {"seconds": Value(round(warm, 3), "s")},
+        ),
+    ]
+    feast_hist = (feast or {}).get("historical", {})
+    default = feast_hist.get("default") if isinstance(feast_hist, dict) else None
+    if isinstance(default, dict) and "seconds" in default:
+        feast_labels = default.get("labels", params.feast_historical_labels)
+        historical_variants.append(
+            Measurement(
+                "feast_historical",
+                f"Feast get_historical_features ({feast_labels} labels; "
+                "not bitemporal, drops rows)",
+                Role.DIAGNOSTIC,
+                {"seconds": Value(default["seconds"], "s")},
+            )
+        )
+    goals = [
+        Goal(
+            "GetOnlineFeatures 1 entity x 20 p99 <= 1.3x "
+            "(raw gRPC echo p99 + raw asyncpg key lookup p99)",
+            round(one.metric("p99") / (echo.metric("p99") + pk.metric("p99")), 2),
+            1.3,
+            "x the floor",
+            "<=",
+        ),
+        Goal(
+            f"GetOnlineFeatures {params.batch} entities p99 <= 2 ms",
+            round(hundred.metric("p99"), 3),
+            2.0,
+            "ms",
+            "<=",
+        ),
+        Goal(
+            "GetHistoricalFeatures (warm) <= 3x DuckDB's in-memory ASOF join",
+            round(warm / duck_simple, 2),
+            3.0,
+            "x DuckDB",
+            "<=",
+        ),
+    ]
+    if feast_http:
+        goals.append(
+            Goal(
+                "Feast HTTP p99 / Lathe 1-entity p99 >= 2",
+                round(feast_http["p99"] / one.metric("p99"), 2),
+                2.0,
+                "x",
+                ">=",
+            )
+        )
+    if feast_batch:
+        goals.append(
+            Goal(
+                f"Feast in-process {params.batch}-entity p50 / Lathe p50 >= 3",
+                round(feast_batch["p50"] / hundred.metric("p50"), 2),
+                3.0,
+                "x",
+                ">=",
+            )
+        )
+    goals.append(
+        Goal(
+            f"Lathe {params.batch}-entity p50 <= 5.6 ms / 3 (the issue's Feast figure)",
+            round(hundred.metric("p50"), 3),
+            round(5.6 / 3, 3),
+            "ms",
+            "<=",
+        )
+    )
+    return FamilyResult(
+        name=FAMILY.name,
+        summary=FAMILY.summary,
+        parameters={**asdict(params), "data_spec": asdict(spec)},
+        comparisons=[
+            Comparison(
+                "online_one",
+                "GetOnlineFeatures, 1 entity x 20 features (5 views)",
+                "p99",
+                False,
+                ["p50", "p90", "p99", "max", "mean"],
+                single_variants,
+            ),
+            Comparison(
+                "online_batch",
+                f"GetOnlineFeatures, {params.batch} entities x 20 features",
+                "p50",
+                False,
+                ["p50", "p90", "p99", "max", "mean"],
+                batch_variants,
+            ),
+            Comparison(
+                "historical",
+                f"Training set: {spec.labels:,} label rows x 5 views (bitemporal, TTL)",
+                "seconds",
+                False,
+                ["seconds"],
+                historical_variants,
+                notes=[
+                    "Lathe includes uploading the labels as Arrow, the join, and streaming "
+                    f"{historical[-1][1]:,} rows back."
+                ],
+            ),
+        ],
+        goals=goals,
+        notes=notes,
+    )
+
+
+FAMILY = Family(
+    name="features.serving",
+    summary="GetOnlineFeatures and GetHistoricalFeatures vs raw gRPC + asyncpg, Feast and DuckDB",
+    params=FeaturesParams,
+    run=run,
+    quick={
+        "entities": 2000,
+        "rows_per_entity": 5,
+        "labels": 20_000,
+        "samples": 300,
+        "batch_samples": 100,
+        "warmup": 50,
+        "feast": False,
+    },
+)

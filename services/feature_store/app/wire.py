@@ -1,0 +1,78 @@
+"""Online responses assembled as protobuf wire bytes instead of message objects.
+
+A GetOnlineFeatures reply for 100 entities x 20 features holds 2,000 values,
+statuses and event times. Appending them one by one to Python protobuf messages
+costs ~2 µs each (~4 ms per call); joining their encoded bytes and parsing the
+reply once in C costs ~0.3 ms. Stored FeatureRows are already encoded Values, so
+their bytes are reused as they are. Only the three FeatureVector fields are
+written here; tests check the bytes against the protobuf library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+_VALUES = 0x0A  # FeatureVector.values = 1, length-delimited (same tag as FeatureRow.values)
+_STATUSES = 0x12  # FeatureVector.statuses = 2, packed varints
+_EVENT_TIMES = 0x1A  # FeatureVector.event_times = 3, length-delimited
+_RESULTS = 0x12  # GetOnlineFeaturesResponse.results = 2
+NULL_VALUE = b"\x0a\x00"
+"""An empty Value (null) as a ``values`` element."""
+NO_TIME = b"\x1a\x00"
+"""An empty Timestamp as an ``event_times`` element."""
+
+
+def varint(number: int) -> bytes:
+    out = bytearray()
+    while True:
+        low = number & 0x7F
+        number >>= 7
+        if number:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        byte = data[at]
+        at += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, at
+        shift += 7
+
+
+def value_fields(feature_row: bytes) -> list[bytes]:
+    """Each Value of an encoded FeatureRow, as a complete ``values`` field (tag included)."""
+    fields, at = [], 0
+    while at < len(feature_row):
+        if feature_row[at] != _VALUES:
+            raise ValueError("not an encoded FeatureRow")
+        length, body = _read_varint(feature_row, at + 1)
+        fields.append(feature_row[at : body + length])
+        at = body + length
+    return fields
+
+
+def value_field(encoded_value: bytes) -> bytes:
+    """A serialized Value as a ``values`` field."""
+    return bytes([_VALUES]) + varint(len(encoded_value)) + encoded_value
+
+
+def time_field(encoded_timestamp: bytes) -> bytes:
+    return bytes([_EVENT_TIMES]) + varint(len(encoded_timestamp)) + encoded_timestamp
+
+
+def result_field(values: Sequence[bytes], statuses: Sequence[int], times: Sequence[bytes]) -> bytes:
+    """One ``results`` entry: a FeatureVector from its encoded parts.
+
+    Statuses are FeatureStatus numbers (all below 128, so one byte each when packed).
+    """
+    packed = bytes(statuses)
+    vector = b"".join(
+        (b"".join(values), bytes([_STATUSES]), varint(len(packed)), packed, b"".join(times))
+    )
+    return bytes([_RESULTS]) + varint(len(vector)) + vector

@@ -1,0 +1,58 @@
+"""Hand-assembled online replies equal what the protobuf library builds."""
+
+from __future__ import annotations
+
+import random
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from lathe.feature_store.v1 import message_pb2 as m
+from lathe.feature_store.v1 import request_response_pb2 as rr
+from services.feature_store.app import wire
+
+
+def _random_value(rng: random.Random) -> m.Value:
+    kind = rng.choice(["null", "bool", "int", "float", "str", "time"])
+    if kind == "null":
+        return m.Value()
+    if kind == "bool":
+        return m.Value(bool_value=rng.random() < 0.5)
+    if kind == "int":
+        return m.Value(int64_value=rng.randint(-(2**62), 2**62))
+    if kind == "float":
+        return m.Value(float64_value=rng.uniform(-1e9, 1e9))
+    if kind == "str":
+        return m.Value(string_value="x" * rng.randint(0, 300))
+    value = m.Value()
+    value.timestamp_value.FromSeconds(rng.randint(0, 2**33))
+    return value
+
+
+def test_reply_bytes_match_the_library() -> None:
+    rng = random.Random(9)
+    expected = rr.GetOnlineFeaturesResponse(feature_names=["a:b"])
+    parts = []
+    for _ in range(50):
+        values = [_random_value(rng) for _ in range(rng.randint(0, 40))]
+        statuses = [rng.choice([1, 2, 3]) for _ in values]
+        stamps = []
+        for _ in values:
+            stamp = Timestamp()
+            if rng.random() < 0.7:
+                stamp.FromSeconds(rng.randint(0, 2**33))
+            stamps.append(stamp)
+        expected.results.add(values=values, statuses=statuses, event_times=stamps)
+        row = m.FeatureRow(values=values).SerializeToString()
+        assert wire.value_fields(row) == [wire.value_field(v.SerializeToString()) for v in values]
+        parts.append(
+            wire.result_field(
+                wire.value_fields(row),
+                statuses,
+                [wire.time_field(s.SerializeToString()) for s in stamps],
+            )
+        )
+    built = rr.GetOnlineFeaturesResponse(feature_names=["a:b"])
+    built.MergeFromString(b"".join(parts))
+    assert built == expected
+    assert wire.value_field(m.Value().SerializeToString()) == wire.NULL_VALUE
+    assert wire.time_field(Timestamp().SerializeToString()) == wire.NO_TIME
