@@ -177,11 +177,8 @@ async def _historical(stub: FeatureStoreStub, labels: bytes) -> tuple[float, int
     return time.perf_counter() - started, rows
 
 
-def _keys(rng: random.Random, entities: int, count: int) -> m.RepeatedValue:
-    ids = data.loan_ids(entities)
-    return m.RepeatedValue(
-        values=[m.Value(string_value=ids[rng.randrange(entities)].as_py()) for _ in range(count)]
-    )
+def _keys(rng: random.Random, ids: list[str], count: int) -> m.RepeatedValue:
+    return m.RepeatedValue(values=[m.Value(string_value=rng.choice(ids)) for _ in range(count)])
 
 
 async def run(context: BenchContext, params: FeaturesParams) -> FamilyResult:
@@ -226,11 +223,11 @@ async def run(context: BenchContext, params: FeaturesParams) -> FamilyResult:
             )
             rng = random.Random(5)
             echo = echo_channel.unary_unary(ECHO_METHOD)
+            ids = data.loan_ids(spec.entities).to_pylist()
             one_request = rr.GetOnlineFeaturesRequest(
-                feature_service=_SERVICE, entities={data.ENTITY_KEY: _keys(rng, spec.entities, 1)}
+                feature_service=_SERVICE, entities={data.ENTITY_KEY: _keys(rng, ids, 1)}
             )
             echo_payload = one_request.SerializeToString()
-            ids = data.loan_ids(spec.entities).to_pylist()
             pk_sql = (
                 "SELECT row FROM feature_store.online_values "
                 "WHERE view = $1 AND version = 1 AND entity_key = $2"
@@ -245,7 +242,7 @@ async def run(context: BenchContext, params: FeaturesParams) -> FamilyResult:
             def one() -> rr.GetOnlineFeaturesRequest:
                 return rr.GetOnlineFeaturesRequest(
                     feature_service=_SERVICE,
-                    entities={data.ENTITY_KEY: _keys(rng, spec.entities, 1)},
+                    entities={data.ENTITY_KEY: _keys(rng, ids, 1)},
                 )
 
             single = await interleaved(
@@ -264,7 +261,7 @@ async def run(context: BenchContext, params: FeaturesParams) -> FamilyResult:
             batch_requests = [
                 rr.GetOnlineFeaturesRequest(
                     feature_service=_SERVICE,
-                    entities={data.ENTITY_KEY: _keys(rng, spec.entities, params.batch)},
+                    entities={data.ENTITY_KEY: _keys(rng, ids, params.batch)},
                 )
                 for _ in range(64)
             ]

@@ -96,6 +96,12 @@ class LatheSettings(BaseSettings):
     relay_poll_interval_s: float = Field(
         default=1.0, gt=0, description="Relay polling fallback when no NOTIFY arrives."
     )
+    feature_store_replica_max_rows: int = Field(
+        default=2_000_000,
+        ge=0,
+        description="Online rows a feature-store replica holds in memory (~0.5 KB each) to "
+        "serve GetOnlineFeatures without Postgres; past it (or 0) reads go to Postgres.",
+    )
     shutdown_grace_s: float = Field(
         default=10.0, ge=0, description="How long in-flight RPCs may drain on SIGTERM."
     )

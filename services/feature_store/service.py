@@ -15,6 +15,7 @@ from services.feature_store.app.historical import HistoricalReader
 from services.feature_store.app.ingest import FeatureWriter
 from services.feature_store.app.materialize import Materializer
 from services.feature_store.app.online import OnlineReader
+from services.feature_store.app.online_replica import OnlineReplica
 from services.feature_store.app.push import Pusher
 from services.feature_store.app.statistics import StatisticsReader
 from services.feature_store.app.stream_ingest import StreamIngestor
@@ -26,12 +27,13 @@ from services.feature_store.store.offline_mirror import OfflineMirror
 def build(context: ServiceContext) -> ServiceComponents:
     queries = DefinitionQueries(context.pool)
     cache = DefinitionsCache(context.pool, queries)
-    writer = FeatureWriter(context.store)
+    replica = OnlineReplica(context.pool, max_rows=context.settings.feature_store_replica_max_rows)
+    writer = FeatureWriter(context.store, replica)
     servicer = FeatureStoreServicer(
         DefinitionCommands(context.pool, context.store, queries),
         queries,
         cache,
-        OnlineReader(context.pool, cache),
+        OnlineReader(context.pool, cache, replica),
         Pusher(context.pool, cache, writer),
         Materializer(context.pool, context.store, cache, writer),
         HistoricalReader(
@@ -46,7 +48,7 @@ def build(context: ServiceContext) -> ServiceComponents:
         registrations=[
             lambda server: service_pb2_grpc.add_FeatureStoreServicer_to_server(servicer, server)
         ],
-        background=[cache.watch, StreamIngestor(context, cache).run],
+        background=[cache.watch, replica.run, StreamIngestor(context, cache).run],
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -56,3 +57,49 @@ def test_reply_bytes_match_the_library() -> None:
     assert built == expected
     assert wire.value_field(m.Value().SerializeToString()) == wire.NULL_VALUE
     assert wire.time_field(Timestamp().SerializeToString()) == wire.NO_TIME
+
+
+def test_timestamp_fields_match_the_library() -> None:
+    rng = random.Random(3)
+    moments = [
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),  # negative seconds
+        datetime(1900, 3, 1, 12, tzinfo=UTC),
+        datetime(2026, 11, 26, 1, 2, 3, tzinfo=UTC),  # whole seconds: no nanos field
+        datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        *(
+            datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=rng.randint(0, 2**56))
+            for _ in range(200)
+        ),
+    ]
+    for moment in moments:
+        stamp = Timestamp()
+        stamp.FromDatetime(moment)
+        assert wire.timestamp_field(moment) == wire.time_field(stamp.SerializeToString()), moment
+
+
+def test_vectors_written_view_by_view_parse_in_order() -> None:
+    """Fragments interleave values, packed statuses and times; parsers keep the order."""
+    rng = random.Random(4)
+    expected = rr.FeatureVector()
+    parts = []
+    for _ in range(6):
+        count = rng.randint(0, 5)
+        values = [_random_value(rng) for _ in range(count)]
+        status = rng.choice([1, 2, 3])
+        stamp = Timestamp()
+        stamp.FromSeconds(rng.randint(0, 2**33))
+        expected.values.extend(values)
+        expected.statuses.extend([status] * count)
+        expected.event_times.extend([stamp] * count)
+        parts.append(
+            wire.vector_part(
+                m.FeatureRow(values=values).SerializeToString(),
+                status,
+                count,
+                wire.time_field(stamp.SerializeToString()),
+            )
+        )
+    reply = rr.GetOnlineFeaturesResponse()
+    reply.MergeFromString(wire.result_from_parts(parts))
+    assert list(reply.results) == [expected]

@@ -17,6 +17,7 @@ import asyncpg
 from lathe.feature_store.v1 import events_pb2
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.eventstore import ANY_VERSION, EventMetadata, EventStore
+from services.feature_store.app.online_replica import OnlineReplica
 from services.feature_store.app.values import describe, to_python, violated
 from services.feature_store.events import CATALOG
 from services.feature_store.store import offline, online
@@ -62,8 +63,13 @@ def check_expectations(
 
 
 class FeatureWriter:
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventStore, replica: OnlineReplica) -> None:
         self._store = store
+        self._replica = replica
+
+    async def served(self) -> None:
+        """After the caller commits ``write``: return once online reads here see it."""
+        await self._replica.catch_up()
 
     async def write(
         self,

@@ -153,6 +153,7 @@ class Materializer:
         await self._record(
             conn, view, events_pb2.MaterializationCompleted, start, until, metadata, run
         )
+        await self._writer.served()
         yield _progress(run, until, done=True, pending=pending)
 
     async def _record(  # type: ignore[no-untyped-def]

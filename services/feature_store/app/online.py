@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from lathe.feature_store.v1 import message_pb2 as m
 from lathe.feature_store.v1 import request_response_pb2 as rr
 from libs.errors import InvalidArgument
 from services.feature_store.app import wire
 from services.feature_store.app.cache import DefinitionsCache
+from services.feature_store.app.online_replica import OnlineReplica
 from services.feature_store.app.read_plan import OnDemandColumn, ReadPlan, StoredColumn
+from services.feature_store.app.serving_rows import ServingRow, ViewTables
 from services.feature_store.app.values import coerce, from_python, to_python
 from services.feature_store.app.windows import WindowReader
 from services.feature_store.store import online
@@ -36,9 +37,10 @@ def entity_key(value: m.Value, join_key: str) -> str:
 
 
 class OnlineReader:
-    def __init__(self, pool: asyncpg.Pool, cache: DefinitionsCache) -> None:
+    def __init__(self, pool: asyncpg.Pool, cache: DefinitionsCache, replica: OnlineReplica) -> None:
         self._pool = pool
         self._cache = cache
+        self._replica = replica
         self._windows = WindowReader(pool)
 
     async def read(
@@ -51,46 +53,114 @@ class OnlineReader:
     ) -> rr.GetOnlineFeaturesResponse:
         plan = await self._cache.plan(feature_service, references)
         rows = _row_count(entities, request_data)
-        keys_by_view = []
+        keys_of: dict[str, list[str]] = {}  # views of one entity share its keys
         for read in plan.views:
+            if read.join_key in keys_of:
+                continue
             column = entities.get(read.join_key)
             if column is None:
                 raise InvalidArgument(
                     f"entities lacks {read.join_key!r}, the join key of {read.view.name!r}"
                 )
-            keys_by_view.append([entity_key(v, read.join_key) for v in column.values])
+            keys_of[read.join_key] = [entity_key(v, read.join_key) for v in column.values]
+        keys_by_view = [keys_of[read.join_key] for read in plan.views]
+        now = datetime.now(UTC)
+        tables = await self._stored(plan, keys_by_view, now)
+        pieces = segments(plan)
+        if not plan.steps and all(isinstance(p, _Whole) for p in pieces):
+            results = _whole_views(plan, keys_by_view, tables, now)
+        else:
+            results = _assembled(plan, pieces, keys_by_view, tables, request_data, rows, now)
+        response = rr.GetOnlineFeaturesResponse(feature_names=plan.feature_names)
+        response.MergeFromString(b"".join(results))
+        return response
+
+    async def _stored(
+        self, plan: ReadPlan, keys_by_view: list[list[str]], now: datetime
+    ) -> ViewTables:
+        """The rows of every view the plan reads: from memory, Postgres, or stream tiles."""
         stored_views, aggregated = [], []  # stream views: window values computed from tiles
         for read, keys in zip(plan.views, keys_by_view, strict=True):
             if read.view.WhichOneof("source") == "stream_source":
                 spec = self._windows.spec(read.view, read.join_key)
                 aggregated.extend((spec, key) for key in dict.fromkeys(keys))
             else:
-                stored_views.append((read.view.name, read.view.version))
+                stored_views.append(read.key)
+        if not aggregated:
+            return await self._latest(stored_views, keys_by_view)
+        tables, windows = await asyncio.gather(
+            self._latest(stored_views, keys_by_view), self._windows.read(aggregated, now)
+        )
+        return {**tables, **windows}
+
+    async def _latest(
+        self, views: list[tuple[str, int]], keys_by_view: list[list[str]]
+    ) -> ViewTables:
+        held = self._replica.tables
+        if held is not None:
+            return {view: held.get(view, _EMPTY) for view in views}
         all_keys = [key for keys in keys_by_view for key in keys]
-        now = datetime.now(UTC)
-        reading = online.read_latest(self._pool, stored_views, all_keys)
-        if aggregated:
-            stored, windows = await asyncio.gather(reading, self._windows.read(aggregated, now))
-            stored.update(windows)
-        else:
-            stored = await reading
-        times: dict[datetime, bytes] = {}
-        pieces = segments(plan)
-        results = []
-        for row in range(rows):
-            fetched = [
-                _fetch(
-                    stored.get((read.view.name, read.view.version, keys[row])),
-                    read.ttl_s,
-                    now,
-                    times,
-                )
-                for read, keys in zip(plan.views, keys_by_view, strict=True)
-            ]
-            results.append(_vector(plan, pieces, fetched, request_data, row))
-        response = rr.GetOnlineFeaturesResponse(feature_names=plan.feature_names)
-        response.MergeFromString(b"".join(results))
-        return response
+        found = await online.read_latest(self._pool, views, all_keys)
+        return {
+            view: {k: ServingRow(r.row, r.event_time, r.features) for k, r in rows.items()}
+            for view, rows in found.items()
+        }
+
+
+_EMPTY: dict[str, ServingRow] = {}
+
+
+def _whole_views(
+    plan: ReadPlan, keys_by_view: list[list[str]], tables: ViewTables, now: datetime
+) -> list[bytes]:
+    """Replies for selections of whole views: each entity's stored fragments joined."""
+    by_view = []
+    for read, keys in zip(plan.views, keys_by_view, strict=True):
+        table = tables.get(read.key, _EMPTY)
+        count = len(read.view.features)
+        cutoff = now - timedelta(seconds=read.ttl_s) if read.ttl_s else None
+        absent = wire.vector_part(wire.NULL_VALUE * count, _NOT_FOUND, count, wire.NO_TIME)
+        expired = wire.NULL_VALUE * count + wire.statuses_field(_EXPIRED, count)  # + times
+        parts = []
+        for key in keys:
+            found = table.get(key)
+            if found is None:
+                parts.append(absent)
+            elif cutoff is not None and found.event_time < cutoff:
+                parts.append(expired + found.time * count)
+            elif found.features == count:
+                parts.append(found.whole)
+            else:  # a row stored before features were appended to the view
+                parts.append(_partial(found, count))
+        by_view.append(parts)
+    return [wire.result_from_parts(parts) for parts in zip(*by_view, strict=True)]
+
+
+def _partial(found: ServingRow, count: int) -> bytes:
+    fields = found.fields()[:count]
+    missing = count - len(fields)
+    return b"".join(
+        (
+            wire.vector_part(b"".join(fields), _PRESENT, len(fields), found.time),
+            wire.vector_part(wire.NULL_VALUE * missing, _NOT_FOUND, missing, found.time),
+        )
+    )
+
+
+def _assembled(  # type: ignore[no-untyped-def]
+    plan, pieces, keys_by_view, tables, request_data, rows, now
+) -> list[bytes]:
+    """Replies for any selection (features picked from views, on-demand views)."""
+    cutoffs = [now - timedelta(seconds=read.ttl_s) if read.ttl_s else None for read in plan.views]
+    view_tables = [tables.get(read.key, _EMPTY) for read in plan.views]
+    results = []
+    for row in range(rows):
+        fetched = [
+            _fetch(table.get(keys[row]), cutoff)
+            for table, keys, cutoff in zip(view_tables, keys_by_view, cutoffs, strict=True)
+        ]
+        results.append(_vector(plan, pieces, fetched, request_data, row))
+    return results
 
 
 def _row_count(
@@ -110,7 +180,7 @@ def _row_count(
 
 
 class _Fetched:
-    """One view's stored row for one entity, as the reply needs it."""
+    """One view's stored row for one entity, as the general assembly needs it."""
 
     __slots__ = ("_fields", "count", "row", "status", "time")
 
@@ -120,7 +190,7 @@ class _Fetched:
         self.time = time
         """The event time as an encoded ``event_times`` field."""
         self._fields: list[bytes] | None = None if status == _PRESENT else []
-        self.count = count if status == _PRESENT and count else len(self.fields)
+        self.count = count if status == _PRESENT else 0
         """How many values the row holds (0 unless PRESENT)."""
 
     @property
@@ -140,19 +210,12 @@ class _Fetched:
 _ABSENT = _Fetched(b"", _NOT_FOUND, wire.NO_TIME)
 
 
-def _fetch(
-    row: online.OnlineRow | None, ttl_s: float, now: datetime, times: dict[datetime, bytes]
-) -> _Fetched:
-    if row is None:
+def _fetch(found: ServingRow | None, cutoff: datetime | None) -> _Fetched:
+    if found is None:
         return _ABSENT
-    time = times.get(row.event_time)
-    if time is None:
-        stamp = Timestamp()
-        stamp.FromDatetime(row.event_time)
-        time = times[row.event_time] = wire.time_field(stamp.SerializeToString())
-    if ttl_s and (now - row.event_time).total_seconds() > ttl_s:
-        return _Fetched(b"", _EXPIRED, time)
-    return _Fetched(row.row, _PRESENT, time, row.features)
+    if cutoff is not None and found.event_time < cutoff:
+        return _Fetched(b"", _EXPIRED, found.time)
+    return _Fetched(found.row, _PRESENT, found.time, found.features)
 
 
 @dataclass(frozen=True)

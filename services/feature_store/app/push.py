@@ -37,9 +37,11 @@ class Pusher:
         join_key = self._cache.definitions.entities[view.entity].join_key
         rows = _rows(view, join_key, columns)
         async with transaction(self._pool) as conn:
-            return await self._writer.write(
+            result = await self._writer.write(
                 conn, view, rows, created_time=datetime.now(UTC), metadata=metadata
             )
+        await self._writer.served()
+        return result
 
 
 def _rows(

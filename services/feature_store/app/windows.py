@@ -28,8 +28,8 @@ from services.feature_store.app.aggregation import (
     to_us,
     window_start,
 )
+from services.feature_store.app.serving_rows import ServingRow, ViewTables
 from services.feature_store.store import tiles
-from services.feature_store.store.online import OnlineRow
 
 ViewKey = tuple[str, int, str]
 """(view, version, entity key), as the online store keys rows."""
@@ -50,9 +50,7 @@ class WindowReader:
             self._specs[(view.name, view.version)] = cached
         return cached[1]
 
-    async def read(
-        self, wanted: Sequence[tuple[StreamViewSpec, str]], now: datetime
-    ) -> dict[ViewKey, OnlineRow]:
+    async def read(self, wanted: Sequence[tuple[StreamViewSpec, str]], now: datetime) -> ViewTables:
         """Rows of (spec, entity key) pairs at ``now``; entities with no event are left out."""
         if not wanted:
             return {}
@@ -71,14 +69,14 @@ class WindowReader:
         by_entity: dict[ViewKey, list[tuple[int, TileState]]] = defaultdict(list)
         for (view, version, key, start), state in found:
             by_entity[(view, version, key)].append((start, decode_state(state)))
-        rows = {}
+        rows: ViewTables = {view: {} for view in specs}
         for (view, version, key), entity_tiles in by_entity.items():
             spec = specs[(view, version)]
             result = combine(spec, entity_tiles, read_us)
             if result.latest_us is None:
                 continue
             row = m.FeatureRow(values=[_value(v) for v in result.values])
-            rows[(view, version, key)] = OnlineRow(
+            rows[(view, version)][key] = ServingRow(
                 row.SerializeToString(), from_us(result.latest_us), len(result.values)
             )
         return rows

@@ -10,7 +10,8 @@ written here; tests check the bytes against the protobuf library.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 
 _VALUES = 0x0A  # FeatureVector.values = 1, length-delimited (same tag as FeatureRow.values)
 _STATUSES = 0x12  # FeatureVector.statuses = 2, packed varints
@@ -20,6 +21,8 @@ NULL_VALUE = b"\x0a\x00"
 """An empty Value (null) as a ``values`` element."""
 NO_TIME = b"\x1a\x00"
 """An empty Timestamp as an ``event_times`` element."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_UINT64 = (1 << 64) - 1
 
 
 def varint(number: int) -> bytes:
@@ -64,6 +67,43 @@ def value_field(encoded_value: bytes) -> bytes:
 
 def time_field(encoded_timestamp: bytes) -> bytes:
     return bytes([_EVENT_TIMES]) + varint(len(encoded_timestamp)) + encoded_timestamp
+
+
+def timestamp_field(moment: datetime) -> bytes:
+    """``moment`` as an ``event_times`` element (what Timestamp.FromDatetime encodes).
+
+    Four times cheaper than building the message, which matters once per stored row.
+    """
+    since = moment - _EPOCH
+    seconds = since.days * 86_400 + since.seconds
+    nanos = since.microseconds * 1000
+    body = b""
+    if seconds:
+        body = b"\x08" + varint(seconds & _UINT64)  # int64: negatives as 64-bit two's complement
+    if nanos:
+        body += b"\x10" + varint(nanos)
+    return time_field(body)
+
+
+def statuses_field(status: int, count: int) -> bytes:
+    """``count`` copies of one FeatureStatus as a packed ``statuses`` chunk."""
+    return b"".join((bytes([_STATUSES]), varint(count), bytes([status]) * count))
+
+
+def vector_part(values: bytes, status: int, count: int, time: bytes) -> bytes:
+    """One view's ``count`` values, statuses and event times as a FeatureVector fragment.
+
+    Protobuf parsers append repeated elements in the order they appear, and a packed
+    field may come in several chunks, so a FeatureVector can be written view by view:
+    the concatenated fragments parse as the values, statuses and times in order.
+    """
+    return b"".join((values, statuses_field(status, count), time * count))
+
+
+def result_from_parts(parts: Iterable[bytes]) -> bytes:
+    """One ``results`` entry from its views' ``vector_part`` fragments."""
+    vector = b"".join(parts)
+    return bytes([_RESULTS]) + varint(len(vector)) + vector
 
 
 def result_field(values: Sequence[bytes], statuses: Sequence[int], times: Sequence[bytes]) -> bytes:

@@ -1,8 +1,13 @@
-"""The online store: the latest FeatureRow per (view, version, entity) in Postgres."""
+"""The online store: the latest FeatureRow per (view, version, entity) in Postgres.
+
+Serving replicas keep a copy in memory (app/online_replica.py) and follow it through
+``read_changes``: each upsert records the writing transaction's id and NOTIFYs
+``CHANGES_CHANNEL`` when it commits.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -15,7 +20,8 @@ _UPSERT = """
                                                $6::timestamptz[], $7::int[]) AS t(k, r, e, c, n)
     ON CONFLICT (view, version, entity_key) DO UPDATE SET
         row = EXCLUDED.row, event_time = EXCLUDED.event_time,
-        created_time = EXCLUDED.created_time, features = EXCLUDED.features
+        created_time = EXCLUDED.created_time, features = EXCLUDED.features,
+        changed_by = pg_current_xact_id()
     WHERE (online_values.event_time, online_values.created_time)
           <= (EXCLUDED.event_time, EXCLUDED.created_time)"""
 
@@ -25,6 +31,15 @@ _READ = """
     SELECT view, version, entity_key, row, event_time, features
     FROM feature_store.online_values
     WHERE view = ANY($1::text[]) AND version = ANY($2::int[]) AND entity_key = ANY($3::text[])"""
+
+CHANGES_CHANNEL = "lathe_feature_store_online"
+"""NOTIFYed (empty payload, so Postgres folds a transaction's notifications into one)."""
+
+# xid8 travels as text: asyncpg has no codec for it.
+_HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+_CHANGED = """
+    SELECT view, version, entity_key, row, event_time, features
+    FROM feature_store.online_values WHERE changed_by >= $1::text::xid8"""
 
 
 @dataclass(frozen=True)
@@ -62,27 +77,49 @@ async def upsert_latest(
         list(created),
         list(counts),
     )
+    await conn.execute("SELECT pg_notify($1, '')", CHANGES_CHANNEL)
 
 
 async def read_latest(
     executor: asyncpg.Pool | asyncpg.Connection,
     views: Sequence[tuple[str, int]],
     keys: Sequence[str],
-) -> dict[tuple[str, int, str], OnlineRow]:
+) -> dict[tuple[str, int], dict[str, OnlineRow]]:
     """The stored rows of every (view, version) for every entity key, in one query."""
     if not views or not keys:
         return {}
-    wanted = set(views)
+    found: dict[tuple[str, int], dict[str, OnlineRow]] = {view: {} for view in views}
     records = await executor.fetch(
         _READ,
         list(dict.fromkeys(v for v, _ in views)),
         list(dict.fromkeys(n for _, n in views)),
         list(dict.fromkeys(keys)),
     )
-    return {
-        (r["view"], r["version"], r["entity_key"]): OnlineRow(
-            r["row"], r["event_time"], r["features"]
-        )
-        for r in records
-        if (r["view"], r["version"]) in wanted
-    }
+    for view, version, key, row, event_time, features in records:
+        table = found.get((view, version))
+        if table is not None:  # not another version the arrays also matched
+            table[key] = OnlineRow(row, event_time, features)
+    return found
+
+
+async def read_changes(
+    conn: asyncpg.Connection,
+    since: int,
+    apply: Callable[[Sequence[asyncpg.Record]], None],
+    *,
+    batch: int = 2000,
+) -> int:
+    """Hand rows changed by transactions ``>= since`` (0: every row) to ``apply``, in
+    batches of (view, version, entity_key, row, event_time, features); return the next
+    ``since``.
+
+    Rows and horizon come from one snapshot, so a transaction still running now is at
+    or above the horizon and its rows come back in a later call. A row may come back
+    again later; each time with its current value.
+    """
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        horizon = await conn.fetchval(_HORIZON)
+        cursor = await conn.cursor(_CHANGED, str(since))
+        while rows := await cursor.fetch(batch):
+            apply(rows)
+    return int(horizon)

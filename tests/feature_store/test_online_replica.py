@@ -1,0 +1,178 @@
+"""The in-memory online replica follows Postgres exactly, and reads without it agree."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import grpc
+import pytest
+import pytest_asyncio
+
+from lathe.feature_store.v1 import message_pb2 as m
+from lathe.feature_store.v1 import request_response_pb2 as rr
+from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
+from libs.config import LatheSettings, ServiceName
+from libs.runtime import ServiceHost
+from libs.sdk.features import Entity, FeatureView, Field, Float64, PushSource, repository_of
+from services.feature_store.app.online_replica import OnlineReplica
+from services.feature_store.service import SPEC
+from services.feature_store.store import online
+from tests.conftest import free_port
+from tests.feature_store.helpers import column, python, suffix
+from tests.support.hosting import hosted
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def _row(value: float) -> bytes:
+    return m.FeatureRow(values=[m.Value(float64_value=value)]).SerializeToString()
+
+
+async def _upsert(conn: asyncpg.Connection, view: str, key: str, value: float) -> None:
+    await online.upsert_latest(conn, view, 1, [(key, _row(value), NOW, NOW, 1)])
+
+
+async def test_change_feed_returns_a_transaction_that_commits_late(
+    feature_store_host: ServiceHost, db_pool: asyncpg.Pool
+) -> None:
+    """An older transaction committing after a newer one is not skipped (ADR 0009)."""
+    s = suffix()
+    seen: list[tuple[str, str, float]] = []
+
+    def collect(records: Sequence[asyncpg.Record]) -> None:
+        seen.extend(
+            (r["view"], r["entity_key"], m.FeatureRow.FromString(r["row"]).values[0].float64_value)
+            for r in records
+            if r["view"].endswith(s)
+        )
+
+    async with db_pool.acquire() as slow, db_pool.acquire() as fast, db_pool.acquire() as reader:
+        late = slow.transaction()
+        await late.start()
+        await _upsert(slow, f"late_{s}", "L1", 1.0)  # takes the older transaction id
+        await _upsert(fast, f"early_{s}", "L1", 2.0)  # commits first
+
+        horizon = await online.read_changes(reader, 0, collect)
+        assert seen == [(f"early_{s}", "L1", 2.0)]
+
+        await late.commit()
+        seen.clear()
+        await online.read_changes(reader, horizon, collect)
+        assert (f"late_{s}", "L1", 1.0) in seen
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def replica(feature_store_host: ServiceHost, db_pool: asyncpg.Pool) -> AsyncIterator:
+    stop = asyncio.Event()
+    held = OnlineReplica(db_pool, max_rows=1_000_000, poll_interval_s=30)
+    task = asyncio.create_task(held.run(stop))
+    for _ in range(500):
+        if held.tables is not None:
+            break
+        await asyncio.sleep(0.01)
+    yield held
+    stop.set()
+    await task
+
+
+async def test_replica_applies_other_connections_writes(
+    replica: OnlineReplica, db_pool: asyncpg.Pool
+) -> None:
+    s = suffix()
+    await _upsert_committed(db_pool, f"v_{s}", "L1", 3.5)
+    await replica.catch_up()
+    tables = replica.tables
+    assert tables is not None
+    assert m.FeatureRow.FromString(tables[(f"v_{s}", 1)]["L1"].row).values[0].float64_value == 3.5
+
+    await _upsert_committed(db_pool, f"v_{s}", "L1", 4.5)
+    for _ in range(100):  # woken by NOTIFY, not by its 30 s poll
+        if replica.tables[(f"v_{s}", 1)]["L1"].row == _row(4.5):  # type: ignore[index]
+            break
+        await asyncio.sleep(0.02)
+    assert replica.tables[(f"v_{s}", 1)]["L1"].row == _row(4.5)  # type: ignore[index]
+
+
+async def _upsert_committed(pool: asyncpg.Pool, view: str, key: str, value: float) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await _upsert(conn, view, key, value)
+
+
+async def test_replica_turns_off_past_its_row_limit(
+    feature_store_host: ServiceHost, db_pool: asyncpg.Pool
+) -> None:
+    await _upsert_committed(db_pool, f"v_{suffix()}", "L1", 1.0)
+    await _upsert_committed(db_pool, f"v_{suffix()}", "L1", 1.0)
+    small = OnlineReplica(db_pool, max_rows=1)
+    await asyncio.wait_for(small.run(asyncio.Event()), timeout=10)  # returns once it is off
+    assert small.tables is None and small.rows == 0
+    await small.catch_up()  # writers do not wait on a replica that is off
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def without_replica(
+    feature_store_host: ServiceHost, test_settings: LatheSettings
+) -> AsyncIterator[FeatureStoreStub]:
+    """A second replica of the service that reads Postgres on every call."""
+    settings = test_settings.model_copy(
+        update={
+            "feature_store_replica_max_rows": 0,
+            f"{ServiceName.FEATURE_STORE.value}_addr": f"127.0.0.1:{free_port()}",
+        }
+    )
+    async with (
+        hosted(SPEC, settings),
+        grpc.aio.insecure_channel(settings.service_addr(ServiceName.FEATURE_STORE)) as channel,
+    ):
+        yield FeatureStoreStub(channel)
+
+
+@pytest.mark.parametrize("selection", ["whole_view", "some_features"])
+async def test_reads_from_memory_and_from_postgres_agree(
+    features: FeatureStoreStub, without_replica: FeatureStoreStub, selection: str
+) -> None:
+    s = suffix()
+    loan = Entity(f"loan_{s}", join_key="loan_id")
+    view = FeatureView(
+        f"scores_{s}",
+        entity=loan,
+        source=PushSource(),
+        ttl=timedelta(days=1),
+        features=[Field("a", Float64), Field("b", Float64)],
+    )
+    await features.ApplyDefinitions(
+        rr.ApplyDefinitionsRequest(repository=repository_of([loan, view]))
+    )
+    await features.PushFeatures(
+        rr.PushFeaturesRequest(
+            feature_view=f"scores_{s}",
+            columns={
+                "loan_id": column(["L1", "L2"]),
+                "event_time": column([NOW - timedelta(hours=1), NOW - timedelta(days=2)]),
+                "a": column([1.5, 2.5]),
+                "b": column([None, 3.5]),
+            },
+        )
+    )
+    references = [f"scores_{s}:*"] if selection == "whole_view" else [f"scores_{s}:b"]
+    request = rr.GetOnlineFeaturesRequest(
+        feature_list=rr.FeatureList(features=references),
+        entities={"loan_id": column(["L1", "L2", "L3", "L1"])},
+    )
+
+    from_memory = await features.GetOnlineFeatures(request)
+    from_postgres = await without_replica.GetOnlineFeatures(request)
+
+    assert from_memory == from_postgres
+    first = from_memory.results[0]
+    expected = [1.5, None] if selection == "whole_view" else [None]
+    assert [python(v) for v in first.values] == expected
+    assert [r.statuses[0] for r in from_memory.results] == [
+        m.FEATURE_STATUS_PRESENT,
+        m.FEATURE_STATUS_EXPIRED,
+        m.FEATURE_STATUS_NOT_FOUND,
+        m.FEATURE_STATUS_PRESENT,
+    ]
