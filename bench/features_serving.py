@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bench.duckdb_asof import run_baseline
-from bench.echo_server import ECHO_METHOD
+from bench.echo_server import ECHO_METHOD, SIZED_METHOD
 from bench.families import Family
 from bench.feast_baseline import data
 from bench.feast_baseline.runner import FeastUnavailable, run_feast
@@ -265,8 +265,13 @@ async def run(context: BenchContext, params: FeaturesParams) -> FamilyResult:
                 )
                 for _ in range(64)
             ]
+            reply_size = str((await stub.GetOnlineFeatures(batch_requests[0])).ByteSize()).encode()
+            sized = echo_channel.unary_unary(SIZED_METHOD)
             batch = await interleaved(
-                {"lathe_batch": lambda: stub.GetOnlineFeatures(rng.choice(batch_requests))},
+                {
+                    "raw_grpc_reply_sized": lambda: sized(reply_size),
+                    "lathe_batch": lambda: stub.GetOnlineFeatures(rng.choice(batch_requests)),
+                },
                 samples=params.batch_samples,
                 warmup=params.warmup // 4,
                 chunk=params.chunk,
@@ -350,7 +355,14 @@ def _result(params, spec, single, batch, historical, duck, feast, notes) -> Fami
                 },
             )
         )
-    batch_variants = [echo, hundred]
+    reply_sized = measurement(
+        "raw_grpc_reply_sized",
+        f"raw grpc.aio call returning a reply as large as the {params.batch}-entity one "
+        "(bytes, not parsed)",
+        Role.DIAGNOSTIC,
+        batch["raw_grpc_reply_sized"],
+    )
+    batch_variants = [echo, reply_sized, hundred]
     feast_batch = _feast_latency(feast, "inprocess_batch")
     if feast_batch:
         batch_variants.insert(

@@ -2,6 +2,7 @@
 
 from libs.grpckit.client import open_channel
 from libs.grpckit.deadlines import remaining_time_s
+from libs.grpckit.encoded import Encoded
 from libs.grpckit.errors import status_code_for
 from libs.grpckit.interceptor import LatheServerInterceptor
 from libs.grpckit.methods import AbortingService, mutating_methods
@@ -9,6 +10,7 @@ from libs.grpckit.server import GrpcServer
 
 __all__ = [
     "AbortingService",
+    "Encoded",
     "GrpcServer",
     "LatheServerInterceptor",
     "mutating_methods",

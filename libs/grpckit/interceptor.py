@@ -1,7 +1,8 @@
 """The one server interceptor every Lathe service runs (beside OpenTelemetry's).
 
 Per call it: checks the bearer token on mutating RPCs when the service has one,
-records the deadline for propagation, and turns domain errors into status codes
+records the deadline for propagation, lets pre-serialized replies (``Encoded``)
+through as they are, and turns domain errors into status codes
 with their message. Anything unexpected becomes INTERNAL with the trace id to
 look up, never a stack trace on the wire. One interceptor rather than several
 keeps the per-call overhead to a single wrapper.
@@ -20,6 +21,7 @@ from opentelemetry import trace
 
 from libs.errors import LatheError
 from libs.grpckit.deadlines import reset_deadline, set_deadline_from_remaining
+from libs.grpckit.encoded import allowing_encoded
 from libs.grpckit.errors import status_code_for
 
 _log = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ class LatheServerInterceptor(grpc.aio.ServerInterceptor):
         return factory(
             wrapped,
             request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+            response_serializer=allowing_encoded(handler.response_serializer),
         )
 
     def _wrap_unary(self, behavior: Behavior, method: str, needs_auth: bool) -> Behavior:

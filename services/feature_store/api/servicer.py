@@ -12,7 +12,7 @@ from lathe.feature_store.v1 import request_response_pb2 as rr
 from lathe.feature_store.v1 import service_pb2_grpc
 from libs.errors import InvalidArgument, NotFound
 from libs.eventstore import EventMetadata
-from libs.grpckit import validation
+from libs.grpckit import Encoded, validation
 from libs.grpckit.caller import caller_of
 from libs.telemetry import current_traceparent
 from services.feature_store.app.cache import DefinitionsCache
@@ -96,16 +96,17 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
 
     async def GetOnlineFeatures(
         self, request: rr.GetOnlineFeaturesRequest, context: grpc.aio.ServicerContext
-    ) -> rr.GetOnlineFeaturesResponse:
+    ) -> Encoded:
         selection = request.WhichOneof("selection")
         if selection is None:
             raise InvalidArgument("set feature_service or feature_list")
-        return await self._reader.read(
+        reply = await self._reader.read(
             feature_service=request.feature_service,
             references=tuple(request.feature_list.features),
             entities=request.entities,
             request_data=request.request_data,
         )
+        return Encoded(reply)  # already a GetOnlineFeaturesResponse: sent without re-encoding
 
     async def PushFeatures(
         self, request: rr.PushFeaturesRequest, context: grpc.aio.ServicerContext

@@ -50,7 +50,8 @@ class OnlineReader:
         references: tuple[str, ...],
         entities: Mapping[str, m.RepeatedValue],
         request_data: Mapping[str, m.RepeatedValue],
-    ) -> rr.GetOnlineFeaturesResponse:
+    ) -> bytes:
+        """A GetOnlineFeaturesResponse, serialized (see ``wire``)."""
         plan = await self._cache.plan(feature_service, references)
         rows = _row_count(entities, request_data)
         keys_of: dict[str, list[str]] = {}  # views of one entity share its keys
@@ -71,9 +72,8 @@ class OnlineReader:
             results = _whole_views(plan, keys_by_view, tables, now)
         else:
             results = _assembled(plan, pieces, keys_by_view, tables, request_data, rows, now)
-        response = rr.GetOnlineFeaturesResponse(feature_names=plan.feature_names)
-        response.MergeFromString(b"".join(results))
-        return response
+        names = rr.GetOnlineFeaturesResponse(feature_names=plan.feature_names)
+        return names.SerializeToString() + b"".join(results)
 
     async def _stored(
         self, plan: ReadPlan, keys_by_view: list[list[str]], now: datetime
@@ -108,6 +108,8 @@ class OnlineReader:
 
 
 _EMPTY: dict[str, ServingRow] = {}
+_NEVER = datetime.min.replace(tzinfo=UTC)
+"""The TTL cutoff of views whose values never expire."""
 
 
 def _whole_views(
@@ -116,22 +118,23 @@ def _whole_views(
     """Replies for selections of whole views: each entity's stored fragments joined."""
     by_view = []
     for read, keys in zip(plan.views, keys_by_view, strict=True):
-        table = tables.get(read.key, _EMPTY)
+        stored = tables.get(read.key, _EMPTY).get
         count = len(read.view.features)
-        cutoff = now - timedelta(seconds=read.ttl_s) if read.ttl_s else None
+        cutoff = now - timedelta(seconds=read.ttl_s) if read.ttl_s else _NEVER
         absent = wire.vector_part(wire.NULL_VALUE * count, _NOT_FOUND, count, wire.NO_TIME)
         expired = wire.NULL_VALUE * count + wire.statuses_field(_EXPIRED, count)  # + times
         parts = []
-        for key in keys:
-            found = table.get(key)
+        add = parts.append
+        for key in keys:  # the hot loop: ~500 turns for 100 entities x 5 views
+            found = stored(key)
             if found is None:
-                parts.append(absent)
-            elif cutoff is not None and found.event_time < cutoff:
-                parts.append(expired + found.time * count)
+                add(absent)
+            elif found.event_time < cutoff:
+                add(expired + found.time * count)
             elif found.features == count:
-                parts.append(found.whole)
+                add(found.whole)
             else:  # a row stored before features were appended to the view
-                parts.append(_partial(found, count))
+                add(_partial(found, count))
         by_view.append(parts)
     return [wire.result_from_parts(parts) for parts in zip(*by_view, strict=True)]
 
