@@ -6,7 +6,13 @@ import math
 
 import numpy as np
 
-from services.feature_store.app.quality import histogram, profile, psi, summarize
+from services.feature_store.app.quality import (
+    histogram,
+    profile,
+    profile_of_array,
+    psi,
+    summarize,
+)
 
 
 def test_profile_has_equal_population_bins_and_counts_nulls() -> None:
@@ -30,3 +36,10 @@ def test_psi_is_zero_for_the_same_distribution_and_large_for_a_shift() -> None:
 def test_summary_of_no_values() -> None:
     summary = summarize([None])
     assert summary.count == 0 and summary.nulls == 1 and math.isnan(summary.mean)
+
+
+def test_profile_of_an_array_equals_the_profile_of_its_values() -> None:
+    rng = np.random.default_rng(2)
+    values = [None if i % 7 == 0 else float(v) for i, v in enumerate(rng.gamma(2, 3, 3000))]
+    present = np.array([v for v in values if v is not None])
+    assert profile_of_array("f", present, values.count(None)) == profile("f", values)

@@ -28,7 +28,7 @@ from libs.errors import InvalidArgument
 from libs.eventstore import ANY_VERSION, EventMetadata, EventStore
 from services.feature_store.app.cache import DefinitionsCache
 from services.feature_store.app.names import check_name
-from services.feature_store.app.quality import profile
+from services.feature_store.app.quality import profile_of_array
 from services.feature_store.app.read_plan import OnDemandColumn, ReadPlan, StoredColumn
 from services.feature_store.app.stream_history import stream_aggregates_as_of
 from services.feature_store.app.values import from_python, to_python
@@ -95,7 +95,7 @@ class HistoricalReader:
             features = tuple(f.name for f in read.view.features)
             views.append(
                 JoinView(
-                    table=table,
+                    timeline=table,
                     join_key=read.join_key,
                     features=features,
                     outputs=tuple(
@@ -291,7 +291,8 @@ def _profiles(table: pa.Table, plan: ReadPlan) -> list[events_pb2.FeatureProfile
     for name in plan.feature_names:
         column = table.column(name)
         if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
-            profiles.append(profile(name, column.to_pylist()))
+            present = pc.drop_null(column).to_numpy().astype(float)
+            profiles.append(profile_of_array(name, present, column.null_count))
     return profiles
 
 

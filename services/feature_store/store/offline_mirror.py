@@ -4,8 +4,9 @@ Postgres stays the source of truth. Before a point-in-time join, each log the
 join reads is brought up to date by copying only the rows whose ``seq`` is past
 what the mirror has (appends to a view commit in seq order, so that is exact),
 and the join then runs in DuckDB's columnar engine instead of as millions of
-Postgres index probes. The mirror lives in the feature-store process; a fresh
-process rebuilds it on first use.
+Postgres index probes. Each changed log's timeline (store/pit_join.py) is rebuilt
+right after the copy, so training-set queries only join. The mirror lives in the
+feature-store process; a fresh process rebuilds it on first use.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import duckdb
 
 from lathe.feature_store.v1 import message_pb2 as m
 from services.feature_store.store.offline import log_table, qualified_log_table
-from services.feature_store.store.pit_join import q
+from services.feature_store.store.pit_join import q, timeline_sql
 
 DUCK_TYPES = {
     m.VALUE_TYPE_BOOL: "BOOLEAN",
@@ -43,11 +44,14 @@ class OfflineMirror:
         self._lock = asyncio.Lock()
 
     async def sync(self, view: m.FeatureView) -> str:
-        """Bring the view version's mirror up to date; returns its DuckDB table name."""
+        """Bring the view version's mirror and timeline up to date; returns the timeline's
+        DuckDB table name."""
         table = log_table(view.name, view.version)
+        timeline = f"{table}_timeline"
         async with self._lock:
             columns = {f.name: DUCK_TYPES[f.type] for f in view.features}
-            if self._columns.get(table) != tuple(columns):  # new, or features appended
+            changed = self._columns.get(table) != tuple(columns)  # new, or features appended
+            if changed:
                 await asyncio.to_thread(self._create, table, columns)
                 self._seen[table] = 0
                 self._columns[table] = tuple(columns)
@@ -57,7 +61,9 @@ class OfflineMirror:
                 copied = await self._export(view, last, path)
                 if copied:
                     self._seen[table] = await asyncio.to_thread(self._load, table, columns, path)
-        return table
+            if changed or copied:
+                await asyncio.to_thread(self._build_timeline, timeline, table, tuple(columns))
+        return timeline
 
     async def _export(self, view: m.FeatureView, after: int, path: Path) -> int:
         """COPY the rows past ``after`` to a CSV file; returns how many."""
@@ -87,6 +93,9 @@ class OfflineMirror:
             f"CREATE OR REPLACE TABLE {q(table)} (seq BIGINT, entity_key VARCHAR, "
             f"event_time TIMESTAMP, created_time TIMESTAMP{feature_columns})"
         )
+
+    def _build_timeline(self, timeline: str, table: str, features: tuple[str, ...]) -> None:
+        self.db.execute(f"CREATE OR REPLACE TABLE {q(timeline)} AS {timeline_sql(table, features)}")
 
     def _load(self, table: str, columns: dict[str, str], path: Path) -> int:
         types = {

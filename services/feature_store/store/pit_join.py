@@ -9,6 +9,10 @@ gives nulls. It runs in one pass per view: a row becomes visible at
 at every visible_at, exactly the row a query from that instant must return; an
 ASOF join on visible_at then finds each label's instant. A visible row has
 event_time <= t, so nothing else needs checking; the TTL nulls stale winners.
+
+The running arg-max (the view's *timeline*) depends only on the view's log, so the
+mirror materializes it when the log changes (``timeline_sql``) and a training-set
+query is only the ASOF joins (``join_sql``).
 """
 
 from __future__ import annotations
@@ -26,10 +30,23 @@ def q(name: str) -> str:
     return f'"{name}"'
 
 
+def timeline_sql(log: str, features: Sequence[str]) -> str:
+    """Every row of a view's log with, at its ``visible_at``, the row a query then sees."""
+    packed = ", ".join(f"'{f}': {q(f)}" for f in ("event_time", *features))
+    unpacked = ", ".join(f"cur.{q(f)} AS {q(f)}" for f in ("event_time", *features))
+    return f"""
+        SELECT entity_key, visible_at, {unpacked} FROM (
+          SELECT entity_key, greatest(event_time, created_time) AS visible_at,
+                 arg_max({{{packed}}}, {{'e': event_time, 'c': created_time}}) OVER (
+                   PARTITION BY entity_key ORDER BY greatest(event_time, created_time)
+                   RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cur
+          FROM {q(log)})"""
+
+
 @dataclass(frozen=True)
 class JoinView:
-    table: str
-    """DuckDB table with entity_key, event_time, created_time and the features."""
+    timeline: str
+    """DuckDB table built by ``timeline_sql``."""
     join_key: str
     """The label column holding this view's entity key."""
     features: tuple[str, ...]
@@ -41,19 +58,8 @@ class JoinView:
 
 def join_sql(labels: str, label_columns: Sequence[str], views: Sequence[JoinView]) -> str:
     """Labels (with a ``row_number`` column) joined with every view, in label order."""
-    ctes, select, joins = [], [f"l.{q(c)}" for c in label_columns], []
+    select, joins = [f"l.{q(c)}" for c in label_columns], []
     for i, view in enumerate(views):
-        packed = ", ".join(f"'{f}': {q(f)}" for f in ("event_time", *view.features))
-        unpacked = ", ".join(f"cur.{q(f)} AS {q(f)}" for f in ("event_time", *view.features))
-        ctes.append(
-            f"""v{i} AS (
-              SELECT entity_key, visible_at, {unpacked} FROM (
-                SELECT entity_key, greatest(event_time, created_time) AS visible_at,
-                       arg_max({{{packed}}}, {{'e': event_time, 'c': created_time}}) OVER (
-                         PARTITION BY entity_key ORDER BY greatest(event_time, created_time)
-                         RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cur
-                FROM {q(view.table)}))"""
-        )
         fresh = (
             f"v{i}.event_time >= l.event_time - to_microseconds({int(view.ttl_us)})"
             if view.ttl_us
@@ -67,11 +73,11 @@ def join_sql(labels: str, label_columns: Sequence[str], views: Sequence[JoinView
                 else f"{value} AS {q(output)}"
             )
         joins.append(
-            f"ASOF LEFT JOIN v{i} ON l.{q(view.join_key)} = v{i}.entity_key "
+            f"ASOF LEFT JOIN {q(view.timeline)} AS v{i} ON l.{q(view.join_key)} = v{i}.entity_key "
             f"AND l.event_time >= v{i}.visible_at"
         )
     return (
-        f"WITH {', '.join(ctes)}\nSELECT {', '.join(select)}\nFROM {q(labels)} AS l\n"
+        f"SELECT {', '.join(select)}\nFROM {q(labels)} AS l\n"
         + "\n".join(joins)
         + "\nORDER BY l.row_number"
     )
