@@ -290,6 +290,16 @@ async def test_bad_reads(features: FeatureStoreStub) -> None:
             "INVALID_ARGUMENT",
         ),
         (rr.GetOnlineFeaturesRequest(entities={"loan_id": column(["L1"])}), "INVALID_ARGUMENT"),
+        *(
+            (
+                rr.GetOnlineFeaturesRequest(
+                    feature_list=rr.FeatureList(features=[f"terms_{s}:*"]),
+                    entities={"loan_id": column(["L1", bad])},
+                ),
+                "INVALID_ARGUMENT",
+            )
+            for bad in ("", 1.5, None)  # keys are non-empty strings or int64
+        ),
         (
             rr.GetOnlineFeaturesRequest(
                 feature_list=rr.FeatureList(features=[f"terms_{s}:nothing"]),
@@ -302,3 +312,19 @@ async def test_bad_reads(features: FeatureStoreStub) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await features.GetOnlineFeatures(request)
         assert raised.value.code().name == code, raised.value.details()
+
+
+async def test_int64_keys_read_the_rows_of_their_decimal_form(features: FeatureStoreStub) -> None:
+    s = suffix()
+    await _apply(features, s)
+    await _push(features, f"terms_{s}", [("42", NOW - timedelta(hours=1), 7.5, 36, "A")])
+    response = await features.GetOnlineFeatures(
+        rr.GetOnlineFeaturesRequest(
+            feature_list=rr.FeatureList(features=[f"terms_{s}:*"]),
+            entities={"loan_id": column([42, "42", 43])},
+        )
+    )
+    first, second, third = response.results
+    assert [python(v) for v in first.values] == [7.5, 36, "A"]
+    assert first == second
+    assert list(third.statuses) == [NOT_FOUND] * 3

@@ -36,6 +36,14 @@ def entity_key(value: m.Value, join_key: str) -> str:
     raise InvalidArgument(f"entity key {join_key!r} values must be non-empty strings or int64")
 
 
+def entity_keys(column: m.RepeatedValue, join_key: str) -> list[str]:
+    """``entity_key`` of every value; string keys (the common case) without per-value checks."""
+    keys = [value.string_value for value in column.values]
+    if all(keys):  # every value is a non-empty string (string_value is "" for other kinds)
+        return keys
+    return [entity_key(value, join_key) for value in column.values]
+
+
 class OnlineReader:
     def __init__(self, pool: asyncpg.Pool, cache: DefinitionsCache, replica: OnlineReplica) -> None:
         self._pool = pool
@@ -63,17 +71,16 @@ class OnlineReader:
                 raise InvalidArgument(
                     f"entities lacks {read.join_key!r}, the join key of {read.view.name!r}"
                 )
-            keys_of[read.join_key] = [entity_key(v, read.join_key) for v in column.values]
+            keys_of[read.join_key] = entity_keys(column, read.join_key)
         keys_by_view = [keys_of[read.join_key] for read in plan.views]
         now = datetime.now(UTC)
         tables = await self._stored(plan, keys_by_view, now)
-        pieces = segments(plan)
-        if not plan.steps and all(isinstance(p, _Whole) for p in pieces):
-            results = _whole_views(plan, keys_by_view, tables, now)
+        layout = _layout(plan)
+        if layout.whole_views:
+            results = _whole_views(plan, layout, keys_by_view, tables, now)
         else:
-            results = _assembled(plan, pieces, keys_by_view, tables, request_data, rows, now)
-        names = rr.GetOnlineFeaturesResponse(feature_names=plan.feature_names)
-        return names.SerializeToString() + b"".join(results)
+            results = _assembled(plan, layout.pieces, keys_by_view, tables, request_data, rows, now)
+        return layout.names + b"".join(results)
 
     async def _stored(
         self, plan: ReadPlan, keys_by_view: list[list[str]], now: datetime
@@ -112,17 +119,57 @@ _NEVER = datetime.min.replace(tzinfo=UTC)
 """The TTL cutoff of views whose values never expire."""
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """The parts of every reply for one plan that do not depend on the entities."""
+
+    names: bytes
+    """The ``feature_names`` fields."""
+    pieces: list[_Whole | StoredColumn | OnDemandColumn]
+    whole_views: bool
+    """Every column is part of a whole stored view, in order: fragments can be copied."""
+    counts: list[int]
+    """Features per view."""
+    absent: list[bytes]
+    """Per view, the fragment of an entity with no row."""
+    expired: list[bytes]
+    """Per view, an expired row's fragment without its event times."""
+
+
+def _layout(plan: ReadPlan) -> _Layout:
+    layout = plan.memo.get("online_layout")
+    if layout is None:
+        pieces = segments(plan)
+        counts = [len(read.view.features) for read in plan.views]
+        layout = plan.memo["online_layout"] = _Layout(
+            names=rr.GetOnlineFeaturesResponse(
+                feature_names=plan.feature_names
+            ).SerializeToString(),
+            pieces=pieces,
+            whole_views=not plan.steps and all(isinstance(p, _Whole) for p in pieces),
+            counts=counts,
+            absent=[
+                wire.vector_part(wire.NULL_VALUE * n, _NOT_FOUND, n, wire.NO_TIME) for n in counts
+            ],
+            expired=[wire.NULL_VALUE * n + wire.statuses_field(_EXPIRED, n) for n in counts],
+        )
+    assert isinstance(layout, _Layout)
+    return layout
+
+
 def _whole_views(
-    plan: ReadPlan, keys_by_view: list[list[str]], tables: ViewTables, now: datetime
+    plan: ReadPlan,
+    layout: _Layout,
+    keys_by_view: list[list[str]],
+    tables: ViewTables,
+    now: datetime,
 ) -> list[bytes]:
     """Replies for selections of whole views: each entity's stored fragments joined."""
     by_view = []
-    for read, keys in zip(plan.views, keys_by_view, strict=True):
+    for index, (read, keys) in enumerate(zip(plan.views, keys_by_view, strict=True)):
         stored = tables.get(read.key, _EMPTY).get
-        count = len(read.view.features)
+        count, absent, expired = layout.counts[index], layout.absent[index], layout.expired[index]
         cutoff = now - timedelta(seconds=read.ttl_s) if read.ttl_s else _NEVER
-        absent = wire.vector_part(wire.NULL_VALUE * count, _NOT_FOUND, count, wire.NO_TIME)
-        expired = wire.NULL_VALUE * count + wire.statuses_field(_EXPIRED, count)  # + times
         parts = []
         add = parts.append
         for key in keys:  # the hot loop: ~500 turns for 100 entities x 5 views

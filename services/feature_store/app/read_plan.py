@@ -60,6 +60,9 @@ class ReadPlan:
     steps: list[OnDemandStep] = field(default_factory=list)
     request_fields: dict[str, int] = field(default_factory=dict)
     """Request-data fields the on-demand steps read, with their types."""
+    memo: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
+    """What readers derive from the plan, computed on first use (e.g. the online reply's
+    constant parts), living as long as the cached plan."""
 
 
 @dataclass
