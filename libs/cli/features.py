@@ -121,6 +121,35 @@ def materialize(view: Annotated[str, typer.Argument(help="A batch-source feature
 
 
 @app.command()
+def backfill(
+    view: Annotated[str, typer.Argument(help="A stream-source feature view.")],
+    version: Annotated[int, typer.Option(help="The version to backfill (0: the latest).")] = 0,
+) -> None:
+    """Recompute a stream view's aggregates from its source's logged events."""
+
+    async def run() -> rr.BackfillStreamViewResponse:
+        settings = LatheSettings()
+        async with open_channel(settings.feature_store_addr) as channel:
+            return await FeatureStoreStub(channel).BackfillStreamView(
+                rr.BackfillStreamViewRequest(feature_view=view, version=version),
+                metadata=[("lathe-actor", getpass.getuser())],
+            )
+
+    try:
+        with console.status(f"backfilling {view} (its source's streaming pauses meanwhile)"):
+            result = asyncio.run(run())
+    except grpc.aio.AioRpcError as error:
+        console.print(f"[red]{error.code().name}[/red]: {error.details()}")
+        raise typer.Exit(1) from error
+    console.print(
+        f"{view} v{result.version}: {result.events_used} of {result.events_read} events used, "
+        f"{result.tiles_written} tiles written"
+    )
+    for reason, count in sorted(result.rejected.items()):
+        console.print(f"  rejected ({reason}): {count}")
+
+
+@app.command()
 def drift(
     view: Annotated[str, typer.Argument(help="A feature view.")],
     snapshot: Annotated[str, typer.Option(help="Training snapshot id (sha256:...).")] = "",

@@ -15,6 +15,7 @@ CATALOG = EventCatalog(
         EventSpec(
             events_pb2.MaterializationCompleted, aggregate="materialization", name="completed"
         ),
+        EventSpec(events_pb2.StreamViewBackfilled, aggregate="stream_view", name="backfilled"),
         EventSpec(events_pb2.ExpectationViolations, aggregate="quality", name="violations"),
         EventSpec(events_pb2.DatasetSnapshotCreated, aggregate="dataset", name="snapshot_created"),
     ]

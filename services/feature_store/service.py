@@ -9,6 +9,7 @@ from libs.config import ServiceName
 from libs.db import load_migrations
 from libs.runtime import ServiceComponents, ServiceContext, ServiceSpec
 from services.feature_store.api.servicer import FeatureStoreServicer
+from services.feature_store.app.backfill import Backfiller
 from services.feature_store.app.cache import DefinitionsCache
 from services.feature_store.app.commands import DefinitionCommands
 from services.feature_store.app.historical import HistoricalReader
@@ -43,6 +44,7 @@ def build(context: ServiceContext) -> ServiceComponents:
             OfflineMirror(context.pool, scratch=context.settings.home),
         ),
         StatisticsReader(context.pool, cache),
+        Backfiller(context.pool, context.store, cache),
     )
     return ServiceComponents(
         registrations=[

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import grpc
 import pyarrow as pa
 import pytest
 from nats.js import JetStreamContext
@@ -24,7 +25,16 @@ from lathe.feature_store.v1 import message_pb2 as m
 from lathe.feature_store.v1 import request_response_pb2 as rr
 from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
 from libs.config import LatheSettings, ServiceName
-from libs.sdk.features import Aggregation, Entity, FeatureView, StreamSource, repository_of
+from libs.sdk.features import (
+    Aggregation,
+    Entity,
+    FeatureView,
+    Field,
+    Float64,
+    PushSource,
+    StreamSource,
+    repository_of,
+)
 from services.feature_store.app import aggregation as agg
 from services.feature_store.app.backfill import backfill_view, import_events
 from services.feature_store.app.stream_history import stream_aggregates_as_of
@@ -455,11 +465,18 @@ async def test_streaming_and_backfill_give_identical_values(
     backfilled = _view(f"back_{s}", f"src_{s}", loan, lateness=lateness)
     await _apply(features, backfilled)
     assert await tiles.all_tiles(db_pool, f"back_{s}", 1) == {}
-    result = await backfill_view(
-        db_pool, agg.spec_of(await _applied(features, f"back_{s}"), "loan_id")
+    result = await features.BackfillStreamView(
+        rr.BackfillStreamViewRequest(feature_view=f"back_{s}")
     )
-    assert (result.events_read, result.events_used) == (sent, sent)
+    assert (result.version, result.events_read, result.events_used) == (1, sent, sent)
+    assert result.tiles_written == len(streamed_tiles) and not result.rejected
     assert await tiles.all_tiles(db_pool, f"back_{s}", 1) == streamed_tiles
+    recorded = await db_pool.fetchval(
+        "SELECT count(*) FROM feature_store.events WHERE stream_id = $1 AND event_type = $2",
+        f"backfill-back_{s}",
+        "lathe.feature_store.v1.StreamViewBackfilled",
+    )
+    assert recorded == 1
     # Backfilling the streamed view itself replaces its tiles with identical ones.
     await backfill_view(db_pool, agg.spec_of(await _applied(features, f"live_{s}"), "loan_id"))
     assert await tiles.all_tiles(db_pool, f"live_{s}", 1) == streamed_tiles
@@ -602,3 +619,25 @@ async def test_stream_aggregates_in_a_training_set_match_online(
     for name, (value, _) in online_l1.items():
         assert offline.column(f"pay_{s}:{name}").to_pylist()[0] == value, name
     assert offline.column(f"pay_{s}:amount_count_1d").to_pylist() == [2, None]
+
+
+async def test_bad_backfill_requests(features: FeatureStoreStub) -> None:
+    s = suffix()
+    loan = Entity(f"loan_{s}", join_key="loan_id")
+    pushed = FeatureView(
+        f"pushed_{s}", entity=loan, source=PushSource(), features=[Field("x", Float64)]
+    )
+    await features.ApplyDefinitions(
+        rr.ApplyDefinitionsRequest(repository=repository_of([loan, pushed]))
+    )
+    cases = [
+        (rr.BackfillStreamViewRequest(feature_view=f"nothing_{s}"), "NOT_FOUND"),
+        (rr.BackfillStreamViewRequest(feature_view=f"pushed_{s}"), "FAILED_PRECONDITION"),
+        (rr.BackfillStreamViewRequest(feature_view="x'; DROP TABLE t; --"), "INVALID_ARGUMENT"),
+        (rr.BackfillStreamViewRequest(feature_view=f"pushed_{s}", version=-1), "INVALID_ARGUMENT"),
+        (rr.BackfillStreamViewRequest(feature_view=f"pushed_{s}", version=9), "NOT_FOUND"),
+    ]
+    for request, code in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await features.BackfillStreamView(request)
+        assert raised.value.code().name == code, raised.value.details()

@@ -15,6 +15,7 @@ from libs.eventstore import EventMetadata
 from libs.grpckit import Encoded, validation
 from libs.grpckit.caller import caller_of
 from libs.telemetry import current_traceparent
+from services.feature_store.app.backfill import Backfiller
 from services.feature_store.app.cache import DefinitionsCache
 from services.feature_store.app.commands import DefinitionCommands
 from services.feature_store.app.historical import HistoricalReader
@@ -46,6 +47,7 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
         materializer: Materializer,
         historical: HistoricalReader,
         statistics: StatisticsReader,
+        backfiller: Backfiller,
     ) -> None:
         self._definitions = definitions
         self._queries = queries
@@ -55,6 +57,7 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
         self._materializer = materializer
         self._historical = historical
         self._statistics = statistics
+        self._backfiller = backfiller
 
     async def PlanDefinitions(
         self, request: rr.PlanDefinitionsRequest, context: grpc.aio.ServicerContext
@@ -126,6 +129,20 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
             check_name(request.feature_view, "feature_view"), end, _metadata(context)
         ):
             yield rr.MaterializeResponse(progress=progress)
+
+    async def BackfillStreamView(
+        self, request: rr.BackfillStreamViewRequest, context: grpc.aio.ServicerContext
+    ) -> rr.BackfillStreamViewResponse:
+        version, result = await self._backfiller.backfill(
+            request.feature_view, request.version, _metadata(context)
+        )
+        return rr.BackfillStreamViewResponse(
+            version=version,
+            events_read=result.events_read,
+            events_used=result.events_used,
+            tiles_written=result.tiles_written,
+            rejected=dict(result.rejected),
+        )
 
     async def GetHistoricalFeatures(
         self, request: rr.GetHistoricalFeaturesRequest, context: grpc.aio.ServicerContext

@@ -10,13 +10,15 @@ after they were applied), or after importing historical events into the log.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
 
+from lathe.feature_store.v1 import events_pb2
 from libs.db import transaction
-from libs.errors import FailedPrecondition, NotFound
+from libs.errors import FailedPrecondition, InvalidArgument, NotFound
+from libs.eventstore import ANY_VERSION, EventMetadata, EventStore
 from services.feature_store.app.aggregation import (
     StreamEvent,
     StreamViewSpec,
@@ -31,6 +33,7 @@ from services.feature_store.app.aggregation import (
 from services.feature_store.app.cache import DefinitionsCache
 from services.feature_store.app.names import check_name
 from services.feature_store.app.stream_events import EventRejected, decode_payload, parse_event
+from services.feature_store.events import CATALOG
 from services.feature_store.store import stream_events, tiles
 from services.feature_store.store.stream_events import RawEvent
 
@@ -76,11 +79,18 @@ def backfill_tiles(
     return built, result
 
 
-async def backfill_view(pool: asyncpg.Pool, spec: StreamViewSpec) -> BackfillResult:
+RecordBackfill = Callable[[asyncpg.Connection, BackfillResult], Awaitable[None]]
+"""Writes what a backfill did inside its transaction (e.g. appends an event)."""
+
+
+async def backfill_view(
+    pool: asyncpg.Pool, spec: StreamViewSpec, record: RecordBackfill | None = None
+) -> BackfillResult:
     """Replace the view version's tiles with tiles recomputed from its source's raw log.
 
     One transaction holding the source's ingestion lock exclusively: streaming of that
-    source waits (it resumes where it was), and no event can be half counted.
+    source waits (it resumes where it was), and no event can be half counted. ``record``
+    runs in the same transaction, so the record and the tiles commit together.
     """
     async with transaction(pool) as conn:
         await stream_events.lock_source(conn, spec.source)
@@ -95,6 +105,8 @@ async def backfill_view(pool: asyncpg.Pool, spec: StreamViewSpec) -> BackfillRes
             spec.version,
             {key: encode_state(state) for key, state in built.items()},
         )
+        if record is not None:
+            await record(conn, result)
     return result
 
 
@@ -113,12 +125,18 @@ async def import_events(pool: asyncpg.Pool, source: str, events: Sequence[RawEve
 class Backfiller:
     """Backfills by view name, resolving definitions through the serving cache."""
 
-    def __init__(self, pool: asyncpg.Pool, cache: DefinitionsCache) -> None:
+    def __init__(self, pool: asyncpg.Pool, store: EventStore, cache: DefinitionsCache) -> None:
         self._pool = pool
+        self._store = store
         self._cache = cache
 
-    async def backfill(self, view_name: str, version: int = 0) -> BackfillResult:
-        """Backfill one version of a stream view (0: the latest)."""
+    async def backfill(
+        self, view_name: str, version: int, metadata: EventMetadata
+    ) -> tuple[int, BackfillResult]:
+        """Backfill one version of a stream view (0: the latest); returns the version."""
+        check_name(view_name, "feature_view")
+        if version < 0:
+            raise InvalidArgument(f"version must be 0 (the latest) or positive, not {version}")
         try:
             view = self._cache.definitions.view(view_name, version)
         except NotFound:
@@ -130,4 +148,21 @@ class Backfiller:
                 "views have tiles to backfill (batch views use Materialize)"
             )
         join_key = self._cache.definitions.entities[view.entity].join_key
-        return await backfill_view(self._pool, spec_of(view, join_key))
+
+        async def record(conn: asyncpg.Connection, result: BackfillResult) -> None:
+            event = events_pb2.StreamViewBackfilled(
+                feature_view=view.name,
+                version=view.version,
+                events_read=result.events_read,
+                events_used=result.events_used,
+                tiles_written=result.tiles_written,
+                rejected=dict(result.rejected),
+            )
+            await self._store.append(
+                f"backfill-{view.name}",
+                [CATALOG.new_event(event, metadata)],
+                expected_version=ANY_VERSION,
+                conn=conn,
+            )
+
+        return view.version, await backfill_view(self._pool, spec_of(view, join_key), record)

@@ -1,0 +1,96 @@
+"""`lathe features ...` against a real feature store, as an engineer types it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from lathe.feature_store.v1 import request_response_pb2 as rr
+from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
+from libs.config import LatheSettings, ServiceName
+from libs.sdk.features import (
+    Aggregation,
+    Entity,
+    FeatureView,
+    Field,
+    Float64,
+    PushSource,
+    StreamSource,
+    repository_of,
+)
+from services.feature_store.app.backfill import import_events
+from services.feature_store.store import tiles
+from services.feature_store.store.stream_events import RawEvent
+from tests.feature_store.helpers import suffix
+from tests.support.subprocesses import REPO_ROOT
+
+
+async def _lathe(settings: LatheSettings, *args: str) -> tuple[int, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATHE_")}
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "gen" / "python")]),
+        LATHE_FEATURE_STORE_ADDR=settings.service_addr(ServiceName.FEATURE_STORE),
+        COLUMNS="200",
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "libs.cli",
+        "features",
+        *args,
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    return process.returncode or 0, output.decode()
+
+
+async def test_backfill_a_stream_view_over_logged_history(
+    features: FeatureStoreStub, test_settings: LatheSettings, db_pool: asyncpg.Pool
+) -> None:
+    s = suffix()
+    loan = Entity(f"loan_{s}", join_key="loan_id")
+    payments = FeatureView(
+        f"payments_{s}",
+        entity=loan,
+        source=StreamSource(f"src_{s}", event_time_field="at"),
+        aggregations=[Aggregation("amount", "sum", timedelta(days=7), "amount_sum_7d")],
+        allowed_lateness=timedelta(days=1),
+    )
+    pushed = FeatureView(
+        f"pushed_{s}", entity=loan, source=PushSource(), features=[Field("x", Float64)]
+    )
+    await features.ApplyDefinitions(
+        rr.ApplyDefinitionsRequest(repository=repository_of([loan, payments, pushed]))
+    )
+    now = datetime.now(UTC)
+    history = [
+        RawEvent(
+            uuid.uuid4(),
+            i,
+            now - timedelta(hours=i),
+            json.dumps(
+                {"loan_id": "L1", "at": (now - timedelta(hours=i)).isoformat(), "amount": i}
+            ).encode(),
+        )
+        for i in range(1, 4)
+    ]
+    await import_events(db_pool, f"src_{s}", [*history, RawEvent(uuid.uuid4(), 9, now, b"{")])
+
+    code, output = await _lathe(test_settings, "backfill", f"payments_{s}")
+
+    assert code == 0, output
+    assert f"payments_{s} v1: 3 of 4 events used" in output
+    assert "rejected (not_json): 1" in output
+    assert await tiles.all_tiles(db_pool, f"payments_{s}", 1) != {}
+
+    code, refused = await _lathe(test_settings, "backfill", f"pushed_{s}")
+    assert code == 1 and "FAILED_PRECONDITION" in refused and "Materialize" in refused
