@@ -4,6 +4,12 @@ A handler's effect and the record that its event was processed commit in one
 Postgres transaction; the JetStream ack follows. A crash before the commit
 means redelivery and a fresh attempt; a crash after it means redelivery that
 finds the record and only acks. Either way the effect happens once.
+
+A handler that fails is retried by JetStream and dead-lettered after
+``max_deliver`` attempts. Postgres being unreachable is not the event's fault:
+the consumer then unsubscribes, leaves its messages unacknowledged and waits
+until Postgres answers again, so an outage of any length costs each message at
+most a couple of attempts instead of dead-lettering it.
 """
 
 from __future__ import annotations
@@ -34,6 +40,19 @@ from libs.telemetry.propagation import extract_context
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
 _RETRY_BACKOFF_S = (0.05, 0.2, 1.0, 2.0, 5.0)
+_POSTGRES_UNREACHABLE = (
+    asyncpg.PostgresConnectionError,  # the connection broke or could not be made
+    asyncpg.InterfaceError,  # e.g. "connection is closed"
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,  # starting up or in recovery
+    OSError,
+    TimeoutError,
+)
+
+
+class PostgresUnreachable(Exception):
+    """The consumer's database went away mid-batch; its messages stay unacknowledged."""
 
 
 class Delivery(Protocol):
@@ -163,8 +182,32 @@ class DurableConsumer(Generic[D]):
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
+                # Subscribed, JetStream would keep delivering (and counting attempts)
+                # into a consumer that cannot apply anything.
+                await self._until_postgres_answers(stop)
             else:
                 failures = 0
+
+    async def _until_postgres_answers(self, stop: asyncio.Event) -> None:
+        delay, waited = 0.5, 0.0
+        while not stop.is_set():
+            try:
+                async with asyncio.timeout(5):
+                    await self._store.pool.fetchval("SELECT 1")
+                if waited:
+                    _log.info("consumer %s: Postgres answers again; resuming", self._spec.name)
+                return
+            except _POSTGRES_UNREACHABLE as exc:
+                if not waited:
+                    _log.warning(
+                        "consumer %s waits for Postgres (%r) before taking messages again",
+                        self._spec.name,
+                        exc,
+                    )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            waited += delay
+            delay = min(delay * 2, 5.0)
 
     async def _consume(self, stop: asyncio.Event) -> None:
         spec = self._spec
@@ -228,6 +271,8 @@ class DurableConsumer(Generic[D]):
             return
         try:
             await self._apply(conn, ready)
+        except _POSTGRES_UNREACHABLE as exc:
+            raise PostgresUnreachable(str(exc)) from exc
         except Exception:
             if len(ready) == 1:
                 await self._nak(*ready[0])
@@ -235,6 +280,8 @@ class DurableConsumer(Generic[D]):
             for one in ready:
                 try:
                     await self._apply(conn, [one])
+                except _POSTGRES_UNREACHABLE as exc:
+                    raise PostgresUnreachable(str(exc)) from exc
                 except Exception:
                     await self._nak(*one)
                 else:
