@@ -60,13 +60,20 @@ def _convert(text: str, kind: type) -> Any:
 def all_families() -> tuple[Family, ...]:
     """Every registered family, in the order a full run executes them."""
     # Imported here so that ``--list`` and argument errors stay fast.
-    from bench import event_lag, eventstore_append, features_serving, registry_serving
+    from bench import (
+        event_lag,
+        eventstore_append,
+        features_ingest,
+        features_serving,
+        registry_serving,
+    )
 
     return (
         eventstore_append.FAMILY,
         event_lag.FAMILY,
         registry_serving.FAMILY,
         features_serving.FAMILY,
+        features_ingest.FAMILY,
     )
 
 

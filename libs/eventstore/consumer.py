@@ -155,16 +155,24 @@ class DurableConsumer(Generic[D]):
         *,
         js: JetStreamContext,
         store: EventStore,
-        handler: Callable[[D, asyncpg.Connection], Awaitable[None]],
+        handler: Callable[[D, asyncpg.Connection], Awaitable[None]] | None = None,
+        batch_handler: Callable[[list[D], asyncpg.Connection], Awaitable[None]] | None = None,
         catalog: EventCatalog | None = None,
         decoder: Callable[[Msg], D | None] | None = None,
     ) -> None:
+        """Pass ``handler`` (one delivery at a time) or ``batch_handler`` (every new
+        delivery of a batch in one call, e.g. to merge them in a few statements); either
+        runs in the batch's transaction, and a failing batch is retried one delivery per
+        call."""
         if decoder is None and catalog is None:
             raise TypeError("DurableConsumer needs a catalog (Lathe events) or a decoder")
+        if (handler is None) == (batch_handler is None):
+            raise TypeError("DurableConsumer needs exactly one of handler and batch_handler")
         self._spec = spec
         self._js = js
         self._store = store
         self._handler = handler
+        self._batch_handler = batch_handler
         self._catalog = catalog
         self._decoder = decoder or self._lathe_event  # type: ignore[assignment]
 
@@ -314,8 +322,12 @@ class DurableConsumer(Generic[D]):
                         "lathe.duplicate": delivered.event_id not in new,
                     },
                 ):
-                    if delivered.event_id in new:
+                    if delivered.event_id in new and self._handler is not None:
                         await self._handler(delivered, conn)
+            if self._batch_handler is not None:
+                fresh = [delivered for _, delivered in ready if delivered.event_id in new]
+                if fresh:
+                    await self._batch_handler(fresh, conn)
 
     async def _decode(self, msg: Msg) -> D | None:
         """The decoded message, or None after acking/terminating what cannot be handled."""

@@ -404,13 +404,13 @@ async def test_replicas_share_the_stream_without_losing_updates(
     await _apply(features, _view(f"pay_{s}", f"src_{s}", loan))
     subject = ingest_streams(test_settings.namespace).subject(f"src_{s}")
     connections = set()
-    log_and_lock = tiles.log_and_lock
+    lock_tiles = tiles.lock_tiles
 
     async def spy(conn: asyncpg.Connection, *args: object) -> object:
         connections.add(id(conn))  # each replica's consumer has a connection of its own
-        return await log_and_lock(conn, *args)  # type: ignore[arg-type]
+        return await lock_tiles(conn, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(tiles, "log_and_lock", spy)
+    monkeypatch.setattr(tiles, "lock_tiles", spy)
     replica = test_settings.model_copy(
         update={f"{ServiceName.FEATURE_STORE.value}_addr": f"127.0.0.1:{free_port()}"}
     )

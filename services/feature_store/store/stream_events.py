@@ -18,13 +18,14 @@ import asyncpg
 
 # The shared lock is taken by every ingestion transaction of a source before it touches
 # the log or tiles; a backfill takes it exclusively, so it reads a log no ingestion is
-# still adding to and replaces tiles no ingestion is merging into. $1..$5: source, event
-# id, stream sequence, arrival time, payload. (tiles.log_and_lock embeds it.)
-APPEND = """
+# still adding to and replaces tiles no ingestion is merging into. $1: source; $2..$5:
+# event ids, stream sequences, arrival times, payloads. Returns the ids that were new.
+_APPEND = """
     INSERT INTO feature_store.stream_events
         (source, event_id, stream_sequence, arrival_time, payload)
-    SELECT $1, $2, $3, $4, $5
-    FROM (SELECT pg_advisory_xact_lock_shared(hashtext('lathe.stream.' || $1::text))) AS locked
+    SELECT $1, e, s, a, p
+    FROM (SELECT pg_advisory_xact_lock_shared(hashtext('lathe.stream.' || $1::text))) AS locked,
+         unnest($2::uuid[], $3::bigint[], $4::timestamptz[], $5::bytea[]) AS t(e, s, a, p)
     ON CONFLICT (source, event_id) DO NOTHING
     RETURNING event_id"""
 
@@ -54,12 +55,20 @@ class RawEvent:
     payload: bytes
 
 
-async def append_event(conn: asyncpg.Connection, source: str, event: RawEvent) -> bool:
-    """Log one event (in the caller's transaction); False if it was logged before."""
-    logged = await conn.fetchval(
-        APPEND, source, event.event_id, event.stream_sequence, event.arrival_time, event.payload
+async def append_events(
+    conn: asyncpg.Connection, source: str, events: Sequence[RawEvent]
+) -> set[UUID]:
+    """Log events of one source (in the caller's transaction, holding the source's shared
+    lock); the ids of those not logged before."""
+    records = await conn.fetch(
+        _APPEND,
+        source,
+        [e.event_id for e in events],
+        [e.stream_sequence for e in events],
+        [e.arrival_time for e in events],
+        [e.payload for e in events],
     )
-    return logged is not None
+    return {r[0] for r in records}
 
 
 async def import_events(conn: asyncpg.Connection, source: str, events: Sequence[RawEvent]) -> None:

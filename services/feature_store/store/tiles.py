@@ -12,24 +12,21 @@ from datetime import datetime
 import asyncpg
 
 from services.feature_store.app.aggregation import EMPTY_STATE, from_us, to_us
-from services.feature_store.store import stream_events
 
 TileRef = tuple[str, int, str, int]
 """(view, version, entity key, tile start µs)."""
 
-# Logs the raw event and, if it was new, makes sure each of its tiles exists and locks
-# it until the transaction ends, returning its latest committed state: the no-op DO
-# UPDATE locks the row as SELECT ... FOR UPDATE would and, unlike a SELECT, also sees a
-# row another transaction inserted and committed after this statement's snapshot (two
-# replicas creating one tile cannot lose an update). One round trip for what would take
-# three (log, INSERT ... DO NOTHING, SELECT ... FOR UPDATE).
-_LOG_AND_LOCK = f"""
-    WITH logged AS ({stream_events.APPEND})
+# Makes sure each tile of a batch of just-logged events exists and locks it until the
+# transaction ends, returning its latest committed state: the no-op DO UPDATE locks the
+# row as SELECT ... FOR UPDATE would and, unlike a SELECT, also sees a row another
+# transaction inserted and committed after this statement's snapshot (two replicas
+# creating one tile cannot lose an update). Rows are locked in the order given.
+_LOCK = """
     INSERT INTO feature_store.stream_tiles AS t (view, version, entity_key, tile_start, state)
-    SELECT k.view, k.version, k.entity_key, k.tile_start, $10::jsonb
-    FROM unnest($6::text[], $7::int[], $8::text[], $9::timestamptz[])
-         AS k(view, version, entity_key, tile_start)
-    WHERE EXISTS (SELECT FROM logged)
+    SELECT k.view, k.version, k.entity_key, k.tile_start, $5::jsonb
+    FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[])
+         WITH ORDINALITY AS k(view, version, entity_key, tile_start, n)
+    ORDER BY k.n
     ON CONFLICT (view, version, entity_key, tile_start) DO UPDATE SET state = t.state
     RETURNING t.view, t.version, t.entity_key, t.tile_start, t.state::text"""
 
@@ -63,36 +60,17 @@ def _ref(record: asyncpg.Record) -> TileRef:
     return record[0], record[1], record[2], to_us(record[3])
 
 
-async def log_and_lock(
-    conn: asyncpg.Connection,
-    source: str,
-    event: stream_events.RawEvent,
-    refs: Sequence[TileRef],
-) -> dict[TileRef, str] | None:
-    """Log ``event`` and lock its tiles (created empty if missing) until the transaction
-    ends; their states, or None if the event was logged before (a replay: apply nothing).
-
-    Pass refs sorted, so concurrent lockers tend to queue rather than deadlock.
-    """
+async def lock_tiles(conn: asyncpg.Connection, refs: Sequence[TileRef]) -> dict[TileRef, str]:
+    """Lock ``refs`` (sorted, distinct; created empty if missing) until the transaction
+    ends; their latest committed states."""
     if not refs:
-        return {} if await stream_events.append_event(conn, source, event) else None
-    records = await conn.fetch(
-        _LOG_AND_LOCK,
-        source,
-        event.event_id,
-        event.stream_sequence,
-        event.arrival_time,
-        event.payload,
-        *_columns(refs),
-        EMPTY_STATE,
-    )
-    if not records:
-        return None
+        return {}
+    records = await conn.fetch(_LOCK, *_columns(refs), EMPTY_STATE)
     return {_ref(r): r[4] for r in records}
 
 
 async def write_tiles(conn: asyncpg.Connection, states: Mapping[TileRef, str]) -> None:
-    """Store merged states of tiles locked with ``log_and_lock`` in this transaction."""
+    """Store merged states of tiles locked with ``lock_tiles`` in this transaction."""
     if not states:
         return
     await conn.executemany(
