@@ -107,7 +107,7 @@ async def read_changes(
     since: int,
     apply: Callable[[Sequence[asyncpg.Record]], None],
     *,
-    batch: int = 2000,
+    batch: int = 500,
 ) -> int:
     """Hand rows changed by transactions ``>= since`` (0: every row) to ``apply``, in
     batches of (view, version, entity_key, row, event_time, features); return the next
