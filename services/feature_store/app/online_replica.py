@@ -20,11 +20,26 @@ import logging
 from collections.abc import Sequence
 
 import asyncpg
+from opentelemetry import metrics
 
 from services.feature_store.app.serving_rows import ServingRow, ViewTables
 from services.feature_store.store import online
 
 _log = logging.getLogger(__name__)
+_meter = metrics.get_meter(__name__)
+# For on-call: is this process serving online reads from memory, and how much it holds.
+_available = _meter.create_up_down_counter(
+    "lathe.feature_store.online_replica.available",
+    description="1 while online reads are served from this process's replica, else 0",
+)
+_held = _meter.create_up_down_counter(
+    "lathe.feature_store.online_replica.rows", unit="{row}", description="Online rows held"
+)
+_applied = _meter.create_counter(
+    "lathe.feature_store.online_replica.rows_applied",
+    unit="{row}",
+    description="Changed online rows applied from Postgres (the first load included)",
+)
 _RETRY_S = 1.0
 _CATCH_UP_TIMEOUT_S = 5.0
 
@@ -118,6 +133,7 @@ class OnlineReplica:
                         return  # run() ends: nothing left to follow
                     if not self._available:
                         self._available = True
+                        _available.add(1)
                         _log.info("online replica holds %d rows; serving from memory", self._rows)
                     async with self._progress:
                         self._applied = goal
@@ -131,6 +147,7 @@ class OnlineReplica:
     def _apply(self, records: Sequence[asyncpg.Record]) -> None:
         # Runs on the event loop between cursor fetches: ~5 µs a row, so a batch of 500
         # holds concurrent reads back ~2.5 ms at most.
+        before = self._rows
         for view, version, key, row, event_time, features in records:
             table = self._tables.get((view, version))
             if table is None:
@@ -138,6 +155,8 @@ class OnlineReplica:
             if key not in table:
                 self._rows += 1
             table[key] = ServingRow(row, event_time, features)
+        _applied.add(len(records))
+        _held.add(self._rows - before)
 
     def _turn_off(self) -> None:
         _log.warning(
@@ -146,6 +165,9 @@ class OnlineReplica:
             self._rows,
             self._max_rows,
         )
+        if self._available:
+            _available.add(-1)
+        _held.add(-self._rows)
         self._available = False
         self._following = False
         self._max_rows = 0
