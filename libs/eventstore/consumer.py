@@ -19,7 +19,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Generic, Protocol, TypeVar
 from uuid import UUID, uuid5
 
@@ -40,6 +40,7 @@ from libs.telemetry.propagation import extract_context
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
 _RETRY_BACKOFF_S = (0.05, 0.2, 1.0, 2.0, 5.0)
+_PRUNE_EVERY_S = 3600.0
 _POSTGRES_UNREACHABLE = (
     asyncpg.PostgresConnectionError,  # the connection broke or could not be made
     asyncpg.InterfaceError,  # e.g. "connection is closed"
@@ -139,6 +140,10 @@ class ConsumerSpec:
     ack_wait_s: float = 30.0
     max_deliver: int = 20
     """After this many failed attempts JetStream stops redelivering (a dead letter)."""
+    retention: timedelta = timedelta(days=7)
+    """How long records of processed events are kept for deduplication. JetStream
+    redelivers within about max_deliver x ack_wait (10 minutes by default), so this
+    leaves a wide margin; a message delivered again after it would be applied again."""
 
 
 class DurableConsumer(Generic[D]):
@@ -178,6 +183,38 @@ class DurableConsumer(Generic[D]):
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch and handle messages until ``stop`` is set, surviving outages."""
+        pruning = asyncio.create_task(self._prune_periodically(stop))
+        try:
+            await self._run(stop)
+        finally:
+            pruning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pruning
+
+    async def prune(self, *, slice_rows: int = 10_000) -> int:
+        """Delete records of events processed longer than ``retention`` ago; how many."""
+        deleted = 0
+        while True:
+            status = await self._store.pool.execute(
+                self._store.sql.prune_processed, self._spec.name, self._spec.retention, slice_rows
+            )
+            count = int(status.split()[-1])
+            deleted += count
+            if count < slice_rows:
+                return deleted
+
+    async def _prune_periodically(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                deleted = await self.prune()
+                if deleted:
+                    _log.info("consumer %s pruned %d processed records", self._spec.name, deleted)
+            except _POSTGRES_UNREACHABLE as exc:
+                _log.warning("consumer %s could not prune (%r)", self._spec.name, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), _PRUNE_EVERY_S)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
             try:

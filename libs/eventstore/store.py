@@ -100,6 +100,11 @@ class _Statements:
             INSERT INTO {s}.processed_events (consumer, event_id)
             SELECT $1, unnest($2::uuid[])
             ON CONFLICT DO NOTHING RETURNING event_id"""
+        # A bounded slice per statement: short transactions, no long lock on the table.
+        self.prune_processed = f"""
+            DELETE FROM {s}.processed_events WHERE (consumer, event_id) IN (
+                SELECT consumer, event_id FROM {s}.processed_events
+                WHERE consumer = $1 AND processed_at < now() - $2::interval LIMIT $3)"""
 
 
 def record_from_row(row: asyncpg.Record) -> RecordedEvent:

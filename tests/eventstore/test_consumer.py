@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 
 import asyncpg
 from google.protobuf.wrappers_pb2 import Int64Value
@@ -111,3 +112,36 @@ async def test_raw_business_events_are_consumed_exactly_once(
     rows = await db_pool.fetch(f'SELECT n, seq FROM "{event_store.schema}".raw_seen ORDER BY n')
     assert [r["n"] for r in rows] == list(range(10))
     assert [r["seq"] for r in rows] == list(range(1, 11))
+
+
+async def test_processed_records_past_their_retention_are_pruned(
+    event_store: EventStore, db_pool: asyncpg.Pool, js: JetStreamContext
+) -> None:
+    schema = event_store.schema
+    rows = [
+        ("mine", uuid.uuid4(), timedelta(days=8)),
+        ("mine", uuid.uuid4(), timedelta(days=8)),
+        ("mine", uuid.uuid4(), timedelta(days=30)),
+        ("mine", uuid.uuid4(), timedelta(days=1)),
+        ("mine", uuid.uuid4(), timedelta(0)),
+        ("another", uuid.uuid4(), timedelta(days=30)),  # another consumer's records
+    ]
+    await db_pool.executemany(
+        f'INSERT INTO "{schema}".processed_events (consumer, event_id, processed_at) '
+        "VALUES ($1, $2, now() - $3::interval)",
+        rows,
+    )
+    consumer = DurableConsumer(
+        ConsumerSpec("mine", "UNUSED", "unused.>", retention=timedelta(days=7)),
+        js=js,
+        store=event_store,
+        catalog=CATALOG,
+        handler=lambda delivered, conn: asyncio.sleep(0),
+    )
+
+    assert await consumer.prune(slice_rows=2) == 3  # in slices of 2: 2, then 1
+
+    kept = await db_pool.fetch(f'SELECT consumer, event_id FROM "{schema}".processed_events')
+    assert {(r["consumer"], r["event_id"]) for r in kept} == {
+        (c, e) for c, e, age in rows if c == "another" or age < timedelta(days=7)
+    }
