@@ -37,8 +37,9 @@ from libs.sdk.features import (
 )
 from services.feature_store.app import aggregation as agg
 from services.feature_store.app.backfill import backfill_view, import_events
+from services.feature_store.app.read_plan import index_definitions
 from services.feature_store.app.stream_history import stream_aggregates_as_of
-from services.feature_store.app.stream_ingest import CONSUMER, ingest_streams
+from services.feature_store.app.stream_ingest import CONSUMER, ingest_streams, prune_tiles
 from services.feature_store.service import SPEC
 from services.feature_store.store import stream_events, tiles
 from services.feature_store.store.stream_events import RawEvent
@@ -641,3 +642,44 @@ async def test_bad_backfill_requests(features: FeatureStoreStub) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await features.BackfillStreamView(request)
         assert raised.value.code().name == code, raised.value.details()
+
+
+async def test_tiles_past_every_window_are_pruned(
+    features: FeatureStoreStub, db_pool: asyncpg.Pool
+) -> None:
+    s = suffix()
+    loan = Entity(f"loan_{s}", join_key="loan_id")
+    windows = {"1h": timedelta(hours=1), "1d": timedelta(days=1)}
+    await _apply(features, _view(f"aged_{s}", f"src_{s}", loan, windows=windows))
+    applied = await _applied(features, f"aged_{s}")
+    now = datetime.now(UTC)
+
+    def event(age: timedelta, sequence: int) -> RawEvent:
+        at = now - age
+        body = {"loan_id": "L1", "at": at.isoformat(), "amount": 10.0}
+        return RawEvent(uuid.uuid4(), sequence, at, json.dumps(body).encode())
+
+    ages = [timedelta(days=10), timedelta(days=2), timedelta(minutes=30)]
+    await import_events(db_pool, f"src_{s}", [event(age, i) for i, age in enumerate(ages)])
+    await backfill_view(db_pool, agg.spec_of(applied, "loan_id"))
+    assert len(await tiles.all_tiles(db_pool, f"aged_{s}", 1)) == 3
+    [before] = await _online(features, [f"aged_{s}:*"], ["L1"])
+
+    definitions = index_definitions(
+        {
+            "entity": list(repository_of([loan]).entities),
+            "feature_view": [applied],
+            "on_demand_view": [],
+            "feature_service": [],
+        }
+    )
+    deleted = await prune_tiles(db_pool, definitions, agg.to_us(now))
+
+    assert deleted == 2  # 10 and 2 days old: past the 1-day window and the lateness
+    remaining = await tiles.all_tiles(db_pool, f"aged_{s}", 1)
+    assert [start for _, start in remaining] == [
+        agg.floor_tile(agg.to_us(now - timedelta(minutes=30)), agg.spec_of(applied, "").tile_us)
+    ]
+    [after] = await _online(features, [f"aged_{s}:*"], ["L1"])
+    assert after == before  # online reads never looked that far back
+    assert after["amount_count_1h"] == (1, PRESENT)

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import re
 from collections import Counter, defaultdict
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -48,6 +49,8 @@ _log = logging.getLogger(__name__)
 CONSUMER = "feature-store-stream-aggregations"
 _SOURCE_RE = re.compile(NAME_PATTERN)
 _RETRY_S = (0.2, 1.0, 5.0)
+_FIRST_PRUNE_S = 600.0
+_PRUNE_EVERY_S = 3600.0
 
 
 def ingest_streams(namespace: str) -> EventStreamNames:
@@ -66,6 +69,32 @@ def stream_views(definitions: Definitions) -> dict[str, list[StreamViewSpec]]:
     return by_source
 
 
+def prunable_before(spec: StreamViewSpec, now_us: int) -> int:
+    """Tiles starting before this can no longer be read online nor receive an event.
+
+    A read at ``now`` reaches back at most the largest window (window_start); an event
+    arriving now is accepted only if no older than the allowed lateness. One more tile
+    of margin keeps a tile that straddles either edge.
+    """
+    reach = max(spec.max_window_us, spec.lateness_us) + spec.tile_us
+    return floor_tile(now_us - reach, spec.tile_us)
+
+
+async def prune_tiles(pool: asyncpg.Pool, definitions: Definitions, now_us: int) -> int:
+    """Delete every stream view's tiles past ``prunable_before``; how many.
+
+    Point-in-time aggregates and backfills read the raw-event log, not tiles, so
+    nothing else needs them.
+    """
+    deleted = 0
+    for specs in stream_views(definitions).values():
+        for spec in specs:
+            deleted += await tiles.prune_tiles(
+                pool, spec.view, spec.version, prunable_before(spec, now_us)
+            )
+    return deleted
+
+
 class StreamIngestor:
     """The feature store's background task that consumes business events."""
 
@@ -80,6 +109,7 @@ class StreamIngestor:
         """Ensure the ingest stream exists, then consume until ``stop``."""
         if not await self._prepare(stop):
             return
+        pruning = asyncio.create_task(self._prune_periodically(stop))
         consumer: DurableConsumer[RawDelivery] = DurableConsumer(
             ConsumerSpec(
                 name=CONSUMER, stream=self._names.stream, filter_subject=self._names.all_subjects
@@ -89,7 +119,31 @@ class StreamIngestor:
             batch_handler=self.handle,
             decoder=raw_decoder,
         )
-        await consumer.run(stop)
+        try:
+            await consumer.run(stop)
+        finally:
+            pruning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pruning
+
+    async def _prune_periodically(self, stop: asyncio.Event) -> None:
+        """Tiles grow with time; prune the ones no read or event can reach, hourly
+        (first after a few minutes, so a restart loop does not prune in a loop)."""
+        delay = _FIRST_PRUNE_S
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return
+            delay = _PRUNE_EVERY_S
+            try:
+                deleted = await prune_tiles(
+                    self._context.pool, self._cache.definitions, to_us(datetime.now(UTC))
+                )
+                if deleted:
+                    _log.info("pruned %d stream tiles past every window", deleted)
+            except (asyncpg.PostgresError, OSError) as exc:
+                _log.warning("could not prune stream tiles (%r)", exc)
 
     async def _prepare(self, stop: asyncio.Event) -> bool:
         """The stream exists and definitions are loaded (else pending events find no view)."""

@@ -129,3 +129,27 @@ async def all_tiles(
         version,
     )
     return {(r[0], to_us(r[1])): r[2] for r in records}
+
+
+_PRUNE = """
+    DELETE FROM feature_store.stream_tiles WHERE (view, version, entity_key, tile_start) IN (
+        SELECT view, version, entity_key, tile_start FROM feature_store.stream_tiles
+        WHERE view = $1 AND version = $2 AND tile_start < $3 LIMIT $4)"""
+
+
+async def prune_tiles(
+    executor: asyncpg.Pool | asyncpg.Connection,
+    view: str,
+    version: int,
+    before_us: int,
+    *,
+    slice_rows: int = 10_000,
+) -> int:
+    """Delete a view version's tiles starting before ``before_us``, in bounded slices."""
+    deleted = 0
+    while True:
+        status = await executor.execute(_PRUNE, view, version, from_us(before_us), slice_rows)
+        count = int(status.split()[-1])
+        deleted += count
+        if count < slice_rows:
+            return deleted
