@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import asyncpg
 
 from lathe.feature_store.v1 import message_pb2 as m
-from lathe.feature_store.v1 import request_response_pb2 as rr
 from libs.errors import InvalidArgument
-from services.feature_store.app import wire
+from services.feature_store.app import online_reply
 from services.feature_store.app.cache import DefinitionsCache
 from services.feature_store.app.online_replica import OnlineReplica
-from services.feature_store.app.read_plan import OnDemandColumn, ReadPlan, StoredColumn
+from services.feature_store.app.read_plan import ReadPlan
 from services.feature_store.app.serving_rows import ServingRow, ViewTables
-from services.feature_store.app.values import coerce, from_python, to_python
 from services.feature_store.app.windows import WindowReader
 from services.feature_store.store import online
-
-_PRESENT = m.FEATURE_STATUS_PRESENT
-_NOT_FOUND = m.FEATURE_STATUS_NOT_FOUND
-_EXPIRED = m.FEATURE_STATUS_EXPIRED
 
 
 def entity_key(value: m.Value, join_key: str) -> str:
@@ -75,12 +68,7 @@ class OnlineReader:
         keys_by_view = [keys_of[read.join_key] for read in plan.views]
         now = datetime.now(UTC)
         tables = await self._stored(plan, keys_by_view, now)
-        layout = _layout(plan)
-        if layout.whole_views:
-            results = _whole_views(plan, layout, keys_by_view, tables, now)
-        else:
-            results = _assembled(plan, layout.pieces, keys_by_view, tables, request_data, rows, now)
-        return layout.names + b"".join(results)
+        return online_reply.encode(plan, keys_by_view, tables, request_data, rows, now)
 
     async def _stored(
         self, plan: ReadPlan, keys_by_view: list[list[str]], now: datetime
@@ -115,102 +103,6 @@ class OnlineReader:
 
 
 _EMPTY: dict[str, ServingRow] = {}
-_NEVER = datetime.min.replace(tzinfo=UTC)
-"""The TTL cutoff of views whose values never expire."""
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """The parts of every reply for one plan that do not depend on the entities."""
-
-    names: bytes
-    """The ``feature_names`` fields."""
-    pieces: list[_Whole | StoredColumn | OnDemandColumn]
-    whole_views: bool
-    """Every column is part of a whole stored view, in order: fragments can be copied."""
-    counts: list[int]
-    """Features per view."""
-    absent: list[bytes]
-    """Per view, the fragment of an entity with no row."""
-    expired: list[bytes]
-    """Per view, an expired row's fragment without its event times."""
-
-
-def _layout(plan: ReadPlan) -> _Layout:
-    layout = plan.memo.get("online_layout")
-    if layout is None:
-        pieces = segments(plan)
-        counts = [len(read.view.features) for read in plan.views]
-        layout = plan.memo["online_layout"] = _Layout(
-            names=rr.GetOnlineFeaturesResponse(
-                feature_names=plan.feature_names
-            ).SerializeToString(),
-            pieces=pieces,
-            whole_views=not plan.steps and all(isinstance(p, _Whole) for p in pieces),
-            counts=counts,
-            absent=[
-                wire.vector_part(wire.NULL_VALUE * n, _NOT_FOUND, n, wire.NO_TIME) for n in counts
-            ],
-            expired=[wire.NULL_VALUE * n + wire.statuses_field(_EXPIRED, n) for n in counts],
-        )
-    assert isinstance(layout, _Layout)
-    return layout
-
-
-def _whole_views(
-    plan: ReadPlan,
-    layout: _Layout,
-    keys_by_view: list[list[str]],
-    tables: ViewTables,
-    now: datetime,
-) -> list[bytes]:
-    """Replies for selections of whole views: each entity's stored fragments joined."""
-    by_view = []
-    for index, (read, keys) in enumerate(zip(plan.views, keys_by_view, strict=True)):
-        stored = tables.get(read.key, _EMPTY).get
-        count, absent, expired = layout.counts[index], layout.absent[index], layout.expired[index]
-        cutoff = now - timedelta(seconds=read.ttl_s) if read.ttl_s else _NEVER
-        parts = []
-        add = parts.append
-        for key in keys:  # the hot loop: ~500 turns for 100 entities x 5 views
-            found = stored(key)
-            if found is None:
-                add(absent)
-            elif found.event_time < cutoff:
-                add(expired + found.time * count)
-            elif found.features == count:
-                add(found.whole)
-            else:  # a row stored before features were appended to the view
-                add(_partial(found, count))
-        by_view.append(parts)
-    return [wire.result_from_parts(parts) for parts in zip(*by_view, strict=True)]
-
-
-def _partial(found: ServingRow, count: int) -> bytes:
-    fields = found.fields()[:count]
-    missing = count - len(fields)
-    return b"".join(
-        (
-            wire.vector_part(b"".join(fields), _PRESENT, len(fields), found.time),
-            wire.vector_part(wire.NULL_VALUE * missing, _NOT_FOUND, missing, found.time),
-        )
-    )
-
-
-def _assembled(  # type: ignore[no-untyped-def]
-    plan, pieces, keys_by_view, tables, request_data, rows, now
-) -> list[bytes]:
-    """Replies for any selection (features picked from views, on-demand views)."""
-    cutoffs = [now - timedelta(seconds=read.ttl_s) if read.ttl_s else None for read in plan.views]
-    view_tables = [tables.get(read.key, _EMPTY) for read in plan.views]
-    results = []
-    for row in range(rows):
-        fetched = [
-            _fetch(table.get(keys[row]), cutoff)
-            for table, keys, cutoff in zip(view_tables, keys_by_view, cutoffs, strict=True)
-        ]
-        results.append(_vector(plan, pieces, fetched, request_data, row))
-    return results
 
 
 def _row_count(
@@ -227,140 +119,3 @@ def _row_count(
     if rows > 10_000:
         raise InvalidArgument("at most 10,000 entity rows per call; split the request")
     return rows
-
-
-class _Fetched:
-    """One view's stored row for one entity, as the general assembly needs it."""
-
-    __slots__ = ("_fields", "count", "row", "status", "time")
-
-    def __init__(self, row: bytes, status: int, time: bytes, count: int = 0) -> None:
-        self.row = row
-        self.status = status
-        self.time = time
-        """The event time as an encoded ``event_times`` field."""
-        self._fields: list[bytes] | None = None if status == _PRESENT else []
-        self.count = count if status == _PRESENT else 0
-        """How many values the row holds (0 unless PRESENT)."""
-
-    @property
-    def fields(self) -> list[bytes]:
-        """The row's values as encoded ``values`` fields, split only when needed."""
-        if self._fields is None:
-            self._fields = wire.value_fields(self.row)
-        return self._fields
-
-    def python(self, index: int) -> object:
-        """One value as Python (for on-demand inputs); None when absent."""
-        if index >= self.count:
-            return None
-        return to_python(m.FeatureRow.FromString(self.row).values[index])
-
-
-_ABSENT = _Fetched(b"", _NOT_FOUND, wire.NO_TIME)
-
-
-def _fetch(found: ServingRow | None, cutoff: datetime | None) -> _Fetched:
-    if found is None:
-        return _ABSENT
-    if cutoff is not None and found.event_time < cutoff:
-        return _Fetched(b"", _EXPIRED, found.time)
-    return _Fetched(found.row, _PRESENT, found.time, found.features)
-
-
-@dataclass(frozen=True)
-class _Whole:
-    """Columns that are all of one view's features in order: copied as the stored row."""
-
-    view_index: int
-    count: int
-
-
-def segments(plan: ReadPlan) -> list[_Whole | StoredColumn | OnDemandColumn]:
-    """The plan's columns, with runs that cover a whole view merged into one piece."""
-    merged: list[_Whole | StoredColumn | OnDemandColumn] = []
-    columns, at = plan.columns, 0
-    while at < len(columns):
-        column = columns[at]
-        if isinstance(column, StoredColumn) and column.feature_index == 0:
-            count = len(plan.views[column.view_index].view.features)
-            run = columns[at : at + count]
-            if len(run) == count and all(
-                isinstance(c, StoredColumn)
-                and c.view_index == column.view_index
-                and c.feature_index == i
-                for i, c in enumerate(run)
-            ):
-                merged.append(_Whole(column.view_index, count))
-                at += count
-                continue
-        merged.append(column)
-        at += 1
-    return merged
-
-
-def _vector(
-    plan: ReadPlan,
-    pieces: list[_Whole | StoredColumn | OnDemandColumn],
-    fetched: list[_Fetched],
-    request_data: Mapping[str, m.RepeatedValue],
-    row: int,
-) -> bytes:
-    outputs = [_run_step(step, fetched, request_data, row) for step in plan.steps]
-    values: list[bytes] = []
-    statuses = bytearray()
-    times: list[bytes] = []
-    for piece in pieces:
-        if isinstance(piece, _Whole):
-            found = fetched[piece.view_index]
-            if found.count == piece.count:  # present, with every feature stored
-                values.append(found.row)
-                statuses.extend([_PRESENT] * piece.count)
-                times.append(found.time * piece.count)
-                continue
-            piece_columns = [StoredColumn(piece.view_index, i) for i in range(piece.count)]
-        else:
-            piece_columns = [piece]
-        for column in piece_columns:
-            if isinstance(column, StoredColumn):
-                found = fetched[column.view_index]
-                if column.feature_index < found.count:
-                    values.append(found.fields[column.feature_index])
-                    statuses.append(_PRESENT)
-                else:  # absent, expired, or a feature appended after this row was stored
-                    values.append(wire.NULL_VALUE)
-                    statuses.append(_NOT_FOUND if found.status == _PRESENT else found.status)
-                times.append(found.time)
-            else:
-                values.append(wire.value_field(outputs[column.step_index][column.output]))
-                statuses.append(_PRESENT)
-                times.append(wire.NO_TIME)
-    return wire.result_field(values, statuses, times)
-
-
-def _run_step(step, fetched, request_data, row):  # type: ignore[no-untyped-def]
-    inputs: dict[str, object] = {}
-    for name, column in step.inputs:
-        inputs[name] = fetched[column.view_index].python(column.feature_index)
-    for request_field in step.view.request_fields:
-        column = request_data.get(request_field.name)
-        if column is None:
-            raise InvalidArgument(
-                f"request_data lacks {request_field.name!r}, needed by on-demand view "
-                f"{step.view.name!r}"
-            )
-        inputs[request_field.name] = to_python(
-            coerce(column.values[row], request_field.type, f"request_data[{request_field.name!r}]")
-        )
-    try:
-        result = step.function(inputs)
-    except Exception as exc:
-        raise InvalidArgument(
-            f"on-demand view {step.view.name!r} failed on row {row}: {type(exc).__name__}: {exc}"
-        ) from exc
-    return {
-        f.name: from_python(
-            result.get(f.name), f.type, f"on-demand view {step.view.name!r}"
-        ).SerializeToString()
-        for f in step.view.features
-    }
