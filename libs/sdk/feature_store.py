@@ -1,0 +1,157 @@
+"""The feature store from Python: online vectors as rows, training sets as DataFrames.
+
+Wraps the generated stub so an ML engineer passes plain Python and pandas:
+
+    async with grpc.aio.insecure_channel("127.0.0.1:50051") as channel:
+        store = FeatureStoreClient(FeatureStoreStub(channel))
+        labels = pd.DataFrame({"loan_id": ["LC1", "LC2"], "event_time": [t1, t2]})
+        training = await store.get_historical_features(labels, feature_service="underwriting")
+        training.dataframe, training.snapshot_id   # point in time, bitemporal
+        rows = await store.get_online_features({"loan_id": ["LC1"]}, "underwriting")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pandas as pd
+import pyarrow as pa
+
+from lathe.feature_store.v1 import message_pb2 as m
+from lathe.feature_store.v1 import request_response_pb2 as rr
+from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
+
+Scalar = bool | int | float | str | datetime | None
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    dataframe: pd.DataFrame
+    """The entity rows in their order, with one column per feature."""
+    snapshot_id: str
+    """``sha256:`` of the data: record it with the model for lineage."""
+    feature_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class OnlineValue:
+    value: Scalar
+    status: str
+    """``present``, ``not_found`` or ``expired`` (values past their TTL are None)."""
+    event_time: datetime | None
+
+
+class FeatureStoreClient:
+    def __init__(self, stub: FeatureStoreStub, *, metadata: Sequence[tuple[str, str]] = ()):
+        self._stub = stub
+        self._metadata = tuple(metadata)
+
+    async def get_online_features(
+        self,
+        entities: Mapping[str, Sequence[str | int]],
+        feature_service: str = "",
+        *,
+        features: Sequence[str] = (),
+        request_data: Mapping[str, Sequence[Scalar]] | None = None,
+    ) -> list[dict[str, OnlineValue]]:
+        """One dict per entity row: feature name -> value, status and event time."""
+        request = rr.GetOnlineFeaturesRequest(
+            entities={name: _column(values) for name, values in entities.items()},
+            request_data={name: _column(values) for name, values in (request_data or {}).items()},
+        )
+        _select(request, feature_service, features)
+        response = await self._stub.GetOnlineFeatures(request, metadata=self._metadata)
+        rows = []
+        for vector in response.results:
+            rows.append(
+                {
+                    name: OnlineValue(
+                        _python(value),
+                        m.FeatureStatus.Name(status).removeprefix("FEATURE_STATUS_").lower(),
+                        stamp.ToDatetime(tzinfo=UTC) if stamp.seconds or stamp.nanos else None,
+                    )
+                    for name, value, status, stamp in zip(
+                        response.feature_names,
+                        vector.values,
+                        vector.statuses,
+                        vector.event_times,
+                        strict=True,
+                    )
+                }
+            )
+        return rows
+
+    async def get_historical_features(
+        self,
+        entity_rows: pd.DataFrame | pa.Table,
+        feature_service: str = "",
+        *,
+        features: Sequence[str] = (),
+    ) -> TrainingSet:
+        """Each entity row (join key columns, ``event_time``, any other columns such as the
+        label) with every feature as of its ``event_time``: only values true and already
+        known then, within their TTL."""
+        table = (
+            entity_rows
+            if isinstance(entity_rows, pa.Table)
+            else pa.Table.from_pandas(entity_rows, preserve_index=False)
+        )
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        request = rr.GetHistoricalFeaturesRequest(entity_rows_arrow=sink.getvalue().to_pybytes())
+        _select(request, feature_service, features)
+        snapshot, parts = None, []
+        async for response in self._stub.GetHistoricalFeatures(request, metadata=self._metadata):
+            if response.HasField("snapshot"):
+                snapshot = response.snapshot
+            else:
+                parts.append(response.arrow_ipc)
+        if snapshot is None:
+            raise RuntimeError("the feature store sent no dataset snapshot")
+        result = pa.ipc.open_stream(b"".join(parts)).read_all()
+        return TrainingSet(result.to_pandas(), snapshot.snapshot_id, tuple(snapshot.feature_names))
+
+
+def _select(
+    request: rr.GetOnlineFeaturesRequest | rr.GetHistoricalFeaturesRequest,
+    feature_service: str,
+    features: Sequence[str],
+) -> None:
+    if bool(feature_service) == bool(features):
+        raise ValueError("pass a feature_service or a list of features ('view:feature'), not both")
+    if feature_service:
+        request.feature_service = feature_service
+    else:
+        request.feature_list.features.extend(features)
+
+
+def _column(values: Sequence[Scalar]) -> m.RepeatedValue:
+    return m.RepeatedValue(values=[_value(v) for v in values])
+
+
+def _value(obj: Scalar) -> m.Value:
+    if obj is None:
+        return m.Value()
+    if isinstance(obj, bool):
+        return m.Value(bool_value=obj)
+    if isinstance(obj, int):
+        return m.Value(int64_value=obj)
+    if isinstance(obj, float):
+        return m.Value(float64_value=obj)
+    if isinstance(obj, datetime):
+        value = m.Value()
+        value.timestamp_value.FromDatetime(obj if obj.tzinfo else obj.replace(tzinfo=UTC))
+        return value
+    return m.Value(string_value=str(obj))
+
+
+def _python(value: m.Value) -> Scalar:
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        return None
+    if kind == "timestamp_value":
+        return value.timestamp_value.ToDatetime(tzinfo=UTC)
+    return getattr(value, kind)  # type: ignore[no-any-return]
