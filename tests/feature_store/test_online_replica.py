@@ -176,3 +176,48 @@ async def test_reads_from_memory_and_from_postgres_agree(
         m.FEATURE_STATUS_NOT_FOUND,
         m.FEATURE_STATUS_PRESENT,
     ]
+
+
+async def test_rows_stored_before_a_feature_was_appended(
+    features: FeatureStoreStub, without_replica: FeatureStoreStub
+) -> None:
+    s = suffix()
+    loan = Entity(f"loan_{s}", join_key="loan_id")
+
+    def view(*names: str) -> FeatureView:
+        return FeatureView(
+            f"grown_{s}",
+            entity=loan,
+            source=PushSource(),
+            features=[Field(name, Float64) for name in names],
+        )
+
+    await features.ApplyDefinitions(
+        rr.ApplyDefinitionsRequest(repository=repository_of([loan, view("a")]))
+    )
+    await features.PushFeatures(
+        rr.PushFeaturesRequest(
+            feature_view=f"grown_{s}",
+            columns={
+                "loan_id": column(["L1"]),
+                "event_time": column([NOW - timedelta(hours=1)]),
+                "a": column([1.5]),
+            },
+        )
+    )
+    await features.ApplyDefinitions(  # a compatible change: same version, one more feature
+        rr.ApplyDefinitionsRequest(repository=repository_of([loan, view("a", "b")]))
+    )
+    request = rr.GetOnlineFeaturesRequest(
+        feature_list=rr.FeatureList(features=[f"grown_{s}:*"]),
+        entities={"loan_id": column(["L1"])},
+    )
+
+    from_memory = await features.GetOnlineFeatures(request)
+    from_postgres = await without_replica.GetOnlineFeatures(request)
+
+    assert from_memory == from_postgres
+    [row] = from_memory.results
+    assert [python(v) for v in row.values] == [1.5, None]
+    assert list(row.statuses) == [m.FEATURE_STATUS_PRESENT, m.FEATURE_STATUS_NOT_FOUND]
+    assert [t.ToDatetime(tzinfo=UTC) for t in row.event_times] == [NOW - timedelta(hours=1)] * 2
