@@ -102,6 +102,13 @@ class LatheSettings(BaseSettings):
         description="Online rows a feature-store replica holds in memory (~0.5 KB each) to "
         "serve GetOnlineFeatures without Postgres; past it (or 0) reads go to Postgres.",
     )
+    feature_store_raw_event_retention_days: int = Field(
+        default=0,
+        ge=0,
+        description="Days of raw stream events the feature store keeps (by arrival time) for "
+        "backfills and point-in-time aggregates; 0: forever. Aggregates for training rows "
+        "older than this come out empty.",
+    )
     shutdown_grace_s: float = Field(
         default=10.0, ge=0, description="How long in-flight RPCs may drain on SIGTERM."
     )

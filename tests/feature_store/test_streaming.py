@@ -683,3 +683,28 @@ async def test_tiles_past_every_window_are_pruned(
     [after] = await _online(features, [f"aged_{s}:*"], ["L1"])
     assert after == before  # online reads never looked that far back
     assert after["amount_count_1h"] == (1, PRESENT)
+
+
+async def test_raw_events_past_their_retention_are_pruned(
+    feature_store_host: object, db_pool: asyncpg.Pool
+) -> None:
+    s = suffix()
+    now = datetime.now(UTC)
+
+    def event(age: timedelta, sequence: int) -> RawEvent:
+        return RawEvent(uuid.uuid4(), sequence, now - age, b'{"loan_id": "L1"}')
+
+    kept_ages = [timedelta(days=1), timedelta(days=29)]
+    await import_events(db_pool, f"a_{s}", [event(timedelta(days=40), 1), event(kept_ages[0], 2)])
+    await import_events(db_pool, f"b_{s}", [event(timedelta(days=31), 1), event(kept_ages[1], 2)])
+
+    await stream_events.prune_events(db_pool, now - timedelta(days=30), slice_rows=1)
+
+    left = await db_pool.fetch(
+        "SELECT source, arrival_time FROM feature_store.stream_events WHERE source = ANY($1)",
+        [f"a_{s}", f"b_{s}"],
+    )
+    assert sorted((r["source"], now - r["arrival_time"]) for r in left) == [
+        (f"a_{s}", kept_ages[0]),
+        (f"b_{s}", kept_ages[1]),
+    ]

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import re
 from collections import Counter, defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -127,8 +127,9 @@ class StreamIngestor:
                 await pruning
 
     async def _prune_periodically(self, stop: asyncio.Event) -> None:
-        """Tiles grow with time; prune the ones no read or event can reach, hourly
-        (first after a few minutes, so a restart loop does not prune in a loop)."""
+        """Tiles grow with time; prune the ones no read or event can reach, and raw events
+        past their retention (if set), hourly (first after a few minutes, so a restart
+        loop does not prune in a loop)."""
         delay = _FIRST_PRUNE_S
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -136,14 +137,19 @@ class StreamIngestor:
             if stop.is_set():
                 return
             delay = _PRUNE_EVERY_S
+            now = datetime.now(UTC)
+            retention_days = self._context.settings.feature_store_raw_event_retention_days
             try:
-                deleted = await prune_tiles(
-                    self._context.pool, self._cache.definitions, to_us(datetime.now(UTC))
-                )
+                deleted = await prune_tiles(self._context.pool, self._cache.definitions, to_us(now))
                 if deleted:
                     _log.info("pruned %d stream tiles past every window", deleted)
+                if retention_days:
+                    before = now - timedelta(days=retention_days)
+                    deleted = await stream_events.prune_events(self._context.pool, before)
+                    if deleted:
+                        _log.info("pruned %d raw events past %d days", deleted, retention_days)
             except (asyncpg.PostgresError, OSError) as exc:
-                _log.warning("could not prune stream tiles (%r)", exc)
+                _log.warning("could not prune stream tiles or raw events (%r)", exc)
 
     async def _prepare(self, stop: asyncio.Event) -> bool:
         """The stream exists and definitions are loaded (else pending events find no view)."""

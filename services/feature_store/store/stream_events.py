@@ -140,3 +140,33 @@ async def rejections(
         source,
     )
     return {(r[0], r[1], r[2]): r[3] for r in records}
+
+
+# A loose index scan over the primary key: each distinct source without reading the log.
+_SOURCES = """
+    WITH RECURSIVE s(source) AS (
+        SELECT min(source) FROM feature_store.stream_events
+        UNION ALL
+        SELECT (SELECT min(source) FROM feature_store.stream_events WHERE source > s.source)
+        FROM s WHERE s.source IS NOT NULL)
+    SELECT source FROM s WHERE source IS NOT NULL"""
+
+_PRUNE = """
+    DELETE FROM feature_store.stream_events WHERE (source, event_id) IN (
+        SELECT source, event_id FROM feature_store.stream_events
+        WHERE source = $1 AND arrival_time < $2 LIMIT $3)"""
+
+
+async def prune_events(
+    executor: asyncpg.Pool | asyncpg.Connection, before: datetime, *, slice_rows: int = 10_000
+) -> int:
+    """Delete every source's events that arrived before ``before``, in bounded slices."""
+    deleted = 0
+    for record in await executor.fetch(_SOURCES):
+        while True:
+            status = await executor.execute(_PRUNE, record[0], before, slice_rows)
+            count = int(status.split()[-1])
+            deleted += count
+            if count < slice_rows:
+                break
+    return deleted
