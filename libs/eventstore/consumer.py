@@ -31,6 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
+from libs.db.slices import DELETE_SLICE_ROWS, delete_in_slices
 from libs.eventstore.catalog import EventCatalog
 from libs.eventstore.headers import EventHeaders
 from libs.eventstore.model import RecordedEvent
@@ -191,17 +192,15 @@ class DurableConsumer(Generic[D]):
             with contextlib.suppress(asyncio.CancelledError):
                 await pruning
 
-    async def prune(self, *, slice_rows: int = 10_000) -> int:
+    async def prune(self, *, slice_rows: int = DELETE_SLICE_ROWS) -> int:
         """Delete records of events processed longer than ``retention`` ago; how many."""
-        deleted = 0
-        while True:
-            status = await self._store.pool.execute(
-                self._store.sql.prune_processed, self._spec.name, self._spec.retention, slice_rows
-            )
-            count = int(status.split()[-1])
-            deleted += count
-            if count < slice_rows:
-                return deleted
+        return await delete_in_slices(
+            self._store.pool,
+            self._store.sql.prune_processed,
+            self._spec.name,
+            self._spec.retention,
+            slice_rows=slice_rows,
+        )
 
     async def _prune_periodically(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

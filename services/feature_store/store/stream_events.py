@@ -16,6 +16,8 @@ from uuid import UUID
 
 import asyncpg
 
+from libs.db.slices import DELETE_SLICE_ROWS, delete_in_slices
+
 # The shared lock is taken by every ingestion transaction of a source before it touches
 # the log or tiles; a backfill takes it exclusively, so it reads a log no ingestion is
 # still adding to and replaces tiles no ingestion is merging into. $1: source; $2..$5:
@@ -158,15 +160,15 @@ _PRUNE = """
 
 
 async def prune_events(
-    executor: asyncpg.Pool | asyncpg.Connection, before: datetime, *, slice_rows: int = 10_000
+    executor: asyncpg.Pool | asyncpg.Connection,
+    before: datetime,
+    *,
+    slice_rows: int = DELETE_SLICE_ROWS,
 ) -> int:
     """Delete every source's events that arrived before ``before``, in bounded slices."""
     deleted = 0
     for record in await executor.fetch(_SOURCES):
-        while True:
-            status = await executor.execute(_PRUNE, record[0], before, slice_rows)
-            count = int(status.split()[-1])
-            deleted += count
-            if count < slice_rows:
-                break
+        deleted += await delete_in_slices(
+            executor, _PRUNE, record[0], before, slice_rows=slice_rows
+        )
     return deleted

@@ -11,6 +11,7 @@ from datetime import datetime
 
 import asyncpg
 
+from libs.db import delete_in_slices
 from services.feature_store.app.aggregation import EMPTY_STATE, from_us, to_us
 
 TileRef = tuple[str, int, str, int]
@@ -138,18 +139,7 @@ _PRUNE = """
 
 
 async def prune_tiles(
-    executor: asyncpg.Pool | asyncpg.Connection,
-    view: str,
-    version: int,
-    before_us: int,
-    *,
-    slice_rows: int = 10_000,
+    executor: asyncpg.Pool | asyncpg.Connection, view: str, version: int, before_us: int
 ) -> int:
     """Delete a view version's tiles starting before ``before_us``, in bounded slices."""
-    deleted = 0
-    while True:
-        status = await executor.execute(_PRUNE, view, version, from_us(before_us), slice_rows)
-        count = int(status.split()[-1])
-        deleted += count
-        if count < slice_rows:
-            return deleted
+    return await delete_in_slices(executor, _PRUNE, view, version, from_us(before_us))
