@@ -32,7 +32,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from bench.families import Family
 from bench.harness import BenchContext
 from bench.results import Comparison, FamilyResult, Measurement, Role, Value
-from bench.service_process import free_port, process, service_env, wait_serving
+from bench.service_process import free_port, process, run_env, wait_serving
 from lathe.feature_store.v1 import request_response_pb2 as rr
 from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
 from libs.messaging import EventStreamNames, ensure_stream
@@ -109,11 +109,9 @@ async def _lathe(
 ) -> dict[str, float]:
     address = f"127.0.0.1:{free_port()}"
     with tempfile.TemporaryDirectory(prefix="lathe-bench-ingest-") as home:
-        env = service_env(
-            LATHE_DATABASE_URL=context.database_url,
-            LATHE_NATS_URL=context.nats_url,
-            LATHE_NAMESPACE=context.namespace,
-            LATHE_HOME=home,
+        env = run_env(
+            context,
+            home,
             LATHE_FEATURE_STORE_ADDR=address,
             LATHE_TRACE_SAMPLE_RATIO="0.01",
         )

@@ -40,7 +40,7 @@ from bench.service_process import (
     interleaved,
     measurement,
     process,
-    service_env,
+    run_env,
     wait_serving,
 )
 from lathe.feature_store.v1 import message_pb2 as m
@@ -193,11 +193,9 @@ async def run(context: BenchContext, params: FeaturesParams) -> FamilyResult:
     address, echo_port = f"127.0.0.1:{free_port()}", free_port()
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="lathe-bench-features-") as home:
-        env = service_env(
-            LATHE_DATABASE_URL=context.database_url,
-            LATHE_NATS_URL=context.nats_url,
-            LATHE_NAMESPACE=context.namespace,
-            LATHE_HOME=home,
+        env = run_env(
+            context,
+            home,
             LATHE_FEATURE_STORE_ADDR=address,
             LATHE_TRACE_SAMPLE_RATIO="0.01",
         )

@@ -29,7 +29,7 @@ from bench.service_process import (
     interleaved,
     measurement,
     process,
-    service_env,
+    run_env,
     wait_serving,
 )
 from lathe.model_registry.v1 import message_pb2
@@ -90,11 +90,9 @@ async def run(context: BenchContext, params: RegistryParams) -> FamilyResult:
     sampled_addr = f"127.0.0.1:{free_port()}"
     echo_port = free_port()
     with tempfile.TemporaryDirectory(prefix="lathe-bench-registry-") as home:
-        env = service_env(
-            LATHE_DATABASE_URL=context.database_url,
-            LATHE_NATS_URL=context.nats_url,
-            LATHE_NAMESPACE=context.namespace,
-            LATHE_HOME=home,
+        env = run_env(
+            context,
+            home,
             LATHE_MODEL_REGISTRY_ADDR=registry_addr,
         )
         sampled_env = {

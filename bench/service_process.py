@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.harness import LatencyStats
+from bench.harness import BenchContext, LatencyStats
 from bench.results import Measurement, Role
 from libs.platform.health import health_status
 
@@ -32,6 +32,17 @@ def service_env(**values: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "gen" / "python")])
     env.update(values)
     return env
+
+
+def run_env(context: BenchContext, home: str, **values: str) -> dict[str, str]:
+    """``service_env`` pointed at this run's database, NATS namespace and ``home``."""
+    return service_env(
+        LATHE_DATABASE_URL=context.database_url,
+        LATHE_NATS_URL=context.nats_url,
+        LATHE_NAMESPACE=context.namespace,
+        LATHE_HOME=home,
+        **values,
+    )
 
 
 @asynccontextmanager
