@@ -58,8 +58,8 @@ class FeatureStoreClient:
     ) -> list[dict[str, OnlineValue]]:
         """One dict per entity row: feature name -> value, status and event time."""
         request = rr.GetOnlineFeaturesRequest(
-            entities={name: _column(values) for name, values in entities.items()},
-            request_data={name: _column(values) for name, values in (request_data or {}).items()},
+            entities={name: to_column(values) for name, values in entities.items()},
+            request_data={name: to_column(values) for name, values in (request_data or {}).items()},
         )
         _select(request, feature_service, features)
         response = await self._stub.GetOnlineFeatures(request, metadata=self._metadata)
@@ -68,7 +68,7 @@ class FeatureStoreClient:
             rows.append(
                 {
                     name: OnlineValue(
-                        _python(value),
+                        from_value(value),
                         m.FeatureStatus.Name(status).removeprefix("FEATURE_STATUS_").lower(),
                         stamp.ToDatetime(tzinfo=UTC) if stamp.seconds or stamp.nanos else None,
                     )
@@ -128,11 +128,13 @@ def _select(
         request.feature_list.features.extend(features)
 
 
-def _column(values: Sequence[Scalar]) -> m.RepeatedValue:
-    return m.RepeatedValue(values=[_value(v) for v in values])
+def to_column(values: Sequence[Scalar]) -> m.RepeatedValue:
+    """A column of entity keys, request data or pushed values."""
+    return m.RepeatedValue(values=[to_value(v) for v in values])
 
 
-def _value(obj: Scalar) -> m.Value:
+def to_value(obj: Scalar) -> m.Value:
+    """A Python scalar as a typed Value (naive datetimes are taken as UTC)."""
     if obj is None:
         return m.Value()
     if isinstance(obj, bool):
@@ -148,7 +150,8 @@ def _value(obj: Scalar) -> m.Value:
     return m.Value(string_value=str(obj))
 
 
-def _python(value: m.Value) -> Scalar:
+def from_value(value: m.Value) -> Scalar:
+    """A Value as Python (None when null)."""
     kind = value.WhichOneof("kind")
     if kind is None:
         return None
