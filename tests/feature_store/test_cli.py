@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -13,7 +10,7 @@ import asyncpg
 
 from lathe.feature_store.v1 import request_response_pb2 as rr
 from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
-from libs.config import LatheSettings, ServiceName
+from libs.config import LatheSettings
 from libs.sdk.features import (
     Aggregation,
     Entity,
@@ -28,29 +25,11 @@ from services.feature_store.app.backfill import import_events
 from services.feature_store.store import tiles
 from services.feature_store.store.stream_events import RawEvent
 from tests.feature_store.helpers import suffix
-from tests.support.subprocesses import REPO_ROOT
+from tests.support.cli import run_lathe
 
 
 async def _lathe(settings: LatheSettings, *args: str) -> tuple[int, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LATHE_")}
-    env.update(
-        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "gen" / "python")]),
-        LATHE_FEATURE_STORE_ADDR=settings.service_addr(ServiceName.FEATURE_STORE),
-        COLUMNS="200",
-    )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "libs.cli",
-        "features",
-        *args,
-        env=env,
-        cwd=REPO_ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await process.communicate()
-    return process.returncode or 0, output.decode()
+    return await run_lathe(settings, "features", *args)
 
 
 async def test_backfill_a_stream_view_over_logged_history(

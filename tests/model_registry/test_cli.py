@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
-
 from lathe.model_registry.v1 import message_pb2
 from lathe.model_registry.v1 import request_response_pb2 as rr
 from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
-from libs.config import LatheSettings, ServiceName
+from libs.config import LatheSettings
 from tests.model_registry.helpers import new_model
 from tests.support import registry_client as client
-from tests.support.subprocesses import REPO_ROOT
+from tests.support.cli import run_lathe
 
 
 async def _lathe(settings: LatheSettings, *args: str) -> tuple[int, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LATHE_")}
-    env.update(
-        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "gen" / "python")]),
-        LATHE_MODEL_REGISTRY_ADDR=settings.service_addr(ServiceName.MODEL_REGISTRY),
-        COLUMNS="200",
-    )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "libs.cli",
-        "models",
-        *args,
-        env=env,
-        cwd=REPO_ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await process.communicate()
-    return process.returncode or 0, output.decode()
+    return await run_lathe(settings, "models", *args)
 
 
 async def test_list_show_versions_promote_lineage_history(
