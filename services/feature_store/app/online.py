@@ -93,16 +93,13 @@ class OnlineReader:
     ) -> ViewTables:
         held = self._replica.tables
         if held is not None:
-            return {view: held.get(view, _EMPTY) for view in views}
+            return {view: held[view] for view in views if view in held}  # absent: no rows
         all_keys = [key for keys in keys_by_view for key in keys]
         found = await online.read_latest(self._pool, views, all_keys)
         return {
             view: {k: ServingRow(r.row, r.event_time, r.features) for k, r in rows.items()}
             for view, rows in found.items()
         }
-
-
-_EMPTY: dict[str, ServingRow] = {}
 
 
 def _row_count(
