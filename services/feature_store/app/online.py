@@ -15,6 +15,7 @@ from services.feature_store.app.cache import DefinitionsCache
 from services.feature_store.app.online_replica import OnlineReplica
 from services.feature_store.app.read_plan import ReadPlan
 from services.feature_store.app.serving_rows import ServingRow, ViewTables
+from services.feature_store.app.serving_vectors import VectorIndex
 from services.feature_store.app.windows import WindowReader
 from services.feature_store.store import online
 
@@ -68,7 +69,19 @@ class OnlineReader:
         keys_by_view = [keys_of[read.join_key] for read in plan.views]
         now = datetime.now(UTC)
         tables = await self._stored(plan, keys_by_view, now)
-        return online_reply.encode(plan, keys_by_view, tables, request_data, rows, now)
+        ready = self._ready(plan) if feature_service else None
+        return online_reply.encode(plan, keys_by_view, tables, request_data, rows, now, ready)
+
+    def _ready(self, plan: ReadPlan) -> VectorIndex | None:
+        """The replica's ready entries for a feature service's plan, if it keeps them.
+
+        Only feature services get them: they are the stable selections models read,
+        while ad-hoc feature lists would each build an index of every entity.
+        """
+        if self._replica.tables is None:
+            return None
+        shape = online_reply.vector_shape(plan)
+        return self._replica.vectors.index_for(shape) if shape else None
 
     async def _stored(
         self, plan: ReadPlan, keys_by_view: list[list[str]], now: datetime
@@ -76,7 +89,7 @@ class OnlineReader:
         """The rows of every view the plan reads: from memory, Postgres, or stream tiles."""
         stored_views, aggregated = [], []  # stream views: window values computed from tiles
         for read, keys in zip(plan.views, keys_by_view, strict=True):
-            if read.view.WhichOneof("source") == "stream_source":
+            if not read.stored:
                 spec = self._windows.spec(read.view, read.join_key)
                 aggregated.extend((spec, key) for key in dict.fromkeys(keys))
             else:

@@ -4,7 +4,9 @@ An online read of 100 entities x 5 views is 500 index probes: ~5 ms of Postgres
 time on the reference machine, more than the whole latency budget. Each serving
 replica therefore loads the online table once and then applies its change feed
 (``store.online.read_changes``): woken by the NOTIFY every upsert sends, polling
-every ``poll_interval_s`` in case one is lost. Reads are dictionary lookups.
+every ``poll_interval_s`` in case one is lost. Reads are dictionary lookups, and
+feature services read entries kept ready per entity from these rows
+(``serving_vectors``).
 
 Until the first load completes, or when the table outgrows ``max_rows``, the
 replica reports itself unavailable and reads go to Postgres, so serving is
@@ -23,6 +25,7 @@ import asyncpg
 from opentelemetry import metrics
 
 from services.feature_store.app.serving_rows import ServingRow, ViewTables
+from services.feature_store.app.serving_vectors import VectorIndexes
 from services.feature_store.store import online
 
 _log = logging.getLogger(__name__)
@@ -59,6 +62,8 @@ class OnlineReplica:
         self._requested = 0
         self._applied = 0
         self._progress = asyncio.Condition()
+        self.vectors = VectorIndexes(lambda: self.tables, max_entries=max_rows)
+        """Feature services' reply entries per entity, derived from these rows."""
 
     @property
     def tables(self) -> ViewTables | None:
@@ -148,6 +153,7 @@ class OnlineReplica:
         # Runs on the event loop between cursor fetches: ~5 µs a row, so a batch of 500
         # holds concurrent reads back ~2.5 ms at most.
         before = self._rows
+        invalidate = self.vectors.invalidate
         for view, version, key, row, event_time, features in records:
             table = self._tables.get((view, version))
             if table is None:
@@ -155,6 +161,7 @@ class OnlineReplica:
             if key not in table:
                 self._rows += 1
             table[key] = ServingRow(row, event_time, features)
+            invalidate((view, version), key)
         _applied.add(len(records))
         _held.add(self._rows - before)
 
@@ -172,4 +179,5 @@ class OnlineReplica:
         self._following = False
         self._max_rows = 0
         self._tables = {}
+        self.vectors.clear()
         self._rows = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from lathe.feature_store.v1 import message_pb2 as m
 from lathe.feature_store.v1 import request_response_pb2 as rr
@@ -22,7 +22,8 @@ from services.feature_store.app.read_plan import (
     ReadPlan,
     StoredColumn,
 )
-from services.feature_store.app.serving_rows import ServingRow, ViewTables
+from services.feature_store.app.serving_rows import ServingRow, StoredView, ViewTables, epoch_us
+from services.feature_store.app.serving_vectors import Shape, VectorIndex
 from services.feature_store.app.values import coerce, from_python, to_python
 
 _PRESENT = m.FEATURE_STATUS_PRESENT
@@ -38,18 +39,29 @@ def encode(
     request_data: Mapping[str, m.RepeatedValue],
     rows: int,
     now: datetime,
+    ready: VectorIndex | None = None,
 ) -> bytes:
-    """The reply for ``rows`` entity rows, as of ``now`` (TTLs)."""
+    """The reply for ``rows`` entity rows, as of ``now`` (TTLs).
+
+    ``ready``: the index of ``vector_shape(plan)``, when the replica keeps one.
+    """
     layout = _layout(plan)
-    if layout.whole_views:
-        results = _whole_views(plan, layout, keys_by_view, tables, now)
+    if ready is not None:
+        results = ready.results(keys_by_view[0], tables, now)
+    elif layout.whole_views:
+        results = _whole_views(layout, keys_by_view, tables, now)
     else:
-        results = _assembled(plan, layout.pieces, keys_by_view, tables, request_data, rows, now)
+        results = _assembled(
+            plan, layout.views, layout.pieces, keys_by_view, tables, request_data, rows, now
+        )
     return layout.names + b"".join(results)
 
 
-_NEVER = datetime.min.replace(tzinfo=UTC)
-"""The TTL cutoff of views whose values never expire."""
+def vector_shape(plan: ReadPlan) -> Shape | None:
+    """The plan's views as a ``serving_vectors`` shape, or None if its replies cannot be
+    kept ready per entity: on-demand features, parts of views, stream views (their
+    values depend on the read time), or several join keys."""
+    return _layout(plan).ready_shape
 
 
 @dataclass(frozen=True)
@@ -61,77 +73,53 @@ class _Layout:
     pieces: list[_Whole | StoredColumn | OnDemandColumn]
     whole_views: bool
     """Every column is part of a whole stored view, in order: fragments can be copied."""
-    counts: list[int]
-    """Features per view."""
-    absent: list[bytes]
-    """Per view, the fragment of an entity with no row."""
-    expired: list[bytes]
-    """Per view, an expired row's fragment without its event times."""
+    views: tuple[StoredView, ...]
+    """How each view's rows become fragments when the whole view is selected."""
+    ready_shape: Shape | None
 
 
 def _layout(plan: ReadPlan) -> _Layout:
     layout = plan.memo.get("online_layout")
     if layout is None:
         pieces = segments(plan)
-        counts = [len(read.view.features) for read in plan.views]
+        whole_views = not plan.steps and all(isinstance(p, _Whole) for p in pieces)
+        views = tuple(
+            StoredView.of(read.key, len(read.view.features), read.ttl_s) for read in plan.views
+        )
+        can_be_ready = (
+            whole_views
+            and all(read.stored for read in plan.views)
+            and len({read.join_key for read in plan.views}) == 1
+        )
         layout = plan.memo["online_layout"] = _Layout(
             names=rr.GetOnlineFeaturesResponse(
                 feature_names=plan.feature_names
             ).SerializeToString(),
             pieces=pieces,
-            whole_views=not plan.steps and all(isinstance(p, _Whole) for p in pieces),
-            counts=counts,
-            absent=[
-                wire.vector_part(wire.NULL_VALUE * n, _NOT_FOUND, n, wire.NO_TIME) for n in counts
-            ],
-            expired=[wire.NULL_VALUE * n + wire.statuses_field(_EXPIRED, n) for n in counts],
+            whole_views=whole_views,
+            views=views,
+            ready_shape=views if can_be_ready else None,
         )
     assert isinstance(layout, _Layout)
     return layout
 
 
 def _whole_views(
-    plan: ReadPlan,
-    layout: _Layout,
-    keys_by_view: list[list[str]],
-    tables: ViewTables,
-    now: datetime,
+    layout: _Layout, keys_by_view: list[list[str]], tables: ViewTables, now: datetime
 ) -> list[bytes]:
-    """Replies for selections of whole views: each entity's stored fragments joined."""
+    """Replies for selections of whole views: each entity's view fragments joined."""
+    now_us = epoch_us(now)
     by_view = []
-    for index, (read, keys) in enumerate(zip(plan.views, keys_by_view, strict=True)):
-        stored = tables.get(read.key, _EMPTY).get
-        count, absent, expired = layout.counts[index], layout.absent[index], layout.expired[index]
-        cutoff = now - timedelta(seconds=read.ttl_s) if read.ttl_s else _NEVER
-        parts = []
-        add = parts.append
-        for key in keys:  # the hot loop: ~500 turns for 100 entities x 5 views
-            found = stored(key)
-            if found is None:
-                add(absent)
-            elif found.event_time < cutoff:
-                add(expired + found.time * count)
-            elif found.features == count:
-                add(found.whole)
-            else:  # a row stored before features were appended to the view
-                add(_partial(found, count))
-        by_view.append(parts)
+    for view, keys in zip(layout.views, keys_by_view, strict=True):
+        stored = tables.get(view.key, _EMPTY).get
+        part = view.part
+        by_view.append([part(stored(key), now_us)[0] for key in keys])
     return [wire.result_from_parts(parts) for parts in zip(*by_view, strict=True)]
-
-
-def _partial(found: ServingRow, count: int) -> bytes:
-    fields = found.fields()[:count]
-    missing = count - len(fields)
-    return b"".join(
-        (
-            wire.vector_part(b"".join(fields), _PRESENT, len(fields), found.time),
-            wire.vector_part(wire.NULL_VALUE * missing, _NOT_FOUND, missing, found.time),
-        )
-    )
 
 
 def _assembled(
     plan: ReadPlan,
+    views: tuple[StoredView, ...],
     pieces: list[_Whole | StoredColumn | OnDemandColumn],
     keys_by_view: list[list[str]],
     tables: ViewTables,
@@ -140,13 +128,13 @@ def _assembled(
     now: datetime,
 ) -> list[bytes]:
     """Replies for any selection (features picked from views, on-demand views)."""
-    cutoffs = [now - timedelta(seconds=read.ttl_s) if read.ttl_s else None for read in plan.views]
-    view_tables = [tables.get(read.key, _EMPTY) for read in plan.views]
+    now_us = epoch_us(now)
+    view_tables = [tables.get(view.key, _EMPTY) for view in views]
     results = []
     for row in range(rows):
         fetched = [
-            _fetch(table.get(keys[row]), cutoff)
-            for table, keys, cutoff in zip(view_tables, keys_by_view, cutoffs, strict=True)
+            _fetch(view, table.get(keys[row]), now_us)
+            for view, table, keys in zip(views, view_tables, keys_by_view, strict=True)
         ]
         results.append(_vector(plan, pieces, fetched, request_data, row))
     return results
@@ -183,10 +171,10 @@ class _Fetched:
 _ABSENT = _Fetched(b"", _NOT_FOUND, wire.NO_TIME)
 
 
-def _fetch(found: ServingRow | None, cutoff: datetime | None) -> _Fetched:
+def _fetch(view: StoredView, found: ServingRow | None, now_us: int) -> _Fetched:
     if found is None:
         return _ABSENT
-    if cutoff is not None and found.event_time < cutoff:
+    if view.expired(found, now_us):
         return _Fetched(b"", _EXPIRED, found.time)
     return _Fetched(found.row, _PRESENT, found.time, found.features)
 

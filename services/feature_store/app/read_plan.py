@@ -30,6 +30,11 @@ class ViewRead:
     def key(self) -> tuple[str, int]:
         return self.view.name, self.view.version
 
+    @property
+    def stored(self) -> bool:
+        """Its rows are stored (batch and push views); a stream view's are computed per read."""
+        return self.view.WhichOneof("source") != "stream_source"
+
 
 @dataclass(frozen=True)
 class StoredColumn:

@@ -1,0 +1,214 @@
+"""Each feature service's reply entry per entity, kept ready in memory (ADR 0010).
+
+Serving 100 entities of a 5-view service from the per-view tables touches ~3,000
+scattered objects (hash slots, keys, rows, their times and fragments); on the
+reference machine those cache misses cost 0.5-1 ms, most of the call. A
+``VectorIndex`` holds, per entity, the finished ``results`` entry of one shape of
+selection (its views in order, with their feature counts and TTLs) and the last
+moment that entry stays correct (its first value to expire). A read is then one
+lookup and one copy per entity.
+
+Entries are derived from the replica's rows and never disagree with them: the
+replica drops an entity's entries whenever one of its rows changes, and a read
+rebuilds an entry that is missing or past its moment from the rows, with the
+same ``StoredView.part`` the view-by-view path uses. A new index fills in the
+background; until then reads build entries as they go. Entities with no row in
+any of the views get no entry, so a stream of unknown keys cannot grow memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from opentelemetry import metrics
+
+from services.feature_store.app import wire
+from services.feature_store.app.serving_rows import (
+    FOREVER_US,
+    ServingRow,
+    StoredView,
+    ViewTables,
+    epoch_us,
+)
+
+_log = logging.getLogger(__name__)
+_meter = metrics.get_meter(__name__)
+_entries_held = _meter.create_up_down_counter(
+    "lathe.feature_store.online_replica.vector_entries",
+    unit="{entry}",
+    description="Ready reply entries (one per entity and feature-service shape) held",
+)
+_FILL_CHUNK = 256
+"""Entities built per turn of the event loop while an index fills (~1 ms)."""
+_IDLE_S = 600.0
+"""An index unused this long (e.g. its service was redefined) is dropped when another is made."""
+_EMPTY: dict[str, ServingRow] = {}
+
+Shape = tuple[StoredView, ...]
+"""The views of a selection in reply order; every view has the same join key."""
+Entry = tuple[int, bytes]
+"""(valid through, microseconds since the epoch; one encoded ``results`` element)."""
+
+
+def build_entry(shape: Shape, tables: ViewTables, key: str, now_us: int) -> Entry | None:
+    """The entity's ``results`` element read at ``now_us``; None when it has no rows."""
+    parts = []
+    valid_until = FOREVER_US
+    stored = False
+    for view in shape:
+        found = tables.get(view.key, _EMPTY).get(key)
+        stored = stored or found is not None
+        part, until = view.part(found, now_us)
+        parts.append(part)
+        valid_until = min(valid_until, until)
+    if not stored:
+        return None
+    return valid_until, wire.result_from_parts(parts)
+
+
+class VectorIndex:
+    """Ready entries of one shape, by entity key."""
+
+    def __init__(self, shape: Shape) -> None:
+        self.shape = shape
+        self.entries: dict[str, Entry] = {}
+        self.absent = wire.result_from_parts(view.absent for view in shape)
+        """The entry of an entity with no rows (never stored)."""
+        self.filled = False
+        """Every entity that had rows when the fill began has had an entry built."""
+        self.last_used = time.monotonic()
+
+    def results(self, keys: list[str], tables: ViewTables, now: datetime) -> list[bytes]:
+        """The ``results`` elements for ``keys`` read at ``now``."""
+        now_us = epoch_us(now)
+        get = self.entries.get
+        out = []
+        add = out.append
+        for key in keys:  # the hot loop: one lookup per entity
+            entry = get(key)
+            if entry is None or entry[0] < now_us:
+                add(self.refresh(key, tables, now_us))
+            else:
+                add(entry[1])
+        return out
+
+    def refresh(self, key: str, tables: ViewTables, now_us: int) -> bytes:
+        """Build (and keep, if the entity has rows) the entry of ``key``."""
+        entry = build_entry(self.shape, tables, key, now_us)
+        if entry is None:
+            return self.absent
+        if self.entries.get(key) is None:
+            _entries_held.add(1)
+        self.entries[key] = entry
+        return entry[1]
+
+    def drop(self, key: str) -> None:
+        if self.entries.pop(key, None) is not None:
+            _entries_held.add(-1)
+
+    def clear(self) -> None:
+        _entries_held.add(-len(self.entries))
+        self.entries = {}
+
+
+class VectorIndexes:
+    """The replica's indexes, at most ``max_entries`` entries in all."""
+
+    def __init__(self, tables: Callable[[], ViewTables | None], *, max_entries: int) -> None:
+        self._tables = tables
+        self._max_entries = max_entries
+        self._indexes: dict[Shape, VectorIndex] = {}
+        self._by_view: dict[tuple[str, int], list[VectorIndex]] = {}
+        self._fills: dict[Shape, asyncio.Task[None]] = {}
+        self._refused: set[Shape] = set()
+
+    def index_for(self, shape: Shape) -> VectorIndex | None:
+        """The shape's index (made and filling in the background if new), or None when
+        the replica is off or the index would not fit in ``max_entries``."""
+        index = self._indexes.get(shape)
+        if index is not None:
+            index.last_used = time.monotonic()
+            return index
+        tables = self._tables()
+        if tables is None or shape in self._refused:
+            return None
+        return self._make(shape, tables)
+
+    def invalidate(self, view: tuple[str, int], key: str) -> None:
+        """``key``'s row of ``view`` changed: its entries must be rebuilt."""
+        for index in self._by_view.get(view, ()):
+            index.drop(key)
+
+    def clear(self) -> None:
+        for shape in list(self._indexes):
+            self._remove(shape)
+        self._refused.clear()
+
+    def _make(self, shape: Shape, tables: ViewTables) -> VectorIndex | None:
+        now = time.monotonic()
+        for idle in [s for s, i in self._indexes.items() if now - i.last_used > _IDLE_S]:
+            self._remove(idle)
+        needed = max(len(tables.get(view.key, _EMPTY)) for view in shape)
+        while self._indexes and self._held() + needed > self._max_entries:
+            self._remove(min(self._indexes, key=lambda s: self._indexes[s].last_used))
+        if needed > self._max_entries:
+            self._refused.add(shape)
+            _log.warning(
+                "no ready entries for %s: %d entities exceed the replica's limit of %d; "
+                "these reads assemble each reply view by view",
+                [view.key for view in shape],
+                needed,
+                self._max_entries,
+            )
+            return None
+        index = self._indexes[shape] = VectorIndex(shape)
+        for view in dict.fromkeys(view.key for view in shape):
+            self._by_view.setdefault(view, []).append(index)
+        self._fills[shape] = asyncio.get_running_loop().create_task(
+            self._fill(index), name=f"fill serving vectors {[v.key for v in shape]}"
+        )
+        return index
+
+    def _held(self) -> int:
+        return sum(len(index.entries) for index in self._indexes.values())
+
+    def _remove(self, shape: Shape) -> None:
+        index = self._indexes.pop(shape)
+        for view in dict.fromkeys(view.key for view in shape):
+            self._by_view[view].remove(index)
+            if not self._by_view[view]:
+                del self._by_view[view]
+        fill = self._fills.pop(shape, None)
+        if fill is not None:
+            fill.cancel()
+        index.clear()
+
+    async def _fill(self, index: VectorIndex) -> None:
+        started = time.monotonic()
+        try:
+            for view in dict.fromkeys(view.key for view in index.shape):
+                tables = self._tables()
+                keys = list(tables.get(view, _EMPTY)) if tables is not None else []
+                for start in range(0, len(keys), _FILL_CHUNK):
+                    tables = self._tables()
+                    if tables is None or self._indexes.get(index.shape) is not index:
+                        return  # the replica turned off or the index was dropped
+                    now_us = epoch_us(datetime.now(UTC))
+                    for key in keys[start : start + _FILL_CHUNK]:
+                        if key not in index.entries:
+                            index.refresh(key, tables, now_us)
+                    await asyncio.sleep(0)
+            index.filled = True
+            _log.info(
+                "ready entries for %s: %d entities in %.1f s",
+                [view.key for view in index.shape],
+                len(index.entries),
+                time.monotonic() - started,
+            )
+        finally:
+            if self._fills.get(index.shape) is asyncio.current_task():
+                del self._fills[index.shape]
