@@ -16,10 +16,22 @@ from lathe.feature_store.v1 import request_response_pb2 as rr
 from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
 from libs.config import LatheSettings, ServiceName
 from libs.runtime import ServiceHost
-from libs.sdk.features import Entity, FeatureView, Field, Float64, PushSource, repository_of
+from libs.sdk.features import (
+    Entity,
+    FeatureService,
+    FeatureView,
+    Field,
+    Float64,
+    PushSource,
+    repository_of,
+)
+from services.feature_store.app import online_reply
+from services.feature_store.app.cache import DefinitionsCache
+from services.feature_store.app.online import OnlineReader
 from services.feature_store.app.online_replica import OnlineReplica
 from services.feature_store.service import SPEC
 from services.feature_store.store import online
+from services.feature_store.store.definitions import DefinitionQueries
 from tests.conftest import free_port
 from tests.feature_store.helpers import column, python, suffix
 from tests.support.hosting import hosted
@@ -221,3 +233,89 @@ async def test_rows_stored_before_a_feature_was_appended(
     assert [python(v) for v in row.values] == [1.5, None]
     assert list(row.statuses) == [m.FEATURE_STATUS_PRESENT, m.FEATURE_STATUS_NOT_FOUND]
     assert [t.ToDatetime(tzinfo=UTC) for t in row.event_times] == [NOW - timedelta(hours=1)] * 2
+
+
+async def test_feature_services_read_ready_entries_that_follow_every_write(
+    features: FeatureStoreStub,
+    without_replica: FeatureStoreStub,
+    replica: OnlineReplica,
+    db_pool: asyncpg.Pool,
+) -> None:
+    """The per-entity entries a feature service reads (ADR 0010) agree with Postgres,
+    before and after a row changes."""
+    s = suffix()
+    loan = Entity(f"loan_{s}", join_key="loan_id")
+    scores = FeatureView(
+        f"scores_{s}",
+        entity=loan,
+        source=PushSource(),
+        ttl=timedelta(days=1),
+        features=[Field("a", Float64), Field("b", Float64)],
+    )
+    profile = FeatureView(
+        f"profile_{s}", entity=loan, source=PushSource(), features=[Field("c", Float64)]
+    )
+    service = FeatureService(f"uw_{s}", [f"scores_{s}:*", f"profile_{s}:*"])
+    await features.ApplyDefinitions(
+        rr.ApplyDefinitionsRequest(repository=repository_of([loan, scores, profile, service]))
+    )
+
+    async def push(view: str, keys: list[str], ages: list[timedelta], **values: list) -> None:
+        await features.PushFeatures(
+            rr.PushFeaturesRequest(
+                feature_view=view,
+                columns={
+                    "loan_id": column(keys),
+                    "event_time": column([NOW - age for age in ages]),
+                    **{name: column(v) for name, v in values.items()},
+                },
+            )
+        )
+
+    await push(
+        f"scores_{s}",
+        ["L1", "L2"],
+        [timedelta(hours=1), timedelta(days=2)],
+        a=[1.5, 2.5],
+        b=[None, 3.5],
+    )
+    await push(f"profile_{s}", ["L1", "L3"], [timedelta(days=9)] * 2, c=[10.0, 30.0])
+    await replica.catch_up()
+    cache = DefinitionsCache(db_pool, DefinitionQueries(db_pool))
+    reader = OnlineReader(db_pool, cache, replica)
+    keys = ["L1", "L2", "L3", "L4", "L1"]
+
+    async def both() -> tuple[rr.GetOnlineFeaturesResponse, rr.GetOnlineFeaturesResponse]:
+        ready = await reader.read(
+            feature_service=f"uw_{s}",
+            references=(),
+            entities={"loan_id": column(keys)},
+            request_data={},
+        )
+        from_postgres = await without_replica.GetOnlineFeatures(
+            rr.GetOnlineFeaturesRequest(
+                feature_service=f"uw_{s}", entities={"loan_id": column(keys)}
+            )
+        )
+        return rr.GetOnlineFeaturesResponse.FromString(ready), from_postgres
+
+    ready, from_postgres = await both()
+    assert ready == from_postgres
+    assert [python(v) for v in ready.results[0].values] == [1.5, None, 10.0]
+    assert list(ready.results[1].statuses) == [
+        m.FEATURE_STATUS_EXPIRED,
+        m.FEATURE_STATUS_EXPIRED,
+        m.FEATURE_STATUS_NOT_FOUND,
+    ]
+    plan = await cache.plan(f"uw_{s}", ())
+    shape = online_reply.vector_shape(plan)
+    assert shape is not None
+    index = replica.vectors.index_for(shape)
+    assert index is not None and {"L1", "L2", "L3"} <= set(index.entries)
+    assert "L4" not in index.entries  # no rows: nothing kept
+
+    await push(f"profile_{s}", ["L1"], [timedelta(hours=2)], c=[11.0])
+    await replica.catch_up()
+    ready, from_postgres = await both()
+    assert ready == from_postgres
+    assert [python(v) for v in ready.results[4].values] == [1.5, None, 11.0]

@@ -46,6 +46,7 @@ _FILL_CHUNK = 256
 """Entities built per turn of the event loop while an index fills (~1 ms)."""
 _IDLE_S = 600.0
 """An index unused this long (e.g. its service was redefined) is dropped when another is made."""
+_MIN_CAPACITY = 1024
 _EMPTY: dict[str, ServingRow] = {}
 
 Shape = tuple[StoredView, ...]
@@ -71,10 +72,12 @@ def build_entry(shape: Shape, tables: ViewTables, key: str, now_us: int) -> Entr
 
 
 class VectorIndex:
-    """Ready entries of one shape, by entity key."""
+    """Ready entries of one shape, by entity key, at most ``capacity`` of them."""
 
-    def __init__(self, shape: Shape) -> None:
+    def __init__(self, shape: Shape, capacity: int) -> None:
         self.shape = shape
+        self.capacity = capacity
+        """Past it, entries are built for each read but not kept."""
         self.entries: dict[str, Entry] = {}
         self.absent = wire.result_from_parts(view.absent for view in shape)
         """The entry of an entity with no rows (never stored)."""
@@ -101,7 +104,9 @@ class VectorIndex:
         entry = build_entry(self.shape, tables, key, now_us)
         if entry is None:
             return self.absent
-        if self.entries.get(key) is None:
+        if key not in self.entries:
+            if len(self.entries) >= self.capacity:
+                return entry[1]
             _entries_held.add(1)
         self.entries[key] = entry
         return entry[1]
@@ -116,7 +121,11 @@ class VectorIndex:
 
 
 class VectorIndexes:
-    """The replica's indexes, at most ``max_entries`` entries in all."""
+    """The replica's indexes, at most ``max_entries`` entries in all.
+
+    Each index reserves room for twice the entities its views hold when it is made
+    (entities keep arriving); the least recently used indexes make way for a new one.
+    """
 
     def __init__(self, tables: Callable[[], ViewTables | None], *, max_entries: int) -> None:
         self._tables = tables
@@ -153,8 +162,6 @@ class VectorIndexes:
         for idle in [s for s, i in self._indexes.items() if now - i.last_used > _IDLE_S]:
             self._remove(idle)
         needed = max(len(tables.get(view.key, _EMPTY)) for view in shape)
-        while self._indexes and self._held() + needed > self._max_entries:
-            self._remove(min(self._indexes, key=lambda s: self._indexes[s].last_used))
         if needed > self._max_entries:
             self._refused.add(shape)
             _log.warning(
@@ -165,7 +172,10 @@ class VectorIndexes:
                 self._max_entries,
             )
             return None
-        index = self._indexes[shape] = VectorIndex(shape)
+        capacity = min(self._max_entries, max(2 * needed, _MIN_CAPACITY))
+        while self._indexes and self._reserved() + capacity > self._max_entries:
+            self._remove(min(self._indexes, key=lambda s: self._indexes[s].last_used))
+        index = self._indexes[shape] = VectorIndex(shape, capacity)
         for view in dict.fromkeys(view.key for view in shape):
             self._by_view.setdefault(view, []).append(index)
         self._fills[shape] = asyncio.get_running_loop().create_task(
@@ -173,8 +183,8 @@ class VectorIndexes:
         )
         return index
 
-    def _held(self) -> int:
-        return sum(len(index.entries) for index in self._indexes.values())
+    def _reserved(self) -> int:
+        return sum(index.capacity for index in self._indexes.values())
 
     def _remove(self, shape: Shape) -> None:
         index = self._indexes.pop(shape)
