@@ -69,12 +69,14 @@ class FeaturesParams:
     labels: int = 1_000_000
     samples: int = 2000
     """Calls per variant for the single-entity comparison."""
-    batch_samples: int = 500
+    batch_samples: int = 2000
+    """Calls per variant for the 100-entity comparison (a p99 needs a few thousand)."""
     batch: int = 100
     warmup: int = 200
     chunk: int = 100
-    historical_runs: int = 2
-    """GetHistoricalFeatures calls: the first syncs the mirror from Postgres (cold)."""
+    historical_runs: int = 3
+    """GetHistoricalFeatures calls: the first syncs the mirror from Postgres (cold); the
+    best of the others is compared with DuckDB's best of 2."""
     feast: bool = True
     feast_historical_labels: int = 1_000_000
     data_dir: str = ""

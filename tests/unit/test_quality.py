@@ -43,3 +43,11 @@ def test_profile_of_an_array_equals_the_profile_of_its_values() -> None:
     values = [None if i % 7 == 0 else float(v) for i, v in enumerate(rng.gamma(2, 3, 3000))]
     present = np.array([v for v in values if v is not None])
     assert profile_of_array("f", present, values.count(None)) == profile("f", values)
+
+
+def test_histogram_bins_match_searchsorted_including_ties_and_nan() -> None:
+    rng = np.random.default_rng(4)
+    edges = [-1.0, 0.0, 0.5, 2.0]
+    values = np.concatenate([rng.normal(0, 1, 10_000), edges, [np.nan, np.inf, -np.inf]])
+    expected = np.bincount(np.searchsorted(edges, values, side="right"), minlength=5)
+    assert histogram(values, edges) == expected.tolist()

@@ -42,7 +42,8 @@ MAX_LABEL_ROWS = 20_000_000
 @dataclass(frozen=True)
 class TrainingSet:
     snapshot: rr.DatasetSnapshot
-    arrow_ipc: bytes
+    arrow_ipc: pa.Buffer
+    """The training set as one Arrow IPC stream (sent in chunks)."""
 
 
 class HistoricalReader:
@@ -278,11 +279,16 @@ def _run_on_demand(joined: pa.Table, plan: ReadPlan) -> list[dict[str, pa.Array]
     return outputs
 
 
-def _to_ipc(table: pa.Table) -> bytes:
+def _to_ipc(table: pa.Table) -> pa.Buffer:
+    """The table as an Arrow IPC stream, left in Arrow's buffer.
+
+    Copying a 1M-row training set (~190 MB) into Python bytes took 0.5-0.8 s here
+    (fresh pages); hashing and chunking read the buffer in place.
+    """
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=65_536)
-    return sink.getvalue().to_pybytes()
+    return sink.getvalue()
 
 
 def _profiles(table: pa.Table, plan: ReadPlan) -> list[events_pb2.FeatureProfile]:
