@@ -14,7 +14,7 @@ GEN := gen/python
 GENERATED := $(GEN)/.generated
 BAZEL_FLAGS := --nosandbox_debug
 
-.PHONY: venv gen demo test lint format pytest lint-protos breaking bench bazel bazel-install up down clean
+.PHONY: venv gen demo test lint format pytest lint-protos breaking contract bench bazel bazel-install up down clean
 
 venv: $(INSTALLED)
 
@@ -42,7 +42,7 @@ up: gen
 down: venv
 	$(VENV)/bin/lathe down
 
-test: lint lint-protos pytest bazel
+test: lint lint-protos breaking pytest bazel
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -55,9 +55,15 @@ format: venv
 lint-protos: venv
 	cd protos && ../$(VENV)/bin/buf lint
 
-# Event and API schemas evolve only backward-compatibly.
+# Event and API schemas evolve only backward-compatibly: `breaking` (part of `test`)
+# compares them with protos/contract.binpb, the image of the published contract.
+# After an intended, compatible addition run `make contract` and commit the new image;
+# an incompatible change needs a new package version (lathe.<service>.v2) instead.
 breaking: venv
-	cd protos && ../$(VENV)/bin/buf breaking --against '../.git#branch=main,subdir=protos'
+	cd protos && ../$(VENV)/bin/buf breaking --against contract.binpb
+
+contract: venv
+	cd protos && ../$(VENV)/bin/buf build -o contract.binpb
 
 pytest: gen
 	$(PY) -m pytest
