@@ -461,6 +461,8 @@ async def test_streaming_and_backfill_give_identical_values(
         sent += 1
     await _wait_for_events(db_pool, f"live_{s}", sent)
     streamed_tiles = await tiles.all_tiles(db_pool, f"live_{s}", 1)
+    streamed_rollups = await tiles.all_rollups(db_pool, f"live_{s}", 1)
+    assert 0 < len(streamed_rollups) < len(streamed_tiles)
 
     # The same definition applied afterwards under another name, filled by backfill alone.
     backfilled = _view(f"back_{s}", f"src_{s}", loan, lateness=lateness)
@@ -472,6 +474,9 @@ async def test_streaming_and_backfill_give_identical_values(
     assert (result.version, result.events_read, result.events_used) == (1, sent, sent)
     assert result.tiles_written == len(streamed_tiles) and not result.rejected
     assert await tiles.all_tiles(db_pool, f"back_{s}", 1) == streamed_tiles
+    assert await tiles.all_rollups(db_pool, f"back_{s}", 1) == streamed_rollups
+    complete = {(f"live_{s}", 1), (f"back_{s}", 1)}
+    assert await tiles.rollups_complete(db_pool, list(complete)) == complete
     recorded = await db_pool.fetchval(
         "SELECT count(*) FROM feature_store.events WHERE stream_id = $1 AND event_type = $2",
         f"backfill-back_{s}",
@@ -481,7 +486,10 @@ async def test_streaming_and_backfill_give_identical_values(
     # Backfilling the streamed view itself replaces its tiles with identical ones.
     await backfill_view(db_pool, agg.spec_of(await _applied(features, f"live_{s}"), "loan_id"))
     assert await tiles.all_tiles(db_pool, f"live_{s}", 1) == streamed_tiles
+    assert await tiles.all_rollups(db_pool, f"live_{s}", 1) == streamed_rollups
 
+    # Online reads combine rollups and edge tiles (ADR 0011); offline reads below combine
+    # raw events: both must agree.
     keys = [f"L{i}" for i in range(1, 6)]
     response = await features.GetOnlineFeatures(
         rr.GetOnlineFeaturesRequest(
@@ -505,6 +513,27 @@ async def test_streaming_and_backfill_give_identical_values(
     for vector, offline in zip(response.results, table.to_pylist(), strict=True):
         online_values = [python(v) for v in list(vector.values)[:half]]
         assert online_values == [offline[name] for name in _names(streamed)]
+
+
+async def test_versions_with_tiles_from_before_rollups_read_tiles_until_backfilled(
+    features: FeatureStoreStub, db_pool: asyncpg.Pool
+) -> None:
+    s = suffix()
+    loan = Entity(f"loan_{s}", join_key="loan_id")
+    await _apply(features, _view(f"old_{s}", f"src_{s}", loan))
+    view = (f"old_{s}", 1)
+    assert await tiles.rollups_complete(db_pool, [view]) == {view}  # new: complete
+    # As if its tiles had been written before rollups existed:
+    await db_pool.execute(
+        "DELETE FROM feature_store.stream_rollups_complete WHERE view = $1", view[0]
+    )
+    async with db_pool.acquire() as conn, conn.transaction():
+        await tiles.lock_tiles(conn, [(*view, "L1", 0)])
+        await tiles.mark_rollups_complete(conn, *view, unless_tiles=True)
+    assert await tiles.rollups_complete(db_pool, [view]) == set()  # tiles: not complete
+
+    await backfill_view(db_pool, agg.spec_of(await _applied(features, view[0]), "loan_id"))
+    assert await tiles.rollups_complete(db_pool, [view]) == {view}
 
 
 def _names(view: FeatureView) -> list[str]:
@@ -675,11 +704,15 @@ async def test_tiles_past_every_window_are_pruned(
     )
     deleted = await prune_tiles(db_pool, definitions, agg.to_us(now))
 
-    assert deleted == 2  # 10 and 2 days old: past the 1-day window and the lateness
+    # The tiles and rollups of the events 10 and 2 days old: past the 1-day window and the
+    # lateness.
+    assert deleted == 4
+    spec = agg.spec_of(applied, "")
+    recent = agg.to_us(now - timedelta(minutes=30))
     remaining = await tiles.all_tiles(db_pool, f"aged_{s}", 1)
-    assert [start for _, start in remaining] == [
-        agg.floor_tile(agg.to_us(now - timedelta(minutes=30)), agg.spec_of(applied, "").tile_us)
-    ]
+    assert [start for _, start in remaining] == [agg.floor_tile(recent, spec.tile_us)]
+    rollups = await tiles.all_rollups(db_pool, f"aged_{s}", 1)
+    assert [start for _, start in rollups] == [agg.floor_tile(recent, spec.rollup_us)]
     [after] = await _online(features, [f"aged_{s}:*"], ["L1"])
     assert after == before  # online reads never looked that far back
     assert after["amount_count_1h"] == (1, PRESENT)

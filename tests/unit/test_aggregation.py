@@ -359,3 +359,55 @@ def test_point_in_time_with_no_events_is_all_null() -> None:
     result = compute_as_of(spec, EventColumns.of(spec, []), ["L1"], np.array([0]))
     table = result.to_arrow(spec)
     assert set(table.to_pylist()[0].values()) == {None}
+
+
+def _spanned(spans: list[agg.Span], states: dict[agg.TileKey, agg.TileState]):
+    """(start, state) of the stored states whose start lies in one of ``spans``."""
+    return [
+        (start, state)
+        for (_, start), state in states.items()
+        if any(first <= start <= last for first, last in spans)
+    ]
+
+
+@pytest.mark.parametrize("tile", [MINUTE, 5 * MINUTE])
+def test_reads_from_rollups_and_edge_tiles_equal_reads_from_tiles(tile: int) -> None:
+    """A window read from rollups (ADR 0011) has exactly the value it has from tiles."""
+    rng = random.Random(11)
+    spec = _spec((10 * MINUTE, 90 * MINUTE, 26 * HOUR, 7 * 24 * HOUR), tile=tile)
+    base = _us("2026-11-20T00:00:00+00:00")
+    events = [
+        _event("L1", base + rng.randrange(8 * 24 * HOUR), str(rng.uniform(-1e3, 1e3)), seq=i)
+        for i in range(3000)
+    ]
+    built = agg.build_tiles(spec, events)
+    rollups = agg.build_rollups(spec, built)
+    assert len(rollups) < len(built)
+    for _ in range(60):
+        read_us = base + rng.randrange(9 * 24 * HOUR)
+        [(first, last)], none = agg.read_spans(spec, read_us, rollups=False)
+        tile_spans, rollup_spans = agg.read_spans(spec, read_us, rollups=True)
+        assert none == [] and rollup_spans  # 7 days hold whole rollups
+        for start, _ in _spanned(tile_spans, built) + _spanned(rollup_spans, rollups):
+            assert first <= start <= last
+        from_tiles = agg.combine(spec, _spanned([(first, last)], built), read_us)
+        mixed = _spanned(tile_spans, built) + _spanned(rollup_spans, rollups)
+        assert agg.combine(spec, mixed, read_us) == from_tiles
+
+
+def test_read_spans_cover_the_largest_window_once() -> None:
+    spec = _spec((10 * MINUTE, 90 * MINUTE, 26 * HOUR))
+    read_us = _us("2026-11-26T10:30:40+00:00")
+    [(first, last)], _ = agg.read_spans(spec, read_us, rollups=False)
+    tile_spans, rollup_spans = agg.read_spans(spec, read_us, rollups=True)
+    covered = sorted(
+        [start for a, b in tile_spans for start in range(a, b + 1, MINUTE)]
+        + [
+            start
+            for a, b in rollup_spans
+            for rollup in range(a, b + 1, spec.rollup_us)
+            for start in range(rollup, rollup + spec.rollup_us, MINUTE)
+        ]
+    )
+    assert covered == list(range(first, last + 1, MINUTE))
+    assert all((b - a) % spec.rollup_us == 0 and a % spec.rollup_us == 0 for a, b in rollup_spans)

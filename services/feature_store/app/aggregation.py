@@ -73,6 +73,44 @@ def window_start(read_us: int, window_us: int, tile_us: int) -> int:
     return floor_tile(read_us, tile_us) - window_us + tile_us
 
 
+ROLLUP_TILES = 60
+"""Tiles per rollup: one hour of one-minute tiles."""
+
+Span = tuple[int, int]
+"""First and last start (µs), both inclusive."""
+
+
+def read_spans(spec: StreamViewSpec, read_us: int, rollups: bool) -> tuple[list[Span], list[Span]]:
+    """What a read at ``read_us`` fetches: tile spans and rollup spans that together
+    cover the largest window exactly once.
+
+    ``combine`` assigns each tile to the band of the smallest window holding it, by its
+    start; a rollup is only used where it lies wholly inside one band, so assigning it by
+    its start is exact. Without ``rollups``, one tile span.
+    """
+    tile, last = spec.tile_us, floor_tile(read_us, spec.tile_us)
+    firsts = [
+        window_start(read_us, w, tile) for w in sorted({a.window_us for a in spec.aggregations})
+    ]
+    if not rollups:
+        return [(firsts[-1], last)], []
+    size = spec.rollup_us
+    tile_spans, rollup_spans = [], []
+    ends = [last, *(first - tile for first in firsts[:-1])]  # each band's last tile
+    for first, end in zip(firsts, ends, strict=True):
+        whole_from = -(-first // size) * size  # the first rollup starting in the band
+        whole_to = floor_tile(end + tile, size)  # the end of the last rollup ending in it
+        if whole_to - whole_from < size:
+            tile_spans.append((first, end))
+            continue
+        rollup_spans.append((whole_from, whole_to - size))
+        if first < whole_from:
+            tile_spans.append((first, whole_from - tile))
+        if whole_to <= end:
+            tile_spans.append((whole_to, end))
+    return tile_spans, rollup_spans
+
+
 @dataclass(frozen=True)
 class WindowAggregation:
     """One feature of a stream view: ``function(column)`` over the last ``window_us``."""
@@ -110,6 +148,12 @@ class StreamViewSpec:
     @property
     def max_window_us(self) -> int:
         return max(a.window_us for a in self.aggregations)
+
+    @property
+    def rollup_us(self) -> int:
+        """The span of a rollup (ADR 0011): fixed per tile size, whatever the windows,
+        because a compatible update may append a longer window to a version."""
+        return self.tile_us * ROLLUP_TILES
 
 
 def spec_of(view: m.FeatureView, join_key: str) -> StreamViewSpec:
@@ -228,6 +272,21 @@ def build_tiles(spec: StreamViewSpec, events: Iterable[StreamEvent]) -> dict[Til
     for event in events:
         tiles.setdefault(tile_key(spec, event), TileState()).add(event)
     return tiles
+
+
+def rollup_key(spec: StreamViewSpec, key: TileKey) -> TileKey:
+    """The rollup a tile belongs to."""
+    return key[0], floor_tile(key[1], spec.rollup_us)
+
+
+def build_rollups(
+    spec: StreamViewSpec, built: dict[TileKey, TileState]
+) -> dict[TileKey, TileState]:
+    """Rollups of tiles (backfill): the merge reads use, so a rollup equals its tiles."""
+    rollups: dict[TileKey, TileState] = {}
+    for key, state in built.items():
+        rollups.setdefault(rollup_key(spec, key), TileState()).merge(state)
+    return rollups
 
 
 def exact_ratio(numerator: int, denominator: int) -> float:

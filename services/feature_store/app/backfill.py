@@ -24,6 +24,7 @@ from services.feature_store.app.aggregation import (
     StreamViewSpec,
     TileKey,
     TileState,
+    build_rollups,
     build_tiles,
     encode_state,
     spec_of,
@@ -86,7 +87,8 @@ RecordBackfill = Callable[[asyncpg.Connection, BackfillResult], Awaitable[None]]
 async def backfill_view(
     pool: asyncpg.Pool, spec: StreamViewSpec, record: RecordBackfill | None = None
 ) -> BackfillResult:
-    """Replace the view version's tiles with tiles recomputed from its source's raw log.
+    """Replace the view version's tiles and rollups with ones recomputed from its source's
+    raw log (which makes its rollups complete, ADR 0011).
 
     One transaction holding the source's ingestion lock exclusively: streaming of that
     source waits (it resumes where it was), and no event can be half counted. ``record``
@@ -104,7 +106,9 @@ async def backfill_view(
             spec.view,
             spec.version,
             {key: encode_state(state) for key, state in built.items()},
+            {key: encode_state(state) for key, state in build_rollups(spec, built).items()},
         )
+        await tiles.mark_rollups_complete(conn, spec.view, spec.version)
         if record is not None:
             await record(conn, result)
     return result

@@ -11,6 +11,7 @@ from libs.eventstore import EventMetadata, EventStore, Recorder
 from services.feature_store.app.definitions import check_service_references, validate_repository
 from services.feature_store.app.plan import Applied, PlannedChange, plan
 from services.feature_store.events import CATALOG, definition_stream
+from services.feature_store.store import tiles
 from services.feature_store.store.definitions import DefinitionQueries, DefinitionsProjection, wrap
 
 
@@ -50,6 +51,12 @@ class DefinitionCommands:
                     expected_version=await self._store.stream_version(stream, conn=conn),
                     metadata=metadata,
                 )
+                definition = planned.definition
+                if isinstance(definition, m.FeatureView) and definition.HasField("stream_source"):
+                    # A version with no tiles yet gets every event in its rollups too.
+                    await tiles.mark_rollups_complete(
+                        conn, definition.name, definition.version, unless_tiles=True
+                    )
         return changes
 
 

@@ -80,6 +80,12 @@ def prunable_before(spec: StreamViewSpec, now_us: int) -> int:
     return floor_tile(now_us - reach, spec.tile_us)
 
 
+def rollups_prunable_before(spec: StreamViewSpec, now_us: int) -> int:
+    """``prunable_before`` for rollups: one rollup of margin instead of one tile."""
+    reach = max(spec.max_window_us, spec.lateness_us) + spec.rollup_us
+    return floor_tile(now_us - reach, spec.rollup_us)
+
+
 async def prune_tiles(pool: asyncpg.Pool, definitions: Definitions, now_us: int) -> int:
     """Delete every stream view's tiles past ``prunable_before``; how many.
 
@@ -90,7 +96,11 @@ async def prune_tiles(pool: asyncpg.Pool, definitions: Definitions, now_us: int)
     for specs in stream_views(definitions).values():
         for spec in specs:
             deleted += await tiles.prune_tiles(
-                pool, spec.view, spec.version, prunable_before(spec, now_us)
+                pool,
+                spec.view,
+                spec.version,
+                prunable_before(spec, now_us),
+                rollups_prunable_before(spec, now_us),
             )
     return deleted
 
@@ -207,6 +217,7 @@ class StreamIngestor:
             ],
         )
         accepted: dict[tiles.TileRef, list[StreamEvent]] = defaultdict(list)
+        rolled: dict[tiles.TileRef, list[StreamEvent]] = defaultdict(list)
         rejected = Counter[tuple[str, int, str]]()
         specs = self._views_of(source)
         for delivery in deliveries:
@@ -229,18 +240,17 @@ class StreamIngestor:
                     )
                     rejected[(spec.view, spec.version, exc.reason)] += 1
                     continue
-                start = floor_tile(event.event_us, spec.tile_us)
-                accepted[(spec.view, spec.version, event.entity_key, start)].append(event)
+                view = (spec.view, spec.version, event.entity_key)
+                accepted[(*view, floor_tile(event.event_us, spec.tile_us))].append(event)
+                rolled[(*view, floor_tile(event.event_us, spec.rollup_us))].append(event)
         await stream_events.count_rejections(conn, source, rejected)
-        refs = sorted(accepted)  # one lock order for every replica: queue, not deadlock
-        locked = await tiles.lock_tiles(conn, refs)
-        merged = {}
-        for ref in refs:
-            state = decode_state(locked[ref])
-            for event in accepted[ref]:  # merging is order-free (ADR 0007)
-                state.add(event)
-            merged[ref] = encode_state(state)
-        await tiles.write_tiles(conn, merged)
+        # One lock order for every replica (sorted tiles, then sorted rollups): concurrent
+        # batches queue instead of deadlocking. Merging is order-free (ADR 0007).
+        tile_refs, rollup_refs = sorted(accepted), sorted(rolled)
+        locked_tiles = await tiles.lock_tiles(conn, tile_refs)
+        locked_rollups = await tiles.lock_rollups(conn, rollup_refs)
+        await tiles.write_tiles(conn, _merged(locked_tiles, accepted))
+        await tiles.write_rollups(conn, _merged(locked_rollups, rolled))
 
     def _source_of(self, subject: str) -> str | None:
         prefix = self._names.subject_prefix + "."
@@ -253,3 +263,16 @@ class StreamIngestor:
             self._by_source = stream_views(definitions)
             self._indexed = definitions
         return self._by_source.get(source, [])
+
+
+def _merged(
+    locked: dict[tiles.TileRef, str], events: dict[tiles.TileRef, list[StreamEvent]]
+) -> dict[tiles.TileRef, str]:
+    """Each locked state with its new events merged in, encoded."""
+    merged = {}
+    for ref, new in events.items():
+        state = decode_state(locked[ref])
+        for event in new:
+            state.add(event)
+        merged[ref] = encode_state(state)
+    return merged

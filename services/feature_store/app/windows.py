@@ -1,8 +1,10 @@
 """Online reads of stream views: tiles combined into window values at read time.
 
-One query fetches, for every requested (view version, entity), the tiles of its largest
-window; each window's value is then computed for the read time, so a 1-hour count read
-at 10:30 leaves out events before 9:30 even if nothing arrived since. The result has the
+One query fetches, for every requested (view version, entity), what covers its largest
+window: rollups of 60 tiles wherever one fits inside a window's band, and tiles at the
+edges (ADR 0011; tiles only for versions whose rollups are not complete). Each window's
+value is then computed for the read time, so a 1-hour count read at 10:30 leaves out
+events before 9:30 even if nothing arrived since. The result has the
 online store's shape (a FeatureRow and an event time per entity), so the online reader
 treats stream views like the others (TTL included). An entity with no event in any
 window is absent: NOT_FOUND.
@@ -10,6 +12,7 @@ window is absent: NOT_FOUND.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
@@ -22,15 +25,15 @@ from services.feature_store.app.aggregation import (
     TileState,
     combine,
     decode_state,
-    floor_tile,
     from_us,
+    read_spans,
     spec_of,
     to_us,
-    window_start,
 )
 from services.feature_store.app.serving_rows import ServingRow, ViewTables
 from services.feature_store.store import tiles
 
+_RECHECK_S = 30.0
 ViewKey = tuple[str, int, str]
 """(view, version, entity key), as the online store keys rows."""
 
@@ -41,6 +44,9 @@ class WindowReader:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._specs: dict[tuple[str, int], tuple[m.FeatureView, StreamViewSpec]] = {}
+        self._rolled: set[tuple[str, int]] = set()
+        """Versions whose rollups are complete (they stay so: only backfill rewrites them)."""
+        self._unrolled_checked: dict[tuple[str, int], float] = {}
 
     def spec(self, view: m.FeatureView, join_key: str) -> StreamViewSpec:
         """The spec of a cached definition (a refreshed cache brings new objects)."""
@@ -56,16 +62,15 @@ class WindowReader:
             return {}
         read_us = to_us(now)
         specs = {(s.view, s.version): s for s, _ in wanted}
-        ranges = {
-            (s.view, s.version, key): (
-                window_start(read_us, s.max_window_us, s.tile_us),
-                floor_tile(read_us, s.tile_us),
-            )
-            for s, key in wanted
-        }
-        found = await tiles.read_windows(
-            self._pool, [(*k, since, until) for k, (since, until) in ranges.items()]
-        )
+        rolled = await self._rolled_up(list(specs))
+        tile_ranges: list[tiles.Range] = []
+        rollup_ranges: list[tiles.Range] = []
+        for spec, key in dict.fromkeys(wanted):
+            use_rollups = (spec.view, spec.version) in rolled
+            tile_spans, rollup_spans = read_spans(spec, read_us, use_rollups)
+            tile_ranges.extend((spec.view, spec.version, key, *span) for span in tile_spans)
+            rollup_ranges.extend((spec.view, spec.version, key, *span) for span in rollup_spans)
+        found = await tiles.read_windows(self._pool, tile_ranges, rollup_ranges)
         by_entity: dict[ViewKey, list[tuple[int, TileState]]] = defaultdict(list)
         for (view, version, key, start), state in found:
             by_entity[(view, version, key)].append((start, decode_state(state)))
@@ -80,6 +85,24 @@ class WindowReader:
                 row.SerializeToString(), from_us(result.latest_us), len(result.values)
             )
         return rows
+
+    async def _rolled_up(self, views: list[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Which of ``views`` read rollups. A version not complete is asked about again at
+        most every ``_RECHECK_S`` (a backfill completes it)."""
+        now = time.monotonic()
+        unknown = [
+            view
+            for view in views
+            if view not in self._rolled
+            and now - self._unrolled_checked.get(view, now - _RECHECK_S) >= _RECHECK_S
+        ]
+        if unknown:
+            complete = await tiles.rollups_complete(self._pool, unknown)
+            self._rolled |= complete
+            for view in unknown:
+                if view not in complete:
+                    self._unrolled_checked[view] = now
+        return self._rolled
 
 
 def _value(value: int | float | None) -> m.Value:

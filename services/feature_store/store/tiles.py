@@ -1,12 +1,15 @@
 """Tiles of stream views in Postgres: lock-and-read to merge, write back, read windows.
 
-States are stored as the JSON of ``aggregation.encode_state``; this module moves them
-and never interprets them. Tile starts are timestamptz, in µs since the epoch above it.
+Two levels of the same partial aggregates: tiles, and rollups of ``ROLLUP_TILES``
+tiles (ADR 0011) that ingestion and backfill write in the tiles' transaction. States
+are stored as the JSON of ``aggregation.encode_state``; this module moves them and
+never interprets them. Starts are timestamptz, in µs since the epoch above it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
@@ -15,37 +18,57 @@ from libs.db import delete_in_slices
 from services.feature_store.app.aggregation import EMPTY_STATE, from_us, to_us
 
 TileRef = tuple[str, int, str, int]
-"""(view, version, entity key, tile start µs)."""
+"""(view, version, entity key, tile or rollup start µs)."""
+
+
+@dataclass(frozen=True)
+class _Level:
+    table: str
+    start: str
+    """The start column."""
+
+
+_TILES = _Level("stream_tiles", "tile_start")
+_ROLLUPS = _Level("stream_rollups", "rollup_start")
 
 # Makes sure each tile of a batch of just-logged events exists and locks it until the
 # transaction ends, returning its latest committed state: the no-op DO UPDATE locks the
 # row as SELECT ... FOR UPDATE would and, unlike a SELECT, also sees a row another
 # transaction inserted and committed after this statement's snapshot (two replicas
-# creating one tile cannot lose an update). Rows are locked in the order given.
+# creating one tile cannot lose an update). Rows are locked in the order given; a
+# transaction locks its tiles, then its rollups, so replicas queue instead of deadlocking.
 _LOCK = """
-    INSERT INTO feature_store.stream_tiles AS t (view, version, entity_key, tile_start, state)
-    SELECT k.view, k.version, k.entity_key, k.tile_start, $5::jsonb
+    INSERT INTO feature_store.{table} AS t (view, version, entity_key, {start}, state)
+    SELECT k.view, k.version, k.entity_key, k.start, $5::jsonb
     FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[])
-         WITH ORDINALITY AS k(view, version, entity_key, tile_start, n)
+         WITH ORDINALITY AS k(view, version, entity_key, start, n)
     ORDER BY k.n
-    ON CONFLICT (view, version, entity_key, tile_start) DO UPDATE SET state = t.state
-    RETURNING t.view, t.version, t.entity_key, t.tile_start, t.state::text"""
+    ON CONFLICT (view, version, entity_key, {start}) DO UPDATE SET state = t.state
+    RETURNING t.view, t.version, t.entity_key, t.{start}, t.state::text"""
 
 # One row per statement (pipelined by executemany): an UPDATE ... FROM unnest(...) of the
 # same rows measured ~1.8x slower per event.
 _WRITE = """
-    UPDATE feature_store.stream_tiles SET state = $5::jsonb
-    WHERE view = $1 AND version = $2 AND entity_key = $3 AND tile_start = $4"""
+    UPDATE feature_store.{table} SET state = $5::jsonb
+    WHERE view = $1 AND version = $2 AND entity_key = $3 AND {start} = $4"""
 
+# Ranges of tiles and of rollups in one round trip.
 _READ_WINDOWS = """
     SELECT t.view, t.version, t.entity_key, t.tile_start, t.state::text
     FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::timestamptz[])
          AS k(view, version, entity_key, since, until)
     JOIN feature_store.stream_tiles t
       ON t.view = k.view AND t.version = k.version AND t.entity_key = k.entity_key
-     AND t.tile_start BETWEEN k.since AND k.until"""
+     AND t.tile_start BETWEEN k.since AND k.until
+    UNION ALL
+    SELECT r.view, r.version, r.entity_key, r.rollup_start, r.state::text
+    FROM unnest($6::text[], $7::int[], $8::text[], $9::timestamptz[], $10::timestamptz[])
+         AS k(view, version, entity_key, since, until)
+    JOIN feature_store.stream_rollups r
+      ON r.view = k.view AND r.version = k.version AND r.entity_key = k.entity_key
+     AND r.rollup_start BETWEEN k.since AND k.until"""
 
-_COLUMNS = ["view", "version", "entity_key", "tile_start", "state"]
+_COLUMNS = ["view", "version", "entity_key", "start", "state"]
 
 
 def _columns(refs: Sequence[TileRef]) -> tuple[list[str], list[int], list[str], list[datetime]]:
@@ -64,18 +87,39 @@ def _ref(record: asyncpg.Record) -> TileRef:
 async def lock_tiles(conn: asyncpg.Connection, refs: Sequence[TileRef]) -> dict[TileRef, str]:
     """Lock ``refs`` (sorted, distinct; created empty if missing) until the transaction
     ends; their latest committed states."""
-    if not refs:
-        return {}
-    records = await conn.fetch(_LOCK, *_columns(refs), EMPTY_STATE)
-    return {_ref(r): r[4] for r in records}
+    return await _lock(conn, refs, _TILES)
+
+
+async def lock_rollups(conn: asyncpg.Connection, refs: Sequence[TileRef]) -> dict[TileRef, str]:
+    """``lock_tiles`` for rollups; call it after locking the transaction's tiles."""
+    return await _lock(conn, refs, _ROLLUPS)
 
 
 async def write_tiles(conn: asyncpg.Connection, states: Mapping[TileRef, str]) -> None:
     """Store merged states of tiles locked with ``lock_tiles`` in this transaction."""
+    await _write(conn, states, _TILES)
+
+
+async def write_rollups(conn: asyncpg.Connection, states: Mapping[TileRef, str]) -> None:
+    """Store merged states of rollups locked with ``lock_rollups`` in this transaction."""
+    await _write(conn, states, _ROLLUPS)
+
+
+async def _lock(
+    conn: asyncpg.Connection, refs: Sequence[TileRef], level: _Level
+) -> dict[TileRef, str]:
+    if not refs:
+        return {}
+    sql = _LOCK.format(table=level.table, start=level.start)
+    records = await conn.fetch(sql, *_columns(refs), EMPTY_STATE)
+    return {_ref(r): r[4] for r in records}
+
+
+async def _write(conn: asyncpg.Connection, states: Mapping[TileRef, str], level: _Level) -> None:
     if not states:
         return
     await conn.executemany(
-        _WRITE,
+        _WRITE.format(table=level.table, start=level.start),
         [
             (view, version, key, from_us(start), state)
             for (view, version, key, start), state in states.items()
@@ -83,49 +127,108 @@ async def write_tiles(conn: asyncpg.Connection, states: Mapping[TileRef, str]) -
     )
 
 
+Range = tuple[str, int, str, int, int]
+"""(view, version, entity key, first start µs, last start µs), both inclusive."""
+
+
 async def read_windows(
     executor: asyncpg.Pool | asyncpg.Connection,
-    wanted: Sequence[tuple[str, int, str, int, int]],
+    tile_ranges: Sequence[Range],
+    rollup_ranges: Sequence[Range] = (),
 ) -> list[tuple[TileRef, str]]:
-    """Tiles of (view, version, entity key, first start µs, last start µs), in one query."""
-    if not wanted:
+    """The tiles and the rollups starting in the given ranges, in one query."""
+    if not tile_ranges and not rollup_ranges:
         return []
     records = await executor.fetch(
-        _READ_WINDOWS,
-        [w[0] for w in wanted],
-        [w[1] for w in wanted],
-        [w[2] for w in wanted],
-        [from_us(w[3]) for w in wanted],
-        [from_us(w[4]) for w in wanted],
+        _READ_WINDOWS, *_range_columns(tile_ranges), *_range_columns(rollup_ranges)
     )
     return [(_ref(r), r[4]) for r in records]
 
 
-async def replace_tiles(
-    conn: asyncpg.Connection, view: str, version: int, states: Mapping[tuple[str, int], str]
+def _range_columns(ranges: Sequence[Range]) -> list[list]:  # type: ignore[type-arg]
+    return [
+        [r[0] for r in ranges],
+        [r[1] for r in ranges],
+        [r[2] for r in ranges],
+        [from_us(r[3]) for r in ranges],
+        [from_us(r[4]) for r in ranges],
+    ]
+
+
+async def rollups_complete(
+    executor: asyncpg.Pool | asyncpg.Connection, views: Sequence[tuple[str, int]]
+) -> set[tuple[str, int]]:
+    """Which of ``views`` (name, version) have rollups holding every event of their tiles."""
+    records = await executor.fetch(
+        """SELECT c.view, c.version FROM unnest($1::text[], $2::int[]) AS k(view, version)
+           JOIN feature_store.stream_rollups_complete c USING (view, version)""",
+        [v[0] for v in views],
+        [v[1] for v in views],
+    )
+    return {(r[0], r[1]) for r in records}
+
+
+async def mark_rollups_complete(
+    conn: asyncpg.Connection, view: str, version: int, *, unless_tiles: bool = False
 ) -> None:
-    """Replace every tile of a view version with ``states`` ((entity, start µs) -> state)."""
+    """Record that the view version's rollups are complete; with ``unless_tiles`` only
+    while it has no tiles yet (a new version: every future event reaches both levels)."""
     await conn.execute(
-        "DELETE FROM feature_store.stream_tiles WHERE view = $1 AND version = $2", view, version
+        """INSERT INTO feature_store.stream_rollups_complete (view, version)
+           SELECT $1, $2 WHERE NOT $3 OR NOT EXISTS (
+               SELECT 1 FROM feature_store.stream_tiles WHERE view = $1 AND version = $2)
+           ON CONFLICT DO NOTHING""",
+        view,
+        version,
+        unless_tiles,
     )
-    await conn.copy_records_to_table(
-        "stream_tiles",
-        schema_name="feature_store",
-        columns=_COLUMNS,
-        records=[
-            (view, version, entity, from_us(start), state)
-            for (entity, start), state in states.items()
-        ],
-    )
+
+
+async def replace_tiles(
+    conn: asyncpg.Connection,
+    view: str,
+    version: int,
+    states: Mapping[tuple[str, int], str],
+    rollups: Mapping[tuple[str, int], str],
+) -> None:
+    """Replace every tile and rollup of a view version ((entity, start µs) -> state)."""
+    for level, rows in ((_TILES, states), (_ROLLUPS, rollups)):
+        await conn.execute(
+            f"DELETE FROM feature_store.{level.table} WHERE view = $1 AND version = $2",
+            view,
+            version,
+        )
+        await conn.copy_records_to_table(
+            level.table,
+            schema_name="feature_store",
+            columns=[c if c != "start" else level.start for c in _COLUMNS],
+            records=[
+                (view, version, entity, from_us(start), state)
+                for (entity, start), state in rows.items()
+            ],
+        )
 
 
 async def all_tiles(
     executor: asyncpg.Pool | asyncpg.Connection, view: str, version: int
 ) -> dict[tuple[str, int], str]:
     """Every tile of a view version: (entity, start µs) -> state (backfill checks, tests)."""
+    return await _all(executor, view, version, _TILES)
+
+
+async def all_rollups(
+    executor: asyncpg.Pool | asyncpg.Connection, view: str, version: int
+) -> dict[tuple[str, int], str]:
+    """``all_tiles`` for rollups."""
+    return await _all(executor, view, version, _ROLLUPS)
+
+
+async def _all(
+    executor: asyncpg.Pool | asyncpg.Connection, view: str, version: int, level: _Level
+) -> dict[tuple[str, int], str]:
     records = await executor.fetch(
-        """SELECT entity_key, tile_start, state::text FROM feature_store.stream_tiles
-           WHERE view = $1 AND version = $2""",
+        f"""SELECT entity_key, {level.start}, state::text FROM feature_store.{level.table}
+            WHERE view = $1 AND version = $2""",
         view,
         version,
     )
@@ -133,13 +236,22 @@ async def all_tiles(
 
 
 _PRUNE = """
-    DELETE FROM feature_store.stream_tiles WHERE (view, version, entity_key, tile_start) IN (
-        SELECT view, version, entity_key, tile_start FROM feature_store.stream_tiles
-        WHERE view = $1 AND version = $2 AND tile_start < $3 LIMIT $4)"""
+    DELETE FROM feature_store.{table} WHERE (view, version, entity_key, {start}) IN (
+        SELECT view, version, entity_key, {start} FROM feature_store.{table}
+        WHERE view = $1 AND version = $2 AND {start} < $3 LIMIT $4)"""
 
 
 async def prune_tiles(
-    executor: asyncpg.Pool | asyncpg.Connection, view: str, version: int, before_us: int
+    executor: asyncpg.Pool | asyncpg.Connection,
+    view: str,
+    version: int,
+    before_us: int,
+    rollups_before_us: int,
 ) -> int:
-    """Delete a view version's tiles starting before ``before_us``, in bounded slices."""
-    return await delete_in_slices(executor, _PRUNE, view, version, from_us(before_us))
+    """Delete a view version's tiles starting before ``before_us`` and rollups starting
+    before ``rollups_before_us``, in bounded slices; how many in all."""
+    deleted = 0
+    for level, cutoff in ((_TILES, before_us), (_ROLLUPS, rollups_before_us)):
+        sql = _PRUNE.format(table=level.table, start=level.start)
+        deleted += await delete_in_slices(executor, sql, view, version, from_us(cutoff))
+    return deleted
