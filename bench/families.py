@@ -65,6 +65,7 @@ def all_families() -> tuple[Family, ...]:
         eventstore_append,
         features_ingest,
         features_serving,
+        features_windows,
         registry_serving,
     )
 
@@ -73,6 +74,7 @@ def all_families() -> tuple[Family, ...]:
         event_lag.FAMILY,
         registry_serving.FAMILY,
         features_serving.FAMILY,
+        features_windows.FAMILY,
         features_ingest.FAMILY,
     )
 

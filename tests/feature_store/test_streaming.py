@@ -529,7 +529,7 @@ async def test_versions_with_tiles_from_before_rollups_read_tiles_until_backfill
     )
     async with db_pool.acquire() as conn, conn.transaction():
         await tiles.lock_tiles(conn, [(*view, "L1", 0)])
-        await tiles.mark_rollups_complete(conn, *view, unless_tiles=True)
+        await tiles.set_rollups_complete(conn, *view, True, unless_tiles=True)
     assert await tiles.rollups_complete(db_pool, [view]) == set()  # tiles: not complete
 
     await backfill_view(db_pool, agg.spec_of(await _applied(features, view[0]), "loan_id"))

@@ -411,3 +411,9 @@ def test_read_spans_cover_the_largest_window_once() -> None:
     )
     assert covered == list(range(first, last + 1, MINUTE))
     assert all((b - a) % spec.rollup_us == 0 and a % spec.rollup_us == 0 for a, b in rollup_spans)
+
+
+def test_only_views_with_a_window_past_240_tiles_keep_rollups() -> None:
+    assert not _spec((10 * MINUTE, 4 * HOUR)).rolls_up  # 240 one-minute tiles: cheap to read
+    assert _spec((10 * MINUTE, 4 * HOUR + MINUTE)).rolls_up
+    assert not _spec((HOUR, 20 * HOUR), tile=5 * MINUTE).rolls_up

@@ -75,6 +75,9 @@ def window_start(read_us: int, window_us: int, tile_us: int) -> int:
 
 ROLLUP_TILES = 60
 """Tiles per rollup: one hour of one-minute tiles."""
+ROLLUP_MIN_WINDOW_TILES = 240
+"""Views whose largest window holds no more tiles than this (4 hours of one-minute
+tiles, ~2.5 ms to read) keep no rollups."""
 
 Span = tuple[int, int]
 """First and last start (µs), both inclusive."""
@@ -154,6 +157,12 @@ class StreamViewSpec:
         """The span of a rollup (ADR 0011): fixed per tile size, whatever the windows,
         because a compatible update may append a longer window to a version."""
         return self.tile_us * ROLLUP_TILES
+
+    @property
+    def rolls_up(self) -> bool:
+        """Whether ingestion and backfill keep rollups: only where a window is long enough
+        for them to pay for their writes (they roughly halve the ingest rate)."""
+        return self.max_window_us > ROLLUP_MIN_WINDOW_TILES * self.tile_us
 
 
 def spec_of(view: m.FeatureView, join_key: str) -> StreamViewSpec:

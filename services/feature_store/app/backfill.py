@@ -106,9 +106,12 @@ async def backfill_view(
             spec.view,
             spec.version,
             {key: encode_state(state) for key, state in built.items()},
-            {key: encode_state(state) for key, state in build_rollups(spec, built).items()},
+            {
+                key: encode_state(state)
+                for key, state in (build_rollups(spec, built) if spec.rolls_up else {}).items()
+            },
         )
-        await tiles.mark_rollups_complete(conn, spec.view, spec.version)
+        await tiles.set_rollups_complete(conn, spec.view, spec.version, spec.rolls_up)
         if record is not None:
             await record(conn, result)
     return result

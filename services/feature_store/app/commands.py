@@ -8,6 +8,7 @@ from lathe.feature_store.v1 import message_pb2 as m
 from libs.db import transaction
 from libs.errors import FailedPrecondition
 from libs.eventstore import EventMetadata, EventStore, Recorder
+from services.feature_store.app.aggregation import spec_of
 from services.feature_store.app.definitions import check_service_references, validate_repository
 from services.feature_store.app.plan import Applied, PlannedChange, plan
 from services.feature_store.events import CATALOG, definition_stream
@@ -53,9 +54,11 @@ class DefinitionCommands:
                 )
                 definition = planned.definition
                 if isinstance(definition, m.FeatureView) and definition.HasField("stream_source"):
-                    # A version with no tiles yet gets every event in its rollups too.
-                    await tiles.mark_rollups_complete(
-                        conn, definition.name, definition.version, unless_tiles=True
+                    # A version with no tiles yet gets every event in its rollups too; one
+                    # that starts rolling up with tiles must be backfilled first (ADR 0011).
+                    rolls_up = spec_of(definition, "").rolls_up
+                    await tiles.set_rollups_complete(
+                        conn, definition.name, definition.version, rolls_up, unless_tiles=True
                     )
         return changes
 

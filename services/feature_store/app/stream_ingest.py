@@ -242,7 +242,8 @@ class StreamIngestor:
                     continue
                 view = (spec.view, spec.version, event.entity_key)
                 accepted[(*view, floor_tile(event.event_us, spec.tile_us))].append(event)
-                rolled[(*view, floor_tile(event.event_us, spec.rollup_us))].append(event)
+                if spec.rolls_up:
+                    rolled[(*view, floor_tile(event.event_us, spec.rollup_us))].append(event)
         await stream_events.count_rejections(conn, source, rejected)
         # One lock order for every replica (sorted tiles, then sorted rollups): concurrent
         # batches queue instead of deadlocking. Merging is order-free (ADR 0007).

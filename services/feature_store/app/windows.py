@@ -62,7 +62,7 @@ class WindowReader:
             return {}
         read_us = to_us(now)
         specs = {(s.view, s.version): s for s, _ in wanted}
-        rolled = await self._rolled_up(list(specs))
+        rolled = await self._rolled_up([view for view, spec in specs.items() if spec.rolls_up])
         tile_ranges: list[tiles.Range] = []
         rollup_ranges: list[tiles.Range] = []
         for spec, key in dict.fromkeys(wanted):

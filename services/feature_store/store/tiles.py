@@ -168,11 +168,24 @@ async def rollups_complete(
     return {(r[0], r[1]) for r in records}
 
 
-async def mark_rollups_complete(
-    conn: asyncpg.Connection, view: str, version: int, *, unless_tiles: bool = False
+async def set_rollups_complete(
+    conn: asyncpg.Connection,
+    view: str,
+    version: int,
+    complete: bool,
+    *,
+    unless_tiles: bool = False,
 ) -> None:
-    """Record that the view version's rollups are complete; with ``unless_tiles`` only
-    while it has no tiles yet (a new version: every future event reaches both levels)."""
+    """Record whether the view version's rollups hold every event of its tiles. With
+    ``unless_tiles``, ``complete`` is only recorded while the version has no tiles yet
+    (a new version: every future event reaches both levels)."""
+    if not complete:
+        await conn.execute(
+            "DELETE FROM feature_store.stream_rollups_complete WHERE view = $1 AND version = $2",
+            view,
+            version,
+        )
+        return
     await conn.execute(
         """INSERT INTO feature_store.stream_rollups_complete (view, version)
            SELECT $1, $2 WHERE NOT $3 OR NOT EXISTS (
