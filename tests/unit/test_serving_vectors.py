@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from lathe.feature_store.v1 import message_pb2 as m
 from lathe.feature_store.v1 import request_response_pb2 as rr
-from services.feature_store.app.serving_rows import ServingRow, StoredView, ViewTables
+from services.feature_store.app import serving_vectors
+from services.feature_store.app.serving_rows import ServingRow, StoredView, ViewTables, epoch_us
 from services.feature_store.app.serving_vectors import VectorIndex, VectorIndexes
 
 T = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -139,9 +141,12 @@ async def test_indexes_stay_within_their_entry_limit() -> None:
     await asyncio.sleep(0.05)
     assert len(first.entries) == 4
 
-    second = indexes.index_for((SCORES,))  # no room left: the least recently used goes
-    assert second is not None
-    assert first.entries == {} and indexes.index_for((PROFILE, SCORES)) is not first
+    # No room beside an index in use: read view by view rather than evict it.
+    assert indexes.index_for((SCORES,)) is None
+    first.last_used -= 61  # unused for a minute: it makes way
+    indexes._retry_at.clear()
+    second = indexes.index_for((SCORES,))
+    assert second is not None and first.entries == {}
 
     tight = VectorIndexes(lambda: tables, max_entries=3)
     index = tight.index_for((PROFILE, SCORES))
@@ -153,6 +158,32 @@ async def test_indexes_stay_within_their_entry_limit() -> None:
 
     too_small = VectorIndexes(lambda: tables, max_entries=2)
     assert too_small.index_for((SCORES,)) is None  # 3 entities: read view by view instead
+
+
+async def test_a_full_index_grows_as_its_views_gain_entities(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(serving_vectors, "_MIN_CAPACITY", 1)
+    tables: ViewTables = {("profile", 1): {"a": _row([1.0], T), "b": _row([2.0], T)}}
+    indexes = VectorIndexes(lambda: tables, max_entries=100)
+    index = indexes.index_for((PROFILE,))
+    assert index is not None and index.capacity == 2
+    for key in "cdefg":
+        tables[("profile", 1)][key] = _row([3.0], T)
+    index.results(list("abcdefg"), tables, T)
+    assert len(index.entries) == 2  # full
+
+    assert indexes.index_for((PROFILE,)) is index
+    await asyncio.sleep(0.05)
+    assert index.capacity == 8 and len(index.entries) == 7
+
+
+def test_a_ttl_shorter_than_a_microsecond_still_expires_values() -> None:
+    view = StoredView.of(("scores", 1), features=2, ttl_s=1e-7)
+    row = _row([1.0, 2.0], T)
+    assert view.ttl_us == 0
+    assert not view.expired(row, epoch_us(T)) and view.expired(row, epoch_us(T) + 1)
+    assert StoredView.of(("scores", 1), features=2, ttl_s=0).ttl_us is None
 
 
 async def test_no_index_while_the_replica_is_off() -> None:

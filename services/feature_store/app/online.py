@@ -68,8 +68,11 @@ class OnlineReader:
             keys_of[read.join_key] = entity_keys(column, read.join_key)
         keys_by_view = [keys_of[read.join_key] for read in plan.views]
         now = datetime.now(UTC)
-        tables = await self._stored(plan, keys_by_view, now)
-        ready = self._ready(plan) if feature_service else None
+        # Where rows come from is decided once, before any await: entries built from rows
+        # read from Postgres while the replica finished loading would never be dropped.
+        held = self._replica.tables
+        ready = self._ready(plan) if feature_service and held is not None else None
+        tables = await self._stored(plan, keys_by_view, now, held)
         return online_reply.encode(plan, keys_by_view, tables, request_data, rows, now, ready)
 
     def _ready(self, plan: ReadPlan) -> VectorIndex | None:
@@ -78,13 +81,15 @@ class OnlineReader:
         Only feature services get them: they are the stable selections models read,
         while ad-hoc feature lists would each build an index of every entity.
         """
-        if self._replica.tables is None:
-            return None
         shape = online_reply.vector_shape(plan)
         return self._replica.vectors.index_for(shape) if shape else None
 
     async def _stored(
-        self, plan: ReadPlan, keys_by_view: list[list[str]], now: datetime
+        self,
+        plan: ReadPlan,
+        keys_by_view: list[list[str]],
+        now: datetime,
+        held: ViewTables | None,
     ) -> ViewTables:
         """The rows of every view the plan reads: from memory, Postgres, or stream tiles."""
         stored_views, aggregated = [], []  # stream views: window values computed from tiles
@@ -95,16 +100,19 @@ class OnlineReader:
             else:
                 stored_views.append(read.key)
         if not aggregated:
-            return await self._latest(stored_views, keys_by_view)
+            return await self._latest(stored_views, keys_by_view, held)
         tables, windows = await asyncio.gather(
-            self._latest(stored_views, keys_by_view), self._windows.read(aggregated, now)
+            self._latest(stored_views, keys_by_view, held), self._windows.read(aggregated, now)
         )
         return {**tables, **windows}
 
     async def _latest(
-        self, views: list[tuple[str, int]], keys_by_view: list[list[str]]
+        self,
+        views: list[tuple[str, int]],
+        keys_by_view: list[list[str]],
+        held: ViewTables | None,
     ) -> ViewTables:
-        held = self._replica.tables
+        """Rows from the replica's ``held`` tables, or from Postgres when it has none."""
         if held is not None:
             return {view: held[view] for view in views if view in held}  # absent: no rows
         all_keys = [key for keys in keys_by_view for key in keys]

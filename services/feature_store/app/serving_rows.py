@@ -64,8 +64,8 @@ class StoredView:
     key: tuple[str, int]
     features: int
     """The view's feature count now (rows stored before features were appended hold fewer)."""
-    ttl_us: int
-    """0: values never expire."""
+    ttl_us: int | None
+    """None: values never expire."""
     absent: bytes = field(init=False)
     """The fragment of an entity with no row."""
     expired_values: bytes = field(init=False)
@@ -82,12 +82,14 @@ class StoredView:
 
     @classmethod
     def of(cls, key: tuple[str, int], features: int, ttl_s: float) -> StoredView:
-        # timedelta rounds the TTL to microseconds exactly as the cutoff ``now - ttl`` does.
-        return cls(key, features, timedelta(seconds=ttl_s) // _MICROSECOND)
+        # timedelta rounds the TTL to microseconds exactly as the cutoff ``now - ttl`` does
+        # (a TTL under half a microsecond becomes 0: values expire once they are past).
+        ttl_us = timedelta(seconds=ttl_s) // _MICROSECOND if ttl_s else None
+        return cls(key, features, ttl_us)
 
     def expired(self, found: ServingRow, now_us: int) -> bool:
         """Past the TTL: the event time is before ``now - ttl``."""
-        return bool(self.ttl_us) and found.event_us + self.ttl_us < now_us
+        return self.ttl_us is not None and found.event_us + self.ttl_us < now_us
 
     def part(self, found: ServingRow | None, now_us: int) -> tuple[bytes, int]:
         """The fragment of ``found`` read at ``now_us``, and the last moment it stays so."""
@@ -95,7 +97,7 @@ class StoredView:
             return self.absent, FOREVER_US
         if self.expired(found, now_us):
             return self.expired_values + found.time * self.features, FOREVER_US
-        expires = found.event_us + self.ttl_us if self.ttl_us else FOREVER_US
+        expires = FOREVER_US if self.ttl_us is None else found.event_us + self.ttl_us
         if found.features == self.features:
             return found.whole, expires
         return self._partial(found), expires

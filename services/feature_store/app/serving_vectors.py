@@ -46,6 +46,10 @@ _FILL_CHUNK = 256
 """Entities built per turn of the event loop while an index fills (~1 ms)."""
 _IDLE_S = 600.0
 """An index unused this long (e.g. its service was redefined) is dropped when another is made."""
+_EVICTABLE_S = 60.0
+"""An index unused this long may give its room to a new one."""
+_RETRY_S = 10.0
+"""How long a shape without room, or a full index that could not grow, waits to try again."""
 _MIN_CAPACITY = 1024
 _EMPTY: dict[str, ServingRow] = {}
 
@@ -123,8 +127,11 @@ class VectorIndex:
 class VectorIndexes:
     """The replica's indexes, at most ``max_entries`` entries in all.
 
-    Each index reserves room for twice the entities its views hold when it is made
-    (entities keep arriving); the least recently used indexes make way for a new one.
+    Each index reserves room for its views' entities and a quarter more (entities keep
+    arriving) and grows when it fills up and there is room. A new index may take the
+    room of indexes unused for a minute, least recently used first; when there is none,
+    the shape is read view by view and tried again later, so two large services never
+    take turns evicting each other.
     """
 
     def __init__(self, tables: Callable[[], ViewTables | None], *, max_entries: int) -> None:
@@ -134,16 +141,23 @@ class VectorIndexes:
         self._by_view: dict[tuple[str, int], list[VectorIndex]] = {}
         self._fills: dict[Shape, asyncio.Task[None]] = {}
         self._refused: set[Shape] = set()
+        """Shapes whose entities alone exceed ``max_entries`` (the replica is about to
+        turn off then: its rows exceed the same limit)."""
+        self._retry_at: dict[Shape, float] = {}
+        """When a shape that found no room, or an index that could not grow, is next tried."""
 
     def index_for(self, shape: Shape) -> VectorIndex | None:
         """The shape's index (made and filling in the background if new), or None when
-        the replica is off or the index would not fit in ``max_entries``."""
+        the replica is off or the index does not fit in ``max_entries`` now."""
+        now = time.monotonic()
         index = self._indexes.get(shape)
         if index is not None:
-            index.last_used = time.monotonic()
+            index.last_used = now
+            if len(index.entries) >= index.capacity and now >= self._retry_at.get(shape, 0.0):
+                self._grow(index)
             return index
         tables = self._tables()
-        if tables is None or shape in self._refused:
+        if tables is None or shape in self._refused or now < self._retry_at.get(shape, 0.0):
             return None
         return self._make(shape, tables)
 
@@ -161,7 +175,7 @@ class VectorIndexes:
         now = time.monotonic()
         for idle in [s for s, i in self._indexes.items() if now - i.last_used > _IDLE_S]:
             self._remove(idle)
-        needed = max(len(tables.get(view.key, _EMPTY)) for view in shape)
+        needed = _entities(shape, tables)
         if needed > self._max_entries:
             self._refused.add(shape)
             _log.warning(
@@ -172,16 +186,48 @@ class VectorIndexes:
                 self._max_entries,
             )
             return None
-        capacity = min(self._max_entries, max(2 * needed, _MIN_CAPACITY))
-        while self._indexes and self._reserved() + capacity > self._max_entries:
-            self._remove(min(self._indexes, key=lambda s: self._indexes[s].last_used))
+        capacity = min(_room_for(needed), self._max_entries)
+        evictable = sorted(
+            (i for i in self._indexes.values() if now - i.last_used > _EVICTABLE_S),
+            key=lambda i: i.last_used,
+        )
+        while self._reserved() + capacity > self._max_entries and evictable:
+            self._remove(evictable.pop(0).shape)
+        if self._reserved() + capacity > self._max_entries:
+            self._retry_at[shape] = now + _RETRY_S
+            _log.info(
+                "no room for ready entries of %s (%d entities) beside indexes in use; "
+                "reading view by view, trying again in %.0f s",
+                [view.key for view in shape],
+                needed,
+                _RETRY_S,
+            )
+            return None
         index = self._indexes[shape] = VectorIndex(shape, capacity)
         for view in dict.fromkeys(view.key for view in shape):
             self._by_view.setdefault(view, []).append(index)
-        self._fills[shape] = asyncio.get_running_loop().create_task(
-            self._fill(index), name=f"fill serving vectors {[v.key for v in shape]}"
-        )
+        self._start_fill(index)
         return index
+
+    def _grow(self, index: VectorIndex) -> None:
+        """Give a full index room for the entities its views hold now, if there is room."""
+        tables = self._tables()
+        needed = _entities(index.shape, tables) if tables is not None else 0
+        wanted = min(_room_for(needed), self._max_entries)
+        if wanted > index.capacity and (
+            self._reserved() - index.capacity + wanted <= self._max_entries
+        ):
+            index.capacity = wanted
+            self._start_fill(index)
+        else:
+            self._retry_at[index.shape] = time.monotonic() + _RETRY_S
+
+    def _start_fill(self, index: VectorIndex) -> None:
+        if index.shape in self._fills:
+            return
+        self._fills[index.shape] = asyncio.get_running_loop().create_task(
+            self._fill(index), name=f"fill serving vectors {[v.key for v in index.shape]}"
+        )
 
     def _reserved(self) -> int:
         return sum(index.capacity for index in self._indexes.values())
@@ -200,18 +246,8 @@ class VectorIndexes:
     async def _fill(self, index: VectorIndex) -> None:
         started = time.monotonic()
         try:
-            for view in dict.fromkeys(view.key for view in index.shape):
-                tables = self._tables()
-                keys = list(tables.get(view, _EMPTY)) if tables is not None else []
-                for start in range(0, len(keys), _FILL_CHUNK):
-                    tables = self._tables()
-                    if tables is None or self._indexes.get(index.shape) is not index:
-                        return  # the replica turned off or the index was dropped
-                    now_us = epoch_us(datetime.now(UTC))
-                    for key in keys[start : start + _FILL_CHUNK]:
-                        if key not in index.entries:
-                            index.refresh(key, tables, now_us)
-                    await asyncio.sleep(0)
+            if not await self._fill_entries(index):
+                return
             index.filled = True
             _log.info(
                 "ready entries for %s: %d entities in %.1f s",
@@ -219,6 +255,34 @@ class VectorIndexes:
                 len(index.entries),
                 time.monotonic() - started,
             )
+        except Exception:  # reads still build entries as they go
+            _log.exception("filling ready entries for %s failed", [v.key for v in index.shape])
         finally:
             if self._fills.get(index.shape) is asyncio.current_task():
                 del self._fills[index.shape]
+
+    async def _fill_entries(self, index: VectorIndex) -> bool:
+        """Build the entry of every entity of the index's views; False if it stopped
+        because the replica turned off or the index was dropped."""
+        for view in dict.fromkeys(view.key for view in index.shape):
+            tables = self._tables()
+            keys = list(tables.get(view, _EMPTY)) if tables is not None else []
+            for start in range(0, len(keys), _FILL_CHUNK):
+                tables = self._tables()
+                if tables is None or self._indexes.get(index.shape) is not index:
+                    return False
+                now_us = epoch_us(datetime.now(UTC))
+                for key in keys[start : start + _FILL_CHUNK]:
+                    if key not in index.entries:
+                        index.refresh(key, tables, now_us)
+                await asyncio.sleep(0)
+        return True
+
+
+def _entities(shape: Shape, tables: ViewTables) -> int:
+    """About how many entities have rows in the shape's views (the largest view's count)."""
+    return max(len(tables.get(view.key, _EMPTY)) for view in shape)
+
+
+def _room_for(entities: int) -> int:
+    return max(entities + entities // 4, _MIN_CAPACITY)
