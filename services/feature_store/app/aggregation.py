@@ -77,7 +77,9 @@ ROLLUP_TILES = 60
 """Tiles per rollup: one hour of one-minute tiles."""
 ROLLUP_MIN_WINDOW_TILES = 240
 """Views whose largest window holds no more tiles than this (4 hours of one-minute
-tiles, ~2.5 ms to read) keep no rollups."""
+tiles, ~2.5 ms to read) keep no rollups. Changing it (or ROLLUP_TILES) changes which
+existing versions have rollups: clear ``stream_rollups_complete`` in the same landing
+(a migration), so those versions read tiles until backfilled."""
 
 Span = tuple[int, int]
 """First and last start (µs), both inclusive."""
@@ -154,8 +156,7 @@ class StreamViewSpec:
 
     @property
     def rollup_us(self) -> int:
-        """The span of a rollup (ADR 0011): fixed per tile size, whatever the windows,
-        because a compatible update may append a longer window to a version."""
+        """The span of a rollup (ADR 0011)."""
         return self.tile_us * ROLLUP_TILES
 
     @property

@@ -152,7 +152,7 @@ class StreamIngestor:
             try:
                 deleted = await prune_tiles(self._context.pool, self._cache.definitions, to_us(now))
                 if deleted:
-                    _log.info("pruned %d stream tiles past every window", deleted)
+                    _log.info("pruned %d stream tiles and rollups past every window", deleted)
                 if retention_days:
                     before = now - timedelta(days=retention_days)
                     deleted = await stream_events.prune_events(self._context.pool, before)
@@ -202,7 +202,9 @@ class StreamIngestor:
                 await stream_events.count_rejections(conn, where, Counter({("", 0, exc.reason): 1}))
                 continue
             by_source[source].append(delivery)
-        for source, batch in by_source.items():
+        # Sources in sorted order: with each source's tiles, then rollups, locked sorted,
+        # every batch takes its row locks in one global order, so replicas never deadlock.
+        for source, batch in sorted(by_source.items()):
             await self._merge(conn, source, batch)
 
     async def _merge(
@@ -245,8 +247,8 @@ class StreamIngestor:
                 if spec.rolls_up:
                     rolled[(*view, floor_tile(event.event_us, spec.rollup_us))].append(event)
         await stream_events.count_rejections(conn, source, rejected)
-        # One lock order for every replica (sorted tiles, then sorted rollups): concurrent
-        # batches queue instead of deadlocking. Merging is order-free (ADR 0007).
+        # Within a source: sorted tiles, then sorted rollups (see ``handle`` for the order
+        # across sources). Merging is order-free (ADR 0007).
         tile_refs, rollup_refs = sorted(accepted), sorted(rolled)
         locked_tiles = await tiles.lock_tiles(conn, tile_refs)
         locked_rollups = await tiles.lock_rollups(conn, rollup_refs)
