@@ -119,6 +119,7 @@ class OnlineReplica:
         finally:
             self._following = False
             stopping.cancel()
+            self.vectors.clear()  # cancels fills still running: nothing outlives the replica
             async with self._progress:  # release writers waiting on a replica that stopped
                 self._applied = self._requested
                 self._progress.notify_all()
