@@ -17,12 +17,14 @@ from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
 from libs.config import LatheSettings, ServiceName
 from libs.runtime import ServiceHost
 from libs.sdk.features import (
+    Aggregation,
     Entity,
     FeatureService,
     FeatureView,
     Field,
     Float64,
     PushSource,
+    StreamSource,
     repository_of,
 )
 from services.feature_store.app import online_reply
@@ -308,9 +310,8 @@ async def test_feature_services_read_ready_entries_that_follow_every_write(
         m.FEATURE_STATUS_NOT_FOUND,
     ]
     plan = await cache.plan(f"uw_{s}", ())
-    shape = online_reply.vector_shape(plan)
-    assert shape is not None
-    index = replica.vectors.index_for(shape)
+    [run] = online_reply.ready_runs(plan)
+    index = replica.vectors.index_for(run.shape)
     assert index is not None and {"L1", "L2", "L3"} <= set(index.entries)
     assert "L4" not in index.entries  # no rows: nothing kept
 
@@ -319,3 +320,89 @@ async def test_feature_services_read_ready_entries_that_follow_every_write(
     ready, from_postgres = await both()
     assert ready == from_postgres
     assert [python(v) for v in ready.results[4].values] == [1.5, None, 11.0]
+
+
+async def test_mixed_services_read_ready_runs_beside_stream_and_other_entity_views(
+    features: FeatureStoreStub,
+    without_replica: FeatureStoreStub,
+    replica: OnlineReplica,
+    db_pool: asyncpg.Pool,
+) -> None:
+    """A service over loan views, a stream view and a borrower view keeps a ready run per
+    stretch of stored views of one entity; its replies equal Postgres-only ones."""
+    s = suffix()
+    loan = Entity(f"loan_{s}", join_key="loan_id")
+    borrower = Entity(f"borrower_{s}", join_key="borrower_id")
+
+    def push_view(name: str, entity: Entity, ttl: timedelta | None = None) -> FeatureView:
+        return FeatureView(
+            f"{name}_{s}",
+            entity=entity,
+            source=PushSource(),
+            ttl=ttl,
+            features=[Field("x", Float64)],
+        )
+
+    stream = FeatureView(
+        f"activity_{s}",
+        entity=loan,
+        source=StreamSource(f"src_{s}", event_time_field="at"),
+        aggregations=[Aggregation("amount", "sum", timedelta(days=1), "amount_sum_1d")],
+    )
+    views = [
+        push_view("terms", loan, timedelta(days=1)),
+        push_view("rates", loan),
+        stream,
+        push_view("income", borrower),
+        push_view("score", loan),
+    ]
+    service = FeatureService(f"mixed_{s}", [f"{v.name}:*" for v in views])
+    await features.ApplyDefinitions(
+        rr.ApplyDefinitionsRequest(repository=repository_of([loan, borrower, *views, service]))
+    )
+
+    async def push(view: str, key: str, keys: list[str], ages: list[int], xs: list) -> None:
+        await features.PushFeatures(
+            rr.PushFeaturesRequest(
+                feature_view=f"{view}_{s}",
+                columns={
+                    key: column(keys),
+                    "event_time": column([NOW - timedelta(hours=age) for age in ages]),
+                    "x": column(xs),
+                },
+            )
+        )
+
+    await push("terms", "loan_id", ["L1", "L2"], [1, 30], [1.0, 2.0])
+    await push("rates", "loan_id", ["L2"], [1], [3.0])
+    await push("income", "borrower_id", ["B1"], [5], [4.0])
+    await push("score", "loan_id", ["L1"], [2], [None])
+    await replica.catch_up()
+    cache = DefinitionsCache(db_pool, DefinitionQueries(db_pool))
+    reader = OnlineReader(db_pool, cache, replica)
+    entities = {"loan_id": column(["L1", "L2", "L3"]), "borrower_id": column(["B1", "B2", "B1"])}
+
+    async def both() -> tuple[rr.GetOnlineFeaturesResponse, rr.GetOnlineFeaturesResponse]:
+        ready = await reader.read(
+            feature_service=f"mixed_{s}", references=(), entities=entities, request_data={}
+        )
+        from_postgres = await without_replica.GetOnlineFeatures(
+            rr.GetOnlineFeaturesRequest(feature_service=f"mixed_{s}", entities=entities)
+        )
+        return rr.GetOnlineFeaturesResponse.FromString(ready), from_postgres
+
+    ready, from_postgres = await both()
+    assert ready == from_postgres
+    assert [python(v) for v in ready.results[0].values] == [1.0, None, None, 4.0, None]
+    assert ready.results[1].statuses[0] == m.FEATURE_STATUS_EXPIRED
+    runs = online_reply.ready_runs(await cache.plan(f"mixed_{s}", ()))
+    assert [(run.first, len(run.shape)) for run in runs] == [(0, 2), (3, 1), (4, 1)]
+    for run in runs:
+        index = replica.vectors.index_for(run.shape)
+        assert index is not None and index.entries  # every run kept its parts
+
+    await push("income", "borrower_id", ["B1"], [1], [5.0])
+    await replica.catch_up()
+    ready, from_postgres = await both()
+    assert ready == from_postgres
+    assert python(ready.results[2].values[3]) == 5.0

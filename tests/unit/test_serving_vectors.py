@@ -49,8 +49,8 @@ def _tables() -> ViewTables:
 
 def _expected(
     cells: list[tuple[float | None, int, datetime | None]],
-) -> rr.GetOnlineFeaturesResponse:
-    """One results entry built with the protobuf library: (value, status, event time)."""
+) -> rr.FeatureVector:
+    """One entity's FeatureVector built with the protobuf library: (value, status, time)."""
     vector = rr.FeatureVector()
     for value, status, event_time in cells:
         vector.values.append(m.Value() if value is None else m.Value(float64_value=value))
@@ -59,7 +59,7 @@ def _expected(
         if event_time is not None:
             stamp.FromDatetime(event_time)
         vector.event_times.append(stamp)
-    return rr.GetOnlineFeaturesResponse(results=[vector])
+    return vector
 
 
 def _read(index: VectorIndex, key: str, tables: ViewTables, now: datetime) -> bytes:
@@ -67,8 +67,8 @@ def _read(index: VectorIndex, key: str, tables: ViewTables, now: datetime) -> by
     return entry
 
 
-def _parsed(entry: bytes) -> rr.GetOnlineFeaturesResponse:
-    return rr.GetOnlineFeaturesResponse.FromString(entry)
+def _parsed(entry: bytes) -> rr.FeatureVector:
+    return rr.FeatureVector.FromString(entry)
 
 
 def test_entries_hold_values_statuses_and_event_times_of_every_case() -> None:
@@ -98,7 +98,7 @@ def test_an_entry_is_not_served_past_the_moment_its_first_value_expires() -> Non
 
     assert _read(index, "fresh", tables, expires) == kept  # at the TTL exactly: still fresh
     later = _parsed(_read(index, "fresh", tables, expires + timedelta(microseconds=1)))
-    assert list(later.results[0].statuses) == [EXPIRED, EXPIRED, PRESENT]
+    assert list(later.statuses) == [EXPIRED, EXPIRED, PRESENT]
 
 
 async def test_a_changed_row_drops_its_entries_and_the_next_read_sees_it() -> None:
@@ -107,14 +107,14 @@ async def test_a_changed_row_drops_its_entries_and_the_next_read_sees_it() -> No
     index = indexes.index_for(SHAPE)
     assert index is not None
     before = _parsed(_read(index, "fresh", tables, T))
-    assert before.results[0].values[2].float64_value == 7.0
+    assert before.values[2].float64_value == 7.0
 
     tables[("profile", 1)]["fresh"] = _row([9.0], T - timedelta(minutes=1))
     indexes.invalidate(("profile", 1), "fresh")
 
     assert "fresh" not in index.entries
     after = _parsed(_read(index, "fresh", tables, T))
-    assert after.results[0].values[2].float64_value == 9.0
+    assert after.values[2].float64_value == 9.0
 
 
 async def test_a_new_index_fills_in_the_background() -> None:

@@ -100,6 +100,16 @@ def test_vectors_written_view_by_view_parse_in_order() -> None:
                 wire.time_field(stamp.SerializeToString()),
             )
         )
+    vector = b"".join(parts)
     reply = rr.GetOnlineFeaturesResponse()
-    reply.MergeFromString(wire.result_from_parts(parts))
+    reply.MergeFromString(wire.result_header(len(vector)) + vector)
     assert list(reply.results) == [expected]
+
+
+def test_result_headers_of_every_length_class() -> None:
+    for length in (0, 1, 127, 128, 300, 16_383, 16_384, 3_000_000):
+        vector = rr.FeatureVector(statuses=[1] * length)
+        body = vector.SerializeToString()
+        reply = rr.GetOnlineFeaturesResponse()
+        reply.MergeFromString(wire.result_header(len(body)) + body)
+        assert list(reply.results) == [vector], length

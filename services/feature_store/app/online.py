@@ -71,18 +71,22 @@ class OnlineReader:
         # Where rows come from is decided once, before any await: entries built from rows
         # read from Postgres while the replica finished loading would never be dropped.
         held = self._replica.tables
-        ready = self._ready(plan) if feature_service and held is not None else None
+        ready = self._ready(plan) if feature_service and held is not None else {}
         tables = await self._stored(plan, keys_by_view, now, held)
         return online_reply.encode(plan, keys_by_view, tables, request_data, rows, now, ready)
 
-    def _ready(self, plan: ReadPlan) -> VectorIndex | None:
-        """The replica's ready entries for a feature service's plan, if it keeps them.
+    def _ready(self, plan: ReadPlan) -> dict[int, VectorIndex]:
+        """The replica's ready parts for a feature service's plan, by run (ADR 0010).
 
         Only feature services get them: they are the stable selections models read,
         while ad-hoc feature lists would each build an index of every entity.
         """
-        shape = online_reply.vector_shape(plan)
-        return self._replica.vectors.index_for(shape) if shape else None
+        ready = {}
+        for run in online_reply.ready_runs(plan):
+            index = self._replica.vectors.index_for(run.shape)
+            if index is not None:
+                ready[run.first] = index
+        return ready
 
     async def _stored(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain
 
 from lathe.feature_store.v1 import message_pb2 as m
 from lathe.feature_store.v1 import request_response_pb2 as rr
@@ -30,6 +31,7 @@ _PRESENT = m.FEATURE_STATUS_PRESENT
 _NOT_FOUND = m.FEATURE_STATUS_NOT_FOUND
 _EXPIRED = m.FEATURE_STATUS_EXPIRED
 _EMPTY: dict[str, ServingRow] = {}
+_NONE_READY: Mapping[int, VectorIndex] = {}
 
 
 def encode(
@@ -39,17 +41,17 @@ def encode(
     request_data: Mapping[str, m.RepeatedValue],
     rows: int,
     now: datetime,
-    ready: VectorIndex | None = None,
+    ready: Mapping[int, VectorIndex] = _NONE_READY,
 ) -> bytes:
     """The reply for ``rows`` entity rows, as of ``now`` (TTLs).
 
-    ``ready``: the index of ``vector_shape(plan)``, when the replica keeps one.
+    ``ready``: indexes the replica keeps for runs of ``ready_runs(plan)``, by the run's
+    first view.
     """
     layout = _layout(plan)
-    if ready is not None:
-        results = ready.results(keys_by_view[0], tables, now)
-    elif layout.whole_views:
-        results = _whole_views(layout, keys_by_view, tables, now)
+    if layout.runs is not None:
+        vectors = _whole_views(layout, keys_by_view, tables, now, ready)
+        results = chain.from_iterable((wire.result_header(len(v)), v) for v in vectors)
     else:
         results = _assembled(
             plan, layout.views, layout.pieces, keys_by_view, tables, request_data, rows, now
@@ -57,11 +59,22 @@ def encode(
     return layout.names + b"".join(results)
 
 
-def vector_shape(plan: ReadPlan) -> Shape | None:
-    """The plan's views as a ``serving_vectors`` shape, or None if its replies cannot be
-    kept ready per entity: on-demand features, parts of views, stream views (their
-    values depend on the read time), or several join keys."""
-    return _layout(plan).ready_shape
+@dataclass(frozen=True)
+class Run:
+    """Consecutive views of a whole-view plan whose reply parts are read together."""
+
+    first: int
+    """Index of its first view in ``plan.views``."""
+    shape: Shape
+    ready: bool
+    """Stored views of one join key: their parts can be kept ready per entity."""
+
+
+def ready_runs(plan: ReadPlan) -> list[Run]:
+    """The runs whose parts the replica can keep ready (``serving_vectors``): maximal runs
+    of stored views with one join key in a selection of whole views without on-demand
+    features. Stream views' values depend on the read time and are read per call."""
+    return [run for run in _layout(plan).runs or () if run.ready]
 
 
 @dataclass(frozen=True)
@@ -71,11 +84,11 @@ class _Layout:
     names: bytes
     """The ``feature_names`` fields."""
     pieces: list[_Whole | StoredColumn | OnDemandColumn]
-    whole_views: bool
-    """Every column is part of a whole stored view, in order: fragments can be copied."""
     views: tuple[StoredView, ...]
     """How each view's rows become fragments when the whole view is selected."""
-    ready_shape: Shape | None
+    runs: tuple[Run, ...] | None
+    """The views in runs, when every column is part of a whole view, in order (no
+    on-demand features): replies are then copied from stored fragments."""
 
 
 def _layout(plan: ReadPlan) -> _Layout:
@@ -86,35 +99,59 @@ def _layout(plan: ReadPlan) -> _Layout:
         views = tuple(
             StoredView.of(read.key, len(read.view.features), read.ttl_s) for read in plan.views
         )
-        can_be_ready = (
-            whole_views
-            and all(read.stored for read in plan.views)
-            and len({read.join_key for read in plan.views}) == 1
-        )
         layout = plan.memo["online_layout"] = _Layout(
             names=rr.GetOnlineFeaturesResponse(
                 feature_names=plan.feature_names
             ).SerializeToString(),
             pieces=pieces,
-            whole_views=whole_views,
             views=views,
-            ready_shape=views if can_be_ready else None,
+            runs=_runs(plan, views) if whole_views else None,
         )
     assert isinstance(layout, _Layout)
     return layout
 
 
+def _runs(plan: ReadPlan, views: tuple[StoredView, ...]) -> tuple[Run, ...]:
+    runs: list[Run] = []
+    for index, (read, view) in enumerate(zip(plan.views, views, strict=True)):
+        last = runs[-1] if runs else None
+        if (
+            last is not None
+            and last.ready
+            and read.stored
+            and plan.views[last.first].join_key == read.join_key
+        ):
+            runs[-1] = Run(last.first, (*last.shape, view), ready=True)
+        else:
+            runs.append(Run(index, (view,), ready=read.stored))
+    return tuple(runs)
+
+
 def _whole_views(
-    layout: _Layout, keys_by_view: list[list[str]], tables: ViewTables, now: datetime
+    layout: _Layout,
+    keys_by_view: list[list[str]],
+    tables: ViewTables,
+    now: datetime,
+    ready: Mapping[int, VectorIndex],
 ) -> list[bytes]:
-    """Replies for selections of whole views: each entity's view fragments joined."""
+    """Each row's FeatureVector for a selection of whole views: per run, the ready parts,
+    or each view's fragment of its stored (or stream-computed) row."""
+    assert layout.runs is not None
     now_us = epoch_us(now)
-    by_view = []
-    for view, keys in zip(layout.views, keys_by_view, strict=True):
-        stored = tables.get(view.key, _EMPTY).get
-        part = view.part
-        by_view.append([part(stored(key), now_us)[0] for key in keys])
-    return [wire.result_from_parts(parts) for parts in zip(*by_view, strict=True)]
+    columns = []
+    for run in layout.runs:
+        index = ready.get(run.first)
+        if index is not None:
+            columns.append(index.results(keys_by_view[run.first], tables, now))
+            continue
+        for offset, view in enumerate(run.shape):
+            stored = tables.get(view.key, _EMPTY).get
+            part = view.part
+            keys = keys_by_view[run.first + offset]
+            columns.append([part(stored(key), now_us)[0] for key in keys])
+    if len(columns) == 1:
+        return columns[0]
+    return [b"".join(parts) for parts in zip(*columns, strict=True)]
 
 
 def _assembled(

@@ -3,10 +3,11 @@
 Serving 100 entities of a 5-view service from the per-view tables touches ~3,000
 scattered objects (hash slots, keys, rows, their times and fragments); on the
 reference machine those cache misses cost 0.5-1 ms, most of the call. A
-``VectorIndex`` holds, per entity, the finished ``results`` entry of one shape of
-selection (its views in order, with their feature counts and TTLs) and the last
-moment that entry stays correct (its first value to expire). A read is then one
-lookup and one copy per entity.
+``VectorIndex`` holds, per entity, the finished reply part of one shape (consecutive
+views of one join key in a feature service, with their feature counts and TTLs: the
+whole service, or a run of it beside stream views or another entity's views) and the
+last moment that part stays correct (its first value to expire). A read is then one
+lookup and one copy per entity and run.
 
 Entries are derived from the replica's rows and never disagree with them: the
 replica drops an entity's entries whenever one of its rows changes, and a read
@@ -26,7 +27,6 @@ from datetime import UTC, datetime
 
 from opentelemetry import metrics
 
-from services.feature_store.app import wire
 from services.feature_store.app.serving_rows import (
     FOREVER_US,
     ServingRow,
@@ -56,11 +56,13 @@ _EMPTY: dict[str, ServingRow] = {}
 Shape = tuple[StoredView, ...]
 """The views of a selection in reply order; every view has the same join key."""
 Entry = tuple[int, bytes]
-"""(valid through, microseconds since the epoch; one encoded ``results`` element)."""
+"""(valid through, microseconds since the epoch; the entity's encoded FeatureVector part
+for the shape's views, which the reply wraps into a ``results`` element with any other
+views' parts)."""
 
 
 def build_entry(shape: Shape, tables: ViewTables, key: str, now_us: int) -> Entry | None:
-    """The entity's ``results`` element read at ``now_us``; None when it has no rows."""
+    """The entity's FeatureVector part read at ``now_us``; None when it has no rows."""
     parts = []
     valid_until = FOREVER_US
     stored = False
@@ -72,7 +74,7 @@ def build_entry(shape: Shape, tables: ViewTables, key: str, now_us: int) -> Entr
         valid_until = min(valid_until, until)
     if not stored:
         return None
-    return valid_until, wire.result_from_parts(parts)
+    return valid_until, b"".join(parts)
 
 
 class VectorIndex:
@@ -83,14 +85,14 @@ class VectorIndex:
         self.capacity = capacity
         """Past it, entries are built for each read but not kept."""
         self.entries: dict[str, Entry] = {}
-        self.absent = wire.result_from_parts(view.absent for view in shape)
+        self.absent = b"".join(view.absent for view in shape)
         """The entry of an entity with no rows (never stored)."""
         self.filled = False
         """Every entity that had rows when the fill began has had an entry built."""
         self.last_used = time.monotonic()
 
     def results(self, keys: list[str], tables: ViewTables, now: datetime) -> list[bytes]:
-        """The ``results`` elements for ``keys`` read at ``now``."""
+        """The FeatureVector parts for ``keys`` read at ``now``."""
         now_us = epoch_us(now)
         get = self.entries.get
         out = []

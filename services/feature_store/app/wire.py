@@ -10,7 +10,7 @@ written here; tests check the bytes against the protobuf library.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 _VALUES = 0x0A  # FeatureVector.values = 1, length-delimited (same tag as FeatureRow.values)
@@ -100,10 +100,13 @@ def vector_part(values: bytes, status: int, count: int, time: bytes) -> bytes:
     return b"".join((values, statuses_field(status, count), time * count))
 
 
-def result_from_parts(parts: Iterable[bytes]) -> bytes:
-    """One ``results`` entry from its views' ``vector_part`` fragments."""
-    vector = b"".join(parts)
-    return bytes([_RESULTS]) + varint(len(vector)) + vector
+def result_header(length: int) -> bytes:
+    """The tag and length that make a ``length``-byte FeatureVector a ``results`` entry."""
+    if length < 0x80:
+        return bytes((_RESULTS, length))
+    if length < 0x4000:
+        return bytes((_RESULTS, (length & 0x7F) | 0x80, length >> 7))
+    return bytes([_RESULTS]) + varint(length)
 
 
 def result_field(values: Sequence[bytes], statuses: Sequence[int], times: Sequence[bytes]) -> bytes:
