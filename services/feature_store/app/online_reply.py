@@ -49,9 +49,11 @@ def encode(
     first view.
     """
     layout = _layout(plan)
-    if layout.runs is not None:
+    if layout.runs is not None and len(layout.runs) == 1 and 0 in ready:
+        results = ready[0].results(keys_by_view[0], tables, now, whole=True)
+    elif layout.runs is not None:
         vectors = _whole_views(layout, keys_by_view, tables, now, ready)
-        results = chain.from_iterable((wire.result_header(len(v)), v) for v in vectors)
+        results = list(chain.from_iterable((wire.result_header(len(v)), v) for v in vectors))
     else:
         results = _assembled(
             plan, layout.views, layout.pieces, keys_by_view, tables, request_data, rows, now

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 
 from opentelemetry import metrics
 
+from services.feature_store.app import wire
 from services.feature_store.app.serving_rows import (
     FOREVER_US,
     ServingRow,
@@ -55,10 +56,10 @@ _EMPTY: dict[str, ServingRow] = {}
 
 Shape = tuple[StoredView, ...]
 """The views of a selection in reply order; every view has the same join key."""
-Entry = tuple[int, bytes]
-"""(valid through, microseconds since the epoch; the entity's encoded FeatureVector part
-for the shape's views, which the reply wraps into a ``results`` element with any other
-views' parts)."""
+Entry = tuple[int, bytes, bytes]
+"""(valid through, in microseconds since the epoch; the entity's encoded FeatureVector
+part for the shape's views; the ``results`` tag and length that make that part a whole
+reply entry when the shape is the whole selection)."""
 
 
 def build_entry(shape: Shape, tables: ViewTables, key: str, now_us: int) -> Entry | None:
@@ -74,7 +75,8 @@ def build_entry(shape: Shape, tables: ViewTables, key: str, now_us: int) -> Entr
         valid_until = min(valid_until, until)
     if not stored:
         return None
-    return valid_until, b"".join(parts)
+    vector = b"".join(parts)
+    return valid_until, vector, wire.result_header(len(vector))
 
 
 class VectorIndex:
@@ -85,37 +87,42 @@ class VectorIndex:
         self.capacity = capacity
         """Past it, entries are built for each read but not kept."""
         self.entries: dict[str, Entry] = {}
-        self.absent = b"".join(view.absent for view in shape)
+        absent = b"".join(view.absent for view in shape)
+        self.absent: Entry = (FOREVER_US, absent, wire.result_header(len(absent)))
         """The entry of an entity with no rows (never stored)."""
         self.filled = False
         """Every entity that had rows when the fill began has had an entry built."""
         self.last_used = time.monotonic()
 
-    def results(self, keys: list[str], tables: ViewTables, now: datetime) -> list[bytes]:
-        """The FeatureVector parts for ``keys`` read at ``now``."""
+    def results(
+        self, keys: list[str], tables: ViewTables, now: datetime, *, whole: bool = False
+    ) -> list[bytes]:
+        """The FeatureVector parts for ``keys`` read at ``now``; with ``whole`` (the shape
+        is the whole selection) each preceded by its ``results`` tag and length."""
         now_us = epoch_us(now)
         get = self.entries.get
-        out = []
+        out: list[bytes] = []
         add = out.append
         for key in keys:  # the hot loop: one lookup per entity
             entry = get(key)
             if entry is None or entry[0] < now_us:
-                add(self.refresh(key, tables, now_us))
-            else:
-                add(entry[1])
+                entry = self.refresh(key, tables, now_us)
+            if whole:
+                add(entry[2])
+            add(entry[1])
         return out
 
-    def refresh(self, key: str, tables: ViewTables, now_us: int) -> bytes:
+    def refresh(self, key: str, tables: ViewTables, now_us: int) -> Entry:
         """Build (and keep, if the entity has rows) the entry of ``key``."""
         entry = build_entry(self.shape, tables, key, now_us)
         if entry is None:
             return self.absent
         if key not in self.entries:
             if len(self.entries) >= self.capacity:
-                return entry[1]
+                return entry
             _entries_held.add(1)
         self.entries[key] = entry
-        return entry[1]
+        return entry
 
     def drop(self, key: str) -> None:
         if self.entries.pop(key, None) is not None:
