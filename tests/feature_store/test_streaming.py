@@ -741,3 +741,27 @@ async def test_raw_events_past_their_retention_are_pruned(
         (f"a_{s}", kept_ages[0]),
         (f"b_{s}", kept_ages[1]),
     ]
+
+
+@pytest.mark.parametrize(
+    "table,start", [("stream_tiles", "tile_start"), ("stream_rollups", "rollup_start")]
+)
+async def test_the_state_update_finds_its_row_by_the_whole_key_even_in_a_generic_plan(
+    feature_store_host: object, db_pool: asyncpg.Pool, table: str, start: str
+) -> None:
+    """asyncpg's prepared UPDATE switches to a generic plan; one that reached the row by
+    (view, version, start) and filtered entity_key scanned every entity of that hour."""
+    sql = tiles._WRITE.format(table=table, start=start)
+    async with db_pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE write_state(text, int, text, timestamptz, jsonb) AS {sql}")
+        try:
+            plan = "\n".join(
+                r[0]
+                for r in await conn.fetch(
+                    "EXPLAIN EXECUTE write_state('v', 1, 'L1', now(), '{}'::jsonb)"
+                )
+            )
+        finally:
+            await conn.execute("DEALLOCATE write_state")
+    assert "entity_key = $3" in plan.split("Index Cond:")[1].split("\n")[0], plan
