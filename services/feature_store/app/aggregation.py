@@ -162,7 +162,7 @@ class StreamViewSpec:
     @property
     def rolls_up(self) -> bool:
         """Whether ingestion and backfill keep rollups: only where a window is long enough
-        for them to pay for their writes (they roughly halve the ingest rate)."""
+        for them to pay for their writes (about a third of the ingest rate)."""
         return self.max_window_us > ROLLUP_MIN_WINDOW_TILES * self.tile_us
 
 
