@@ -70,11 +70,11 @@ class HistoricalReader:
             labels = await self._labels_from_table(label_source, join_keys)
         else:
             labels = _labels_from_arrow(entity_rows_arrow, join_keys)
-        stored = [i for i, read in enumerate(plan.views) if not _is_stream(read.view)]
+        stored = [i for i, read in enumerate(plan.views) if read.stored]
         tables = {i: await self._mirror.sync(plan.views[i].view) for i in stored}
         joined = await asyncio.to_thread(self._join, plan, labels, tables)
         for index, read in enumerate(plan.views):
-            if _is_stream(read.view):
+            if not read.stored:
                 joined = await self._add_stream_aggregates(joined, plan, index)
         joined = _with_on_demand(joined, plan)
         ipc = _to_ipc(joined)
@@ -300,10 +300,6 @@ def _profiles(table: pa.Table, plan: ReadPlan) -> list[events_pb2.FeatureProfile
             present = pc.drop_null(column).to_numpy().astype(float)
             profiles.append(profile_of_array(name, present, column.null_count))
     return profiles
-
-
-def _is_stream(view: object) -> bool:
-    return view.WhichOneof("source") == "stream_source"  # type: ignore[attr-defined]
 
 
 def _joined_name(plan: ReadPlan, column: StoredColumn) -> str:

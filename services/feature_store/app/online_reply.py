@@ -1,9 +1,10 @@
 """A GetOnlineFeaturesResponse written as protobuf wire bytes from stored rows.
 
-Selections of whole stored views (the common case: a feature service) copy each row's
-pre-encoded fragment (``ServingRow.whole``); any other selection — some features of a
-view, on-demand features — is assembled value by value. Either way the reply is never
-built as Python protobuf objects (see ``wire``).
+Selections of whole views (the common case: a feature service) copy pre-encoded parts:
+per run of stored views of one entity, the part the replica keeps ready per entity
+(``serving_vectors``) or each row's fragment (``StoredView.part``). Any other selection
+— some features of a view, on-demand features — is assembled value by value. Either way
+the reply is never built as Python protobuf objects (see ``wire``).
 """
 
 from __future__ import annotations

@@ -149,9 +149,6 @@ class VectorIndexes:
         self._indexes: dict[Shape, VectorIndex] = {}
         self._by_view: dict[tuple[str, int], list[VectorIndex]] = {}
         self._fills: dict[Shape, asyncio.Task[None]] = {}
-        self._refused: set[Shape] = set()
-        """Shapes whose entities alone exceed ``max_entries`` (the replica is about to
-        turn off then: its rows exceed the same limit)."""
         self._retry_at: dict[Shape, float] = {}
         """When a shape that found no room, or an index that could not grow, is next tried."""
 
@@ -166,7 +163,7 @@ class VectorIndexes:
                 self._grow(index)
             return index
         tables = self._tables()
-        if tables is None or shape in self._refused or now < self._retry_at.get(shape, 0.0):
+        if tables is None or now < self._retry_at.get(shape, 0.0):
             return None
         return self._make(shape, tables)
 
@@ -178,35 +175,26 @@ class VectorIndexes:
     def clear(self) -> None:
         for shape in list(self._indexes):
             self._remove(shape)
-        self._refused.clear()
+        self._retry_at.clear()
 
     def _make(self, shape: Shape, tables: ViewTables) -> VectorIndex | None:
         now = time.monotonic()
         for idle in [s for s, i in self._indexes.items() if now - i.last_used > _IDLE_S]:
             self._remove(idle)
         needed = _entities(shape, tables)
-        if needed > self._max_entries:
-            self._refused.add(shape)
-            _log.warning(
-                "no ready entries for %s: %d entities exceed the replica's limit of %d; "
-                "these reads assemble each reply view by view",
-                [view.key for view in shape],
-                needed,
-                self._max_entries,
-            )
-            return None
         capacity = min(_room_for(needed), self._max_entries)
+        fits = needed <= self._max_entries
         evictable = sorted(
             (i for i in self._indexes.values() if now - i.last_used > _EVICTABLE_S),
             key=lambda i: i.last_used,
         )
-        while self._reserved() + capacity > self._max_entries and evictable:
+        while fits and self._reserved() + capacity > self._max_entries and evictable:
             self._remove(evictable.pop(0).shape)
-        if self._reserved() + capacity > self._max_entries:
+        if not fits or self._reserved() + capacity > self._max_entries:
             self._retry_at[shape] = now + _RETRY_S
             _log.info(
-                "no room for ready entries of %s (%d entities) beside indexes in use; "
-                "reading view by view, trying again in %.0f s",
+                "no room for ready entries of %s (%d entities) within the replica's limit "
+                "beside indexes in use; reading view by view, trying again in %.0f s",
                 [view.key for view in shape],
                 needed,
                 _RETRY_S,

@@ -145,14 +145,16 @@ async def read_windows(
     return [(_ref(r), r[4]) for r in records]
 
 
-def _range_columns(ranges: Sequence[Range]) -> list[list]:  # type: ignore[type-arg]
-    return [
+def _range_columns(
+    ranges: Sequence[Range],
+) -> tuple[list[str], list[int], list[str], list[datetime], list[datetime]]:
+    return (
         [r[0] for r in ranges],
         [r[1] for r in ranges],
         [r[2] for r in ranges],
         [from_us(r[3]) for r in ranges],
         [from_us(r[4]) for r in ranges],
-    ]
+    )
 
 
 async def rollups_complete(
