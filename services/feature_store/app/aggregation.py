@@ -85,6 +85,13 @@ Span = tuple[int, int]
 """First and last start (µs), both inclusive."""
 
 
+def band_starts(spec: StreamViewSpec, read_us: int) -> list[int]:
+    """The first tile of each window read at ``read_us``, smallest window first (so the
+    starts descend): band k holds the tiles from ``starts[k]`` up to the next band."""
+    windows = sorted({a.window_us for a in spec.aggregations})
+    return [window_start(read_us, w, spec.tile_us) for w in windows]
+
+
 def read_spans(spec: StreamViewSpec, read_us: int, rollups: bool) -> tuple[list[Span], list[Span]]:
     """What a read at ``read_us`` fetches: tile spans and rollup spans that together
     cover the largest window exactly once.
@@ -94,9 +101,7 @@ def read_spans(spec: StreamViewSpec, read_us: int, rollups: bool) -> tuple[list[
     its start is exact. Without ``rollups``, one tile span.
     """
     tile, last = spec.tile_us, floor_tile(read_us, spec.tile_us)
-    firsts = [
-        window_start(read_us, w, tile) for w in sorted({a.window_us for a in spec.aggregations})
-    ]
+    firsts = band_starts(spec, read_us)
     if not rollups:
         return [(firsts[-1], last)], []
     size = spec.rollup_us
@@ -360,7 +365,7 @@ def combine(
     """
     last_start = floor_tile(read_us, spec.tile_us)
     windows = sorted({a.window_us for a in spec.aggregations})
-    firsts = [window_start(read_us, w, spec.tile_us) for w in windows]  # descending
+    firsts = band_starts(spec, read_us)
     bands = [TileState() for _ in windows]
     for start, state in tiles:
         if start > last_start or start < firsts[-1]:
