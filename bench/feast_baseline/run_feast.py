@@ -23,6 +23,10 @@ runs on dask, over the Parquet files, and the SQLite online store), runs
   until the requested count or the time budget is reached; by default with
   Feast's default semantics and with ``filter_by_created_timestamp=True``.
 
+With ``--serve`` it only builds the repository and runs ``feast serve``, announcing
+its port as a JSON line on stdout, until stdin closes: ``bench.features_serving``
+calls it side by side with Lathe's service that way.
+
 It prints one JSON object on stdout (progress goes to stderr). Latency stats use
 the same fields as ``bench.harness.LatencyStats`` (milliseconds).
 """
@@ -53,6 +57,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from bench.feast_baseline import data
+from bench.feast_baseline.http_client import HttpClient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "lathe_bench"
@@ -280,27 +285,6 @@ class FeatureServer:
             self.process.wait()
 
 
-class HttpClient:
-    """POST /get-online-features over one keep-alive connection; the reply parsed."""
-
-    def __init__(self, port: int, features: list[str]) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        self.features = features
-        self.headers = {"Content-Type": "application/json"}
-
-    def get(self, loan_ids: list[str]) -> dict[str, Any]:
-        body = json.dumps({"features": self.features, "entities": {data.ENTITY_KEY: loan_ids}})
-        self.conn.request("POST", "/get-online-features", body, self.headers)
-        response = self.conn.getresponse()
-        payload = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"HTTP {response.status}: {payload[:500]!r}")
-        return dict(json.loads(payload))
-
-    def close(self) -> None:
-        self.conn.close()
-
-
 # --- historical retrieval (one child process per size) -----------------------------------
 
 
@@ -438,24 +422,13 @@ def main_run(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _measure_all(
-    args: argparse.Namespace,
-    result: dict[str, Any],
-    workdir: Path,
-    loan_ids: list[str],
-    spec: data.DataSpec,
-) -> dict[str, Any]:
+def prepare(
+    repo: Path, data_dir: Path, ttl: timedelta, spec: data.DataSpec
+) -> tuple[Any, dict[str, float]]:
+    """A Feast repository over the data, applied and materialized: (FeatureStore, timings)."""
     from feast import FeatureStore
 
-    manifest = data.read_manifest(args.data) or {}
-    ttl = timedelta(days=data.TTL_DAYS)
-    features = data.feature_refs()
-    rng = random.Random(args.seed)
-    repo = workdir / "feature_repo"
-    feast_version = result["feast_version"]
-    log(f"feast {feast_version}; repository in {repo}")
-    write_repo(repo, args.data, ttl)
-
+    write_repo(repo, data_dir, ttl)
     setup: dict[str, float] = {}
     setup["apply_s"] = run_cli(repo, "apply", timeout=600)
     store = FeatureStore(repo_path=str(repo))
@@ -463,6 +436,42 @@ def _measure_all(
     log("materializing")
     store.materialize(spec.start_datetime - timedelta(days=1), spec.end_datetime)
     setup["materialize_s"] = round(time.perf_counter() - started, 3)
+    return store, setup
+
+
+def serve(args: argparse.Namespace, announce: Callable[[dict[str, Any]], None]) -> None:
+    """``feast serve`` over the data until stdin closes; ``announce`` gets its port first.
+
+    For benchmarks that call Feast's feature server side by side with another service
+    in one measurement (``bench.features_serving``).
+    """
+    manifest = data.read_manifest(args.data)
+    if manifest is None:
+        raise SystemExit(f"{args.data} holds no data set: run bench/feast_baseline/data.py first")
+    spec = data.DataSpec(**manifest["spec"])
+    with tempfile.TemporaryDirectory(prefix="feast-serve-") as workdir:
+        repo = Path(workdir) / "feature_repo"
+        _, setup = prepare(repo, args.data, timedelta(days=data.TTL_DAYS), spec)
+        with FeatureServer(repo, Path(workdir) / "feast-serve.log", workers=args.workers) as server:
+            announce({"port": server.port, "features": data.feature_refs(), "setup_s": setup})
+            sys.stdin.read()  # until the caller closes our stdin (or exits)
+
+
+def _measure_all(
+    args: argparse.Namespace,
+    result: dict[str, Any],
+    workdir: Path,
+    loan_ids: list[str],
+    spec: data.DataSpec,
+) -> dict[str, Any]:
+    manifest = data.read_manifest(args.data) or {}
+    ttl = timedelta(days=data.TTL_DAYS)
+    features = data.feature_refs()
+    rng = random.Random(args.seed)
+    repo = workdir / "feature_repo"
+    feast_version = result["feast_version"]
+    log(f"feast {feast_version}; repository in {repo}")
+    store, setup = prepare(repo, args.data, ttl, spec)
     result["setup_s"] = setup
     db = repo / "data" / "online_store.db"
     result["online_store_mib"] = round(db.stat().st_size / 2**20, 1)
@@ -600,6 +609,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=100, help="batch warm-up requests")
     parser.add_argument("--workers", type=int, default=1, help="feast serve workers")
     parser.add_argument("--skip-http", action="store_true", help="no feast serve")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="only run feast serve over the data: print {port, features} as a JSON line, "
+        "then serve until stdin closes",
+    )
     parser.add_argument("--historical-labels", type=int, default=1_000_000)
     parser.add_argument("--historical-modes", choices=["default", "filter", "both"], default="both")
     parser.add_argument("--historical-budget-s", type=float, default=1800)
@@ -623,6 +638,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.historical_only is not None and args.repo is None:
         _parser().error("--historical-only needs --repo")
     # Feast prints progress (materialize) on stdout; stdout carries only the JSON result.
+    if args.serve:
+        out = sys.stdout
+
+        def announce(info: dict[str, Any]) -> None:
+            out.write(json.dumps(info) + "\n")
+            out.flush()
+
+        with contextlib.redirect_stdout(sys.stderr):
+            serve(args, announce)
+        return
     with contextlib.redirect_stdout(sys.stderr):
         run = historical_child if args.historical_only is not None else main_run
         result = run(args)

@@ -10,10 +10,13 @@ can say how far Feast's answer is from the leak-free one.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +63,50 @@ def run_feast(
 ) -> dict[str, Any]:
     """The whole Feast baseline (see run_feast.py for ``args``); its JSON result."""
     return dict(json.loads(_run([str(data_dir), *args], timeout_s=timeout_s, log=log)))
+
+
+@dataclass(frozen=True)
+class FeastServer:
+    """A running ``feast serve`` over the benchmark data."""
+
+    port: int
+    features: list[str]
+    setup_s: dict[str, float]
+
+
+@contextlib.asynccontextmanager
+async def feast_server(
+    data_dir: Path, log: Path, *, start_timeout_s: float = 1800
+) -> AsyncIterator[FeastServer]:
+    """``feast serve`` over ``data_dir`` (applied and materialized first) while the block runs."""
+    command = [str(feast_python()), "-m", "bench.feast_baseline.run_feast", str(data_dir)]
+    with log.open("ab") as err:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            "--serve",
+            cwd=REPO_ROOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+        )
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), start_timeout_s)
+        if not line:
+            await process.wait()
+            tail = (await asyncio.to_thread(log.read_text))[-3000:]
+            raise RuntimeError(
+                f"feast serve did not start (exit {process.returncode}); its log: {log}\n{tail}"
+            )
+        info = json.loads(line)
+        yield FeastServer(info["port"], list(info["features"]), dict(info["setup_s"]))
+    finally:
+        process.stdin.close()  # run_feast stops the server when its stdin closes
+        try:
+            await asyncio.wait_for(process.wait(), 60)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
 
 
 def feast_historical(

@@ -1,11 +1,12 @@
-"""The one server interceptor every Lathe service runs (beside OpenTelemetry's).
+"""The one server interceptor every Lathe service runs.
 
-Per call it: checks the bearer token on mutating RPCs when the service has one,
-records the deadline for propagation, lets pre-serialized replies (``Encoded``)
-through as they are, and turns domain errors into status codes
-with their message. Anything unexpected becomes INTERNAL with the trace id to
-look up, never a stack trace on the wire. One interceptor rather than several
-keeps the per-call overhead to a single wrapper.
+Per call it: opens the call's SERVER span in the caller's trace (``server_spans``),
+checks the bearer token on mutating RPCs when the service has one, records the
+deadline for propagation, lets pre-serialized replies (``Encoded``) through as they
+are, and turns domain errors into status codes with their message. Anything
+unexpected becomes INTERNAL with the trace id to look up, never a stack trace on the
+wire. One interceptor rather than several, and one wrapped handler per method built
+once rather than per call, keep the per-call overhead to a single wrapper.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from libs.errors import LatheError
 from libs.grpckit.deadlines import reset_deadline, set_deadline_from_remaining
 from libs.grpckit.encoded import allowing_encoded
 from libs.grpckit.errors import status_code_for
+from libs.grpckit.server_spans import MethodSpans
 
 _log = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 
 class LatheServerInterceptor(grpc.aio.ServerInterceptor):
-    """Auth for mutating RPCs, deadline propagation and error mapping."""
+    """Tracing, auth for mutating RPCs, deadline propagation and error mapping."""
 
     def __init__(
         self,
@@ -44,6 +46,9 @@ class LatheServerInterceptor(grpc.aio.ServerInterceptor):
         self._mutating = mutating
         self._starting = starting
         self._is_ready = is_ready
+        self._tracer = trace.get_tracer(__name__)
+        # Servicers' handlers live as long as the server: each is wrapped once.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -53,14 +58,26 @@ class LatheServerInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None:
-            return None if self._is_ready() else self._starting.get(method)
+            if self._is_ready():
+                return None
+            handler = self._starting.get(method)
+            return None if handler is None else self._wrap(handler, method)
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         needs_auth = self._expected_auth is not None and method in self._mutating
+        spans = MethodSpans(self._tracer, method)
         if handler.unary_unary or handler.stream_unary:
             behavior = handler.unary_unary or handler.stream_unary
-            wrapped: Behavior = self._wrap_unary(behavior, method, needs_auth)
+            wrapped: Behavior = self._wrap_unary(behavior, method, spans, needs_auth)
         else:
             behavior = handler.unary_stream or handler.stream_stream
-            wrapped = self._wrap_streaming(behavior, method, needs_auth)
+            wrapped = self._wrap_streaming(behavior, method, spans, needs_auth)
         factory = {
             (False, False): grpc.unary_unary_rpc_method_handler,
             (False, True): grpc.unary_stream_rpc_method_handler,
@@ -73,36 +90,44 @@ class LatheServerInterceptor(grpc.aio.ServerInterceptor):
             response_serializer=allowing_encoded(handler.response_serializer),
         )
 
-    def _wrap_unary(self, behavior: Behavior, method: str, needs_auth: bool) -> Behavior:
+    def _wrap_unary(
+        self, behavior: Behavior, method: str, spans: MethodSpans, needs_auth: bool
+    ) -> Behavior:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if needs_auth:
-                await self._authenticate(context, method)
+            span = spans.open(context)
             token = set_deadline_from_remaining(context.time_remaining())
             try:
+                if needs_auth:
+                    await self._authenticate(context, method)
                 return await behavior(request, context)
             except Exception as exc:
                 await _abort_for(exc, context, method)
             finally:
                 reset_deadline(token)
+                spans.end(span, context)
 
         return unary
 
-    def _wrap_streaming(self, behavior: Behavior, method: str, needs_auth: bool) -> Behavior:
+    def _wrap_streaming(
+        self, behavior: Behavior, method: str, spans: MethodSpans, needs_auth: bool
+    ) -> Behavior:
         if not inspect.isasyncgenfunction(behavior):
             # Handlers that write with context.write() are plain coroutines.
-            return self._wrap_unary(behavior, method, needs_auth)
+            return self._wrap_unary(behavior, method, spans, needs_auth)
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            if needs_auth:
-                await self._authenticate(context, method)
+            span = spans.open(context)
             token = set_deadline_from_remaining(context.time_remaining())
             try:
+                if needs_auth:
+                    await self._authenticate(context, method)
                 async for response in behavior(request, context):
                     yield response
             except Exception as exc:
                 await _abort_for(exc, context, method)
             finally:
                 reset_deadline(token)
+                spans.end(span, context)
 
         return streaming
 
@@ -127,7 +152,9 @@ async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: 
         await context.abort(status_code_for(exc), str(exc))
     if isinstance(exc, NotImplementedError):  # a generated servicer method not overridden
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")
-    trace_id = f"{trace.get_current_span().get_span_context().trace_id:032x}"
+    span = trace.get_current_span()
+    span.record_exception(exc)
+    trace_id = f"{span.get_span_context().trace_id:032x}"
     _log.exception("unexpected error in %s (trace %s)", method, trace_id)
     await context.abort(
         grpc.StatusCode.INTERNAL,

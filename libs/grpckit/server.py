@@ -16,7 +16,6 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from libs.grpckit.interceptor import LatheServerInterceptor
 from libs.grpckit.late_binding import LateBoundHandlers
@@ -61,7 +60,7 @@ class GrpcServer:
             is_ready=lambda: self._handlers.bound,
         )
         self.server = grpc.aio.server(
-            interceptors=[aio_server_interceptor(), interceptor],
+            interceptors=[interceptor],
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
