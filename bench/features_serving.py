@@ -41,6 +41,7 @@ from bench.feast_baseline.runner import FeastUnavailable, feast_server, run_feas
 from bench.harness import BenchContext, wait_for_quiet
 from bench.results import Comparison, FamilyResult, Goal, Measurement, Role, Value
 from bench.service_process import (
+    Interleaved,
     free_port,
     interleaved,
     measurement,
@@ -410,7 +411,20 @@ def _feast_latency(feast: dict[str, Any] | None, key: str) -> dict[str, float] |
     return dict(feast[key]["latency_ms"])
 
 
-def _result(params, spec, single, batch, historical, duck, feast, notes) -> FamilyResult:  # type: ignore[no-untyped-def]
+def _switch_in(single: Interleaved, key: str, label: str) -> Measurement:
+    samples = single.switch_in[key]
+    return measurement(
+        f"{key}_switch_in",
+        f"{label}: first call after the other variants ran ({len(samples)} calls)",
+        Role.DIAGNOSTIC,
+        samples,
+    )
+
+
+def _result(
+    params, spec, interleaved_one, interleaved_batch, historical, duck, feast, notes
+) -> FamilyResult:  # type: ignore[no-untyped-def]
+    single, batch = interleaved_one.steady, interleaved_batch.steady
     echo = measurement(
         "raw_grpc_echo", "raw grpc.aio echo (own process)", Role.BASELINE, single["raw_grpc_echo"]
     )
@@ -451,6 +465,15 @@ def _result(params, spec, single, batch, historical, duck, feast, notes) -> Fami
     )
     if feast_http is not None:
         single_variants.append(feast_http)
+    single_variants += [
+        _switch_in(interleaved_one, key, label)
+        for key, label in (
+            ("raw_grpc_echo", "raw echo"),
+            ("lathe_one", "Lathe"),
+            ("feast_http", "Feast HTTP"),
+        )
+        if key in single
+    ]
     reply_sized = measurement(
         "raw_grpc_reply_sized",
         f"raw grpc.aio call returning a reply as large as the {params.batch}-entity one "

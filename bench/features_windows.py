@@ -87,16 +87,18 @@ async def run(context: BenchContext, params: WindowsParams) -> FamilyResult:
             "SELECT tile_start, state::text FROM feature_store.stream_tiles "
             "WHERE view = $1 AND version = 1 AND entity_key = $2 AND tile_start >= $3"
         )
-        samples = await interleaved(
-            {
-                "raw_tiles": lambda: pool.fetch(raw_sql, unrolled.view, "M1", since),
-                "lathe_rollups": lambda: reader.read([(rolled, "M1")], datetime.now(UTC)),
-                "tiles_only": lambda: reader.read([(unrolled, "M1")], datetime.now(UTC)),
-            },
-            samples=params.samples,
-            warmup=params.warmup,
-            chunk=params.chunk,
-        )
+        samples = (
+            await interleaved(
+                {
+                    "raw_tiles": lambda: pool.fetch(raw_sql, unrolled.view, "M1", since),
+                    "lathe_rollups": lambda: reader.read([(rolled, "M1")], datetime.now(UTC)),
+                    "tiles_only": lambda: reader.read([(unrolled, "M1")], datetime.now(UTC)),
+                },
+                samples=params.samples,
+                warmup=params.warmup,
+                chunk=params.chunk,
+            )
+        ).steady
         same = await reader.read([(rolled, "M1"), (unrolled, "M1")], datetime.now(UTC))
     rows = [same[(spec.view, 1)]["M1"].row for spec in (rolled, unrolled)]
     variants = [

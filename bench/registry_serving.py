@@ -124,17 +124,19 @@ async def run(context: BenchContext, params: RegistryParams) -> FamilyResult:
                 "SELECT version, traffic_share, updated_at, updated_by FROM model_registry.aliases "
                 "WHERE model_name = $1 AND alias = $2"
             )
-            resolve = await interleaved(
-                {
-                    "raw_grpc_echo": lambda: echo(echo_payload),
-                    "raw_pk_read": lambda: pool.fetchrow(pk_sql, _MODEL, "production"),
-                    "resolve_alias": lambda: stub.ResolveAlias(resolve_request),
-                    "resolve_alias_sampled": lambda: sampled.ResolveAlias(resolve_request),
-                },
-                samples=params.samples,
-                warmup=params.warmup,
-                chunk=params.chunk,
-            )
+            resolve = (
+                await interleaved(
+                    {
+                        "raw_grpc_echo": lambda: echo(echo_payload),
+                        "raw_pk_read": lambda: pool.fetchrow(pk_sql, _MODEL, "production"),
+                        "resolve_alias": lambda: stub.ResolveAlias(resolve_request),
+                        "resolve_alias_sampled": lambda: sampled.ResolveAlias(resolve_request),
+                    },
+                    samples=params.samples,
+                    warmup=params.warmup,
+                    chunk=params.chunk,
+                )
+            ).steady
             first_page = await stub.ListModelVersions(
                 rr.ListModelVersionsRequest(model_name=_MODEL, page_size=params.page_size)
             )
@@ -147,21 +149,25 @@ async def run(context: BenchContext, params: RegistryParams) -> FamilyResult:
                         )
                     )
                 ).next_page_token
-            listing = await interleaved(
-                {
-                    "first_page": lambda: sampled.ListModelVersions(
-                        rr.ListModelVersionsRequest(model_name=_MODEL, page_size=params.page_size)
-                    ),
-                    "middle_page": lambda: sampled.ListModelVersions(
-                        rr.ListModelVersionsRequest(
-                            model_name=_MODEL, page_size=params.page_size, page_token=deep_token
-                        )
-                    ),
-                },
-                samples=params.list_samples,
-                warmup=params.warmup // 3,
-                chunk=params.chunk,
-            )
+            listing = (
+                await interleaved(
+                    {
+                        "first_page": lambda: sampled.ListModelVersions(
+                            rr.ListModelVersionsRequest(
+                                model_name=_MODEL, page_size=params.page_size
+                            )
+                        ),
+                        "middle_page": lambda: sampled.ListModelVersions(
+                            rr.ListModelVersionsRequest(
+                                model_name=_MODEL, page_size=params.page_size, page_token=deep_token
+                            )
+                        ),
+                    },
+                    samples=params.list_samples,
+                    warmup=params.warmup // 3,
+                    chunk=params.chunk,
+                )
+            ).steady
 
     echo_m = measurement(
         "raw_grpc_echo", "raw grpc.aio echo (own process)", Role.BASELINE, resolve["raw_grpc_echo"]

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.harness import BenchContext, LatencyStats
@@ -68,21 +68,41 @@ async def wait_serving(address: str, *, what: str = "the service") -> None:
     raise RuntimeError(f"{what} at {address} never reached SERVING")
 
 
+@dataclass(frozen=True)
+class Interleaved:
+    """Call latencies (ns) per variant, from ``interleaved``."""
+
+    steady: dict[str, list[int]]
+    """Every call but the first of each chunk: the variant running on its own."""
+    switch_in: dict[str, list[int]]
+    """The first call of each chunk, made just after other variants ran: their work has
+    left the CPU caches cold for this variant's processes (~1 ms more for a gRPC service
+    here). Kept apart so that a p99 over chunks of 100 calls measures the variant, not
+    the 1% of calls that follow a switch, and reported as its own number."""
+
+
 async def interleaved(
     calls: dict[str, Callable[[], Awaitable[object]]], *, samples: int, warmup: int, chunk: int
-) -> dict[str, list[int]]:
-    """Per variant, ``samples`` call latencies (ns), alternating variants every ``chunk``."""
+) -> Interleaved:
+    """Per variant, ``samples`` steady call latencies, alternating variants every ``chunk``
+    calls (so slow drifts of a shared machine reach every variant alike), each chunk led
+    by one switch-in call."""
     for call in calls.values():
         for _ in range(warmup):
             await call()
-    latencies: dict[str, list[int]] = {key: [] for key in calls}
-    while any(len(v) < samples for v in latencies.values()):
+    steady: dict[str, list[int]] = {key: [] for key in calls}
+    switch_in: dict[str, list[int]] = {key: [] for key in calls}
+    while any(len(v) < samples for v in steady.values()):
         for key, call in calls.items():
-            for _ in range(min(chunk, samples - len(latencies[key]))):
+            wanted = min(chunk, samples - len(steady[key]))
+            if wanted == 0:
+                continue
+            for position in range(wanted + 1):
                 started = time.perf_counter_ns()
                 await call()
-                latencies[key].append(time.perf_counter_ns() - started)
-    return latencies
+                elapsed = time.perf_counter_ns() - started
+                (switch_in if position == 0 else steady)[key].append(elapsed)
+    return Interleaved(steady, switch_in)
 
 
 def measurement(key: str, label: str, role: Role, samples: list[int]) -> Measurement:
