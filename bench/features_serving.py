@@ -12,6 +12,14 @@ Side by side in one run: a raw grpc.aio echo (own process) and raw asyncpg key
 lookups (the floor under an online read), Feast 0.67's feature server over HTTP and
 its in-process SDK (its own virtualenv: `bash bench/feast_baseline/setup.sh`), and
 DuckDB's ASOF join over the same data already in memory.
+
+Single-entity calls to Lathe, the echo, asyncpg and Feast's feature server (started
+over the same data before the measurement, `run_feast --serve`) are interleaved in
+chunks of 100 from this one client, so every variant sees the same machine. Each chunk
+starts with one call kept apart ("first call after the other variants ran": other
+processes' work has cooled the CPU caches), reported in its own rows, so the p99s
+measure the variants rather than the switches. Lathe is measured once its ready reply
+entries have filled (ADR 0010), as a service that has been up a while serves.
 """
 
 from __future__ import annotations
