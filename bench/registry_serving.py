@@ -225,7 +225,8 @@ async def run(context: BenchContext, params: RegistryParams) -> FamilyResult:
                 variants=[echo_m, pk_m, resolve_m, sampled_m],
                 notes=[
                     f"{params.samples} sequential calls per variant, alternating every "
-                    f"{params.chunk}; floor (echo + PK read): p50 {floor_p50:.3f} ms, "
+                    f"{params.chunk} (each chunk's first call, after a switch, not counted); "
+                    f"floor (echo + PK read): p50 {floor_p50:.3f} ms, "
                     f"p99 {floor_p99:.3f} ms.",
                     vs_floor(resolve_m),
                     vs_floor(sampled_m),
