@@ -429,9 +429,16 @@ def _switch_in(single: Interleaved, key: str, label: str) -> Measurement:
     )
 
 
-def _result(
-    params, spec, interleaved_one, interleaved_batch, historical, duck, feast, notes
-) -> FamilyResult:  # type: ignore[no-untyped-def]
+def _result(  # type: ignore[no-untyped-def]
+    params,
+    spec,
+    interleaved_one: Interleaved,
+    interleaved_batch: Interleaved,
+    historical,
+    duck,
+    feast,
+    notes,
+) -> FamilyResult:
     single, batch = interleaved_one.steady, interleaved_batch.steady
     echo = measurement(
         "raw_grpc_echo", "raw grpc.aio echo (own process)", Role.BASELINE, single["raw_grpc_echo"]

@@ -58,10 +58,10 @@ class LatheServerInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None:
-            if self._is_ready():
+            # Until the servicers are bound, their methods answer UNAVAILABLE (traced too).
+            handler = None if self._is_ready() else self._starting.get(method)
+            if handler is None:
                 return None
-            handler = self._starting.get(method)
-            return None if handler is None else self._wrap(handler, method)
         known = self._wrapped.get(method)
         if known is not None and known[0] is handler:
             return known[1]

@@ -268,22 +268,21 @@ class VectorIndexes:
     async def _fill_entries(self, index: VectorIndex) -> bool:
         """Build the entry of every entity of the index's views; False if it stopped
         because the replica turned off or the index was dropped."""
+        tables = self._tables()
+        now_us, slice_ends = epoch_us(datetime.now(UTC)), time.perf_counter() + _FILL_SLICE_S
         for view in dict.fromkeys(view.key for view in index.shape):
-            tables = self._tables()
             keys = list(tables.get(view, _EMPTY)) if tables is not None else []
-            position = 0
-            while position < len(keys):
-                tables = self._tables()
+            for start in range(0, len(keys), _FILL_STEP):
+                if time.perf_counter() >= slice_ends:
+                    await asyncio.sleep(_FILL_PAUSE_S)
+                    tables = self._tables()
+                    now_us = epoch_us(datetime.now(UTC))
+                    slice_ends = time.perf_counter() + _FILL_SLICE_S
                 if tables is None or self._indexes.get(index.shape) is not index:
                     return False
-                now_us = epoch_us(datetime.now(UTC))
-                until = time.perf_counter() + _FILL_SLICE_S
-                while position < len(keys) and time.perf_counter() < until:
-                    for key in keys[position : position + _FILL_STEP]:
-                        if key not in index.entries:
-                            index.refresh(key, tables, now_us)
-                    position += _FILL_STEP
-                await asyncio.sleep(_FILL_PAUSE_S)
+                for key in keys[start : start + _FILL_STEP]:
+                    if key not in index.entries:
+                        index.refresh(key, tables, now_us)
         return True
 
 
