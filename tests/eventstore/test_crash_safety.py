@@ -54,10 +54,13 @@ async def test_relay_killed_mid_batch_publishes_every_event_exactly_once(
     await ensure_stream(js, names.stream, [names.all_subjects], duplicate_window_s=120)
     appended: list[UUID] = []
 
-    async def write(total: int) -> None:
-        # Bursts keep the relay busy over many batches, so kills land mid-publish.
+    killing_done = asyncio.Event()
+
+    async def write(at_least: int) -> None:
+        # Bursts keep the relay busy over many batches, so kills land mid-publish; they go
+        # on until the kills are done (a relay that has caught up gives a kill no window).
         n = 0
-        while n < total:
+        while n < at_least or not killing_done.is_set():
             for _ in range(60):
                 size = rng.randint(1, 5)
                 result = await event_store.append(
@@ -91,6 +94,7 @@ async def test_relay_killed_mid_batch_publishes_every_event_exactly_once(
         checkpoint = await event_store.load_checkpoint("relay")
         if await _broker_position(js, names.stream) > checkpoint:
             kills_with_broker_ahead += 1  # published, then killed before the checkpoint
+    killing_done.set()
     await writing
 
     relay = await start_worker(
