@@ -21,6 +21,7 @@ from libs.db import apply_migrations, connect_pool
 from libs.eventstore import EventRelay, EventStore
 from libs.grpckit import GrpcServer
 from libs.messaging import EventStreamNames, connect_nats, ensure_stream
+from libs.runtime.memory import return_large_buffers_to_os
 from libs.runtime.spec import ServiceContext, ServiceSpec
 from libs.telemetry import configure_telemetry
 
@@ -133,6 +134,7 @@ async def _postgres_answers(context: ServiceContext) -> bool:
 
 def run_service(spec: ServiceSpec) -> None:
     """Entry point of a service process: run until SIGTERM/SIGINT."""
+    return_large_buffers_to_os()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -7,12 +7,14 @@ import hashlib
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import psutil
 import pytest
 
+from lathe.model_registry.v1 import message_pb2
 from lathe.model_registry.v1 import request_response_pb2 as rr
 from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
 from libs.config import LatheSettings, ServiceName
@@ -22,16 +24,61 @@ from tests.support.subprocesses import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
-SIZE = 50 * 1024 * 1024
 MIB = 1024 * 1024
+SIZE = 50 * MIB
+WARM_UP_SIZE = 16 * MIB
+"""A first, smaller round trip pays the one-time costs (gRPC's flow-control windows growing,
+the allocator's per-thread arenas, lazily imported code) before the baseline is taken, so the
+measured growth is what scales with the artifact."""
+GROWTH_LIMIT = 20 * MIB
+"""Holding even 40% of the 50 MiB artifact in memory would cross this; gRPC's in-flight windows
+and message copies account for the 6-12 MiB measured (``libs/runtime/memory.py``)."""
 
 
-def _content() -> Iterator[bytes]:
-    """50 MB of incompressible bytes, produced one chunk at a time (never all in memory)."""
-    seed = hashlib.sha256(b"lathe").digest()
-    for i in range(SIZE // client.CHUNK):
-        block = hashlib.sha256(seed + i.to_bytes(8, "big")).digest()
+def _content(size: int, seed: bytes) -> Iterator[bytes]:
+    """``size`` incompressible bytes, produced one chunk at a time (never all in memory)."""
+    digest = hashlib.sha256(seed).digest()
+    for i in range(size // client.CHUNK):
+        block = hashlib.sha256(digest + i.to_bytes(8, "big")).digest()
         yield block * (client.CHUNK // len(block))
+
+
+@dataclass(frozen=True)
+class _RoundTrip:
+    uploaded: message_pb2.ModelVersion
+    sent_sha256: str
+    received: message_pb2.Artifact
+    received_sha256: str
+    received_bytes: int
+    peak_rss: int
+
+
+async def _round_trip(
+    stub: ModelRegistryStub, pid: int, name: str, size: int, seed: bytes
+) -> _RoundTrip:
+    """Upload one ``size``-byte artifact as a new version and download it again."""
+    sent = hashlib.sha256()
+
+    async def requests() -> AsyncIterator[rr.RegisterModelVersionRequest]:
+        yield rr.RegisterModelVersionRequest(metadata=client.metadata(name))
+        for data in _content(size, seed):
+            sent.update(data)
+            yield rr.RegisterModelVersionRequest(
+                chunk=rr.ArtifactChunk(name="model.onnx", data=data)
+            )
+
+    with _PeakRss(pid) as upload_peak:
+        version = (await stub.RegisterModelVersion(requests())).model_version
+    with _PeakRss(pid) as download_peak:
+        header, digest, received = await client.download(stub, name, version.version, "model.onnx")
+    return _RoundTrip(
+        uploaded=version,
+        sent_sha256=sent.hexdigest(),
+        received=header,
+        received_sha256=digest,
+        received_bytes=received,
+        peak_rss=max(upload_peak.peak, download_peak.peak),
+    )
 
 
 class _PeakRss:
@@ -93,32 +140,21 @@ async def test_50_mb_round_trip_with_bounded_server_memory(
             stub = ModelRegistryStub(channel)
             name = "large-artifact-model"
             await stub.CreateModel(rr.CreateModelRequest(name=name, owner="uw"))
-            expected = hashlib.sha256()
-
-            async def requests() -> AsyncIterator[rr.RegisterModelVersionRequest]:
-                yield rr.RegisterModelVersionRequest(metadata=client.metadata(name))
-                for data in _content():
-                    expected.update(data)
-                    yield rr.RegisterModelVersionRequest(
-                        chunk=rr.ArtifactChunk(name="model.onnx", data=data)
-                    )
-
+            warm_up = await _round_trip(stub, process.pid, name, WARM_UP_SIZE, b"warm-up")
             baseline = psutil.Process(process.pid).memory_info().rss
-            with _PeakRss(process.pid) as upload_peak:
-                version = (await stub.RegisterModelVersion(requests())).model_version
-            with _PeakRss(process.pid) as download_peak:
-                header, digest, size = await client.download(
-                    stub, name, version.version, "model.onnx"
-                )
+            large = await _round_trip(stub, process.pid, name, SIZE, b"lathe")
     finally:
         if process.returncode is None:
             process.terminate()
         await process.wait()
         log.close()
 
-    assert version.artifacts[0].size_bytes == SIZE
-    assert digest == header.sha256 == expected.hexdigest()
-    assert size == SIZE
-    growth = max(upload_peak.peak, download_peak.peak) - baseline
+    for trip, size in ((warm_up, WARM_UP_SIZE), (large, SIZE)):
+        assert trip.uploaded.artifacts[0].size_bytes == size
+        assert trip.received.sha256 == trip.received_sha256 == trip.sent_sha256
+        assert trip.received_bytes == size
+    growth = large.peak_rss - baseline
     print(f"registry RSS: baseline {baseline / MIB:.0f} MiB, growth {growth / MIB:.1f} MiB")
-    assert growth < 24 * MIB, f"server memory grew by {growth / MIB:.1f} MiB for a 50 MiB artifact"
+    assert growth < GROWTH_LIMIT, (
+        f"server memory grew by {growth / MIB:.1f} MiB during a 50 MiB round trip"
+    )
