@@ -193,6 +193,21 @@ async def _historical(stub: FeatureStoreStub, labels: bytes) -> tuple[float, int
     return time.perf_counter() - started, rows
 
 
+async def _historical_after_restart(
+    env: dict[str, str], home: str, address: str, labels: bytes
+) -> float:
+    """A training set's seconds from a feature-store process started again on ``home``."""
+    async with (
+        process(["-m", "services.feature_store"], env, Path(home) / "fs-restarted.log"),
+        grpc.aio.insecure_channel(
+            address, options=[("grpc.max_receive_message_length", 64 << 20)]
+        ) as channel,
+    ):
+        await wait_serving(address, what="the restarted feature store")
+        seconds, _ = await _historical(FeatureStoreStub(channel), labels)
+    return seconds
+
+
 def _ready_entries(metrics_port: int) -> float:
     """The service's ready reply entries (ADR 0010), from its Prometheus endpoint."""
     url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -384,6 +399,8 @@ async def run(context: BenchContext, params: FeaturesParams) -> FamilyResult:
             )
             labels = _labels_ipc(directory, spec.labels)
             historical = [await _historical(stub, labels) for _ in range(params.historical_runs)]
+        # The same home again: the restarted process reopens its mirror file (ADR 0008).
+        after_restart = await _historical_after_restart(env, home, address, labels)
     duck = await asyncio.to_thread(run_baseline, directory, repeats=2, methods=("record_setters",))
     feast: dict[str, Any] | None = None
     if params.feast:
@@ -406,7 +423,7 @@ async def run(context: BenchContext, params: FeaturesParams) -> FamilyResult:
             )
         except FeastUnavailable as missing:
             notes.append(f"Feast not measured: {missing}")
-    return _result(params, spec, single, batch, historical, duck, feast, notes)
+    return _result(params, spec, single, batch, historical, after_restart, duck, feast, notes)
 
 
 def _ms(value: float) -> Value:
@@ -435,6 +452,7 @@ def _result(  # type: ignore[no-untyped-def]
     interleaved_one: Interleaved,
     interleaved_batch: Interleaved,
     historical,
+    after_restart,
     duck,
     feast,
     notes,
@@ -548,6 +566,13 @@ def _result(  # type: ignore[no-untyped-def]
             "Lathe GetHistoricalFeatures over gRPC, later call",
             Role.LATHE,
             {"seconds": Value(round(warm, 3), "s")},
+        ),
+        Measurement(
+            "lathe_after_restart",
+            "Lathe GetHistoricalFeatures over gRPC, first call after the process restarted "
+            "(mirror file reopened, checked against Postgres)",
+            Role.LATHE,
+            {"seconds": Value(round(after_restart, 3), "s")},
         ),
     ]
     feast_hist = (feast or {}).get("historical", {})

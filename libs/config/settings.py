@@ -128,6 +128,11 @@ class LatheSettings(BaseSettings):
         """Where the model registry keeps content-addressed artifact blobs."""
         return self.artifact_root or self.home / "artifacts"
 
+    @property
+    def feature_store_mirror_path(self) -> Path:
+        """The feature store's DuckDB copy of its offline logs: derived, safe to delete."""
+        return self.home / "feature-store" / f"offline-mirror-{self.namespace}.duckdb"
+
     def service_addr(self, service: ServiceName) -> str:
         """The host:port a service listens on and clients dial."""
         return str(getattr(self, f"{service.value}_addr"))

@@ -41,7 +41,11 @@ def build(context: ServiceContext) -> ServiceComponents:
             context.pool,
             context.store,
             cache,
-            OfflineMirror(context.pool, scratch=context.settings.home),
+            OfflineMirror(
+                context.pool,
+                database=context.settings.feature_store_mirror_path,
+                scratch=context.settings.home,
+            ),
         ),
         StatisticsReader(context.pool, cache),
         Backfiller(context.pool, context.store, cache),

@@ -5,14 +5,25 @@ join reads is brought up to date by copying only the rows whose ``seq`` is past
 what the mirror has (appends to a view commit in seq order, so that is exact),
 and the join then runs in DuckDB's columnar engine instead of as millions of
 Postgres index probes. Each changed log's timeline (store/pit_join.py) is rebuilt
-right after the copy, so training-set queries only join. The mirror lives in the
-feature-store process; a fresh process rebuilds it on first use.
+right after the copy, so training-set queries only join.
+
+The mirror is a DuckDB file under ``$LATHE_HOME`` (one per namespace), so a restarted
+process copies only what was appended while it was down. It is derived data: each log's
+copy records the Postgres table it came from and is checked against it (the same table,
+and its last mirrored row still there, unchanged) before it is trusted; anything else
+rebuilds that copy from Postgres. Each copy and its bookkeeping commit in one DuckDB
+transaction, so a process killed mid-copy leaves the previous, consistent copy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import asyncpg
@@ -22,6 +33,8 @@ from lathe.feature_store.v1 import message_pb2 as m
 from services.feature_store.store.offline import log_table, qualified_log_table
 from services.feature_store.store.pit_join import q, timeline_sql
 
+_log = logging.getLogger(__name__)
+
 DUCK_TYPES = {
     m.VALUE_TYPE_BOOL: "BOOLEAN",
     m.VALUE_TYPE_INT64: "BIGINT",
@@ -30,18 +43,47 @@ DUCK_TYPES = {
     m.VALUE_TYPE_TIMESTAMP: "TIMESTAMP",
 }
 
+_STATE = "lathe_mirrored_logs"
+"""The mirror's bookkeeping: one row per mirrored log."""
+
+_Anchor = tuple[str, dt.datetime, dt.datetime]
+"""A log row's identity: entity key, event time, created time (UTC wall clock)."""
+
+
+@dataclass(frozen=True)
+class _MirroredLog:
+    columns: tuple[str, ...]
+    """Feature columns, in order (a view version may append features)."""
+    relation_id: int
+    """The Postgres log table's oid: a dropped and recreated table is another table."""
+    last_seq: int
+    timeline_seq: int
+    """The ``last_seq`` the timeline was built at; behind ``last_seq`` means rebuild."""
+
 
 class OfflineMirror:
-    def __init__(self, pool: asyncpg.Pool, *, scratch: Path | None = None) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, database: Path | None = None, scratch: Path | None = None
+    ) -> None:
+        """A mirror kept in ``database`` (a DuckDB file), or in memory when None."""
         self._pool = pool
         self._scratch = scratch
         if scratch is not None:
             scratch.mkdir(parents=True, exist_ok=True)
-        self.db = duckdb.connect(":memory:")
+        self.db = _open(database)
         self.db.execute("SET TimeZone = 'UTC'")
-        self._seen: dict[str, int] = {}
-        self._columns: dict[str, tuple[str, ...]] = {}
+        self.db.execute(
+            f"CREATE TABLE IF NOT EXISTS {_STATE} (log_table VARCHAR PRIMARY KEY, "
+            "columns VARCHAR[], relation_id BIGINT, last_seq BIGINT, timeline_seq BIGINT)"
+        )
+        self._logs = {
+            row[0]: _MirroredLog(tuple(row[1]), row[2], row[3], row[4])
+            for row in self.db.execute(f"SELECT * FROM {_STATE}").fetchall()
+        }
         self._lock = asyncio.Lock()
+
+    def close(self) -> None:
+        self.db.close()
 
     async def sync(self, view: m.FeatureView) -> str:
         """Bring the view version's mirror and timeline up to date; returns the timeline's
@@ -50,20 +92,67 @@ class OfflineMirror:
         timeline = f"{table}_timeline"
         async with self._lock:
             columns = {f.name: DUCK_TYPES[f.type] for f in view.features}
-            changed = self._columns.get(table) != tuple(columns)  # new, or features appended
-            if changed:
-                await asyncio.to_thread(self._create, table, columns)
-                self._seen[table] = 0
-                self._columns[table] = tuple(columns)
-            last = self._seen.get(table, 0)
+            mirrored = self._logs.get(table)
+            relation_id, anchor = await self._source(view, mirrored)
+            if mirrored is None or not await asyncio.to_thread(
+                self._matches, table, mirrored, tuple(columns), relation_id, anchor
+            ):
+                mirrored = _MirroredLog(tuple(columns), relation_id, last_seq=0, timeline_seq=-1)
+                await asyncio.to_thread(self._create, table, columns, mirrored)
             with tempfile.TemporaryDirectory(dir=self._scratch) as directory:
                 path = Path(directory) / "rows.csv"
-                copied = await self._export(view, last, path)
-                if copied:
-                    self._seen[table] = await asyncio.to_thread(self._load, table, columns, path)
-            if changed or copied:
-                await asyncio.to_thread(self._build_timeline, timeline, table, tuple(columns))
+                if await self._export(view, mirrored.last_seq, path):
+                    mirrored = await asyncio.to_thread(self._load, table, columns, path, mirrored)
+            if mirrored.timeline_seq != mirrored.last_seq:
+                mirrored = await asyncio.to_thread(self._build_timeline, timeline, table, mirrored)
+            self._logs[table] = mirrored
         return timeline
+
+    async def _source(
+        self, view: m.FeatureView, mirrored: _MirroredLog | None
+    ) -> tuple[int, _Anchor | None]:
+        """The log table's oid, and the identity of its row at the mirror's last seq."""
+        last_seq = mirrored.last_seq if mirrored is not None else 0
+        row = await self._pool.fetchrow(
+            "SELECT c.oid::bigint AS relation_id, l.entity_key, "
+            "l.event_time AT TIME ZONE 'UTC' AS event_time, "
+            "l.created_time AT TIME ZONE 'UTC' AS created_time "
+            "FROM (SELECT $1::text::regclass::oid AS oid) AS c "
+            f"LEFT JOIN {qualified_log_table(view.name, view.version)} AS l ON l.seq = $2",
+            qualified_log_table(view.name, view.version),
+            last_seq,
+        )
+        assert row is not None  # a one-row relation left-joined
+        anchor = None
+        if row["entity_key"] is not None:
+            anchor = (row["entity_key"], row["event_time"], row["created_time"])
+        return row["relation_id"], anchor
+
+    def _matches(
+        self,
+        table: str,
+        mirrored: _MirroredLog,
+        columns: tuple[str, ...],
+        relation_id: int,
+        anchor: _Anchor | None,
+    ) -> bool:
+        """Whether the mirrored copy is a prefix of the Postgres log it claims to be."""
+        if mirrored.columns != columns or mirrored.relation_id != relation_id:
+            return False
+        if mirrored.last_seq == 0:
+            return True
+        mirrored_anchor = self.db.execute(
+            f"SELECT entity_key, event_time, created_time FROM {q(table)} WHERE seq = ?",
+            [mirrored.last_seq],
+        ).fetchone()
+        matches = anchor is not None and mirrored_anchor == anchor
+        if not matches:
+            _log.warning(
+                "the offline mirror's copy of %s does not match Postgres (restored or "
+                "replaced database?); copying it again",
+                table,
+            )
+        return matches
 
     async def _export(self, view: m.FeatureView, after: int, path: Path) -> int:
         """COPY the rows past ``after`` to a CSV file; returns how many."""
@@ -87,17 +176,18 @@ class OfflineMirror:
             )
         return int(status.split()[-1])
 
-    def _create(self, table: str, columns: dict[str, str]) -> None:
+    def _create(self, table: str, columns: dict[str, str], mirrored: _MirroredLog) -> None:
         feature_columns = "".join(f", {q(name)} {kind}" for name, kind in columns.items())
-        self.db.execute(
-            f"CREATE OR REPLACE TABLE {q(table)} (seq BIGINT, entity_key VARCHAR, "
-            f"event_time TIMESTAMP, created_time TIMESTAMP{feature_columns})"
-        )
+        with _transaction(self.db):
+            self.db.execute(
+                f"CREATE OR REPLACE TABLE {q(table)} (seq BIGINT, entity_key VARCHAR, "
+                f"event_time TIMESTAMP, created_time TIMESTAMP{feature_columns})"
+            )
+            self._record(table, mirrored)
 
-    def _build_timeline(self, timeline: str, table: str, features: tuple[str, ...]) -> None:
-        self.db.execute(f"CREATE OR REPLACE TABLE {q(timeline)} AS {timeline_sql(table, features)}")
-
-    def _load(self, table: str, columns: dict[str, str], path: Path) -> int:
+    def _load(
+        self, table: str, columns: dict[str, str], path: Path, mirrored: _MirroredLog
+    ) -> _MirroredLog:
         types = {
             "seq": "BIGINT",
             "entity_key": "VARCHAR",
@@ -105,12 +195,68 @@ class OfflineMirror:
             "created_time": "TIMESTAMP",
             **columns,
         }
+        with _transaction(self.db):
+            self.db.execute(
+                f"INSERT INTO {q(table)} SELECT * FROM read_csv(?, header = false, "
+                f"columns = {_duck_struct(types)}, allow_quoted_nulls = false)",
+                [str(path)],
+            )
+            last_seq = self.db.execute(f"SELECT coalesce(max(seq), 0) FROM {q(table)}").fetchone()
+            assert last_seq is not None
+            loaded = replace(mirrored, last_seq=int(last_seq[0]))
+            self._record(table, loaded)
+        return loaded
+
+    def _build_timeline(self, timeline: str, table: str, mirrored: _MirroredLog) -> _MirroredLog:
+        built = replace(mirrored, timeline_seq=mirrored.last_seq)
+        with _transaction(self.db):
+            self.db.execute(
+                f"CREATE OR REPLACE TABLE {q(timeline)} AS {timeline_sql(table, mirrored.columns)}"
+            )
+            self._record(table, built)
+        return built
+
+    def _record(self, table: str, mirrored: _MirroredLog) -> None:
         self.db.execute(
-            f"INSERT INTO {q(table)} SELECT * FROM read_csv(?, header = false, "
-            f"columns = {_duck_struct(types)}, allow_quoted_nulls = false)",
-            [str(path)],
+            f"INSERT OR REPLACE INTO {_STATE} VALUES (?, ?, ?, ?, ?)",
+            [
+                table,
+                list(mirrored.columns),
+                mirrored.relation_id,
+                mirrored.last_seq,
+                mirrored.timeline_seq,
+            ],
         )
-        return int(self.db.execute(f"SELECT coalesce(max(seq), 0) FROM {q(table)}").fetchone()[0])
+
+
+def _open(database: Path | None) -> duckdb.DuckDBPyConnection:
+    """The mirror's DuckDB; in memory when the file cannot be used (it is derived data)."""
+    if database is None:
+        return duckdb.connect(":memory:")
+    database.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return duckdb.connect(str(database))
+    except duckdb.IOException as exc:
+        # Most often another feature-store process on this host holds the file's lock.
+        _log.warning("offline mirror %s is unavailable (%s); mirroring in memory", database, exc)
+        return duckdb.connect(":memory:")
+    except duckdb.Error as exc:
+        _log.warning("offline mirror %s is unreadable (%s); starting it again", database, exc)
+        database.unlink(missing_ok=True)
+        Path(f"{database}.wal").unlink(missing_ok=True)
+        return duckdb.connect(str(database))
+
+
+@contextmanager
+def _transaction(db: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """One DuckDB transaction: committed on success, rolled back on any error."""
+    db.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _duck_struct(types: dict[str, str]) -> str:
