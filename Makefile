@@ -14,7 +14,9 @@ GEN := gen/python
 GENERATED := $(GEN)/.generated
 BAZEL_FLAGS := --nosandbox_debug
 
-.PHONY: venv gen demo test lint format pytest lint-protos breaking contract bench bazel bazel-install up down clean
+TOOLS := .tools/bin
+
+.PHONY: venv gen tools demo test lint format pytest lint-protos breaking contract bench bazel bazel-install up down clean
 
 venv: $(INSTALLED)
 
@@ -65,8 +67,12 @@ breaking: venv
 contract: venv
 	cd protos && ../$(VENV)/bin/buf build -o contract.binpb
 
-pytest: gen
-	$(PY) -m pytest
+# Command-line tools some tests drive (promtool), fetched into .tools/ (ignored).
+tools:
+	bash infra/tools/fetch-promtool.sh $(TOOLS)
+
+pytest: gen tools
+	PATH="$(CURDIR)/$(TOOLS):$$PATH" $(PY) -m pytest
 
 bench: gen
 	$(PY) -m bench
