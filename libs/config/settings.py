@@ -109,6 +109,18 @@ class LatheSettings(BaseSettings):
         "backfills and point-in-time aggregates; 0: forever. Aggregates for training rows "
         "older than this come out empty.",
     )
+    model_registry_blob_collection_interval_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="How often the registry deletes artifact blobs no version references "
+        "(left by failed registrations) and crashed partial uploads; 0: never.",
+    )
+    model_registry_blob_grace_s: float = Field(
+        default=86_400.0,
+        ge=60,
+        description="Blobs and partial uploads written this recently are never collected: a "
+        "registration may still be about to record the version that references them.",
+    )
     shutdown_grace_s: float = Field(
         default=10.0, ge=0, description="How long in-flight RPCs may drain on SIGTERM."
     )

@@ -1,6 +1,13 @@
 """Running one Lathe service process: the host every service's ``main`` hands itself to."""
 
 from libs.runtime.host import ServiceHost, run_service
-from libs.runtime.spec import ServiceComponents, ServiceContext, ServiceSpec
+from libs.runtime.spec import BackgroundTask, ServiceComponents, ServiceContext, ServiceSpec
 
-__all__ = ["ServiceComponents", "ServiceContext", "ServiceHost", "ServiceSpec", "run_service"]
+__all__ = [
+    "BackgroundTask",
+    "ServiceComponents",
+    "ServiceContext",
+    "ServiceHost",
+    "ServiceSpec",
+    "run_service",
+]

@@ -7,8 +7,9 @@ from pathlib import Path
 from lathe.model_registry.v1 import service_pb2, service_pb2_grpc
 from libs.config import ServiceName
 from libs.db import load_migrations
-from libs.runtime import ServiceComponents, ServiceContext, ServiceSpec
+from libs.runtime import BackgroundTask, ServiceComponents, ServiceContext, ServiceSpec
 from services.model_registry.api.servicer import ModelRegistryServicer
+from services.model_registry.app.blob_collection import OrphanBlobCollector
 from services.model_registry.app.commands import RegistryCommands
 from services.model_registry.events import CATALOG
 from services.model_registry.store.artifacts import LocalArtifactStore
@@ -21,10 +22,20 @@ def build(context: ServiceContext) -> ServiceComponents:
     servicer = ModelRegistryServicer(
         RegistryCommands(context.pool, context.store, queries, artifacts), queries
     )
+    background: list[BackgroundTask] = []
+    if context.settings.model_registry_blob_collection_interval_s > 0:
+        collector = OrphanBlobCollector(
+            artifacts,
+            queries,
+            interval_s=context.settings.model_registry_blob_collection_interval_s,
+            grace_s=context.settings.model_registry_blob_grace_s,
+        )
+        background.append(collector.run)
     return ServiceComponents(
         registrations=[
             lambda server: service_pb2_grpc.add_ModelRegistryServicer_to_server(servicer, server)
-        ]
+        ],
+        background=background,
     )
 
 

@@ -2,13 +2,14 @@
 
 Blobs are named by the SHA-256 of their content. ``ArtifactStore`` is the
 interface the registry uses; ``LocalArtifactStore`` keeps blobs under a
-directory (the default), and an S3-compatible store implements the same four
+directory (the default), and an S3-compatible store implements the same
 methods. Every read is verified against the digest before anything is served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import uuid
@@ -42,6 +43,14 @@ class BlobMissing(Exception):
     """No blob with that digest is stored."""
 
 
+@dataclass(frozen=True)
+class StoredBlob:
+    sha256: str
+    size_bytes: int
+    modified_at: float
+    """When its content was last written (seconds since the epoch)."""
+
+
 class BlobWriter(Protocol):
     async def write(self, data: bytes) -> None: ...
     async def commit(self) -> BlobRef: ...
@@ -57,6 +66,17 @@ class ArtifactStore(Protocol):
 
     def read(self, blob: BlobRef, chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
         """Stream the blob, re-hashing as it goes; raise BlobCorrupted at the end on mismatch."""
+
+    async def blobs(self) -> list[StoredBlob]:
+        """Every stored blob."""
+
+    async def delete_unless_written_since(self, sha256: str, cutoff: float) -> int | None:
+        """Delete the blob unless its content was written after ``cutoff``; bytes freed,
+        or None when it was kept or is gone. Atomic against a writer committing the same
+        content at the same moment: that writer's blob survives."""
+
+    async def delete_partial_uploads(self, cutoff: float) -> int:
+        """Delete uploads that were never committed and not written to since ``cutoff``."""
 
 
 class _LocalBlobWriter:
@@ -125,6 +145,53 @@ class LocalArtifactStore:
         if actual != sha256:
             raise BlobCorrupted(BlobRef(sha256, size), actual, size)
         return BlobRef(sha256, size)
+
+    async def blobs(self) -> list[StoredBlob]:
+        return await asyncio.to_thread(self._list)
+
+    def _list(self) -> list[StoredBlob]:
+        found = []
+        for path in (self._root / "sha256").glob("*/*"):
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                stat = path.stat()
+                found.append(StoredBlob(path.name, stat.st_size, stat.st_mtime))
+        return found
+
+    async def delete_unless_written_since(self, sha256: str, cutoff: float) -> int | None:
+        return await asyncio.to_thread(self._delete_unless_written_since, sha256, cutoff)
+
+    def _delete_unless_written_since(self, sha256: str, cutoff: float) -> int | None:
+        # Move the blob aside first (atomic), then judge the file actually held: a writer
+        # committing this content meanwhile either replaced the path before the move (a
+        # fresh mtime: put back) or after it (its new file stays at the path).
+        path = self.path_of(sha256)
+        held = self._root / "collecting" / f"{sha256}.{uuid.uuid4().hex}"
+        held.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.rename(held)
+        except FileNotFoundError:
+            return None
+        stat = held.stat()
+        if stat.st_mtime > cutoff:
+            if path.exists():  # a writer put the same content back meanwhile
+                held.unlink()
+            else:
+                held.rename(path)
+            return None
+        held.unlink()
+        return stat.st_size
+
+    async def delete_partial_uploads(self, cutoff: float) -> int:
+        return await asyncio.to_thread(self._delete_partial_uploads, cutoff)
+
+    def _delete_partial_uploads(self, cutoff: float) -> int:
+        deleted = 0
+        for path in (self._root / "incoming").glob("*.part"):
+            with contextlib.suppress(FileNotFoundError):  # committed or aborted meanwhile
+                if path.stat().st_mtime <= cutoff:
+                    path.unlink()
+                    deleted += 1
+        return deleted
 
     async def read(self, blob: BlobRef, chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
         digest = hashlib.sha256()

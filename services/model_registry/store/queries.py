@@ -89,6 +89,15 @@ class RegistryQueries:
         )
         return message_pb2.ModelVersion.FromString(body) if body is not None else None
 
+    async def referenced_digests(self) -> set[str]:
+        """The sha256 of every artifact of every registered version."""
+        digests: set[str] = set()
+        async with self._pool.acquire() as conn, conn.transaction():
+            async for row in conn.cursor("SELECT body FROM model_registry.model_versions"):
+                version = message_pb2.ModelVersion.FromString(row["body"])
+                digests.update(artifact.sha256 for artifact in version.artifacts)
+        return digests
+
     async def versions_page(
         self, model_name: str, *, before_version: int, limit: int
     ) -> tuple[list[message_pb2.ModelVersion], bool]:
