@@ -15,6 +15,7 @@ import contextlib
 import gc
 import logging
 import signal
+from collections.abc import Callable, Sequence
 
 from libs.config import LatheSettings
 from libs.db import apply_migrations, connect_pool
@@ -57,6 +58,7 @@ class ServiceHost:
         )
         nats_client = None
         tasks: list[asyncio.Task[None]] = []
+        closers: Sequence[Callable[[], None]] = ()
         try:
             async with pool.acquire() as conn:
                 await apply_migrations(
@@ -77,6 +79,7 @@ class ServiceHost:
             store = EventStore(pool, spec.name.value)
             context = ServiceContext(settings, pool, nats_client, js, store, streams)
             components = spec.build(context)
+            closers = components.closers
             server.bind(*components.registrations)
             relay = EventRelay(
                 store,
@@ -102,6 +105,11 @@ class ServiceHost:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait_for(task, timeout=5)
+            for close in closers:
+                try:
+                    close()
+                except Exception:  # one failing closer must not keep the others from running
+                    _log.exception("closing %s failed", close)
             if nats_client is not None:
                 with contextlib.suppress(Exception):
                     await nats_client.drain()

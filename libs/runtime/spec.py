@@ -41,6 +41,8 @@ class ServiceComponents:
 
     registrations: Sequence[Registration]
     background: Sequence[BackgroundTask] = field(default_factory=tuple)
+    closers: Sequence[Callable[[], None]] = field(default_factory=tuple)
+    """Run once RPCs have drained and background tasks ended (e.g. flush a local file)."""
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,11 @@ def build(context: ServiceContext) -> ServiceComponents:
     cache = DefinitionsCache(context.pool, queries)
     replica = OnlineReplica(context.pool, max_rows=context.settings.feature_store_replica_max_rows)
     writer = FeatureWriter(context.store, replica)
+    mirror = OfflineMirror(
+        context.pool,
+        database=context.settings.feature_store_mirror_path,
+        scratch=context.settings.home,
+    )
     servicer = FeatureStoreServicer(
         DefinitionCommands(context.pool, context.store, queries),
         queries,
@@ -37,16 +42,7 @@ def build(context: ServiceContext) -> ServiceComponents:
         OnlineReader(context.pool, cache, replica),
         Pusher(context.pool, cache, writer),
         Materializer(context.pool, context.store, cache, writer),
-        HistoricalReader(
-            context.pool,
-            context.store,
-            cache,
-            OfflineMirror(
-                context.pool,
-                database=context.settings.feature_store_mirror_path,
-                scratch=context.settings.home,
-            ),
-        ),
+        HistoricalReader(context.pool, context.store, cache, mirror),
         StatisticsReader(context.pool, cache),
         Backfiller(context.pool, context.store, cache),
     )
@@ -55,6 +51,7 @@ def build(context: ServiceContext) -> ServiceComponents:
             lambda server: service_pb2_grpc.add_FeatureStoreServicer_to_server(servicer, server)
         ],
         background=[cache.watch, replica.run, StreamIngestor(context, cache).run],
+        closers=[mirror.close],
     )
 
 

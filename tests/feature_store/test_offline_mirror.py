@@ -11,10 +11,13 @@ import asyncpg
 import pytest
 
 from lathe.feature_store.v1 import message_pb2 as m
+from libs.config import LatheSettings
 from libs.runtime import ServiceHost
+from services.feature_store.service import SPEC
 from services.feature_store.store import offline
 from services.feature_store.store.offline_mirror import OfflineMirror
 from tests.feature_store.helpers import suffix
+from tests.support.hosting import hosted
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 
@@ -196,3 +199,18 @@ async def test_a_mirror_file_locked_by_another_process_falls_back_to_memory(
     finally:
         holder.kill()
         await holder.wait()
+
+
+def _mirror_files(settings: LatheSettings) -> set[str]:
+    folder = settings.feature_store_mirror_path.parent
+    return {path.name for path in folder.iterdir()} if folder.exists() else set()
+
+
+async def test_the_service_closes_its_mirror_file_when_it_stops(
+    test_settings: LatheSettings,
+) -> None:
+    """Closed, the file holds everything (no write-ahead log left to replay at the next start)."""
+    name = test_settings.feature_store_mirror_path.name
+    async with hosted(SPEC, test_settings):
+        assert {name, f"{name}.wal"} <= _mirror_files(test_settings), "nothing written yet"
+    assert _mirror_files(test_settings) == {name}

@@ -83,6 +83,7 @@ class OfflineMirror:
         self._lock = asyncio.Lock()
 
     def close(self) -> None:
+        """Close the mirror; DuckDB folds its write-ahead log into the file."""
         self.db.close()
 
     async def sync(self, view: m.FeatureView) -> str:
