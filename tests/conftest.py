@@ -14,7 +14,6 @@ import pytest_asyncio
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from opentelemetry import trace
-from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -23,6 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from libs.config import LatheSettings, ServiceName
 from libs.db import apply_migrations, connect_pool
 from libs.eventstore import EventStore
+from libs.telemetry.asyncpg_spans import RecordedTraceAsyncPGInstrumentor
 from libs.telemetry.sampling import SkipUntracedClientCalls
 from tests.support.infra import InfraEndpoints, provide_infra
 
@@ -108,7 +108,7 @@ def span_exporter() -> InMemorySpanExporter:
     )
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    AsyncPGInstrumentor().instrument(tracer_provider=provider)
+    RecordedTraceAsyncPGInstrumentor().instrument(tracer_provider=provider)
     return exporter
 
 

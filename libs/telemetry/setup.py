@@ -73,7 +73,7 @@ def configure_telemetry(
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     metrics.set_meter_provider(meter_provider)
 
-    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+    from libs.telemetry.asyncpg_spans import RecordedTraceAsyncPGInstrumentor
 
-    AsyncPGInstrumentor().instrument(tracer_provider=tracer_provider)
+    RecordedTraceAsyncPGInstrumentor().instrument(tracer_provider=tracer_provider)
     return Telemetry(tracer_provider, meter_provider)
