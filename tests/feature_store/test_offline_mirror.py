@@ -154,7 +154,7 @@ async def test_a_copy_that_failed_midway_leaves_the_previous_one(
     first.close()
 
     class FailingMirror(RecordingMirror):
-        def _record(self, table: str, mirrored: object) -> None:
+        def _record(self, db: object, table: str, mirrored: object) -> None:
             raise OSError("disk full")
 
     await _append(db_pool, view, [3.0, 4.0], day=1)

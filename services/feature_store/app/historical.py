@@ -71,7 +71,9 @@ class HistoricalReader:
         else:
             labels = _labels_from_arrow(entity_rows_arrow, join_keys)
         stored = [i for i, read in enumerate(plan.views) if read.stored]
-        tables = {i: await self._mirror.sync(plan.views[i].view) for i in stored}
+        # Side by side: Postgres exports one view's new rows while DuckDB loads another's.
+        synced = await asyncio.gather(*(self._mirror.sync(plan.views[i].view) for i in stored))
+        tables = dict(zip(stored, synced, strict=True))
         joined = await asyncio.to_thread(self._join, plan, labels, tables)
         for index, read in enumerate(plan.views):
             if not read.stored:

@@ -21,6 +21,7 @@ import asyncio
 import datetime as dt
 import logging
 import tempfile
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -80,7 +81,9 @@ class OfflineMirror:
             row[0]: _MirroredLog(tuple(row[1]), row[2], row[3], row[4])
             for row in self.db.execute(f"SELECT * FROM {_STATE}").fetchall()
         }
-        self._lock = asyncio.Lock()
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        """One per log: syncs of different views run side by side (Postgres exports one
+        view while DuckDB loads another)."""
 
     def close(self) -> None:
         """Close the mirror; DuckDB folds its write-ahead log into the file."""
@@ -91,7 +94,7 @@ class OfflineMirror:
         DuckDB table name."""
         table = log_table(view.name, view.version)
         timeline = f"{table}_timeline"
-        async with self._lock:
+        async with self._locks[table]:
             columns = {f.name: DUCK_TYPES[f.type] for f in view.features}
             mirrored = self._logs.get(table)
             relation_id, anchor = await self._source(view, mirrored)
@@ -142,10 +145,11 @@ class OfflineMirror:
             return False
         if mirrored.last_seq == 0:
             return True
-        mirrored_anchor = self.db.execute(
-            f"SELECT entity_key, event_time, created_time FROM {q(table)} WHERE seq = ?",
-            [mirrored.last_seq],
-        ).fetchone()
+        with _cursor(self.db) as db:
+            mirrored_anchor = db.execute(
+                f"SELECT entity_key, event_time, created_time FROM {q(table)} WHERE seq = ?",
+                [mirrored.last_seq],
+            ).fetchone()
         matches = anchor is not None and mirrored_anchor == anchor
         if not matches:
             _log.warning(
@@ -179,12 +183,12 @@ class OfflineMirror:
 
     def _create(self, table: str, columns: dict[str, str], mirrored: _MirroredLog) -> None:
         feature_columns = "".join(f", {q(name)} {kind}" for name, kind in columns.items())
-        with _transaction(self.db):
-            self.db.execute(
+        with _transaction(self.db) as db:
+            db.execute(
                 f"CREATE OR REPLACE TABLE {q(table)} (seq BIGINT, entity_key VARCHAR, "
                 f"event_time TIMESTAMP, created_time TIMESTAMP{feature_columns})"
             )
-            self._record(table, mirrored)
+            self._record(db, table, mirrored)
 
     def _load(
         self, table: str, columns: dict[str, str], path: Path, mirrored: _MirroredLog
@@ -196,29 +200,29 @@ class OfflineMirror:
             "created_time": "TIMESTAMP",
             **columns,
         }
-        with _transaction(self.db):
-            self.db.execute(
+        with _transaction(self.db) as db:
+            db.execute(
                 f"INSERT INTO {q(table)} SELECT * FROM read_csv(?, header = false, "
                 f"columns = {_duck_struct(types)}, allow_quoted_nulls = false)",
                 [str(path)],
             )
-            last_seq = self.db.execute(f"SELECT coalesce(max(seq), 0) FROM {q(table)}").fetchone()
+            last_seq = db.execute(f"SELECT coalesce(max(seq), 0) FROM {q(table)}").fetchone()
             assert last_seq is not None
             loaded = replace(mirrored, last_seq=int(last_seq[0]))
-            self._record(table, loaded)
+            self._record(db, table, loaded)
         return loaded
 
     def _build_timeline(self, timeline: str, table: str, mirrored: _MirroredLog) -> _MirroredLog:
         built = replace(mirrored, timeline_seq=mirrored.last_seq)
-        with _transaction(self.db):
-            self.db.execute(
+        with _transaction(self.db) as db:
+            db.execute(
                 f"CREATE OR REPLACE TABLE {q(timeline)} AS {timeline_sql(table, mirrored.columns)}"
             )
-            self._record(table, built)
+            self._record(db, table, built)
         return built
 
-    def _record(self, table: str, mirrored: _MirroredLog) -> None:
-        self.db.execute(
+    def _record(self, db: duckdb.DuckDBPyConnection, table: str, mirrored: _MirroredLog) -> None:
+        db.execute(
             f"INSERT OR REPLACE INTO {_STATE} VALUES (?, ?, ?, ?, ?)",
             [
                 table,
@@ -249,15 +253,27 @@ def _open(database: Path | None) -> duckdb.DuckDBPyConnection:
 
 
 @contextmanager
-def _transaction(db: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    """One DuckDB transaction: committed on success, rolled back on any error."""
-    db.execute("BEGIN TRANSACTION")
+def _cursor(db: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection of the caller's own to the same database (threads must not share one)."""
+    cursor = db.cursor()
     try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
+        yield cursor
+    finally:
+        cursor.close()
+
+
+@contextmanager
+def _transaction(db: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """One DuckDB transaction on a cursor of its own: committed on success, rolled back on
+    any error."""
+    with _cursor(db) as cursor:
+        cursor.execute("BEGIN TRANSACTION")
+        try:
+            yield cursor
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        cursor.execute("COMMIT")
 
 
 def _duck_struct(types: dict[str, str]) -> str:
