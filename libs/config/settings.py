@@ -117,7 +117,7 @@ class LatheSettings(BaseSettings):
     )
     model_registry_blob_grace_s: float = Field(
         default=86_400.0,
-        ge=60,
+        ge=3600,
         description="Blobs and partial uploads written this recently are never collected: a "
         "registration may still be about to record the version that references them.",
     )

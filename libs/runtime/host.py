@@ -103,8 +103,12 @@ class ServiceHost:
             self._stop.set()
             await server.stop(settings.shutdown_grace_s)
             for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await asyncio.wait_for(task, timeout=5)
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # a task that failed or would not stop: shut down anyway
+                    _log.exception("background task %s did not end cleanly", task.get_name())
             for close in closers:
                 try:
                     close()

@@ -26,9 +26,13 @@ def return_large_buffers_to_os(threshold_bytes: int = LARGE_BUFFER_BYTES) -> boo
     data: after a warm-up transfer, a 50 MiB artifact round trip grew the registry by 9-17 MiB,
     and by 6-12 MiB (gRPC's in-flight windows and copies) with the threshold fixed. Small
     allocations (every hot-path request) are unaffected. An operator's
-    ``MALLOC_MMAP_THRESHOLD_`` wins; elsewhere than glibc this does nothing.
+    ``MALLOC_MMAP_THRESHOLD_`` (or ``glibc.malloc.mmap_threshold`` in ``GLIBC_TUNABLES``)
+    wins; elsewhere than glibc this does nothing.
     """
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or not sys.platform.startswith("linux"):
+    operator_set = "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get(
+        "GLIBC_TUNABLES", ""
+    )
+    if operator_set or not sys.platform.startswith("linux"):
         return False
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:

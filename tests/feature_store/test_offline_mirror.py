@@ -214,3 +214,19 @@ async def test_the_service_closes_its_mirror_file_when_it_stops(
     async with hosted(SPEC, test_settings):
         assert {name, f"{name}.wal"} <= _mirror_files(test_settings), "nothing written yet"
     assert _mirror_files(test_settings) == {name}
+
+
+async def test_a_corrupt_mirror_file_is_started_again_not_abandoned(
+    feature_store_host: ServiceHost, db_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    view = _view()
+    database = tmp_path / "mirror.duckdb"
+    database.write_bytes(b"not a DuckDB file at all" * 100)
+    await _append(db_pool, view, [1.0, 2.0], day=0)
+    mirror = _mirror(db_pool, database)
+    try:
+        (name,) = mirror.db.execute("SELECT current_database()").fetchone() or ("",)
+        assert name == "mirror", "it fell back to memory: every restart would copy everything"
+        assert await _timeline(mirror, view) == await _fresh_timeline(db_pool, view)
+    finally:
+        mirror.close()

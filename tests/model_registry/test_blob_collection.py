@@ -7,15 +7,22 @@ import hashlib
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
 import grpc
+import pytest
 
+from lathe.model_registry.v1 import message_pb2
 from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
-from libs.config import LatheSettings
+from libs.config import LatheSettings, ServiceName
+from libs.errors import Conflict
+from libs.eventstore import EventMetadata, EventStore
 from services.model_registry.app.blob_collection import collect_orphan_blobs
+from services.model_registry.app.commands import NewVersion, RegistryCommands
+from services.model_registry.app.uploads import DeclaredArtifact
 from services.model_registry.service import SPEC
-from services.model_registry.store.artifacts import LocalArtifactStore
+from services.model_registry.store.artifacts import BlobRef, BlobWriter, LocalArtifactStore
 from services.model_registry.store.queries import RegistryQueries
 from tests.model_registry.helpers import new_model, status_of
 from tests.support import registry_client as client
@@ -113,3 +120,69 @@ async def test_the_running_registry_collects_orphans_in_the_background(
                 break
             await asyncio.sleep(0.1)
     assert not store.path_of(orphan.sha256).exists()
+
+
+class _CollectedBeforeRecording(LocalArtifactStore):
+    """A collector removes every blob right after it is stored (the worst timing)."""
+
+    def writer(self) -> BlobWriter:
+        store, inner = self, super().writer()
+
+        class Writer:
+            async def write(self, data: bytes) -> None:
+                await inner.write(data)
+
+            async def commit(self) -> BlobRef:
+                blob = await inner.commit()
+                store.path_of(blob.sha256).unlink()
+                return blob
+
+            async def abort(self) -> None:
+                await inner.abort()
+
+        return Writer()
+
+
+async def test_a_registration_whose_blob_was_collected_is_refused_not_recorded(
+    registry: ModelRegistryStub, test_settings: LatheSettings, db_pool: asyncpg.Pool
+) -> None:
+    name = await new_model(registry)
+    queries = RegistryQueries(db_pool)
+    commands = RegistryCommands(
+        db_pool,
+        EventStore(db_pool, ServiceName.MODEL_REGISTRY.value),
+        queries,
+        _CollectedBeforeRecording(test_settings.home / "collected"),
+    )
+    new = NewVersion(
+        name,
+        "",
+        client.SIGNATURE,
+        {"auc": 0.8},
+        {},
+        message_pb2.Lineage(),
+        (DeclaredArtifact("model.onnx", message_pb2.ARTIFACT_FORMAT_ONNX, ""),),
+    )
+
+    async def chunks() -> AsyncIterator[tuple[str, bytes]]:
+        yield "model.onnx", b"onnx bytes"
+
+    with pytest.raises(Conflict, match="register the version again"):
+        await commands.register_version(new, chunks(), EventMetadata(actor="trainer"))
+    assert (await queries.versions_page(name, before_version=1 << 62, limit=10))[0] == []
+
+
+async def test_blobs_a_stopped_collector_had_moved_aside_are_put_back(
+    test_settings: LatheSettings,
+) -> None:
+    store = LocalArtifactStore(test_settings.artifact_dir)
+    writer = store.writer()
+    await writer.write(b"moved aside, then the collector stopped")
+    blob = await writer.commit()
+    aside = test_settings.artifact_dir / "collecting" / f"{blob.sha256}.interrupted"
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    store.path_of(blob.sha256).rename(aside)
+
+    assert await store.recover_interrupted_deletions() == 1
+    assert await store.verify(blob.sha256) == blob
+    assert not aside.exists()

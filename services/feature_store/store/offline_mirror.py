@@ -21,6 +21,7 @@ import asyncio
 import datetime as dt
 import logging
 import tempfile
+import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -82,6 +83,9 @@ class OfflineMirror:
             for row in self.db.execute(f"SELECT * FROM {_STATE}").fetchall()
         }
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._writing = threading.Lock()
+        """DuckDB write transactions one at a time: concurrent upserts of the bookkeeping
+        table can fail with spurious write-write conflicts. Exports and reads still overlap."""
         """One per log: syncs of different views run side by side (Postgres exports one
         view while DuckDB loads another)."""
 
@@ -92,6 +96,11 @@ class OfflineMirror:
     async def sync(self, view: m.FeatureView) -> str:
         """Bring the view version's mirror and timeline up to date; returns the timeline's
         DuckDB table name."""
+        # Shielded: a caller that gives up (a cancelled RPC) must not release the log's
+        # lock while a DuckDB step of the sync is still running in its thread.
+        return await asyncio.shield(self._sync(view))
+
+    async def _sync(self, view: m.FeatureView) -> str:
         table = log_table(view.name, view.version)
         timeline = f"{table}_timeline"
         async with self._locks[table]:
@@ -103,13 +112,17 @@ class OfflineMirror:
             ):
                 mirrored = _MirroredLog(tuple(columns), relation_id, last_seq=0, timeline_seq=-1)
                 await asyncio.to_thread(self._create, table, columns, mirrored)
+                self._logs[table] = mirrored
+            # Each step's state is kept as soon as it commits, so a later step failing
+            # never leaves this process believing less than the file holds.
             with tempfile.TemporaryDirectory(dir=self._scratch) as directory:
                 path = Path(directory) / "rows.csv"
                 if await self._export(view, mirrored.last_seq, path):
                     mirrored = await asyncio.to_thread(self._load, table, columns, path, mirrored)
+                    self._logs[table] = mirrored
             if mirrored.timeline_seq != mirrored.last_seq:
                 mirrored = await asyncio.to_thread(self._build_timeline, timeline, table, mirrored)
-            self._logs[table] = mirrored
+                self._logs[table] = mirrored
         return timeline
 
     async def _source(
@@ -183,7 +196,7 @@ class OfflineMirror:
 
     def _create(self, table: str, columns: dict[str, str], mirrored: _MirroredLog) -> None:
         feature_columns = "".join(f", {q(name)} {kind}" for name, kind in columns.items())
-        with _transaction(self.db) as db:
+        with self._writing, _transaction(self.db) as db:
             db.execute(
                 f"CREATE OR REPLACE TABLE {q(table)} (seq BIGINT, entity_key VARCHAR, "
                 f"event_time TIMESTAMP, created_time TIMESTAMP{feature_columns})"
@@ -200,10 +213,12 @@ class OfflineMirror:
             "created_time": "TIMESTAMP",
             **columns,
         }
-        with _transaction(self.db) as db:
+        with self._writing, _transaction(self.db) as db:
+            # Rows the copy already has are skipped, so a repeated export adds nothing twice.
             db.execute(
                 f"INSERT INTO {q(table)} SELECT * FROM read_csv(?, header = false, "
-                f"columns = {_duck_struct(types)}, allow_quoted_nulls = false)",
+                f"columns = {_duck_struct(types)}, allow_quoted_nulls = false) "
+                f"WHERE seq > (SELECT coalesce(max(seq), 0) FROM {q(table)})",
                 [str(path)],
             )
             last_seq = db.execute(f"SELECT coalesce(max(seq), 0) FROM {q(table)}").fetchone()
@@ -214,7 +229,7 @@ class OfflineMirror:
 
     def _build_timeline(self, timeline: str, table: str, mirrored: _MirroredLog) -> _MirroredLog:
         built = replace(mirrored, timeline_seq=mirrored.last_seq)
-        with _transaction(self.db) as db:
+        with self._writing, _transaction(self.db) as db:
             db.execute(
                 f"CREATE OR REPLACE TABLE {q(timeline)} AS {timeline_sql(table, mirrored.columns)}"
             )
@@ -242,14 +257,21 @@ def _open(database: Path | None) -> duckdb.DuckDBPyConnection:
     try:
         return duckdb.connect(str(database))
     except duckdb.IOException as exc:
-        # Most often another feature-store process on this host holds the file's lock.
+        if "lock" not in str(exc).lower():
+            return _start_again(database, exc)
+        # Another feature-store process on this host holds the file (one writer at a time).
         _log.warning("offline mirror %s is unavailable (%s); mirroring in memory", database, exc)
         return duckdb.connect(":memory:")
     except duckdb.Error as exc:
-        _log.warning("offline mirror %s is unreadable (%s); starting it again", database, exc)
-        database.unlink(missing_ok=True)
-        Path(f"{database}.wal").unlink(missing_ok=True)
-        return duckdb.connect(str(database))
+        return _start_again(database, exc)
+
+
+def _start_again(database: Path, exc: Exception) -> duckdb.DuckDBPyConnection:
+    """A corrupt file, or one an older DuckDB wrote: derived data, so begin a new one."""
+    _log.warning("offline mirror %s is unreadable (%s); starting it again", database, exc)
+    database.unlink(missing_ok=True)
+    Path(f"{database}.wal").unlink(missing_ok=True)
+    return duckdb.connect(str(database))
 
 
 @contextmanager

@@ -4,7 +4,11 @@ A registration stores its blobs first and records the version after, so a regist
 that fails in between (a digest mismatch, a lost connection, a crash) leaves blobs nothing
 points to, and a crashed upload leaves its partial file. Versions are never deleted, so a
 blob that some version references is never collected. A blob written within the grace
-period is kept: its registration may still be on its way to recording the version.
+period is kept: its registration may still be on its way to recording the version, and a
+registration marks its blobs as just written when it records the version (failing with
+ABORTED if one was collected meanwhile), so the grace only has to outlast the gap between
+that mark and a collector's listing. Registries sharing an artifact root must share one
+database: a blob only another database's versions reference looks orphaned here.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-import asyncpg
 from opentelemetry import metrics
 
 from services.model_registry.store.artifacts import ArtifactStore
@@ -49,6 +52,9 @@ async def collect_orphan_blobs(
 ) -> CollectionReport:
     """Delete blobs no version references that were last written more than ``grace_s`` ago."""
     cutoff = (time.time() if now is None else now) - grace_s
+    # A collector that stopped between moving a blob aside and judging it: put it back
+    # and judge it again below (it may be one a registration just stored).
+    await store.recover_interrupted_deletions()
     # Listed before the references are read: a blob committed after this point is not a
     # candidate, and one committed before it is judged by its mtime when deleted.
     stored = await store.blobs()
@@ -92,8 +98,7 @@ class OrphanBlobCollector:
                 report = await collect_orphan_blobs(
                     self._store, self._queries, grace_s=self._grace_s
                 )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                # The next round retries; serving is unaffected.
+            except Exception:  # a janitor: the next round retries; serving goes on
                 _log.exception(
                     "orphan blob collection failed; retrying in %.0f s", self._interval_s
                 )

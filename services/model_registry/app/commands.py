@@ -131,6 +131,14 @@ class RegistryCommands:
         artifacts = await receive_artifacts(self._artifacts, new.artifacts, chunks)
         async with transaction(self._pool) as conn:
             locked = await self._lock(conn, new.model_name)
+            for artifact in artifacts:
+                # Spares the blobs from orphan collection from here on (app/blob_collection.py).
+                if not await self._artifacts.keep(artifact.sha256):
+                    raise Conflict(
+                        f"artifact {artifact.name!r} was collected as an orphan before this "
+                        "version was recorded (the upload took longer than the grace period?); "
+                        "register the version again"
+                    )
             version = locked.latest_version + 1
             registered = events_pb2.ModelVersionRegistered(
                 model_name=new.model_name,

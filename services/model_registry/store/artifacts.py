@@ -70,10 +70,16 @@ class ArtifactStore(Protocol):
     async def blobs(self) -> list[StoredBlob]:
         """Every stored blob."""
 
+    async def keep(self, sha256: str) -> bool:
+        """Mark the blob as just written, so collection spares it; False if it is gone."""
+
     async def delete_unless_written_since(self, sha256: str, cutoff: float) -> int | None:
         """Delete the blob unless its content was written after ``cutoff``; bytes freed,
         or None when it was kept or is gone. Atomic against a writer committing the same
         content at the same moment: that writer's blob survives."""
+
+    async def recover_interrupted_deletions(self) -> int:
+        """Put back blobs a collector that stopped mid-way had moved aside; how many."""
 
     async def delete_partial_uploads(self, cutoff: float) -> int:
         """Delete uploads that were never committed and not written to since ``cutoff``."""
@@ -156,6 +162,29 @@ class LocalArtifactStore:
                 stat = path.stat()
                 found.append(StoredBlob(path.name, stat.st_size, stat.st_mtime))
         return found
+
+    async def keep(self, sha256: str) -> bool:
+        try:
+            await asyncio.to_thread(os.utime, self.path_of(sha256))
+        except FileNotFoundError:
+            return False
+        return True
+
+    async def recover_interrupted_deletions(self) -> int:
+        return await asyncio.to_thread(self._recover_interrupted_deletions)
+
+    def _recover_interrupted_deletions(self) -> int:
+        restored = 0
+        for held in (self._root / "collecting").glob("*.*"):
+            path = self.path_of(held.name.split(".")[0])
+            with contextlib.suppress(FileNotFoundError):
+                if path.exists():  # the same content was stored again meanwhile
+                    held.unlink()
+                else:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    held.rename(path)
+                    restored += 1
+        return restored
 
     async def delete_unless_written_since(self, sha256: str, cutoff: float) -> int | None:
         return await asyncio.to_thread(self._delete_unless_written_since, sha256, cutoff)
