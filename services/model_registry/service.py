@@ -9,6 +9,7 @@ from libs.config import ServiceName
 from libs.db import load_migrations
 from libs.runtime import BackgroundTask, ServiceComponents, ServiceContext, ServiceSpec
 from services.model_registry.api.servicer import ModelRegistryServicer
+from services.model_registry.app.alias_cache import AliasCache
 from services.model_registry.app.blob_collection import OrphanBlobCollector
 from services.model_registry.app.commands import RegistryCommands
 from services.model_registry.events import CATALOG
@@ -19,10 +20,11 @@ from services.model_registry.store.queries import RegistryQueries
 def build(context: ServiceContext) -> ServiceComponents:
     queries = RegistryQueries(context.pool)
     artifacts = LocalArtifactStore(context.settings.artifact_dir)
+    aliases = AliasCache(context.pool, queries.alias)
     servicer = ModelRegistryServicer(
-        RegistryCommands(context.pool, context.store, queries, artifacts), queries
+        RegistryCommands(context.pool, context.store, queries, artifacts), queries, aliases
     )
-    background: list[BackgroundTask] = []
+    background: list[BackgroundTask] = [aliases.run]
     if context.settings.model_registry_blob_collection_interval_s > 0:
         collector = OrphanBlobCollector(
             artifacts,

@@ -15,6 +15,7 @@ from libs.grpckit import validation
 from libs.grpckit.caller import caller_of
 from libs.telemetry import current_traceparent
 from services.model_registry.api import validate
+from services.model_registry.app.alias_cache import AliasCache
 from services.model_registry.app.commands import RegistryCommands
 from services.model_registry.app.history import summarize
 from services.model_registry.events import CATALOG, alias_stream, model_stream
@@ -29,9 +30,12 @@ def _metadata(context: grpc.aio.ServicerContext) -> EventMetadata:
 
 
 class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
-    def __init__(self, commands: RegistryCommands, queries: RegistryQueries) -> None:
+    def __init__(
+        self, commands: RegistryCommands, queries: RegistryQueries, aliases: AliasCache
+    ) -> None:
         self._commands = commands
         self._queries = queries
+        self._aliases = aliases
 
     async def CreateModel(
         self, request: rr.CreateModelRequest, context: grpc.aio.ServicerContext
@@ -129,7 +133,10 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
             request.expected_version,
             request.traffic_share,
         )
-        await self._commands.move_alias(move, _metadata(context))
+        try:
+            await self._commands.move_alias(move, _metadata(context))
+        finally:  # even when the outcome is unknown (a COMMIT cut off): re-read next time
+            self._aliases.forget(move.model_name, move.alias)
         state = await self._queries.alias(move.model_name, move.alias)
         assert state is not None
         return rr.SetAliasResponse(alias=state.alias)
@@ -138,7 +145,10 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
         self, request: rr.DeleteAliasRequest, context: grpc.aio.ServicerContext
     ) -> rr.DeleteAliasResponse:
         move = validate.alias_move(request.model_name, request.alias, 0, request.expected_version)
-        await self._commands.move_alias(move, _metadata(context))
+        try:
+            await self._commands.move_alias(move, _metadata(context))
+        finally:
+            self._aliases.forget(move.model_name, move.alias)
         return rr.DeleteAliasResponse()
 
     async def ResolveAlias(
@@ -150,7 +160,7 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
             return rr.ResolveAliasResponse(
                 alias=await self._alias_as_of(model_name, alias, request)
             )
-        state = await self._queries.alias(model_name, alias)
+        state = await self._aliases.alias(model_name, alias)
         if state is None or state.alias.version == 0:
             await self._model(model_name)
             raise NotFound(f"alias {alias!r} of model {model_name!r} is not set")
