@@ -16,7 +16,7 @@ import pytest
 from lathe.model_registry.v1 import message_pb2
 from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
 from libs.config import LatheSettings, ServiceName
-from libs.errors import Conflict
+from libs.errors import Conflict, FailedPrecondition
 from libs.eventstore import EventMetadata, EventStore
 from services.model_registry.app.blob_collection import collect_orphan_blobs
 from services.model_registry.app.commands import NewVersion, RegistryCommands
@@ -186,3 +186,19 @@ async def test_blobs_a_stopped_collector_had_moved_aside_are_put_back(
     assert await store.recover_interrupted_deletions() == 1
     assert await store.verify(blob.sha256) == blob
     assert not aside.exists()
+
+
+async def test_a_store_another_registry_database_claimed_is_not_collected(
+    registry: ModelRegistryStub, test_settings: LatheSettings, db_pool: asyncpg.Pool
+) -> None:
+    store = LocalArtifactStore(test_settings.artifact_dir)
+    other_registry = "00000000-0000-4000-8000-000000000000"
+    assert await store.claim(other_registry) == other_registry
+    writer = store.writer()
+    await writer.write(b"referenced only by the other registry's versions")
+    blob = await writer.commit()
+    _age(store.path_of(blob.sha256), 2 * HOUR)
+
+    with pytest.raises(FailedPrecondition, match="its own LATHE_ARTIFACT_ROOT"):
+        await collect_orphan_blobs(store, RegistryQueries(db_pool), grace_s=HOUR)
+    assert await store.verify(blob.sha256) == blob

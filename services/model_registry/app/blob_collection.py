@@ -8,7 +8,9 @@ period is kept: its registration may still be on its way to recording the versio
 registration marks its blobs as just written when it records the version (failing with
 ABORTED if one was collected meanwhile), so the grace only has to outlast the gap between
 that mark and a collector's listing. Registries sharing an artifact root must share one
-database: a blob only another database's versions reference looks orphaned here.
+database (a blob only another database's versions reference would look orphaned here): the
+first collection claims the root for its database and any other database's collector
+refuses to run on it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 from opentelemetry import metrics
 
+from libs.errors import FailedPrecondition
 from services.model_registry.store.artifacts import ArtifactStore
 from services.model_registry.store.queries import RegistryQueries
 
@@ -51,6 +54,14 @@ async def collect_orphan_blobs(
     store: ArtifactStore, queries: RegistryQueries, *, grace_s: float, now: float | None = None
 ) -> CollectionReport:
     """Delete blobs no version references that were last written more than ``grace_s`` ago."""
+    registry_id = await queries.registry_id()
+    owner = await store.claim(registry_id)
+    if owner != registry_id:
+        raise FailedPrecondition(
+            f"the artifact store belongs to registry database {owner}, not to this one "
+            f"({registry_id}): its blobs may be referenced only there, so nothing is collected. "
+            "Give each registry database its own LATHE_ARTIFACT_ROOT"
+        )
     cutoff = (time.time() if now is None else now) - grace_s
     # A collector that stopped between moving a blob aside and judging it: put it back
     # and judge it again below (it may be one a registration just stored).

@@ -70,6 +70,10 @@ class ArtifactStore(Protocol):
     async def blobs(self) -> list[StoredBlob]:
         """Every stored blob."""
 
+    async def claim(self, registry_id: str) -> str:
+        """Record ``registry_id`` as the store's owner unless another registry did first;
+        returns the owner."""
+
     async def keep(self, sha256: str) -> bool:
         """Mark the blob as just written, so collection spares it; False if it is gone."""
 
@@ -162,6 +166,16 @@ class LocalArtifactStore:
                 stat = path.stat()
                 found.append(StoredBlob(path.name, stat.st_size, stat.st_mtime))
         return found
+
+    async def claim(self, registry_id: str) -> str:
+        return await asyncio.to_thread(self._claim, registry_id)
+
+    def _claim(self, registry_id: str) -> str:
+        owner = self._root / "REGISTRY_ID"
+        # Exclusive create: the first registry to collect here owns the store.
+        with contextlib.suppress(FileExistsError), owner.open("x") as claimed:
+            claimed.write(registry_id)
+        return owner.read_text().strip()
 
     async def keep(self, sha256: str) -> bool:
         try:

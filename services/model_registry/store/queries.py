@@ -89,6 +89,10 @@ class RegistryQueries:
         )
         return message_pb2.ModelVersion.FromString(body) if body is not None else None
 
+    async def registry_id(self) -> str:
+        """This registry database's identity (migration 0004)."""
+        return str(await self._pool.fetchval("SELECT id FROM model_registry.registry_identity"))
+
     async def referenced_digests(self) -> set[str]:
         """The sha256 of every artifact of every registered version."""
         digests: set[str] = set()
