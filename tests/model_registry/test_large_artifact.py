@@ -1,4 +1,4 @@
-"""A 50 MB artifact streams in and out of a real registry process with bounded memory."""
+"""A 200 MiB artifact streams in and out of a real registry process with bounded memory."""
 
 from __future__ import annotations
 
@@ -25,14 +25,16 @@ from tests.support.subprocesses import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 MIB = 1024 * 1024
-SIZE = 50 * MIB
+SIZE = 200 * MIB
 WARM_UP_SIZE = 16 * MIB
 """A first, smaller round trip pays the one-time costs (gRPC's flow-control windows growing,
-the allocator's per-thread arenas, lazily imported code) before the baseline is taken, so the
-measured growth is what scales with the artifact."""
-GROWTH_LIMIT = 20 * MIB
-"""Holding even 40% of the 50 MiB artifact in memory would cross this; gRPC's in-flight windows
-and message copies account for the 6-12 MiB measured (``libs/runtime/memory.py``)."""
+lazily imported code) before the baseline is taken, so the growth measured is what the
+transfer itself holds."""
+GROWTH_LIMIT = SIZE // 5
+"""What the server holds in flight (gRPC's flow-control windows, a few chunks and their
+copies) measured 4-20 MiB and does not grow with the artifact; holding a fifth of it would
+cross this. 200 MiB keeps that noise far from the limit (a 50 MiB artifact with a 20 MiB
+limit failed CI once at 20.2 MiB)."""
 
 
 def _content(size: int, seed: bytes) -> Iterator[bytes]:
@@ -117,7 +119,7 @@ def registry_process_env(test_settings: LatheSettings, tmp_path: Path) -> dict[s
     return env
 
 
-async def test_50_mb_round_trip_with_bounded_server_memory(
+async def test_a_200_mib_round_trip_holds_a_bounded_part_of_it_in_server_memory(
     registry_process_env: dict[str, str], tmp_path: Path
 ) -> None:
     address = registry_process_env["LATHE_MODEL_REGISTRY_ADDR"]
@@ -156,5 +158,5 @@ async def test_50_mb_round_trip_with_bounded_server_memory(
     growth = large.peak_rss - baseline
     print(f"registry RSS: baseline {baseline / MIB:.0f} MiB, growth {growth / MIB:.1f} MiB")
     assert growth < GROWTH_LIMIT, (
-        f"server memory grew by {growth / MIB:.1f} MiB during a 50 MiB round trip"
+        f"server memory grew by {growth / MIB:.1f} MiB during a {SIZE // MIB} MiB round trip"
     )
