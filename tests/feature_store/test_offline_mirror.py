@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,8 +34,10 @@ class RecordingMirror(OfflineMirror):
         return await super()._export(view, after, path)
 
 
-def _mirror(pool: asyncpg.Pool, database: Path | None) -> RecordingMirror:
-    mirror = RecordingMirror(pool, database=database)
+def _mirror(
+    pool: asyncpg.Pool, database: Path | None, kind: type[RecordingMirror] = RecordingMirror
+) -> RecordingMirror:
+    mirror = kind(pool, database=database)
     mirror.exported_after = []
     return mirror
 
@@ -73,25 +77,41 @@ async def _fresh_timeline(pool: asyncpg.Pool, view: m.FeatureView) -> list[tuple
         mirror.close()
 
 
+async def _mirror_and_stop(
+    pool: asyncpg.Pool, view: m.FeatureView, database: Path, rates: list[float]
+) -> None:
+    """A first process: ``rates`` land in the view's log on day 0, are mirrored, it stops."""
+    await _append(pool, view, rates, day=0)
+    first = _mirror(pool, database)
+    await first.sync(view)
+    first.close()
+
+
+@asynccontextmanager
+async def _restarted(
+    pool: asyncpg.Pool, view: m.FeatureView, database: Path
+) -> AsyncIterator[RecordingMirror]:
+    """The next process's mirror, once synced: its timeline must equal a fresh mirror's."""
+    restarted = _mirror(pool, database)
+    try:
+        assert await _timeline(restarted, view) == await _fresh_timeline(pool, view)
+        yield restarted
+    finally:
+        restarted.close()
+
+
 async def test_a_restarted_mirror_copies_only_rows_appended_while_it_was_down(
     feature_store_host: ServiceHost, db_pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
     view = _view()
     database = tmp_path / "mirror.duckdb"
-    await _append(db_pool, view, [1.0, 2.0, 3.0], day=0)
-    first = _mirror(db_pool, database)
-    await first.sync(view)
-    first.close()
+    await _mirror_and_stop(db_pool, view, database, [1.0, 2.0, 3.0])
 
     await _append(db_pool, view, [4.0, 5.0], day=1)
-    restarted = _mirror(db_pool, database)
-    try:
-        assert await _timeline(restarted, view) == await _fresh_timeline(db_pool, view)
+    async with _restarted(db_pool, view, database) as restarted:
         assert restarted.exported_after == [3], "it copied again what it already had"
         rows = restarted.db.execute(f'SELECT count(*) FROM "log_{view.name}_v1"').fetchone()
         assert rows == (5,)
-    finally:
-        restarted.close()
 
 
 @pytest.mark.parametrize(
@@ -105,21 +125,14 @@ async def test_a_copy_of_a_replaced_log_is_rebuilt_not_extended(
     """A restored or replaced database: same table name, other rows; nothing stale survives."""
     view = _view()
     database = tmp_path / "mirror.duckdb"
-    await _append(db_pool, view, [1.0, 2.0], day=0)
-    first = _mirror(db_pool, database)
-    await first.sync(view)
-    first.close()
+    await _mirror_and_stop(db_pool, view, database, [1.0, 2.0])
 
     await db_pool.execute(
         replace_log.format(table=offline.qualified_log_table(view.name, view.version))
     )
     await _append(db_pool, view, [7.0, 8.0, 9.0], day=3)
-    restarted = _mirror(db_pool, database)
-    try:
-        assert await _timeline(restarted, view) == await _fresh_timeline(db_pool, view)
+    async with _restarted(db_pool, view, database) as restarted:
         assert restarted.exported_after == [0]
-    finally:
-        restarted.close()
 
 
 async def test_a_feature_appended_to_the_view_rebuilds_its_copy(
@@ -127,19 +140,12 @@ async def test_a_feature_appended_to_the_view_rebuilds_its_copy(
 ) -> None:
     view = _view()
     database = tmp_path / "mirror.duckdb"
-    await _append(db_pool, view, [1.0, 2.0], day=0)
-    first = _mirror(db_pool, database)
-    await first.sync(view)
-    first.close()
+    await _mirror_and_stop(db_pool, view, database, [1.0, 2.0])
 
     view.features.append(m.Field(name="term", type=m.VALUE_TYPE_INT64))
     await _append(db_pool, view, [3.0], day=1)  # adds the column; old rows have no term
-    restarted = _mirror(db_pool, database)
-    try:
-        assert await _timeline(restarted, view) == await _fresh_timeline(db_pool, view)
+    async with _restarted(db_pool, view, database) as restarted:
         assert restarted.exported_after == [0]
-    finally:
-        restarted.close()
 
 
 async def test_a_copy_that_failed_midway_leaves_the_previous_one(
@@ -148,28 +154,20 @@ async def test_a_copy_that_failed_midway_leaves_the_previous_one(
     """The rows and the bookkeeping of one copy commit together, or not at all."""
     view = _view()
     database = tmp_path / "mirror.duckdb"
-    await _append(db_pool, view, [1.0, 2.0], day=0)
-    first = _mirror(db_pool, database)
-    await first.sync(view)
-    first.close()
+    await _mirror_and_stop(db_pool, view, database, [1.0, 2.0])
 
     class FailingMirror(RecordingMirror):
         def _record(self, db: object, table: str, mirrored: object) -> None:
             raise OSError("disk full")
 
     await _append(db_pool, view, [3.0, 4.0], day=1)
-    failing = FailingMirror(db_pool, database=database)
-    failing.exported_after = []
+    failing = _mirror(db_pool, database, FailingMirror)
     with pytest.raises(OSError, match="disk full"):
         await failing.sync(view)
     failing.close()
 
-    restarted = _mirror(db_pool, database)
-    try:
-        assert await _timeline(restarted, view) == await _fresh_timeline(db_pool, view)
+    async with _restarted(db_pool, view, database) as restarted:
         assert restarted.exported_after == [2], "the failed copy's rows were kept"
-    finally:
-        restarted.close()
 
 
 async def test_a_mirror_file_locked_by_another_process_falls_back_to_memory(
