@@ -8,9 +8,9 @@ alias changed (a trigger NOTIFYs at commit, migration 0003), not from a time lim
   that moved an alias and resolves it on the same process sees its own write.
 - Another process's write reaches this one as a notification within milliseconds; until
   then this process may answer the previous version (documented in ADR 0006).
-- A lookup that started before a change never stores its (older) answer: each alias has a
-  generation, bumped by every change, and an answer is kept only if the generation is the
-  one it started under.
+- A lookup that started before a change never stores its (older) answer: every change
+  bumps one counter, and an answer is kept only if the counter has not moved since the
+  lookup began (changes are rare, so the odd lookup that is not kept costs nothing).
 - While the listening connection is down, nothing is served from memory: notifications
   may have been missed, so the cache is emptied and every lookup reads Postgres until it
   listens again.
@@ -42,9 +42,8 @@ class AliasCache:
         self._pool = pool
         self._lookup = lookup
         self._entries: dict[_Key, AliasState] = {}
-        self._generations: dict[_Key, int] = {}
-        self._epoch = 0
-        """Bumped when everything is forgotten (a TRUNCATE, a lost listener)."""
+        self._changes = 0
+        """Bumped by every forget: a lookup that overlapped one does not keep its answer."""
         self._listening = False
 
     @property
@@ -57,21 +56,19 @@ class AliasCache:
         cached = self._entries.get(key)
         if cached is not None:
             return cached
-        started = (self._epoch, self._generations.get(key, 0))
+        started = self._changes
         state = await self._lookup(model_name, alias)
-        unchanged = started == (self._epoch, self._generations.get(key, 0))
-        if state is not None and self._listening and unchanged:
+        if state is not None and self._listening and self._changes == started:
             self._entries[key] = state
         return state
 
     def forget(self, model_name: str, alias: str) -> None:
-        key = (model_name, alias)
-        self._entries.pop(key, None)
-        self._generations[key] = self._generations.get(key, 0) + 1
+        self._entries.pop((model_name, alias), None)
+        self._changes += 1
 
     def forget_all(self) -> None:
         self._entries.clear()
-        self._epoch += 1
+        self._changes += 1
 
     async def run(self, stop: asyncio.Event) -> None:
         """Listen for alias changes until ``stop``; reconnect when the connection drops."""
@@ -81,8 +78,7 @@ class AliasCache:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 _log.warning("alias change listener lost (%r); reading Postgres meanwhile", exc)
             finally:
-                self._listening = False
-                self.forget_all()
+                self.forget_all()  # what was cached may have missed a notification
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), _RETRY_S)
 
