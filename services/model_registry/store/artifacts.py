@@ -190,14 +190,8 @@ class LocalArtifactStore:
     def _recover_interrupted_deletions(self) -> int:
         restored = 0
         for held in (self._root / "collecting").glob("*.*"):
-            path = self.path_of(held.name.split(".")[0])
             with contextlib.suppress(FileNotFoundError):
-                if path.exists():  # the same content was stored again meanwhile
-                    held.unlink()
-                else:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    held.rename(path)
-                    restored += 1
+                restored += _put_back(held, self.path_of(held.name.split(".")[0]))
         return restored
 
     async def delete_unless_written_since(self, sha256: str, cutoff: float) -> int | None:
@@ -216,10 +210,7 @@ class LocalArtifactStore:
             return None
         stat = held.stat()
         if stat.st_mtime > cutoff:
-            if path.exists():  # a writer put the same content back meanwhile
-                held.unlink()
-            else:
-                held.rename(path)
+            _put_back(held, path)
             return None
         held.unlink()
         return stat.st_size
@@ -246,6 +237,17 @@ class LocalArtifactStore:
                 yield data
         if digest.hexdigest() != blob.sha256:
             raise BlobCorrupted(blob, digest.hexdigest(), size)
+
+
+def _put_back(held: Path, path: Path) -> bool:
+    """Return a blob moved aside to its path; False when a writer stored the same content
+    there meanwhile (the aside copy is then dropped)."""
+    if path.exists():
+        held.unlink()
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    held.rename(path)
+    return True
 
 
 def _blob_path(root: Path, sha256: str) -> Path:
