@@ -146,10 +146,10 @@ async def _postgres_answers(context: ServiceContext) -> bool:
 
 def run_service(spec: ServiceSpec) -> None:
     """Entry point of a service process: run until SIGTERM/SIGINT."""
-    return_large_buffers_to_os()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    return_large_buffers_to_os()
     settings = LatheSettings()
     telemetry = configure_telemetry(
         spec.name.display_name,
