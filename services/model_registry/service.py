@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from lathe.model_registry.v1 import service_pb2, service_pb2_grpc
 from libs.config import ServiceName
 from libs.db import load_migrations
+from libs.eventstore import RequestLog
 from libs.runtime import BackgroundTask, ServiceComponents, ServiceContext, ServiceSpec
 from services.model_registry.api.servicer import ModelRegistryServicer
 from services.model_registry.app.alias_cache import AliasCache
@@ -21,10 +23,15 @@ def build(context: ServiceContext) -> ServiceComponents:
     queries = RegistryQueries(context.pool)
     artifacts = LocalArtifactStore(context.settings.artifact_dir)
     aliases = AliasCache(context.pool, queries.alias)
-    servicer = ModelRegistryServicer(
-        RegistryCommands(context.pool, context.store, queries, artifacts), queries, aliases
+    requests = RequestLog(
+        context.store, window=timedelta(seconds=context.settings.request_id_window_s)
     )
-    background: list[BackgroundTask] = [aliases.run]
+    servicer = ModelRegistryServicer(
+        RegistryCommands(context.pool, context.store, queries, artifacts, requests),
+        queries,
+        aliases,
+    )
+    background: list[BackgroundTask] = [aliases.run, requests.run]
     if context.settings.model_registry_blob_collection_interval_s > 0:
         collector = OrphanBlobCollector(
             artifacts,

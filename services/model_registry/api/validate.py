@@ -7,6 +7,9 @@ application (or the database) unchecked.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from lathe.model_registry.v1 import message_pb2
 from lathe.model_registry.v1 import request_response_pb2 as rr
@@ -148,6 +151,24 @@ def alias_move(
         expected_version=expected_version,
         traffic_share=traffic_share,
     )
+
+
+def as_of(stamp: Timestamp, field: str = "as_of") -> datetime:
+    """A moment that has passed by the registry's clock: the log answers only for those."""
+    try:
+        moment = stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            f"{field} is not a valid timestamp (seconds {stamp.seconds}, nanos {stamp.nanos})"
+        ) from None
+    now = datetime.now(UTC)
+    if moment > now:
+        raise InvalidArgument(
+            f"{field} is in the future ({moment.isoformat()}; the registry's clock reads "
+            f"{now.isoformat()}): what an alias will point to is not known yet. Leave {field} "
+            "unset for the alias now, or pass a time that has passed"
+        )
+    return moment
 
 
 def _text(value: str, field: str) -> str:
