@@ -34,6 +34,7 @@ from libs.eventstore import (
     WrongExpectedVersion,
 )
 from services.model_registry.app.policy import check_promotion
+from services.model_registry.app.upload_lease import UploadLease
 from services.model_registry.app.uploads import DeclaredArtifact, receive_artifacts
 from services.model_registry.events import CATALOG, alias_stream, artifact_stream, model_stream
 from services.model_registry.store.artifacts import (
@@ -87,12 +88,15 @@ class RegistryCommands:
         queries: RegistryQueries,
         artifacts: ArtifactStore,
         requests: RequestLog,
+        upload_lease: UploadLease | None = None,
     ) -> None:
         self._pool = pool
         self._store = store
         self._queries = queries
         self._artifacts = artifacts
         self._requests = requests
+        self._upload_lease = upload_lease
+        """Held before an upload starts; None where nothing sweeps dead uploads (tests)."""
         self._recorder = Recorder(store, CATALOG, RegistryProjection())
 
     async def create_model(
@@ -161,6 +165,8 @@ class RegistryCommands:
         if (recorded := await self._requests.replay(request, message_pb2.ModelVersion)) is not None:
             return recorded
         await self._require_model(new.model_name)
+        if self._upload_lease is not None:
+            await self._upload_lease.held()
         artifacts = await receive_artifacts(self._artifacts, new.artifacts, chunks)
         async with transaction(self._pool) as conn:
             return await self._requests.once(
