@@ -61,9 +61,8 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
     async def ListModels(
         self, request: rr.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> rr.ListModelsResponse:
-        cursor = validation.decode_page_token(request.page_token)
         models, more = await self._queries.models_page(
-            after_name=str(cursor.get("after", "")),
+            after_name=validate.name_cursor(request.page_token, "after") or "",
             owner=request.owner,
             tag_key=request.tag_key,
             limit=validation.page_size(request.page_size),
@@ -115,9 +114,11 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
     ) -> rr.ListModelVersionsResponse:
         name = validation.require(request.model_name, "model_name")
         limit = validation.page_size(request.page_size)
-        before = int(validation.decode_page_token(request.page_token).get("before", 2**62))
-        versions, more = await self._queries.versions_page(name, before_version=before, limit=limit)
-        if not versions and before == 2**62:
+        before = validate.number_cursor(request.page_token, "before")
+        versions, more = await self._queries.versions_page(
+            name, before_version=before or 2**62, limit=limit
+        )
+        if not versions and before is None:
             await self._model(name)  # NOT_FOUND for an unknown model, not an empty page
         token = validation.encode_page_token({"before": versions[-1].version}) if more else ""
         return rr.ListModelVersionsResponse(model_versions=versions, next_page_token=token)
@@ -226,7 +227,7 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
     ) -> rr.GetModelHistoryResponse:
         name = validation.require(request.model_name, "model_name")
         limit = validation.page_size(request.page_size)
-        after = int(validation.decode_page_token(request.page_token).get("after", 0))
+        after = validate.number_cursor(request.page_token, "after") or 0
         await self._model(name)
         streams = [model_stream(name)] + [
             alias_stream(name, alias) for alias in await self._queries.alias_names_ever(name)
