@@ -1,4 +1,9 @@
-"""`lathe models ...`: the model registry from the command line."""
+"""`lathe models ...`: the model registry from the command line.
+
+Changes go through the SDK's ``RegistryClient``: each command sends one client request
+id and retries with it after an ambiguous failure, so a promotion or an approval applies
+once even when a reply is lost.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lathe.model_registry.v1 import message_pb2
 from lathe.model_registry.v1 import request_response_pb2 as rr
 from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
 from libs.config import LatheSettings
 from libs.grpckit import open_channel
+from libs.sdk.model_registry import RegistryClient
 
 app = typer.Typer(no_args_is_help=True, help="Browse and promote models in the registry.")
 console = Console()
@@ -43,12 +50,14 @@ def _call(action: Callable[[ModelRegistryStub], Awaitable[T]]) -> T:
         raise typer.Exit(1) from error
 
 
-def _metadata(actor: str) -> list[tuple[str, str]]:
-    settings = LatheSettings()
-    metadata = [("lathe-actor", actor or getpass.getuser())]
-    if settings.auth_token is not None:
-        metadata.append(("authorization", f"Bearer {settings.auth_token.get_secret_value()}"))
-    return metadata
+def _changes(stub: ModelRegistryStub, actor: str) -> RegistryClient:
+    """Changes as ``actor`` (default: the user), with the configured token."""
+    token = LatheSettings().auth_token
+    return RegistryClient(
+        stub,
+        actor=actor or getpass.getuser(),
+        token=token.get_secret_value() if token is not None else "",
+    )
 
 
 @app.command("list")
@@ -119,7 +128,7 @@ def promote(
 ) -> None:
     """Point ALIAS of model NAME at VERSION (gates and approvals apply)."""
 
-    async def move(stub: ModelRegistryStub) -> object:
+    async def move(stub: ModelRegistryStub) -> message_pb2.Alias:
         current = expected
         if current is None:
             try:
@@ -130,30 +139,28 @@ def promote(
                 if error.code() != grpc.StatusCode.NOT_FOUND:
                     raise
                 current = 0
-        return await stub.SetAlias(
+        return await _changes(stub, actor).set_alias(
             rr.SetAliasRequest(
                 model_name=name,
                 alias=alias,
                 version=version,
                 expected_version=current,
                 traffic_share=traffic_share,
-            ),
-            metadata=_metadata(actor),
+            )
         )
 
-    response = _call(move)
-    console.print(f"{name}: {alias} -> version {response.alias.version}")  # type: ignore[attr-defined]
+    moved = _call(move)
+    console.print(f"{name}: {alias} -> version {moved.version}")
 
 
 @app.command()
 def approve(name: str, version: int, alias: str, comment: str = "", actor: Actor = "") -> None:
     """Record your approval of VERSION for the protected ALIAS."""
     _call(
-        lambda stub: stub.ApproveModelVersion(
+        lambda stub: _changes(stub, actor).approve(
             rr.ApproveModelVersionRequest(
                 model_name=name, version=version, alias=alias, comment=comment
-            ),
-            metadata=_metadata(actor),
+            )
         )
     )
     console.print(f"approved {name} v{version} for {alias}")

@@ -86,6 +86,12 @@ class LatheSettings(BaseSettings):
     duplicate_window_s: float = Field(
         default=120.0, gt=0, description="JetStream dedupe window for relayed events."
     )
+    request_id_window_s: float = Field(
+        default=86_400.0,
+        ge=60,
+        description="How long a mutation's client request id is honoured: a retry with the "
+        "same id within it gets the first attempt's reply instead of applying again.",
+    )
     stream_replicas: int = Field(
         default=1,
         ge=1,
@@ -120,6 +126,12 @@ class LatheSettings(BaseSettings):
         ge=3600,
         description="Blobs and partial uploads written this recently are never collected: a "
         "registration may still be about to record the version that references them.",
+    )
+    model_registry_upload_lease_s: float = Field(
+        default=60.0,
+        ge=1,
+        description="How long a registry process's upload lease lasts (renewed every third of "
+        "it): the partial uploads of a process whose lease lapsed (it died) are deleted.",
     )
     shutdown_grace_s: float = Field(
         default=10.0, ge=0, description="How long in-flight RPCs may drain on SIGTERM."

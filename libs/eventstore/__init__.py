@@ -5,6 +5,8 @@
 - ``EventRelay``: the transactional outbox, publishing to JetStream exactly once.
 - ``DurableConsumer``: JetStream consumers whose effects apply exactly once.
 - ``Recorder``: append events and apply them to read models in one transaction.
+- ``RequestLog`` / ``ClientRequest``: a mutation retried with the same client request id
+  applies once (recorded in the transaction of its events).
 - ``rebuild_projection``: replay the log into a read model.
 """
 
@@ -31,6 +33,7 @@ from libs.eventstore.model import (
 from libs.eventstore.projection import Projection, rebuild_projection
 from libs.eventstore.recorder import Recorder
 from libs.eventstore.relay import EventRelay
+from libs.eventstore.requests import ClientRequest, RequestLog
 from libs.eventstore.store import EventStore
 from libs.eventstore.tailer import EventTailer, TailBatch
 
@@ -38,6 +41,7 @@ __all__ = [
     "ANY_VERSION",
     "NO_STREAM",
     "AppendResult",
+    "ClientRequest",
     "ConsumerSpec",
     "DeliveredEvent",
     "Delivery",
@@ -55,6 +59,7 @@ __all__ = [
     "RawDelivery",
     "RecordedEvent",
     "Recorder",
+    "RequestLog",
     "TailBatch",
     "UnknownEventType",
     "WrongExpectedVersion",

@@ -3,19 +3,23 @@
 Wraps the generated stub so callers need not build the streaming requests by
 hand: artifacts are read and sent in chunks (never whole in memory), with their
 sha256 declared so the registry refuses a corrupted upload, and downloads are
-re-hashed on arrival.
+re-hashed on arrival. Every change is sent with a client request id and retried
+after an ambiguous failure (UNAVAILABLE, DEADLINE_EXCEEDED) with the same id, so
+it applies once however often it is retried (``libs/sdk/retries.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lathe.model_registry.v1 import message_pb2
 from lathe.model_registry.v1 import request_response_pb2 as rr
 from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
+from libs.sdk.retries import DEFAULT_RETRY, RetryPolicy, new_request_id, with_retries
 
 CHUNK_BYTES = 1024 * 1024
 
@@ -72,23 +76,58 @@ class Download:
 
 
 class RegistryClient:
-    """Registry calls that stream; ``actor`` (and ``token``) go on every change.
+    """Registry changes sent safely, and the calls that stream.
 
-    Build it from a stub (``ModelRegistryStub(open_channel(address))``); the stub
-    stays available for the plain RPCs.
+    ``actor`` (and ``token``) go on every change; each change carries a client request
+    id (a fresh one per call unless the request has one) and is retried with it after
+    an ambiguous failure, as ``retry`` says. Build it from a stub
+    (``ModelRegistryStub(open_channel(address))``); the stub stays available for reads.
     """
 
-    def __init__(self, stub: ModelRegistryStub, *, actor: str = "", token: str = "") -> None:
+    def __init__(
+        self,
+        stub: ModelRegistryStub,
+        *,
+        actor: str = "",
+        token: str = "",
+        retry: RetryPolicy = DEFAULT_RETRY,
+    ) -> None:
         self.stub = stub
         metadata = [("lathe-actor", actor)] if actor else []
         if token:
             metadata.append(("authorization", f"Bearer {token}"))
         self._metadata = tuple(metadata)
+        self._retry = retry
+
+    async def create_model(self, request: rr.CreateModelRequest) -> message_pb2.Model:
+        """Create a model; returns it as created."""
+        return (await self._change(self.stub.CreateModel, request)).model
+
+    async def set_promotion_policy(
+        self, request: rr.SetPromotionPolicyRequest
+    ) -> message_pb2.Model:
+        """Replace a model's promotion policy; returns the model with it."""
+        return (await self._change(self.stub.SetPromotionPolicy, request)).model
+
+    async def set_alias(self, request: rr.SetAliasRequest) -> message_pb2.Alias:
+        """Move an alias from ``expected_version``; returns it as this call left it."""
+        return (await self._change(self.stub.SetAlias, request)).alias
+
+    async def delete_alias(self, request: rr.DeleteAliasRequest) -> None:
+        await self._change(self.stub.DeleteAlias, request)
+
+    async def approve(self, request: rr.ApproveModelVersionRequest) -> None:
+        """Record the actor's approval of a version for a protected alias."""
+        await self._change(self.stub.ApproveModelVersion, request)
 
     async def register_version(
-        self, spec: VersionSpec, artifacts: Mapping[str, ArtifactUpload]
+        self, spec: VersionSpec, artifacts: Mapping[str, ArtifactUpload], *, request_id: str = ""
     ) -> message_pb2.ModelVersion:
-        """Stream the version's metadata and files; returns the registered version."""
+        """Stream the version's metadata and files; returns the registered version.
+
+        A retry streams the files again; the registry answers it as soon as it reads
+        the metadata if the first attempt was recorded.
+        """
         metadata = rr.ModelVersionMetadata(
             model_name=spec.model_name,
             description=spec.description,
@@ -100,6 +139,7 @@ class RegistryClient:
                 rr.ArtifactDeclaration(name=name, format=upload.format, sha256=upload.sha256())  # type: ignore[arg-type]
                 for name, upload in artifacts.items()
             ],
+            request_id=request_id or new_request_id(),
         )
 
         async def requests() -> AsyncIterator[rr.RegisterModelVersionRequest]:
@@ -110,8 +150,25 @@ class RegistryClient:
                         chunk=rr.ArtifactChunk(name=name, data=data)
                     )
 
-        response = await self.stub.RegisterModelVersion(requests(), metadata=self._metadata)
+        response = await with_retries(
+            self._retry,
+            lambda: self.stub.RegisterModelVersion(
+                requests(), metadata=self._metadata, timeout=self._retry.attempt_timeout_s
+            ),
+        )
         return response.model_version
+
+    async def _change(self, rpc: Callable[..., Awaitable[Any]], request: Any) -> Any:
+        """Send ``request`` with a request id (its own, or a fresh one) until it is answered."""
+        if not request.request_id:
+            stamped = type(request)()
+            stamped.CopyFrom(request)
+            stamped.request_id = new_request_id()
+            request = stamped
+        return await with_retries(
+            self._retry,
+            lambda: rpc(request, metadata=self._metadata, timeout=self._retry.attempt_timeout_s),
+        )
 
     async def download(
         self, model_name: str, version: int, artifact_name: str, *, to: Path | None = None

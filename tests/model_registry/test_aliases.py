@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import grpc
@@ -180,3 +180,79 @@ async def test_canary_traffic_share_and_history(registry: ModelRegistryStub) -> 
     assert "alias canary: - -> 2 at 5% traffic" in summaries
     positions = [entry.position for entry in history.entries]
     assert positions == sorted(positions)
+
+
+async def test_each_move_under_racing_moves_replies_with_its_own_move(
+    registry: ModelRegistryStub, db_pool: asyncpg.Pool
+) -> None:
+    name = await new_model(registry)
+    for _ in range(4):
+        await client.register(registry, name)
+    await registry.SetAlias(rr.SetAliasRequest(model_name=name, alias="production", version=1))
+
+    async def mover(i: int, wins: int = 4) -> list[tuple[int, float, message_pb2.Alias]]:
+        """Move the alias ``wins`` times, each from wherever it is then; its replies."""
+        version, share = 1 + i % 4, (i + 1) / 100
+        replies = []
+        while len(replies) < wins:
+            current = (
+                await registry.ResolveAlias(
+                    rr.ResolveAliasRequest(model_name=name, alias="production")
+                )
+            ).alias.version
+            try:
+                reply = await registry.SetAlias(
+                    rr.SetAliasRequest(
+                        model_name=name,
+                        alias="production",
+                        version=version,
+                        expected_version=current,
+                        traffic_share=share,
+                    ),
+                    metadata=[("lathe-actor", f"mover-{i}")],
+                )
+            except grpc.aio.AioRpcError as lost:
+                assert lost.code() == grpc.StatusCode.ABORTED
+                continue
+            replies.append((version, share, reply.alias))
+        return replies
+
+    movers = await asyncio.gather(*(mover(i) for i in range(10)))
+
+    events = await db_pool.fetch(
+        "SELECT actor, recorded_at FROM model_registry.events WHERE stream_id = $1",
+        f"alias-{name}/production",
+    )
+    recorded = {(row["actor"], row["recorded_at"]) for row in events}
+    for i, replies in enumerate(movers):
+        for version, share, alias in replies:
+            assert (alias.version, alias.traffic_share, alias.updated_by) == (
+                version,
+                share,
+                f"mover-{i}",
+            ), "a move's reply shows that move, not a later one"
+            assert (alias.updated_by, alias.update_time.ToDatetime(tzinfo=UTC)) in recorded
+
+
+async def test_as_of_in_the_future_is_refused_not_answered_with_today(
+    registry: ModelRegistryStub,
+) -> None:
+    name = await new_model(registry)
+    await client.register(registry, name)
+    await registry.SetAlias(rr.SetAliasRequest(model_name=name, alias="production", version=1))
+    tomorrow, now = Timestamp(), Timestamp()
+    tomorrow.FromDatetime(datetime.now(UTC) + timedelta(days=1))
+    now.FromDatetime(datetime.now(UTC))
+
+    code, details = await status_of(
+        registry.ResolveAlias(
+            rr.ResolveAliasRequest(model_name=name, alias="production", as_of=tomorrow)
+        )
+    )
+    past = await registry.ResolveAlias(
+        rr.ResolveAliasRequest(model_name=name, alias="production", as_of=now)
+    )
+
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "as_of is in the future" in details and "Leave as_of unset" in details
+    assert past.alias.version == 1

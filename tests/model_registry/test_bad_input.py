@@ -191,3 +191,74 @@ async def test_bad_policies_and_anonymous_approvals(registry: ModelRegistryStub)
         )
     )
     assert code == INVALID and "lathe-actor" in details
+
+
+async def test_enum_values_the_contract_does_not_define_are_refused_not_stored(
+    registry: ModelRegistryStub,
+) -> None:
+    """A newer client's (or a fuzzer's) unknown enum number would be stored and break every
+    later promotion and history read of the model with INTERNAL."""
+    name = await new_model(registry)
+    await client.register(registry, name)
+    unknown_comparison = message_pb2.PromotionPolicy(
+        protected_aliases=[
+            message_pb2.ProtectedAlias(
+                alias="production",
+                gates=[message_pb2.MetricGate(metric="auc", comparison=99, threshold=0.5)],  # type: ignore[arg-type]
+            )
+        ]
+    )
+    unknown_format = client.metadata(name)
+    unknown_format.artifacts[0].format = 77  # type: ignore[assignment]
+    unknown_dtype = client.metadata(name)
+    unknown_dtype.signature.inputs[0].dtype = 55  # type: ignore[assignment]
+
+    policy_code, policy_details = await status_of(
+        registry.SetPromotionPolicy(
+            rr.SetPromotionPolicyRequest(model_name=name, policy=unknown_comparison)
+        )
+    )
+    for meta, fragment in ((unknown_format, "format"), (unknown_dtype, "dtype")):
+        code, details = await status_of(
+            registry.RegisterModelVersion(client.upload_stream(meta, {"model.onnx": [b"x"]}))
+        )
+        assert (code, fragment in details) == (INVALID, True), details
+    history = await registry.GetModelHistory(rr.GetModelHistoryRequest(model_name=name))
+    promoted = await registry.SetAlias(
+        rr.SetAliasRequest(model_name=name, alias="production", version=1)
+    )
+
+    assert policy_code == INVALID and "comparison" in policy_details
+    assert len(history.entries) == 2 and promoted.alias.version == 1
+
+
+async def test_page_tokens_of_another_list_are_invalid_argument(
+    registry: ModelRegistryStub,
+) -> None:
+    name = await new_model(registry)
+    for _ in range(3):
+        await client.register(registry, name)
+    models_token = (await registry.ListModels(rr.ListModelsRequest(page_size=1))).next_page_token
+    history_token = (
+        await registry.GetModelHistory(rr.GetModelHistoryRequest(model_name=name, page_size=1))
+    ).next_page_token
+    versions_token = (
+        await registry.ListModelVersions(rr.ListModelVersionsRequest(model_name=name, page_size=1))
+    ).next_page_token
+    calls = {
+        "models token to history": registry.GetModelHistory(
+            rr.GetModelHistoryRequest(model_name=name, page_token=models_token)
+        ),
+        "models token to versions": registry.ListModelVersions(
+            rr.ListModelVersionsRequest(model_name=name, page_token=models_token)
+        ),
+        "history token to models": registry.ListModels(
+            rr.ListModelsRequest(page_token=history_token)
+        ),
+        "versions token to history": registry.GetModelHistory(
+            rr.GetModelHistoryRequest(model_name=name, page_token=versions_token)
+        ),
+    }
+    for label, call in calls.items():
+        code, details = await status_of(call)
+        assert (code, "page_token" in details) == (INVALID, True), f"{label}: {code} {details}"

@@ -17,7 +17,7 @@ from lathe.model_registry.v1 import message_pb2
 from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
 from libs.config import LatheSettings, ServiceName
 from libs.errors import Conflict, FailedPrecondition
-from libs.eventstore import EventMetadata, EventStore
+from libs.eventstore import EventMetadata, EventStore, RequestLog
 from services.model_registry.app.blob_collection import collect_orphan_blobs
 from services.model_registry.app.commands import NewVersion, RegistryCommands
 from services.model_registry.app.uploads import DeclaredArtifact
@@ -148,11 +148,13 @@ async def test_a_registration_whose_blob_was_collected_is_refused_not_recorded(
 ) -> None:
     name = await new_model(registry)
     queries = RegistryQueries(db_pool)
+    store = EventStore(db_pool, ServiceName.MODEL_REGISTRY.value)
     commands = RegistryCommands(
         db_pool,
-        EventStore(db_pool, ServiceName.MODEL_REGISTRY.value),
+        store,
         queries,
         _CollectedBeforeRecording(test_settings.home / "collected"),
+        RequestLog(store),
     )
     new = NewVersion(
         name,

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC
+from datetime import datetime
 
 import grpc
 
 from lathe.model_registry.v1 import events_pb2, message_pb2, service_pb2_grpc
 from lathe.model_registry.v1 import request_response_pb2 as rr
 from libs.errors import InvalidArgument, NotFound
-from libs.eventstore import EventMetadata
+from libs.eventstore import ClientRequest, EventMetadata
 from libs.grpckit import validation
 from libs.grpckit.caller import caller_of
 from libs.telemetry import current_traceparent
@@ -22,10 +22,16 @@ from services.model_registry.events import CATALOG, alias_stream, model_stream
 from services.model_registry.store.queries import RegistryQueries
 
 
-def _metadata(context: grpc.aio.ServicerContext) -> EventMetadata:
+def _metadata(
+    context: grpc.aio.ServicerContext, request: ClientRequest | None = None
+) -> EventMetadata:
+    """Who and why, for the events a call records; a client request id is their cause."""
     caller = caller_of(context)
     return EventMetadata(
-        correlation_id=caller.request_id, actor=caller.actor, traceparent=current_traceparent()
+        correlation_id=caller.request_id,
+        causation_id=request.request_id if request is not None else "",
+        actor=caller.actor,
+        traceparent=current_traceparent(),
     )
 
 
@@ -41,8 +47,9 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
         self, request: rr.CreateModelRequest, context: grpc.aio.ServicerContext
     ) -> rr.CreateModelResponse:
         new = validate.new_model(request)
-        await self._commands.create_model(new, _metadata(context))
-        return rr.CreateModelResponse(model=await self._model(new.name))
+        key = ClientRequest.of("CreateModel", request)
+        model = await self._commands.create_model(new, _metadata(context, key), key)
+        return rr.CreateModelResponse(model=model)
 
     async def GetModel(
         self, request: rr.GetModelRequest, context: grpc.aio.ServicerContext
@@ -54,9 +61,8 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
     async def ListModels(
         self, request: rr.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> rr.ListModelsResponse:
-        cursor = validation.decode_page_token(request.page_token)
         models, more = await self._queries.models_page(
-            after_name=str(cursor.get("after", "")),
+            after_name=validate.name_cursor(request.page_token, "after") or "",
             owner=request.owner,
             tag_key=request.tag_key,
             limit=validation.page_size(request.page_size),
@@ -68,8 +74,10 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
         self, request: rr.SetPromotionPolicyRequest, context: grpc.aio.ServicerContext
     ) -> rr.SetPromotionPolicyResponse:
         name = validation.resource_name(request.model_name, "model_name")
-        await self._commands.set_policy(name, validate.policy(request.policy), _metadata(context))
-        return rr.SetPromotionPolicyResponse(model=await self._model(name))
+        policy = validate.policy(request.policy)
+        key = ClientRequest.of("SetPromotionPolicy", request)
+        model = await self._commands.set_policy(name, policy, _metadata(context, key), key)
+        return rr.SetPromotionPolicyResponse(model=model)
 
     async def RegisterModelVersion(
         self,
@@ -83,13 +91,15 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
                 "artifact chunks follow it"
             )
         new = validate.new_version(first.metadata)
+        key = ClientRequest.of("RegisterModelVersion", first.metadata)
 
         async def chunks() -> AsyncIterator[tuple[str, bytes]]:
             async for message in request_iterator:
                 yield validate.chunk(message)
 
-        version = await self._commands.register_version(new, chunks(), _metadata(context))
-        registered = await self._queries.version(new.model_name, version)
+        registered = await self._commands.register_version(
+            new, chunks(), _metadata(context, key), key
+        )
         return rr.RegisterModelVersionResponse(model_version=registered)
 
     async def GetModelVersion(
@@ -104,9 +114,11 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
     ) -> rr.ListModelVersionsResponse:
         name = validation.require(request.model_name, "model_name")
         limit = validation.page_size(request.page_size)
-        before = int(validation.decode_page_token(request.page_token).get("before", 2**62))
-        versions, more = await self._queries.versions_page(name, before_version=before, limit=limit)
-        if not versions and before == 2**62:
+        before = validate.number_cursor(request.page_token, "before")
+        versions, more = await self._queries.versions_page(
+            name, before_version=before or 2**62, limit=limit
+        )
+        if not versions and before is None:
             await self._model(name)  # NOT_FOUND for an unknown model, not an empty page
         token = validation.encode_page_token({"before": versions[-1].version}) if more else ""
         return rr.ListModelVersionsResponse(model_versions=versions, next_page_token=token)
@@ -133,20 +145,20 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
             request.expected_version,
             request.traffic_share,
         )
+        key = ClientRequest.of("SetAlias", request)
         try:
-            await self._commands.move_alias(move, _metadata(context))
+            alias = await self._commands.move_alias(move, _metadata(context, key), key)
         finally:  # even when the outcome is unknown (a COMMIT cut off): re-read next time
             self._aliases.forget(move.model_name, move.alias)
-        state = await self._queries.alias(move.model_name, move.alias)
-        assert state is not None
-        return rr.SetAliasResponse(alias=state.alias)
+        return rr.SetAliasResponse(alias=alias)
 
     async def DeleteAlias(
         self, request: rr.DeleteAliasRequest, context: grpc.aio.ServicerContext
     ) -> rr.DeleteAliasResponse:
         move = validate.alias_move(request.model_name, request.alias, 0, request.expected_version)
+        key = ClientRequest.of("DeleteAlias", request)
         try:
-            await self._commands.move_alias(move, _metadata(context))
+            await self._commands.move_alias(move, _metadata(context, key), key)
         finally:
             self._aliases.forget(move.model_name, move.alias)
         return rr.DeleteAliasResponse()
@@ -157,19 +169,15 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
         model_name = validation.require(request.model_name, "model_name")
         alias = validation.require(request.alias, "alias")
         if request.HasField("as_of"):
-            return rr.ResolveAliasResponse(
-                alias=await self._alias_as_of(model_name, alias, request)
-            )
+            as_of = validate.as_of(request.as_of)
+            return rr.ResolveAliasResponse(alias=await self._alias_as_of(model_name, alias, as_of))
         state = await self._aliases.alias(model_name, alias)
         if state is None or state.alias.version == 0:
             await self._model(model_name)
             raise NotFound(f"alias {alias!r} of model {model_name!r} is not set")
         return rr.ResolveAliasResponse(alias=state.alias)
 
-    async def _alias_as_of(
-        self, model_name: str, alias: str, request: rr.ResolveAliasRequest
-    ) -> message_pb2.Alias:
-        as_of = request.as_of.ToDatetime(tzinfo=UTC)
+    async def _alias_as_of(self, model_name: str, alias: str, as_of: datetime) -> message_pb2.Alias:
         event = await self._queries.last_event_as_of(alias_stream(model_name, alias), as_of)
         message = CATALOG.decode(event.event_type, event.payload) if event is not None else None
         if event is None or not isinstance(message, events_pb2.AliasSet):
@@ -189,7 +197,8 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
     async def ApproveModelVersion(
         self, request: rr.ApproveModelVersionRequest, context: grpc.aio.ServicerContext
     ) -> rr.ApproveModelVersionResponse:
-        metadata = _metadata(context)
+        key = ClientRequest.of("ApproveModelVersion", request)
+        metadata = _metadata(context, key)
         if metadata.actor == "anonymous":
             raise InvalidArgument(
                 "an approval needs an identified approver: send the 'lathe-actor' metadata"
@@ -200,6 +209,7 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
             validation.resource_name(request.alias, "alias"),
             request.comment,
             metadata,
+            key,
         )
         return rr.ApproveModelVersionResponse()
 
@@ -217,7 +227,7 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
     ) -> rr.GetModelHistoryResponse:
         name = validation.require(request.model_name, "model_name")
         limit = validation.page_size(request.page_size)
-        after = int(validation.decode_page_token(request.page_token).get("after", 0))
+        after = validate.number_cursor(request.page_token, "after") or 0
         await self._model(name)
         streams = [model_stream(name)] + [
             alias_stream(name, alias) for alias in await self._queries.alias_names_ever(name)

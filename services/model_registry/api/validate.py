@@ -7,6 +7,9 @@ application (or the database) unchecked.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from lathe.model_registry.v1 import message_pb2
 from lathe.model_registry.v1 import request_response_pb2 as rr
@@ -19,6 +22,17 @@ MAX_CHUNK_BYTES = 4 * 1024 * 1024
 _ARTIFACT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _MAX_TEXT = 256
+
+
+def _defined(enum: type) -> dict[int, str]:
+    """Number -> name of an enum's values, UNSPECIFIED (0) left out: open proto3 enums let
+    any number through, and an unknown one stored would break the model's later reads."""
+    return {number: name for name, number in enum.items() if number}  # type: ignore[attr-defined]
+
+
+_COMPARISONS = _defined(message_pb2.Comparison)
+_DATA_TYPES = _defined(message_pb2.DataType)
+_FORMATS = _defined(message_pb2.ArtifactFormat)
 
 
 def new_model(request: rr.CreateModelRequest) -> NewModel:
@@ -41,8 +55,11 @@ def policy(value: message_pb2.PromotionPolicy) -> message_pb2.PromotionPolicy:
         seen.add(protected.alias)
         for j, gate in enumerate(protected.gates):
             validation.resource_name(gate.metric, f"{field}.gates[{j}].metric")
-            if gate.comparison == message_pb2.COMPARISON_UNSPECIFIED:
-                raise InvalidArgument(f"{field}.gates[{j}].comparison must be set (e.g. >=)")
+            if gate.comparison not in _COMPARISONS:
+                raise InvalidArgument(
+                    f"{field}.gates[{j}].comparison must be one of "
+                    f"{', '.join(_COMPARISONS.values())}; got {gate.comparison}"
+                )
             validation.finite(gate.threshold, f"{field}.gates[{j}].threshold")
     return value
 
@@ -59,8 +76,11 @@ def new_version(metadata: rr.ModelVersionMetadata) -> NewVersion:
     ):
         for i, spec in enumerate(specs):
             _text(validation.require(spec.name, f"signature.{field}[{i}].name"), "name")
-            if spec.dtype == message_pb2.DATA_TYPE_UNSPECIFIED:
-                raise InvalidArgument(f"signature.{field}[{i}] ({spec.name}) needs a dtype")
+            if spec.dtype not in _DATA_TYPES:
+                raise InvalidArgument(
+                    f"signature.{field}[{i}] ({spec.name}) needs a dtype, one of "
+                    f"{', '.join(_DATA_TYPES.values())}; got {spec.dtype}"
+                )
             if any(d < -1 or d == 0 for d in spec.shape):
                 raise InvalidArgument(f"signature.{field}[{i}].shape: use positive sizes or -1")
     for name, value in metadata.metrics.items():
@@ -98,9 +118,10 @@ def _declared_artifacts(declared: list[rr.ArtifactDeclaration]) -> tuple[Declare
         if artifact.name in names:
             raise InvalidArgument(f"artifact {artifact.name!r} is declared twice")
         names.add(artifact.name)
-        if artifact.format == message_pb2.ARTIFACT_FORMAT_UNSPECIFIED:
+        if artifact.format not in _FORMATS:
             raise InvalidArgument(
-                f"metadata.artifacts[{i}].format must be set (ONNX, SAFETENSORS, JSON, OTHER)"
+                f"metadata.artifacts[{i}].format must be one of "
+                f"{', '.join(_FORMATS.values())}; got {artifact.format}"
             )
         if artifact.sha256 and not _SHA256_RE.fullmatch(artifact.sha256):
             raise InvalidArgument(f"metadata.artifacts[{i}].sha256 must be 64 lowercase hex digits")
@@ -148,6 +169,56 @@ def alias_move(
         expected_version=expected_version,
         traffic_share=traffic_share,
     )
+
+
+def name_cursor(token: str, key: str) -> str | None:
+    """The name a page token of a list in name order carries; None for the first page."""
+    value = _cursor(token, key)
+    if value is not None and not isinstance(value, str):
+        raise _foreign_token()
+    return value
+
+
+def number_cursor(token: str, key: str) -> int | None:
+    """The version or position a page token carries; None for the first page."""
+    value = _cursor(token, key)
+    if value is not None and (type(value) is not int or not 0 < value < 2**62):
+        raise _foreign_token()
+    return value
+
+
+def _cursor(token: str, key: str) -> object:
+    cursor = validation.decode_page_token(token)
+    if not cursor:
+        return None
+    if set(cursor) != {key}:  # e.g. another list's token
+        raise _foreign_token()
+    return cursor[key]
+
+
+def _foreign_token() -> InvalidArgument:
+    return InvalidArgument(
+        "page_token is not a token of this list: pass next_page_token from the previous "
+        "response of the same call unchanged, or leave it empty for the first page"
+    )
+
+
+def as_of(stamp: Timestamp, field: str = "as_of") -> datetime:
+    """A moment that has passed by the registry's clock: the log answers only for those."""
+    try:
+        moment = stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            f"{field} is not a valid timestamp (seconds {stamp.seconds}, nanos {stamp.nanos})"
+        ) from None
+    now = datetime.now(UTC)
+    if moment > now:
+        raise InvalidArgument(
+            f"{field} is in the future ({moment.isoformat()}; the registry's clock reads "
+            f"{now.isoformat()}): what an alias will point to is not known yet. Leave {field} "
+            "unset for the alias now, or pass a time that has passed"
+        )
+    return moment
 
 
 def _text(value: str, field: str) -> str:

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from lathe.model_registry.v1 import message_pb2
-from libs.errors import InvalidArgument
-from services.model_registry.store.artifacts import ArtifactStore, BlobWriter
+from libs.errors import Conflict, InvalidArgument
+from services.model_registry.store.artifacts import ArtifactStore, BlobWriter, UploadLost
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,15 @@ def _next_artifact(
 
 
 async def _finish(writer: BlobWriter, declared: DeclaredArtifact) -> message_pb2.Artifact:
-    blob = await writer.commit()
+    try:
+        blob = await writer.commit()
+    except UploadLost:
+        raise Conflict(
+            f"the upload of artifact {declared.name!r} was deleted before it was stored: this "
+            "registry process's upload lease had lapsed (cut off from Postgres for longer than "
+            "LATHE_MODEL_REGISTRY_UPLOAD_LEASE_S?), so another judged it dead; register the "
+            "version again"
+        ) from None
     if declared.sha256 and declared.sha256 != blob.sha256:
         raise InvalidArgument(
             f"artifact {declared.name!r} was declared with sha256 {declared.sha256} but the "

@@ -4,6 +4,9 @@ Blobs are named by the SHA-256 of their content. ``ArtifactStore`` is the
 interface the registry uses; ``LocalArtifactStore`` keeps blobs under a
 directory (the default), and an S3-compatible store implements the same
 methods. Every read is verified against the digest before anything is served.
+Uploads in progress are kept per owner (one registry process), so the partial
+uploads of a process that died can be told from those of a live one
+(app/upload_lease.py).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import re
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -41,6 +46,11 @@ class BlobCorrupted(Exception):
 
 class BlobMissing(Exception):
     """No blob with that digest is stored."""
+
+
+class UploadLost(Exception):
+    """An upload's partial file was deleted before it was committed (its owner was judged
+    dead: its upload lease had lapsed)."""
 
 
 @dataclass(frozen=True)
@@ -88,13 +98,22 @@ class ArtifactStore(Protocol):
     async def delete_partial_uploads(self, cutoff: float) -> int:
         """Delete uploads that were never committed and not written to since ``cutoff``."""
 
+    async def partial_upload_owners(self) -> list[str]:
+        """The owners (registry processes) that have, or had, uploads in progress here."""
+
+    async def delete_partial_uploads_of(self, owner: str) -> int:
+        """Delete every partial upload of ``owner``, a process known to be dead; how many."""
+
+
+_OWNER_RE = re.compile(r"^[0-9a-f]{32}$")
+
 
 class _LocalBlobWriter:
     """Writes to a temporary file, hashing as it goes; commit renames it into place."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, owner: str) -> None:
         self._root = root
-        self._temporary = root / "incoming" / f"{uuid.uuid4().hex}.part"
+        self._temporary = root / "incoming" / owner / f"{uuid.uuid4().hex}.part"
         self._temporary.parent.mkdir(parents=True, exist_ok=True)
         self._file: BinaryIO | None = self._temporary.open("wb")
         self._hash = hashlib.sha256()
@@ -124,7 +143,10 @@ class _LocalBlobWriter:
         final = _blob_path(self._root, ref.sha256)
         final.parent.mkdir(parents=True, exist_ok=True)
         # Same content, same name: replacing an existing blob is harmless.
-        self._temporary.replace(final)
+        try:
+            self._temporary.replace(final)
+        except FileNotFoundError:
+            raise UploadLost(f"the partial upload {self._temporary} was deleted") from None
 
     async def abort(self) -> None:
         if self._file is not None:
@@ -134,17 +156,22 @@ class _LocalBlobWriter:
 
 
 class LocalArtifactStore:
-    """Blobs under ``root/sha256/<first two hex digits>/<digest>``."""
+    """Blobs under ``root/sha256/<first two hex digits>/<digest>``; uploads in progress
+    under ``root/incoming/<owner>/``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, owner: str | None = None) -> None:
         self._root = root
+        self.owner = owner or uuid.uuid4().hex
+        """Whose uploads this store's writers are: 32 hex digits naming one process."""
+        if not _OWNER_RE.fullmatch(self.owner):
+            raise ValueError(f"an upload owner is 32 lowercase hex digits, got {self.owner!r}")
         root.mkdir(parents=True, exist_ok=True)
 
     def path_of(self, sha256: str) -> Path:
         return _blob_path(self._root, sha256)
 
     def writer(self) -> BlobWriter:
-        return _LocalBlobWriter(self._root)
+        return _LocalBlobWriter(self._root, self.owner)
 
     async def verify(self, sha256: str) -> BlobRef:
         path = self.path_of(sha256)
@@ -220,12 +247,34 @@ class LocalArtifactStore:
 
     def _delete_partial_uploads(self, cutoff: float) -> int:
         deleted = 0
-        for path in (self._root / "incoming").glob("*.part"):
+        incoming = self._root / "incoming"
+        # Per owner, and flat (as registries before upload leases wrote them).
+        for path in [*incoming.glob("*/*.part"), *incoming.glob("*.part")]:
             with contextlib.suppress(FileNotFoundError):  # committed or aborted meanwhile
                 if path.stat().st_mtime <= cutoff:
                     path.unlink()
                     deleted += 1
         return deleted
+
+    async def partial_upload_owners(self) -> list[str]:
+        return await asyncio.to_thread(self._partial_upload_owners)
+
+    def _partial_upload_owners(self) -> list[str]:
+        incoming = self._root / "incoming"
+        if not incoming.is_dir():
+            return []
+        return [p.name for p in incoming.iterdir() if p.is_dir() and _OWNER_RE.fullmatch(p.name)]
+
+    async def delete_partial_uploads_of(self, owner: str) -> int:
+        if not _OWNER_RE.fullmatch(owner):
+            raise ValueError(f"an upload owner is 32 lowercase hex digits, got {owner!r}")
+        return await asyncio.to_thread(self._delete_partial_uploads_of, owner)
+
+    def _delete_partial_uploads_of(self, owner: str) -> int:
+        directory = self._root / "incoming" / owner
+        files = sum(1 for _ in directory.glob("*.part"))
+        shutil.rmtree(directory, ignore_errors=True)
+        return files
 
     async def read(self, blob: BlobRef, chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
         digest = hashlib.sha256()
