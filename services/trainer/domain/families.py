@@ -76,7 +76,11 @@ def _check(h: Hyperparameter, value: Any, family: str) -> Any:
             raise ValueError(f"{where} must be an integer, got {value!r}")
         value = int(value)
     elif h.kind is float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
             raise ValueError(f"{where} must be a finite number, got {value!r}")
         value = float(value)
     elif h.kind is bool:

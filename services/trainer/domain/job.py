@@ -76,6 +76,8 @@ class Job:
     attempt_id: str = ""
     """The current attempt ("" when none runs)."""
     attempt_history: tuple[ev.AttemptStarted, ...] = ()
+    first_started_at: datetime | None = None
+    """When the first attempt started (the job's timeout counts from here)."""
     checkpoint: Checkpoint | None = None
     epoch: int = 0
     step: int = 0
@@ -113,8 +115,12 @@ def evolve(job: Job, event: Message, recorded_at: datetime, *, actor: str = "") 
             )
         case ev.JobQueued():
             return replace(job, state=S.JOB_STATE_QUEUED)
+        case ev.PreparationStarted():
+            return replace(job, state=_unless_cancelling(job, S.JOB_STATE_PREPARING))
         case ev.DatasetPrepared():
-            return replace(job, dataset=event, feature_service_version=event.feature_service_version)
+            return replace(
+                job, dataset=event, feature_service_version=event.feature_service_version
+            )
         case ev.AttemptStarted():
             state = S.JOB_STATE_CANCELLING if job.state == S.JOB_STATE_CANCELLING else None
             return replace(
@@ -123,6 +129,7 @@ def evolve(job: Job, event: Message, recorded_at: datetime, *, actor: str = "") 
                 attempts=event.attempt,
                 attempt_id=event.attempt_id,
                 attempt_history=(*job.attempt_history, event),
+                first_started_at=job.first_started_at or recorded_at,
             )
         case ev.EpochCompleted():
             return replace(job, epoch=event.epoch, step=event.step, last_epoch=event)
@@ -136,13 +143,17 @@ def evolve(job: Job, event: Message, recorded_at: datetime, *, actor: str = "") 
         case ev.JobEvaluated():
             return replace(job, evaluated=event)
         case ev.ModelExported():
-            return replace(job, exported=event, state=_unless_cancelling(job, S.JOB_STATE_REGISTERING))
+            return replace(
+                job, exported=event, state=_unless_cancelling(job, S.JOB_STATE_REGISTERING)
+            )
         case ev.ModelRegistered():
             return replace(job, model_version=event.version)
         case ev.JobSucceeded():
             return replace(job, state=S.JOB_STATE_SUCCEEDED, attempt_id="")
         case ev.JobFailed():
-            return replace(job, state=S.JOB_STATE_FAILED, failure_reason=event.reason, attempt_id="")
+            return replace(
+                job, state=S.JOB_STATE_FAILED, failure_reason=event.reason, attempt_id=""
+            )
         case ev.CancelRequested():
             return replace(job, state=S.JOB_STATE_CANCELLING, cancel_reason=event.reason)
         case ev.JobCancelled():
@@ -167,10 +178,12 @@ def replay(job_id: str, events: list[tuple[Message, datetime, str, str]]) -> Job
 # --- deciders: the events a command records, or why it cannot -----------------------------
 
 
-def decide_prepare(job: Job) -> list[Message]:
-    """Leave the queue: the job's data is being built (no event; the state is implied)."""
+def decide_preparing(job: Job, owner: str) -> list[Message]:
+    """Leave the queue: this trainer owns the job and builds its data."""
     _require_live(job)
-    return []
+    if job.state != S.JOB_STATE_QUEUED:
+        return []
+    return [ev.PreparationStarted(owner=owner)]
 
 
 def decide_dataset(job: Job, prepared: ev.DatasetPrepared) -> list[Message]:
@@ -204,7 +217,10 @@ def decide_registered(job: Job, attempt_id: str, registered: ev.ModelRegistered)
     require_attempt(job, attempt_id)
     if job.exported is None:
         raise FailedPrecondition(f"job {job.job_id} has nothing exported to register")
-    return [registered, ev.JobSucceeded(model_name=registered.model_name, version=registered.version)]
+    return [
+        registered,
+        ev.JobSucceeded(model_name=registered.model_name, version=registered.version),
+    ]
 
 
 def decide_failed(job: Job, reason: str, attempt_id: str = "") -> list[Message]:

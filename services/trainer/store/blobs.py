@@ -69,7 +69,7 @@ class BlobStore:
     def _move_in(self, temporary: Path, sha256: str) -> str:
         final = self.path(sha256)
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(temporary, final)  # same bytes already there: replaced by identical ones
+        temporary.replace(final)  # same bytes already there: replaced by identical ones
         directory = os.open(final.parent, os.O_RDONLY)
         try:
             os.fsync(directory)

@@ -10,10 +10,7 @@ import torch
 
 from libs.preprocessing import PreprocessingSpec, transform
 from services.trainer.store.blobs import BlobStore
-
-LABEL_COLUMN = "__label"
-SPLIT_COLUMN = "__split"
-"""0: training row, 1: validation row (the service's time-based split)."""
+from services.trainer.training_columns import LABEL, SPLIT
 
 
 @dataclass(frozen=True)
@@ -34,7 +31,9 @@ class Tensors:
     """Arrow type of each raw feature column (for the signature)."""
 
 
-def load(blobs: BlobStore, dataset_sha256: str, preprocessing_sha256: str) -> tuple[Tensors, PreprocessingSpec]:
+def load(
+    blobs: BlobStore, dataset_sha256: str, preprocessing_sha256: str
+) -> tuple[Tensors, PreprocessingSpec]:
     table = pa.ipc.open_stream(blobs.get_bytes(dataset_sha256)).read_all()
     spec = PreprocessingSpec.from_json(blobs.get_bytes(preprocessing_sha256))
     return encode(table, spec), spec
@@ -42,8 +41,8 @@ def load(blobs: BlobStore, dataset_sha256: str, preprocessing_sha256: str) -> tu
 
 def encode(table: pa.Table, spec: PreprocessingSpec) -> Tensors:
     encoded = transform(spec, {name: table.column(name) for name in spec.feature_names})
-    split = np.asarray(table.column(SPLIT_COLUMN).to_numpy(), dtype=np.int64)
-    labels = np.asarray(table.column(LABEL_COLUMN).to_numpy(), dtype=np.float32)
+    split = np.asarray(table.column(SPLIT).to_numpy(), dtype=np.int64)
+    labels = np.asarray(table.column(LABEL).to_numpy(), dtype=np.float32)
     return Tensors(
         numeric=torch.from_numpy(encoded.numeric),
         categorical=torch.from_numpy(encoded.categorical),

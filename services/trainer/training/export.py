@@ -55,16 +55,18 @@ class Exported:
     parity_max_abs_diff: float
 
 
-def export_onnx(
-    model: nn.Module, numeric: Tensor, categorical: Tensor, *, opset: int
-) -> Exported:
+def export_onnx(model: nn.Module, numeric: Tensor, categorical: Tensor, *, opset: int) -> Exported:
     """Export ``model`` (eval mode) and check it on these rows (the validation split)."""
     model.eval()
     scorer = Scorer(model, numeric.shape[1], categorical.shape[1]).eval()
     names = tuple(
-        name for name, width in (("numeric", numeric.shape[1]), ("categorical", categorical.shape[1])) if width
+        name
+        for name, width in (("numeric", numeric.shape[1]), ("categorical", categorical.shape[1]))
+        if width
     )
-    example = tuple(t for t, name in ((numeric, "numeric"), (categorical, "categorical")) if name in names)
+    example = tuple(
+        t for t, name in ((numeric, "numeric"), (categorical, "categorical")) if name in names
+    )
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -110,7 +110,11 @@ def run(plan: WorkerPlan, world: World, progress: Progress) -> None:
                 attempt_id=plan.attempt_id,
             )
             progress.report(
-                "checkpoint", sha256=sha, epoch=done_epochs, step=step, batches_into_epoch=into_epoch
+                "checkpoint",
+                sha256=sha,
+                epoch=done_epochs,
+                step=step,
+                batches_into_epoch=into_epoch,
             )
 
     first_epoch_of_attempt = True
@@ -134,9 +138,9 @@ def run(plan: WorkerPlan, world: World, progress: Progress) -> None:
             step += 1
             samples += len(rows) * world.size
             losses.append(float(loss.detach()))
-            if plan.checkpoint_every_steps and step % plan.checkpoint_every_steps == 0:
-                if b + 1 < batches_per_epoch:
-                    save_checkpoint(epoch, b + 1)
+            every = plan.checkpoint_every_steps
+            if every and step % every == 0 and b + 1 < batches_per_epoch:
+                save_checkpoint(epoch, b + 1)
         seconds = time.time() - started
         skip = 0
         epoch += 1
@@ -201,7 +205,11 @@ def _finish(
     metrics = all_metrics(labels, score(model, tensors, validation))
     train = tensors.train
     baseline = lightgbm_baseline(
-        (tensors.numeric[train].numpy(), tensors.categorical[train].numpy(), tensors.labels[train].numpy()),
+        (
+            tensors.numeric[train].numpy(),
+            tensors.categorical[train].numpy(),
+            tensors.labels[train].numpy(),
+        ),
         (tensors.numeric[validation].numpy(), tensors.categorical[validation].numpy(), labels),
         seed=plan.seed,
         threads=plan.threads_per_process,
@@ -214,8 +222,15 @@ def _finish(
     signature = {
         "inputs": [{"name": n, "arrow_type": tensors.feature_types[n]} for n in spec.feature_names],
         "onnx_inputs": [
-            {"name": name, "dtype": "float32" if name == "numeric" else "int64", "shape": [-1, width]}
-            for name, width in (("numeric", len(spec.numeric)), ("categorical", len(spec.categorical)))
+            {
+                "name": name,
+                "dtype": "float32" if name == "numeric" else "int64",
+                "shape": [-1, width],
+            }
+            for name, width in (
+                ("numeric", len(spec.numeric)),
+                ("categorical", len(spec.categorical)),
+            )
             if name in exported.input_names
         ],
         "outputs": [{"name": OUTPUT, "dtype": "float32", "shape": [-1]}],

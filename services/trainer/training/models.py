@@ -98,7 +98,13 @@ class Block(nn.Module):
     """Pre-norm: x + Attention(LN(x)), then x + ReGLU-FFN(LN(x))."""
 
     def __init__(
-        self, d: int, n_heads: int, ffn_factor: float, attn_drop: float, ffn_drop: float, res_drop: float
+        self,
+        d: int,
+        n_heads: int,
+        ffn_factor: float,
+        attn_drop: float,
+        ffn_drop: float,
+        res_drop: float,
     ) -> None:
         super().__init__()
         hidden = max(1, int(d * ffn_factor))
@@ -167,7 +173,14 @@ def build_ft_transformer(
     residual_dropout: float,
 ) -> nn.Module:
     return FTTransformer(
-        inputs, d_token, n_blocks, n_heads, ffn_factor, attention_dropout, ffn_dropout, residual_dropout
+        inputs,
+        d_token,
+        n_blocks,
+        n_heads,
+        ffn_factor,
+        attention_dropout,
+        ffn_dropout,
+        residual_dropout,
     )
 
 

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--plan", required=True, type=Path)
     parser.add_argument("--attempt-id", required=True)
+    parser.add_argument("--job-id", default="", help="marks the process as this job's")
     args = parser.parse_args(argv)
     _die_with_parent()
 
