@@ -30,7 +30,9 @@ async def trainer_host(
 async def trainer(
     trainer_host: ServiceHost, test_settings: LatheSettings
 ) -> AsyncIterator[TrainerStub]:
-    async with grpc.aio.insecure_channel(test_settings.service_addr(ServiceName.TRAINER)) as channel:
+    async with grpc.aio.insecure_channel(
+        test_settings.service_addr(ServiceName.TRAINER)
+    ) as channel:
         yield TrainerStub(channel)
 
 

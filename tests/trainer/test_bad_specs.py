@@ -21,23 +21,43 @@ PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 def cases(d: Dataset) -> list[tuple[str, dict, grpc.StatusCode, str]]:
     late = (T0 + timedelta(days=400)).isoformat()
     return [
-        ("unknown feature service", {"featureService": "no_such_service"}, NOT_FOUND, "no feature service named"),
+        (
+            "unknown feature service",
+            {"featureService": "no_such_service"},
+            NOT_FOUND,
+            "no feature service named",
+        ),
         ("unknown model", {"modelName": "no-such-model"}, NOT_FOUND, "no model named"),
-        ("stale feature service version", {"featureServiceVersion": 7}, PRECONDITION, "is at version 1"),
+        (
+            "stale feature service version",
+            {"featureServiceVersion": 7},
+            PRECONDITION,
+            "is at version 1",
+        ),
         (
             "empty label set",
             {"labelSource": {"query": d.label_query().replace("ORDER BY", "WHERE false ORDER BY")}},
             PRECONDITION,
             "returned no rows",
         ),
-        ("unknown model family", {"model": {"family": "xgboost_please"}}, INVALID, "unknown model family"),
+        (
+            "unknown model family",
+            {"model": {"family": "xgboost_please"}},
+            INVALID,
+            "unknown model family",
+        ),
         (
             "unknown hyper-parameter",
             {"model": {"family": "mlp", "hyperparameters": {"width": 3}}},
             INVALID,
             "not hyper-parameters of 'mlp'",
         ),
-        ("negative learning rate", {"optimization": {"epochs": 2, "learningRate": -0.1}}, INVALID, "learning_rate"),
+        (
+            "negative learning rate",
+            {"optimization": {"epochs": 2, "learningRate": -0.1}},
+            INVALID,
+            "learning_rate",
+        ),
         ("zero epochs", {"optimization": {"epochs": 0}}, INVALID, "epochs must be at least 1"),
         (
             "a label query that writes",
@@ -62,10 +82,19 @@ def cases(d: Dataset) -> list[tuple[str, dict, grpc.StatusCode, str]]:
             INVALID,
             "single SELECT",
         ),
-        ("a split with an empty side", {"split": {"validationStart": late}}, PRECONDITION, "both sides"),
+        (
+            "a split with an empty side",
+            {"split": {"validationStart": late}},
+            PRECONDITION,
+            "both sides",
+        ),
         (
             "a label query without the entity key",
-            {"labelSource": {"query": f"SELECT scored_at AS label_time, defaulted AS label FROM {d.labels}"}},
+            {
+                "labelSource": {
+                    "query": f"SELECT scored_at AS label_time, defaulted AS label FROM {d.labels}"
+                }
+            },
             INVALID,
             "'loan_id'",
         ),
@@ -77,7 +106,9 @@ async def test_bad_specs_are_refused_and_nothing_is_recorded(
 ) -> None:
     for name, overrides, code, fragment in cases(dataset):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await trainer.SubmitTrainingJob(rr.SubmitTrainingJobRequest(spec=spec(dataset, **overrides)))
+            await trainer.SubmitTrainingJob(
+                rr.SubmitTrainingJobRequest(spec=spec(dataset, **overrides))
+            )
         assert refused.value.code() == code, (name, refused.value.details())
         assert fragment in (refused.value.details() or ""), (name, refused.value.details())
 

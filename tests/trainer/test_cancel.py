@@ -12,7 +12,9 @@ from services.trainer.launch.processes import attempt_processes
 from tests.trainer.helpers import DONE, Dataset, events, spec, submit, wait_for
 
 
-async def test_cancel_stops_the_workers_within_seconds(trainer: TrainerStub, dataset: Dataset) -> None:
+async def test_cancel_stops_the_workers_within_seconds(
+    trainer: TrainerStub, dataset: Dataset
+) -> None:
     job_id = await submit(trainer, spec(dataset, optimization={"epochs": 500, "batchSize": 16}))
     async for event in trainer.WatchTrainingJob(rr.WatchTrainingJobRequest(job_id=job_id)):
         if event.HasField("epoch_completed"):

@@ -18,9 +18,21 @@ from tests.trainer.helpers import DONE, Dataset, events, spec, submit, wait_for
 
 
 async def test_a_small_job_registers_a_version_with_metrics_baseline_and_lineage(
-    trainer: TrainerStub, registry: ModelRegistryStub, dataset: Dataset, test_settings: LatheSettings
+    trainer: TrainerStub,
+    registry: ModelRegistryStub,
+    dataset: Dataset,
+    test_settings: LatheSettings,
 ) -> None:
-    job_id = await submit(trainer, spec(dataset, model={"family": "ft_transformer", "hyperparameters": {"d_token": 16, "n_blocks": 1, "n_heads": 2}}))
+    job_id = await submit(
+        trainer,
+        spec(
+            dataset,
+            model={
+                "family": "ft_transformer",
+                "hyperparameters": {"d_token": 16, "n_blocks": 1, "n_heads": 2},
+            },
+        ),
+    )
 
     job = await wait_for(trainer, job_id, DONE)
 

@@ -49,7 +49,9 @@ def assert_resumed(history: list[rr.WatchTrainingJobResponse], reason: str) -> N
     assert second.resume_checkpoint_sha256, "the second attempt must resume from a checkpoint"
     assert second.resume_epoch >= 1 or second.resume_step > 0, "it must not restart from epoch 0"
     checkpoints = [e.checkpointed for e in history if e.HasField("checkpointed")]
-    resumed_from = next(c for c in checkpoints if c.checkpoint_sha256 == second.resume_checkpoint_sha256)
+    resumed_from = next(
+        c for c in checkpoints if c.checkpoint_sha256 == second.resume_checkpoint_sha256
+    )
     assert resumed_from.attempt_id == attempts[0].attempt_id
     epochs = [e.epoch_completed.epoch for e in history if e.HasField("epoch_completed")]
     assert epochs[-1] == LONG["epochs"]
@@ -79,7 +81,9 @@ async def test_sigkill_of_a_worker_resumes_from_the_checkpoint(
 
 
 @asynccontextmanager
-async def trainer_process(settings: LatheSettings, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+async def trainer_process(
+    settings: LatheSettings, log: Path
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """The trainer as its own OS process (so it can be SIGKILLed), SERVING when yielded."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATHE_")}
     env.update(
@@ -93,7 +97,13 @@ async def trainer_process(settings: LatheSettings, log: Path) -> AsyncIterator[a
     )
     with log.open("ab") as handle:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.trainer", env=env, cwd=REPO_ROOT, stdout=handle, stderr=handle
+            sys.executable,
+            "-m",
+            "services.trainer",
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=handle,
+            stderr=handle,
         )
     try:
         async with grpc.aio.insecure_channel(settings.service_addr(ServiceName.TRAINER)) as channel:
@@ -124,7 +134,9 @@ async def test_sigkill_of_the_trainer_service_resumes_the_job_after_restart(
     tmp_path: Path,
 ) -> None:
     log = tmp_path / "trainer.log"
-    async with grpc.aio.insecure_channel(test_settings.service_addr(ServiceName.TRAINER)) as channel:
+    async with grpc.aio.insecure_channel(
+        test_settings.service_addr(ServiceName.TRAINER)
+    ) as channel:
         trainer = TrainerStub(channel)
         async with trainer_process(test_settings, log) as service:
             job_id = await submit(trainer, spec(dataset, optimization=LONG))

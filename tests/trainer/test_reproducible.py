@@ -17,7 +17,10 @@ async def test_same_spec_and_seed_twice_gives_identical_metrics(
 
     a, b = await asyncio.gather(wait_for(trainer, first, DONE), wait_for(trainer, second, DONE))
 
-    assert a.state == b.state == message_pb2.JOB_STATE_SUCCEEDED, (a.failure_reason, b.failure_reason)
+    assert a.state == b.state == message_pb2.JOB_STATE_SUCCEEDED, (
+        a.failure_reason,
+        b.failure_reason,
+    )
     assert a.spec_digest == b.spec_digest and a.dataset_snapshot_id == b.dataset_snapshot_id
     assert dict(a.metrics) == dict(b.metrics)
     assert dict(a.baseline_metrics) == dict(b.baseline_metrics)

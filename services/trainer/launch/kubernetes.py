@@ -96,7 +96,7 @@ def render(
                             "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}],
                             "resources": {"requests": dict(limits), "limits": limits},
                             "volumeMounts": [
-                                {"name": "artifacts", "mountPath": str(Path(plan_path).parents[2])},
+                                {"name": "artifacts", "mountPath": str(Path(plan_path).parents[3])},
                                 {"name": "dshm", "mountPath": "/dev/shm"},
                             ],
                         }
