@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import onnxruntime
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from lathe.model_registry.v1 import request_response_pb2 as reg_rr
 from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
 from lathe.trainer.v1 import message_pb2
 from lathe.trainer.v1.service_pb2_grpc import TrainerStub
-from libs.config import LatheSettings
 from libs.preprocessing import PreprocessingSpec, transform
 from libs.sdk.model_registry import RegistryClient
 from tests.trainer.helpers import DONE, Dataset, events, spec, submit, wait_for
@@ -21,7 +21,7 @@ async def test_a_small_job_registers_a_version_with_metrics_baseline_and_lineage
     trainer: TrainerStub,
     registry: ModelRegistryStub,
     dataset: Dataset,
-    test_settings: LatheSettings,
+    span_exporter: InMemorySpanExporter,
 ) -> None:
     job_id = await submit(
         trainer,
@@ -83,3 +83,21 @@ async def test_a_small_job_registers_a_version_with_metrics_baseline_and_lineage
         (await client.download(dataset.model_name, version.version, "signature.json")).content
     )
     assert [i["name"] for i in signature["inputs"]] == list(pre.feature_names)
+
+    # One trace: submit -> data (the feature store's GetHistoricalFeatures inside) -> epochs
+    # -> export -> registration (the registry's calls inside).
+    spans = span_exporter.get_finished_spans()
+    (root,) = [
+        s for s in spans if s.name == "trainer.job" and s.attributes.get("lathe.job_id") == job_id
+    ]
+    names = {s.name for s in spans if s.context.trace_id == root.context.trace_id}
+    for expected in (
+        "SubmitTrainingJob",
+        "trainer.data",
+        "GetHistoricalFeatures",
+        "trainer.epoch 1",
+        "trainer.export",
+        "trainer.register",
+        "RegisterModelVersion",
+    ):
+        assert any(expected in name for name in names), (expected, sorted(names))
