@@ -25,7 +25,7 @@ from services.trainer.launch.processes import attempt_processes
 from tests.support.subprocesses import REPO_ROOT
 from tests.trainer.helpers import DONE, Dataset, events, spec, submit, wait_for
 
-LONG = {"epochs": 12, "batchSize": 32, "learningRate": 0.005}
+LONG = {"epochs": 10, "batchSize": 32, "learningRate": 0.005}
 
 
 async def first_checkpoint(trainer: TrainerStub, job_id: str) -> rr.WatchTrainingJobResponse:
@@ -53,6 +53,12 @@ def assert_resumed(history: list[rr.WatchTrainingJobResponse], reason: str) -> N
         c for c in checkpoints if c.checkpoint_sha256 == second.resume_checkpoint_sha256
     )
     assert resumed_from.attempt_id == attempts[0].attempt_id
+    resumed_epochs = [
+        e.epoch_completed.epoch
+        for e in history
+        if e.HasField("epoch_completed") and e.epoch_completed.attempt_id == second.attempt_id
+    ]
+    assert resumed_epochs[0] == second.resume_epoch + 1, "the workers continued where it stopped"
     epochs = [e.epoch_completed.epoch for e in history if e.HasField("epoch_completed")]
     assert epochs[-1] == LONG["epochs"]
     assert all(c.attempt_id in {a.attempt_id for a in attempts} for c in checkpoints)
@@ -149,6 +155,10 @@ async def test_sigkill_of_the_trainer_service_resumes_the_job_after_restart(
         )
 
         async with trainer_process(test_settings, log):
+            async for event in trainer.WatchTrainingJob(rr.WatchTrainingJobRequest(job_id=job_id)):
+                if event.HasField("started") and event.started.attempt == 2:
+                    # Recovery killed attempt 1 before starting attempt 2.
+                    assert not attempt_processes(attempt_id=first_attempt)
             job = await wait_for(trainer, job_id, DONE, 180)
             history = await events(trainer, job_id)
 
