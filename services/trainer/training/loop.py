@@ -9,6 +9,7 @@ evaluation, the LightGBM baseline and the ONNX export with its parity check.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,7 @@ def run(plan: WorkerPlan, world: World, progress: Progress) -> None:
     inputs = ModelInputs(len(spec.numeric), tuple(c.cardinality for c in spec.categorical))
     torch.manual_seed(plan.seed)  # identical initial weights on every rank
     model = build(plan.family, inputs, plan.hyperparameters)
+    _start_at_the_base_rate(model, tensors.labels[tensors.train])
     torch.manual_seed(plan.seed * 1000 + world.rank)
     trained: nn.Module = nn.parallel.DistributedDataParallel(model) if world.distributed else model
 
@@ -167,6 +169,17 @@ def run(plan: WorkerPlan, world: World, progress: Progress) -> None:
         _finish(plan, blobs, model, tensors, spec, progress)
     if world.distributed:
         dist.barrier()
+
+
+def _start_at_the_base_rate(model: nn.Module, labels: torch.Tensor) -> None:
+    """A linear ``head`` starts at the training split's log-odds: with 2% positives, the
+    first epochs then learn the ranking instead of the base rate (and short runs come out
+    calibrated). Models without such a head are left as built."""
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Linear) and head.out_features == 1 and len(labels):
+        rate = float(labels.mean().clamp(1e-4, 1 - 1e-4))
+        with torch.no_grad():
+            head.bias.fill_(math.log(rate / (1 - rate)))
 
 
 def score(model: nn.Module, tensors: data.Tensors, rows: torch.Tensor) -> np.ndarray:
