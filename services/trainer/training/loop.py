@@ -127,9 +127,10 @@ def run(plan: WorkerPlan, world: World, progress: Progress) -> None:
         rank_samples, overlap = _shard_report(shard, world) if first_epoch_of_attempt else ([], 0)
         first_epoch_of_attempt = False
         trained.train()
-        losses, samples = [], 0
+        order = tensors.train[shard]  # this rank's rows for the epoch, in sampler order
+        loss_sum, batches, samples = torch.zeros(()), 0, 0
         for b in range(skip, batches_per_epoch):
-            rows = tensors.train[shard[b * per_rank_batch : (b + 1) * per_rank_batch]]
+            rows = order[b * per_rank_batch : (b + 1) * per_rank_batch]
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(
                 trained(tensors.numeric[rows], tensors.categorical[rows]), tensors.labels[rows]
@@ -139,7 +140,8 @@ def run(plan: WorkerPlan, world: World, progress: Progress) -> None:
             scheduler.step()
             step += 1
             samples += len(rows) * world.size
-            losses.append(float(loss.detach()))
+            loss_sum += loss.detach()
+            batches += 1
             every = plan.checkpoint_every_steps
             if every and step % every == 0 and b + 1 < batches_per_epoch:
                 save_checkpoint(epoch, b + 1)
@@ -154,7 +156,7 @@ def run(plan: WorkerPlan, world: World, progress: Progress) -> None:
                 "epoch",
                 epoch=epoch,
                 step=step,
-                train_loss=float(np.mean(losses)) if losses else float("nan"),
+                train_loss=float(loss_sum) / batches if batches else float("nan"),
                 validation_auc=quick["auc"],
                 validation_log_loss=quick["log_loss"],
                 samples_per_second=samples / seconds if seconds > 0 else 0.0,
