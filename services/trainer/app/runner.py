@@ -416,8 +416,17 @@ class JobRunner:
 
     async def _fail(self, job_id: str, reason: str) -> None:
         await self._kill(job_id)
+        stopped = datetime.now(UTC)
+
+        def failed_unless_cancelling(job: Job) -> list[Any]:
+            # A job being cancelled ends cancelled, whatever else went wrong on the way
+            # (e.g. an attempt refused because the cancel was recorded first).
+            if job.state == message_pb2.JOB_STATE_CANCELLING:
+                return decide.decide_cancelled(job, stopped)
+            return decide.decide_failed(job, reason)
+
         try:
-            await self._jobs.record(job_id, lambda j: decide.decide_failed(j, reason), self._meta)
+            await self._jobs.record(job_id, failed_unless_cancelling, self._meta)
         except Exception:
             _log.exception("could not record job %s as failed (%s)", job_id, reason)
 
