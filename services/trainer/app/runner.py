@@ -112,8 +112,9 @@ class JobRunner:
                 await asyncio.shield(self._kill(job_id))
                 raise
             except StaleAttempt as stale:
+                # Another owner moved the job on; this process's attempt was killed where it
+                # was noticed (the job's other processes are not ours to kill).
                 _log.warning("job %s: %s", job_id, stale)
-                await self._kill(job_id)
             except LatheError as error:
                 await self._fail(job_id, str(error))
             except Exception as error:

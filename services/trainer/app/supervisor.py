@@ -46,6 +46,7 @@ class Supervisor:
         self._running: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._lock_conn: asyncpg.Connection | None = None
         self._conn_lock = asyncio.Lock()
+        self._unlocking: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -102,7 +103,9 @@ class Supervisor:
 
     def _finished(self, job_id: str) -> None:
         self._running.pop(job_id, None)
-        asyncio.get_running_loop().create_task(self._unlock(job_id))
+        unlock = asyncio.get_running_loop().create_task(self._unlock(job_id))
+        self._unlocking.add(unlock)
+        unlock.add_done_callback(self._unlocking.discard)
         self._wake.set()
 
     async def _connection(self) -> asyncpg.Connection:
