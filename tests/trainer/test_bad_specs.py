@@ -83,6 +83,18 @@ def cases(d: Dataset) -> list[tuple[str, dict, grpc.StatusCode, str]]:
             "single SELECT",
         ),
         (
+            "a label query past its statement timeout",
+            {
+                "labelSource": {
+                    "query": "SELECT loan_id, scored_at AS label_time, defaulted AS label "
+                    f"FROM {d.labels}, pg_sleep(2) AS nap",
+                    "timeout": "0.3s",
+                }
+            },
+            PRECONDITION,
+            "statement timeout",
+        ),
+        (
             "a split with an empty side",
             {"split": {"validationStart": late}},
             PRECONDITION,
