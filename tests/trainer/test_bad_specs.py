@@ -158,3 +158,23 @@ async def submit_queued(trainer: TrainerStub, dataset: Dataset) -> str:
         rr.SubmitTrainingJobRequest(spec=spec(dataset, optimization={"epochs": 500}))
     )
     return reply.job.job_id
+
+
+async def test_a_retried_submit_with_a_request_id_creates_one_job(
+    trainer: TrainerStub, dataset: Dataset
+) -> None:
+    request = rr.SubmitTrainingJobRequest(spec=spec(dataset, optimization={"epochs": 500}))
+    metadata = (("x-request-id", "retry-me"),)
+    first = await trainer.SubmitTrainingJob(request, metadata=metadata)
+    again = await trainer.SubmitTrainingJob(request, metadata=metadata)
+    assert again.job.job_id == first.job.job_id
+    other = rr.SubmitTrainingJobRequest(spec=spec(dataset, seed=99))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await trainer.SubmitTrainingJob(other, metadata=metadata)
+    assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    listed = await trainer.ListTrainingJobs(
+        rr.ListTrainingJobsRequest(model_name=dataset.model_name)
+    )
+    assert [j.job_id for j in listed.jobs] == [first.job.job_id]
+    await trainer.CancelTrainingJob(rr.CancelTrainingJobRequest(job_id=first.job.job_id))
+    await wait_for(trainer, first.job.job_id, DONE, 30)

@@ -49,7 +49,9 @@ class TrainerServicer(service_pb2_grpc.TrainerServicer):
     ) -> rr.SubmitTrainingJobResponse:
         if not request.HasField("spec"):
             raise InvalidArgument("spec is required: the training job to run")
-        job = await self._submitter.submit(job_spec(request.spec), _metadata(context))
+        job = await self._submitter.submit(
+            job_spec(request.spec), _metadata(context), caller_of(context).request_id
+        )
         return rr.SubmitTrainingJobResponse(job=to_proto(job))
 
     async def GetTrainingJob(

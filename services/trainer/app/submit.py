@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from uuid import UUID, uuid5
 
 import pyarrow as pa
 from uuid6 import uuid7
 
 from lathe.trainer.v1 import events_pb2 as ev
-from libs.errors import FailedPrecondition, NotFound, Unavailable
+from libs.errors import AlreadyExists, Conflict, FailedPrecondition, NotFound, Unavailable
 from libs.eventstore import EventMetadata
 from services.trainer.app.ports import Catalog, Labels, Registry
 from services.trainer.domain.job import Job
 from services.trainer.domain.spec import ValidSpec
 from services.trainer.store.blobs import BlobStore
 from services.trainer.store.jobs import JobStore
+
+_REQUESTS = UUID("6f1b1c2e-6a57-4a8e-9d0b-7472a1e1b001")
+"""Namespace of job ids derived from client request ids (``x-request-id``)."""
 
 
 class Submitter:
@@ -48,7 +52,18 @@ class Submitter:
         self._code_revision = code_revision
         self._on_queued = on_queued
 
-    async def submit(self, spec: ValidSpec, metadata: EventMetadata) -> Job:
+    async def submit(self, spec: ValidSpec, metadata: EventMetadata, request_id: str = "") -> Job:
+        """Queue a job; with a client ``request_id``, a retry returns the job it created."""
+        job_id = str(uuid5(_REQUESTS, request_id)) if request_id else str(uuid7())
+        if request_id:
+            existing = await self._jobs.load(job_id)
+            if existing.version:
+                if existing.spec_digest != spec.digest:
+                    raise AlreadyExists(
+                        f"request id {request_id!r} already submitted job {job_id} with another "
+                        "spec; use a new request id for a new job"
+                    )
+                return existing
         queued = await self._jobs.queued()
         if queued >= self._max_queued:
             raise Unavailable(
@@ -76,7 +91,6 @@ class Submitter:
         labels = await self._labels.read(spec.labels, spec.split, service.join_keys)
         labels_sha = await asyncio.to_thread(self._blobs.put_bytes, _ipc(labels))
         sides = labels.column("__split").to_pylist()
-        job_id = str(uuid7())
         submitted = ev.JobSubmitted(
             job_id=job_id,
             spec=spec.proto,
@@ -88,9 +102,14 @@ class Submitter:
             feature_service_version=service.version,
             code_revision=self._code_revision,
         )
-        job = await self._jobs.create(
-            job_id, [submitted, ev.JobQueued(queue_position=queued)], metadata
-        )
+        try:
+            job = await self._jobs.create(
+                job_id, [submitted, ev.JobQueued(queue_position=queued)], metadata
+            )
+        except Conflict:
+            if request_id:  # the same request, retried concurrently: it won
+                return await self.submit(spec, metadata, request_id)
+            raise
         self._on_queued()
         return job
 
