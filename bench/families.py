@@ -67,6 +67,7 @@ def all_families() -> tuple[Family, ...]:
         features_serving,
         features_windows,
         registry_serving,
+        trainer_loop,
     )
 
     return (
@@ -76,6 +77,7 @@ def all_families() -> tuple[Family, ...]:
         features_serving.FAMILY,
         features_windows.FAMILY,
         features_ingest.FAMILY,
+        trainer_loop.FAMILY,
     )
 
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from libs.cli import features, models
+from libs.cli import features, models, train
 from libs.cli.render import status_table
 from libs.config import LatheSettings, ServiceName
 from libs.platform.runner import Platform, PlatformError
@@ -20,6 +20,7 @@ from libs.telemetry.trace_tree import build_trace_tree
 app = typer.Typer(no_args_is_help=True, help="Lathe: the ML platform, on one machine.")
 app.add_typer(models.app, name="models")
 app.add_typer(features.app, name="features")
+app.add_typer(train.app, name="train")
 console = Console()
 
 

@@ -1,0 +1,129 @@
+"""The trainer from Python: job specs from YAML or TOML, submit, follow, cancel.
+
+    spec = load_spec(Path("credit.yaml"))        # the TrainingJobSpec fields, snake_case
+    async with grpc.aio.insecure_channel("127.0.0.1:50053") as channel:
+        trainer = TrainerClient(TrainerStub(channel), actor="alice")
+        job = await trainer.submit(spec)
+        async for event in trainer.watch(job.job_id):   # history first, then live
+            ...
+
+A spec file holds the fields of ``lathe.trainer.v1.TrainingJobSpec`` (snake_case or
+camelCase); durations are strings such as ``"60s"`` and times RFC 3339 strings::
+
+    model_name: credit-default
+    feature_service: underwriting_full
+    label_source:
+      query: SELECT loan_id, scored_at AS label_time, defaulted AS label FROM public.outcomes
+    split: {validation_start: "2018-03-01T00:00:00Z"}
+    model: {family: ft_transformer, hyperparameters: {d_token: 32, n_blocks: 2}}
+    optimization: {epochs: 5, batch_size: 256, learning_rate: 0.001}
+    seed: 7
+    resources: {processes: 2}
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf import json_format
+
+from lathe.trainer.v1 import message_pb2
+from lathe.trainer.v1 import request_response_pb2 as rr
+from lathe.trainer.v1.service_pb2_grpc import TrainerStub
+
+
+class SpecError(ValueError):
+    """A spec file that does not parse as a TrainingJobSpec; the message says where."""
+
+
+def parse_spec(document: Mapping[str, Any]) -> message_pb2.TrainingJobSpec:
+    """A spec from a plain mapping (as YAML, TOML or JSON give it)."""
+    try:
+        return json_format.ParseDict(dict(document), message_pb2.TrainingJobSpec())
+    except json_format.ParseError as error:
+        raise SpecError(f"not a valid training job spec: {error}") from None
+
+
+def load_spec(path: Path) -> message_pb2.TrainingJobSpec:
+    """Read a ``.yaml``/``.yml``, ``.toml`` or ``.json`` spec file."""
+    text = path.read_text()
+    if path.suffix == ".toml":
+        try:
+            document: Any = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise SpecError(f"{path}: {error}") from None
+    else:
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise SpecError(f"{path}: {error}") from None
+    if not isinstance(document, dict):
+        raise SpecError(f"{path} must hold a mapping of spec fields, got {type(document).__name__}")
+    return parse_spec(_stringify_times(document))
+
+
+def _stringify_times(value: Any) -> Any:
+    """YAML and TOML parse timestamps into datetimes; the protobuf JSON form wants strings."""
+    if isinstance(value, dict):
+        return {k: _stringify_times(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_stringify_times(v) for v in value]
+    if hasattr(value, "isoformat") and not isinstance(value, str):
+        text = value.isoformat()
+        return text if "+" in text or text.endswith("Z") else text + "Z"
+    return value
+
+
+class TrainerClient:
+    """Trainer calls with the caller's identity (and token) on every change."""
+
+    def __init__(self, stub: TrainerStub, *, actor: str = "", token: str = "") -> None:
+        self.stub = stub
+        metadata = [("lathe-actor", actor)] if actor else []
+        if token:
+            metadata.append(("authorization", f"Bearer {token}"))
+        self._metadata = tuple(metadata)
+
+    async def submit(self, spec: message_pb2.TrainingJobSpec) -> message_pb2.TrainingJob:
+        reply = await self.stub.SubmitTrainingJob(
+            rr.SubmitTrainingJobRequest(spec=spec), metadata=self._metadata
+        )
+        return reply.job
+
+    async def get(self, job_id: str) -> message_pb2.TrainingJob:
+        return (await self.stub.GetTrainingJob(rr.GetTrainingJobRequest(job_id=job_id))).job
+
+    async def list(
+        self, *, model_name: str = "", state: int = 0, limit: int = 100
+    ) -> list[message_pb2.TrainingJob]:
+        jobs: list[message_pb2.TrainingJob] = []
+        token = ""
+        while len(jobs) < limit:
+            page = await self.stub.ListTrainingJobs(
+                rr.ListTrainingJobsRequest(
+                    model_name=model_name,
+                    state=state,  # type: ignore[arg-type]
+                    page_size=min(100, limit - len(jobs)),
+                    page_token=token,
+                )
+            )
+            jobs.extend(page.jobs)
+            token = page.next_page_token
+            if not token:
+                break
+        return jobs
+
+    async def cancel(self, job_id: str, reason: str = "") -> message_pb2.TrainingJob:
+        reply = await self.stub.CancelTrainingJob(
+            rr.CancelTrainingJobRequest(job_id=job_id, reason=reason), metadata=self._metadata
+        )
+        return reply.job
+
+    async def watch(self, job_id: str) -> AsyncIterator[rr.WatchTrainingJobResponse]:
+        """Every event of the job from the first, then live until it ends."""
+        async for event in self.stub.WatchTrainingJob(rr.WatchTrainingJobRequest(job_id=job_id)):
+            yield event

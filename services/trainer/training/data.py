@@ -1,0 +1,53 @@
+"""The training set as tensors, converted once per worker from the job's dataset blob."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from libs.preprocessing import PreprocessingSpec, transform
+from services.trainer.store.blobs import BlobStore
+from services.trainer.training_columns import LABEL, SPLIT
+
+
+@dataclass(frozen=True)
+class Tensors:
+    """Every row of the training set, encoded; splits are index tensors into them."""
+
+    numeric: torch.Tensor
+    """float32 [rows, numeric features]."""
+    categorical: torch.Tensor
+    """int64 [rows, categorical features]."""
+    labels: torch.Tensor
+    """float32 [rows], 0 or 1."""
+    train: torch.Tensor
+    """int64 row indices of the training split."""
+    validation: torch.Tensor
+    """int64 row indices of the validation split."""
+    feature_types: dict[str, str]
+    """Arrow type of each raw feature column (for the signature)."""
+
+
+def load(
+    blobs: BlobStore, dataset_sha256: str, preprocessing_sha256: str
+) -> tuple[Tensors, PreprocessingSpec]:
+    table = pa.ipc.open_stream(blobs.get_bytes(dataset_sha256)).read_all()
+    spec = PreprocessingSpec.from_json(blobs.get_bytes(preprocessing_sha256))
+    return encode(table, spec), spec
+
+
+def encode(table: pa.Table, spec: PreprocessingSpec) -> Tensors:
+    encoded = transform(spec, {name: table.column(name) for name in spec.feature_names})
+    split = np.asarray(table.column(SPLIT).to_numpy(), dtype=np.int64)
+    labels = np.asarray(table.column(LABEL).to_numpy(), dtype=np.float32)
+    return Tensors(
+        numeric=torch.from_numpy(encoded.numeric),
+        categorical=torch.from_numpy(encoded.categorical),
+        labels=torch.from_numpy(labels),
+        train=torch.from_numpy(np.flatnonzero(split == 0)),
+        validation=torch.from_numpy(np.flatnonzero(split == 1)),
+        feature_types={name: str(table.schema.field(name).type) for name in spec.feature_names},
+    )

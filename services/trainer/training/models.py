@@ -1,0 +1,195 @@
+"""The built-in model families: an MLP and an FT-Transformer, for tabular features.
+
+Both take ``forward(numeric, categorical)``: float32 [batch, numeric features] (already
+filled and normalised by libs/preprocessing) and int64 [batch, categorical features]
+(0 = missing or unseen), and return logits [batch]. Attention is written out (matmul,
+softmax, matmul) rather than through a fused kernel, so it exports to plain ONNX ops at
+opset 17 and runs deterministically.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What a model's inputs look like (from the fitted preprocessing)."""
+
+    n_numeric: int
+    cardinalities: tuple[int, ...]
+    """Embedding rows per categorical feature (vocabulary + the missing/unseen index)."""
+
+
+class MLP(nn.Module):
+    """Category embeddings concatenated to the numbers, Linear-ReLU-Dropout blocks, a head."""
+
+    def __init__(
+        self, inputs: ModelInputs, d_hidden: int, n_layers: int, dropout: float, d_embedding: int
+    ) -> None:
+        super().__init__()
+        self.embeddings = nn.ModuleList(nn.Embedding(c, d_embedding) for c in inputs.cardinalities)
+        width = inputs.n_numeric + d_embedding * len(inputs.cardinalities)
+        layers: list[nn.Module] = []
+        for _ in range(n_layers):
+            layers += [nn.Linear(width, d_hidden), nn.ReLU(), nn.Dropout(dropout)]
+            width = d_hidden
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, numeric: Tensor, categorical: Tensor) -> Tensor:
+        parts = [numeric] + [emb(categorical[:, i]) for i, emb in enumerate(self.embeddings)]
+        return self.head(self.body(torch.cat(parts, dim=1))).squeeze(-1)
+
+
+class FeatureTokenizer(nn.Module):
+    """One d_token vector per feature: x_j * w_j + b_j for numbers, a table row for categories."""
+
+    def __init__(self, inputs: ModelInputs, d_token: int) -> None:
+        super().__init__()
+        bound = 1 / math.sqrt(d_token)
+        self.n_numeric = inputs.n_numeric
+        self.n_categorical = len(inputs.cardinalities)
+        self.numeric_weight = nn.Parameter(torch.empty(inputs.n_numeric, d_token))
+        self.numeric_bias = nn.Parameter(torch.empty(inputs.n_numeric, d_token))
+        for parameter in (self.numeric_weight, self.numeric_bias):
+            nn.init.uniform_(parameter, -bound, bound)
+        cards = inputs.cardinalities
+        self.categorical = nn.Embedding(max(sum(cards), 1), d_token)
+        nn.init.uniform_(self.categorical.weight, -bound, bound)
+        self.categorical_bias = nn.Parameter(torch.empty(len(cards), d_token))
+        nn.init.uniform_(self.categorical_bias, -bound, bound)
+        offsets = torch.tensor([0, *cards[:-1]], dtype=torch.long).cumsum(0) if cards else None
+        self.register_buffer("offsets", offsets if offsets is not None else torch.zeros(0))
+
+    def forward(self, numeric: Tensor, categorical: Tensor) -> Tensor:
+        tokens = []
+        if self.n_numeric:
+            tokens.append(numeric.unsqueeze(-1) * self.numeric_weight + self.numeric_bias)
+        if self.n_categorical:
+            tokens.append(self.categorical(categorical + self.offsets) + self.categorical_bias)
+        return torch.cat(tokens, dim=1)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, d: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        if d % n_heads:
+            raise ValueError(f"d_token ({d}) must be a multiple of n_heads ({n_heads})")
+        self.n_heads, self.d_head = n_heads, d // n_heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, tokens, d = x.shape
+        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.n_heads, self.d_head).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, heads, tokens, d_head]
+        weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.d_head), dim=-1)
+        mixed = self.dropout(weights) @ v
+        return self.out(mixed.transpose(1, 2).reshape(batch, tokens, d))
+
+
+class Block(nn.Module):
+    """Pre-norm: x + Attention(LN(x)), then x + ReGLU-FFN(LN(x))."""
+
+    def __init__(
+        self,
+        d: int,
+        n_heads: int,
+        ffn_factor: float,
+        attn_drop: float,
+        ffn_drop: float,
+        res_drop: float,
+    ) -> None:
+        super().__init__()
+        hidden = max(1, int(d * ffn_factor))
+        self.attention_norm = nn.LayerNorm(d)
+        self.attention = SelfAttention(d, n_heads, attn_drop)
+        self.ffn_norm = nn.LayerNorm(d)
+        self.ffn_in = nn.Linear(d, 2 * hidden)
+        self.ffn_out = nn.Linear(hidden, d)
+        self.ffn_dropout = nn.Dropout(ffn_drop)
+        self.residual_dropout = nn.Dropout(res_drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.residual_dropout(self.attention(self.attention_norm(x)))
+        a, b = self.ffn_in(self.ffn_norm(x)).chunk(2, dim=-1)
+        return x + self.residual_dropout(self.ffn_out(self.ffn_dropout(a * torch.relu(b))))
+
+
+class FTTransformer(nn.Module):
+    """FT-Transformer (Gorishniy et al., 2021): tokens, [CLS], pre-norm blocks, head on [CLS]."""
+
+    def __init__(
+        self,
+        inputs: ModelInputs,
+        d_token: int,
+        n_blocks: int,
+        n_heads: int,
+        ffn_factor: float,
+        attention_dropout: float,
+        ffn_dropout: float,
+        residual_dropout: float,
+    ) -> None:
+        super().__init__()
+        self.tokenizer = FeatureTokenizer(inputs, d_token)
+        self.cls = nn.Parameter(torch.empty(1, 1, d_token))
+        nn.init.uniform_(self.cls, -1 / math.sqrt(d_token), 1 / math.sqrt(d_token))
+        self.blocks = nn.ModuleList(
+            Block(d_token, n_heads, ffn_factor, attention_dropout, ffn_dropout, residual_dropout)
+            for _ in range(n_blocks)
+        )
+        self.head_norm = nn.LayerNorm(d_token)
+        self.head = nn.Linear(d_token, 1)
+
+    def forward(self, numeric: Tensor, categorical: Tensor) -> Tensor:
+        tokens = self.tokenizer(numeric, categorical)
+        x = torch.cat([self.cls.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(torch.relu(self.head_norm(x[:, 0]))).squeeze(-1)
+
+
+def build_mlp(
+    inputs: ModelInputs, *, d_hidden: int, n_layers: int, dropout: float, d_embedding: int
+) -> nn.Module:
+    return MLP(inputs, d_hidden, n_layers, dropout, d_embedding)
+
+
+def build_ft_transformer(
+    inputs: ModelInputs,
+    *,
+    d_token: int,
+    n_blocks: int,
+    n_heads: int,
+    ffn_factor: float,
+    attention_dropout: float,
+    ffn_dropout: float,
+    residual_dropout: float,
+) -> nn.Module:
+    return FTTransformer(
+        inputs,
+        d_token,
+        n_blocks,
+        n_heads,
+        ffn_factor,
+        attention_dropout,
+        ffn_dropout,
+        residual_dropout,
+    )
+
+
+def build(family_name: str, inputs: ModelInputs, hyperparameters: dict[str, object]) -> nn.Module:
+    """The family's model, from its registered ``module:function`` builder."""
+    import importlib
+
+    from services.trainer.domain.families import family
+
+    module_name, function = family(family_name).builder.split(":")
+    builder = getattr(importlib.import_module(module_name), function)
+    return builder(inputs, **hyperparameters)  # type: ignore[no-any-return]
