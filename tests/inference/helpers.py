@@ -260,3 +260,15 @@ async def serving_version(inference: InferenceStub, model: str, alias: str = "pr
     except Exception:  # noqa: BLE001 - not followed yet
         return 0
     return int(answer.deployment.serving_version)
+
+
+async def inference_events(db_pool: asyncpg.Pool, event_type: str) -> list[object]:
+    """Every recorded inference event of ``event_type`` (e.g. ``DeploymentFailed``), decoded."""
+    from services.inference.events import CATALOG
+
+    full = f"lathe.inference.v1.{event_type}"
+    rows = await db_pool.fetch(
+        "SELECT payload FROM inference.events WHERE event_type = $1 ORDER BY global_position",
+        full,
+    )
+    return [CATALOG.decode(full, bytes(r["payload"])) for r in rows]
