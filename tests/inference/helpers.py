@@ -128,9 +128,9 @@ async def make_credit(
 
 def export(credit: Credit, *, family: str = "mlp", seed: int = 1) -> tuple[bytes, bytes, bytes]:
     """(model.onnx, weights.safetensors, preprocessing.json) of an untrained model."""
+    from libs.preprocessing import transform
     from services.trainer.training.export import export_onnx
     from services.trainer.training.models import ModelInputs, build_ft_transformer, build_mlp
-    from libs.preprocessing import transform
 
     spec = credit.spec()
     inputs = ModelInputs(len(spec.numeric), tuple(c.cardinality for c in spec.categorical))
@@ -186,10 +186,16 @@ async def register(
         VersionSpec(
             model_name=model_name,
             signature=reg.Signature(
-                inputs=[reg.TensorSpec(name=n, dtype=reg.DATA_TYPE_FLOAT64) for n in credit.features],
-                outputs=[reg.TensorSpec(name="probability", dtype=reg.DATA_TYPE_FLOAT32, shape=[-1])],
+                inputs=[
+                    reg.TensorSpec(name=n, dtype=reg.DATA_TYPE_FLOAT64) for n in credit.features
+                ],
+                outputs=[
+                    reg.TensorSpec(name="probability", dtype=reg.DATA_TYPE_FLOAT32, shape=[-1])
+                ],
             ),
-            lineage=reg.Lineage(feature_service=credit.feature_service, feature_service_version="1"),
+            lineage=reg.Lineage(
+                feature_service=credit.feature_service, feature_service_version="1"
+            ),
         ),
         {
             "model.onnx": ArtifactUpload(reg.ARTIFACT_FORMAT_ONNX, content=onnx_bytes),
@@ -213,7 +219,7 @@ async def set_alias(
             reg_rr.ResolveAliasRequest(model_name=model, alias=alias)
         )
         current = resolved.alias.version
-    except Exception:  # noqa: BLE001 - not set yet
+    except Exception:
         current = 0
     await registry.SetAlias(
         reg_rr.SetAliasRequest(
@@ -257,7 +263,7 @@ async def serving_version(inference: InferenceStub, model: str, alias: str = "pr
         answer = await inference.GetDeployment(
             rr.GetDeploymentRequest(model_name=model, alias=alias)
         )
-    except Exception:  # noqa: BLE001 - not followed yet
+    except Exception:
         return 0
     return int(answer.deployment.serving_version)
 

@@ -67,7 +67,10 @@ async def test_bad_requests_get_clear_codes(
                 ),
                 "INVALID_ARGUMENT",
             ),
-            "wrong key type": (rr.PredictRequest(model_name=name, rows=[int_keyed]), "INVALID_ARGUMENT"),
+            "wrong key type": (
+                rr.PredictRequest(model_name=name, rows=[int_keyed]),
+                "INVALID_ARGUMENT",
+            ),
             "wrong feature type": (
                 rr.PredictRequest(model_name=name, rows=[wrong_type]),
                 "INVALID_ARGUMENT",
@@ -80,7 +83,9 @@ async def test_bad_requests_get_clear_codes(
             "missing request feature": (
                 rr.PredictRequest(
                     model_name=name,
-                    rows=[m.PredictionInput(entity_keys={"loan_id": fs.Value(string_value="L00001")})],
+                    rows=[
+                        m.PredictionInput(entity_keys={"loan_id": fs.Value(string_value="L00001")})
+                    ],
                 ),
                 "INVALID_ARGUMENT",
             ),
@@ -94,6 +99,8 @@ async def test_bad_requests_get_clear_codes(
         assert got == "DEADLINE_EXCEEDED"
         # Unknown entities can be scored with the training fills when asked for.
         allowed = await inference.Predict(
-            rr.PredictRequest(model_name=name, rows=[row("NO-SUCH-LOAN")], allow_unknown_entities=True)
+            rr.PredictRequest(
+                model_name=name, rows=[row("NO-SUCH-LOAN")], allow_unknown_entities=True
+            )
         )
         assert allowed.predictions[0].missing_features

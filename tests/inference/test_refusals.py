@@ -78,7 +78,9 @@ async def test_corrupted_and_mismatching_versions_are_refused_and_the_previous_k
             assert failure is not None and failure.stage == stage, failure
             answer = (await predict(inference, name, [row("L00003")])).predictions[0]
             assert answer.model_version == v1 and answer.scores[0] == before
-        events = [e for e in await inference_events(db_pool, "DeploymentFailed") if e.model_name == name]
+        events = [
+            e for e in await inference_events(db_pool, "DeploymentFailed") if e.model_name == name
+        ]
         assert [(e.version, e.stage, e.serving_version) for e in events] == [
             (corrupted, "verify", v1),
             (noisy, "parity", v1),

@@ -69,7 +69,11 @@ async def test_canary_share_is_sticky_and_shadow_is_only_logged(
             return any(e.decision_id == decision and e.arm == m.ARM_SHADOW for e in logs)
 
         await eventually(shadow_logged, what="shadow log written")
-        logs = [e for e in await inference_events(db_pool, "PredictionLogged") if e.decision_id == decision]
+        logs = [
+            e
+            for e in await inference_events(db_pool, "PredictionLogged")
+            if e.decision_id == decision
+        ]
         served = next(e for e in logs if e.arm != m.ARM_SHADOW)
         shadow = next(e for e in logs if e.arm == m.ARM_SHADOW)
         assert shadow.model_version == v3 and shadow.alias == "shadow"
@@ -131,4 +135,3 @@ async def _arms(inference, name: str, loans) -> dict[str, tuple[int, int]]:  # t
 
 async def _is(inference, name: str, version: int, alias: str = "production") -> bool:  # type: ignore[no-untyped-def]
     return await serving_version(inference, name, alias) == version
-

@@ -29,16 +29,16 @@ class CostModel:
         self._w = self._n = self._nn = self._t = self._nt = 0.0
         self.fixed_s = fixed_s
         self.per_row_s = per_row_s
-        for n in (1, 64):
-            self.observe(n, fixed_s + per_row_s * n)
+        for n in (1, 64):  # a light prior: real batches outweigh it at once
+            self.observe(n, fixed_s + per_row_s * n, weight=0.01)
 
-    def observe(self, rows: int, seconds: float) -> None:
+    def observe(self, rows: int, seconds: float, *, weight: float = 1.0) -> None:
         d = self._decay
-        self._w = self._w * d + 1.0
-        self._n = self._n * d + rows
-        self._nn = self._nn * d + rows * rows
-        self._t = self._t * d + seconds
-        self._nt = self._nt * d + rows * seconds
+        self._w = self._w * d + weight
+        self._n = self._n * d + weight * rows
+        self._nn = self._nn * d + weight * rows * rows
+        self._t = self._t * d + weight * seconds
+        self._nt = self._nt * d + weight * rows * seconds
         var = self._w * self._nn - self._n * self._n
         if var <= 1e-9 * max(1.0, self._w * self._nn):  # one batch size only: keep the slope
             self.fixed_s = max(0.0, (self._t - self.per_row_s * self._n) / self._w)
