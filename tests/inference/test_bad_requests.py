@@ -40,9 +40,9 @@ async def test_bad_requests_get_clear_codes(
 
         await eventually(ready, what="serves")
 
-        async def code(request: rr.PredictRequest, timeout: float = 5.0) -> tuple[str, str]:
+        async def code(request: rr.PredictRequest, within_s: float = 5.0) -> tuple[str, str]:
             try:
-                await inference.Predict(request, timeout=timeout)
+                await inference.Predict(request, timeout=within_s)
             except grpc.aio.AioRpcError as error:
                 return error.code().name, error.details() or ""
             return "OK", ""
@@ -95,7 +95,7 @@ async def test_bad_requests_get_clear_codes(
             assert got == expected, (what, got, details)
             assert details and "internal" not in details.lower(), (what, details)
         # An expired deadline: DEADLINE_EXCEEDED, never INTERNAL.
-        got, _ = await code(rr.PredictRequest(model_name=name, rows=[row("L00001")]), timeout=1e-6)
+        got, _ = await code(rr.PredictRequest(model_name=name, rows=[row("L00001")]), within_s=1e-6)
         assert got == "DEADLINE_EXCEEDED"
         # Unknown entities can be scored with the training fills when asked for.
         allowed = await inference.Predict(
