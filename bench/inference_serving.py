@@ -82,6 +82,14 @@ async def _closed_loop(
     return len(latencies) / (time.perf_counter() - started), latencies
 
 
+async def _warm(stub: InferenceStub, name: str) -> bool:
+    try:
+        answer = await stub.GetDeployment(rr.GetDeploymentRequest(model_name=name))
+    except grpc.aio.AioRpcError:
+        return False  # not followed yet
+    return bool(answer.deployment.warm)
+
+
 def _p95(samples: list[int]) -> float:
     return float(np.percentile(np.asarray(samples) / 1e6, 95)) if samples else float("nan")
 
@@ -145,14 +153,7 @@ async def run(context: BenchContext, params: InferenceParams) -> FamilyResult:
                     for family in FAMILIES:
                         name = f"bench-{family.replace('_', '-')}"
                         for stub in (inference, unbatched):
-                            while True:
-                                d = (
-                                    await stub.GetDeployment(
-                                        rr.GetDeploymentRequest(model_name=name)
-                                    )
-                                ).deployment
-                                if d.warm:
-                                    break
+                            while not await _warm(stub, name):
                                 await asyncio.sleep(0.1)
                         result = await _family(
                             params,
