@@ -43,11 +43,12 @@ def _batcher(**kw: object) -> Batcher:
 
 
 async def test_a_lone_request_runs_at_once_alone() -> None:
-    batcher, target = _batcher(max_wait_s=0.05), Target()
+    batcher, target = _batcher(max_wait_s=0.5), Target()
     batcher.start()
     started = time.perf_counter()
     assert await batcher.submit(target, [1, 2], 2, None) == 3
-    assert time.perf_counter() - started < 0.03  # no waiting for a batch that will not come
+    # No waiting for a batch that will not come (the bound is loose for a busy machine).
+    assert batcher.stats.waited == 0 and time.perf_counter() - started < 0.25
     assert target.batches == [[2]]
     await batcher.close()
 
