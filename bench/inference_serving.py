@@ -82,12 +82,16 @@ async def _closed_loop(
     return len(latencies) / (time.perf_counter() - started), latencies
 
 
-async def _warm(stub: InferenceStub, name: str) -> bool:
-    try:
-        answer = await stub.GetDeployment(rr.GetDeploymentRequest(model_name=name))
-    except grpc.aio.AioRpcError:
-        return False  # not followed yet
-    return bool(answer.deployment.warm)
+async def _until_warm(stub: InferenceStub, name: str) -> None:
+    for _ in range(1200):
+        try:
+            answer = await stub.GetDeployment(rr.GetDeploymentRequest(model_name=name))
+            if answer.deployment.warm:
+                return
+        except grpc.aio.AioRpcError:
+            pass  # not followed yet
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{name} never became warm")
 
 
 def _p95(samples: list[int]) -> float:
@@ -114,60 +118,59 @@ async def run(context: BenchContext, params: InferenceParams) -> FamilyResult:
             "LATHE_INFERENCE_BATCHING": "false",
         }
         logs = Path(home)
-        async with context.pool(max_size=4) as pool:
+        async with (
+            context.pool(max_size=4) as pool,
+            process(["-m", "services.feature_store"], env, logs / "fs.log"),
+            process(["-m", "services.model_registry"], env, logs / "reg.log"),
+            process(["-m", "bench.echo_server", str(echo_port)], env, logs / "echo.log"),
+        ):
+            await wait_serving(addrs["fs"])
+            await wait_serving(addrs["reg"])
             async with (
-                process(["-m", "services.feature_store"], env, logs / "fs.log"),
-                process(["-m", "services.model_registry"], env, logs / "reg.log"),
-                process(["-m", "bench.echo_server", str(echo_port)], env, logs / "echo.log"),
+                grpc.aio.insecure_channel(addrs["fs"]) as fs_channel,
+                grpc.aio.insecure_channel(addrs["reg"]) as reg_channel,
             ):
-                await wait_serving(addrs["fs"])
-                await wait_serving(addrs["reg"])
-                async with (
-                    grpc.aio.insecure_channel(addrs["fs"]) as fs_channel,
-                    grpc.aio.insecure_channel(addrs["reg"]) as reg_channel,
-                ):
-                    features, registry = (
-                        FeatureStoreStub(fs_channel),
-                        ModelRegistryStub(reg_channel),
+                features, registry = (
+                    FeatureStoreStub(fs_channel),
+                    ModelRegistryStub(reg_channel),
+                )
+                credit = await make_credit(features, pool, rows=params.loans)
+                files = {f: export(credit, family=f, seed=1) for f in FAMILIES}
+                for family in FAMILIES:
+                    name = f"bench-{family.replace('_', '-')}"
+                    await create_model(registry, name)
+                    version = await register(registry, credit, name, files[family])
+                    await set_alias(registry, name, "production", version)
+            async with (
+                process(["-m", "services.inference"], env, logs / "inf.log"),
+                process(["-m", "services.inference"], unbatched_env, logs / "unbatched.log"),
+                grpc.aio.insecure_channel(addrs["fs"]) as fs_channel,
+                grpc.aio.insecure_channel(addrs["inf"]) as inf_channel,
+                grpc.aio.insecure_channel(addrs["unbatched"]) as unb_channel,
+                grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}") as echo_channel,
+            ):
+                await wait_serving(addrs["inf"])
+                await wait_serving(addrs["unbatched"])
+                inference, unbatched = InferenceStub(inf_channel), InferenceStub(unb_channel)
+                features = FeatureStoreStub(fs_channel)
+                echo = echo_channel.unary_unary(ECHO_METHOD)
+                for family in FAMILIES:
+                    name = f"bench-{family.replace('_', '-')}"
+                    for stub in (inference, unbatched):
+                        await _until_warm(stub, name)
+                    result = await _family(
+                        params,
+                        credit,
+                        files[family],
+                        name,
+                        family,
+                        inference,
+                        unbatched,
+                        features,
+                        echo,
                     )
-                    credit = await make_credit(features, pool, rows=params.loans)
-                    files = {f: export(credit, family=f, seed=1) for f in FAMILIES}
-                    for family in FAMILIES:
-                        name = f"bench-{family.replace('_', '-')}"
-                        await create_model(registry, name)
-                        version = await register(registry, credit, name, files[family])
-                        await set_alias(registry, name, "production", version)
-                async with (
-                    process(["-m", "services.inference"], env, logs / "inf.log"),
-                    process(["-m", "services.inference"], unbatched_env, logs / "unbatched.log"),
-                    grpc.aio.insecure_channel(addrs["fs"]) as fs_channel,
-                    grpc.aio.insecure_channel(addrs["inf"]) as inf_channel,
-                    grpc.aio.insecure_channel(addrs["unbatched"]) as unb_channel,
-                    grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}") as echo_channel,
-                ):
-                    await wait_serving(addrs["inf"])
-                    await wait_serving(addrs["unbatched"])
-                    inference, unbatched = InferenceStub(inf_channel), InferenceStub(unb_channel)
-                    features = FeatureStoreStub(fs_channel)
-                    echo = echo_channel.unary_unary(ECHO_METHOD)
-                    for family in FAMILIES:
-                        name = f"bench-{family.replace('_', '-')}"
-                        for stub in (inference, unbatched):
-                            while not await _warm(stub, name):
-                                await asyncio.sleep(0.1)
-                        result = await _family(
-                            params,
-                            credit,
-                            files[family],
-                            name,
-                            family,
-                            inference,
-                            unbatched,
-                            features,
-                            echo,
-                        )
-                        comparisons.extend(result[0])
-                        goals.extend(result[1])
+                    comparisons.extend(result[0])
+                    goals.extend(result[1])
     return FamilyResult(
         name="inference.serving",
         summary="Predict vs raw gRPC echo + GetOnlineFeatures + in-process ONNX Runtime",
@@ -386,7 +389,7 @@ async def _family(params, credit, files, name, family, inference, unbatched, fea
 
 FAMILY = Family(
     name="inference.serving",
-    summary="Predict (features + preprocessing + batching + ORT) vs raw echo, GetOnlineFeatures, in-process ORT",
+    summary="Predict vs raw echo, GetOnlineFeatures and in-process ONNX Runtime",
     params=InferenceParams,
     run=run,
     quick={
