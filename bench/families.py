@@ -66,6 +66,7 @@ def all_families() -> tuple[Family, ...]:
         features_ingest,
         features_serving,
         features_windows,
+        inference_serving,
         registry_serving,
         trainer_loop,
     )
@@ -78,6 +79,7 @@ def all_families() -> tuple[Family, ...]:
         features_windows.FAMILY,
         features_ingest.FAMILY,
         trainer_loop.FAMILY,
+        inference_serving.FAMILY,
     )
 
 

@@ -1,11 +1,134 @@
-"""The inference service. Today a shell: health, reflection, event store; RPCs UNIMPLEMENTED."""
+"""The inference service as the host runs it: contract, events, tables and wiring.
 
-from lathe.inference.v1 import service_pb2
+``Predict``'s path, by folder: ``api/servicer.py`` (validate) -> ``app/predict.py``
+(route, one feature call) -> ``batching/batcher.py`` (one executor per core) ->
+``app/model.py`` (libs.preprocessing, then ``runtimes/``). What serves is decided by
+``app/follower.py`` (registry alias events, ResolveAlias at start) -> ``app/deployments.py``
+(the deployment aggregate) -> ``app/loader.py`` + ``app/loading.py`` in every process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from lathe.inference.v1 import service_pb2, service_pb2_grpc
 from libs.config import ServiceName
-from libs.runtime.shell import shell_spec
+from libs.db import load_migrations
+from libs.eventstore import ConsumerSpec, DurableConsumer
+from libs.messaging import EventStreamNames
+from libs.runtime import ServiceComponents, ServiceContext, ServiceSpec
+from services.inference.api.servicer import InferenceServicer
+from services.inference.app.deployments import DeploymentRecorder
+from services.inference.app.follower import AliasFollower
+from services.inference.app.loader import DeploymentLoader
+from services.inference.app.predict import Predictor
+from services.inference.app.prediction_log import PredictionLogger
+from services.inference.app.serving import ServingTable
+from services.inference.batching import Batcher
+from services.inference.config import InferenceSettings
+from services.inference.events import CATALOG, REGISTRY_ALIAS_EVENTS
+from services.inference.runtimes.build import BuildOptions
+from services.inference.runtimes.keys import BatchProfile
+from services.inference.runtimes.selection import parse_preference
+from services.inference.store.engines import RegistryEngineCache
+from services.inference.store.features import OnlineFeatures
+from services.inference.store.registry import RegistryGateway
 
-SPEC = shell_spec(
-    ServiceName.INFERENCE,
-    service_pb2.DESCRIPTOR.services_by_name["Inference"],
-    "online prediction arrives with the inference issue",
-)
+CONSUMER = "inference-deployments"
+
+
+def build_spec(inference: InferenceSettings | None = None) -> ServiceSpec:
+    """The service's spec; tests pass their own ``InferenceSettings``."""
+
+    def build(context: ServiceContext) -> ServiceComponents:
+        settings = inference or InferenceSettings()
+        lathe = context.settings
+        token = lathe.auth_token.get_secret_value() if lathe.auth_token else ""
+        registry = RegistryGateway(lathe.service_addr(ServiceName.MODEL_REGISTRY), token)
+        features = OnlineFeatures(lathe.service_addr(ServiceName.FEATURE_STORE))
+        table = ServingTable()
+        batcher = Batcher(
+            executors=settings.executor_count(),
+            max_batch_rows=settings.max_batch_rows,
+            max_queued_rows=max(settings.max_queued_rows, settings.max_request_rows),
+            max_wait_s=settings.max_wait_s,
+            batching=settings.batching,
+        )
+        logger = PredictionLogger(
+            context.store, sample_rate=settings.log_sample_rate, capacity=settings.log_buffer
+        )
+        recorder = DeploymentRecorder(context.store)
+        follower = AliasFollower(
+            recorder,
+            registry,
+            context.pool,
+            aliases=settings.alias_set(),
+            models=settings.model_set(),
+        )
+        registry_streams = EventStreamNames(lathe.namespace, ServiceName.MODEL_REGISTRY.value)
+        consumer = DurableConsumer(
+            ConsumerSpec(
+                name=CONSUMER,
+                stream=registry_streams.stream,
+                filter_subject=registry_streams.subject("alias.*"),
+                batch_size=16,
+            ),
+            js=context.js,
+            store=context.store,
+            handler=follower.handle,
+            catalog=REGISTRY_ALIAS_EVENTS,
+        )
+        options = BuildOptions(
+            threads=settings.runtime_threads,
+            precision=settings.tensorrt_precision,
+            profile=BatchProfile(1, min(64, settings.max_batch_rows), settings.max_batch_rows),
+            caps=None,  # type: ignore[arg-type]  # probed by the loader before its first load
+        )
+        loader = DeploymentLoader(
+            pool=context.pool,
+            table_=table,
+            recorder=recorder,
+            registry=registry,
+            batcher=batcher,
+            follows=follower.follows,
+            preference=parse_preference(settings.runtime_preference),
+            options=options,
+            engines=None,
+            poll_interval_s=settings.poll_interval_s,
+            gpu_probe=settings.gpu_probe,
+            engine_cache=lambda loop: RegistryEngineCache(registry, context.pool, loop),
+        )
+        servicer = InferenceServicer(
+            Predictor(table, features, batcher, logger), table, max_rows=settings.max_request_rows
+        )
+
+        async def close_clients(stop: asyncio.Event) -> None:
+            await stop.wait()
+            await registry.close()
+            await features.close()
+
+        return ServiceComponents(
+            registrations=[
+                lambda server: service_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
+            ],
+            background=[
+                batcher.run,
+                logger.run,
+                consumer.run,
+                follower.run_reconcile,
+                loader.run,
+                close_clients,
+            ],
+        )
+
+    return ServiceSpec(
+        name=ServiceName.INFERENCE,
+        services=(service_pb2.DESCRIPTOR.services_by_name["Inference"],),
+        catalog=CATALOG,
+        migrations=tuple(load_migrations("inference", Path(__file__).parent / "migrations")),
+        build=build,
+    )
+
+
+SPEC = build_spec()

@@ -1,0 +1,403 @@
+"""``inference.serving``: Predict over gRPC against its building blocks, in one run.
+
+Processes as ``lathe up`` starts them: a feature store, a model registry, an inference
+service with batching and one without (same settings otherwise), and a raw gRPC echo.
+Models: the trainer's MLP and FT-Transformer families (untrained, exported the way the
+trainer exports them), registered with their preprocessing and promoted to production.
+
+1. Batch 1 with online features: Predict's p50/p99 next to a raw echo of the same
+   request bytes, the same GetOnlineFeatures call Predict makes, and ONNX Runtime run
+   in process on one row; goal: Predict p50 <= 1.3 x the sum of the three p50s.
+2. 1, 8 and 64 concurrent single-row clients for ``duration_s`` each: p95 and
+   throughput, batched vs unbatched (and the raw echo's throughput at 64 clients).
+3. 256-row requests: rows/s against in-process ONNX Runtime at batch 256.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+
+from bench.echo_server import ECHO_METHOD
+from bench.families import Family
+from bench.harness import BenchContext, LatencyStats
+from bench.results import Comparison, FamilyResult, Goal, Measurement, Role, Value
+from bench.service_process import (
+    free_port,
+    interleaved,
+    measurement,
+    process,
+    run_env,
+    wait_serving,
+)
+from lathe.feature_store.v1 import message_pb2 as fs
+from lathe.feature_store.v1 import request_response_pb2 as fsr
+from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
+from lathe.inference.v1 import request_response_pb2 as rr
+from lathe.inference.v1.service_pb2_grpc import InferenceStub
+from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
+from libs.preprocessing import transform
+from tests.inference.helpers import create_model, export, make_credit, register, row, set_alias
+
+FAMILIES = ("mlp", "ft_transformer")
+
+
+@dataclass(frozen=True)
+class InferenceParams:
+    loans: int = 2000
+    samples: int = 1000
+    warmup: int = 100
+    chunk: int = 100
+    duration_s: float = 5.0
+    concurrency: tuple[int, ...] = (1, 8, 64)
+    big_rows: int = 256
+    big_requests: int = 40
+
+
+async def _closed_loop(
+    call: Callable[[int], Awaitable[object]], clients: int, duration_s: float
+) -> tuple[float, list[int]]:
+    """(calls per second, latencies in ns) of ``clients`` callers for ``duration_s``."""
+    latencies: list[int] = []
+    stop = time.perf_counter() + duration_s
+
+    async def client(k: int) -> None:
+        i = k
+        while time.perf_counter() < stop:
+            started = time.perf_counter_ns()
+            await call(i)
+            latencies.append(time.perf_counter_ns() - started)
+            i += clients
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    return len(latencies) / (time.perf_counter() - started), latencies
+
+
+async def _until_warm(stub: InferenceStub, name: str) -> None:
+    for _ in range(1200):
+        try:
+            answer = await stub.GetDeployment(rr.GetDeploymentRequest(model_name=name))
+            if answer.deployment.warm:
+                return
+        except grpc.aio.AioRpcError:
+            pass  # not followed yet
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{name} never became warm")
+
+
+def _p95(samples: list[int]) -> float:
+    return float(np.percentile(np.asarray(samples) / 1e6, 95)) if samples else float("nan")
+
+
+async def run(context: BenchContext, params: InferenceParams) -> FamilyResult:
+    addrs = {name: f"127.0.0.1:{free_port()}" for name in ("fs", "reg", "inf", "unbatched")}
+    echo_port = free_port()
+    comparisons: list[Comparison] = []
+    goals: list[Goal] = []
+    with tempfile.TemporaryDirectory(prefix="lathe-bench-inference-") as home:
+        env = run_env(
+            context,
+            home,
+            LATHE_FEATURE_STORE_ADDR=addrs["fs"],
+            LATHE_MODEL_REGISTRY_ADDR=addrs["reg"],
+            LATHE_INFERENCE_ADDR=addrs["inf"],
+            LATHE_INFERENCE_LOG_SAMPLE_RATE="0.01",
+        )
+        unbatched_env = {
+            **env,
+            "LATHE_INFERENCE_ADDR": addrs["unbatched"],
+            "LATHE_INFERENCE_BATCHING": "false",
+        }
+        logs = Path(home)
+        async with (
+            context.pool(max_size=4) as pool,
+            process(["-m", "services.feature_store"], env, logs / "fs.log"),
+            process(["-m", "services.model_registry"], env, logs / "reg.log"),
+            process(["-m", "bench.echo_server", str(echo_port)], env, logs / "echo.log"),
+        ):
+            await wait_serving(addrs["fs"])
+            await wait_serving(addrs["reg"])
+            async with (
+                grpc.aio.insecure_channel(addrs["fs"]) as fs_channel,
+                grpc.aio.insecure_channel(addrs["reg"]) as reg_channel,
+            ):
+                features, registry = (
+                    FeatureStoreStub(fs_channel),
+                    ModelRegistryStub(reg_channel),
+                )
+                credit = await make_credit(features, pool, rows=params.loans)
+                files = {f: export(credit, family=f, seed=1) for f in FAMILIES}
+                for family in FAMILIES:
+                    name = f"bench-{family.replace('_', '-')}"
+                    await create_model(registry, name)
+                    version = await register(registry, credit, name, files[family])
+                    await set_alias(registry, name, "production", version)
+            async with (
+                process(["-m", "services.inference"], env, logs / "inf.log"),
+                process(["-m", "services.inference"], unbatched_env, logs / "unbatched.log"),
+                grpc.aio.insecure_channel(addrs["fs"]) as fs_channel,
+                grpc.aio.insecure_channel(addrs["inf"]) as inf_channel,
+                grpc.aio.insecure_channel(addrs["unbatched"]) as unb_channel,
+                grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}") as echo_channel,
+            ):
+                await wait_serving(addrs["inf"])
+                await wait_serving(addrs["unbatched"])
+                inference, unbatched = InferenceStub(inf_channel), InferenceStub(unb_channel)
+                features = FeatureStoreStub(fs_channel)
+                echo = echo_channel.unary_unary(ECHO_METHOD)
+                for family in FAMILIES:
+                    name = f"bench-{family.replace('_', '-')}"
+                    for stub in (inference, unbatched):
+                        await _until_warm(stub, name)
+                    result = await _family(
+                        params,
+                        credit,
+                        files[family],
+                        name,
+                        family,
+                        inference,
+                        unbatched,
+                        features,
+                        echo,
+                    )
+                    comparisons.extend(result[0])
+                    goals.extend(result[1])
+    return FamilyResult(
+        name="inference.serving",
+        summary="Predict vs raw gRPC echo + GetOnlineFeatures + in-process ONNX Runtime",
+        parameters=asdict(params),
+        comparisons=comparisons,
+        goals=goals,
+    )
+
+
+async def _family(params, credit, files, name, family, inference, unbatched, features, echo):  # type: ignore[no-untyped-def]
+    loans = credit.loan_ids
+    one = rr.PredictRequest(model_name=name, rows=[row(loans[0])])
+    payload = one.SerializeToString()
+    fs_request = fsr.GetOnlineFeaturesRequest(
+        feature_service=credit.feature_service,
+        entities={"loan_id": fs.RepeatedValue(values=[fs.Value(string_value=loans[0])])},
+        request_data={
+            "requested_amount": fs.RepeatedValue(values=[fs.Value(float64_value=12000.0)])
+        },
+    )
+    session = ort.InferenceSession(files[0], providers=["CPUExecutionProvider"])
+    spec_columns = {n: credit.train[n][:1] for n in credit.features}
+    from libs.preprocessing import PreprocessingSpec
+
+    spec = PreprocessingSpec.from_json(files[2])
+    encoded = transform(spec, spec_columns)
+    feeds1 = {"numeric": encoded.numeric, "categorical": encoded.categorical}
+
+    async def ort_one() -> None:
+        session.run(None, feeds1)
+
+    steady = (
+        await interleaved(
+            {
+                "raw_grpc_echo": lambda: echo(payload),
+                "get_online_features": lambda: features.GetOnlineFeatures(fs_request),
+                "onnxruntime_in_process": ort_one,
+                "predict": lambda: inference.Predict(one),
+            },
+            samples=params.samples,
+            warmup=params.warmup,
+            chunk=params.chunk,
+        )
+    ).steady
+    parts = {k: LatencyStats.from_ns(v).p50 for k, v in steady.items()}
+    floor = parts["raw_grpc_echo"] + parts["get_online_features"] + parts["onnxruntime_in_process"]
+    comparisons = [
+        Comparison(
+            key=f"{family}_batch1",
+            title=f"{family}: Predict at batch 1 with online features",
+            headline="p50",
+            higher_is_better=False,
+            columns=["p50", "p99"],
+            variants=[
+                measurement(
+                    "raw_grpc_echo", "raw gRPC echo", Role.BASELINE, steady["raw_grpc_echo"]
+                ),
+                measurement(
+                    "get_online_features",
+                    "GetOnlineFeatures",
+                    Role.DIAGNOSTIC,
+                    steady["get_online_features"],
+                ),
+                measurement(
+                    "onnxruntime_in_process",
+                    "ONNX Runtime in process, 1 row",
+                    Role.DIAGNOSTIC,
+                    steady["onnxruntime_in_process"],
+                ),
+                measurement("predict", "Predict", Role.LATHE, steady["predict"]),
+            ],
+            notes=[f"sum of the three building blocks' p50: {floor:.3f} ms"],
+        )
+    ]
+    goals = [
+        Goal(
+            f"{family}: Predict p50 <= 1.3 x (echo + features + ORT) p50",
+            parts["predict"] / floor,
+            1.3,
+            "x",
+            "<=",
+        )
+    ]
+    variants: list[Measurement] = []
+    throughput: dict[tuple[str, int], float] = {}
+    p95: dict[tuple[str, int], float] = {}
+    for clients in params.concurrency:
+        for label, stub in (("batched", inference), ("unbatched", unbatched)):
+            rows = [
+                rr.PredictRequest(model_name=name, rows=[row(loans[i % len(loans)])])
+                for i in range(512)
+            ]
+            rate, lat = await _closed_loop(
+                lambda i, s=stub, r=rows: s.Predict(r[i % 512]), clients, params.duration_s
+            )
+            throughput[(label, clients)] = rate
+            p95[(label, clients)] = _p95(lat)
+            variants.append(
+                Measurement(
+                    f"{label}_{clients}",
+                    f"{label}, {clients} clients",
+                    Role.LATHE if label == "batched" else Role.DIAGNOSTIC,
+                    {
+                        "throughput": Value(rate, "calls/s"),
+                        "p95": Value(p95[(label, clients)], "ms"),
+                    },
+                )
+            )
+    echo_rate, echo_lat = await _closed_loop(
+        lambda i: echo(payload), max(params.concurrency), params.duration_s
+    )
+    variants.insert(
+        0,
+        Measurement(
+            "raw_echo_max_clients",
+            f"raw gRPC echo, {max(params.concurrency)} clients",
+            Role.BASELINE,
+            {"throughput": Value(echo_rate, "calls/s"), "p95": Value(_p95(echo_lat), "ms")},
+        ),
+    )
+    comparisons.append(
+        Comparison(
+            key=f"{family}_concurrency",
+            title=f"{family}: concurrent single-row clients, batched vs unbatched",
+            headline="throughput",
+            higher_is_better=True,
+            columns=["throughput", "p95"],
+            variants=variants,
+        )
+    )
+    low, high = params.concurrency[0], params.concurrency[-1]
+    goals.append(
+        Goal(
+            f"{family}: p95 at {low} client batched <= unbatched",
+            p95[("batched", low)],
+            p95[("unbatched", low)],
+            "ms",
+            "<=",
+        )
+    )
+    if family == "ft_transformer":
+        goals.append(
+            Goal(
+                f"{family}: throughput at {high} clients >= 1.5 x unbatched",
+                throughput[("batched", high)] / throughput[("unbatched", high)],
+                1.5,
+                "x",
+                ">=",
+            )
+        )
+    else:
+        goals.append(
+            Goal(
+                f"{family}: throughput at {high} clients >= 70% of raw echo",
+                throughput[("batched", high)] / echo_rate,
+                0.7,
+                "x",
+                ">=",
+            )
+        )
+    big = rr.PredictRequest(
+        model_name=name, rows=[row(loans[i % len(loans)]) for i in range(params.big_rows)]
+    )
+    for _ in range(3):
+        await inference.Predict(big)
+    started = time.perf_counter()
+    for _ in range(params.big_requests):
+        await inference.Predict(big)
+    predict_rows = params.big_rows * params.big_requests / (time.perf_counter() - started)
+    columns = {
+        n: [credit.train[n][i % len(credit.train[n])] for i in range(params.big_rows)]
+        for n in credit.features
+    }
+    encoded = transform(spec, columns)
+    feeds = {"numeric": encoded.numeric, "categorical": encoded.categorical}
+    for _ in range(5):
+        session.run(None, feeds)
+    started = time.perf_counter()
+    for _ in range(params.big_requests):
+        session.run(None, feeds)
+    ort_rows = params.big_rows * params.big_requests / (time.perf_counter() - started)
+    comparisons.append(
+        Comparison(
+            key=f"{family}_rows_{params.big_rows}",
+            title=f"{family}: {params.big_rows}-row requests",
+            headline="rows_per_s",
+            higher_is_better=True,
+            columns=["rows_per_s"],
+            variants=[
+                Measurement(
+                    "onnxruntime_in_process",
+                    f"ONNX Runtime in process, batch {params.big_rows}",
+                    Role.BASELINE,
+                    {"rows_per_s": Value(ort_rows, "rows/s")},
+                ),
+                Measurement(
+                    "predict",
+                    f"Predict, {params.big_rows} rows per request",
+                    Role.LATHE,
+                    {"rows_per_s": Value(predict_rows, "rows/s")},
+                ),
+            ],
+        )
+    )
+    goals.append(
+        Goal(
+            f"{family}: {params.big_rows}-row rows/s >= 50% of in-process ORT",
+            predict_rows / ort_rows,
+            0.5,
+            "x",
+            ">=",
+        )
+    )
+    return comparisons, goals
+
+
+FAMILY = Family(
+    name="inference.serving",
+    summary="Predict vs raw echo, GetOnlineFeatures and in-process ONNX Runtime",
+    params=InferenceParams,
+    run=run,
+    quick={
+        "loans": 300,
+        "samples": 100,
+        "warmup": 20,
+        "chunk": 50,
+        "duration_s": 1.0,
+        "big_requests": 5,
+    },
+)

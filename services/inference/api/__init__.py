@@ -1,0 +1,1 @@
+"""Inference's gRPC surface: validate requests, call the use cases, shape replies."""

@@ -1,0 +1,144 @@
+"""``lathe.inference.v1.Inference``: Predict, ListDeployments, GetDeployment.
+
+Errors keep precise codes: the domain's through the kit's interceptor, and the
+batcher's own here — a full queue is RESOURCE_EXHAUSTED, a deadline that passes before
+the rows are scored is DEADLINE_EXCEEDED (checked first, so an already expired call
+costs nothing).
+"""
+
+from __future__ import annotations
+
+import grpc
+from opentelemetry import trace
+
+from lathe.inference.v1 import message_pb2 as m
+from lathe.inference.v1 import request_response_pb2 as rr
+from lathe.inference.v1 import service_pb2_grpc
+from libs.errors import NotFound
+from libs.grpckit import validation
+from services.inference.api import validate
+from services.inference.app.predict import Predictor, PredictResult
+from services.inference.app.serving import ServingTable, Slot
+from services.inference.batching import DeadlinePassed, QueueFull
+from services.inference.store.features import FeatureDeadline
+
+
+class InferenceServicer(service_pb2_grpc.InferenceServicer):
+    def __init__(self, predictor: Predictor, table: ServingTable, *, max_rows: int) -> None:
+        self._predictor = predictor
+        self._table = table
+        self._max_rows = max_rows
+
+    async def Predict(
+        self, request: rr.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> rr.PredictResponse:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline had passed on arrival"
+            )
+        span = trace.get_current_span().get_span_context()
+        call = validate.predict_call(
+            request,
+            max_rows=self._max_rows,
+            time_remaining_s=remaining,
+            trace_id=f"{span.trace_id:032x}" if span.trace_id else "",
+        )
+        try:
+            result = await self._predictor.predict(call)
+        except QueueFull as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except (DeadlinePassed, FeatureDeadline) as exc:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the deadline passed before the rows were scored ({exc})",
+            )
+        return _response(result, call.trace_id)
+
+    async def ListDeployments(
+        self, request: rr.ListDeploymentsRequest, context: grpc.aio.ServicerContext
+    ) -> rr.ListDeploymentsResponse:
+        slots = [
+            s
+            for s in self._table.slots()
+            if not request.model_name or s.model_name == request.model_name
+        ]
+        return rr.ListDeploymentsResponse(
+            deployments=[deployment(s) for s in slots], ready=self._table.ready()
+        )
+
+    async def GetDeployment(
+        self, request: rr.GetDeploymentRequest, context: grpc.aio.ServicerContext
+    ) -> rr.GetDeploymentResponse:
+        name = validation.require(request.model_name, "model_name")
+        alias = request.alias or validate.DEFAULT_ALIAS
+        slot = self._table.slot(name, alias)
+        if slot is None:
+            raise NotFound(
+                f"{name}/{alias} is not deployed here; ListDeployments shows what is followed"
+            )
+        return rr.GetDeploymentResponse(deployment=deployment(slot))
+
+
+def _response(result: PredictResult, trace_id: str) -> rr.PredictResponse:
+    response = rr.PredictResponse(
+        output_names=result.output_names, feature_names=result.feature_names, trace_id=trace_id
+    )
+    slots = result.feature_slots
+    for row in result.rows:
+        prediction = response.predictions.add(
+            scores=row.scores.tolist(),
+            model_version=row.version,
+            arm=row.arm,
+            decision_id=row.decision_id,
+            chosen_action=row.chosen_action,
+            propensity=row.propensity,
+            missing_features=row.missing,
+        )
+        times = row.vector.event_times
+        prediction.feature_event_times.extend([times[i] for i in slots])
+    return response
+
+
+def deployment(slot: Slot) -> m.Deployment:
+    current = slot.current
+    out = m.Deployment(
+        model_name=slot.model_name,
+        alias=slot.alias,
+        requested_version=slot.requested_version,
+        serving_version=current.version if current else 0,
+        previous_version=slot.previous.version if slot.previous else 0,
+        traffic_share=slot.traffic_share,
+        warm=slot.warm,
+    )
+    if slot.removed:
+        out.state = m.DEPLOYMENT_STATE_REMOVED
+    elif slot.failure is not None and slot.failure.version == slot.requested_version:
+        out.state = m.DEPLOYMENT_STATE_FAILED
+    elif current is not None and current.version == slot.requested_version:
+        out.state = m.DEPLOYMENT_STATE_SERVING
+    else:
+        out.state = m.DEPLOYMENT_STATE_LOADING
+    if slot.failure is not None:
+        out.failure.version = slot.failure.version
+        out.failure.stage = slot.failure.stage
+        out.failure.reason = slot.failure.reason
+        if slot.failure.at is not None:
+            out.failure.fail_time.FromDatetime(slot.failure.at)
+    if current is not None:
+        info = current.runtime.info
+        out.runtime = info.kind
+        out.runtime_details.precision = info.precision
+        out.runtime_details.threads = info.threads
+        out.runtime_details.engine_key = info.engine_key
+        out.runtime_details.selection_reason = info.selection_reason
+        out.feature_names.extend(current.feature_names)
+        out.feature_service = current.files.feature_service
+        out.feature_service_version = current.files.feature_service_version
+        if slot.activation is not None:
+            out.activate_time.FromDatetime(slot.activation.at)
+            out.runtime_details.load_seconds = slot.activation.load_seconds
+            if slot.activation.parity is not None:
+                out.runtime_details.parity_max_abs_diff = slot.activation.parity.max_abs_diff
+                out.runtime_details.parity_tolerance = slot.activation.parity.tolerance
+    return out

@@ -1,0 +1,1 @@
+"""Inference's use cases: following aliases, loading versions, serving Predict, logging."""

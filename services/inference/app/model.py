@@ -1,0 +1,209 @@
+"""A loaded model version: its files, preprocessing and runtime, as the batcher runs it.
+
+Rows reach it as ``RawRows`` (numbers as float64 with NaN for missing, categories as
+strings or None), built per request from the feature store's reply. A batch concatenates
+the requests' rows, applies ``preprocessing.json`` once through ``libs.preprocessing``
+(the trainer's own implementation) and runs the runtime once; each request gets its rows
+of the outputs back, flattened per row in the signature's output order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lathe.feature_store.v1 import message_pb2 as fs
+from libs.errors import FailedPrecondition
+from libs.preprocessing import PreprocessingSpec, transform
+from services.inference.batching import CostModel
+from services.inference.domain.policy import Policy
+from services.inference.runtimes.base import Runtime
+
+NUMERIC_INPUT = "numeric"
+CATEGORICAL_INPUT = "categorical"
+
+
+@dataclass(frozen=True)
+class VersionFiles:
+    """What a version is, once downloaded and verified."""
+
+    model_name: str
+    version: int
+    onnx: bytes
+    onnx_sha256: str
+    preprocessing: PreprocessingSpec
+    feature_service: str
+    """From the version's lineage; "" when it names none (features are then listed)."""
+    feature_service_version: str
+    tags: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class RawRows:
+    """Feature values of some rows, as the model's preprocessing expects them."""
+
+    numeric: np.ndarray
+    """float64 [rows, numeric features]; NaN where missing."""
+    categorical: tuple[list[str | None], ...]
+    """One list per categorical feature."""
+
+    @property
+    def rows(self) -> int:
+        return int(self.numeric.shape[0])
+
+    def slice(self, start: int, stop: int) -> RawRows:
+        return RawRows(self.numeric[start:stop], tuple(c[start:stop] for c in self.categorical))
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """One version ready to serve (implements ``batching.BatchTarget``)."""
+
+    files: VersionFiles
+    runtime: Runtime
+    output_names: tuple[str, ...]
+    """One per flattened output column."""
+    policy: Policy | None = None
+    priority: int = 0
+    cost: CostModel = field(default_factory=CostModel)
+    _slots: dict[tuple[str, ...], tuple[list[int], list[int]]] = field(default_factory=dict)
+    _shadow: LoadedModel | None = None
+
+    @property
+    def version(self) -> int:
+        return self.files.version
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.files.preprocessing.feature_names
+
+    @property
+    def shadow_target(self) -> LoadedModel:
+        """The same model as a batch target queued behind serving traffic (one per model)."""
+        if self._shadow is None:
+            self._shadow = LoadedModel(
+                self.files, self.runtime, self.output_names, self.policy, 1, self.cost
+            )
+        return self._shadow
+
+    # -- rows in ---------------------------------------------------------------------------
+
+    def rows_from_reply(
+        self, feature_names: Sequence[str], vectors: Sequence[fs.FeatureVector]
+    ) -> RawRows:
+        """This model's features of ``vectors`` (a GetOnlineFeatures reply's rows)."""
+        numeric_at, categorical_at = self._slots_for(tuple(feature_names))
+        spec = self.files.preprocessing
+        numeric = np.full((len(vectors), len(numeric_at)), np.nan, dtype=np.float64)
+        categorical: tuple[list[str | None], ...] = tuple([] for _ in categorical_at)
+        for i, vector in enumerate(vectors):
+            values = vector.values
+            for j, at in enumerate(numeric_at):
+                value = values[at]
+                kind = value.WhichOneof("kind")
+                if kind == "float64_value":
+                    numeric[i, j] = value.float64_value
+                elif kind == "int64_value":
+                    numeric[i, j] = value.int64_value
+                elif kind == "bool_value":
+                    numeric[i, j] = 1.0 if value.bool_value else 0.0
+                elif kind is not None:
+                    raise FailedPrecondition(
+                        f"feature {spec.numeric[j].name!r} arrived as {kind} but "
+                        f"{self.files.model_name} v{self.version} was trained on it as a number"
+                    )
+            for j, at in enumerate(categorical_at):
+                value = values[at]
+                kind = value.WhichOneof("kind")
+                categorical[j].append(None if kind is None else _text(value, kind))
+        return RawRows(numeric, categorical)
+
+    def rows_from_columns(self, columns: Mapping[str, Sequence[object]]) -> RawRows:
+        """Rows from plain columns (feature name -> values, None for missing)."""
+        spec = self.files.preprocessing
+        rows = len(next(iter(columns.values()))) if columns else 0
+        numeric = np.full((rows, len(spec.numeric)), np.nan, dtype=np.float64)
+        for j, feature in enumerate(spec.numeric):
+            for i, value in enumerate(columns[feature.name]):
+                if value is not None:
+                    numeric[i, j] = float(value)  # type: ignore[arg-type]
+        categorical = tuple(
+            [None if v is None else str(v) for v in columns[cat.name]] for cat in spec.categorical
+        )
+        return RawRows(numeric, categorical)
+
+    def _slots_for(self, names: tuple[str, ...]) -> tuple[list[int], list[int]]:
+        known = self._slots.get(names)
+        if known is None:
+            index = {name: i for i, name in enumerate(names)}
+            spec = self.files.preprocessing
+            missing = [n for n in spec.feature_names if n not in index]
+            if missing:
+                raise FailedPrecondition(
+                    f"{self.files.model_name} v{self.version} reads features the feature store "
+                    f"did not return: {missing}; its feature service no longer serves them"
+                )
+            known = (
+                [index[f.name] for f in spec.numeric],
+                [index[c.name] for c in spec.categorical],
+            )
+            self._slots[names] = known
+        return known
+
+    # -- compute ---------------------------------------------------------------------------
+
+    def run_batch(self, parts: Sequence[RawRows]) -> list[np.ndarray]:
+        """Blocking: preprocess and score every part in one runtime call."""
+        merged = parts[0] if len(parts) == 1 else _concat(parts)
+        scores = self.score(merged)
+        out, start = [], 0
+        for part in parts:
+            out.append(scores[start : start + part.rows])
+            start += part.rows
+        return out
+
+    def score(self, rows: RawRows) -> np.ndarray:
+        """float64 [rows, outputs]: the runtime's outputs for ``rows``."""
+        feeds = self.feeds(rows)
+        outputs = self.runtime.run(feeds)
+        return flatten_outputs(outputs, rows.rows)
+
+    def feeds(self, rows: RawRows) -> dict[str, np.ndarray]:
+        spec = self.files.preprocessing
+        columns: dict[str, object] = {
+            f.name: rows.numeric[:, j] for j, f in enumerate(spec.numeric)
+        }
+        for j, cat in enumerate(spec.categorical):
+            columns[cat.name] = rows.categorical[j]
+        encoded = transform(spec, columns)  # type: ignore[arg-type]
+        feeds = {}
+        for name in self.runtime.input_names:
+            feeds[name] = encoded.numeric if name == NUMERIC_INPUT else encoded.categorical
+        return feeds
+
+
+def flatten_outputs(outputs: Sequence[np.ndarray], rows: int) -> np.ndarray:
+    """Every output as [rows, k] float64, side by side."""
+    parts = [np.asarray(o, dtype=np.float64).reshape(rows, -1) for o in outputs]
+    return parts[0] if len(parts) == 1 else np.hstack(parts)
+
+
+def _concat(parts: Sequence[RawRows]) -> RawRows:
+    numeric = np.concatenate([p.numeric for p in parts], axis=0)
+    width = len(parts[0].categorical)
+    categorical = tuple([v for p in parts for v in p.categorical[j]] for j in range(width))
+    return RawRows(numeric, categorical)
+
+
+def _text(value: fs.Value, kind: str) -> str:
+    if kind == "string_value":
+        return value.string_value
+    if kind == "int64_value":
+        return str(value.int64_value)
+    if kind == "bool_value":
+        return str(value.bool_value)
+    if kind == "float64_value":
+        return str(value.float64_value)
+    return value.timestamp_value.ToJsonString()

@@ -1,0 +1,83 @@
+"""What this process serves: one slot per followed alias, swapped atomically.
+
+A slot holds the current version and the previous one (kept loaded: moving the alias
+back swaps it in at once, without a download). Predict reads ``slot.current`` once per
+request — a single reference, replaced in one assignment after the new version is warm
+and checked — so a request sees either the old version or the new one, never a mix,
+and no request fails across a swap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from services.inference.app.model import LoadedModel
+from services.inference.domain.deployment import Failure
+from services.inference.domain.parity import ParityResult
+
+PRODUCTION = "production"
+CANARY = "canary"
+SHADOW = "shadow"
+
+
+@dataclass
+class Activation:
+    """How the current version came to serve here."""
+
+    at: datetime
+    parity: ParityResult | None
+    load_seconds: float
+
+
+@dataclass(eq=False)
+class Slot:
+    """One alias of one model in this process."""
+
+    model_name: str
+    alias: str
+    current: LoadedModel | None = None
+    previous: LoadedModel | None = None
+    traffic_share: float = 0.0
+    requested_version: int = 0
+    handled_revision: int = 0
+    """The request revision this process has acted on (loaded, refused or removed)."""
+    loading: bool = False
+    removed: bool = False
+    failure: Failure | None = None
+    activation: Activation | None = None
+
+    @property
+    def warm(self) -> bool:
+        return self.current is not None
+
+
+class ServingTable:
+    """Every slot of this process, by (model, alias)."""
+
+    def __init__(self) -> None:
+        self._slots: dict[tuple[str, str], Slot] = {}
+
+    def slot(self, model_name: str, alias: str) -> Slot | None:
+        return self._slots.get((model_name, alias))
+
+    def ensure(self, model_name: str, alias: str) -> Slot:
+        key = (model_name, alias)
+        found = self._slots.get(key)
+        if found is None:
+            found = self._slots[key] = Slot(model_name, alias)
+        return found
+
+    def slots(self) -> list[Slot]:
+        return [self._slots[key] for key in sorted(self._slots)]
+
+    def aliases_of(self, model_name: str) -> list[str]:
+        return sorted(a for (m, a), s in self._slots.items() if m == model_name and not s.removed)
+
+    def ready(self) -> bool:
+        """The service's health: every production deployment it follows is warm."""
+        return all(
+            slot.warm
+            for slot in self._slots.values()
+            if slot.alias == PRODUCTION and not slot.removed
+        )

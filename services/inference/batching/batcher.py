@@ -1,0 +1,284 @@
+"""Work-conserving dynamic batching: one executor per core, shared by every deployment.
+
+Requests enqueue their rows per target (a loaded model version). Whenever an executor is
+free it takes the target whose oldest request has waited longest (serving targets before
+shadows) and everything queued for it, up to ``max_batch_rows``: at low load a request
+runs the moment it arrives, alone, and at high load batches grow by themselves because
+rows pile up while the executors are busy. It waits for more rows only when the
+target's fitted cost model says waiting pays (``cost_model.wait_seconds``), bounded by
+the earliest deadline in the batch. Requests whose deadline has passed (or whose caller
+went away) are dropped before computing. The queue is bounded in rows: past it,
+``submit`` raises ``QueueFull`` (RESOURCE_EXHAUSTED) instead of letting latency grow.
+
+Executors are asyncio tasks that hand the batch to a thread of their own: ONNX Runtime
+(and torch) release the GIL while they compute, so K executors use K cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from services.inference.batching.cost_model import CostModel, WaitInputs, wait_seconds
+
+_log = logging.getLogger(__name__)
+_ARRIVAL_TAU_S = 0.05
+
+
+class QueueFull(Exception):
+    """More rows are waiting than the service holds; the caller should back off."""
+
+
+class DeadlinePassed(Exception):
+    """The request's deadline passed before its rows were computed."""
+
+
+class BatchTarget(Protocol):
+    """What the batcher runs: merges parts, computes, splits results back per part."""
+
+    cost: CostModel
+    priority: int
+    """0: serving traffic; 1: shadow (runs only when no serving rows wait)."""
+
+    def run_batch(self, parts: Sequence[Any]) -> Sequence[Any]:
+        """Blocking; called in an executor's thread; one result per part."""
+        ...
+
+
+@dataclass(eq=False)
+class _Pending:
+    part: Any
+    rows: int
+    deadline: float | None
+    """``time.monotonic()`` deadline."""
+    future: asyncio.Future[Any]
+    enqueued: float
+
+
+@dataclass(eq=False)
+class _Queue:
+    target: BatchTarget
+    pending: deque[_Pending] = field(default_factory=deque)
+    rows: int = 0
+    decayed_rows: float = 0.0
+    last_arrival: float = 0.0
+
+    def arrive(self, rows: int, now: float) -> None:
+        self.decayed_rows = self.decayed_rows * math.exp(
+            -(now - self.last_arrival) / _ARRIVAL_TAU_S
+        )
+        self.decayed_rows += rows
+        self.last_arrival = now
+
+    def arrival_rate(self, now: float) -> float:
+        decayed = self.decayed_rows * math.exp(-(now - self.last_arrival) / _ARRIVAL_TAU_S)
+        return decayed / _ARRIVAL_TAU_S
+
+
+@dataclass
+class BatcherStats:
+    """Counters for metrics and tests."""
+
+    batches: int = 0
+    rows: int = 0
+    dropped_expired: int = 0
+    rejected_full: int = 0
+    waited: int = 0
+    largest_batch: int = 0
+
+
+class Batcher:
+    """Queues rows per target and runs them on ``executors`` threads."""
+
+    def __init__(
+        self,
+        *,
+        executors: int,
+        max_batch_rows: int,
+        max_queued_rows: int,
+        max_wait_s: float = 0.0,
+        batching: bool = True,
+    ) -> None:
+        self.executors = executors
+        self.max_batch_rows = max_batch_rows
+        self.max_queued_rows = max_queued_rows
+        self.max_wait_s = max_wait_s
+        self.batching = batching
+        self.stats = BatcherStats()
+        self._queues: dict[int, _Queue] = {}
+        self._queued_rows = 0
+        self._work = asyncio.Event()
+        self._idle = 0
+        self._pool = ThreadPoolExecutor(max_workers=executors, thread_name_prefix="executor")
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        """Start the executors (on the running loop); ``close`` stops them."""
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._executor(), name=f"executor-{i}")
+                for i in range(self.executors)
+            ]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """A background task: executors run until ``stop`` is set."""
+        self.start()
+        await stop.wait()
+        await self.close()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        for queue in self._queues.values():
+            for pending in queue.pending:
+                if not pending.future.done():
+                    pending.future.set_exception(DeadlinePassed("the service is shutting down"))
+        self._queues.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    async def submit(
+        self, target: BatchTarget, part: Any, rows: int, deadline: float | None
+    ) -> Any:
+        """Queue ``part`` (``rows`` rows) for ``target``; its result once computed."""
+        now = time.monotonic()
+        if deadline is not None and deadline <= now:
+            self.stats.dropped_expired += 1
+            raise DeadlinePassed("the deadline had passed before the rows were queued")
+        if self._queued_rows + rows > self.max_queued_rows and self._queued_rows > 0:
+            self.stats.rejected_full += 1
+            raise QueueFull(
+                f"{self._queued_rows} rows are waiting for an executor (at most "
+                f"{self.max_queued_rows}); retry with backoff or add replicas"
+            )
+        queue = self._queues.get(id(target))
+        if queue is None:
+            queue = self._queues[id(target)] = _Queue(target)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        queue.pending.append(_Pending(part, rows, deadline, future, now))
+        queue.rows += rows
+        queue.arrive(rows, now)
+        self._queued_rows += rows
+        self._work.set()
+        return await future
+
+    def forget(self, target: BatchTarget) -> None:
+        """Drop a target's (empty) queue once it is unloaded."""
+        queue = self._queues.get(id(target))
+        if queue is not None and not queue.pending:
+            del self._queues[id(target)]
+
+    async def _executor(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            queue = await self._next_queue()
+            batch = self._take(queue, self.max_batch_rows if self.batching else 1)
+            if not batch:
+                continue
+            if self.batching:
+                batch += await self._maybe_wait(queue, batch)
+            rows = sum(p.rows for p in batch)
+            started = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(
+                    self._pool, queue.target.run_batch, [p.part for p in batch]
+                )
+            except Exception as exc:
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+                continue
+            queue.target.cost.observe(rows, time.perf_counter() - started)
+            self.stats.batches += 1
+            self.stats.rows += rows
+            self.stats.largest_batch = max(self.stats.largest_batch, rows)
+            for pending, result in zip(batch, results, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(result)
+
+    async def _next_queue(self) -> _Queue:
+        while True:
+            best: _Queue | None = None
+            for queue in self._queues.values():
+                if not queue.pending:
+                    continue
+                if best is None or (queue.target.priority, queue.pending[0].enqueued) < (
+                    best.target.priority,
+                    best.pending[0].enqueued,
+                ):
+                    best = queue
+            if best is not None:
+                return best
+            self._work.clear()
+            self._idle += 1
+            try:
+                await self._work.wait()
+            finally:
+                self._idle -= 1
+
+    def _take(self, queue: _Queue, max_rows: int, *, at_least_one: bool = True) -> list[_Pending]:
+        """Pop requests in order up to ``max_rows`` (a bigger first one runs alone),
+        dropping those whose deadline passed or whose caller left."""
+        now = time.monotonic()
+        taken: list[_Pending] = []
+        rows = 0
+        while queue.pending:
+            head = queue.pending[0]
+            if head.future.done() or (head.deadline is not None and head.deadline <= now):
+                queue.pending.popleft()
+                self._dequeued(queue, head)
+                if not head.future.done():
+                    self.stats.dropped_expired += 1
+                    head.future.set_exception(
+                        DeadlinePassed("the deadline passed while the rows waited in the queue")
+                    )
+                continue
+            if rows + head.rows > max_rows and (taken or not at_least_one):
+                break
+            queue.pending.popleft()
+            self._dequeued(queue, head)
+            taken.append(head)
+            rows += head.rows
+            if rows >= max_rows:
+                break
+        return taken
+
+    def _dequeued(self, queue: _Queue, pending: _Pending) -> None:
+        queue.rows -= pending.rows
+        self._queued_rows -= pending.rows
+
+    async def _maybe_wait(self, queue: _Queue, batch: list[_Pending]) -> list[_Pending]:
+        rows = sum(p.rows for p in batch)
+        now = time.monotonic()
+        deadlines = [p.deadline for p in batch if p.deadline is not None]
+        wait = wait_seconds(
+            queue.target.cost,
+            WaitInputs(
+                queued_rows=rows + queue.rows,
+                max_batch_rows=self.max_batch_rows,
+                arrival_rows_per_s=queue.arrival_rate(now),
+                idle_executors=self._idle,
+                slack_s=(min(deadlines) - now) if deadlines else None,
+                max_wait_s=self.max_wait_s,
+            ),
+        )
+        if wait <= 0:
+            return []
+        self.stats.waited += 1
+        await asyncio.sleep(wait)
+        return self._take(queue, self.max_batch_rows - rows, at_least_one=False)

@@ -1,0 +1,82 @@
+"""The inference service's own settings (``LATHE_INFERENCE_*``), beside ``LatheSettings``."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class InferenceSettings(BaseSettings):
+    """What this service follows, how it batches, logs and which runtimes it may use."""
+
+    model_config = SettingsConfigDict(env_prefix="LATHE_INFERENCE_", extra="ignore")
+
+    aliases: str = Field(
+        default="production,canary,shadow",
+        description="Registry aliases deployed here (comma-separated). 'canary' takes its "
+        "traffic_share of production's entities, 'shadow' is scored and logged only.",
+    )
+    models: str = Field(
+        default="", description="Models deployed here (comma-separated); empty: every model."
+    )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        description="Server processes sharing the port (SO_REUSEPORT); 0 < n <= cores.",
+    )
+    executors: int = Field(
+        default=0,
+        ge=0,
+        description="Batch executors per process (one per core); 0: cores // processes.",
+    )
+    runtime_threads: int = Field(
+        default=1, ge=1, description="Threads per executor inside a CPU runtime."
+    )
+    max_batch_rows: int = Field(default=1024, ge=1, description="Rows per executed batch.")
+    max_request_rows: int = Field(default=1024, ge=1, description="Rows per Predict request.")
+    max_queued_rows: int = Field(
+        default=8192, ge=1, description="Rows waiting for an executor; past it RESOURCE_EXHAUSTED."
+    )
+    max_wait_s: float = Field(
+        default=0.002,
+        ge=0,
+        description="Longest an executor waits for more rows (only when the cost model "
+        "says waiting pays); 0 turns waiting off.",
+    )
+    batching: bool = Field(
+        default=True, description="False: every request runs alone (for comparisons)."
+    )
+    log_sample_rate: float = Field(
+        default=0.01, ge=0, le=1, description="Share of decisions logged (hash of decision id)."
+    )
+    log_buffer: int = Field(
+        default=20_000, ge=1, description="Prediction logs held for writing; past it, dropped."
+    )
+    runtime_preference: str = Field(
+        default="tensorrt,torch_cuda,onnxruntime_cpu",
+        description="Runtimes to try in order where the probe finds what they need; "
+        "onnxruntime_cpu is always the last resort.",
+    )
+    tensorrt_precision: str = Field(default="fp32", description="fp32 or fp16 (graph converted).")
+    gpu_probe: bool = Field(
+        default=True, description="Probe CUDA/TensorRT in a child process (off: CPU only)."
+    )
+    poll_interval_s: float = Field(
+        default=0.25, gt=0, description="How often a process checks for deployment requests."
+    )
+    work_dir: str = Field(default="", description="Downloads; default $LATHE_HOME/inference.")
+
+    def alias_set(self) -> tuple[str, ...]:
+        return tuple(a.strip() for a in self.aliases.split(",") if a.strip())
+
+    def model_set(self) -> frozenset[str]:
+        return frozenset(m.strip() for m in self.models.split(",") if m.strip())
+
+    def executor_count(self) -> int:
+        return self.executors or max(1, _cores() // self.processes)

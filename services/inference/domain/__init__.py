@@ -1,0 +1,1 @@
+"""Pure logic of inference: deployment state, routing hashes, parity, fixed rows, policies."""

@@ -1,0 +1,140 @@
+"""PyTorch on CUDA: the ONNX graph as a torch module, compiled ahead of time by AOTInductor.
+
+``onnx_to_torch.OnnxModule`` runs the graph with torch ops; ``torch.export`` captures it
+with a dynamic batch dimension over the key's profile, and AOTInductor compiles it into a
+``.pt2`` package (CUDA kernels for this GPU architecture) that is stored in the engine
+cache under its ``EngineKey`` like a TensorRT plan, so replicas load it instead of
+compiling. fp16 casts the module's floating buffers and the numeric input to half.
+When AOTInductor cannot compile the graph, ``torch.compile`` with CUDA graphs
+(``mode="reduce-overhead"``) serves it, compiled in this process and not cached.
+
+Not run here (no GPU on this machine); ``infra/gpu/torch_cuda_check.py`` and
+``tests/inference/test_gpu.py`` run it where a CUDA device is.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.inference.runtimes.base import TORCH_CUDA, RuntimeInfo, RuntimeUnavailable
+from services.inference.runtimes.keys import EngineKey
+
+_log = logging.getLogger(__name__)
+
+
+def _module(onnx_bytes: bytes, precision: str) -> Any:
+    import torch
+
+    from services.inference.runtimes.onnx_to_torch import OnnxModule
+
+    module = OnnxModule(onnx_bytes).eval().cuda()
+    if precision == "fp16":
+        for name, buffer in list(module.named_buffers()):
+            if buffer.is_floating_point():
+                setattr(module, name, buffer.half())
+    torch.set_grad_enabled(False)
+    return module
+
+
+def compile_package(onnx_bytes: bytes, key: EngineKey) -> bytes:
+    """An AOTInductor ``.pt2`` package of the graph for ``key``."""
+    import torch
+
+    module = _module(onnx_bytes, key.precision)
+    rows = key.profile.opt_rows
+    examples = []
+    for graph_input in module.input_names:
+        width = _width(onnx_bytes, graph_input)
+        if graph_input == "categorical":
+            examples.append(torch.zeros((rows, width), dtype=torch.int64, device="cuda"))
+        else:
+            dtype = torch.float16 if key.precision == "fp16" else torch.float32
+            examples.append(torch.zeros((rows, width), dtype=dtype, device="cuda"))
+    batch = torch.export.Dim("batch", min=max(2, key.profile.min_rows), max=key.profile.max_rows)
+    program = torch.export.export(
+        module, tuple(examples), dynamic_shapes=tuple({0: batch} for _ in examples)
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.pt2"
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+        return path.read_bytes()
+
+
+class TorchCudaRuntime:
+    def __init__(self, call: Any, input_names: tuple[str, ...], info: RuntimeInfo, key: EngineKey):
+        import torch
+
+        self._torch = torch
+        self._call = call
+        self._lock = threading.Lock()
+        self._half = key.precision == "fp16"
+        self._max_rows = key.profile.max_rows
+        self.input_names = input_names
+        self.output_names = ("output",)
+        self.info = info
+
+    @classmethod
+    def create(
+        cls, onnx_bytes: bytes, key: EngineKey, engines: Any, reason: str
+    ) -> TorchCudaRuntime:
+        import onnx
+        import torch
+
+        names = tuple(i.name for i in onnx.load_from_string(onnx_bytes).graph.input)
+        package = engines.get(key) if engines is not None else None
+        try:
+            if package is None:
+                package = compile_package(onnx_bytes, key)
+                if engines is not None:
+                    engines.put(key, package)
+            folder = Path(tempfile.mkdtemp(prefix="lathe-aoti-"))
+            path = folder / "model.pt2"
+            path.write_bytes(package)
+            call = torch._inductor.aoti_load_package(str(path))
+            info = RuntimeInfo(TORCH_CUDA, key.precision, 0, key.text, reason + " (AOTInductor)")
+        except Exception as exc:  # AOTInductor could not: torch.compile with CUDA graphs
+            _log.warning("AOTInductor failed (%s); using torch.compile with CUDA graphs", exc)
+            try:
+                call = torch.compile(_module(onnx_bytes, key.precision), mode="reduce-overhead")
+            except Exception as inner:
+                raise RuntimeUnavailable(f"torch could not compile the graph: {inner}") from inner
+            info = RuntimeInfo(TORCH_CUDA, key.precision, 0, "", reason + " (torch.compile)")
+        return cls(call, names, info, key)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        torch = self._torch
+        inputs = []
+        for name in self.input_names:
+            tensor = torch.from_numpy(np.ascontiguousarray(feeds[name])).cuda(non_blocking=True)
+            if self._half and tensor.is_floating_point():
+                tensor = tensor.half()
+            inputs.append(tensor)
+        rows = inputs[0].shape[0]
+        if rows > self._max_rows:
+            raise ValueError(f"{rows} rows exceed the compiled profile ({self._max_rows})")
+        pad = 2 - rows if rows < 2 else 0  # the exported batch dimension starts at 2
+        if pad:
+            inputs = [torch.cat([t, t[:1].expand(pad, *t.shape[1:])]) for t in inputs]
+        with self._lock, torch.no_grad():
+            outputs = self._call(*inputs)
+        outputs = outputs if isinstance(outputs, tuple | list) else (outputs,)
+        return [o[:rows].float().cpu().numpy() for o in outputs]
+
+    def close(self) -> None:
+        self._call = None
+
+
+def _width(onnx_bytes: bytes, name: str) -> int:
+    import onnx
+
+    for graph_input in onnx.load_from_string(onnx_bytes).graph.input:
+        if graph_input.name == name:
+            return int(graph_input.type.tensor_type.shape.dim[1].dim_value)
+    raise RuntimeUnavailable(f"the graph has no input {name!r}")

@@ -1,0 +1,1 @@
+"""Inference's outside world: its Postgres tables, the registry and the feature store."""

@@ -1,0 +1,106 @@
+"""Bad requests get clear status codes with messages that say what to fix, never INTERNAL."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import pytest
+
+from lathe.feature_store.v1 import message_pb2 as fs
+from lathe.inference.v1 import message_pb2 as m
+from lathe.inference.v1 import request_response_pb2 as rr
+from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
+from tests.inference.conftest import InferenceFactory
+from tests.inference.helpers import (
+    Credit,
+    create_model,
+    eventually,
+    export,
+    register,
+    row,
+    serving_version,
+    set_alias,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def test_bad_requests_get_clear_codes(
+    registry: ModelRegistryStub, credit: Credit, start_inference: InferenceFactory
+) -> None:
+    name = f"credit-{uuid.uuid4().hex[:8]}"
+    await create_model(registry, name)
+    version = await register(registry, credit, name, export(credit, seed=1))
+    await set_alias(registry, name, "production", version)
+    async with start_inference(name, max_request_rows=16) as inference:
+
+        async def ready() -> bool:
+            return await serving_version(inference, name) == version
+
+        await eventually(ready, what="serves")
+
+        async def code(request: rr.PredictRequest, within_s: float = 5.0) -> tuple[str, str]:
+            try:
+                await inference.Predict(request, timeout=within_s)
+            except grpc.aio.AioRpcError as error:
+                return error.code().name, error.details() or ""
+            return "OK", ""
+
+        wrong_type = row("L00001")
+        wrong_type.request_features["requested_amount"].CopyFrom(fs.Value(string_value="lots"))
+        int_keyed = m.PredictionInput(entity_keys={"loan_id": fs.Value(float64_value=1.5)})
+        cases = {
+            "unknown model": (rr.PredictRequest(model_name="nope", rows=[row("L1")]), "NOT_FOUND"),
+            "unknown alias": (
+                rr.PredictRequest(model_name=name, alias="staging", rows=[row("L00001")]),
+                "NOT_FOUND",
+            ),
+            "unknown entity": (
+                rr.PredictRequest(model_name=name, rows=[row("NO-SUCH-LOAN")]),
+                "NOT_FOUND",
+            ),
+            "wrong key name": (
+                rr.PredictRequest(
+                    model_name=name,
+                    rows=[m.PredictionInput(entity_keys={"customer": fs.Value(string_value="x")})],
+                ),
+                "INVALID_ARGUMENT",
+            ),
+            "wrong key type": (
+                rr.PredictRequest(model_name=name, rows=[int_keyed]),
+                "INVALID_ARGUMENT",
+            ),
+            "wrong feature type": (
+                rr.PredictRequest(model_name=name, rows=[wrong_type]),
+                "INVALID_ARGUMENT",
+            ),
+            "no rows": (rr.PredictRequest(model_name=name), "INVALID_ARGUMENT"),
+            "too many rows": (
+                rr.PredictRequest(model_name=name, rows=[row("L00001")] * 17),
+                "INVALID_ARGUMENT",
+            ),
+            "missing request feature": (
+                rr.PredictRequest(
+                    model_name=name,
+                    rows=[
+                        m.PredictionInput(entity_keys={"loan_id": fs.Value(string_value="L00001")})
+                    ],
+                ),
+                "INVALID_ARGUMENT",
+            ),
+        }
+        for what, (request, expected) in cases.items():
+            got, details = await code(request)
+            assert got == expected, (what, got, details)
+            assert details and "internal" not in details.lower(), (what, details)
+        # An expired deadline: DEADLINE_EXCEEDED, never INTERNAL.
+        got, _ = await code(rr.PredictRequest(model_name=name, rows=[row("L00001")]), within_s=1e-6)
+        assert got == "DEADLINE_EXCEEDED"
+        # Unknown entities can be scored with the training fills when asked for.
+        allowed = await inference.Predict(
+            rr.PredictRequest(
+                model_name=name, rows=[row("NO-SUCH-LOAN")], allow_unknown_entities=True
+            )
+        )
+        assert allowed.predictions[0].missing_features

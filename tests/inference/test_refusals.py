@@ -1,0 +1,125 @@
+"""Versions that must not serve are refused, and the previous one keeps serving."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+from nats.js import JetStreamContext
+
+from lathe.inference.v1 import message_pb2 as m
+from lathe.inference.v1 import request_response_pb2 as rr
+from lathe.model_registry.v1 import request_response_pb2 as reg_rr
+from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
+from libs.config import LatheSettings
+from libs.messaging import EventStreamNames
+from tests.inference.conftest import InferenceFactory
+from tests.inference.helpers import (
+    Credit,
+    create_model,
+    eventually,
+    export,
+    inference_events,
+    predict,
+    register,
+    row,
+    serving_version,
+    set_alias,
+    with_noise,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def _failure(inference, name: str) -> m.DeploymentFailure | None:  # type: ignore[no-untyped-def]
+    deployment = (
+        await inference.GetDeployment(rr.GetDeploymentRequest(model_name=name))
+    ).deployment
+    return deployment.failure if deployment.state == m.DEPLOYMENT_STATE_FAILED else None
+
+
+async def test_corrupted_and_mismatching_versions_are_refused_and_the_previous_keeps_serving(
+    registry: ModelRegistryStub,
+    credit: Credit,
+    start_inference: InferenceFactory,
+    test_settings: LatheSettings,
+    db_pool: asyncpg.Pool,
+) -> None:
+    name = f"credit-{uuid.uuid4().hex[:8]}"
+    await create_model(registry, name)
+    v1 = await register(registry, credit, name, export(credit, seed=1))
+    corrupted = await register(registry, credit, name, export(credit, seed=2))
+    onnx_bytes, weights, prep = export(credit, seed=3)
+    noisy = await register(registry, credit, name, (with_noise(onnx_bytes), weights, prep))
+    version = (
+        await registry.GetModelVersion(
+            reg_rr.GetModelVersionRequest(model_name=name, version=corrupted)
+        )
+    ).model_version
+    (model_file,) = [a for a in version.artifacts if a.name == "model.onnx"]
+    blob = Path(test_settings.artifact_dir) / "sha256" / model_file.sha256[:2] / model_file.sha256
+    blob.write_bytes(blob.read_bytes()[:-7] + b"garbage")
+    await set_alias(registry, name, "production", v1)
+    async with start_inference(name) as inference:
+        await eventually(lambda: _is(inference, name, v1), what="v1 serves")
+        before = (await predict(inference, name, [row("L00003")])).predictions[0].scores[0]
+
+        for bad, stage in ((corrupted, "verify"), (noisy, "parity")):
+            await set_alias(registry, name, "production", bad)
+
+            async def refused(bad: int = bad) -> bool:
+                failure = await _failure(inference, name)
+                return failure is not None and failure.version == bad
+
+            await eventually(refused, what=f"v{bad} refused")
+            failure = await _failure(inference, name)
+            assert failure is not None and failure.stage == stage, failure
+            answer = (await predict(inference, name, [row("L00003")])).predictions[0]
+            assert answer.model_version == v1 and answer.scores[0] == before
+        events = [
+            e for e in await inference_events(db_pool, "DeploymentFailed") if e.model_name == name
+        ]
+        assert [(e.version, e.stage, e.serving_version) for e in events] == [
+            (corrupted, "verify", v1),
+            (noisy, "parity", v1),
+        ]
+        assert "disagrees with ONNX Runtime" in events[1].reason
+
+
+async def test_a_missed_alias_event_is_reconciled_at_restart(
+    registry: ModelRegistryStub,
+    credit: Credit,
+    start_inference: InferenceFactory,
+    js: JetStreamContext,
+    test_settings: LatheSettings,
+) -> None:
+    name = f"credit-{uuid.uuid4().hex[:8]}"
+    await create_model(registry, name)
+    v1 = await register(registry, credit, name, export(credit, seed=1))
+    v2 = await register(registry, credit, name, export(credit, seed=2))
+    await set_alias(registry, name, "production", v1)
+    async with start_inference(name) as inference:
+        await eventually(lambda: _is(inference, name, v1), what="v1 serves")
+    # While no inference process runs, the alias moves and its event is lost.
+    await set_alias(registry, name, "production", v2)
+    streams = EventStreamNames(test_settings.namespace, "model_registry")
+
+    async def relayed() -> bool:
+        info = await js.stream_info(streams.stream)
+        return info.state.messages > 0
+
+    await eventually(relayed, what="the registry relayed its events")
+    import asyncio
+
+    await asyncio.sleep(0.5)  # the relay publishes the AliasSet, then it is purged
+    await js.purge_stream(streams.stream, subject=streams.subject("alias.set"))
+    async with start_inference(name) as inference:
+        await eventually(lambda: _is(inference, name, v2), what="reconciled to v2")
+        answer = (await predict(inference, name, [row("L00004")])).predictions[0]
+        assert answer.model_version == v2
+
+
+async def _is(inference, name: str, version: int) -> bool:  # type: ignore[no-untyped-def]
+    return await serving_version(inference, name) == version

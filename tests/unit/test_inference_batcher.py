@@ -1,0 +1,187 @@
+"""The batcher: work conservation, deadline drops, the bounded queue, the cost model's rule."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from services.inference.batching import Batcher, CostModel, DeadlinePassed, QueueFull
+from services.inference.batching.cost_model import WaitInputs, wait_seconds
+
+
+class Target:
+    """Sums each part; records the batches it ran; can be held to build a queue."""
+
+    def __init__(self, seconds: float = 0.0, priority: int = 0) -> None:
+        self.cost = CostModel()
+        self.priority = priority
+        self.batches: list[list[int]] = []
+        self.seconds = seconds
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def run_batch(self, parts: Sequence[list[int]]) -> list[int]:
+        self.gate.wait(5)
+        time.sleep(self.seconds)
+        self.batches.append([len(p) for p in parts])
+        return [sum(p) for p in parts]
+
+
+def _batcher(**kw: object) -> Batcher:
+    options: dict[str, object] = {
+        "executors": 1,
+        "max_batch_rows": 64,
+        "max_queued_rows": 1000,
+        "max_wait_s": 0.0,
+    }
+    options.update(kw)
+    return Batcher(**options)  # type: ignore[arg-type]
+
+
+async def test_a_lone_request_runs_at_once_alone() -> None:
+    batcher, target = _batcher(max_wait_s=0.5), Target()
+    batcher.start()
+    started = time.perf_counter()
+    assert await batcher.submit(target, [1, 2], 2, None) == 3
+    # No waiting for a batch that will not come (the bound is loose for a busy machine).
+    assert batcher.stats.waited == 0 and time.perf_counter() - started < 0.25
+    assert target.batches == [[2]]
+    await batcher.close()
+
+
+async def test_rows_queued_while_busy_run_together_up_to_the_max() -> None:
+    batcher, target = _batcher(max_batch_rows=10), Target()
+    batcher.start()
+    target.gate.clear()
+    first = asyncio.create_task(batcher.submit(target, [1], 1, None))
+    await asyncio.sleep(0.02)  # the executor holds the first request
+    rest = [asyncio.create_task(batcher.submit(target, [i, i], 2, None)) for i in range(8)]
+    await asyncio.sleep(0.02)
+    target.gate.set()
+    assert await first == 1
+    assert [await r for r in rest] == [2 * i for i in range(8)]
+    assert target.batches[0] == [1]
+    assert target.batches[1] == [2] * 5 and target.batches[2] == [2] * 3  # 10 rows, then 6
+    assert batcher.stats.largest_batch == 10
+    await batcher.close()
+
+
+async def test_without_batching_every_request_runs_alone() -> None:
+    batcher, target = _batcher(batching=False), Target()
+    batcher.start()
+    target.gate.clear()
+    tasks = [asyncio.create_task(batcher.submit(target, [1], 1, None)) for _ in range(4)]
+    await asyncio.sleep(0.02)
+    target.gate.set()
+    await asyncio.gather(*tasks)
+    assert target.batches == [[1]] * 4
+    await batcher.close()
+
+
+async def test_expired_requests_are_dropped_before_computing() -> None:
+    batcher, target = _batcher(), Target()
+    batcher.start()
+    with pytest.raises(DeadlinePassed):
+        await batcher.submit(target, [1], 1, time.monotonic() - 0.001)
+    target.gate.clear()
+    blocker = asyncio.create_task(batcher.submit(target, [1], 1, None))
+    await asyncio.sleep(0.02)
+    doomed = asyncio.create_task(batcher.submit(target, [5], 1, time.monotonic() + 0.01))
+    alive = asyncio.create_task(batcher.submit(target, [7], 1, time.monotonic() + 5))
+    await asyncio.sleep(0.05)  # the first deadline passes while it waits
+    target.gate.set()
+    await blocker
+    with pytest.raises(DeadlinePassed):
+        await doomed
+    assert await alive == 7
+    assert target.batches == [[1], [1]]  # the expired one never reached the model
+    assert batcher.stats.dropped_expired == 2
+    await batcher.close()
+
+
+async def test_a_full_queue_refuses_instead_of_growing() -> None:
+    batcher, target = _batcher(max_queued_rows=4), Target()
+    batcher.start()
+    target.gate.clear()
+    running = asyncio.create_task(batcher.submit(target, [0], 1, None))
+    await asyncio.sleep(0.02)
+    queued = [asyncio.create_task(batcher.submit(target, [1, 1], 2, None)) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(QueueFull):
+        await batcher.submit(target, [1], 1, None)
+    target.gate.set()
+    await asyncio.gather(running, *queued)
+    assert batcher.stats.rejected_full == 1
+    await batcher.close()
+
+
+async def test_executors_run_in_parallel_threads() -> None:
+    batcher, target = _batcher(executors=2, batching=False), Target(seconds=0.1)
+    batcher.start()
+    started = time.perf_counter()
+    await asyncio.gather(*(batcher.submit(target, [1], 1, None) for _ in range(2)))
+    assert time.perf_counter() - started < 0.18  # two at once, not one after the other
+    await batcher.close()
+
+
+async def test_serving_rows_go_before_shadow_rows() -> None:
+    batcher = _batcher()
+    serving, shadow = Target(), Target(priority=1)
+    batcher.start()
+    serving.gate.clear()
+    blocker = asyncio.create_task(batcher.submit(serving, [0], 1, None))
+    await asyncio.sleep(0.02)
+    order: list[str] = []
+    late_shadow = asyncio.create_task(batcher.submit(shadow, [1], 1, None))
+    await asyncio.sleep(0.005)
+    late_serving = asyncio.create_task(batcher.submit(serving, [2], 1, None))
+    late_shadow.add_done_callback(lambda _: order.append("shadow"))
+    late_serving.add_done_callback(lambda _: order.append("serving"))
+    serving.gate.set()
+    await asyncio.gather(blocker, late_shadow, late_serving)
+    assert order == ["serving", "shadow"]
+    await batcher.close()
+
+
+def test_the_cost_model_fits_fixed_and_per_row_costs() -> None:
+    cost = CostModel(decay=1.0)
+    for n in (1, 8, 64, 256) * 5:
+        cost.observe(n, 0.002 + 0.00001 * n)
+    assert cost.fixed_s == pytest.approx(0.002, rel=0.05)
+    assert cost.per_row_s == pytest.approx(0.00001, rel=0.05)
+    assert cost.seconds(100) == pytest.approx(0.003, rel=0.05)
+
+
+def _inputs(**kw: object) -> WaitInputs:
+    values: dict[str, object] = {
+        "queued_rows": 4,
+        "max_batch_rows": 256,
+        "arrival_rows_per_s": 20_000.0,
+        "idle_executors": 0,
+        "slack_s": None,
+        "max_wait_s": 0.005,
+    }
+    values.update(kw)
+    return WaitInputs(**values)  # type: ignore[arg-type]
+
+
+def test_waiting_pays_only_when_the_cost_model_says_so() -> None:
+    cost = CostModel(decay=1.0, fixed_s=0.002, per_row_s=1e-5)
+    assert wait_seconds(cost, _inputs()) > 0  # 40 rows expected within the fixed cost
+    assert wait_seconds(cost, _inputs(arrival_rows_per_s=100.0)) == 0  # low load: run now
+    assert wait_seconds(cost, _inputs(idle_executors=1)) == 0  # someone is free: run now
+    assert wait_seconds(cost, _inputs(queued_rows=256)) == 0  # already full
+    assert wait_seconds(cost, _inputs(max_wait_s=0.0)) == 0
+    cheap = CostModel(decay=1.0, fixed_s=1e-5, per_row_s=1e-6)
+    assert wait_seconds(cheap, _inputs()) == 0  # nothing to save
+
+
+def test_waiting_never_passes_the_earliest_deadline() -> None:
+    cost = CostModel(decay=1.0, fixed_s=0.002, per_row_s=1e-5)
+    wait = wait_seconds(cost, _inputs(slack_s=0.0025))
+    assert 0 <= wait <= 0.0025 - cost.seconds(4)
+    assert wait_seconds(cost, _inputs(slack_s=0.001)) == 0

@@ -1,0 +1,82 @@
+"""The GPU runtimes' graph work, checked on CPU: ONNX -> torch, and fp16 graph conversion."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from libs.preprocessing import fit, transform
+from services.inference.domain.parity import compare, tolerance
+from services.inference.runtimes.fp16 import to_fp16
+from services.inference.runtimes.onnx_to_torch import OnnxModule
+from services.trainer.training.export import export_onnx
+from services.trainer.training.models import ModelInputs, build_ft_transformer, build_mlp
+
+
+def _exported(family: str) -> tuple[bytes, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    columns = {
+        "a:x": rng.normal(size=300).tolist(),
+        "a:y": rng.lognormal(size=300).tolist(),
+        "a:g": rng.choice(["A", "B", "C"], 300).tolist(),
+    }
+    spec = fit(columns, ["a:x", "a:y", "a:g"])
+    inputs = ModelInputs(len(spec.numeric), tuple(c.cardinality for c in spec.categorical))
+    torch.manual_seed(0)
+    if family == "mlp":
+        model = build_mlp(inputs, d_hidden=16, n_layers=2, dropout=0.0, d_embedding=4)
+    else:
+        model = build_ft_transformer(
+            inputs,
+            d_token=16,
+            n_blocks=2,
+            n_heads=2,
+            ffn_factor=1.0,
+            attention_dropout=0.0,
+            ffn_dropout=0.0,
+            residual_dropout=0.0,
+        )
+    encoded = transform(spec, columns)
+    exported = export_onnx(
+        model, torch.from_numpy(encoded.numeric), torch.from_numpy(encoded.categorical), opset=17
+    )
+    return exported.onnx_bytes, {"numeric": encoded.numeric, "categorical": encoded.categorical}
+
+
+@pytest.mark.parametrize("family", ["mlp", "ft_transformer"])
+def test_the_graph_as_a_torch_module_matches_onnx_runtime(family: str) -> None:
+    onnx_bytes, feeds = _exported(family)
+    reference = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    module = OnnxModule(onnx_bytes).eval()
+    for rows in (1, 5, 300):  # the batch dimension stays dynamic
+        part = {k: v[:rows] for k, v in feeds.items()}
+        expected = reference.run(None, part)
+        with torch.no_grad():
+            got = module(*(torch.from_numpy(part[n]) for n in module.input_names))
+        result = compare(expected, [t.numpy() for t in got], tolerance("fp32"))
+        assert result.ok, result.explain(f"{family} at batch {rows}")
+
+
+@pytest.mark.parametrize("family", ["mlp", "ft_transformer"])
+def test_the_fp16_graph_stays_within_the_fp16_tolerance(family: str) -> None:
+    onnx_bytes, feeds = _exported(family)
+    reference = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    half = ort.InferenceSession(to_fp16(onnx_bytes), providers=["CPUExecutionProvider"])
+    assert half.get_inputs()[0].type == "tensor(float)"  # callers still send float32
+    result = compare(reference.run(None, feeds), half.run(None, feeds), tolerance("fp16"))
+    assert result.ok and result.max_abs_diff > 0, result.explain(family)
+
+
+def test_an_unknown_op_is_refused_by_name() -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Hardmax", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
+    )
+    with pytest.raises(NotImplementedError, match="Hardmax"):
+        OnnxModule(helper.make_model(graph).SerializeToString())
