@@ -6,6 +6,7 @@ import asyncpg
 
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.db import transaction
+from libs.db.locks import lock_name, xact_lock
 from libs.errors import FailedPrecondition
 from libs.eventstore import EventMetadata, EventStore, Recorder
 from services.feature_store.app.aggregation import spec_of
@@ -14,6 +15,8 @@ from services.feature_store.app.plan import Applied, PlannedChange, plan
 from services.feature_store.events import CATALOG, definition_stream
 from services.feature_store.store import tiles
 from services.feature_store.store.definitions import DefinitionQueries, DefinitionsProjection, wrap
+
+_APPLY_LOCK = lock_name("feature_store", "apply")
 
 
 class DefinitionCommands:
@@ -32,9 +35,7 @@ class DefinitionCommands:
         """Record every change as an event, all or nothing; blocked changes refuse the lot."""
         async with transaction(self._pool) as conn:
             # Applies are rare; one at a time keeps "the latest version" well defined.
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext('lathe.feature_store.apply'))"
-            )
+            await xact_lock(conn, _APPLY_LOCK)
             changes = _checked_plan(repository, await self._queries.applied(conn))
             blocked = [c.change for c in changes if c.change.blocked]
             if blocked:

@@ -22,6 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from lathe.feature_store.v1 import events_pb2
 from lathe.feature_store.v1 import message_pb2 as m
 from lathe.feature_store.v1 import request_response_pb2 as rr
+from libs.db.locks import lock_name, try_session_lock
 from libs.errors import Conflict, FailedPrecondition, InvalidArgument
 from libs.eventstore import ANY_VERSION, EventMetadata, EventStore
 from services.feature_store.app.cache import DefinitionsCache
@@ -83,15 +84,12 @@ class Materializer:
             )
         until = end_time or datetime.now(UTC)
         reader = BatchReader(view, self._cache.definitions.entities[view.entity].join_key)
-        lock_key = f"lathe.materialize.{view.name}.{view.version}"
-        async with self._pool.acquire() as conn:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", lock_key):
+        lock = lock_name("materialize", view.name, view.version)
+        async with self._pool.acquire() as conn, try_session_lock(conn, lock) as locked:
+            if not locked:
                 raise Conflict(f"a materialization of {view_name!r} is running; wait for it to end")
-            try:
-                async for progress in self._run_locked(conn, view, reader, until, metadata):
-                    yield progress
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", lock_key)
+            async for progress in self._run_locked(conn, view, reader, until, metadata):
+                yield progress
 
     async def _run_locked(
         self,
