@@ -27,10 +27,10 @@ from libs.sdk.features import (
     StreamSource,
     repository_of,
 )
-from services.feature_store.app import online_reply
-from services.feature_store.app.cache import DefinitionsCache
-from services.feature_store.app.online import OnlineReader
-from services.feature_store.app.online_replica import OnlineReplica
+from services.feature_store.app.definitions.cache import DefinitionsCache
+from services.feature_store.app.online import reply as online_reply
+from services.feature_store.app.online.reader import OnlineReader
+from services.feature_store.app.online.replica import OnlineReplica
 from services.feature_store.service import SPEC
 from services.feature_store.store import online
 from services.feature_store.store.definitions import DefinitionQueries

@@ -15,15 +15,15 @@ from libs.eventstore import EventMetadata
 from libs.grpckit import Encoded, validation
 from libs.grpckit.caller import caller_of
 from libs.telemetry import current_traceparent
-from services.feature_store.app.backfill import Backfiller
-from services.feature_store.app.cache import DefinitionsCache
-from services.feature_store.app.commands import DefinitionCommands
-from services.feature_store.app.historical import HistoricalReader
-from services.feature_store.app.materialize import Materializer
-from services.feature_store.app.names import check_name
-from services.feature_store.app.online import OnlineReader
-from services.feature_store.app.push import Pusher
-from services.feature_store.app.statistics import StatisticsReader
+from services.feature_store.app.definitions.cache import DefinitionsCache
+from services.feature_store.app.definitions.commands import DefinitionCommands
+from services.feature_store.app.offline.statistics import StatisticsReader
+from services.feature_store.app.offline.training_sets import HistoricalReader
+from services.feature_store.app.online.reader import OnlineReader
+from services.feature_store.app.streaming.backfill import Backfiller
+from services.feature_store.app.writes.materialize import Materializer
+from services.feature_store.app.writes.push import Pusher
+from services.feature_store.domain.names import check_name
 from services.feature_store.store.definitions import DefinitionQueries
 
 _ARROW_CHUNK = 4 * 1024 * 1024

@@ -8,7 +8,7 @@ from google.protobuf.message import Message
 from lathe.feature_store.v1 import events_pb2
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.eventstore import RecordedEvent
-from services.feature_store.app.plan import Applied
+from services.feature_store.domain.definitions.changes import Applied
 from services.feature_store.store.offline import ensure_log_table
 
 _KINDS: dict[str, type[Message]] = {

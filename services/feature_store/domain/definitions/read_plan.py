@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.errors import InvalidArgument, NotFound
-from services.feature_store.app.definitions import seconds
-from services.feature_store.app.names import FeatureRef
-from services.feature_store.app.on_demand import OnDemandFunction, compile_on_demand
+from services.feature_store.domain.definitions.rules import seconds
+from services.feature_store.domain.names import FeatureRef
+from services.feature_store.domain.on_demand.runner import OnDemandFunction, compile_on_demand
 
 
 @dataclass(frozen=True)

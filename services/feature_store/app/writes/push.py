@@ -11,10 +11,10 @@ from lathe.feature_store.v1 import message_pb2 as m
 from libs.db import transaction
 from libs.errors import FailedPrecondition, InvalidArgument
 from libs.eventstore import EventMetadata
-from services.feature_store.app.cache import DefinitionsCache
-from services.feature_store.app.ingest import FeatureWriter, IngestResult, IngestRow
-from services.feature_store.app.online import entity_key
-from services.feature_store.app.values import coerce
+from services.feature_store.app.definitions.cache import DefinitionsCache
+from services.feature_store.app.online.reader import entity_key
+from services.feature_store.app.writes.writer import FeatureWriter, IngestResult, IngestRow
+from services.feature_store.domain.values import coerce
 
 MAX_PUSH_ROWS = 100_000
 

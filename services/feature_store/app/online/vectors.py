@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 
 from opentelemetry import metrics
 
-from services.feature_store.app import wire
-from services.feature_store.app.serving_rows import (
+from services.feature_store.domain.serving import wire
+from services.feature_store.domain.serving.rows import (
     FOREVER_US,
     ServingRow,
     StoredView,

@@ -25,9 +25,9 @@ from lathe.feature_store.v1 import request_response_pb2 as rr
 from libs.db.locks import lock_name, try_session_lock
 from libs.errors import Conflict, FailedPrecondition, InvalidArgument
 from libs.eventstore import ANY_VERSION, EventMetadata, EventStore
-from services.feature_store.app.cache import DefinitionsCache
-from services.feature_store.app.ingest import FeatureWriter, IngestRow
-from services.feature_store.app.values import from_python
+from services.feature_store.app.definitions.cache import DefinitionsCache
+from services.feature_store.app.writes.writer import FeatureWriter, IngestRow
+from services.feature_store.domain.values import from_python
 from services.feature_store.events import CATALOG
 from services.feature_store.store.sources import BatchReader
 

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 import asyncpg
 from opentelemetry import metrics
 
-from services.feature_store.app.serving_rows import ServingRow, ViewTables
-from services.feature_store.app.serving_vectors import VectorIndexes
+from services.feature_store.app.online.vectors import VectorIndexes
+from services.feature_store.domain.serving.rows import ServingRow, ViewTables
 from services.feature_store.store import online
 
 _log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from datetime import datetime
 import asyncpg
 
 from lathe.feature_store.v1 import message_pb2 as m
-from services.feature_store.app.aggregation import (
+from services.feature_store.domain.serving.rows import ServingRow, ViewTables
+from services.feature_store.domain.streaming.aggregation import (
     StreamViewSpec,
     TileState,
     combine,
@@ -30,7 +31,6 @@ from services.feature_store.app.aggregation import (
     spec_of,
     to_us,
 )
-from services.feature_store.app.serving_rows import ServingRow, ViewTables
 from services.feature_store.store import tiles
 
 _RECHECK_S = 30.0

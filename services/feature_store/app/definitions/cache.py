@@ -16,7 +16,11 @@ import asyncpg
 
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.errors import NotFound
-from services.feature_store.app.read_plan import Definitions, ReadPlan, index_definitions
+from services.feature_store.domain.definitions.read_plan import (
+    Definitions,
+    ReadPlan,
+    index_definitions,
+)
 from services.feature_store.store.definitions import DefinitionQueries
 
 _log = logging.getLogger(__name__)

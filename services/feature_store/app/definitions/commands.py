@@ -9,9 +9,12 @@ from libs.db import transaction
 from libs.db.locks import lock_name, xact_lock
 from libs.errors import FailedPrecondition
 from libs.eventstore import EventMetadata, EventStore, Recorder
-from services.feature_store.app.aggregation import spec_of
-from services.feature_store.app.definitions import check_service_references, validate_repository
-from services.feature_store.app.plan import Applied, PlannedChange, plan
+from services.feature_store.domain.definitions.changes import Applied, PlannedChange, plan
+from services.feature_store.domain.definitions.rules import (
+    check_service_references,
+    validate_repository,
+)
+from services.feature_store.domain.streaming.aggregation import spec_of
 from services.feature_store.events import CATALOG, definition_stream
 from services.feature_store.store import tiles
 from services.feature_store.store.definitions import DefinitionQueries, DefinitionsProjection, wrap

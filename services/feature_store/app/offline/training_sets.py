@@ -26,12 +26,16 @@ from lathe.feature_store.v1 import request_response_pb2 as rr
 from libs.db import quote_ident
 from libs.errors import InvalidArgument
 from libs.eventstore import ANY_VERSION, EventMetadata, EventStore
-from services.feature_store.app.cache import DefinitionsCache
-from services.feature_store.app.names import check_name
-from services.feature_store.app.quality import profile_of_array
-from services.feature_store.app.read_plan import OnDemandColumn, ReadPlan, StoredColumn
-from services.feature_store.app.stream_history import stream_aggregates_as_of
-from services.feature_store.app.values import from_python, to_python
+from services.feature_store.app.definitions.cache import DefinitionsCache
+from services.feature_store.app.streaming.history import stream_aggregates_as_of
+from services.feature_store.domain.definitions.read_plan import (
+    OnDemandColumn,
+    ReadPlan,
+    StoredColumn,
+)
+from services.feature_store.domain.names import check_name
+from services.feature_store.domain.quality import profile_of_array
+from services.feature_store.domain.values import from_python, to_python
 from services.feature_store.events import CATALOG
 from services.feature_store.store.offline_mirror import OfflineMirror
 from services.feature_store.store.pit_join import JoinView, join_sql

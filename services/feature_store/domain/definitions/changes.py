@@ -9,7 +9,7 @@ from typing import TypeVar
 from google.protobuf.message import Message
 
 from lathe.feature_store.v1 import message_pb2 as m
-from services.feature_store.app.definitions import breaking_changes
+from services.feature_store.domain.definitions.rules import breaking_changes
 
 D = TypeVar("D", bound=Message)
 

@@ -23,7 +23,7 @@ from decimal import Decimal
 import numpy as np
 import pyarrow as pa
 
-from services.feature_store.app.aggregation import (
+from services.feature_store.domain.streaming.aggregation import (
     COUNT,
     LAST,
     MAX,

@@ -10,13 +10,13 @@ import asyncpg
 
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.errors import InvalidArgument
-from services.feature_store.app import online_reply
-from services.feature_store.app.cache import DefinitionsCache
-from services.feature_store.app.online_replica import OnlineReplica
-from services.feature_store.app.read_plan import ReadPlan
-from services.feature_store.app.serving_rows import ServingRow, ViewTables
-from services.feature_store.app.serving_vectors import VectorIndex
-from services.feature_store.app.windows import WindowReader
+from services.feature_store.app.definitions.cache import DefinitionsCache
+from services.feature_store.app.online import reply as online_reply
+from services.feature_store.app.online.replica import OnlineReplica
+from services.feature_store.app.online.vectors import VectorIndex
+from services.feature_store.app.online.windows import WindowReader
+from services.feature_store.domain.definitions.read_plan import ReadPlan
+from services.feature_store.domain.serving.rows import ServingRow, ViewTables
 from services.feature_store.store import online
 
 

@@ -11,9 +11,9 @@ from lathe.feature_store.v1 import events_pb2
 from lathe.feature_store.v1 import message_pb2 as m
 from lathe.feature_store.v1 import request_response_pb2 as rr
 from libs.errors import InvalidArgument, NotFound
-from services.feature_store.app.cache import DefinitionsCache
-from services.feature_store.app.quality import histogram, psi, summarize
-from services.feature_store.app.values import to_python
+from services.feature_store.app.definitions.cache import DefinitionsCache
+from services.feature_store.domain.quality import histogram, psi, summarize
+from services.feature_store.domain.values import to_python
 
 _NUMERIC = {m.VALUE_TYPE_INT64, m.VALUE_TYPE_FLOAT64}
 

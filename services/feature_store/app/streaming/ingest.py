@@ -25,7 +25,10 @@ import asyncpg
 from libs.eventstore import ConsumerSpec, DurableConsumer, RawDelivery, raw_decoder
 from libs.messaging import EventStreamNames, ensure_stream
 from libs.runtime import ServiceContext
-from services.feature_store.app.aggregation import (
+from services.feature_store.app.definitions.cache import DefinitionsCache
+from services.feature_store.domain.definitions.read_plan import Definitions
+from services.feature_store.domain.names import NAME_PATTERN
+from services.feature_store.domain.streaming.aggregation import (
     StreamEvent,
     StreamViewSpec,
     decode_state,
@@ -34,10 +37,7 @@ from services.feature_store.app.aggregation import (
     spec_of,
     to_us,
 )
-from services.feature_store.app.cache import DefinitionsCache
-from services.feature_store.app.names import NAME_PATTERN
-from services.feature_store.app.read_plan import Definitions
-from services.feature_store.app.stream_events import (
+from services.feature_store.domain.streaming.events import (
     BAD_SUBJECT,
     EventRejected,
     decode_payload,

@@ -13,9 +13,9 @@ from google.protobuf.duration_pb2 import Duration
 
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.errors import InvalidArgument
-from services.feature_store.app.names import FeatureRef, check_name
-from services.feature_store.app.on_demand import compile_on_demand
-from services.feature_store.app.values import value_type_of
+from services.feature_store.domain.names import FeatureRef, check_name
+from services.feature_store.domain.on_demand.runner import compile_on_demand
+from services.feature_store.domain.values import value_type_of
 
 _NUMERIC = {m.VALUE_TYPE_INT64, m.VALUE_TYPE_FLOAT64}
 _DEFAULT_TILE_S = 60

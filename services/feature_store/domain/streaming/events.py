@@ -13,7 +13,7 @@ import math
 from datetime import datetime
 from decimal import Decimal
 
-from services.feature_store.app.aggregation import StreamEvent, StreamViewSpec, to_us
+from services.feature_store.domain.streaming.aggregation import StreamEvent, StreamViewSpec, to_us
 
 # Rejection reasons (the ``reason`` column of feature_store.stream_rejections).
 NOT_JSON = "not_json"

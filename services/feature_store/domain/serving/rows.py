@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from lathe.feature_store.v1 import message_pb2 as m
-from services.feature_store.app import wire
+from services.feature_store.domain.serving import wire
 
 _PRESENT = m.FEATURE_STATUS_PRESENT
 _NOT_FOUND = m.FEATURE_STATUS_NOT_FOUND

@@ -19,7 +19,9 @@ from lathe.feature_store.v1 import events_pb2
 from libs.db import transaction
 from libs.errors import FailedPrecondition, InvalidArgument, NotFound
 from libs.eventstore import ANY_VERSION, EventMetadata, EventStore
-from services.feature_store.app.aggregation import (
+from services.feature_store.app.definitions.cache import DefinitionsCache
+from services.feature_store.domain.names import check_name
+from services.feature_store.domain.streaming.aggregation import (
     StreamEvent,
     StreamViewSpec,
     TileKey,
@@ -31,9 +33,11 @@ from services.feature_store.app.aggregation import (
     tile_key,
     to_us,
 )
-from services.feature_store.app.cache import DefinitionsCache
-from services.feature_store.app.names import check_name
-from services.feature_store.app.stream_events import EventRejected, decode_payload, parse_event
+from services.feature_store.domain.streaming.events import (
+    EventRejected,
+    decode_payload,
+    parse_event,
+)
 from services.feature_store.events import CATALOG
 from services.feature_store.store import stream_events, tiles
 from services.feature_store.store.stream_events import RawEvent

@@ -17,16 +17,16 @@ from itertools import chain
 from lathe.feature_store.v1 import message_pb2 as m
 from lathe.feature_store.v1 import request_response_pb2 as rr
 from libs.errors import InvalidArgument
-from services.feature_store.app import wire
-from services.feature_store.app.read_plan import (
+from services.feature_store.app.online.vectors import Shape, VectorIndex
+from services.feature_store.domain.definitions.read_plan import (
     OnDemandColumn,
     OnDemandStep,
     ReadPlan,
     StoredColumn,
 )
-from services.feature_store.app.serving_rows import ServingRow, StoredView, ViewTables, epoch_us
-from services.feature_store.app.serving_vectors import Shape, VectorIndex
-from services.feature_store.app.values import coerce, from_python, to_python
+from services.feature_store.domain.serving import wire
+from services.feature_store.domain.serving.rows import ServingRow, StoredView, ViewTables, epoch_us
+from services.feature_store.domain.values import coerce, from_python, to_python
 
 _PRESENT = m.FEATURE_STATUS_PRESENT
 _NOT_FOUND = m.FEATURE_STATUS_NOT_FOUND

@@ -17,9 +17,13 @@ import pyarrow as pa
 
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.errors import InvalidArgument
-from services.feature_store.app.aggregation import from_us, spec_of, to_us
-from services.feature_store.app.as_of import EVENT_TIME, EventColumns, compute_as_of
-from services.feature_store.app.stream_events import EventRejected, decode_payload, parse_event
+from services.feature_store.domain.streaming.aggregation import from_us, spec_of, to_us
+from services.feature_store.domain.streaming.as_of import EVENT_TIME, EventColumns, compute_as_of
+from services.feature_store.domain.streaming.events import (
+    EventRejected,
+    decode_payload,
+    parse_event,
+)
 from services.feature_store.store import stream_events
 
 __all__ = ["EVENT_TIME", "stream_aggregates_as_of"]

@@ -17,8 +17,8 @@ import asyncpg
 from lathe.feature_store.v1 import events_pb2
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.eventstore import ANY_VERSION, EventMetadata, EventStore
-from services.feature_store.app.online_replica import OnlineReplica
-from services.feature_store.app.values import describe, to_python, violated
+from services.feature_store.app.online.replica import OnlineReplica
+from services.feature_store.domain.values import describe, to_python, violated
 from services.feature_store.events import CATALOG
 from services.feature_store.store import offline, online
 
