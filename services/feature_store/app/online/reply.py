@@ -26,7 +26,7 @@ from services.feature_store.domain.definitions.read_plan import (
 )
 from services.feature_store.domain.serving import wire
 from services.feature_store.domain.serving.rows import ServingRow, StoredView, ViewTables, epoch_us
-from services.feature_store.domain.values import coerce, from_python, to_python
+from services.feature_store.domain.values import coerce, to_python
 
 _PRESENT = m.FEATURE_STATUS_PRESENT
 _NOT_FOUND = m.FEATURE_STATUS_NOT_FOUND
@@ -308,15 +308,8 @@ def _run_step(
         inputs[request_field.name] = to_python(
             coerce(column.values[row], request_field.type, f"request_data[{request_field.name!r}]")
         )
-    try:
-        result = step.function(inputs)
-    except Exception as exc:
-        raise InvalidArgument(
-            f"on-demand view {step.view.name!r} failed on row {row}: {type(exc).__name__}: {exc}"
-        ) from exc
+    values = step.function.run(inputs, row)  # the one runner, offline too (domain/training.py)
     return {
-        f.name: from_python(
-            result.get(f.name), f.type, f"on-demand view {step.view.name!r}"
-        ).SerializeToString()
-        for f in step.view.features
+        f.name: value.SerializeToString()
+        for f, value in zip(step.view.features, values, strict=True)
     }
