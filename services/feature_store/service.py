@@ -27,7 +27,7 @@ from services.feature_store.store.offline_mirror import OfflineMirror
 
 def build(context: ServiceContext) -> ServiceComponents:
     queries = DefinitionQueries(context.pool)
-    cache = DefinitionsCache(context.pool, queries)
+    cache = DefinitionsCache(queries)
     replica = OnlineReplica(context.pool, max_rows=context.settings.feature_store_replica_max_rows)
     writer = FeatureWriter(context.store, replica)
     mirror = OfflineMirror(

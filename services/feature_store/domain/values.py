@@ -109,3 +109,21 @@ def describe(expectation: m.Expectation) -> str:
     if rule == "allowed_values":
         return "allowed_values"
     return rule or "unknown"
+
+
+def entity_key(value: m.Value, join_key: str) -> str:
+    """Entity keys are stored as text; INT64 keys by their decimal form."""
+    kind = value.WhichOneof("kind")
+    if kind == "string_value" and value.string_value:
+        return value.string_value
+    if kind == "int64_value":
+        return str(value.int64_value)
+    raise InvalidArgument(f"entity key {join_key!r} values must be non-empty strings or int64")
+
+
+def entity_keys(column: m.RepeatedValue, join_key: str) -> list[str]:
+    """``entity_key`` of every value; string keys (the common case) without per-value checks."""
+    keys = [value.string_value for value in column.values]
+    if all(keys):  # every value is a non-empty string (string_value is "" for other kinds)
+        return keys
+    return [entity_key(value, join_key) for value in column.values]

@@ -32,6 +32,8 @@ _READ = """
     FROM feature_store.online_values
     WHERE view = ANY($1::text[]) AND version = ANY($2::int[]) AND entity_key = ANY($3::text[])"""
 
+_VIEW_ROWS = "SELECT row FROM feature_store.online_values WHERE view = $1 AND version = $2"
+
 CHANGES_CHANNEL = "lathe_feature_store_online"
 """NOTIFYed (empty payload, so Postgres folds a transaction's notifications into one)."""
 
@@ -100,6 +102,13 @@ async def read_latest(
         if table is not None:  # not another version the arrays also matched
             table[key] = OnlineRow(row, event_time, features)
     return found
+
+
+async def view_rows(
+    executor: asyncpg.Pool | asyncpg.Connection, view: str, version: int
+) -> list[bytes]:
+    """Every entity's stored FeatureRow of one view version (statistics)."""
+    return [record["row"] for record in await executor.fetch(_VIEW_ROWS, view, version)]
 
 
 async def read_changes(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
@@ -18,6 +17,7 @@ import asyncpg
 
 from libs.db.locks import lock_name, xact_lock, xact_lock_sql
 from libs.db.slices import DELETE_SLICE_ROWS, delete_in_slices
+from services.feature_store.domain.streaming.events import RawEvent
 
 _SOURCE_LOCK_SQL = "'lathe.stream.' || $1::text"
 """The name of a source's ingestion lock, as SQL (``lock_name("stream", source)``)."""
@@ -49,16 +49,6 @@ _REJECT = """
     FROM unnest($2::text[], $3::int[], $4::text[], $5::bigint[]) AS t(v, n, reason, c)
     ON CONFLICT (source, view, version, reason)
     DO UPDATE SET count = r.count + EXCLUDED.count, last_at = EXCLUDED.last_at"""
-
-
-@dataclass(frozen=True)
-class RawEvent:
-    """One business event as the log keeps it."""
-
-    event_id: UUID
-    stream_sequence: int
-    arrival_time: datetime
-    payload: bytes
 
 
 async def append_events(

@@ -25,14 +25,10 @@ from services.feature_store.store.definitions import DefinitionQueries
 
 _log = logging.getLogger(__name__)
 _POLL_S = 2.0
-_GENERATION = """
-    SELECT coalesce(max(global_position), 0) FROM feature_store.events
-    WHERE event_type LIKE 'lathe.feature_store.v1.%Defined'"""
 
 
 class DefinitionsCache:
-    def __init__(self, pool: asyncpg.Pool, queries: DefinitionQueries) -> None:
-        self._pool = pool
+    def __init__(self, queries: DefinitionQueries) -> None:
         self._queries = queries
         self._definitions = Definitions()
         self._generation = -1
@@ -45,7 +41,7 @@ class DefinitionsCache:
 
     async def refresh(self) -> None:
         async with self._lock:
-            generation = await self._pool.fetchval(_GENERATION)
+            generation = await self._queries.generation()
             if generation == self._generation:
                 return
             self._definitions = index_definitions(await self._queries.everything())

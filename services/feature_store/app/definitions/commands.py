@@ -9,11 +9,7 @@ from libs.db import transaction
 from libs.db.locks import lock_name, xact_lock
 from libs.errors import FailedPrecondition
 from libs.eventstore import EventMetadata, EventStore, Recorder
-from services.feature_store.domain.definitions.changes import Applied, PlannedChange, plan
-from services.feature_store.domain.definitions.rules import (
-    check_service_references,
-    validate_repository,
-)
+from services.feature_store.domain.definitions.changes import PlannedChange, checked_plan
 from services.feature_store.domain.streaming.aggregation import spec_of
 from services.feature_store.events import CATALOG, definition_stream
 from services.feature_store.store import tiles
@@ -30,7 +26,7 @@ class DefinitionCommands:
         self._recorder = Recorder(store, CATALOG, DefinitionsProjection())
 
     async def plan(self, repository: m.FeatureRepository) -> list[PlannedChange]:
-        return _checked_plan(repository, await self._queries.applied())
+        return checked_plan(repository, await self._queries.applied())
 
     async def apply(
         self, repository: m.FeatureRepository, metadata: EventMetadata
@@ -39,7 +35,7 @@ class DefinitionCommands:
         async with transaction(self._pool) as conn:
             # Applies are rare; one at a time keeps "the latest version" well defined.
             await xact_lock(conn, _APPLY_LOCK)
-            changes = _checked_plan(repository, await self._queries.applied(conn))
+            changes = checked_plan(repository, await self._queries.applied(conn))
             blocked = [c.change for c in changes if c.change.blocked]
             if blocked:
                 lines = [f"{c.kind} {c.name}: {'; '.join(c.details)}" for c in blocked]
@@ -65,12 +61,3 @@ class DefinitionCommands:
                         conn, definition.name, definition.version, rolls_up, unless_tiles=True
                     )
         return changes
-
-
-def _checked_plan(repository: m.FeatureRepository, applied: Applied) -> list[PlannedChange]:
-    checked = validate_repository(repository, applied.entities.values())
-    views = {**applied.views, **{v.name: v for v in checked.feature_views}}
-    on_demand = {**applied.on_demand, **{v.name: v for v in checked.on_demand_views}}
-    for service in checked.feature_services:
-        check_service_references(service, views, on_demand)
-    return plan(checked, applied)

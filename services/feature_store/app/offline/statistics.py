@@ -14,6 +14,7 @@ from libs.errors import InvalidArgument, NotFound
 from services.feature_store.app.definitions.cache import DefinitionsCache
 from services.feature_store.domain.quality import histogram, psi, summarize
 from services.feature_store.domain.values import to_python
+from services.feature_store.store import online, quality
 
 _NUMERIC = {m.VALUE_TYPE_INT64, m.VALUE_TYPE_FLOAT64}
 
@@ -26,14 +27,10 @@ class StatisticsReader:
     async def statistics(self, view_name: str, snapshot_id: str) -> rr.GetFeatureStatisticsResponse:
         view = await self._cache.view(view_name)
         numeric = [(i, f) for i, f in enumerate(view.features) if f.type in _NUMERIC]
-        rows = await self._pool.fetch(
-            "SELECT row FROM feature_store.online_values WHERE view = $1 AND version = $2",
-            view.name,
-            view.version,
-        )
+        rows = await online.view_rows(self._pool, view.name, view.version)
         columns: dict[str, list[float | None]] = {f.name: [] for _, f in numeric}
-        for record in rows:
-            values = m.FeatureRow.FromString(record["row"]).values
+        for row in rows:
+            values = m.FeatureRow.FromString(row).values
             for index, feature in numeric:
                 value = to_python(values[index]) if index < len(values) else None
                 columns[feature.name].append(None if value is None else float(value))  # type: ignore[arg-type]
@@ -62,12 +59,8 @@ class StatisticsReader:
         digest = snapshot_id.removeprefix("sha256:")
         if len(digest) != 64 or set(digest) - set("0123456789abcdef"):
             raise InvalidArgument("snapshot_id must be 'sha256:' and 64 hex digits")
-        payload = await self._pool.fetchval(
-            """SELECT payload FROM feature_store.events
-               WHERE stream_id = $1 AND event_type = $2
-               ORDER BY stream_version DESC LIMIT 1""",
-            f"dataset-{digest[:32]}",
-            "lathe.feature_store.v1.DatasetSnapshotCreated",
+        payload = await quality.latest_event_payload(
+            self._pool, f"dataset-{digest[:32]}", "lathe.feature_store.v1.DatasetSnapshotCreated"
         )
         if payload is None:
             raise NotFound(f"no training set snapshot {snapshot_id!r} was recorded")
@@ -75,13 +68,9 @@ class StatisticsReader:
         return {p.feature: p for p in snapshot.profiles}
 
     async def _violations(self, view: m.FeatureView) -> int:
-        rows = await self._pool.fetch(
-            "SELECT payload FROM feature_store.events WHERE stream_id = $1",
-            f"quality-{view.name}",
-        )
         total = 0
-        for row in rows:
-            event = events_pb2.ExpectationViolations.FromString(row["payload"])
+        for payload in await quality.event_payloads(self._pool, f"quality-{view.name}"):
+            event = events_pb2.ExpectationViolations.FromString(payload)
             if event.version == view.version:
                 total += sum(event.counts.values())
         return total

@@ -17,25 +17,8 @@ from services.feature_store.app.online.vectors import VectorIndex
 from services.feature_store.app.online.windows import WindowReader
 from services.feature_store.domain.definitions.read_plan import ReadPlan
 from services.feature_store.domain.serving.rows import ServingRow, ViewTables
+from services.feature_store.domain.values import entity_keys
 from services.feature_store.store import online
-
-
-def entity_key(value: m.Value, join_key: str) -> str:
-    """Entity keys are stored as text; INT64 keys by their decimal form."""
-    kind = value.WhichOneof("kind")
-    if kind == "string_value" and value.string_value:
-        return value.string_value
-    if kind == "int64_value":
-        return str(value.int64_value)
-    raise InvalidArgument(f"entity key {join_key!r} values must be non-empty strings or int64")
-
-
-def entity_keys(column: m.RepeatedValue, join_key: str) -> list[str]:
-    """``entity_key`` of every value; string keys (the common case) without per-value checks."""
-    keys = [value.string_value for value in column.values]
-    if all(keys):  # every value is a non-empty string (string_value is "" for other kinds)
-        return keys
-    return [entity_key(value, join_key) for value in column.values]
 
 
 class OnlineReader:

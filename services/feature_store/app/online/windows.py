@@ -80,7 +80,7 @@ class WindowReader:
             result = combine(spec, entity_tiles, read_us)
             if result.latest_us is None:
                 continue
-            row = m.FeatureRow(values=[_value(v) for v in result.values])
+            row = result.feature_row()
             rows[(view, version)][key] = ServingRow(
                 row.SerializeToString(), from_us(result.latest_us), len(result.values)
             )
@@ -103,11 +103,3 @@ class WindowReader:
                 if view not in complete:
                     self._unrolled_checked[view] = now
         return self._rolled
-
-
-def _value(value: int | float | None) -> m.Value:
-    if value is None:
-        return m.Value()
-    if isinstance(value, int):
-        return m.Value(int64_value=value)
-    return m.Value(float64_value=value)

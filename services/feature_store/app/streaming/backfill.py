@@ -1,7 +1,7 @@
 """Backfill: a stream view version's tiles recomputed in batch from the raw-event log.
 
-It parses (``stream_events.parse_event``) and merges (``aggregation.build_tiles``) with
-the code streaming uses; since that merge is exact and independent of order, a backfill
+The computation is domain/streaming/backfill.py's, with the parse and merge streaming
+uses; since that merge is exact and independent of order, a backfill
 over the events a stream ingested reproduces the streamed tiles identically. Run it after
 applying a stream view whose source already has history (views see only events ingested
 after they were applied), or after importing historical events into the log.
@@ -9,9 +9,7 @@ after they were applied), or after importing historical events into the log.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
@@ -22,67 +20,18 @@ from libs.eventstore import ANY_VERSION, EventMetadata, EventStore
 from services.feature_store.app.definitions.cache import DefinitionsCache
 from services.feature_store.domain.names import check_name
 from services.feature_store.domain.streaming.aggregation import (
-    StreamEvent,
     StreamViewSpec,
     TileKey,
     TileState,
     build_rollups,
-    build_tiles,
     encode_state,
     spec_of,
     tile_key,
-    to_us,
 )
-from services.feature_store.domain.streaming.events import (
-    EventRejected,
-    decode_payload,
-    parse_event,
-)
+from services.feature_store.domain.streaming.backfill import BackfillResult, accepted_events
+from services.feature_store.domain.streaming.events import RawEvent
 from services.feature_store.events import CATALOG
 from services.feature_store.store import stream_events, tiles
-from services.feature_store.store.stream_events import RawEvent
-
-
-@dataclass
-class BackfillResult:
-    events_read: int = 0
-    events_used: int = 0
-    """Events the view accepted (parsed, within lateness)."""
-    tiles_written: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    """Reason -> events the view could not use."""
-
-
-def accepted_events(
-    spec: StreamViewSpec, raw_events: Iterable[RawEvent], result: BackfillResult
-) -> Iterable[StreamEvent]:
-    """The raw events ``spec`` accepts, as streaming would (counting the rest in result)."""
-    for raw in raw_events:
-        result.events_read += 1
-        try:
-            payload = decode_payload(raw.payload)
-            event = parse_event(
-                spec,
-                payload,
-                arrival_us=to_us(raw.arrival_time),
-                sequence=raw.stream_sequence,
-            )
-        except EventRejected as exc:
-            result.rejected[exc.reason] += 1
-            continue
-        result.events_used += 1
-        yield event
-
-
-def backfill_tiles(
-    spec: StreamViewSpec, raw_events: Iterable[RawEvent]
-) -> tuple[dict[TileKey, TileState], BackfillResult]:
-    """Tiles of ``raw_events`` (any order) for ``spec``: pure, no storage."""
-    result = BackfillResult()
-    built = build_tiles(spec, accepted_events(spec, raw_events, result))
-    result.tiles_written = len(built)
-    return built, result
-
 
 RecordBackfill = Callable[[asyncpg.Connection, BackfillResult], Awaitable[None]]
 """Writes what a backfill did inside its transaction (e.g. appends an event)."""

@@ -12,13 +12,18 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
-import numpy as np
 import pyarrow as pa
 
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.errors import InvalidArgument
 from services.feature_store.domain.streaming.aggregation import from_us, spec_of, to_us
-from services.feature_store.domain.streaming.as_of import EVENT_TIME, EventColumns, compute_as_of
+from services.feature_store.domain.streaming.as_of import (
+    EVENT_TIME,
+    EventColumns,
+    compute_as_of,
+    label_keys,
+    label_times_us,
+)
 from services.feature_store.domain.streaming.events import (
     EventRejected,
     decode_payload,
@@ -59,8 +64,8 @@ async def stream_aggregates_as_of(
     if view.WhichOneof("source") != "stream_source":
         raise InvalidArgument(f"feature view {view.name!r} is not a stream view")
     spec = spec_of(view, join_key)
-    keys = [_key_text(k) for k in _python(entity_keys)]
-    times = _times_us(as_of)
+    keys = label_keys(entity_keys)
+    times = label_times_us(as_of)
     if len(keys) != len(times):
         raise InvalidArgument("entity_keys and as_of need one value per label row")
     events = EventColumns(values={c: [] for c in spec.columns})
@@ -87,34 +92,3 @@ async def stream_aggregates_as_of(
                 if event.entity_key in wanted:
                     events.append(event, spec.columns)
     return compute_as_of(spec, events, keys, times).to_arrow(spec)
-
-
-def _python(values: object) -> list[object]:
-    if isinstance(values, pa.Array | pa.ChunkedArray):
-        return values.to_pylist()
-    return list(values)  # type: ignore[call-overload]
-
-
-def _key_text(key: object) -> str:
-    if isinstance(key, int) and not isinstance(key, bool):
-        return str(key)
-    if isinstance(key, str):
-        return key
-    return ""  # null or another type: matches no entity (the row comes back null)
-
-
-def _times_us(as_of: object) -> np.ndarray:
-    if isinstance(as_of, pa.ChunkedArray):
-        as_of = as_of.combine_chunks()
-    if isinstance(as_of, pa.Array):
-        if not pa.types.is_timestamp(as_of.type) or as_of.null_count:
-            raise InvalidArgument("as_of must be a timestamp array without nulls")
-        return (
-            as_of.cast(pa.timestamp("us", tz=as_of.type.tz))
-            .to_numpy(zero_copy_only=False)
-            .view(np.int64)
-        )
-    moments = list(as_of)  # type: ignore[call-overload]
-    if any(not isinstance(t, datetime) or t.tzinfo is None for t in moments):
-        raise InvalidArgument("as_of times must be timezone-aware datetimes")
-    return np.fromiter((to_us(t) for t in moments), np.int64, len(moments))

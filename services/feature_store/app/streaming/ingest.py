@@ -31,10 +31,7 @@ from services.feature_store.domain.names import NAME_PATTERN
 from services.feature_store.domain.streaming.aggregation import (
     StreamEvent,
     StreamViewSpec,
-    decode_state,
-    encode_state,
     floor_tile,
-    spec_of,
     to_us,
 )
 from services.feature_store.domain.streaming.events import (
@@ -42,6 +39,12 @@ from services.feature_store.domain.streaming.events import (
     EventRejected,
     decode_payload,
     parse_event,
+)
+from services.feature_store.domain.streaming.views import (
+    merged_states,
+    prunable_before,
+    rollups_prunable_before,
+    stream_views,
 )
 from services.feature_store.store import stream_events, tiles
 
@@ -56,34 +59,6 @@ _PRUNE_EVERY_S = 3600.0
 def ingest_streams(namespace: str) -> EventStreamNames:
     """Subjects ``<namespace>.ingest.<source>`` in the stream ``<NAMESPACE>_INGEST``."""
     return EventStreamNames(namespace, "ingest")
-
-
-def stream_views(definitions: Definitions) -> dict[str, list[StreamViewSpec]]:
-    """Every applied version of every stream view, by source."""
-    by_source: dict[str, list[StreamViewSpec]] = {}
-    for key in sorted(definitions.views):
-        view = definitions.views[key]
-        if view.WhichOneof("source") == "stream_source":
-            join_key = definitions.entities[view.entity].join_key
-            by_source.setdefault(view.stream_source.source, []).append(spec_of(view, join_key))
-    return by_source
-
-
-def prunable_before(spec: StreamViewSpec, now_us: int) -> int:
-    """Tiles starting before this can no longer be read online nor receive an event.
-
-    A read at ``now`` reaches back at most the largest window (window_start); an event
-    arriving now is accepted only if no older than the allowed lateness. One more tile
-    of margin keeps a tile that straddles either edge.
-    """
-    reach = max(spec.max_window_us, spec.lateness_us) + spec.tile_us
-    return floor_tile(now_us - reach, spec.tile_us)
-
-
-def rollups_prunable_before(spec: StreamViewSpec, now_us: int) -> int:
-    """``prunable_before`` for rollups: one rollup of margin instead of one tile."""
-    reach = max(spec.max_window_us, spec.lateness_us) + spec.rollup_us
-    return floor_tile(now_us - reach, spec.rollup_us)
 
 
 async def prune_tiles(pool: asyncpg.Pool, definitions: Definitions, now_us: int) -> int:
@@ -252,8 +227,8 @@ class StreamIngestor:
         tile_refs, rollup_refs = sorted(accepted), sorted(rolled)
         locked_tiles = await tiles.lock_tiles(conn, tile_refs)
         locked_rollups = await tiles.lock_rollups(conn, rollup_refs)
-        await tiles.write_tiles(conn, _merged(locked_tiles, accepted))
-        await tiles.write_rollups(conn, _merged(locked_rollups, rolled))
+        await tiles.write_tiles(conn, merged_states(locked_tiles, accepted))
+        await tiles.write_rollups(conn, merged_states(locked_rollups, rolled))
 
     def _source_of(self, subject: str) -> str | None:
         prefix = self._names.subject_prefix + "."
@@ -266,16 +241,3 @@ class StreamIngestor:
             self._by_source = stream_views(definitions)
             self._indexed = definitions
         return self._by_source.get(source, [])
-
-
-def _merged(
-    locked: dict[tiles.TileRef, str], events: dict[tiles.TileRef, list[StreamEvent]]
-) -> dict[tiles.TileRef, str]:
-    """Each locked state with its new events merged in, encoded."""
-    merged = {}
-    for ref, new in events.items():
-        state = decode_state(locked[ref])
-        for event in new:
-            state.add(event)
-        merged[ref] = encode_state(state)
-    return merged

@@ -10,11 +10,9 @@ as events, the completion carrying statistics of what was written.
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 
 import asyncpg
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -23,12 +21,13 @@ from lathe.feature_store.v1 import events_pb2
 from lathe.feature_store.v1 import message_pb2 as m
 from lathe.feature_store.v1 import request_response_pb2 as rr
 from libs.db.locks import lock_name, try_session_lock
-from libs.errors import Conflict, FailedPrecondition, InvalidArgument
+from libs.errors import Conflict, FailedPrecondition
 from libs.eventstore import ANY_VERSION, EventMetadata, EventStore
 from services.feature_store.app.definitions.cache import DefinitionsCache
-from services.feature_store.app.writes.writer import FeatureWriter, IngestRow
-from services.feature_store.domain.values import from_python
+from services.feature_store.app.writes.writer import FeatureWriter
+from services.feature_store.domain.writes import RunningStats, row_from_source
 from services.feature_store.events import CATALOG
+from services.feature_store.store import materializations
 from services.feature_store.store.sources import BatchReader
 
 PAGE_ROWS = 5000
@@ -37,31 +36,11 @@ _NUMERIC = {m.VALUE_TYPE_INT64, m.VALUE_TYPE_FLOAT64}
 
 
 @dataclass
-class _Stats:
-    """Running count / nulls / mean / min / max of one feature."""
-
-    count: int = 0
-    nulls: int = 0
-    total: float = 0.0
-    low: float = math.inf
-    high: float = -math.inf
-
-    def add(self, value: object) -> None:
-        if value is None:
-            self.nulls += 1
-            return
-        number = float(value)  # type: ignore[arg-type]
-        self.count += 1
-        self.total += number
-        self.low, self.high = min(self.low, number), max(self.high, number)
-
-
-@dataclass
 class _Run:
     rows_read: int = 0
     written: int = 0
     quarantined: int = 0
-    stats: dict[str, _Stats] = field(default_factory=dict)
+    stats: dict[str, RunningStats] = field(default_factory=dict)
 
 
 class Materializer:
@@ -99,47 +78,27 @@ class Materializer:
         until: datetime,
         metadata: EventMetadata,
     ) -> AsyncIterator[rr.MaterializeProgress]:
-        start = (
-            await conn.fetchval(
-                """SELECT through FROM feature_store.materializations
-                   WHERE view = $1 AND version = $2""",
-                view.name,
-                view.version,
-            )
-            or _BEGINNING
-        )
+        start = await materializations.watermark(conn, view.name, view.version) or _BEGINNING
         if until <= start:
             yield _progress(_Run(), start, done=True)
             return
-        try:
-            pending = await reader.pending(conn, start, until)
-        except asyncpg.PostgresError as exc:
-            raise FailedPrecondition(
-                f"cannot read the batch source of {view.name!r} ({view.batch_source.table}): {exc}"
-            ) from exc
+        pending = await reader.pending(conn, start, until)
         if pending == 0:  # nothing new since the last run: no run to record
             yield _progress(_Run(), start, done=True)
             return
         await self._record(conn, view, events_pb2.MaterializationStarted, start, until, metadata)
-        run = _Run(stats={f.name: _Stats() for f in view.features if f.type in _NUMERIC})
+        run = _Run(stats={f.name: RunningStats() for f in view.features if f.type in _NUMERIC})
         after = start
         while True:
             rows, mark = await reader.page(conn, after, until, PAGE_ROWS)
             if mark is None:
                 break
-            ingest = [_ingest_row(view, record) for record in rows]
+            ingest = [row_from_source(view, record) for record in rows]
             async with conn.transaction():
                 result = await self._writer.write(
                     conn, view, ingest, created_time=datetime.now(UTC), metadata=metadata
                 )
-                await conn.execute(
-                    """INSERT INTO feature_store.materializations (view, version, through)
-                       VALUES ($1, $2, $3) ON CONFLICT (view, version)
-                       DO UPDATE SET through = EXCLUDED.through, updated_at = now()""",
-                    view.name,
-                    view.version,
-                    mark,
-                )
+                await materializations.advance(conn, view.name, view.version, mark)
             run.rows_read += len(rows)
             run.written += result.written
             run.quarantined += result.quarantined
@@ -178,26 +137,6 @@ class Materializer:
             expected_version=ANY_VERSION,
             conn=conn,
         )
-
-
-def _ingest_row(view: m.FeatureView, record: asyncpg.Record) -> IngestRow:
-    values = []
-    for feature in view.features:
-        raw = record[feature.name]
-        if isinstance(raw, Decimal):
-            raw = int(raw) if feature.type == m.VALUE_TYPE_INT64 else float(raw)
-        try:
-            values.append(from_python(raw, feature.type, f"source column {feature.name!r}"))
-        except InvalidArgument as exc:
-            raise FailedPrecondition(
-                f"the batch source of {view.name!r} does not match its definition: {exc}"
-            ) from exc
-    return IngestRow(
-        entity_key=record["entity_key"],
-        event_time=record["event_time"],
-        values=values,
-        created_time=record["created_time"],
-    )
 
 
 def _progress(

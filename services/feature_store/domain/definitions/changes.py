@@ -9,7 +9,11 @@ from typing import TypeVar
 from google.protobuf.message import Message
 
 from lathe.feature_store.v1 import message_pb2 as m
-from services.feature_store.domain.definitions.rules import breaking_changes
+from services.feature_store.domain.definitions.rules import (
+    breaking_changes,
+    check_service_references,
+    validate_repository,
+)
 
 D = TypeVar("D", bound=Message)
 
@@ -157,3 +161,14 @@ def _logic_breaks(old: m.OnDemandFeatureView, new: m.OnDemandFeatureView) -> lis
 def _service_breaks(old: m.FeatureService, new: m.FeatureService) -> list[str]:
     """A model consumes a fixed feature set: changing it is a new version."""
     return ["features changed"] if list(old.features) != list(new.features) else []
+
+
+def checked_plan(repository: m.FeatureRepository, applied: Applied) -> list[PlannedChange]:
+    """The repository checked (InvalidArgument naming what to fix) and planned against
+    what is applied."""
+    checked = validate_repository(repository, applied.entities.values())
+    views = {**applied.views, **{v.name: v for v in checked.feature_views}}
+    on_demand = {**applied.on_demand, **{v.name: v for v in checked.on_demand_views}}
+    for service in checked.feature_services:
+        check_service_references(service, views, on_demand)
+    return plan(checked, applied)

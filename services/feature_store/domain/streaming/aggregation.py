@@ -329,6 +329,18 @@ class WindowValues:
     latest_us: int | None
     """Greatest event time in the largest window; None: no event in any window."""
 
+    def feature_row(self) -> m.FeatureRow:
+        """The values as a stored view's row (what online reads serve)."""
+        return m.FeatureRow(values=[_typed(value) for value in self.values])
+
+
+def _typed(value: int | float | None) -> m.Value:
+    if value is None:
+        return m.Value()
+    if isinstance(value, int):
+        return m.Value(int64_value=value)
+    return m.Value(float64_value=value)
+
 
 def value_of(aggregation: WindowAggregation, state: TileState) -> int | float | None:
     """One aggregation's value over the merged tiles of its window.

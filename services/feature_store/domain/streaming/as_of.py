@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 
 import numpy as np
 import pyarrow as pa
 
+from libs.errors import InvalidArgument
 from services.feature_store.domain.streaming.aggregation import (
     COUNT,
     LAST,
@@ -33,6 +35,7 @@ from services.feature_store.domain.streaming.aggregation import (
     StreamEvent,
     StreamViewSpec,
     exact_ratio,
+    to_us,
 )
 
 EVENT_TIME = "event_time"
@@ -359,3 +362,42 @@ class _Column:
                 (n / d for n, d in self.ratios), np.float64, len(self.ratios)
             )
         return self._floats
+
+
+def _python(values: object) -> list[object]:
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        return values.to_pylist()
+    return list(values)  # type: ignore[call-overload]
+
+
+def _key_text(key: object) -> str:
+    if isinstance(key, int) and not isinstance(key, bool):
+        return str(key)
+    if isinstance(key, str):
+        return key
+    return ""  # null or another type: matches no entity (the row comes back null)
+
+
+def label_keys(entity_keys: object) -> list[str]:
+    """Label rows' entity keys as stored keys: int64 by decimal text; anything else
+    (null included) as "", which matches no entity (the row comes back null)."""
+    return [_key_text(k) for k in _python(entity_keys)]
+
+
+def label_times_us(as_of: object) -> np.ndarray:
+    """Label rows' times in µs: an Arrow timestamp array (no nulls; a timezone-less one is
+    UTC) or aware datetimes."""
+    if isinstance(as_of, pa.ChunkedArray):
+        as_of = as_of.combine_chunks()
+    if isinstance(as_of, pa.Array):
+        if not pa.types.is_timestamp(as_of.type) or as_of.null_count:
+            raise InvalidArgument("as_of must be a timestamp array without nulls")
+        return (
+            as_of.cast(pa.timestamp("us", tz=as_of.type.tz))
+            .to_numpy(zero_copy_only=False)
+            .view(np.int64)
+        )
+    moments = list(as_of)  # type: ignore[call-overload]
+    if any(not isinstance(t, datetime) or t.tzinfo is None for t in moments):
+        raise InvalidArgument("as_of times must be timezone-aware datetimes")
+    return np.fromiter((to_us(t) for t in moments), np.int64, len(moments))

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from uuid import UUID
 
 from services.feature_store.domain.streaming.aggregation import StreamEvent, StreamViewSpec, to_us
 
@@ -29,6 +31,20 @@ FUTURE = "future"
 
 MAX_ENTITY_KEY = 1024
 """Longer keys could not be indexed (a btree row holds ~2.7 kB): rejected, not retried."""
+
+
+@dataclass(frozen=True)
+class RawEvent:
+    """One business event as the raw-event log keeps it (store/stream_events.py)."""
+
+    event_id: UUID
+    """Its id (the log's key with the source: an event is logged once)."""
+    stream_sequence: int
+    """Its JetStream stream sequence: the last tie-break of ``last``."""
+    arrival_time: datetime
+    """When JetStream stored it, or when it became known (imported history)."""
+    payload: bytes
+    """The event as published (a JSON object, if it counts)."""
 
 
 class EventRejected(Exception):
