@@ -10,6 +10,7 @@ from libs.db import load_migrations
 from libs.runtime import ServiceComponents, ServiceContext, ServiceSpec
 from services.feature_store.api.servicer import FeatureStoreServicer
 from services.feature_store.app.definitions.cache import DefinitionsCache
+from services.feature_store.app.definitions.catalog import DefinitionCatalog
 from services.feature_store.app.definitions.commands import DefinitionCommands
 from services.feature_store.app.offline.statistics import StatisticsReader
 from services.feature_store.app.offline.training_sets import HistoricalReader
@@ -37,7 +38,7 @@ def build(context: ServiceContext) -> ServiceComponents:
     )
     servicer = FeatureStoreServicer(
         DefinitionCommands(context.pool, context.store, queries),
-        queries,
+        DefinitionCatalog(queries),
         cache,
         OnlineReader(context.pool, cache, replica),
         Pusher(context.pool, cache, writer),
