@@ -322,7 +322,8 @@ class _Checker:
     def check(self) -> None:
         self._name(self._function.args.args[0].arg, self._function)
         for statement in self._function.body:
-            for node in _walk(statement):
+            # In source order, innermost first: ``().__class__.__base__`` names __class__.
+            for node in sorted(_walk(statement), key=_position):
                 self._node(node)
 
     def _assigned(self) -> Iterator[str]:
@@ -429,6 +430,18 @@ def _walk(node: ast.AST) -> Iterator[ast.AST]:
         for child in children:
             if isinstance(child, ast.AST):
                 yield from _walk(child)
+
+
+def _position(node: ast.AST) -> tuple[int, int, int, int, int]:
+    """Source order, innermost first; nodes without a place (operators, ``arguments``)
+    after those with one, so the construct named is one a reader can find."""
+    return (
+        0 if hasattr(node, "lineno") else 1,
+        getattr(node, "lineno", 0),
+        getattr(node, "col_offset", 0),
+        getattr(node, "end_lineno", 0),
+        getattr(node, "end_col_offset", 0),
+    )
 
 
 def _plain(target: ast.expr) -> bool:
