@@ -1,6 +1,6 @@
 """The online store: the latest FeatureRow per (view, version, entity) in Postgres.
 
-Serving replicas keep a copy in memory (app/online_replica.py) and follow it through
+Serving replicas keep a copy in memory (app/online/replica.py) and follow it through
 ``read_changes``: each upsert records the writing transaction's id and NOTIFYs
 ``CHANGES_CHANNEL`` when it commits.
 """

@@ -11,7 +11,7 @@ import asyncpg
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.errors import InvalidArgument
 from services.feature_store.app.definitions.cache import DefinitionsCache
-from services.feature_store.app.online import reply as online_reply
+from services.feature_store.app.online import reply
 from services.feature_store.app.online.replica import OnlineReplica
 from services.feature_store.app.online.vectors import VectorIndex
 from services.feature_store.app.online.windows import WindowReader
@@ -56,7 +56,7 @@ class OnlineReader:
         held = self._replica.tables
         ready = self._ready(plan) if feature_service and held is not None else {}
         tables = await self._stored(plan, keys_by_view, now, held)
-        return online_reply.encode(plan, keys_by_view, tables, request_data, rows, now, ready)
+        return reply.encode(plan, keys_by_view, tables, request_data, rows, now, ready)
 
     def _ready(self, plan: ReadPlan) -> dict[int, VectorIndex]:
         """The replica's ready parts for a feature service's plan, by run (ADR 0010).
@@ -65,7 +65,7 @@ class OnlineReader:
         while ad-hoc feature lists would each build an index of every entity.
         """
         ready = {}
-        for run in online_reply.ready_runs(plan):
+        for run in reply.ready_runs(plan):
             index = self._replica.vectors.index_for(run.shape)
             if index is not None:
                 ready[run.first] = index

@@ -6,7 +6,7 @@ replica therefore loads the online table once and then applies its change feed
 (``store.online.read_changes``): woken by the NOTIFY every upsert sends, polling
 every ``poll_interval_s`` in case one is lost. Reads are dictionary lookups, and
 feature services read entries kept ready per entity from these rows
-(``serving_vectors``).
+(``vectors.py``).
 
 Until the first load completes, or when the table outgrows ``max_rows``, the
 replica reports itself unavailable and reads go to Postgres, so serving is

@@ -2,7 +2,7 @@
 
 Selections of whole views (the common case: a feature service) copy pre-encoded parts:
 per run of stored views of one entity, the part the replica keeps ready per entity
-(``serving_vectors``) or each row's fragment (``StoredView.part``). Any other selection
+(``vectors.py``) or each row's fragment (``StoredView.part``). Any other selection
 — some features of a view, on-demand features — is assembled value by value. Either way
 the reply is never built as Python protobuf objects (see ``wire``).
 """
@@ -74,7 +74,7 @@ class Run:
 
 
 def ready_runs(plan: ReadPlan) -> list[Run]:
-    """The runs whose parts the replica can keep ready (``serving_vectors``): maximal runs
+    """The runs whose parts the replica can keep ready (``vectors.py``): maximal runs
     of stored views with one join key in a selection of whole views without on-demand
     features. Stream views' values depend on the read time and are read per call."""
     return [run for run in _layout(plan).runs or () if run.ready]

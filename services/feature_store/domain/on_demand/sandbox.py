@@ -22,9 +22,7 @@ of it runs (``checked_tree``), and refused at ApplyDefinitions naming the constr
 - at most ``MAX_SOURCE_CHARS`` characters and ``MAX_NODES`` syntax nodes, and constant
   expressions within the guards' limits (``10**10**10`` is refused here).
 
-The checked tree is then rewritten (``_Rewriter``): annotations dropped (never evaluated),
-a budget step at the top of the function, of every loop body and of every comprehension
-item, and the operators that can build huge objects routed through ``guards``.
+The checked tree is then rewritten to run within bounds (``rewrite.py``).
 """
 
 from __future__ import annotations
@@ -34,171 +32,44 @@ import re
 from collections.abc import Iterator
 
 from libs.errors import InvalidArgument
-from services.feature_store.domain.on_demand import guards
+from services.feature_store.domain.on_demand import guards, rewrite
 
 MAX_SOURCE_CHARS = 16_384
 MAX_NODES = 4_000
 
-ALLOWED_ATTRIBUTES = frozenset(
-    {
-        # text
-        "capitalize",
-        "casefold",
-        "count",
-        "endswith",
-        "find",
-        "index",
-        "isalnum",
-        "isalpha",
-        "isascii",
-        "isdecimal",
-        "isdigit",
-        "islower",
-        "isnumeric",
-        "isspace",
-        "istitle",
-        "isupper",
-        "lower",
-        "lstrip",
-        "partition",
-        "removeprefix",
-        "removesuffix",
-        "rfind",
-        "rindex",
-        "rpartition",
-        "rsplit",
-        "rstrip",
-        "split",
-        "splitlines",
-        "startswith",
-        "strip",
-        "swapcase",
-        "title",
-        "upper",
-        # containers
-        "add",
-        "append",
-        "clear",
-        "copy",
-        "difference",
-        "discard",
-        "get",
-        "insert",
-        "intersection",
-        "isdisjoint",
-        "issubset",
-        "issuperset",
-        "items",
-        "keys",
-        "pop",
-        "remove",
-        "reverse",
-        "setdefault",
-        "sort",
-        "symmetric_difference",
-        "union",
-        "update",
-        "values",
-        # numbers
-        "bit_length",
-        "is_integer",
-        # datetimes and durations
-        "date",
-        "day",
-        "days",
-        "hour",
-        "isocalendar",
-        "isoformat",
-        "isoweekday",
-        "microsecond",
-        "microseconds",
-        "minute",
-        "month",
-        "second",
-        "seconds",
-        "timestamp",
-        "total_seconds",
-        "weekday",
-        "year",
-        *guards.MATH_NAMES,
-    }
+ALLOWED_ATTRIBUTES = guards.names(
+    # text
+    "capitalize casefold count endswith find index isalnum isalpha isascii isdecimal isdigit",
+    "islower isnumeric isspace istitle isupper lower lstrip partition removeprefix",
+    "removesuffix rfind rindex rpartition rsplit rstrip split splitlines startswith strip",
+    "swapcase title upper",
+    # containers
+    "add append clear copy difference discard get insert intersection isdisjoint issubset",
+    "issuperset items keys pop remove reverse setdefault sort symmetric_difference union",
+    "update values",
+    # numbers, datetimes and durations
+    "bit_length is_integer date day days hour isocalendar isoformat isoweekday microsecond",
+    "microseconds minute month second seconds timestamp total_seconds weekday year",
+    *guards.MATH_NAMES,
 )
 """Every attribute on-demand code may read, whatever the object."""
 
-_STATEMENTS = (
-    ast.Assign,
-    ast.AugAssign,
-    ast.Return,
-    ast.If,
-    ast.For,
-    ast.While,
-    ast.Break,
-    ast.Continue,
-    ast.Pass,
-    ast.Expr,
-    ast.Raise,
-    ast.Assert,
-    ast.Delete,
-    ast.Try,
+_ALLOWED = tuple(
+    getattr(ast, name)
+    for name in guards.names(
+        # statements
+        "Assign AugAssign Return If For While Break Continue Pass Expr Raise Assert Delete Try",
+        # expressions
+        "BoolOp NamedExpr BinOp UnaryOp IfExp Dict Set ListComp SetComp DictComp GeneratorExp",
+        "Compare Call FormattedValue JoinedStr Constant Attribute Subscript Starred Name List",
+        "Tuple Slice",
+        # their parts
+        "ExceptHandler comprehension keyword expr_context boolop unaryop cmpop",
+        # binary operators (no @)
+        "Add Sub Mult Div FloorDiv Mod Pow LShift RShift BitOr BitXor BitAnd",
+    )
 )
-_EXPRESSIONS = (
-    ast.BoolOp,
-    ast.NamedExpr,
-    ast.BinOp,
-    ast.UnaryOp,
-    ast.IfExp,
-    ast.Dict,
-    ast.Set,
-    ast.ListComp,
-    ast.SetComp,
-    ast.DictComp,
-    ast.GeneratorExp,
-    ast.Compare,
-    ast.Call,
-    ast.FormattedValue,
-    ast.JoinedStr,
-    ast.Constant,
-    ast.Attribute,
-    ast.Subscript,
-    ast.Starred,
-    ast.Name,
-    ast.List,
-    ast.Tuple,
-    ast.Slice,
-)
-_PARTS = (
-    ast.ExceptHandler,
-    ast.comprehension,
-    ast.keyword,
-    ast.expr_context,
-    ast.boolop,
-    ast.unaryop,
-    ast.cmpop,
-)
-_OPERATORS = (
-    ast.Add,
-    ast.Sub,
-    ast.Mult,
-    ast.Div,
-    ast.FloorDiv,
-    ast.Mod,
-    ast.Pow,
-    ast.LShift,
-    ast.RShift,
-    ast.BitOr,
-    ast.BitXor,
-    ast.BitAnd,
-)
-_ALLOWED = _STATEMENTS + _EXPRESSIONS + _PARTS + _OPERATORS
-
-_GUARDED = {
-    ast.Pow: "pow",
-    ast.Mult: "mul",
-    ast.LShift: "lshift",
-    ast.Add: "add",
-    ast.Mod: "mod",
-}
-"""Operators that go through ``guards`` (as ``_lathe_<name>``, ``_lathe_i<name>`` in place)."""
+"""The syntax on-demand code may use (every node of the function's body is one of these)."""
 
 _SAFE_SPEC = re.compile(r"(.?[<>=^])?[+\- ]?z?#?0?\d{0,3}[,_]?(\.\d{0,3})?[bcdeEfFgGnosxX%]?")
 """Format specs with a width and precision of at most three digits."""
@@ -258,7 +129,7 @@ def checked_tree(source: str, function_name: str, where: str) -> ast.Module:
             f"{where}: source_code does not load: {refused} "
             "(the rules: docs/adr/0016-feature-store-layers.md)"
         ) from None
-    return ast.fix_missing_locations(_Rewriter().visit(tree))
+    return rewrite.bounded(tree)
 
 
 def _the_function(tree: ast.Module, function_name: str) -> ast.FunctionDef:
@@ -370,7 +241,7 @@ class _Checker:
             case ast.BinOp():
                 self._binary(node)
             case ast.AugAssign():
-                if type(node.op) in _GUARDED and not _plain(node.target):
+                if type(node.op) in rewrite.GUARDED and not _plain(node.target):
                     raise _Refused(
                         node, "an augmented assignment to a computed target", "write x = x op y"
                     )
@@ -411,7 +282,7 @@ class _Checker:
             and isinstance(getattr(node.left, "value", ""), str)
         ):
             raise _Refused(node, "%-formatting", "use an f-string")
-        if type(node.op) in _GUARDED:
+        if type(node.op) in rewrite.GUARDED:
             try:
                 _constant(node)
             except guards.OnDemandLimit as exc:
@@ -474,82 +345,3 @@ def _constant(node: ast.expr) -> object:
     if isinstance(node, ast.BinOp) and type(node.op) in _FOLD:
         return _FOLD[type(node.op)](_constant(node.left), _constant(node.right))
     raise _NotConstant
-
-
-def _call(name: str, *args: ast.expr) -> ast.Call:
-    return ast.Call(func=ast.Name(id=name, ctx=ast.Load()), args=list(args), keywords=[])
-
-
-def _step() -> ast.stmt:
-    return ast.Expr(value=_call("_lathe_step"))
-
-
-def _skips_guard(node: ast.BinOp) -> bool:
-    """Operands that make the operator harmless: a number added (``x + 1``), a float
-    multiplied (``x * 0.5``); a sequence cannot grow by either."""
-    numbers = [
-        side.value
-        for side in (node.left, node.right)
-        if isinstance(side, ast.Constant) and type(side.value) in (int, float)
-    ]
-    if isinstance(node.op, ast.Add):
-        return bool(numbers)
-    if isinstance(node.op, ast.Mult):
-        return any(type(n) is float for n in numbers)
-    return False
-
-
-class _Rewriter(ast.NodeTransformer):
-    """Adds budget steps and guards to a checked tree (see the module docstring)."""
-
-    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.FunctionDef:
-        for arg in node.args.args:
-            arg.annotation = None
-        node.returns = None
-        self.generic_visit(node)
-        node.body.insert(0, _step())
-        return node
-
-    def visit_For(self, node: ast.For) -> ast.For:
-        self.generic_visit(node)
-        node.body.insert(0, _step())
-        return node
-
-    def visit_While(self, node: ast.While) -> ast.While:
-        self.generic_visit(node)
-        node.body.insert(0, _step())
-        return node
-
-    def visit_comprehension(self, node: ast.comprehension) -> ast.comprehension:
-        self.generic_visit(node)
-        node.ifs.append(_call("_lathe_step"))
-        return node
-
-    def visit_BinOp(self, node: ast.BinOp) -> ast.expr:
-        self.generic_visit(node)
-        name = _GUARDED.get(type(node.op))
-        if name is None or _skips_guard(node):
-            return node
-        return ast.copy_location(_call(f"_lathe_{name}", node.left, node.right), node)
-
-    def visit_AugAssign(self, node: ast.AugAssign) -> ast.stmt:
-        self.generic_visit(node)
-        name = _GUARDED.get(type(node.op))
-        probe = ast.BinOp(left=node.target, op=node.op, right=node.value)
-        if name is None or _skips_guard(probe):
-            return node
-        current = _as_load(node.target)
-        call = _call(f"_lathe_i{name}", current, node.value)
-        return ast.copy_location(ast.Assign(targets=[node.target], value=call), node)
-
-    def visit_JoinedStr(self, node: ast.JoinedStr) -> ast.expr:
-        for part in node.values:
-            if isinstance(part, ast.FormattedValue):
-                part.value = _call("_lathe_scalar", self.visit(part.value))
-        return ast.copy_location(_call("_lathe_sized", node), node)
-
-
-def _as_load(target: ast.expr) -> ast.expr:
-    """A copy of an assignment target that reads it."""
-    copy = ast.parse(ast.unparse(target), mode="eval").body
-    return ast.copy_location(copy, target)

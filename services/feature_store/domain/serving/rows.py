@@ -58,7 +58,7 @@ class StoredView:
 
     ``expired`` is the one TTL rule of online reads, and ``part`` the one encoding of
     a whole view's row (present, not found, expired), whether a reply is assembled
-    view by view or kept ready per entity (``serving_vectors``).
+    view by view or kept ready per entity (app/online/vectors.py).
     """
 
     key: tuple[str, int]

@@ -148,7 +148,7 @@ class StreamViewSpec:
     """Events whose arrival is further than this from their event time are rejected."""
     aggregations: tuple[WindowAggregation, ...]
     ttl_us: int = 0
-    """0: never expire (see online.py; applied to the latest event time)."""
+    """0: never expire (applied to the latest event time, as for stored views)."""
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -172,7 +172,7 @@ class StreamViewSpec:
 
 
 def spec_of(view: m.FeatureView, join_key: str) -> StreamViewSpec:
-    """The spec of a validated stream view (see definitions.py for the rules it obeys)."""
+    """The spec of a validated stream view (its rules: domain/definitions/rules.py)."""
     stream = view.stream_source
     return StreamViewSpec(
         view=view.name,
@@ -197,7 +197,7 @@ def spec_of(view: m.FeatureView, join_key: str) -> StreamViewSpec:
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """One accepted event as one view reads it (see stream_events.py for parsing)."""
+    """One accepted event as one view reads it (see events.py for parsing)."""
 
     entity_key: str
     event_us: int
