@@ -155,10 +155,14 @@ class RunningStats:
     """Running count / nulls / mean / min / max of one feature."""
 
     count: int = 0
+    """Values seen (nulls excluded)."""
     nulls: int = 0
     total: float = 0.0
+    """Their sum (the mean is total / count)."""
     low: float = math.inf
+    """The smallest value (inf before the first)."""
     high: float = -math.inf
+    """The largest value (-inf before the first)."""
 
     def add(self, value: object) -> None:
         if value is None:
