@@ -37,7 +37,7 @@ from lathe.feature_store.v1 import request_response_pb2 as rr
 from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
 from libs.messaging import EventStreamNames, ensure_stream
 from libs.sdk.features import Aggregation, Entity, FeatureView, StreamSource, repository_of
-from services.feature_store.app.stream_ingest import ingest_streams
+from services.feature_store.app.streaming.ingest import ingest_streams
 
 _SOURCE = "payments"
 _CONSUMER_BATCH = 64

@@ -21,8 +21,8 @@ from bench.results import Comparison, FamilyResult, Role
 from bench.service_process import interleaved, measurement
 from libs.db import apply_migrations
 from libs.eventstore import EventStore
-from services.feature_store.app import aggregation as agg
-from services.feature_store.app.windows import WindowReader
+from services.feature_store.app.online.windows import WindowReader
+from services.feature_store.domain.streaming import aggregation as agg
 from services.feature_store.service import SPEC
 from services.feature_store.store import tiles
 

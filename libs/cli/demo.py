@@ -30,13 +30,14 @@ from rich.table import Table
 from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
 from lathe.model_registry.v1 import events_pb2, message_pb2, service_pb2_grpc
 from lathe.model_registry.v1 import request_response_pb2 as rr
-from libs.cli.demo_feature_steps import TrainingSet, define_and_ingest, training_set
+from libs.cli.demo_feature_steps import ACTOR, TrainingSet, define_and_ingest, training_set
 from libs.cli.demo_model import DemoModel, fit_default_model
 from libs.cli.render import status_table
 from libs.config import LatheSettings
 from libs.grpckit import open_channel
 from libs.messaging import EventStreamNames, connect_nats
 from libs.platform.runner import Platform
+from libs.sdk.feature_store import FeatureStoreClient
 from libs.sdk.model_registry import ArtifactUpload, RegistryClient, VersionSpec
 from libs.telemetry import configure_telemetry, extract_context
 from libs.telemetry.span_files import read_span_files
@@ -77,7 +78,7 @@ async def run_demo(settings: LatheSettings, console: Console) -> None:
             names.all_subjects, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW
         )
         async with open_channel(settings.feature_store_addr) as channel:
-            features = FeatureStoreStub(channel)
+            features = FeatureStoreClient(FeatureStoreStub(channel), metadata=ACTOR)
             console.rule("3. Features: define, ingest, materialize, serve online")
             await define_and_ingest(features, state.database_url, console)
             console.rule("4. Point-in-time training sets from the feature store")

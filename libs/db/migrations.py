@@ -18,6 +18,7 @@ from pathlib import Path
 import asyncpg
 
 from libs.db.identifiers import quote_ident
+from libs.db.locks import lock_name, xact_lock
 
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -62,7 +63,7 @@ async def apply_migrations(
     applied_now: list[Migration] = []
     async with conn.transaction():
         # Serializes concurrent migrators (replicas starting together) per schema.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('lathe.migrate.' || $1))", schema)
+        await xact_lock(conn, lock_name("migrate", schema))
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
         await conn.execute(
             f"""CREATE TABLE IF NOT EXISTS {quoted}.schema_migrations (

@@ -8,11 +8,15 @@ Wraps the generated stub so an ML engineer passes plain Python and pandas:
         training = await store.get_historical_features(labels, feature_service="underwriting")
         training.dataframe, training.snapshot_id   # point in time, bitemporal
         rows = await store.get_online_features({"loan_id": ["LC1"]}, "underwriting")
+
+Labels can also come from a Postgres table the feature store reads (``LabelTable``), and
+definitions are applied and batch views materialized from here too (``lathe demo`` does
+all of it through this client).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -33,6 +37,31 @@ class TrainingSet:
     snapshot_id: str
     """``sha256:`` of the data: record it with the model for lineage."""
     feature_names: tuple[str, ...]
+    """The features' columns, ``view:feature``, in the order selected."""
+    table: pa.Table | None = None
+    """The same rows as the Arrow table the feature store sent (no pandas conversion)."""
+
+
+@dataclass(frozen=True)
+class LabelTable:
+    """Labels the feature store reads itself from a Postgres table it can reach."""
+
+    table: str
+    """``table`` or ``schema.table``."""
+    entity_column: str
+    """The column holding the entity's key (the feature services' one join key)."""
+    event_time_column: str
+    """The column holding each label's time (features are as of it)."""
+    columns: Sequence[str] = ()
+    """Other columns to return with each row, such as the label itself."""
+
+    def to_proto(self) -> rr.LabelSource:
+        return rr.LabelSource(
+            table=self.table,
+            entity_column=self.entity_column,
+            event_time_column=self.event_time_column,
+            columns=list(self.columns),
+        )
 
 
 @dataclass(frozen=True)
@@ -47,6 +76,28 @@ class FeatureStoreClient:
     def __init__(self, stub: FeatureStoreStub, *, metadata: Sequence[tuple[str, str]] = ()):
         self._stub = stub
         self._metadata = tuple(metadata)
+
+    async def apply(self, repository: m.FeatureRepository) -> list[m.DefinitionChange]:
+        """Record a repository of definitions (all or nothing); what changed, per definition."""
+        request = rr.ApplyDefinitionsRequest(repository=repository)
+        response = await self._stub.ApplyDefinitions(request, metadata=self._metadata)
+        return list(response.changes)
+
+    async def materialize(
+        self,
+        view: str,
+        *,
+        on_progress: Callable[[rr.MaterializeProgress], None] | None = None,
+    ) -> rr.MaterializeProgress:
+        """Load a batch view's new source rows into the stores; the final progress (each
+        one, as it comes, to ``on_progress``)."""
+        progress = rr.MaterializeProgress()
+        request = rr.MaterializeRequest(feature_view=view)
+        async for response in self._stub.Materialize(request, metadata=self._metadata):
+            progress = response.progress
+            if on_progress is not None:
+                on_progress(progress)
+        return progress
 
     async def get_online_features(
         self,
@@ -85,23 +136,18 @@ class FeatureStoreClient:
 
     async def get_historical_features(
         self,
-        entity_rows: pd.DataFrame | pa.Table,
+        entity_rows: pd.DataFrame | pa.Table | LabelTable,
         feature_service: str = "",
         *,
         features: Sequence[str] = (),
     ) -> TrainingSet:
         """Each entity row (join key columns, ``event_time``, any other columns such as the
-        label) with every feature as of its ``event_time``: only values true and already
-        known then, within their TTL."""
-        table = (
-            entity_rows
-            if isinstance(entity_rows, pa.Table)
-            else pa.Table.from_pandas(entity_rows, preserve_index=False)
-        )
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        request = rr.GetHistoricalFeaturesRequest(entity_rows_arrow=sink.getvalue().to_pybytes())
+        label; or the rows of a ``LabelTable``) with every feature as of its
+        ``event_time``: only values true and already known then, within their TTL."""
+        if isinstance(entity_rows, LabelTable):
+            request = rr.GetHistoricalFeaturesRequest(label_source=entity_rows.to_proto())
+        else:
+            request = rr.GetHistoricalFeaturesRequest(entity_rows_arrow=_ipc(entity_rows))
         _select(request, feature_service, features)
         snapshot, parts = None, []
         async for response in self._stub.GetHistoricalFeatures(request, metadata=self._metadata):
@@ -112,7 +158,21 @@ class FeatureStoreClient:
         if snapshot is None:
             raise RuntimeError("the feature store sent no dataset snapshot")
         result = pa.ipc.open_stream(b"".join(parts)).read_all()
-        return TrainingSet(result.to_pandas(), snapshot.snapshot_id, tuple(snapshot.feature_names))
+        return TrainingSet(
+            result.to_pandas(), snapshot.snapshot_id, tuple(snapshot.feature_names), result
+        )
+
+
+def _ipc(entity_rows: pd.DataFrame | pa.Table) -> bytes:
+    table = (
+        entity_rows
+        if isinstance(entity_rows, pa.Table)
+        else pa.Table.from_pandas(entity_rows, preserve_index=False)
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 def _select(

@@ -9,17 +9,18 @@ from libs.config import ServiceName
 from libs.db import load_migrations
 from libs.runtime import ServiceComponents, ServiceContext, ServiceSpec
 from services.feature_store.api.servicer import FeatureStoreServicer
-from services.feature_store.app.backfill import Backfiller
-from services.feature_store.app.cache import DefinitionsCache
-from services.feature_store.app.commands import DefinitionCommands
-from services.feature_store.app.historical import HistoricalReader
-from services.feature_store.app.ingest import FeatureWriter
-from services.feature_store.app.materialize import Materializer
-from services.feature_store.app.online import OnlineReader
-from services.feature_store.app.online_replica import OnlineReplica
-from services.feature_store.app.push import Pusher
-from services.feature_store.app.statistics import StatisticsReader
-from services.feature_store.app.stream_ingest import StreamIngestor
+from services.feature_store.app.definitions.cache import DefinitionsCache
+from services.feature_store.app.definitions.catalog import DefinitionCatalog
+from services.feature_store.app.definitions.commands import DefinitionCommands
+from services.feature_store.app.offline.statistics import StatisticsReader
+from services.feature_store.app.offline.training_sets import HistoricalReader
+from services.feature_store.app.online.reader import OnlineReader
+from services.feature_store.app.online.replica import OnlineReplica
+from services.feature_store.app.streaming.backfill import Backfiller
+from services.feature_store.app.streaming.ingest import StreamIngestor
+from services.feature_store.app.writes.materialize import Materializer
+from services.feature_store.app.writes.push import Pusher
+from services.feature_store.app.writes.writer import FeatureWriter
 from services.feature_store.events import CATALOG
 from services.feature_store.store.definitions import DefinitionQueries
 from services.feature_store.store.offline_mirror import OfflineMirror
@@ -27,7 +28,7 @@ from services.feature_store.store.offline_mirror import OfflineMirror
 
 def build(context: ServiceContext) -> ServiceComponents:
     queries = DefinitionQueries(context.pool)
-    cache = DefinitionsCache(context.pool, queries)
+    cache = DefinitionsCache(queries)
     replica = OnlineReplica(context.pool, max_rows=context.settings.feature_store_replica_max_rows)
     writer = FeatureWriter(context.store, replica)
     mirror = OfflineMirror(
@@ -37,7 +38,7 @@ def build(context: ServiceContext) -> ServiceComponents:
     )
     servicer = FeatureStoreServicer(
         DefinitionCommands(context.pool, context.store, queries),
-        queries,
+        DefinitionCatalog(queries),
         cache,
         OnlineReader(context.pool, cache, replica),
         Pusher(context.pool, cache, writer),

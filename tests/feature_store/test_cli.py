@@ -21,7 +21,7 @@ from libs.sdk.features import (
     StreamSource,
     repository_of,
 )
-from services.feature_store.app.backfill import import_events
+from services.feature_store.app.streaming.backfill import import_events
 from services.feature_store.store import tiles
 from services.feature_store.store.stream_events import RawEvent
 from tests.feature_store.helpers import suffix

@@ -13,7 +13,7 @@ from lathe.feature_store.v1 import events_pb2
 from lathe.feature_store.v1 import request_response_pb2 as rr
 from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
 from libs.sdk.features import BatchSource, Entity, FeatureView, Field, Float64, Int64, repository_of
-from services.feature_store.app import materialize
+from services.feature_store.app.writes import materialize
 from tests.feature_store.helpers import column, python, suffix
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -27,10 +27,10 @@ from libs.sdk.features import (
     StreamSource,
     repository_of,
 )
-from services.feature_store.app import online_reply
-from services.feature_store.app.cache import DefinitionsCache
-from services.feature_store.app.online import OnlineReader
-from services.feature_store.app.online_replica import OnlineReplica
+from services.feature_store.app.definitions.cache import DefinitionsCache
+from services.feature_store.app.online import reply as online_reply
+from services.feature_store.app.online.reader import OnlineReader
+from services.feature_store.app.online.replica import OnlineReplica
 from services.feature_store.service import SPEC
 from services.feature_store.store import online
 from services.feature_store.store.definitions import DefinitionQueries
@@ -283,7 +283,7 @@ async def test_feature_services_read_ready_entries_that_follow_every_write(
     )
     await push(f"profile_{s}", ["L1", "L3"], [timedelta(days=9)] * 2, c=[10.0, 30.0])
     await replica.catch_up()
-    cache = DefinitionsCache(db_pool, DefinitionQueries(db_pool))
+    cache = DefinitionsCache(DefinitionQueries(db_pool))
     reader = OnlineReader(db_pool, cache, replica)
     keys = ["L1", "L2", "L3", "L4", "L1"]
 
@@ -378,7 +378,7 @@ async def test_mixed_services_read_ready_runs_beside_stream_and_other_entity_vie
     await push("income", "borrower_id", ["B1"], [5], [4.0])
     await push("score", "loan_id", ["L1"], [2], [None])
     await replica.catch_up()
-    cache = DefinitionsCache(db_pool, DefinitionQueries(db_pool))
+    cache = DefinitionsCache(DefinitionQueries(db_pool))
     reader = OnlineReader(db_pool, cache, replica)
     entities = {"loan_id": column(["L1", "L2", "L3"]), "borrower_id": column(["B1", "B2", "B1"])}
 

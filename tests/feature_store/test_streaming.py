@@ -35,11 +35,11 @@ from libs.sdk.features import (
     StreamSource,
     repository_of,
 )
-from services.feature_store.app import aggregation as agg
-from services.feature_store.app.backfill import backfill_view, import_events
-from services.feature_store.app.read_plan import index_definitions
-from services.feature_store.app.stream_history import stream_aggregates_as_of
-from services.feature_store.app.stream_ingest import CONSUMER, ingest_streams, prune_tiles
+from services.feature_store.app.streaming.backfill import backfill_view, import_events
+from services.feature_store.app.streaming.history import stream_aggregates_as_of
+from services.feature_store.app.streaming.ingest import CONSUMER, ingest_streams, prune_tiles
+from services.feature_store.domain.definitions.read_plan import index_definitions
+from services.feature_store.domain.streaming import aggregation as agg
 from services.feature_store.service import SPEC
 from services.feature_store.store import stream_events, tiles
 from services.feature_store.store.stream_events import RawEvent

@@ -13,10 +13,14 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from lathe.feature_store.v1 import message_pb2 as m
-from services.feature_store.app import aggregation as agg
-from services.feature_store.app.as_of import EventColumns, compute_as_of
-from services.feature_store.app.backfill import backfill_tiles
-from services.feature_store.app.stream_events import EventRejected, decode_payload, parse_event
+from services.feature_store.domain.streaming import aggregation as agg
+from services.feature_store.domain.streaming.as_of import EventColumns, compute_as_of
+from services.feature_store.domain.streaming.backfill import backfill_tiles
+from services.feature_store.domain.streaming.events import (
+    EventRejected,
+    decode_payload,
+    parse_event,
+)
 from services.feature_store.store.stream_events import RawEvent
 
 MINUTE = 60_000_000

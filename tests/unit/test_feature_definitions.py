@@ -21,12 +21,12 @@ from libs.sdk.features import (
     on_demand_feature_view,
     repository_of,
 )
-from services.feature_store.app.definitions import breaking_changes, validate_repository
-from services.feature_store.app.ingest import IngestRow, check_expectations
-from services.feature_store.app.names import FeatureRef
-from services.feature_store.app.on_demand import compile_on_demand
-from services.feature_store.app.plan import Applied, plan
-from services.feature_store.app.values import coerce
+from services.feature_store.domain.definitions.changes import Applied, plan
+from services.feature_store.domain.definitions.rules import breaking_changes, validate_repository
+from services.feature_store.domain.names import FeatureRef
+from services.feature_store.domain.on_demand.runner import compile_on_demand
+from services.feature_store.domain.values import coerce
+from services.feature_store.domain.writes import IngestRow, check_expectations
 
 LOAN = Entity("loan", join_key="loan_id")
 

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from services.feature_store.app.quality import (
+from services.feature_store.domain.quality import (
     histogram,
     profile,
     profile_of_array,

@@ -10,9 +10,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lathe.feature_store.v1 import message_pb2 as m
 from lathe.feature_store.v1 import request_response_pb2 as rr
-from services.feature_store.app import serving_vectors
-from services.feature_store.app.serving_rows import ServingRow, StoredView, ViewTables, epoch_us
-from services.feature_store.app.serving_vectors import VectorIndex, VectorIndexes
+from services.feature_store.app.online import vectors as serving_vectors
+from services.feature_store.app.online.vectors import VectorIndex, VectorIndexes
+from services.feature_store.domain.serving.rows import ServingRow, StoredView, ViewTables, epoch_us
 
 T = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)

@@ -9,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lathe.feature_store.v1 import message_pb2 as m
 from lathe.feature_store.v1 import request_response_pb2 as rr
-from services.feature_store.app import wire
+from services.feature_store.domain.serving import wire
 
 
 def _random_value(rng: random.Random) -> m.Value:

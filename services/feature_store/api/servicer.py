@@ -7,24 +7,23 @@ from datetime import UTC
 
 import grpc
 
-from lathe.feature_store.v1 import message_pb2 as m
 from lathe.feature_store.v1 import request_response_pb2 as rr
 from lathe.feature_store.v1 import service_pb2_grpc
-from libs.errors import InvalidArgument, NotFound
+from libs.errors import InvalidArgument
 from libs.eventstore import EventMetadata
 from libs.grpckit import Encoded, validation
 from libs.grpckit.caller import caller_of
 from libs.telemetry import current_traceparent
-from services.feature_store.app.backfill import Backfiller
-from services.feature_store.app.cache import DefinitionsCache
-from services.feature_store.app.commands import DefinitionCommands
-from services.feature_store.app.historical import HistoricalReader
-from services.feature_store.app.materialize import Materializer
-from services.feature_store.app.names import check_name
-from services.feature_store.app.online import OnlineReader
-from services.feature_store.app.push import Pusher
-from services.feature_store.app.statistics import StatisticsReader
-from services.feature_store.store.definitions import DefinitionQueries
+from services.feature_store.app.definitions.cache import DefinitionsCache
+from services.feature_store.app.definitions.catalog import DefinitionCatalog
+from services.feature_store.app.definitions.commands import DefinitionCommands
+from services.feature_store.app.offline.statistics import StatisticsReader
+from services.feature_store.app.offline.training_sets import HistoricalReader
+from services.feature_store.app.online.reader import OnlineReader
+from services.feature_store.app.streaming.backfill import Backfiller
+from services.feature_store.app.writes.materialize import Materializer
+from services.feature_store.app.writes.push import Pusher
+from services.feature_store.domain.names import check_name
 
 _ARROW_CHUNK = 4 * 1024 * 1024
 
@@ -40,7 +39,7 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
     def __init__(
         self,
         definitions: DefinitionCommands,
-        queries: DefinitionQueries,
+        catalog: DefinitionCatalog,
         cache: DefinitionsCache,
         reader: OnlineReader,
         pusher: Pusher,
@@ -50,7 +49,7 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
         backfiller: Backfiller,
     ) -> None:
         self._definitions = definitions
-        self._queries = queries
+        self._catalog = catalog
         self._cache = cache
         self._reader = reader
         self._pusher = pusher
@@ -78,7 +77,7 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
         self, request: rr.ListFeatureViewsRequest, context: grpc.aio.ServicerContext
     ) -> rr.ListFeatureViewsResponse:
         cursor = validation.decode_page_token(request.page_token)
-        views, more = await self._queries.latest_views_page(
+        views, more = await self._catalog.feature_views_page(
             after_name=str(cursor.get("after", "")), limit=validation.page_size(request.page_size)
         )
         token = validation.encode_page_token({"after": views[-1].name}) if more else ""
@@ -90,11 +89,7 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
         name = check_name(request.name, "feature view")
         if request.version < 0:
             raise InvalidArgument("version must be >= 0 (0: the latest)")
-        view = await self._queries.version("feature_view", name, request.version)
-        if not isinstance(view, m.FeatureView):
-            which = f"version {request.version} of " if request.version else ""
-            raise NotFound(f"no {which}feature view {name!r}; ListFeatureViews shows them")
-        versions = await self._queries.versions("feature_view", name)
+        view, versions = await self._catalog.feature_view(name, request.version)
         return rr.GetFeatureViewResponse(feature_view=view, versions=versions)
 
     async def GetOnlineFeatures(

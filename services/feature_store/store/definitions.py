@@ -8,7 +8,7 @@ from google.protobuf.message import Message
 from lathe.feature_store.v1 import events_pb2
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.eventstore import RecordedEvent
-from services.feature_store.app.plan import Applied
+from services.feature_store.domain.definitions.changes import Applied
 from services.feature_store.store.offline import ensure_log_table
 
 _KINDS: dict[str, type[Message]] = {
@@ -70,9 +70,19 @@ class DefinitionsProjection:
         )
 
 
+_GENERATION = """
+    SELECT coalesce(max(global_position), 0) FROM feature_store.events
+    WHERE event_type LIKE 'lathe.feature_store.v1.%Defined'"""
+
+
 class DefinitionQueries:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+
+    async def generation(self) -> int:
+        """A number that changes whenever a definition is applied (the newest definition
+        event's position): cheap to poll."""
+        return int(await self._pool.fetchval(_GENERATION))
 
     async def applied(self, conn: asyncpg.Connection | None = None) -> Applied:
         rows = await (conn or self._pool).fetch(

@@ -15,6 +15,7 @@ import asyncpg
 
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.db import quote_ident
+from libs.db.locks import lock_name, xact_lock
 
 SQL_TYPES = {
     m.VALUE_TYPE_BOOL: "boolean",
@@ -64,9 +65,7 @@ async def lock_for_append(conn: asyncpg.Connection, view: m.FeatureView) -> None
     Then rows commit in ``seq`` order: a reader that has seen seq N has seen
     everything before it, so ``seq > N`` fetches exactly what is new.
     """
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtext($1))", f"lathe.log.{view.name}.{view.version}"
-    )
+    await xact_lock(conn, lock_name("log", view.name, view.version))
 
 
 async def append_rows(

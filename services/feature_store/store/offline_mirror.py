@@ -22,18 +22,20 @@ import datetime as dt
 import logging
 import tempfile
 import threading
+import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import asyncpg
 import duckdb
+import pyarrow as pa
 
 from lathe.feature_store.v1 import message_pb2 as m
 from services.feature_store.store.offline import log_table, qualified_log_table
-from services.feature_store.store.pit_join import q, timeline_sql
+from services.feature_store.store.pit_join import JoinView, join_sql, q, timeline_sql
 
 _log = logging.getLogger(__name__)
 
@@ -124,6 +126,25 @@ class OfflineMirror:
                 mirrored = await asyncio.to_thread(self._build_timeline, timeline, table, mirrored)
                 self._logs[table] = mirrored
         return timeline
+
+    def join(self, labels: pa.Table, views: Sequence[JoinView]) -> pa.Table:
+        """``labels`` joined point in time with the timelines of ``views`` (synced first),
+        in DuckDB (store/pit_join.py). Blocking: call it in a thread."""
+        name = f"labels_{uuid.uuid4().hex}"
+        with _cursor(self.db) as cursor:
+            cursor.register(name, labels)
+            try:
+                return cursor.sql(join_sql(name, labels.column_names, views)).to_arrow_table()
+            finally:
+                cursor.unregister(name)
+
+    def read_labels_csv(self, path: str, join_key: str) -> pa.Table:
+        """A label table exported as CSV (store/labels.py), typed for the join. Blocking."""
+        types = "{" + f"'{join_key}': 'VARCHAR', 'event_time': 'TIMESTAMP'" + "}"
+        with _cursor(self.db) as cursor:
+            return cursor.sql(
+                f"SELECT * FROM read_csv('{path}', header = true, types = {types})"
+            ).to_arrow_table()
 
     async def _source(
         self, view: m.FeatureView, mirrored: _MirroredLog | None

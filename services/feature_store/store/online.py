@@ -1,6 +1,6 @@
 """The online store: the latest FeatureRow per (view, version, entity) in Postgres.
 
-Serving replicas keep a copy in memory (app/online_replica.py) and follow it through
+Serving replicas keep a copy in memory (app/online/replica.py) and follow it through
 ``read_changes``: each upsert records the writing transaction's id and NOTIFYs
 ``CHANGES_CHANNEL`` when it commits.
 """
@@ -31,6 +31,8 @@ _READ = """
     SELECT view, version, entity_key, row, event_time, features
     FROM feature_store.online_values
     WHERE view = ANY($1::text[]) AND version = ANY($2::int[]) AND entity_key = ANY($3::text[])"""
+
+_VIEW_ROWS = "SELECT row FROM feature_store.online_values WHERE view = $1 AND version = $2"
 
 CHANGES_CHANNEL = "lathe_feature_store_online"
 """NOTIFYed (empty payload, so Postgres folds a transaction's notifications into one)."""
@@ -100,6 +102,13 @@ async def read_latest(
         if table is not None:  # not another version the arrays also matched
             table[key] = OnlineRow(row, event_time, features)
     return found
+
+
+async def view_rows(
+    executor: asyncpg.Pool | asyncpg.Connection, view: str, version: int
+) -> list[bytes]:
+    """Every entity's stored FeatureRow of one view version (statistics)."""
+    return [record["row"] for record in await executor.fetch(_VIEW_ROWS, view, version)]
 
 
 async def read_changes(

@@ -14,6 +14,7 @@ import asyncpg
 
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.db import quote_ident
+from libs.errors import FailedPrecondition
 
 
 def _table(source: m.BatchSource) -> str:
@@ -25,6 +26,7 @@ class BatchReader:
 
     def __init__(self, view: m.FeatureView, join_key: str) -> None:
         source = view.batch_source
+        self._view, self._table_name = view.name, source.table
         self.watermark_column = source.created_time_column or source.event_time_column
         table = _table(source)
         entity = quote_ident(source.entity_column or join_key, what="column")
@@ -45,8 +47,14 @@ class BatchReader:
         self._bounds = f"SELECT count(*) FROM {table} WHERE {mark} > $1 AND {mark} <= $2"
 
     async def pending(self, conn: asyncpg.Connection, after: datetime, until: datetime) -> int:
-        """How many source rows a run over (after, until] will read."""
-        return int(await conn.fetchval(self._bounds, after, until))
+        """How many source rows a run over (after, until] will read; FailedPrecondition
+        when the source cannot be read as the definition says (missing table or column)."""
+        try:
+            return int(await conn.fetchval(self._bounds, after, until))
+        except asyncpg.PostgresError as exc:
+            raise FailedPrecondition(
+                f"cannot read the batch source of {self._view!r} ({self._table_name}): {exc}"
+            ) from exc
 
     async def page(
         self, conn: asyncpg.Connection, after: datetime, until: datetime, size: int

@@ -10,23 +10,27 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
 import asyncpg
 
+from libs.db.locks import lock_name, xact_lock, xact_lock_sql
 from libs.db.slices import DELETE_SLICE_ROWS, delete_in_slices
+from services.feature_store.domain.streaming.events import RawEvent
+
+_SOURCE_LOCK_SQL = "'lathe.stream.' || $1::text"
+"""The name of a source's ingestion lock, as SQL (``lock_name("stream", source)``)."""
 
 # The shared lock is taken by every ingestion transaction of a source before it touches
 # the log or tiles; a backfill takes it exclusively, so it reads a log no ingestion is
 # still adding to and replaces tiles no ingestion is merging into. $1: source; $2..$5:
 # event ids, stream sequences, arrival times, payloads. Returns the ids that were new.
-_APPEND = """
+_APPEND = f"""
     INSERT INTO feature_store.stream_events
         (source, event_id, stream_sequence, arrival_time, payload)
     SELECT $1, e, s, a, p
-    FROM (SELECT pg_advisory_xact_lock_shared(hashtext('lathe.stream.' || $1::text))) AS locked,
+    FROM (SELECT {xact_lock_sql(_SOURCE_LOCK_SQL, shared=True)}) AS locked,
          unnest($2::uuid[], $3::bigint[], $4::timestamptz[], $5::bytea[]) AS t(e, s, a, p)
     ON CONFLICT (source, event_id) DO NOTHING
     RETURNING event_id"""
@@ -45,16 +49,6 @@ _REJECT = """
     FROM unnest($2::text[], $3::int[], $4::text[], $5::bigint[]) AS t(v, n, reason, c)
     ON CONFLICT (source, view, version, reason)
     DO UPDATE SET count = r.count + EXCLUDED.count, last_at = EXCLUDED.last_at"""
-
-
-@dataclass(frozen=True)
-class RawEvent:
-    """One business event as the log keeps it."""
-
-    event_id: UUID
-    stream_sequence: int
-    arrival_time: datetime
-    payload: bytes
 
 
 async def append_events(
@@ -89,9 +83,7 @@ async def import_events(conn: asyncpg.Connection, source: str, events: Sequence[
 
 async def lock_source(conn: asyncpg.Connection, source: str) -> None:
     """Hold off ingestion of ``source`` until the caller's transaction ends (backfill)."""
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtext('lathe.stream.' || $1::text))", source
-    )
+    await xact_lock(conn, lock_name("stream", source))
 
 
 async def read_events(

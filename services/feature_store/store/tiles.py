@@ -15,7 +15,7 @@ from datetime import datetime
 import asyncpg
 
 from libs.db import delete_in_slices
-from services.feature_store.app.aggregation import EMPTY_STATE, from_us, to_us
+from services.feature_store.domain.streaming.aggregation import EMPTY_STATE, from_us, to_us
 
 TileRef = tuple[str, int, str, int]
 """(view, version, entity key, tile or rollup start µs)."""

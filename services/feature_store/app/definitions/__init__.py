@@ -1,0 +1,1 @@
+"""Applying definitions, and the in-memory definitions every read plans from."""

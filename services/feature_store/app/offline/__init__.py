@@ -1,0 +1,1 @@
+"""Training sets (GetHistoricalFeatures) and statistics against their snapshots."""

@@ -1,0 +1,154 @@
+"""Training sets: labels joined point-in-time with features, bitemporally, as Arrow.
+
+Labels come as an Arrow IPC stream (a column per join key plus ``event_time``,
+and any extra columns such as the label) or from a Postgres table. Every view the
+selection reads is mirrored up to date into DuckDB, the bitemporal join runs
+there (store/pit_join.py), on-demand features are computed row by row with the
+same runner as online, and the result is identified by the sha256 of its Arrow
+IPC bytes — recorded as a DatasetSnapshotCreated event for lineage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+
+import asyncpg
+import pyarrow as pa
+
+from lathe.feature_store.v1 import events_pb2
+from lathe.feature_store.v1 import request_response_pb2 as rr
+from libs.errors import InvalidArgument
+from libs.eventstore import ANY_VERSION, EventMetadata, EventStore
+from services.feature_store.app.definitions.cache import DefinitionsCache
+from services.feature_store.app.streaming.history import stream_aggregates_as_of
+from services.feature_store.domain import training
+from services.feature_store.domain.definitions.read_plan import ReadPlan, StoredColumn
+from services.feature_store.events import CATALOG
+from services.feature_store.store.labels import read_label_table
+from services.feature_store.store.offline_mirror import OfflineMirror
+from services.feature_store.store.pit_join import JoinView
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    snapshot: rr.DatasetSnapshot
+    arrow_ipc: pa.Buffer
+    """The training set as one Arrow IPC stream (sent in chunks)."""
+
+
+class HistoricalReader:
+    def __init__(
+        self, pool: asyncpg.Pool, store: EventStore, cache: DefinitionsCache, mirror: OfflineMirror
+    ) -> None:
+        self._pool = pool
+        self._store = store
+        self._cache = cache
+        self._mirror = mirror
+
+    async def training_set(
+        self,
+        *,
+        feature_service: str,
+        references: tuple[str, ...],
+        label_source: rr.LabelSource | None,
+        entity_rows_arrow: bytes,
+        metadata: EventMetadata,
+    ) -> TrainingSet:
+        plan = await self._cache.plan(feature_service, references)
+        join_keys = sorted({read.join_key for read in plan.views})
+        if label_source is not None:
+            labels = await self._labels_from_table(label_source, join_keys)
+        else:
+            labels = training.labels_from_arrow(entity_rows_arrow, join_keys)
+        stored = [i for i, read in enumerate(plan.views) if read.stored]
+        # Side by side: Postgres exports one view's new rows while DuckDB loads another's.
+        synced = await asyncio.gather(*(self._mirror.sync(plan.views[i].view) for i in stored))
+        views = _join_views(plan, dict(zip(stored, synced, strict=True)))
+        if views:
+            joined = await asyncio.to_thread(self._mirror.join, labels, views)
+        else:
+            joined = labels.sort_by(training.ROW_NUMBER)
+        for index, read in enumerate(plan.views):
+            if not read.stored:
+                joined = await self._add_stream_aggregates(joined, plan, index)
+        joined = training.selected(joined, plan)
+        ipc = training.to_ipc(joined)
+        snapshot = rr.DatasetSnapshot(
+            snapshot_id=f"sha256:{hashlib.sha256(ipc).hexdigest()}",
+            rows=joined.num_rows,
+            feature_names=plan.feature_names,
+        )
+        await self._record(snapshot, feature_service, training.profiles(joined, plan), metadata)
+        return TrainingSet(snapshot, ipc)
+
+    async def _add_stream_aggregates(
+        self, joined: pa.Table, plan: ReadPlan, index: int
+    ) -> pa.Table:
+        """Append a stream view's window values as of each (label-ordered) row's time."""
+        read = plan.views[index]
+        values = await stream_aggregates_as_of(
+            self._pool,
+            read.view,
+            read.join_key,
+            joined.column(read.join_key),
+            joined.column("event_time").cast(pa.timestamp("us", tz="UTC")),
+        )
+        for i, feature in enumerate(read.view.features):
+            joined = joined.append_column(
+                training.joined_name(plan, StoredColumn(index, i)), values.column(feature.name)
+            )
+        return joined
+
+    async def _labels_from_table(self, source: rr.LabelSource, join_keys: list[str]) -> pa.Table:
+        if len(join_keys) != 1:
+            raise InvalidArgument(
+                f"these features need several entity keys ({join_keys}); pass entity_rows_arrow "
+                "with a column per key instead of a label table"
+            )
+        labels = await read_label_table(self._pool, self._mirror, source, join_keys[0])
+        return training.numbered(labels)
+
+    async def _record(
+        self,
+        snapshot: rr.DatasetSnapshot,
+        feature_service: str,
+        profiles: list[events_pb2.FeatureProfile],
+        metadata: EventMetadata,
+    ) -> None:
+        service = self._cache.definitions.services.get(feature_service)
+        event = events_pb2.DatasetSnapshotCreated(
+            snapshot_id=snapshot.snapshot_id,
+            feature_service=feature_service,
+            feature_service_version=service.version if service is not None else 0,
+            feature_names=snapshot.feature_names,
+            rows=snapshot.rows,
+            profiles=profiles,
+        )
+        await self._store.append(
+            f"dataset-{snapshot.snapshot_id.split(':')[-1][:32]}",
+            [CATALOG.new_event(event, metadata)],
+            expected_version=ANY_VERSION,
+        )
+
+
+def _join_views(plan: ReadPlan, tables: dict[int, str]) -> list[JoinView]:
+    """What the join reads of each stored view: its timeline (by plan index), features,
+    their names in the join and its TTL."""
+    views = []
+    for index, table in tables.items():
+        read = plan.views[index]
+        features = tuple(f.name for f in read.view.features)
+        views.append(
+            JoinView(
+                timeline=table,
+                join_key=read.join_key,
+                features=features,
+                outputs=tuple(
+                    training.joined_name(plan, StoredColumn(index, i)) for i in range(len(features))
+                ),
+                ttl_us=int(read.ttl_s * 1_000_000),
+            )
+        )
+    return views

@@ -1,0 +1,1 @@
+"""GetOnlineFeatures: the reader, its in-memory replica, ready entries and stream windows."""

@@ -1,0 +1,126 @@
+"""Serving the latest feature values for many entities in one round trip."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import asyncpg
+
+from lathe.feature_store.v1 import message_pb2 as m
+from libs.errors import InvalidArgument
+from services.feature_store.app.definitions.cache import DefinitionsCache
+from services.feature_store.app.online import reply
+from services.feature_store.app.online.replica import OnlineReplica
+from services.feature_store.app.online.vectors import VectorIndex
+from services.feature_store.app.online.windows import WindowReader
+from services.feature_store.domain.definitions.read_plan import ReadPlan
+from services.feature_store.domain.serving.rows import ServingRow, ViewTables
+from services.feature_store.domain.values import entity_keys
+from services.feature_store.store import online
+
+
+class OnlineReader:
+    def __init__(self, pool: asyncpg.Pool, cache: DefinitionsCache, replica: OnlineReplica) -> None:
+        self._pool = pool
+        self._cache = cache
+        self._replica = replica
+        self._windows = WindowReader(pool)
+
+    async def read(
+        self,
+        *,
+        feature_service: str,
+        references: tuple[str, ...],
+        entities: Mapping[str, m.RepeatedValue],
+        request_data: Mapping[str, m.RepeatedValue],
+    ) -> bytes:
+        """A GetOnlineFeaturesResponse, serialized (see ``wire``)."""
+        plan = await self._cache.plan(feature_service, references)
+        rows = _row_count(entities, request_data)
+        keys_of: dict[str, list[str]] = {}  # views of one entity share its keys
+        for read in plan.views:
+            if read.join_key in keys_of:
+                continue
+            column = entities.get(read.join_key)
+            if column is None:
+                raise InvalidArgument(
+                    f"entities lacks {read.join_key!r}, the join key of {read.view.name!r}"
+                )
+            keys_of[read.join_key] = entity_keys(column, read.join_key)
+        keys_by_view = [keys_of[read.join_key] for read in plan.views]
+        now = datetime.now(UTC)
+        # Where rows come from is decided once, before any await: entries built from rows
+        # read from Postgres while the replica finished loading would never be dropped.
+        held = self._replica.tables
+        ready = self._ready(plan) if feature_service and held is not None else {}
+        tables = await self._stored(plan, keys_by_view, now, held)
+        return reply.encode(plan, keys_by_view, tables, request_data, rows, now, ready)
+
+    def _ready(self, plan: ReadPlan) -> dict[int, VectorIndex]:
+        """The replica's ready parts for a feature service's plan, by run (ADR 0010).
+
+        Only feature services get them: they are the stable selections models read,
+        while ad-hoc feature lists would each build an index of every entity.
+        """
+        ready = {}
+        for run in reply.ready_runs(plan):
+            index = self._replica.vectors.index_for(run.shape)
+            if index is not None:
+                ready[run.first] = index
+        return ready
+
+    async def _stored(
+        self,
+        plan: ReadPlan,
+        keys_by_view: list[list[str]],
+        now: datetime,
+        held: ViewTables | None,
+    ) -> ViewTables:
+        """The rows of every view the plan reads: from memory, Postgres, or stream tiles."""
+        stored_views, aggregated = [], []  # stream views: window values computed from tiles
+        for read, keys in zip(plan.views, keys_by_view, strict=True):
+            if not read.stored:
+                spec = self._windows.spec(read.view, read.join_key)
+                aggregated.extend((spec, key) for key in dict.fromkeys(keys))
+            else:
+                stored_views.append(read.key)
+        if not aggregated:
+            return await self._latest(stored_views, keys_by_view, held)
+        tables, windows = await asyncio.gather(
+            self._latest(stored_views, keys_by_view, held), self._windows.read(aggregated, now)
+        )
+        return {**tables, **windows}
+
+    async def _latest(
+        self,
+        views: list[tuple[str, int]],
+        keys_by_view: list[list[str]],
+        held: ViewTables | None,
+    ) -> ViewTables:
+        """Rows from the replica's ``held`` tables, or from Postgres when it has none."""
+        if held is not None:
+            return {view: held[view] for view in views if view in held}  # absent: no rows
+        all_keys = [key for keys in keys_by_view for key in keys]
+        found = await online.read_latest(self._pool, views, all_keys)
+        return {
+            view: {k: ServingRow(r.row, r.event_time, r.features) for k, r in rows.items()}
+            for view, rows in found.items()
+        }
+
+
+def _row_count(
+    entities: Mapping[str, m.RepeatedValue], request_data: Mapping[str, m.RepeatedValue]
+) -> int:
+    lengths = {len(c.values) for c in (*entities.values(), *request_data.values())}
+    if not entities:
+        raise InvalidArgument("entities is empty: pass the join key values of the rows to serve")
+    if len(lengths) != 1:
+        raise InvalidArgument("every entities and request_data column needs one value per row")
+    rows = lengths.pop()
+    if rows == 0:
+        raise InvalidArgument("entities has no rows")
+    if rows > 10_000:
+        raise InvalidArgument("at most 10,000 entity rows per call; split the request")
+    return rows

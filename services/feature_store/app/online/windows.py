@@ -1,0 +1,105 @@
+"""Online reads of stream views: tiles combined into window values at read time.
+
+One query fetches, for every requested (view version, entity), what covers its largest
+window: rollups of 60 tiles wherever one fits inside a window's band, and tiles at the
+edges (ADR 0011; tiles only for versions whose rollups are not complete). Each window's
+value is then computed for the read time, so a 1-hour count read at 10:30 leaves out
+events before 9:30 even if nothing arrived since. The result has the
+online store's shape (a FeatureRow and an event time per entity), so the online reader
+treats stream views like the others (TTL included). An entity with no event in any
+window is absent: NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+
+from lathe.feature_store.v1 import message_pb2 as m
+from services.feature_store.domain.serving.rows import ServingRow, ViewTables
+from services.feature_store.domain.streaming.aggregation import (
+    StreamViewSpec,
+    TileState,
+    combine,
+    decode_state,
+    from_us,
+    read_spans,
+    spec_of,
+    to_us,
+)
+from services.feature_store.store import tiles
+
+_RECHECK_S = 30.0
+ViewKey = tuple[str, int, str]
+"""(view, version, entity key), as the online store keys rows."""
+
+
+class WindowReader:
+    """Reads stream views for ``OnlineReader``: tiles in, online-store rows out."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._specs: dict[tuple[str, int], tuple[m.FeatureView, StreamViewSpec]] = {}
+        self._rolled: set[tuple[str, int]] = set()
+        """Versions whose rollups are complete (they stay so: only backfill rewrites them)."""
+        self._unrolled_checked: dict[tuple[str, int], float] = {}
+
+    def spec(self, view: m.FeatureView, join_key: str) -> StreamViewSpec:
+        """The spec of a cached definition (a refreshed cache brings new objects)."""
+        cached = self._specs.get((view.name, view.version))
+        if cached is None or cached[0] is not view:
+            cached = (view, spec_of(view, join_key))
+            self._specs[(view.name, view.version)] = cached
+        return cached[1]
+
+    async def read(self, wanted: Sequence[tuple[StreamViewSpec, str]], now: datetime) -> ViewTables:
+        """Rows of (spec, entity key) pairs at ``now``; entities with no event are left out."""
+        if not wanted:
+            return {}
+        read_us = to_us(now)
+        specs = {(s.view, s.version): s for s, _ in wanted}
+        rolled = await self._rolled_up([view for view, spec in specs.items() if spec.rolls_up])
+        tile_ranges: list[tiles.Range] = []
+        rollup_ranges: list[tiles.Range] = []
+        for spec, key in dict.fromkeys(wanted):
+            use_rollups = (spec.view, spec.version) in rolled
+            tile_spans, rollup_spans = read_spans(spec, read_us, use_rollups)
+            tile_ranges.extend((spec.view, spec.version, key, *span) for span in tile_spans)
+            rollup_ranges.extend((spec.view, spec.version, key, *span) for span in rollup_spans)
+        found = await tiles.read_windows(self._pool, tile_ranges, rollup_ranges)
+        by_entity: dict[ViewKey, list[tuple[int, TileState]]] = defaultdict(list)
+        for (view, version, key, start), state in found:
+            by_entity[(view, version, key)].append((start, decode_state(state)))
+        rows: ViewTables = {view: {} for view in specs}
+        for (view, version, key), entity_tiles in by_entity.items():
+            spec = specs[(view, version)]
+            result = combine(spec, entity_tiles, read_us)
+            if result.latest_us is None:
+                continue
+            row = result.feature_row()
+            rows[(view, version)][key] = ServingRow(
+                row.SerializeToString(), from_us(result.latest_us), len(result.values)
+            )
+        return rows
+
+    async def _rolled_up(self, views: list[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Which of ``views`` read rollups. A version not complete is asked about again at
+        most every ``_RECHECK_S`` (a backfill completes it)."""
+        now = time.monotonic()
+        unknown = [
+            view
+            for view in views
+            if view not in self._rolled
+            and now - self._unrolled_checked.get(view, now - _RECHECK_S) >= _RECHECK_S
+        ]
+        if unknown:
+            complete = await tiles.rollups_complete(self._pool, unknown)
+            self._rolled |= complete
+            for view in unknown:
+                if view not in complete:
+                    self._unrolled_checked[view] = now
+        return self._rolled

@@ -1,0 +1,1 @@
+"""Stream views: ingestion from JetStream, backfill, and point-in-time history."""

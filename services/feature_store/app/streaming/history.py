@@ -1,0 +1,94 @@
+"""Point-in-time stream aggregates for training sets: label rows in, one value per feature out.
+
+The offline twin of an online read: for each label (entity, t) a stream view's features
+are what GetOnlineFeatures would have returned at t — computed from the raw-event log
+with each event's arrival (known-at) time, never from a later value. See as_of.py for
+the exact semantics and the cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+import pyarrow as pa
+
+from lathe.feature_store.v1 import message_pb2 as m
+from libs.errors import InvalidArgument
+from services.feature_store.domain.streaming.aggregation import from_us, spec_of, to_us
+from services.feature_store.domain.streaming.as_of import (
+    EVENT_TIME,
+    EventColumns,
+    compute_as_of,
+    label_keys,
+    label_times_us,
+)
+from services.feature_store.domain.streaming.events import (
+    EventRejected,
+    decode_payload,
+    parse_event,
+)
+from services.feature_store.store import stream_events
+
+__all__ = ["EVENT_TIME", "stream_aggregates_as_of"]
+
+
+async def stream_aggregates_as_of(
+    pool: asyncpg.Pool,
+    view: m.FeatureView,
+    join_key: str,
+    entity_keys: Sequence[str | int] | pa.Array | pa.ChunkedArray,
+    as_of: Sequence[datetime] | pa.Array | pa.ChunkedArray,
+) -> pa.Table:
+    """A stream view's features for each label row (entity key, time), in label order.
+
+    ``view`` is one applied stream view version and ``join_key`` its entity's join key
+    (``ViewRead.view`` / ``ViewRead.join_key`` of a read plan). Entity keys are strings or
+    int64 (compared by decimal text, as online); times are aware datetimes or an Arrow
+    timestamp array (a timezone-less one is read as UTC).
+
+    Returns one column per feature, named as the feature (int64 for count, float64 for the
+    other functions), plus ``event_time`` (timestamp[us, UTC]): the greatest event time in
+    the view's largest window known at t. A row is all null when no event of its entity
+    in the largest window was known at t (online: NOT_FOUND) or when that event time is
+    older than the view's TTL (online: EXPIRED). In a window with no values count and sum
+    are 0 and mean, min, max and last are null.
+
+    Reads only events with arrival_time <= t whose tile lies in the window read at t, so
+    it never leaks a value from t's future. Cost: the source's raw events that arrived
+    in ``[min(t) - largest window - lateness, max(t)]`` are read and parsed once (the
+    dominant cost, ~5 µs per event), then the computation is vectorized (roughly 4 s for
+    1M events x 100k labels x 24 aggregations on a 2-core machine).
+    """
+    if view.WhichOneof("source") != "stream_source":
+        raise InvalidArgument(f"feature view {view.name!r} is not a stream view")
+    spec = spec_of(view, join_key)
+    keys = label_keys(entity_keys)
+    times = label_times_us(as_of)
+    if len(keys) != len(times):
+        raise InvalidArgument("entity_keys and as_of need one value per label row")
+    events = EventColumns(values={c: [] for c in spec.columns})
+    if len(keys):
+        wanted = set(keys)
+        first_start = int(times.min()) - int(times.min()) % spec.tile_us - spec.max_window_us
+        async with pool.acquire() as conn, conn.transaction(readonly=True):
+            async for raw in stream_events.read_events(
+                conn,
+                spec.source,
+                # Accepted events arrive within lateness of their event time.
+                arrived_from=from_us(first_start - spec.lateness_us),
+                arrived_until=from_us(int(times.max())),
+            ):
+                try:
+                    event = parse_event(
+                        spec,
+                        decode_payload(raw.payload),
+                        arrival_us=to_us(raw.arrival_time),
+                        sequence=raw.stream_sequence,
+                    )
+                except EventRejected:
+                    continue
+                if event.entity_key in wanted:
+                    events.append(event, spec.columns)
+    return compute_as_of(spec, events, keys, times).to_arrow(spec)

@@ -1,0 +1,1 @@
+"""Writes of feature values: the one writer, PushFeatures and batch materialization."""

@@ -1,0 +1,1 @@
+"""Feature definitions as data: their rules, what applying them changes, read plans."""

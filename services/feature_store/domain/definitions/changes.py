@@ -1,0 +1,174 @@
+"""What applying a repository would change, definition by definition (pure logic)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from google.protobuf.message import Message
+
+from lathe.feature_store.v1 import message_pb2 as m
+from services.feature_store.domain.definitions.rules import (
+    breaking_changes,
+    check_service_references,
+    validate_repository,
+)
+
+D = TypeVar("D", bound=Message)
+
+
+@dataclass
+class Applied:
+    """The latest applied version of every definition."""
+
+    entities: dict[str, m.Entity] = field(default_factory=dict)
+    views: dict[str, m.FeatureView] = field(default_factory=dict)
+    on_demand: dict[str, m.OnDemandFeatureView] = field(default_factory=dict)
+    services: dict[str, m.FeatureService] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlannedChange:
+    change: m.DefinitionChange
+    definition: Message
+    """What to record if applied (None-equivalent for UNCHANGED / NOT_IN_REPOSITORY)."""
+
+    @property
+    def records(self) -> bool:
+        return self.change.action in (
+            m.CHANGE_ACTION_CREATE,
+            m.CHANGE_ACTION_UPDATE,
+            m.CHANGE_ACTION_NEW_VERSION,
+        )
+
+
+def plan(repository: m.FeatureRepository, applied: Applied) -> list[PlannedChange]:
+    changes = [
+        _entity_change(entity, applied.entities.get(entity.name)) for entity in repository.entities
+    ]
+    changes += _versioned("feature_view", repository.feature_views, applied.views, _view_breaks)
+    changes += _versioned(
+        "on_demand_view", repository.on_demand_views, applied.on_demand, _logic_breaks
+    )
+    changes += _versioned(
+        "feature_service", repository.feature_services, applied.services, _service_breaks
+    )
+    declared = {
+        "entity": {e.name for e in repository.entities},
+        "feature_view": {v.name for v in repository.feature_views},
+        "on_demand_view": {v.name for v in repository.on_demand_views},
+        "feature_service": {s.name for s in repository.feature_services},
+    }
+    existing = {
+        "entity": applied.entities,
+        "feature_view": applied.views,
+        "on_demand_view": applied.on_demand,
+        "feature_service": applied.services,
+    }
+    for kind, definitions in existing.items():
+        for name in sorted(set(definitions) - declared[kind]):
+            version = getattr(definitions[name], "version", 0)
+            change = m.DefinitionChange(
+                kind=kind,
+                name=name,
+                action=m.CHANGE_ACTION_NOT_IN_REPOSITORY,
+                from_version=version,
+                to_version=version,
+                details=["applied before but not in this repository; kept as it is"],
+            )
+            changes.append(PlannedChange(change, definitions[name]))
+    return changes
+
+
+def _entity_change(entity: m.Entity, old: m.Entity | None) -> PlannedChange:
+    change = m.DefinitionChange(kind="entity", name=entity.name)
+    if old is None:
+        change.action = m.CHANGE_ACTION_CREATE
+    elif old == entity:
+        change.action = m.CHANGE_ACTION_UNCHANGED
+    elif (old.join_key, old.key_type) != (entity.join_key, entity.key_type):
+        change.action = m.CHANGE_ACTION_UPDATE
+        change.blocked = True
+        change.details.append(
+            "an entity's join key and key type never change (stored keys depend on them): "
+            "define a new entity instead"
+        )
+    else:
+        change.action = m.CHANGE_ACTION_UPDATE
+        change.details.append("description")
+    return PlannedChange(change, entity)
+
+
+def _versioned(
+    kind: str,
+    definitions: list[D],
+    applied: dict[str, D],
+    breaks: Callable[[D, D], list[str]],
+) -> list[PlannedChange]:
+    planned = []
+    for definition in definitions:
+        name, version = definition.name, definition.version  # type: ignore[attr-defined]
+        old = applied.get(name)
+        change = m.DefinitionChange(kind=kind, name=name, to_version=version)
+        if old is None:
+            change.action = m.CHANGE_ACTION_CREATE
+        else:
+            current = old.version  # type: ignore[attr-defined]
+            change.from_version = current
+            if version == current + 1:
+                change.action = m.CHANGE_ACTION_NEW_VERSION
+            elif version == current:
+                reasons = breaks(old, definition)
+                if old == definition:
+                    change.action = m.CHANGE_ACTION_UNCHANGED
+                elif reasons:
+                    change.action = m.CHANGE_ACTION_UPDATE
+                    change.blocked = True
+                    change.details.extend(
+                        f"{r} (breaking: set version={current + 1})" for r in reasons
+                    )
+                else:
+                    change.action = m.CHANGE_ACTION_UPDATE
+                    change.details.append("compatible change within the version")
+            else:
+                change.action = m.CHANGE_ACTION_NEW_VERSION
+                change.blocked = True
+                change.details.append(
+                    f"version {version} does not follow the applied version {current}: "
+                    f"edit version {current} compatibly or declare version {current + 1}"
+                )
+        planned.append(PlannedChange(change, definition))
+    return planned
+
+
+def _view_breaks(old: m.FeatureView, new: m.FeatureView) -> list[str]:
+    return breaking_changes(old, new)
+
+
+def _logic_breaks(old: m.OnDemandFeatureView, new: m.OnDemandFeatureView) -> list[str]:
+    """Any change to what an on-demand view computes changes its values."""
+    reasons = []
+    if (old.source_code, old.function_name) != (new.source_code, new.function_name):
+        reasons.append("function changed")
+    if list(old.inputs) != list(new.inputs) or list(old.request_fields) != list(new.request_fields):
+        reasons.append("inputs changed")
+    if list(old.features) != list(new.features):
+        reasons.append("features changed")
+    return reasons
+
+
+def _service_breaks(old: m.FeatureService, new: m.FeatureService) -> list[str]:
+    """A model consumes a fixed feature set: changing it is a new version."""
+    return ["features changed"] if list(old.features) != list(new.features) else []
+
+
+def checked_plan(repository: m.FeatureRepository, applied: Applied) -> list[PlannedChange]:
+    """The repository checked (InvalidArgument naming what to fix) and planned against
+    what is applied."""
+    checked = validate_repository(repository, applied.entities.values())
+    views = {**applied.views, **{v.name: v for v in checked.feature_views}}
+    on_demand = {**applied.on_demand, **{v.name: v for v in checked.on_demand_views}}
+    for service in checked.feature_services:
+        check_service_references(service, views, on_demand)
+    return plan(checked, applied)

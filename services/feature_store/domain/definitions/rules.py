@@ -1,0 +1,264 @@
+"""Checking a repository of definitions and completing what the server derives.
+
+Every rule here raises InvalidArgument naming the definition and what to fix.
+Stream views get their features from their aggregations (typed by function).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from google.protobuf.duration_pb2 import Duration
+
+from lathe.feature_store.v1 import message_pb2 as m
+from libs.errors import InvalidArgument
+from services.feature_store.domain.names import FeatureRef, check_name
+from services.feature_store.domain.on_demand.runner import compile_on_demand
+from services.feature_store.domain.values import value_type_of
+
+_NUMERIC = {m.VALUE_TYPE_INT64, m.VALUE_TYPE_FLOAT64}
+_DEFAULT_TILE_S = 60
+_DEFAULT_LATENESS_S = 600
+
+
+def seconds(duration: Duration) -> float:
+    return duration.seconds + duration.nanos / 1e9
+
+
+def validate_repository(
+    repository: m.FeatureRepository, applied_entities: Iterable[m.Entity]
+) -> m.FeatureRepository:
+    """A checked copy of ``repository`` with server-derived fields filled in."""
+    checked = m.FeatureRepository()
+    checked.CopyFrom(repository)
+    entities = {e.name: e for e in applied_entities}
+    _unique([e.name for e in checked.entities], "entity")
+    for entity in checked.entities:
+        _check_entity(entity)
+        entities[entity.name] = entity
+    _unique([v.name for v in checked.feature_views], "feature view")
+    views = {}
+    for view in checked.feature_views:
+        _check_view(view, entities)
+        views[view.name] = view
+    _unique(
+        [v.name for v in checked.on_demand_views] + list(views), "feature view or on-demand view"
+    )
+    for on_demand in checked.on_demand_views:
+        _check_on_demand(on_demand, views)
+    _unique([s.name for s in checked.feature_services], "feature service")
+    return checked
+
+
+def check_service_references(
+    service: m.FeatureService,
+    views: dict[str, m.FeatureView],
+    on_demand: dict[str, m.OnDemandFeatureView],
+) -> None:
+    if not service.features:
+        raise InvalidArgument(f"feature service {service.name!r} lists no features")
+    for text in service.features:
+        ref = FeatureRef.parse(text)
+        fields = _fields_of(ref.view, views, on_demand, f"feature service {service.name!r}")
+        if ref.feature != "*" and ref.feature not in fields:
+            raise InvalidArgument(
+                f"feature service {service.name!r}: {ref.view!r} has no feature {ref.feature!r}; "
+                f"it has {sorted(fields)}"
+            )
+
+
+def _fields_of(
+    view_name: str,
+    views: dict[str, m.FeatureView],
+    on_demand: dict[str, m.OnDemandFeatureView],
+    where: str,
+) -> dict[str, m.Field]:
+    if view_name in views:
+        return {f.name: f for f in views[view_name].features}
+    if view_name in on_demand:
+        return {f.name: f for f in on_demand[view_name].features}
+    raise InvalidArgument(f"{where} refers to unknown feature view {view_name!r}")
+
+
+def _unique(names: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise InvalidArgument(f"{what} {name!r} is defined twice; names must be unique")
+        seen.add(name)
+
+
+def _check_entity(entity: m.Entity) -> None:
+    check_name(entity.name, "entity")
+    check_name(entity.join_key, f"entity {entity.name!r} join_key")
+    if entity.key_type not in (m.VALUE_TYPE_STRING, m.VALUE_TYPE_INT64):
+        raise InvalidArgument(f"entity {entity.name!r}: key_type must be STRING or INT64")
+
+
+def _check_fields(fields: Iterable[m.Field], where: str) -> None:
+    names = []
+    for field in fields:
+        check_name(field.name, f"{where} field")
+        names.append(field.name)
+        if field.type == m.VALUE_TYPE_UNSPECIFIED:
+            raise InvalidArgument(f"{where} field {field.name!r} needs a type")
+        for expectation in field.expectations:
+            _check_expectation(expectation, field, where)
+    _unique(names, f"{where} field")
+
+
+def _check_expectation(expectation: m.Expectation, field: m.Field, where: str) -> None:
+    rule = expectation.WhichOneof("rule")
+    if rule is None:
+        raise InvalidArgument(f"{where} field {field.name!r} has an empty expectation")
+    if rule == "range":
+        if field.type not in _NUMERIC:
+            raise InvalidArgument(f"{where} field {field.name!r}: a range needs a numeric type")
+        bounds = [b for b in (expectation.range.min, expectation.range.max) if b is not None]
+        if any(not math.isfinite(b) for b in bounds):
+            raise InvalidArgument(f"{where} field {field.name!r}: range bounds must be finite")
+        both = expectation.range.HasField("min") and expectation.range.HasField("max")
+        if both and expectation.range.min > expectation.range.max:
+            raise InvalidArgument(f"{where} field {field.name!r}: range min exceeds max")
+    if rule == "allowed_values":
+        for value in expectation.allowed_values.values:
+            if value_type_of(value) != field.type:
+                raise InvalidArgument(
+                    f"{where} field {field.name!r}: allowed value {value} is not of the "
+                    "field's type"
+                )
+
+
+_RESERVED_COLUMNS = {"entity_key", "event_time", "created_time"}
+_MAX_VIEW_NAME = 48  # views name their offline tables: log_<view>_v<version>
+
+
+def _check_view(view: m.FeatureView, entities: dict[str, m.Entity]) -> None:
+    check_name(view.name, "feature view")
+    where = f"feature view {view.name!r}"
+    if len(view.name) > _MAX_VIEW_NAME:
+        raise InvalidArgument(
+            f"{where}: names of feature views are at most {_MAX_VIEW_NAME} characters"
+        )
+    if view.version < 1:
+        raise InvalidArgument(f"{where}: version must be >= 1")
+    if view.entity not in entities:
+        raise InvalidArgument(
+            f"{where}: unknown entity {view.entity!r}; define it in the repository"
+        )
+    if seconds(view.ttl) < 0:
+        raise InvalidArgument(f"{where}: ttl must not be negative")
+    source = view.WhichOneof("source")
+    if source is None:
+        raise InvalidArgument(f"{where} needs a source: batch_source, stream_source or push_source")
+    if source == "stream_source":
+        _complete_stream_view(view, where)
+    else:
+        if view.aggregations:
+            raise InvalidArgument(f"{where}: aggregations need a stream source")
+        if not view.features:
+            raise InvalidArgument(f"{where} declares no features")
+    _check_fields(view.features, where)
+    for reserved in _RESERVED_COLUMNS & {f.name for f in view.features}:
+        raise InvalidArgument(f"{where}: {reserved!r} is reserved; name the feature differently")
+    if source == "batch_source":
+        _check_batch_source(view.batch_source, where)
+    if view.on_violation == m.VIOLATION_POLICY_UNSPECIFIED:
+        view.on_violation = m.VIOLATION_POLICY_KEEP
+
+
+def _check_batch_source(source: m.BatchSource, where: str) -> None:
+    parts = source.table.split(".")
+    if len(parts) > 2 or not source.table:
+        raise InvalidArgument(f"{where}: batch_source.table must be 'table' or 'schema.table'")
+    for part in parts:
+        check_name(part, f"{where} batch_source table part")
+    check_name(source.event_time_column, f"{where} batch_source.event_time_column")
+    if source.entity_column:
+        check_name(source.entity_column, f"{where} batch_source.entity_column")
+    if source.created_time_column:
+        check_name(source.created_time_column, f"{where} batch_source.created_time_column")
+
+
+def _complete_stream_view(view: m.FeatureView, where: str) -> None:
+    stream = view.stream_source
+    check_name(stream.source, f"{where} stream_source.source")
+    check_name(stream.event_time_field, f"{where} stream_source.event_time_field")
+    if stream.entity_field:
+        check_name(stream.entity_field, f"{where} stream_source.entity_field")
+    if stream.format == m.EVENT_FORMAT_UNSPECIFIED:
+        stream.format = m.EVENT_FORMAT_JSON
+    if not view.aggregations:
+        raise InvalidArgument(f"{where}: a stream view needs at least one aggregation")
+    if view.features:
+        raise InvalidArgument(
+            f"{where}: a stream view's features come from its aggregations; omit them"
+        )
+    if not view.HasField("tile_size"):
+        view.tile_size.FromSeconds(_DEFAULT_TILE_S)
+    if not view.HasField("allowed_lateness"):
+        view.allowed_lateness.FromSeconds(_DEFAULT_LATENESS_S)
+    tile = seconds(view.tile_size)
+    if tile <= 0 or tile != int(tile):
+        raise InvalidArgument(f"{where}: tile_size must be a positive whole number of seconds")
+    for aggregation in view.aggregations:
+        check_name(aggregation.name, f"{where} aggregation")
+        if aggregation.function == m.AGGREGATION_FUNCTION_UNSPECIFIED:
+            raise InvalidArgument(f"{where} aggregation {aggregation.name!r} needs a function")
+        if aggregation.function != m.AGGREGATION_FUNCTION_COUNT:
+            check_name(aggregation.column, f"{where} aggregation {aggregation.name!r} column")
+        window = seconds(aggregation.window)
+        if window <= 0 or window % tile:
+            raise InvalidArgument(
+                f"{where} aggregation {aggregation.name!r}: window must be a positive multiple "
+                f"of the tile size ({tile:g}s)"
+            )
+        result_type = (
+            m.VALUE_TYPE_INT64
+            if aggregation.function == m.AGGREGATION_FUNCTION_COUNT
+            else m.VALUE_TYPE_FLOAT64
+        )
+        view.features.add(name=aggregation.name, type=result_type)
+
+
+def _check_on_demand(view: m.OnDemandFeatureView, views: dict[str, m.FeatureView]) -> None:
+    check_name(view.name, "on-demand view")
+    where = f"on-demand view {view.name!r}"
+    if view.version < 1:
+        raise InvalidArgument(f"{where}: version must be >= 1")
+    for text in view.inputs:
+        ref = FeatureRef.parse(text)
+        fields = _fields_of(ref.view, views, {}, where)
+        if ref.feature == "*" or ref.feature not in fields:
+            raise InvalidArgument(
+                f"{where}: input {text!r} must name one feature of a feature view"
+            )
+    _check_fields(view.request_fields, f"{where} request")
+    if not view.features:
+        raise InvalidArgument(f"{where} declares no features")
+    _check_fields(view.features, where)
+    compile_on_demand(view)  # raises InvalidArgument if the code does not compile
+
+
+def breaking_changes(old: m.FeatureView, new: m.FeatureView) -> list[str]:
+    """Changes that would make stored values or their readers wrong: they need a new version.
+
+    Stored rows are positional, so within a version features may only be appended
+    (and descriptions, expectations, TTL, owner and tags edited).
+    """
+    reasons = []
+    if old.entity != new.entity:
+        reasons.append(f"entity: {old.entity} -> {new.entity}")
+    if old.WhichOneof("source") != new.WhichOneof("source"):
+        reasons.append(f"source kind: {old.WhichOneof('source')} -> {new.WhichOneof('source')}")
+    new_fields = list(new.features)
+    for i, field in enumerate(old.features):
+        if i >= len(new_fields) or new_fields[i].name != field.name:
+            reasons.append(f"field {field.name} removed or moved (features may only be appended)")
+        elif new_fields[i].type != field.type:
+            before, after = m.ValueType.Name(field.type), m.ValueType.Name(new_fields[i].type)
+            reasons.append(f"field {field.name}: {before} -> {after}")
+    if list(old.aggregations) != list(new.aggregations) or old.tile_size != new.tile_size:
+        reasons.append("aggregations or tile size changed (they need a backfill)")
+    return reasons

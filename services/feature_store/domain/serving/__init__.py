@@ -1,0 +1,1 @@
+"""Online replies as encoded bytes: wire fields and stored rows ready to copy."""

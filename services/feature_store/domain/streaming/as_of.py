@@ -1,0 +1,403 @@
+"""Stream aggregates as of each label row's time, vectorized: the offline side of tiles.
+
+For a label (entity, t) every aggregation takes exactly what an online read at t would
+have returned: the events already known at t (arrival_time <= t) whose tile lies in the
+window ``[floor(t) - W + tile, floor(t)]``. (For events that arrive after their event time
+— all but producer-clock-skewed ones — "known at t" implies event_time <= t.) Values are
+identical to the tile path, not approximately equal: sums are exact (decimals scaled to
+integers), and every float is correctly rounded from the same exact value
+(``aggregation.exact_ratio``).
+
+Cost: sorting the events, a few binary searches per label and window, and work per label
+proportional to the events within ``max delay`` (the largest arrival - event time seen,
+at most the allowed lateness) before its time — the only ones that can be in a window
+but not yet known. Min and max scan each label's window in C (``ufunc.reduceat``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+import numpy as np
+import pyarrow as pa
+
+from libs.errors import InvalidArgument
+from services.feature_store.domain.streaming.aggregation import (
+    COUNT,
+    LAST,
+    MAX,
+    MEAN,
+    MIN,
+    SUM,
+    StreamEvent,
+    StreamViewSpec,
+    exact_ratio,
+    to_us,
+)
+
+EVENT_TIME = "event_time"
+"""Output column: the greatest event time in the largest window (null: none known)."""
+
+_ratio = np.frompyfunc(exact_ratio, 2, 1)
+
+
+@dataclass
+class EventColumns:
+    """Accepted events of one view, column by column (cheaper than objects at scale)."""
+
+    entity_keys: list[str] = field(default_factory=list)
+    event_us: list[int] = field(default_factory=list)
+    arrival_us: list[int] = field(default_factory=list)
+    sequence: list[int] = field(default_factory=list)
+    values: dict[str, list[Decimal | None]] = field(default_factory=dict)
+
+    def append(self, event: StreamEvent, columns: Sequence[str]) -> None:
+        self.entity_keys.append(event.entity_key)
+        self.event_us.append(event.event_us)
+        self.arrival_us.append(event.arrival_us)
+        self.sequence.append(event.sequence)
+        for column in columns:
+            self.values.setdefault(column, []).append(event.values.get(column))
+
+    @classmethod
+    def of(cls, spec: StreamViewSpec, events: Iterable[StreamEvent]) -> EventColumns:
+        columns = cls(values={c: [] for c in spec.columns})
+        for event in events:
+            columns.append(event, spec.columns)
+        return columns
+
+
+@dataclass(frozen=True)
+class AsOf:
+    """Per label row: each aggregation's value and whether it has one."""
+
+    values: dict[str, np.ndarray]
+    """Aggregation name -> int64 (count) or float64 values; meaningless where not valid."""
+    valid: dict[str, np.ndarray]
+    """Aggregation name -> bool: False where the value is null."""
+    latest_us: np.ndarray
+    found: np.ndarray
+    """Whether any event is known in the largest window (else every value is null)."""
+
+    def to_arrow(self, spec: StreamViewSpec) -> pa.Table:
+        """One column per aggregation (int64 count, float64 others) + ``event_time``."""
+        arrays = {}
+        for aggregation in spec.aggregations:
+            kind = pa.int64() if aggregation.function == COUNT else pa.float64()
+            arrays[aggregation.name] = pa.array(
+                self.values[aggregation.name], type=kind, mask=~self.valid[aggregation.name]
+            )
+        arrays[EVENT_TIME] = pa.array(
+            self.latest_us, type=pa.timestamp("us", tz="UTC"), mask=~self.found
+        )
+        return pa.table(arrays)
+
+
+@dataclass(frozen=True)
+class _Labels:
+    code: np.ndarray
+    """Entity code per label (-1: no events for that entity)."""
+    t: np.ndarray
+    upper: np.ndarray
+    """floor + tile: events before it are in tiles a read at t covers."""
+    tail_from: np.ndarray
+    """Events after this may be unknown at t; events at or before it are surely known."""
+
+
+class _Series:
+    """Sorted events (all, or those carrying one column) and range queries over them."""
+
+    def __init__(self, keys: np.ndarray, arrival_us: np.ndarray, ranks: _Ranks) -> None:
+        self.keys = keys
+        self.arrival_us = arrival_us
+        self._ranks = ranks
+
+    def bounds(self, labels: _Labels, times: np.ndarray, side: str) -> np.ndarray:
+        query = labels.code * self._ranks.size + np.searchsorted(self._ranks.times, times)
+        order = np.argsort(query, kind="stable")  # sorted needles search much faster
+        found = np.empty(len(query), dtype=np.int64)
+        found[order] = np.searchsorted(self.keys, query[order], side=side)  # type: ignore[call-overload]
+        return np.where(labels.code >= 0, found, 0)
+
+
+@dataclass(frozen=True)
+class _Ranks:
+    """Every event and query time, sorted: entity code * size + rank orders (entity, time)."""
+
+    times: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return len(self.times) + 1
+
+
+@dataclass(frozen=True)
+class _Window:
+    """One series over one window for every label."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    safe_end: np.ndarray
+    """[lo, safe_end) are all known at t; known events past it come from the tail pairs."""
+    count: np.ndarray
+    tail_label: np.ndarray
+    tail_pos: np.ndarray
+    """Tail pairs (label, event position) in this window that are known at t."""
+    unknown_label: np.ndarray
+    unknown_pos: np.ndarray
+    """Pairs in this window not yet known at t (subtracted from prefix sums)."""
+
+    def last(self) -> np.ndarray:
+        """Position of the last known event per label (-1: none)."""
+        best = np.full(len(self.lo), -1, dtype=np.int64)
+        np.maximum.at(best, self.tail_label, self.tail_pos)
+        fallback = np.where(self.safe_end > self.lo, self.safe_end - 1, -1)
+        return np.where(best >= 0, best, fallback)
+
+    def extreme(self, ufunc: np.ufunc, values: np.ndarray, fill: float) -> np.ndarray:
+        out = _range_reduce(ufunc, values, self.lo, self.safe_end, fill)
+        ufunc.at(out, self.tail_label, values[self.tail_pos])
+        return out
+
+
+def _window(series: _Series, labels: _Labels, lo: np.ndarray, lo_widest: np.ndarray) -> _Window:
+    hi = series.bounds(labels, labels.upper, "left")
+    tail_start = np.maximum(lo_widest, series.bounds(labels, labels.tail_from, "right"))
+    lengths = np.maximum(hi - tail_start, 0)
+    pair_label = np.repeat(np.arange(len(hi)), lengths)
+    offsets = np.cumsum(lengths) - lengths
+    pair_pos = tail_start[pair_label] + (np.arange(lengths.sum()) - offsets[pair_label])
+    inside = pair_pos >= lo[pair_label]
+    known = series.arrival_us[pair_pos] <= labels.t[pair_label]
+    unknown = inside & ~known
+    count = (hi - lo) - np.bincount(pair_label[unknown], minlength=len(hi))
+    return _Window(
+        lo=lo,
+        hi=hi,
+        safe_end=np.minimum(np.maximum(lo, tail_start), hi),
+        count=count,
+        tail_label=pair_label[inside & known],
+        tail_pos=pair_pos[inside & known],
+        unknown_label=pair_label[unknown],
+        unknown_pos=pair_pos[unknown],
+    )
+
+
+def _range_reduce(
+    ufunc: np.ufunc, values: np.ndarray, starts: np.ndarray, ends: np.ndarray, fill: float
+) -> np.ndarray:
+    """ufunc over values[start:end) per range (fill where empty), in C.
+
+    ``reduceat`` over interleaved (start, end) indices also reduces the gaps between
+    consecutive ranges; sorting by start keeps those gaps disjoint, so the extra work is
+    at most one pass over ``values``.
+    """
+    out = np.full(len(starts), fill, dtype=np.float64)
+    nonempty = np.flatnonzero(ends > starts)
+    if not len(nonempty):
+        return out
+    order = nonempty[np.argsort(starts[nonempty], kind="stable")]
+    indices = np.empty(2 * len(order), dtype=np.intp)
+    indices[0::2], indices[1::2] = starts[order], ends[order]
+    padded = np.append(values, fill)  # an end equal to len(values) stays a valid index
+    out[order] = ufunc.reduceat(padded, indices)[0::2]
+    return out
+
+
+def _sorted_unique(*arrays: np.ndarray) -> np.ndarray:
+    values = np.sort(np.concatenate(arrays))
+    keep = np.ones(len(values), dtype=bool)
+    keep[1:] = values[1:] != values[:-1]
+    return values[keep]
+
+
+def _scaled(ratios: Sequence[tuple[int, int]]) -> tuple[np.ndarray, int]:
+    """Exact integers v * 10**scale (object array) for prefix sums that never round.
+
+    Each value is numerator / denominator with a denominator dividing a power of ten
+    (it came from a decimal); scale is the smallest power all of them divide.
+    """
+    scale = 0
+    for denominator in {d for _, d in ratios}:
+        twos = (denominator & -denominator).bit_length() - 1
+        fives = 0
+        rest = denominator >> twos
+        while rest > 1:
+            rest //= 5
+            fives += 1
+        scale = max(scale, twos, fives)
+    power = 10**scale
+    factors = {d: power // d for _, d in ratios}
+    scaled = np.empty(len(ratios), dtype=object)
+    scaled[:] = [n * factors[d] for n, d in ratios]
+    return scaled, scale
+
+
+def compute_as_of(
+    spec: StreamViewSpec, events: EventColumns, label_keys: Sequence[str], label_us: np.ndarray
+) -> AsOf:
+    """Every aggregation of ``spec`` per label (entity key, time in µs), in label order.
+
+    ``events`` are the view's accepted events (parsed and within lateness) from any
+    time range that covers the labels' windows; events of other entities are ignored.
+    """
+    n = len(label_keys)
+    t = np.asarray(label_us, dtype=np.int64)
+    codes: dict[str, int] = {}
+    entity = np.fromiter(
+        (codes.setdefault(k, len(codes)) for k in events.entity_keys),
+        np.int64,
+        len(events.event_us),
+    )
+    event_us = np.asarray(events.event_us, dtype=np.int64)
+    arrival_us = np.asarray(events.arrival_us, dtype=np.int64)
+    sequence = np.asarray(events.sequence, dtype=np.int64)
+    # Within an entity, position order is (event time, arrival time, sequence) order: the
+    # last known event of a range is the one with the highest position.
+    order = np.lexsort((sequence, arrival_us, event_us, entity))
+    entity, event_us, arrival_us = entity[order], event_us[order], arrival_us[order]
+
+    floor = t - np.mod(t, spec.tile_us)
+    labels = _Labels(
+        code=np.fromiter((codes.get(k, -1) for k in label_keys), np.int64, n),
+        t=t,
+        upper=floor + spec.tile_us,
+        tail_from=t - int(max(0, (arrival_us - event_us).max(initial=0))),
+    )
+    windows = sorted({a.window_us for a in spec.aggregations})
+    starts = {w: floor - w + spec.tile_us for w in windows}
+    ranks = _Ranks(_sorted_unique(event_us, labels.upper, labels.tail_from, *starts.values()))
+    keys = entity * ranks.size + np.searchsorted(ranks.times, event_us)
+
+    def windows_of(mask: np.ndarray | None) -> dict[int, _Window]:
+        series = _Series(
+            keys if mask is None else keys[mask],
+            arrival_us if mask is None else arrival_us[mask],
+            ranks,
+        )
+        los = {w: series.bounds(labels, starts[w], "left") for w in windows}
+        return {w: _window(series, labels, los[w], los[windows[-1]]) for w in windows}
+
+    all_events = windows_of(None)
+    last_any = all_events[windows[-1]].last()
+    found = last_any >= 0
+    latest_us = np.zeros(n, dtype=np.int64)
+    latest_us[found] = event_us[last_any[found]]
+    live = found & (t - latest_us <= spec.ttl_us) if spec.ttl_us else found
+
+    result = AsOf(values={}, valid={}, latest_us=latest_us, found=found)
+    columns = {c: _Column.of(events.values[c], order, windows_of) for c in spec.columns}
+    for aggregation in spec.aggregations:
+        name = aggregation.name
+        if aggregation.function == COUNT:
+            result.values[name] = all_events[aggregation.window_us].count.astype(np.int64)
+            result.valid[name] = live
+        else:
+            column = columns[aggregation.column]
+            window = column.windows[aggregation.window_us]
+            result.values[name] = column.aggregate(aggregation.function, window, live)
+            result.valid[name] = live if aggregation.function == SUM else live & (window.count > 0)
+    return result
+
+
+@dataclass
+class _Column:
+    """The events carrying one column, in position order, and their windows."""
+
+    ratios: list[tuple[int, int]]
+    """Each value as the exact fraction numerator / denominator."""
+    windows: dict[int, _Window]
+    _prefix: tuple[np.ndarray, np.ndarray, int] | None = None
+    _floats: np.ndarray | None = None
+
+    @classmethod
+    def of(
+        cls,
+        raw: list[Decimal | None],
+        order: np.ndarray,
+        windows_of: Callable[[np.ndarray], dict[int, _Window]],
+    ) -> _Column:
+        present = np.fromiter((raw[i] is not None for i in order), bool, len(order))
+        ratios = [raw[i].as_integer_ratio() for i in order[present]]  # type: ignore[union-attr]
+        return cls(ratios, windows_of(present))
+
+    def aggregate(self, function: str, window: _Window, live: np.ndarray) -> np.ndarray:
+        if function in (SUM, MEAN):
+            return self._sum_or_mean(function, window, live)
+        floats = self.floats()
+        if function == MIN:
+            return window.extreme(np.minimum, floats, np.inf)
+        if function == MAX:
+            return window.extreme(np.maximum, floats, -np.inf)
+        assert function == LAST
+        position = window.last()
+        out = np.full(len(position), np.nan)
+        out[position >= 0] = floats[position[position >= 0]]
+        return out
+
+    def _sum_or_mean(self, function: str, window: _Window, live: np.ndarray) -> np.ndarray:
+        if self._prefix is None:
+            scaled, scale = _scaled(self.ratios)
+            prefix = np.concatenate([np.zeros(1, dtype=object), np.cumsum(scaled, dtype=object)])
+            self._prefix = scaled, prefix, scale
+        scaled, prefix, scale = self._prefix
+        totals = prefix[window.hi] - prefix[window.lo]
+        np.subtract.at(totals, window.unknown_label, scaled[window.unknown_pos])
+        chosen = live if function == SUM else live & (window.count > 0)
+        denominators = np.full(len(totals), 10**scale, dtype=object)
+        if function == MEAN:
+            denominators = denominators * np.maximum(window.count, 1).astype(object)
+        out = np.zeros(len(totals), dtype=np.float64)
+        if chosen.any():
+            out[chosen] = _ratio(totals[chosen], denominators[chosen]).astype(np.float64)
+        return out
+
+    def floats(self) -> np.ndarray:
+        """Each value correctly rounded, as the tile path reads it (values are finite)."""
+        if self._floats is None:
+            self._floats = np.fromiter(
+                (n / d for n, d in self.ratios), np.float64, len(self.ratios)
+            )
+        return self._floats
+
+
+def _python(values: object) -> list[object]:
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        return values.to_pylist()
+    return list(values)  # type: ignore[call-overload]
+
+
+def _key_text(key: object) -> str:
+    if isinstance(key, int) and not isinstance(key, bool):
+        return str(key)
+    if isinstance(key, str):
+        return key
+    return ""  # null or another type: matches no entity (the row comes back null)
+
+
+def label_keys(entity_keys: object) -> list[str]:
+    """Label rows' entity keys as stored keys: int64 by decimal text; anything else
+    (null included) as "", which matches no entity (the row comes back null)."""
+    return [_key_text(k) for k in _python(entity_keys)]
+
+
+def label_times_us(as_of: object) -> np.ndarray:
+    """Label rows' times in µs: an Arrow timestamp array (no nulls; a timezone-less one is
+    UTC) or aware datetimes."""
+    if isinstance(as_of, pa.ChunkedArray):
+        as_of = as_of.combine_chunks()
+    if isinstance(as_of, pa.Array):
+        if not pa.types.is_timestamp(as_of.type) or as_of.null_count:
+            raise InvalidArgument("as_of must be a timestamp array without nulls")
+        return (
+            as_of.cast(pa.timestamp("us", tz=as_of.type.tz))
+            .to_numpy(zero_copy_only=False)
+            .view(np.int64)
+        )
+    moments = list(as_of)  # type: ignore[call-overload]
+    if any(not isinstance(t, datetime) or t.tzinfo is None for t in moments):
+        raise InvalidArgument("as_of times must be timezone-aware datetimes")
+    return np.fromiter((to_us(t) for t in moments), np.int64, len(moments))

@@ -1,0 +1,133 @@
+"""Reading raw business events (JSON objects) as a stream view sees them: pure logic.
+
+Streaming ingestion and backfill both go through ``parse_event``, so an event is accepted
+or rejected — and for the same reason — whichever path reads it. A rejection never
+raises past the caller: the event is counted under its reason and skipped, so one bad
+message cannot stop a stream.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from uuid import UUID
+
+from services.feature_store.domain.streaming.aggregation import StreamEvent, StreamViewSpec, to_us
+
+# Rejection reasons (the ``reason`` column of feature_store.stream_rejections).
+NOT_JSON = "not_json"
+NOT_OBJECT = "not_object"
+BAD_SUBJECT = "bad_subject"
+MISSING_ENTITY = "missing_entity"
+BAD_ENTITY = "bad_entity"
+MISSING_EVENT_TIME = "missing_event_time"
+BAD_EVENT_TIME = "bad_event_time"
+NOT_NUMERIC = "not_numeric"
+LATE = "late"
+FUTURE = "future"
+
+MAX_ENTITY_KEY = 1024
+"""Longer keys could not be indexed (a btree row holds ~2.7 kB): rejected, not retried."""
+
+
+@dataclass(frozen=True)
+class RawEvent:
+    """One business event as the raw-event log keeps it (store/stream_events.py)."""
+
+    event_id: UUID
+    """Its id (the log's key with the source: an event is logged once)."""
+    stream_sequence: int
+    """Its JetStream stream sequence: the last tie-break of ``last``."""
+    arrival_time: datetime
+    """When JetStream stored it, or when it became known (imported history)."""
+    payload: bytes
+    """The event as published (a JSON object, if it counts)."""
+
+
+class EventRejected(Exception):
+    """An event a view cannot use; ``reason`` is one of the constants above."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def decode_payload(data: bytes) -> dict[str, object]:
+    """The event's JSON object; EventRejected if the payload is not one."""
+    try:
+        payload = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise EventRejected(NOT_JSON, f"payload is not JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise EventRejected(
+            NOT_OBJECT, f"payload is a JSON {type(payload).__name__}, not an object"
+        )
+    return payload
+
+
+def parse_event(
+    spec: StreamViewSpec, payload: dict[str, object], *, arrival_us: int, sequence: int
+) -> StreamEvent:
+    """The event as ``spec`` reads it, or EventRejected saying why it cannot count."""
+    entity = _entity_key(payload.get(spec.entity_field), spec.entity_field)
+    event_us = _event_time_us(payload.get(spec.event_time_field), spec.event_time_field)
+    delay = arrival_us - event_us
+    if delay > spec.lateness_us:
+        raise EventRejected(
+            LATE, f"arrived {delay / 1e6:.3f}s after its event time; allowed lateness exceeded"
+        )
+    if -delay > spec.lateness_us:
+        # A producer clock far ahead: counting it would put values into windows early.
+        raise EventRejected(FUTURE, f"event time is {-delay / 1e6:.3f}s after its arrival")
+    values = {}
+    for column in spec.columns:
+        value = _number(payload.get(column), column)
+        if value is not None:
+            values[column] = value
+    return StreamEvent(entity, event_us, arrival_us, sequence, values)
+
+
+def _entity_key(raw: object, name: str) -> str:
+    if raw is None:
+        raise EventRejected(MISSING_ENTITY, f"the entity field {name!r} is missing or null")
+    if isinstance(raw, str) and 0 < len(raw) <= MAX_ENTITY_KEY:
+        return raw
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return str(raw)  # INT64 keys are stored by their decimal form (as online.entity_key)
+    raise EventRejected(
+        BAD_ENTITY,
+        f"the entity field {name!r} must be an int or a string of 1 to {MAX_ENTITY_KEY} characters",
+    )
+
+
+def _event_time_us(raw: object, name: str) -> int:
+    """RFC 3339 text with an offset, or epoch seconds (int or float)."""
+    if raw is None:
+        raise EventRejected(MISSING_EVENT_TIME, f"the event-time field {name!r} is missing")
+    if isinstance(raw, str):
+        try:
+            moment = datetime.fromisoformat(raw)
+        except ValueError as exc:
+            raise EventRejected(BAD_EVENT_TIME, f"{name!r}: {raw!r} is not RFC 3339") from exc
+        if moment.tzinfo is None:
+            raise EventRejected(BAD_EVENT_TIME, f"{name!r}: {raw!r} needs a UTC offset (e.g. Z)")
+        return to_us(moment)
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw * 1_000_000
+    if isinstance(raw, float) and math.isfinite(raw):
+        return round(Decimal(repr(raw)) * 1_000_000)
+    raise EventRejected(BAD_EVENT_TIME, f"{name!r} must be RFC 3339 text or epoch seconds")
+
+
+def _number(raw: object, name: str) -> Decimal | None:
+    """The exact decimal of a JSON number; None when absent or null (ignored, as SQL does)."""
+    if raw is None:
+        return None
+    if isinstance(raw, float) and math.isfinite(raw):
+        return Decimal(repr(raw))
+    if isinstance(raw, int) and not isinstance(raw, bool) and abs(raw) < 2**1023:
+        return Decimal(raw)
+    raise EventRejected(f"{NOT_NUMERIC}:{name}", f"{name!r} must be a finite number, not {raw!r}")
