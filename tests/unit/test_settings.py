@@ -43,3 +43,26 @@ def test_sql_identifiers_are_validated_before_quoting(name: str) -> None:
     with pytest.raises(InvalidArgument, match="not a valid identifier"):
         quote_ident(name)
     assert quote_ident("model_registry") == '"model_registry"'
+
+
+def test_database_bounds_and_insecure_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("LATHE_DB_COMMAND_TIMEOUT_S", "LATHE_DB_ACQUIRE_TIMEOUT_S", "LATHE_INSECURE"):
+        monkeypatch.delenv(name, raising=False)
+    defaults = LatheSettings()
+    assert defaults.db_command_timeout_s == 60.0
+    assert defaults.db_acquire_timeout_s == 10.0
+    assert defaults.insecure is False
+
+    monkeypatch.setenv("LATHE_DB_COMMAND_TIMEOUT_S", "5")
+    monkeypatch.setenv("LATHE_DB_ACQUIRE_TIMEOUT_S", "0")
+    monkeypatch.setenv("LATHE_INSECURE", "1")
+    settings = LatheSettings()
+    assert settings.db_command_timeout_s == 5.0
+    assert settings.db_acquire_timeout_s == 0.0
+    assert settings.insecure is True
+
+    monkeypatch.setenv("LATHE_DB_COMMAND_TIMEOUT_S", "-1")
+    with pytest.raises(ValidationError, match="db_command_timeout_s"):
+        LatheSettings()

@@ -54,14 +54,22 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
     async def ListModels(
         self, request: rr.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> rr.ListModelsResponse:
-        cursor = validation.decode_page_token(request.page_token)
+        cursor = validation.decode_page_token(
+            request.page_token, kind="model_registry.ListModels", fields={"after": str}
+        )
         models, more = await self._queries.models_page(
             after_name=str(cursor.get("after", "")),
             owner=request.owner,
             tag_key=request.tag_key,
             limit=validation.page_size(request.page_size),
         )
-        token = validation.encode_page_token({"after": models[-1].name}) if more else ""
+        token = (
+            validation.encode_page_token(
+                {"after": models[-1].name}, kind="model_registry.ListModels"
+            )
+            if more
+            else ""
+        )
         return rr.ListModelsResponse(models=models, next_page_token=token)
 
     async def SetPromotionPolicy(
@@ -104,11 +112,20 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
     ) -> rr.ListModelVersionsResponse:
         name = validation.require(request.model_name, "model_name")
         limit = validation.page_size(request.page_size)
-        before = int(validation.decode_page_token(request.page_token).get("before", 2**62))
+        cursor = validation.decode_page_token(
+            request.page_token, kind="model_registry.ListModelVersions", fields={"before": int}
+        )
+        before = int(cursor.get("before", 2**62))
         versions, more = await self._queries.versions_page(name, before_version=before, limit=limit)
         if not versions and before == 2**62:
             await self._model(name)  # NOT_FOUND for an unknown model, not an empty page
-        token = validation.encode_page_token({"before": versions[-1].version}) if more else ""
+        token = (
+            validation.encode_page_token(
+                {"before": versions[-1].version}, kind="model_registry.ListModelVersions"
+            )
+            if more
+            else ""
+        )
         return rr.ListModelVersionsResponse(model_versions=versions, next_page_token=token)
 
     async def DownloadArtifact(
@@ -217,7 +234,10 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
     ) -> rr.GetModelHistoryResponse:
         name = validation.require(request.model_name, "model_name")
         limit = validation.page_size(request.page_size)
-        after = int(validation.decode_page_token(request.page_token).get("after", 0))
+        cursor = validation.decode_page_token(
+            request.page_token, kind="model_registry.GetModelHistory", fields={"after": int}
+        )
+        after = int(cursor.get("after", 0))
         await self._model(name)
         streams = [model_stream(name)] + [
             alias_stream(name, alias) for alias in await self._queries.alias_names_ever(name)
@@ -238,7 +258,13 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
             entry.record_time.FromDatetime(event.recorded_at)
             entries.append(entry)
         more = len(events) > limit
-        token = validation.encode_page_token({"after": entries[-1].position}) if more else ""
+        token = (
+            validation.encode_page_token(
+                {"after": entries[-1].position}, kind="model_registry.GetModelHistory"
+            )
+            if more
+            else ""
+        )
         return rr.GetModelHistoryResponse(entries=entries, next_page_token=token)
 
     async def _model(self, name: str) -> message_pb2.Model:
