@@ -8,9 +8,12 @@ kit rejects them with INVALID_ARGUMENT naming the field before any handler runs
 
 From a message's descriptor this module compiles, once per type, a walk over only the
 fields that can hold such a value (strings, timestamps, durations, and messages,
-lists and maps that lead to one); a type with none gets no walk at all. The NUL walk
-runs only when the request's bytes contain a zero byte at all: UTF-8 encodes U+0000
-as 0x00, so most requests skip it.
+lists and maps that lead to one); a type with none gets no walk at all. Walking costs
+about a microsecond per value (upb builds a Python object for each message it hands
+out), so a walk runs only when the request's bytes could hold what it looks for: the
+NUL walk when they contain a zero byte (UTF-8 encodes U+0000 as 0x00), the range walk
+when they contain the first byte of the key of a Timestamp or Duration field. Most
+requests skip both: the checks then cost two ``bytes`` scans.
 """
 
 from __future__ import annotations
@@ -37,42 +40,56 @@ _NUL_PROBLEM = "contains a NUL character (\\x00), which text cannot hold; remove
 
 
 @dataclass(frozen=True, slots=True)
+class Walk:
+    """One compiled walk over a message type, and when it is needed at all."""
+
+    check: Check
+    """Finds the first bad value: (its path, what is wrong)."""
+    needles: tuple[bytes, ...]
+    """Single bytes of which the encoding has at least one when a bad value can be in it."""
+
+
+@dataclass(frozen=True, slots=True)
 class MessageChecks:
     """The compiled checks of one request message type."""
 
-    text: Check | None
-    """Finds a string with a NUL in it; None when the type has no string anywhere."""
-    times: Check | None
-    """Finds an out-of-range Timestamp or Duration; None when the type has none."""
+    walks: tuple[Walk, ...]
+    """The NUL walk (strings) and the range walk (timestamps, durations), where needed."""
 
     def problem(self, message: Any, data: bytes) -> str | None:
         """What is wrong with ``message`` (decoded from ``data``), or None."""
-        if self.text is not None and b"\x00" in data:
-            found = self.text(message)
-            if found is not None:
-                return f"{found[0]} {found[1]}"
-        if self.times is not None:
-            found = self.times(message)
-            if found is not None:
-                return f"{found[0]} {found[1]}"
+        for walk in self.walks:
+            for needle in walk.needles:
+                if needle in data:
+                    found = walk.check(message)
+                    if found is not None:
+                        return f"{found[0]} {found[1]}"
+                    break
         return None
 
 
 @cache
 def checks_for(descriptor: Descriptor) -> MessageChecks | None:
     """The checks of messages of ``descriptor``'s type; None when it needs none."""
+    walks = []
     text = _compile(descriptor, _string_leaf)
+    if text is not None:
+        # UTF-8 encodes U+0000 as the byte 0x00: no zero byte, no NUL.
+        walks.append(Walk(text[0], (b"\x00",)))
     times = _compile(descriptor, _time_leaf)
-    if text is None and times is None:
-        return None
-    return MessageChecks(text, times)
+    if times is not None:
+        # A Timestamp or Duration present in the message has its field's key in the bytes.
+        walks.append(Walk(*times))
+    return MessageChecks(tuple(walks)) if walks else None
 
 
-# A leaf rule: given a field, a check of one value of it, or None if the field is no leaf.
-LeafRule = Callable[[FieldDescriptor], Callable[[Any], str | None] | None]
+LeafCheck = Callable[[Any], str | None]
+"""What is wrong with one value of a leaf field (a string, a Timestamp...), or None."""
+LeafRule = Callable[[FieldDescriptor], LeafCheck | None]
+"""The check of a field's values if it is a leaf of the walk, else None."""
 
 
-def _string_leaf(field: FieldDescriptor) -> Callable[[Any], str | None] | None:
+def _string_leaf(field: FieldDescriptor) -> LeafCheck | None:
     if field.type != FieldDescriptor.TYPE_STRING:
         return None
     return _nul_in
@@ -82,7 +99,7 @@ def _nul_in(value: str) -> str | None:
     return _NUL_PROBLEM if _NUL in value else None
 
 
-def _time_leaf(field: FieldDescriptor) -> Callable[[Any], str | None] | None:
+def _time_leaf(field: FieldDescriptor) -> LeafCheck | None:
     if field.type != FieldDescriptor.TYPE_MESSAGE:
         return None
     name = field.message_type.full_name
@@ -119,16 +136,32 @@ def _duration_problem(value: Any) -> str | None:
     )
 
 
-def _compile(root: Descriptor, leaf: LeafRule) -> Check | None:
-    """A check of ``root`` messages for values ``leaf`` rejects; None if none can occur."""
+def _compile(root: Descriptor, leaf: LeafRule) -> tuple[Check, tuple[bytes, ...]] | None:
+    """A check of ``root`` messages for values ``leaf`` rejects, and the first bytes of
+    the keys of the fields that hold such values; None if none can occur."""
     types = _reachable_types(root, leaf)
     relevant = _types_leading_to_leaves(types, leaf)
     if root.full_name not in relevant:
         return None
-    checks: dict[str, Check] = {}
+    cells: dict[str, list[Check]] = {}
     for name in relevant:
-        checks[name] = _message_check(types[name], leaf, relevant, checks)
-    return checks[root.full_name]
+        cells.setdefault(name, []).append(_message_check(types[name], leaf, relevant, cells))
+    key_bytes = {
+        _first_key_byte(field)
+        for name in relevant
+        for field in types[name].fields
+        if leaf(field) is not None
+    }
+    return cells[root.full_name][0], tuple(sorted(key_bytes))
+
+
+def _first_key_byte(field: FieldDescriptor) -> bytes:
+    """The first byte of a leaf field's key in the wire format (the key's varint).
+
+    Leaves (strings, Timestamps, Durations) are length-delimited: wire type 2.
+    """
+    key = (field.number << 3) | 2
+    return bytes([(key & 0x7F) | (0x80 if key > 0x7F else 0)])
 
 
 def _reachable_types(root: Descriptor, leaf: LeafRule) -> dict[str, Descriptor]:
@@ -167,13 +200,15 @@ def _types_leading_to_leaves(types: dict[str, Descriptor], leaf: LeafRule) -> se
 
 
 def _message_check(
-    descriptor: Descriptor, leaf: LeafRule, relevant: set[str], checks: dict[str, Check]
+    descriptor: Descriptor, leaf: LeafRule, relevant: set[str], cells: dict[str, list[Check]]
 ) -> Check:
     field_checks = [
         check
         for field in descriptor.fields
-        if (check := _field_check(field, leaf, relevant, checks)) is not None
+        if (check := _field_check(field, leaf, relevant, cells)) is not None
     ]
+    if len(field_checks) == 1:
+        return field_checks[0]
 
     def check_message(message: Any) -> Problem | None:
         for field_check in field_checks:
@@ -186,25 +221,30 @@ def _message_check(
 
 
 def _field_check(
-    field: FieldDescriptor, leaf: LeafRule, relevant: set[str], checks: dict[str, Check]
+    field: FieldDescriptor, leaf: LeafRule, relevant: set[str], cells: dict[str, list[Check]]
 ) -> Check | None:
     name = field.name
     if _is_map(field):
-        key_field = field.message_type.fields_by_name["key"]
         value_field = field.message_type.fields_by_name["value"]
-        key_check = leaf(key_field)
-        value_check = _value_check(value_field, leaf, relevant, checks)
-        if key_check is None and value_check is None:
+        key_rule = leaf(field.message_type.fields_by_name["key"])
+        value_rule = leaf(value_field)
+        value_cell = _child_cell(value_field, relevant, cells) if value_rule is None else None
+        if key_rule is None and value_rule is None and value_cell is None:
             return None
-        return _map_check(name, key_check, value_check)
-    value_check = _value_check(field, leaf, relevant, checks)
-    if value_check is None:
+        return _map_check(name, key_rule, value_rule, value_cell)
+    rule = leaf(field)
+    if rule is not None:
+        if field.is_repeated:
+            return _repeated_leaf_check(name, rule)
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            return _present_leaf_check(name, rule)
+        return _singular_leaf_check(name, rule)
+    cell = _child_cell(field, relevant, cells)
+    if cell is None:
         return None
     if field.is_repeated:
-        return _repeated_check(name, value_check)
-    if field.type == FieldDescriptor.TYPE_MESSAGE:
-        return _present_message_check(name, value_check)
-    return _singular_check(name, value_check)
+        return _repeated_child_check(name, cell)
+    return _present_child_check(name, cell)
 
 
 def _is_map(field: FieldDescriptor) -> bool:
@@ -215,58 +255,67 @@ def _is_map(field: FieldDescriptor) -> bool:
     )
 
 
-ValueCheck = Callable[[Any], Problem | None]
-"""A check of one value of a field: (path below the value, problem), path '' for the value."""
-
-
-def _value_check(
-    field: FieldDescriptor, leaf: LeafRule, relevant: set[str], checks: dict[str, Check]
-) -> ValueCheck | None:
-    rule = leaf(field)
-    if rule is not None:
-
-        def check_leaf(value: Any) -> Problem | None:
-            problem = rule(value)
-            return None if problem is None else ("", problem)
-
-        return check_leaf
+def _child_cell(
+    field: FieldDescriptor, relevant: set[str], cells: dict[str, list[Check]]
+) -> list[Check] | None:
+    """Where the check of the field's message type will be (filled later: types may recurse)."""
     if field.type != FieldDescriptor.TYPE_MESSAGE:
         return None
     type_name = field.message_type.full_name
     if type_name not in relevant:
         return None
-
-    def check_child(value: Any) -> Problem | None:
-        found = checks[type_name](value)  # looked up late: types may be recursive
-        return None if found is None else (f".{found[0]}", found[1])
-
-    return check_child
+    return cells.setdefault(type_name, [])
 
 
-def _singular_check(name: str, check: ValueCheck) -> Check:
+# One function per shape of field, so that a check costs one call per value walked.
+
+
+def _singular_leaf_check(name: str, rule: LeafCheck) -> Check:
     def check_singular(message: Any) -> Problem | None:
-        found = check(getattr(message, name))
-        return None if found is None else (name + found[0], found[1])
+        problem = rule(getattr(message, name))
+        return None if problem is None else (name, problem)
 
     return check_singular
 
 
-def _present_message_check(name: str, check: ValueCheck) -> Check:
+def _present_leaf_check(name: str, rule: LeafCheck) -> Check:
     def check_present(message: Any) -> Problem | None:
         if not message.HasField(name):
             return None
-        found = check(getattr(message, name))
-        return None if found is None else (name + found[0], found[1])
+        problem = rule(getattr(message, name))
+        return None if problem is None else (name, problem)
 
     return check_present
 
 
-def _repeated_check(name: str, check: ValueCheck) -> Check:
+def _repeated_leaf_check(name: str, rule: LeafCheck) -> Check:
     def check_repeated(message: Any) -> Problem | None:
+        for index, value in enumerate(getattr(message, name)):
+            problem = rule(value)
+            if problem is not None:
+                return (f"{name}[{index}]", problem)
+        return None
+
+    return check_repeated
+
+
+def _present_child_check(name: str, cell: list[Check]) -> Check:
+    def check_present(message: Any) -> Problem | None:
+        if not message.HasField(name):
+            return None
+        found = cell[0](getattr(message, name))
+        return None if found is None else (f"{name}.{found[0]}", found[1])
+
+    return check_present
+
+
+def _repeated_child_check(name: str, cell: list[Check]) -> Check:
+    def check_repeated(message: Any) -> Problem | None:
+        check = cell[0]
         for index, value in enumerate(getattr(message, name)):
             found = check(value)
             if found is not None:
-                return (f"{name}[{index}]{found[0]}", found[1])
+                return (f"{name}[{index}].{found[0]}", found[1])
         return None
 
     return check_repeated
@@ -274,19 +323,19 @@ def _repeated_check(name: str, check: ValueCheck) -> Check:
 
 def _map_check(
     name: str,
-    key_check: Callable[[Any], str | None] | None,
-    value_check: ValueCheck | None,
+    key_rule: LeafCheck | None,
+    value_rule: LeafCheck | None,
+    value_cell: list[Check] | None,
 ) -> Check:
     def check_map(message: Any) -> Problem | None:
+        value_check = value_cell[0] if value_cell is not None else None
         for key, value in getattr(message, name).items():
-            if key_check is not None:
-                problem = key_check(key)
-                if problem is not None:
-                    return (f"{name} key {key!r}", problem)
-            if value_check is not None:
-                found = value_check(value)
-                if found is not None:
-                    return (f"{name}[{key!r}]{found[0]}", found[1])
+            if key_rule is not None and (problem := key_rule(key)) is not None:
+                return (f"{name} key {key!r}", problem)
+            if value_rule is not None and (problem := value_rule(value)) is not None:
+                return (f"{name}[{key!r}]", problem)
+            if value_check is not None and (found := value_check(value)) is not None:
+                return (f"{name}[{key!r}].{found[0]}", found[1])
         return None
 
     return check_map
