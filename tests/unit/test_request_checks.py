@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
-from google.protobuf import duration_pb2, empty_pb2, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, empty_pb2, message_factory, struct_pb2, timestamp_pb2
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from lathe.feature_store.v1 import message_pb2 as fs_messages
 from lathe.feature_store.v1 import request_response_pb2 as fs
+from lathe.feature_store.v1 import service_pb2 as fs_service
+from lathe.inference.v1 import service_pb2 as inference_service
 from lathe.model_registry.v1 import request_response_pb2 as mr
+from lathe.model_registry.v1 import service_pb2 as mr_service
+from lathe.trainer.v1 import service_pb2 as trainer_service
 from libs.errors import InvalidArgument
 from libs.grpckit.decoding import Rejected, checked_deserializer
-from libs.grpckit.request_checks import checks_for
+from libs.grpckit.request_checks import DURATION, TIMESTAMP, checks_for
 
 MIN_S, MAX_S = -62_135_596_800, 253_402_300_799
 TEN_THOUSAND_YEARS_S = 315_576_000_000
@@ -169,3 +177,89 @@ def test_streamed_requests_raise_instead() -> None:
         decode(bad.SerializeToString())
     with pytest.raises(InvalidArgument, match="not a valid"):
         decode(b"\x0a\x05\xff")
+
+
+def _service_inputs() -> list[Descriptor]:
+    inputs = {}
+    for module in (fs_service, mr_service, trainer_service, inference_service):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                inputs[method.input_type.full_name] = method.input_type
+    return list(inputs.values())
+
+
+Plant = Callable[[Any], None]
+
+
+def _plantings(
+    descriptor: Descriptor, leaf: str, seen: tuple[str, ...] = ()
+) -> list[tuple[str, Plant]]:
+    """(path, how to plant a bad value there) for every leaf field reachable from a type.
+
+    ``leaf`` is "text" (a NUL in each string field) or "time" (each Timestamp and
+    Duration field out of range). Recursive types are followed once.
+    """
+    if descriptor.full_name in seen:
+        return []
+    seen = (*seen, descriptor.full_name)
+    found: list[tuple[str, Plant]] = []
+    for field in descriptor.fields:
+        name = field.name
+        if field.type == FieldDescriptor.TYPE_STRING and leaf == "text":
+            if field.is_repeated:
+                found.append((f"{name}[0]", lambda m, n=name: getattr(m, n).append("\x00")))
+            else:
+                found.append((name, lambda m, n=name: setattr(m, n, "\x00")))
+            continue
+        if field.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        child = field.message_type
+        if child.GetOptions().map_entry:
+            value = child.fields_by_name["value"]
+            if value.type == FieldDescriptor.TYPE_STRING and leaf == "text":
+                found.append((f"{name}['k']", lambda m, n=name: getattr(m, n).update(k="\x00")))
+            elif value.type == FieldDescriptor.TYPE_MESSAGE:
+                found.extend(
+                    (f"{name}['k'].{path}", lambda m, n=name, p=plant: p(getattr(m, n)["k"]))
+                    for path, plant in _plantings(value.message_type, leaf, seen)
+                )
+            continue
+        if child.full_name in (TIMESTAMP, DURATION):
+            if leaf == "time":
+                bad = _OUT_OF_RANGE[child.full_name]
+                if field.is_repeated:
+                    found.append((f"{name}[0]", lambda m, n=name, b=bad: getattr(m, n).append(b)))
+                else:
+                    found.append((name, lambda m, n=name, b=bad: getattr(m, n).CopyFrom(b)))
+            continue
+        for path, plant in _plantings(child, leaf, seen):
+            if field.is_repeated:
+                found.append(
+                    (f"{name}[0].{path}", lambda m, n=name, p=plant: p(getattr(m, n).add()))
+                )
+            else:
+                found.append((f"{name}.{path}", lambda m, n=name, p=plant: p(getattr(m, n))))
+    return found
+
+
+_OUT_OF_RANGE = {
+    TIMESTAMP: timestamp_pb2.Timestamp(seconds=MAX_S + 1),
+    DURATION: duration_pb2.Duration(seconds=TEN_THOUSAND_YEARS_S + 1),
+}
+
+
+@pytest.mark.parametrize("leaf", ["text", "time"])
+def test_every_string_and_time_field_of_every_request_of_every_service_is_checked(
+    leaf: str,
+) -> None:
+    planted = 0
+    for descriptor in _service_inputs():
+        message_class = message_factory.GetMessageClass(descriptor)
+        for path, plant in _plantings(descriptor, leaf):
+            message = message_class()
+            plant(message)
+            problem = _problem(message)
+            assert problem is not None, (descriptor.full_name, path)
+            assert problem.startswith(f"{path} "), (descriptor.full_name, path, problem)
+            planted += 1
+    assert planted > (100 if leaf == "text" else 5)  # the walk above found the fields
