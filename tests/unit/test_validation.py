@@ -72,6 +72,7 @@ GOOD = validation.encode_page_token({"after": "model-b"}, kind="model_registry.L
         (_flip(GOOD, 3), "altered"),  # inside the digest
         (_flip(GOOD, len(GOOD) - 5), "altered"),  # inside the cursor
         (GOOD[:-4], "altered"),
+        (GOOD + "A" * 10_000, "altered"),
         (
             validation.encode_page_token({"after": 7}, kind="model_registry.GetModelHistory"),
             "issued by model_registry.GetModelHistory",
