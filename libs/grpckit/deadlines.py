@@ -9,6 +9,16 @@ bound their own waits with ``remaining_time_s``. The state itself lives in
 
 from __future__ import annotations
 
-from libs.deadlines import remaining_time_s, reset_deadline, set_deadline_from_remaining
+from libs.deadlines import (
+    no_deadline,
+    remaining_time_s,
+    reset_deadline,
+    set_deadline_from_remaining,
+)
 
-__all__ = ["remaining_time_s", "reset_deadline", "set_deadline_from_remaining"]
+__all__ = [
+    "no_deadline",
+    "remaining_time_s",
+    "reset_deadline",
+    "set_deadline_from_remaining",
+]
