@@ -106,7 +106,7 @@ def decode_page_token(
         raise _foreign_token(field, kind, "it was altered, truncated or made elsewhere")
     try:
         token_kind, cursor = json.loads(body)
-    except (ValueError, TypeError):  # not JSON, or not a [kind, cursor] pair
+    except (ValueError, TypeError, RecursionError):  # not JSON, not a [kind, cursor] pair
         token_kind, cursor = None, None
     if token_kind != kind:
         issuer = token_kind if isinstance(token_kind, str) else "something else"
