@@ -1,10 +1,10 @@
 """Postgres access shared by the services: bounded pools, outage errors, identifiers, migrations."""
 
 from libs.db.errors import (
-    DATABASE_OUTAGE,
     DatabaseDeadlineExceeded,
     DatabaseTimedOut,
     DatabaseUnavailable,
+    OutageLog,
     database_failure,
 )
 from libs.db.identifiers import quote_ident, validate_identifier
@@ -13,13 +13,13 @@ from libs.db.pool import BoundedConnection, BoundedPool, connect_pool, on_commit
 from libs.db.slices import delete_in_slices
 
 __all__ = [
-    "DATABASE_OUTAGE",
     "BoundedConnection",
     "BoundedPool",
     "DatabaseDeadlineExceeded",
     "DatabaseTimedOut",
     "DatabaseUnavailable",
     "Migration",
+    "OutageLog",
     "apply_migrations",
     "connect_pool",
     "database_failure",

@@ -4,7 +4,7 @@ A Postgres outage is not a bug in the service: every call that needs the databas
 fails the same way until it is back, and the right answer to the caller is
 UNAVAILABLE ("retry"), not INTERNAL (which pages the on-call and logs a traceback per
 call). ``database_failure`` is the one place that tells the two apart; the gRPC kit's
-interceptor maps what it returns to a status code (ADR 0014). ``DATABASE_OUTAGE``
+interceptor maps what it returns to a status code (ADR 0014). Each pool's ``OutageLog``
 logs one warning when an outage starts and one when a statement succeeds again.
 """
 
@@ -115,8 +115,9 @@ def _is_unreachable(error: BaseException) -> bool:
 class OutageLog:
     """Logs an outage of a dependency once: a warning when it starts and one when it ends.
 
-    ``failed`` is called for every call that failed because of it (cheap after the
-    first), ``recovered`` whenever the dependency answered (a no-op unless down).
+    ``failed`` is called for every statement or connection attempt that failed because
+    of it (cheap after the first), ``recovered`` whenever the dependency answered (a
+    no-op unless down). A ``BoundedPool`` has one; the RPCs' UNAVAILABLE log nothing.
     """
 
     def __init__(self, dependency: str) -> None:
@@ -148,12 +149,9 @@ class OutageLog:
         lasted_s = time.monotonic() - self._since
         failures, self._since, self._failures = self._failures, None, 0
         _log.warning(
-            "%s reachable again after %.1f s; %d calls failed with UNAVAILABLE meanwhile",
+            "%s reachable again after %.1f s; %d statements or connection attempts failed "
+            "meanwhile",
             self._dependency,
             lasted_s,
             failures,
         )
-
-
-DATABASE_OUTAGE = OutageLog("Postgres")
-"""The process's database outage log (a process has one pool)."""

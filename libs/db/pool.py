@@ -21,7 +21,13 @@ import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from libs.config import LatheSettings
-from libs.db.errors import DATABASE_OUTAGE, DatabaseDeadlineExceeded, DatabaseTimedOut
+from libs.db.errors import (
+    DatabaseDeadlineExceeded,
+    DatabaseTimedOut,
+    DatabaseUnavailable,
+    OutageLog,
+    database_failure,
+)
 from libs.deadlines import remaining_time_s
 from libs.errors import LatheError
 
@@ -92,8 +98,12 @@ class BoundedConnection(asyncpg.Connection):
     of the current request's deadline and the pool's command timeout. When that bound
     cuts a statement off, the connection is closed at once (not cancelled: on a
     stalled network a cancel request stalls too) and ``DatabaseDeadlineExceeded`` or
-    ``DatabaseTimedOut`` is raised. A statement that succeeds ends a logged outage.
+    ``DatabaseTimedOut`` is raised. Connection-level failures and the pool's timeouts
+    are reported to the pool's ``outage`` log, and a statement that succeeds ends it.
     """
+
+    outage: OutageLog | None = None
+    """The outage log of the pool the connection belongs to (set when it is opened)."""
 
     async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
         return await self._bounded(super().execute, query, *args, **kwargs)
@@ -138,18 +148,30 @@ class BoundedConnection(asyncpg.Connection):
             if isinstance(exc, LatheError):  # raised by a nested bounded call
                 raise
             self.terminate()  # Postgres rolls back whatever the connection had open
-            raise _timed_out(by_deadline, bound, acquiring=False) from exc
-        if DATABASE_OUTAGE.down:
-            DATABASE_OUTAGE.recovered()
+            raise _failed(self.outage, _timed_out(by_deadline, bound, acquiring=False)) from exc
+        except Exception as exc:
+            _failed(self.outage, exc)
+            raise
+        if self.outage is not None and self.outage.down:
+            self.outage.recovered()
         return result
 
 
 class BoundedPool(asyncpg.Pool):
-    """A pool whose waits for a connection are bounded like ``BoundedConnection``'s statements."""
+    """A pool whose waits for a connection are bounded like ``BoundedConnection``'s statements.
+
+    ``outage`` logs this pool's database outages, once each.
+    """
 
     def __init__(self, *args: Any, acquire_timeout_s: float | None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, connect=self._open, **kwargs)
         self._acquire_timeout_s = acquire_timeout_s
+        self.outage = OutageLog("Postgres")
+
+    async def _open(self, *args: Any, **kwargs: Any) -> asyncpg.Connection:
+        connection = await asyncpg.connect(*args, **kwargs)
+        connection.outage = self.outage
+        return connection
 
     async def _acquire(self, requested_s: float | None) -> Any:
         # asyncpg's one path for `acquire()`, `async with acquire()` and pool.fetch & co.
@@ -161,7 +183,10 @@ class BoundedPool(asyncpg.Pool):
         except TimeoutError as exc:
             if isinstance(exc, LatheError):
                 raise
-            raise _timed_out(by_deadline, bound, acquiring=True) from exc
+            raise _failed(self.outage, _timed_out(by_deadline, bound, acquiring=True)) from exc
+        except Exception as exc:  # e.g. the connection it opened was refused
+            _failed(self.outage, exc)
+            raise
 
 
 _DEADLINE_MARGIN_S = 0.02
@@ -182,6 +207,13 @@ def _bound(limit: float | None) -> tuple[float | None, bool]:
     if limit is not None and limit <= bounded:
         return limit, False
     return bounded, True
+
+
+def _failed(outage: OutageLog | None, error: Exception) -> Exception:
+    """``error``, after telling ``outage`` if it is the database's failure (not the deadline)."""
+    if outage is not None and isinstance(database_failure(error), DatabaseUnavailable):
+        outage.failed(error)
+    return error
 
 
 def _timed_out(by_deadline: bool, bound: float | None, acquiring: bool) -> LatheError:

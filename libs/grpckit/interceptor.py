@@ -7,7 +7,7 @@ INVALID_ARGUMENT for requests that do not decode or fail the generic checks
 pre-serialized replies (``Encoded``) through as they are, and turns domain errors into
 status codes with their message. A database outage becomes UNAVAILABLE and a
 statement cut off by the deadline DEADLINE_EXCEEDED (``libs.db.errors``, ADR 0014),
-logged once per outage rather than per call. Anything else unexpected becomes
+without a log line per call (the pool logs an outage once). Anything else unexpected becomes
 INTERNAL with the trace id to look up, never a stack trace on the wire. One
 interceptor rather than several, and one wrapped handler per method built once rather
 than per call, keep the per-call overhead to a single wrapper.
@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
-from libs.db.errors import DATABASE_OUTAGE, DatabaseUnavailable, database_failure
+from libs.db.errors import database_failure
 from libs.errors import InvalidArgument, LatheError
 from libs.grpckit.deadlines import reset_deadline, set_deadline_from_remaining
 from libs.grpckit.decoding import Rejected, checked_deserializer
@@ -162,9 +162,7 @@ async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: 
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
     error = exc if isinstance(exc, LatheError) else database_failure(exc)
-    if error is not None:
-        if isinstance(error, DatabaseUnavailable):
-            DATABASE_OUTAGE.failed(error)  # one warning per outage, not one per call
+    if error is not None:  # (an outage is logged once by the pool, not here per call)
         await context.abort(status_code_for(error), str(error))
     if isinstance(exc, NotImplementedError):  # a generated servicer method not overridden
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")

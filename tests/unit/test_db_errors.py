@@ -108,6 +108,6 @@ def test_an_outage_is_logged_when_it_starts_and_when_it_ends(
     assert len(messages) == 2, messages
     assert messages[0].startswith("Postgres unreachable")
     assert messages[1].startswith("Postgres reachable again")
-    assert "5 calls failed" in messages[1]
+    assert "5 statements or connection attempts failed" in messages[1]
     assert all(record.levelno == logging.WARNING for record in caplog.records)
     assert not outage.down
