@@ -12,6 +12,7 @@ statement given an explicit ``timeout=`` keeps asyncpg's own behaviour.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -20,7 +21,6 @@ from typing import Any
 import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from libs.config import LatheSettings
 from libs.db.errors import (
     DatabaseDeadlineExceeded,
     DatabaseTimedOut,
@@ -48,7 +48,8 @@ async def connect_pool(
 
     ``command_timeout_s`` bounds each statement and ``acquire_timeout_s`` each wait for a
     connection when the request's deadline does not bound them sooner; None reads
-    ``LATHE_DB_COMMAND_TIMEOUT_S`` / ``LATHE_DB_ACQUIRE_TIMEOUT_S``, 0 means no bound.
+    ``LATHE_DB_COMMAND_TIMEOUT_S`` / ``LATHE_DB_ACQUIRE_TIMEOUT_S`` (defaults 60 s and
+    10 s), 0 means no bound.
 
     Connections are not reset when released (asyncpg would spend a round trip per
     release on ``RESET ALL; UNLISTEN *; ...``). So never leave session state on a
@@ -56,11 +57,11 @@ async def connect_pool(
     undo it before release as the relay does with its LISTEN and leader lock.
     """
     if command_timeout_s is None or acquire_timeout_s is None:
-        settings = LatheSettings()
+        configured_command_s, configured_acquire_s = _timeouts_from_environment()
         if command_timeout_s is None:
-            command_timeout_s = settings.db_command_timeout_s
+            command_timeout_s = configured_command_s
         if acquire_timeout_s is None:
-            acquire_timeout_s = settings.db_acquire_timeout_s
+            acquire_timeout_s = configured_acquire_s
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(_CONNECT_ERRORS),
         wait=wait_exponential(multiplier=0.05, max=1.0),
@@ -85,6 +86,27 @@ async def connect_pool(
             )
     assert pool is not None
     return pool
+
+
+DEFAULT_COMMAND_TIMEOUT_S = 60.0
+"""``LATHE_DB_COMMAND_TIMEOUT_S``'s default (``LatheSettings.db_command_timeout_s``)."""
+DEFAULT_ACQUIRE_TIMEOUT_S = 10.0
+"""``LATHE_DB_ACQUIRE_TIMEOUT_S``'s default (``LatheSettings.db_acquire_timeout_s``)."""
+_TIMEOUT_VARIABLES = frozenset({"LATHE_DB_COMMAND_TIMEOUT_S", "LATHE_DB_ACQUIRE_TIMEOUT_S"})
+
+
+def _timeouts_from_environment() -> tuple[float, float]:
+    """The pool's (command, acquire) timeouts as the settings read them from the environment.
+
+    Without either variable set, the defaults, without importing the settings: a worker
+    process that only needs a pool starts ~70 ms sooner without pydantic.
+    """
+    if _TIMEOUT_VARIABLES.isdisjoint(name.upper() for name in os.environ):
+        return DEFAULT_COMMAND_TIMEOUT_S, DEFAULT_ACQUIRE_TIMEOUT_S
+    from libs.config import LatheSettings  # only now: see above
+
+    settings = LatheSettings()
+    return settings.db_command_timeout_s, settings.db_acquire_timeout_s
 
 
 async def _no_reset(connection: asyncpg.Connection) -> None:
