@@ -24,7 +24,6 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
-from libs.db.errors import database_failure
 from libs.errors import InvalidArgument, LatheError
 from libs.grpckit.deadlines import reset_deadline, set_deadline_from_remaining
 from libs.grpckit.decoding import Rejected, checked_deserializer
@@ -158,10 +157,17 @@ class LatheServerInterceptor(grpc.aio.ServerInterceptor):
             )
 
 
+def _database_failure(exc: Exception) -> LatheError | None:
+    # Imported here: clients import the kit (open_channel) and need not load asyncpg.
+    from libs.db.errors import database_failure
+
+    return database_failure(exc)
+
+
 async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
-    error = exc if isinstance(exc, LatheError) else database_failure(exc)
+    error = exc if isinstance(exc, LatheError) else _database_failure(exc)
     if error is not None:  # (an outage is logged once by the pool, not here per call)
         await context.abort(status_code_for(error), str(error))
     if isinstance(exc, NotImplementedError):  # a generated servicer method not overridden

@@ -20,7 +20,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from libs.config import LatheSettings
 from libs.grpckit.interceptor import LatheServerInterceptor
 from libs.grpckit.late_binding import LateBoundHandlers
 from libs.grpckit.methods import aborting_handlers, mutating_methods
@@ -120,6 +119,8 @@ class GrpcServer:
             return
         insecure = self._insecure
         if insecure is None:
+            from libs.config import LatheSettings  # here: clients of the kit need no settings
+
             insecure = LatheSettings().insecure
         if insecure:
             _log.warning(
