@@ -51,3 +51,7 @@ class Unimplemented(LatheError):
 
 class Unavailable(LatheError):
     """A dependency (database, broker) is not reachable right now; retry later."""
+
+
+class DeadlineExceeded(LatheError):
+    """The caller's deadline passed before the work finished; it may or may not have happened."""

@@ -62,6 +62,11 @@ class LatheSettings(BaseSettings):
     auth_token: SecretStr | None = Field(
         default=None, description="When set, mutating RPCs need 'authorization: Bearer <token>'."
     )
+    insecure: bool = Field(
+        default=False,
+        description="Serve a non-loopback address without LATHE_AUTH_TOKEN, i.e. let anyone "
+        "who can reach it change state. Without it such a service refuses to start.",
+    )
     artifact_root: Path | None = Field(
         default=None,
         description="Model registry blob store directory; default $LATHE_HOME/artifacts.",
@@ -135,6 +140,19 @@ class LatheSettings(BaseSettings):
     )
     shutdown_grace_s: float = Field(
         default=10.0, ge=0, description="How long in-flight RPCs may drain on SIGTERM."
+    )
+    db_command_timeout_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Longest a database statement may run when no request deadline bounds it "
+        "sooner (background work, calls without a deadline); past it the connection is closed "
+        "(its transaction rolls back) and an RPC answers UNAVAILABLE. 0: no bound.",
+    )
+    db_acquire_timeout_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="Longest wait for a pooled database connection when no request deadline "
+        "bounds it sooner; past it an RPC answers UNAVAILABLE. 0: no bound.",
     )
 
     @field_validator("namespace")

@@ -2,31 +2,23 @@
 
 The server interceptor records each call's deadline; ``open_channel``'s client
 interceptor gives outgoing calls without an explicit timeout what is left of it,
-and handlers can bound their own waits (e.g. SQL) with ``remaining_time_s``.
+and the database pool (``libs.db``) bounds every statement by it. Handlers can
+bound their own waits with ``remaining_time_s``. The state itself lives in
+``libs.deadlines``, beneath both the kit and the pool.
 """
 
 from __future__ import annotations
 
-import contextvars
-import time
-
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "lathe_grpc_deadline", default=None
+from libs.deadlines import (
+    no_deadline,
+    remaining_time_s,
+    reset_deadline,
+    set_deadline_from_remaining,
 )
 
-
-def set_deadline_from_remaining(remaining_s: float | None) -> contextvars.Token[float | None]:
-    deadline = None if remaining_s is None else time.monotonic() + remaining_s
-    return _deadline.set(deadline)
-
-
-def reset_deadline(token: contextvars.Token[float | None]) -> None:
-    _deadline.reset(token)
-
-
-def remaining_time_s() -> float | None:
-    """Seconds left before the current RPC's deadline; None when it has none."""
-    deadline = _deadline.get()
-    if deadline is None:
-        return None
-    return max(0.0, deadline - time.monotonic())
+__all__ = [
+    "no_deadline",
+    "remaining_time_s",
+    "reset_deadline",
+    "set_deadline_from_remaining",
+]

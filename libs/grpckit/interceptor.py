@@ -1,12 +1,16 @@
 """The one server interceptor every Lathe service runs.
 
 Per call it: opens the call's SERVER span in the caller's trace (``server_spans``),
-checks the bearer token on mutating RPCs when the service has one, records the
-deadline for propagation, lets pre-serialized replies (``Encoded``) through as they
-are, and turns domain errors into status codes with their message. Anything
-unexpected becomes INTERNAL with the trace id to look up, never a stack trace on the
-wire. One interceptor rather than several, and one wrapped handler per method built
-once rather than per call, keep the per-call overhead to a single wrapper.
+checks the bearer token on mutating RPCs when the service has one, answers
+INVALID_ARGUMENT for requests that do not decode or fail the generic checks
+(``decoding``), records the deadline for propagation (and for bounding SQL), lets
+pre-serialized replies (``Encoded``) through as they are, and turns domain errors into
+status codes with their message. A database outage becomes UNAVAILABLE and a
+statement cut off by the deadline DEADLINE_EXCEEDED (``libs.db.errors``, ADR 0014),
+without a log line per call (the pool logs an outage once). Anything else unexpected becomes
+INTERNAL with the trace id to look up, never a stack trace on the wire. One
+interceptor rather than several, and one wrapped handler per method built once rather
+than per call, keep the per-call overhead to a single wrapper.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
-from libs.errors import LatheError
+from libs.errors import InvalidArgument, LatheError
 from libs.grpckit.deadlines import reset_deadline, set_deadline_from_remaining
+from libs.grpckit.decoding import Rejected, checked_deserializer
 from libs.grpckit.encoded import allowing_encoded
 from libs.grpckit.errors import status_code_for
 from libs.grpckit.server_spans import MethodSpans
@@ -84,9 +89,12 @@ class LatheServerInterceptor(grpc.aio.ServerInterceptor):
             (True, False): grpc.stream_unary_rpc_method_handler,
             (True, True): grpc.stream_stream_rpc_method_handler,
         }[(handler.request_streaming, handler.response_streaming)]
+        deserializer = handler.request_deserializer
+        if deserializer is not None:
+            deserializer = checked_deserializer(deserializer, streaming=handler.request_streaming)
         return factory(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserializer,
             response_serializer=allowing_encoded(handler.response_serializer),
         )
 
@@ -99,6 +107,8 @@ class LatheServerInterceptor(grpc.aio.ServerInterceptor):
             try:
                 if needs_auth:
                     await self._authenticate(context, method)
+                if type(request) is Rejected:
+                    raise InvalidArgument(request.message)
                 return await behavior(request, context)
             except Exception as exc:
                 await _abort_for(exc, context, method)
@@ -121,6 +131,8 @@ class LatheServerInterceptor(grpc.aio.ServerInterceptor):
             try:
                 if needs_auth:
                     await self._authenticate(context, method)
+                if type(request) is Rejected:
+                    raise InvalidArgument(request.message)
                 async for response in behavior(request, context):
                     yield response
             except Exception as exc:
@@ -145,11 +157,19 @@ class LatheServerInterceptor(grpc.aio.ServerInterceptor):
             )
 
 
+def _database_failure(exc: Exception) -> LatheError | None:
+    # Imported here: clients import the kit (open_channel) and need not load asyncpg.
+    from libs.db.errors import database_failure
+
+    return database_failure(exc)
+
+
 async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
-    if isinstance(exc, LatheError):
-        await context.abort(status_code_for(exc), str(exc))
+    error = exc if isinstance(exc, LatheError) else _database_failure(exc)
+    if error is not None:  # (an outage is logged once by the pool, not here per call)
+        await context.abort(status_code_for(error), str(error))
     if isinstance(exc, NotImplementedError):  # a generated servicer method not overridden
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")
     span = trace.get_current_span()

@@ -4,11 +4,14 @@ The server listens (and answers health checks) before the service's servicers
 exist: health is NOT_SERVING and RPCs answer UNAVAILABLE until ``bind`` is given
 the servicers, built once Postgres and NATS are connected. On shutdown health
 turns NOT_SERVING first, so load balancers stop routing, and in-flight calls
-get a grace period to finish.
+get a grace period to finish. A server that would accept connections from beyond
+the machine without an auth token refuses to start unless ``LATHE_INSECURE=1``.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from collections.abc import Callable, Sequence
 
 import grpc
@@ -21,6 +24,7 @@ from libs.grpckit.interceptor import LatheServerInterceptor
 from libs.grpckit.late_binding import LateBoundHandlers
 from libs.grpckit.methods import aborting_handlers, mutating_methods
 
+_log = logging.getLogger(__name__)
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 _HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -45,8 +49,13 @@ class GrpcServer:
         services: Sequence[ServiceDescriptor],
         auth_token: str | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
+        insecure: bool | None = None,
     ) -> None:
+        """``insecure``: serve a non-loopback ``address`` without ``auth_token`` anyway
+        (None: ``LATHE_INSECURE``); otherwise ``start`` refuses to."""
         self.address = address
+        self._open_to_network = auth_token is None and not _is_loopback(address)
+        self._insecure = insecure
         self._service_names = tuple(service.full_name for service in services)
         self._handlers = LateBoundHandlers()
         interceptor = LatheServerInterceptor(
@@ -77,6 +86,7 @@ class GrpcServer:
 
     async def start(self) -> int:
         """Listen (health NOT_SERVING until ``bind`` and ``set_serving``); returns the port."""
+        self._refuse_open_network_without_consent()
         await self._set_all(_NOT_SERVING)
         await self._health.set(LIVENESS_SERVICE, _SERVING)
         try:
@@ -104,6 +114,41 @@ class GrpcServer:
         await self._health.set(LIVENESS_SERVICE, _NOT_SERVING)
         await self.server.stop(grace_s)
 
+    def _refuse_open_network_without_consent(self) -> None:
+        if not self._open_to_network:
+            return
+        insecure = self._insecure
+        if insecure is None:
+            from libs.config import LatheSettings  # here: clients of the kit need no settings
+
+            insecure = LatheSettings().insecure
+        if insecure:
+            _log.warning(
+                "serving %s without LATHE_AUTH_TOKEN (LATHE_INSECURE=1): anyone who can reach "
+                "it can change state",
+                self.address,
+            )
+            return
+        raise RuntimeError(
+            f"refusing to serve {self.address} without LATHE_AUTH_TOKEN: it is reachable "
+            "beyond this machine, and anyone who can reach it could change state (register "
+            "models, apply definitions). Set LATHE_AUTH_TOKEN, bind to 127.0.0.1, or set "
+            "LATHE_INSECURE=1 to accept that explicitly"
+        )
+
     async def _set_all(self, status: int) -> None:
         for name in ("", *self._service_names):
             await self._health.set(name, status)
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether ``address`` (host:port, [v6]:port or unix:path) is reachable only locally."""
+    if address.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # "" (all interfaces), a host name: assume reachable
+        return False

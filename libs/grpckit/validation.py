@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import math
 import re
@@ -59,22 +61,83 @@ def page_size(requested: int, field: str = "page_size") -> int:
     return requested or DEFAULT_PAGE_SIZE
 
 
-def encode_page_token(cursor: Mapping[str, object]) -> str:
-    """An opaque token for the next page; clients pass it back unchanged."""
-    return base64.urlsafe_b64encode(json.dumps(cursor, separators=(",", ":")).encode()).decode()
+PageCursor = Mapping[str, str | int]
+"""What a page token carries: where the next page starts, e.g. {"after": "model-b"}."""
+
+# A page token is base64url(digest || JSON [kind, cursor]). The digest (BLAKE2b keyed with
+# a constant, so any replica, before or after a restart, checks any replica's token) makes
+# edits and transmission damage evident; it is no secret-keyed signature, so it does not
+# stop a determined forger: the typed check of the cursor is what keeps whatever a token
+# holds from reaching a query as anything but the declared fields and types.
+_TOKEN_KEY = b"lathe.page_token.v1"
+_DIGEST_BYTES = 12
+_MAX_TOKEN_CHARS = 4096  # ours are tens of characters; don't hash megabytes to say no
+_INT64 = range(-(2**63), 2**63)
 
 
-def decode_page_token(token: str, field: str = "page_token") -> dict[str, object]:
-    """The cursor inside ``token`` ({} for the first page)."""
+def encode_page_token(cursor: PageCursor, *, kind: str) -> str:
+    """An opaque token for the next page of RPC ``kind``; clients pass it back unchanged.
+
+    ``kind`` names the RPC (e.g. "model_registry.ListModels"): a token is only accepted
+    by ``decode_page_token`` with the same kind.
+    """
+    body = json.dumps([kind, dict(cursor)], separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(_digest(body) + body).decode().rstrip("=")
+
+
+def decode_page_token(
+    token: str,
+    *,
+    kind: str,
+    fields: Mapping[str, type[str] | type[int]],
+    field: str = "page_token",
+) -> dict[str, str | int]:
+    """The cursor inside ``token`` ({} for the first page), checked against ``fields``.
+
+    Anything but an unaltered token that ``encode_page_token`` made for ``kind`` with
+    exactly ``fields`` (names and types) is InvalidArgument: an edited or truncated
+    token, one of another RPC, valid base64 JSON of another shape.
+    """
     if not token:
         return {}
+    raw = _unbase64(token) if len(token) <= _MAX_TOKEN_CHARS else b""
+    body = raw[_DIGEST_BYTES:]
+    if len(raw) <= _DIGEST_BYTES or not hmac.compare_digest(raw[:_DIGEST_BYTES], _digest(body)):
+        raise _foreign_token(field, kind, "it was altered, truncated or made elsewhere")
     try:
-        cursor = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        cursor = None
-    if not isinstance(cursor, dict):
-        raise InvalidArgument(
-            f"{field} is not a token this service issued; pass next_page_token from the "
-            "previous response unchanged, or leave it empty for the first page"
-        )
+        token_kind, cursor = json.loads(body)
+    except (ValueError, TypeError, RecursionError):  # not JSON, not a [kind, cursor] pair
+        token_kind, cursor = None, None
+    if token_kind != kind:
+        issuer = token_kind if isinstance(token_kind, str) else "something else"
+        raise _foreign_token(field, kind, f"it was issued by {issuer[:80]}")
+    if not isinstance(cursor, dict) or set(cursor) != set(fields):
+        raise _foreign_token(field, kind, "its cursor has other fields")
+    for name, expected in fields.items():
+        if not _is_cursor_value(cursor[name], expected):
+            raise _foreign_token(field, kind, f"its cursor's {name!r} is not a {expected.__name__}")
     return cursor
+
+
+def _digest(body: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=_DIGEST_BYTES, key=_TOKEN_KEY).digest()
+
+
+def _unbase64(token: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def _is_cursor_value(value: object, expected: type[str] | type[int]) -> bool:
+    if expected is int:
+        return type(value) is int and value in _INT64
+    return type(value) is str and "\x00" not in value
+
+
+def _foreign_token(field: str, kind: str, why: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"{field} is not a token this RPC ({kind}) issued: {why}. Pass next_page_token from "
+        "the previous response unchanged, or leave it empty for the first page"
+    )

@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from libs.config import LatheSettings, ServiceName
 from libs.db import quote_ident
+from libs.db.pool import _timeouts_from_environment
 from libs.errors import InvalidArgument
 
 
@@ -43,3 +44,40 @@ def test_sql_identifiers_are_validated_before_quoting(name: str) -> None:
     with pytest.raises(InvalidArgument, match="not a valid identifier"):
         quote_ident(name)
     assert quote_ident("model_registry") == '"model_registry"'
+
+
+def test_database_bounds_and_insecure_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("LATHE_DB_COMMAND_TIMEOUT_S", "LATHE_DB_ACQUIRE_TIMEOUT_S", "LATHE_INSECURE"):
+        monkeypatch.delenv(name, raising=False)
+    defaults = LatheSettings()
+    assert defaults.db_command_timeout_s == 60.0
+    assert defaults.db_acquire_timeout_s == 10.0
+    assert defaults.insecure is False
+
+    monkeypatch.setenv("LATHE_DB_COMMAND_TIMEOUT_S", "5")
+    monkeypatch.setenv("LATHE_DB_ACQUIRE_TIMEOUT_S", "0")
+    monkeypatch.setenv("LATHE_INSECURE", "1")
+    settings = LatheSettings()
+    assert settings.db_command_timeout_s == 5.0
+    assert settings.db_acquire_timeout_s == 0.0
+    assert settings.insecure is True
+
+    monkeypatch.setenv("LATHE_DB_COMMAND_TIMEOUT_S", "-1")
+    with pytest.raises(ValidationError, match="db_command_timeout_s"):
+        LatheSettings()
+
+
+def test_the_pool_reads_its_timeouts_as_the_settings_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("LATHE_DB_COMMAND_TIMEOUT_S", "LATHE_DB_ACQUIRE_TIMEOUT_S"):
+        monkeypatch.delenv(name, raising=False)
+    defaults = LatheSettings()
+    assert _timeouts_from_environment() == (
+        defaults.db_command_timeout_s,
+        defaults.db_acquire_timeout_s,
+    )
+    monkeypatch.setenv("LATHE_DB_ACQUIRE_TIMEOUT_S", "2.5")
+    assert _timeouts_from_environment() == (defaults.db_command_timeout_s, 2.5)
+    monkeypatch.setenv("lathe_db_command_timeout_s", "7")  # the settings ignore case too
+    assert _timeouts_from_environment() == (7.0, 2.5)

@@ -76,11 +76,19 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
     async def ListFeatureViews(
         self, request: rr.ListFeatureViewsRequest, context: grpc.aio.ServicerContext
     ) -> rr.ListFeatureViewsResponse:
-        cursor = validation.decode_page_token(request.page_token)
+        cursor = validation.decode_page_token(
+            request.page_token, kind="feature_store.ListFeatureViews", fields={"after": str}
+        )
         views, more = await self._catalog.feature_views_page(
             after_name=str(cursor.get("after", "")), limit=validation.page_size(request.page_size)
         )
-        token = validation.encode_page_token({"after": views[-1].name}) if more else ""
+        token = (
+            validation.encode_page_token(
+                {"after": views[-1].name}, kind="feature_store.ListFeatureViews"
+            )
+            if more
+            else ""
+        )
         return rr.ListFeatureViewsResponse(feature_views=views, next_page_token=token)
 
     async def GetFeatureView(

@@ -62,12 +62,21 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
         self, request: rr.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> rr.ListModelsResponse:
         models, more = await self._queries.models_page(
-            after_name=validate.name_cursor(request.page_token, "after") or "",
+            after_name=validate.name_cursor(
+                request.page_token, "after", kind="model_registry.ListModels"
+            )
+            or "",
             owner=request.owner,
             tag_key=request.tag_key,
             limit=validation.page_size(request.page_size),
         )
-        token = validation.encode_page_token({"after": models[-1].name}) if more else ""
+        token = (
+            validation.encode_page_token(
+                {"after": models[-1].name}, kind="model_registry.ListModels"
+            )
+            if more
+            else ""
+        )
         return rr.ListModelsResponse(models=models, next_page_token=token)
 
     async def SetPromotionPolicy(
@@ -114,13 +123,21 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
     ) -> rr.ListModelVersionsResponse:
         name = validation.require(request.model_name, "model_name")
         limit = validation.page_size(request.page_size)
-        before = validate.number_cursor(request.page_token, "before")
+        before = validate.number_cursor(
+            request.page_token, "before", kind="model_registry.ListModelVersions"
+        )
         versions, more = await self._queries.versions_page(
             name, before_version=before or 2**62, limit=limit
         )
         if not versions and before is None:
             await self._model(name)  # NOT_FOUND for an unknown model, not an empty page
-        token = validation.encode_page_token({"before": versions[-1].version}) if more else ""
+        token = (
+            validation.encode_page_token(
+                {"before": versions[-1].version}, kind="model_registry.ListModelVersions"
+            )
+            if more
+            else ""
+        )
         return rr.ListModelVersionsResponse(model_versions=versions, next_page_token=token)
 
     async def DownloadArtifact(
@@ -227,7 +244,12 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
     ) -> rr.GetModelHistoryResponse:
         name = validation.require(request.model_name, "model_name")
         limit = validation.page_size(request.page_size)
-        after = validate.number_cursor(request.page_token, "after") or 0
+        after = (
+            validate.number_cursor(
+                request.page_token, "after", kind="model_registry.GetModelHistory"
+            )
+            or 0
+        )
         await self._model(name)
         streams = [model_stream(name)] + [
             alias_stream(name, alias) for alias in await self._queries.alias_names_ever(name)
@@ -248,7 +270,13 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
             entry.record_time.FromDatetime(event.recorded_at)
             entries.append(entry)
         more = len(events) > limit
-        token = validation.encode_page_token({"after": entries[-1].position}) if more else ""
+        token = (
+            validation.encode_page_token(
+                {"after": entries[-1].position}, kind="model_registry.GetModelHistory"
+            )
+            if more
+            else ""
+        )
         return rr.GetModelHistoryResponse(entries=entries, next_page_token=token)
 
     async def _model(self, name: str) -> message_pb2.Model:

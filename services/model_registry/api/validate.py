@@ -171,29 +171,20 @@ def alias_move(
     )
 
 
-def name_cursor(token: str, key: str) -> str | None:
-    """The name a page token of a list in name order carries; None for the first page."""
-    value = _cursor(token, key)
-    if value is not None and not isinstance(value, str):
+def name_cursor(token: str, key: str, *, kind: str) -> str | None:
+    """The name a page token of list ``kind`` (in name order) carries; None for the first page."""
+    cursor = validation.decode_page_token(token, kind=kind, fields={key: str})
+    value = cursor.get(key)
+    return None if value is None else str(value)
+
+
+def number_cursor(token: str, key: str, *, kind: str) -> int | None:
+    """The version or position a page token of list ``kind`` carries; None for the first page."""
+    cursor = validation.decode_page_token(token, kind=kind, fields={key: int})
+    value = cursor.get(key)
+    if value is not None and not 0 < int(value) < 2**62:
         raise _foreign_token()
-    return value
-
-
-def number_cursor(token: str, key: str) -> int | None:
-    """The version or position a page token carries; None for the first page."""
-    value = _cursor(token, key)
-    if value is not None and (type(value) is not int or not 0 < value < 2**62):
-        raise _foreign_token()
-    return value
-
-
-def _cursor(token: str, key: str) -> object:
-    cursor = validation.decode_page_token(token)
-    if not cursor:
-        return None
-    if set(cursor) != {key}:  # e.g. another list's token
-        raise _foreign_token()
-    return cursor[key]
+    return None if value is None else int(value)
 
 
 def _foreign_token() -> InvalidArgument:

@@ -38,6 +38,9 @@ def _metadata(context: grpc.aio.ServicerContext) -> EventMetadata:
     )
 
 
+_LIST_JOBS = "trainer.ListTrainingJobs"
+
+
 class TrainerServicer(service_pb2_grpc.TrainerServicer):
     def __init__(self, submitter: Submitter, jobs: JobStore, supervisor: Supervisor) -> None:
         self._submitter = submitter
@@ -66,7 +69,9 @@ class TrainerServicer(service_pb2_grpc.TrainerServicer):
             validation.resource_name(request.model_name, "model_name")
         if request.state not in message_pb2.JobState.values():
             raise InvalidArgument(f"state {request.state} is not a JobState")
-        cursor = validation.decode_page_token(request.page_token)
+        cursor = validation.decode_page_token(
+            request.page_token, kind=_LIST_JOBS, fields={"at": str, "id": str}
+        )
         before = None
         if cursor:
             try:
@@ -80,7 +85,9 @@ class TrainerServicer(service_pb2_grpc.TrainerServicer):
             limit=validation.page_size(request.page_size),
         )
         token = (
-            validation.encode_page_token({"at": after[0].isoformat(), "id": after[1]})
+            validation.encode_page_token(
+                {"at": after[0].isoformat(), "id": after[1]}, kind=_LIST_JOBS
+            )
             if after
             else ""
         )
