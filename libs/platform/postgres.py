@@ -91,6 +91,11 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         if not (self.data_dir / "postmaster.pid").exists():
             return
+        if self._run_as() is not None:
+            # A parent may have been made private again since start (pytest resets its
+            # /tmp/pytest-of-<user> to 0700 whenever another session starts), and pg_ctl
+            # runs as the server's user, who must reach the data directory.
+            ensure_prefix_permissions(self.data_dir)
         pgserver.pg_ctl(
             ["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=self._run_as(), timeout=60
         )
