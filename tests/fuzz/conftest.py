@@ -88,6 +88,11 @@ async def fuzz_platform(
         platform = FuzzPlatform(pool, channels, TOKEN, discover_targets(), errors)
         await seed_all(platform)
         yield platform
+        mean_ms = 1000 * platform.call_seconds / max(platform.calls, 1)
+        print(  # shown with -s: where the fuzz test's time went
+            f"\nfuzz: {platform.calls} calls in {platform.call_seconds:.1f} s "
+            f"({mean_ms:.1f} ms each, oracle included)"
+        )
         report = os.environ.get("LATHE_FUZZ_FINDINGS")
         if report:
             platform.findings.write(Path(report))

@@ -182,16 +182,76 @@ async def _source_tables(pool: asyncpg.Pool) -> None:
         "INSERT INTO public.fuzz_labels VALUES ($1, $2, $3)",
         [("L1", T0 + timedelta(days=1), False), ("L2", T0 + timedelta(days=3), True)],
     )
+    # Label columns a training set must hand back unchanged, whatever their names and types.
+    await pool.execute(
+        f"""CREATE TABLE public.fuzz_odd_labels (loan text, at timestamptz,
+               {", ".join(f'"{name}" {kind}' for name, kind in ODD_LABEL_COLUMNS)});
+           INSERT INTO public.fuzz_odd_labels
+           VALUES ('L1', '{T0 + timedelta(days=1)}', true, 7, 'true', '', 2.75,
+                   '{T0}'::timestamptz + interval '1 microsecond')"""
+    )
+
+
+ODD_LABEL_COLUMNS = (
+    ("Defaulted", "boolean"),
+    ("with space", "bigint"),
+    ("at@sign", "text"),
+    ("empty", "text"),
+    ("amount_numeric", "numeric"),
+    ("ts", "timestamptz"),
+)
 
 
 def _entity_rows() -> bytes:
-    table = pa.table(
-        {
-            "loan_id": ["L1", "L2"],
-            "event_time": pa.array([T0 + timedelta(days=3)] * 2, pa.timestamp("us", tz="UTC")),
-            "amount": [1000.0, 2500.0],
-        }
+    return _arrow(
+        pa.table(
+            {
+                "loan_id": ["L1", "L2"],
+                "event_time": pa.array([T0 + timedelta(days=3)] * 2, pa.timestamp("us", tz="UTC")),
+                "amount": [1000.0, 2500.0],
+            }
+        )
     )
+
+
+def _odd_entity_rows() -> list[bytes]:
+    """Valid Arrow streams that are unusual: nanosecond times, odd column names, nulls."""
+    nanos = pa.array([1_772_323_200_000_000_001, 1_772_323_200_999_999_999], pa.timestamp("ns"))
+    return [
+        _arrow(pa.table({"loan_id": ["L1", "L2"], "event_time": nanos, "amount": [1.0, 2.0]})),
+        _arrow(
+            pa.table(
+                {
+                    "loan_id": ["L1", None],
+                    "event_time": pa.array([None, T0], pa.timestamp("us", tz="UTC")),
+                    "Upper Case": [1, 2],
+                    "at@sign": ["x", ""],
+                    "amount": [None, 2.0],
+                }
+            )
+        ),
+        _arrow(
+            pa.table(
+                {
+                    "loan_id": pa.array([], pa.string()),
+                    "event_time": pa.array([], pa.timestamp("s")),
+                    "amount": pa.array([], pa.float64()),
+                }
+            )
+        ),
+        _arrow(
+            pa.table(
+                {
+                    "loan_id": pa.array([1, 2], pa.int64()),
+                    "event_time": pa.array([T0, T0], pa.timestamp("ms", tz="Asia/Kolkata")),
+                    "amount": [1, 2],
+                }
+            )
+        ),
+    ]
+
+
+def _arrow(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
@@ -292,6 +352,27 @@ async def seed_feature_store(platform: FuzzPlatform) -> None:
                 end_time=_timestamp(T0 + timedelta(days=30)),
             ),
         ),
+    )
+    for rows in _odd_entity_rows():
+        await seed(
+            FEATURES,
+            "GetHistoricalFeatures",
+            frr.GetHistoricalFeaturesRequest(feature_service="fuzz_train", entity_rows_arrow=rows),
+            must_succeed=False,
+        )
+    await seed(
+        FEATURES,
+        "GetHistoricalFeatures",
+        frr.GetHistoricalFeaturesRequest(
+            feature_list=frr.FeatureList(features=["fuzz_terms:*"]),
+            label_source=frr.LabelSource(
+                table="public.fuzz_odd_labels",
+                entity_column="loan",
+                event_time_column="at",
+                columns=[name for name, _ in ODD_LABEL_COLUMNS],
+            ),
+        ),
+        must_succeed=False,
     )
     snapshot = next(r for r in replies if r.HasField("snapshot")).snapshot.snapshot_id
     await seed(

@@ -55,11 +55,11 @@ class Finding:
         )
 
     def describe(self) -> str:
+        # Behind INTERNAL the message is boilerplate; the logged cause says more.
+        said = f"cause: {self.cause}" if self.cause else (self.details or "(no message)")
         return (
-            f"{self.service} {self.method}: {self.summary} -- {self.code}: "
-            f"{self.details or '(no message)'}"
-            + (f"\n      cause: {self.cause}" if self.cause else "")
-            + f"\n      request: {self.request}"
+            f"{self.service} {self.method}: {self.summary} -- {self.code}: {said}"
+            f"\n      request: {self.request}"
         )
 
 
@@ -141,3 +141,39 @@ def finding_type(finding: Finding) -> type[AssertionError]:
 
 
 _TYPES: dict[str, type[AssertionError]] = {}
+
+
+def load(paths: list[Path]) -> list[Finding]:
+    """Findings from ``LATHE_FUZZ_FINDINGS`` files, merged (smallest request per key)."""
+    merged = Findings()
+    for path in paths:
+        for line in path.read_text().splitlines():
+            finding = Finding(**json.loads(line))
+            known = merged._by_key.get(finding.key)
+            if known is None or finding.request_size < known.request_size:
+                merged._by_key[finding.key] = finding
+    return merged.all()
+
+
+def markdown(findings: list[Finding]) -> str:
+    """One section per RPC, one entry per distinct finding."""
+    lines: list[str] = []
+    current = ("", "")
+    for f in sorted(findings, key=lambda f: (f.service, f.method, f.code, f.cause, f.details)):
+        if (f.service, f.method) != current:
+            current = (f.service, f.method)
+            lines += ["", f"### {f.service} `{f.method}`", ""]
+        what = f"**{f.code}**" + (f" ({f.kind})" if f.kind != "status" else "")
+        lines.append(f"- {what}: {f.summary}.")
+        if f.cause:
+            lines.append(f"  - cause: `{f.cause}`")
+        elif f.details:
+            lines.append(f"  - message: `{f.details[:200]}`")
+        lines.append(f"  - request: `{f.request[:400]}`")
+    return "\n".join(lines).strip() + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(markdown(load([Path(p) for p in sys.argv[1:]])))

@@ -9,7 +9,7 @@ So a call is a finding when it:
   DATA_LOSS (nothing is corrupted here);
 - fails with an empty message, or one showing Python internals (a traceback, an
   exception class, an object repr);
-- leaves the service not SERVING;
+- leaves the service not SERVING, or makes it log an error while answering deliberately;
 - fails but changed the service's tables ("half-written"), or is marked
   NO_SIDE_EFFECTS yet changed them whatever its outcome;
 - succeeds with a reply that does not decode as the declared response type.
@@ -50,9 +50,6 @@ _INTERNALS = re.compile(
 )
 """Signs of Python internals in a status message (``InvalidArgument``-style names of our
 own error classes never reach the wire: the interceptor sends only their text)."""
-
-_INTERCEPTOR_LOGGER = "libs.grpckit.interceptor"
-"""Logs the exception behind each INTERNAL answer (that answer is reported already)."""
 
 BACKGROUND_TABLES = frozenset({"checkpoints", "processed_events"})
 """Written by the relay (its checkpoint) and by consumers on their own schedule."""
@@ -137,14 +134,15 @@ def judge(target: FuzzTarget, outcome: Outcome) -> list[Problem]:
     failed = outcome.code != grpc.StatusCode.OK
     if outcome.code in BAD_CODES:
         problems.append(Problem("status", f"answered {outcome.code.name}"))
-    unexplained = [r for r in outcome.logged if r.logger != _INTERCEPTOR_LOGGER]
-    if unexplained:
-        first = unexplained[0]
+    if outcome.logged and outcome.code not in BAD_CODES:
+        # With a bad status the log is its explanation (``Outcome.cause``); without one,
+        # the service hit an error the caller never heard of.
+        first = outcome.logged[0]
         problems.append(
             Problem(
                 "server-log",
-                f"the service logged an error ({first.logger}: {first.message[:120]}) "
-                "while the call ran (background work may log it after a call; see the cause)",
+                f"the service logged an error ({first.logger}: {first.message[:120]}) while "
+                "the call ran, yet answered it (background work may also log during a call)",
             )
         )
     if failed and not outcome.details.strip():

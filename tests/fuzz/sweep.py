@@ -10,8 +10,9 @@ duplicated list...). Each request goes twice: as it is, and with every other str
 "freshened" (a suffix appended) so that creates do not stop at ALREADY_EXISTS before
 the changed field is even looked at.
 
-Large requests have more (field, value) pairs than a CI run can afford; then a
-deterministic, evenly spread subset is sent (``budget``).
+The unchanged requests go first (a valid request must pass the oracle too). Large
+requests have more (field, value) pairs than a CI run can afford; then a deterministic,
+evenly spread subset of the changes is sent (``budget``).
 """
 
 from __future__ import annotations
@@ -240,7 +241,7 @@ def _freshen(message: Message, suffix: str) -> None:
 def sweep(
     sequences: Sequence[tuple[Message, ...]], budget: int, *, streaming: bool
 ) -> list[tuple[Message, ...]]:
-    """Requests (each a tuple of messages) with one field changed, at most ``budget``."""
+    """The requests as they are, then copies with one field changed (at most ``budget``)."""
     candidates: list[tuple[Message, ...]] = []
     for sequence in sequences:
         for position, message in enumerate(sequence if streaming else sequence[:1]):
@@ -251,7 +252,7 @@ def sweep(
                     edited = list(variant)
                     edited[position] = apply(variant[position], change)
                     candidates.append(tuple(edited))
-    if len(candidates) <= budget:
-        return candidates
-    picked = sorted(random.Random(len(candidates)).sample(range(len(candidates)), budget))
-    return [candidates[i] for i in picked]
+    if len(candidates) > budget:
+        picked = sorted(random.Random(len(candidates)).sample(range(len(candidates)), budget))
+        candidates = [candidates[i] for i in picked]
+    return [*sequences, *candidates]

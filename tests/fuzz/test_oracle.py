@@ -96,6 +96,14 @@ async def test_the_fingerprint_sees_inserts_updates_deletes_and_new_tables(
             _outcome(logged=(LoggedError("libs.eventstore.relay", "publish failed", ""),)),
             ["server-log"],
         ),
+        (
+            _outcome(
+                grpc.StatusCode.INTERNAL,
+                details="internal error in x",
+                logged=(LoggedError("libs.grpckit.interceptor", "unexpected error", "KeyError"),),
+            ),
+            ["status"],
+        ),
     ],
 )
 def test_judge_flags_each_broken_rule_and_nothing_else(outcome: Outcome, kinds: list[str]) -> None:
