@@ -555,10 +555,3 @@ def _harvest_one(
 def _add(values: list[Any], value: Any) -> None:
     if len(values) < 64 and value not in values:
         values.append(value)
-
-
-def freeze(by_field: Mapping[str, list[Any]], by_type: Mapping[str, list[Message]]) -> Hints:
-    return Hints(
-        by_field={k: tuple(v) for k, v in by_field.items()},
-        by_type={k: tuple(v) for k, v in by_type.items()},
-    )

@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from tests.fuzz.oracle import Outcome, Problem, message_shape
@@ -63,23 +65,106 @@ class Finding:
         )
 
 
-def render_request(bodies: tuple[Body, ...], streaming: bool) -> tuple[str, int]:
-    """Text format of the request (raw bytes as a Python literal) and its encoded size."""
-    parts, size = [], 0
+def render_request(
+    bodies: tuple[Body, ...], streaming: bool, seeds: Sequence[tuple[Message, ...]] = ()
+) -> tuple[str, int]:
+    """The request for people, and its encoded size.
+
+    When it differs from a valid corpus request in a few fields only, those fields
+    (``<path>: <valid> -> <sent>``): the one field that matters is not lost in a
+    large request. Otherwise protobuf text format (raw bytes as a Python literal).
+    """
+    size = sum(len(b if isinstance(b, bytes) else b.SerializeToString()) for b in bodies)
+    edits = _smallest_edit(bodies, seeds)
+    if edits is not None:
+        return _truncated(edits), size
+    known = {m.SerializeToString() for seed in seeds for m in seed}
+    parts = []
     for body in bodies:
-        if isinstance(body, Message):
-            encoded = body.SerializeToString()
+        if isinstance(body, Message) and streaming and body.SerializeToString() in known:
+            text = "(a valid message from the corpus)"
+        elif isinstance(body, Message):
             text = text_format.MessageToString(body, as_one_line=True) or "(empty message)"
         else:
-            encoded, text = body, f"raw bytes {body[:120]!r}" + ("..." if len(body) > 120 else "")
+            text = f"raw bytes {body[:120]!r}" + ("..." if len(body) > 120 else "")
         parts.append(text)
-        size += len(encoded)
     rendered = " | ".join(parts) if streaming else (parts[0] if parts else "")
     if streaming:
         rendered = f"stream of {len(bodies)}: [{rendered}]"
-    if len(rendered) > _REQUEST_CHARS:
-        rendered = rendered[:_REQUEST_CHARS] + f"... ({len(rendered)} chars)"
-    return rendered, size
+    return _truncated(rendered), size
+
+
+def _truncated(text: str) -> str:
+    if len(text) <= _REQUEST_CHARS:
+        return text
+    return text[:_REQUEST_CHARS] + f"... ({len(text)} chars)"
+
+
+_MAX_EDITS = 4
+
+
+def _smallest_edit(bodies: tuple[Body, ...], seeds: Sequence[tuple[Message, ...]]) -> str | None:
+    """ "valid request with <edits>" for the closest seed, if one is a few edits away."""
+    if not all(isinstance(b, Message) for b in bodies):
+        return None
+    best: list[str] | None = None
+    for seed in seeds:
+        if len(seed) != len(bodies):
+            continue
+        edits: list[str] = []
+        for position, (valid, sent) in enumerate(zip(seed, bodies, strict=True)):
+            prefix = f"[{position}]." if len(bodies) > 1 else ""
+            edits += _diff(valid, sent, prefix)  # type: ignore[arg-type]
+        if edits and (best is None or len(edits) < len(best)):
+            best = edits
+    if best is None or len(best) > _MAX_EDITS:
+        return None
+    return "the corpus's valid request with " + "; ".join(best)
+
+
+def _short(value: object) -> str:
+    if isinstance(value, Message):
+        text = text_format.MessageToString(value, as_one_line=True)
+        return "{" + (text if len(text) <= 120 else text[:120] + "...") + "}"
+    text = repr(value)
+    return text if len(text) <= 120 else text[:120] + f"...({len(text)} chars)"
+
+
+def _diff(valid: Message, sent: Message, prefix: str) -> list[str]:
+    """``path: valid -> sent`` for each leaf where the two messages differ."""
+    edits: list[str] = []
+    for fd in valid.DESCRIPTOR.fields:
+        path = f"{prefix}{fd.name}"
+        before, after = getattr(valid, fd.name), getattr(sent, fd.name)
+        is_message = fd.type == FieldDescriptor.TYPE_MESSAGE
+        if fd.is_repeated and is_message and fd.message_type.GetOptions().map_entry:
+            for key in sorted(set(before) | set(after), key=repr):
+                if key not in after:
+                    edits.append(f"{path}[{key!r}] removed")
+                elif key not in before:
+                    edits.append(f"{path}[{key!r}] added: {_short(after[key])}")
+                elif isinstance(before[key], Message):
+                    edits += _diff(before[key], after[key], f"{path}[{key!r}].")
+                elif repr(before[key]) != repr(after[key]):
+                    edits.append(f"{path}[{key!r}]: {_short(before[key])} -> {_short(after[key])}")
+        elif fd.is_repeated:
+            if len(before) != len(after):
+                edits.append(f"{path}: {len(before)} -> {len(after)} items {_short(list(after))}")
+                continue
+            for index, (old, new) in enumerate(zip(before, after, strict=True)):
+                if is_message:
+                    edits += _diff(old, new, f"{path}[{index}].")
+                elif repr(old) != repr(new):
+                    edits.append(f"{path}[{index}]: {_short(old)} -> {_short(new)}")
+        elif is_message:
+            had, has = valid.HasField(fd.name), sent.HasField(fd.name)
+            if had and has:
+                edits += _diff(before, after, f"{path}.")
+            elif had != has:
+                edits.append(f"{path}: " + (f"set to {_short(after)}" if has else "cleared"))
+        elif repr(before) != repr(after):
+            edits.append(f"{path}: {_short(before)} -> {_short(after)}")
+    return edits
 
 
 class Findings:
@@ -95,9 +180,10 @@ class Findings:
         bodies: tuple[Body, ...],
         outcome: Outcome,
         problems: list[Problem],
+        seeds: Sequence[tuple[Message, ...]] = (),
     ) -> Finding:
         """One finding for the call, however many rules it broke."""
-        request, size = render_request(bodies, target.client_streaming)
+        request, size = render_request(bodies, target.client_streaming, seeds)
         finding = Finding(
             service=target.service.display_name,
             method=target.method.name,

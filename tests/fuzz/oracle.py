@@ -17,7 +17,10 @@ So a call is a finding when it:
 "Changed the tables" compares, per table of the service's Postgres schema, the row
 count and the newest row version (``max(xmin)``) before and after the call. Calls run
 one at a time, and the tables the service writes in the background on its own
-(``BACKGROUND_TABLES``) are left out, so a difference is the call's doing.
+(``BACKGROUND_TABLES``) are left out, so a difference is the call's doing. (No service
+appends events in the background today: the feature store's stream ingestion writes
+``stream_events`` and tiles only when something publishes on ``<namespace>.ingest.>``,
+which the fuzz does not; the relay writes only its checkpoint.)
 """
 
 from __future__ import annotations
@@ -109,7 +112,8 @@ class Outcome:
     changed: tuple[str, ...]
     """Tables of the service's schema the call changed (see ``changed_tables``)."""
     new_events: tuple[str, ...]
-    """Types of the events it appended, when it appended any."""
+    """Types of the events appended meanwhile (each call sends its own ``x-request-id``,
+    which events keep as their correlation id; any other is marked "another caller's")."""
     health: str
     """The service's health status name after the call (SERVING when all is well)."""
     logged: tuple[LoggedError, ...] = ()

@@ -42,7 +42,7 @@ ACTOR = "fuzzer"
 def examples_per_method() -> int:
     """``LATHE_FUZZ_EXAMPLES`` (default 50): random requests per RPC; raise it locally.
 
-    The garbage-bytes test sends a third as many, the sweep up to six times as many."""
+    The garbage-bytes test sends a third as many, the sweep up to eight times as many."""
     return int(os.environ.get("LATHE_FUZZ_EXAMPLES", "50"))
 
 
@@ -72,11 +72,12 @@ class FuzzPlatform:
     _by_field: dict[str, list[object]] = field(default_factory=dict)
     _by_type: dict[str, list[Message]] = field(default_factory=dict)
 
-    def metadata(self, actor: str = ACTOR) -> list[tuple[str, str]]:
+    def metadata(self, actor: str = ACTOR, request_id: str = "") -> list[tuple[str, str]]:
+        """Auth, actor, and a request id (events record it as their correlation id)."""
         return [
             ("authorization", f"Bearer {self.token}"),
             ("lathe-actor", actor),
-            ("x-request-id", f"fuzz-{uuid.uuid4().hex}"),
+            ("x-request-id", request_id or f"fuzz-{uuid.uuid4().hex}"),
         ]
 
     def target(self, service: ServiceName, method: str) -> FuzzTarget:
@@ -142,6 +143,7 @@ class FuzzPlatform:
         position = await self.pool.fetchval(
             f"SELECT coalesce(max(global_position), 0) FROM {events}"
         )
+        request_id = f"fuzz-{uuid.uuid4().hex}"
         code, details, replies = grpc.StatusCode.OK, "", ()
         self.errors.take()  # whatever earlier work logged is not this call's
         try:
@@ -150,7 +152,7 @@ class FuzzPlatform:
                     self.channels[target.service],
                     target,
                     bodies,
-                    metadata=self.metadata(),
+                    metadata=self.metadata(request_id=request_id),
                     timeout_s=CALL_DEADLINE_S,
                 )
             )
@@ -160,11 +162,15 @@ class FuzzPlatform:
         new_events: tuple[str, ...] = ()
         if changed:
             rows = await self.pool.fetch(
-                f"SELECT event_type FROM {events} WHERE global_position > $1 "
+                f"SELECT event_type, correlation_id FROM {events} WHERE global_position > $1 "
                 "ORDER BY global_position",
                 position,
             )
-            new_events = tuple(r["event_type"].rsplit(".", 1)[-1] for r in rows)
+            new_events = tuple(
+                r["event_type"].rsplit(".", 1)[-1]
+                + ("" if r["correlation_id"] == request_id else " (another caller's)")
+                for r in rows
+            )
         health = await self._health(target)
         self.calls += 1
         self.call_seconds += time.perf_counter() - started
@@ -196,7 +202,9 @@ class FuzzPlatform:
             outcome = await self.exchange(target, bodies)
             problems = judge(target, outcome)
             if problems:
-                finding = self.findings.record(target, bodies, outcome, problems)
+                finding = self.findings.record(
+                    target, bodies, outcome, problems, self.seeds.get(target.path, ())
+                )
                 if finding.key not in keys:
                     keys.append(finding.key)
         if keys:
@@ -248,7 +256,9 @@ class FuzzPlatform:
             )
             problems = judge(target, outcome)
             if problems:
-                finding = self.findings.record(target, bodies, outcome, problems)
+                finding = self.findings.record(
+                    target, bodies, outcome, problems, self.seeds.get(target.path, ())
+                )
                 if finding.key not in keys:
                     keys.append(finding.key)
                 raise finding_type(finding)(finding.describe())

@@ -6,13 +6,14 @@ each valid request of the corpus, for each field in it (nested ones, list elemen
 and map entries included, and fields the request leaves unset), it sends a copy with
 only that field changed to a boundary value (NUL, empty, 65 characters, NaN, int64
 limits, a ``Timestamp`` past year 9999, an unknown enum number, an empty or
-duplicated list...). Each request goes twice: as it is, and with every other string
-"freshened" (a suffix appended) so that creates do not stop at ALREADY_EXISTS before
-the changed field is even looked at.
+duplicated list...). For RPCs that change state each change goes twice: as it is, and
+with every other string "freshened" (a suffix appended) so that creates do not stop at
+ALREADY_EXISTS before the changed field is even looked at.
 
 The unchanged requests go first (a valid request must pass the oracle too). Large
-requests have more (field, value) pairs than a CI run can afford; then a deterministic,
-evenly spread subset of the changes is sent (``budget``).
+requests have more (field, value) pairs than a CI run can afford; then each field of
+each message type gets each value once (at its first place) before the rest of the
+budget goes to a fixed random sample of the others.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -77,7 +78,14 @@ class Change:
     path: tuple[Step, ...]
     value: Any
     how: str
-    """"set", "clear", "empty" or "duplicate"."""
+    """"set", "clear", "empty", "duplicate" or "new-key"."""
+    owner: str = ""
+    """Full name of the message type holding the field (groups alike changes)."""
+
+    @property
+    def group(self) -> tuple[str, str, str, str]:
+        """Alike changes: the same field of the same message type, to the same value."""
+        return (self.owner, self.path[-1][0], self.how, repr(self.value)[:40])
 
 
 def _boundary_values(fd: FieldDescriptor, current: Any) -> Sequence[Any]:
@@ -112,6 +120,12 @@ def _is_leaf_message(fd: FieldDescriptor) -> bool:
 
 def changes(message: Message, prefix: tuple[Step, ...] = (), depth: int = 0) -> Iterator[Change]:
     """Every single-field change of ``message`` worth sending."""
+    owner = message.DESCRIPTOR.full_name
+    for change in _changes(message, prefix, depth):
+        yield change if change.owner else replace(change, owner=owner)
+
+
+def _changes(message: Message, prefix: tuple[Step, ...], depth: int) -> Iterator[Change]:
     for fd in message.DESCRIPTOR.fields:
         here = (*prefix, (fd.name, None))
         if _is_map(fd):
@@ -239,20 +253,31 @@ def _freshen(message: Message, suffix: str) -> None:
 
 
 def sweep(
-    sequences: Sequence[tuple[Message, ...]], budget: int, *, streaming: bool
+    sequences: Sequence[tuple[Message, ...]], budget: int, *, streaming: bool, fresh: bool
 ) -> list[tuple[Message, ...]]:
-    """The requests as they are, then copies with one field changed (at most ``budget``)."""
-    candidates: list[tuple[Message, ...]] = []
+    """The requests as they are, then copies with one field changed (at most ``budget``).
+
+    ``fresh``: also send each change with the other strings freshened (for RPCs that
+    create things). Within the budget, every group of alike changes (``Change.group``)
+    goes once before any goes twice, so each field of each message type meets each
+    boundary value even when the request is too large to sweep whole.
+    """
+    firsts: list[tuple[Message, ...]] = []
+    fresh_firsts: list[tuple[Message, ...]] = []
+    rest: list[tuple[Message, ...]] = []
+    seen: set[tuple[str, ...]] = set()
     for sequence in sequences:
         for position, message in enumerate(sequence if streaming else sequence[:1]):
             for change in changes(message):
-                suffix = f"z{len(candidates):x}"
-                fresh = tuple(freshened(m, suffix) for m in sequence)
-                for variant in (sequence, fresh):
-                    edited = list(variant)
-                    edited[position] = apply(variant[position], change)
-                    candidates.append(tuple(edited))
-    if len(candidates) > budget:
-        picked = sorted(random.Random(len(candidates)).sample(range(len(candidates)), budget))
-        candidates = [candidates[i] for i in picked]
-    return [*sequences, *candidates]
+                first = change.group not in seen
+                seen.add(change.group)
+                edited = list(sequence)
+                edited[position] = apply(message, change)
+                (firsts if first else rest).append(tuple(edited))
+                if fresh:
+                    suffix = f"z{len(firsts) + len(fresh_firsts) + len(rest):x}"
+                    renamed = [freshened(m, suffix) for m in sequence]
+                    renamed[position] = apply(renamed[position], change)
+                    (fresh_firsts if first else rest).append(tuple(renamed))
+    random.Random(len(rest)).shuffle(rest)
+    return [*sequences, *(firsts + fresh_firsts + rest)[:budget]]

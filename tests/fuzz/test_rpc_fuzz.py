@@ -92,12 +92,14 @@ def _garbage_requests(
 
 @pytest.mark.parametrize("target", TARGETS, ids=str)
 async def test_sweep(fuzz_platform: FuzzPlatform, target: FuzzTarget) -> None:
-    sequences = fuzz_platform.seeds.get(target.path, [])
-    budget = 6 * examples_per_method()
-    requests = sweep(sequences, budget, streaming=target.client_streaming)
-    if not requests:
-        # No valid request in the corpus: sweep an empty one (every field, from unset).
-        requests = sweep([(target.request_type(),)], budget, streaming=False)
+    # No valid request in the corpus: sweep an empty one (every field, from unset).
+    sequences = fuzz_platform.seeds.get(target.path) or [(target.request_type(),)]
+    requests = sweep(
+        sequences,
+        8 * examples_per_method(),
+        streaming=target.client_streaming,
+        fresh=not target.read_only,
+    )
     await fuzz_platform.send_all(target, requests)
 
 
