@@ -108,7 +108,8 @@ def _smallest_edit(bodies: tuple[Body, ...], seeds: Sequence[tuple[Message, ...]
     if not all(isinstance(b, Message) for b in bodies):
         return None
     best: list[str] | None = None
-    for seed in seeds:
+    best_index = 0
+    for index, seed in enumerate(seeds):
         if len(seed) != len(bodies):
             continue
         edits: list[str] = []
@@ -116,10 +117,10 @@ def _smallest_edit(bodies: tuple[Body, ...], seeds: Sequence[tuple[Message, ...]
             prefix = f"[{position}]." if len(bodies) > 1 else ""
             edits += _diff(valid, sent, prefix)  # type: ignore[arg-type]
         if edits and (best is None or len(edits) < len(best)):
-            best = edits
+            best, best_index = edits, index
     if best is None or len(best) > _MAX_EDITS:
         return None
-    return "the corpus's valid request with " + "; ".join(best)
+    return f"valid request #{best_index + 1} of the corpus with " + "; ".join(best)
 
 
 def _short(value: object) -> str:
