@@ -20,11 +20,11 @@ import base64
 import json
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf import message_factory
+from google.protobuf import duration_pb2, message_factory, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from hypothesis import strategies as st
@@ -303,7 +303,7 @@ class MessageStrategies:
 
     def value(self, fd: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
         """A value for field ``fd`` as ``_assign`` takes it (list, dict or scalar)."""
-        if _is_map(fd):
+        if is_map(fd):
             key_fd, value_fd = fd.message_type.fields
             keys = self._single(key_fd, depth + 1, plausible_as=f"{fd.name}[]")
             values = self._single(value_fd, depth + 1, plausible_as=fd.name)
@@ -347,7 +347,7 @@ class MessageStrategies:
         action = draw(st.sampled_from(("set", "clear", "descend")))
         if action == "clear":
             message.ClearField(fd.name)
-        elif action == "descend" and _is_map(fd):
+        elif action == "descend" and is_map(fd):
             entries = getattr(message, fd.name)
             _, value_fd = fd.message_type.fields
             key_fd = fd.message_type.fields[0]
@@ -377,8 +377,7 @@ class MessageStrategies:
 
 
 def _well_known(full_name: str) -> st.SearchStrategy[Message] | None:
-    from google.protobuf import duration_pb2, timestamp_pb2
-
+    """Timestamp and Duration: drawn at and beyond protobuf's documented bounds."""
     if full_name == "google.protobuf.Timestamp":
         return st.builds(
             timestamp_pb2.Timestamp,
@@ -394,7 +393,7 @@ def _well_known(full_name: str) -> st.SearchStrategy[Message] | None:
     return None
 
 
-def _is_map(fd: FieldDescriptor) -> bool:
+def is_map(fd: FieldDescriptor) -> bool:
     return (
         fd.type == FieldDescriptor.TYPE_MESSAGE
         and fd.is_repeated
@@ -451,7 +450,7 @@ def _assign(message: Message, fd: FieldDescriptor, value: Any) -> None:
     """Set ``fd`` of ``message`` to ``value``, replacing what was there."""
     message.ClearField(fd.name)
     target = getattr(message, fd.name) if fd.is_repeated else None
-    if _is_map(fd):
+    if is_map(fd):
         assert target is not None
         value_fd = fd.message_type.fields[1]
         for key, item in value.items():
@@ -470,88 +469,3 @@ def _assign(message: Message, fd: FieldDescriptor, value: Any) -> None:
         getattr(message, fd.name).CopyFrom(value)
     else:
         setattr(message, fd.name, value)
-
-
-# -- raw bytes that are not (quite) a message ------------------------------------------
-
-
-def garbage_bytes(valid: Sequence[bytes] = ()) -> st.SearchStrategy[bytes]:
-    """Request bodies that are not a valid encoding of any message (or barely are).
-
-    Invalid tags and wire types, truncated varints and lengths, lengths past the end,
-    invalid UTF-8 in the first string-shaped field, deep group nesting, random bytes,
-    and valid encodings cut short or with a byte flipped.
-    """
-    crafted = st.sampled_from(
-        (
-            b"\x00",
-            b"\xff",
-            b"\xff" * 16,
-            b"\x08",  # field 1 varint, value missing
-            b"\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",  # varint longer than 10 bytes
-            b"\x0a\x05ab",  # length past the end
-            b"\x0a\xff\xff\xff\xff\x0f",  # huge length
-            b"\x0a\x02\xc3\x28",  # field 1 as invalid UTF-8
-            b"\x0a\x01\x80",
-            b"\x0a\x03a\x00b",
-            b"\x12\x02\xed\xa0",  # field 2, an encoded surrogate
-            b"\x0b" * 200,  # start-group 1, never ended, nested deep
-            b"\x0b\x0c",  # empty group in proto3
-            b"\x0c",  # end-group without a start
-            b"\x0f",  # wire type 7
-            b"\x0e\x01",  # wire type 6
-            b"\x00\x01",  # field number 0
-            b"\xf8\xff\xff\xff\x0f\x01",  # field number 2^29-1
-            b"\x09\x01\x02",  # fixed64 cut short
-            b"\x0d\x01",  # fixed32 cut short
-            b"\x10\x01\x10",  # repeated varint field then cut
-        )
-    )
-    options: list[st.SearchStrategy[bytes]] = [crafted, st.binary(min_size=1, max_size=200)]
-    if valid:
-        encodings = st.sampled_from([v for v in valid if v])
-        options += [
-            encodings.flatmap(lambda b: st.integers(1, max(1, len(b) - 1)).map(lambda n: b[:n])),
-            encodings.flatmap(
-                lambda b: st.tuples(st.integers(0, len(b) - 1), st.integers(0, 255)).map(
-                    lambda at: b[: at[0]] + bytes([at[1]]) + b[at[0] + 1 :]
-                )
-            ),
-            encodings.map(lambda b: b + b"\x0a\x02\xc3\x28"),
-        ]
-    return st.one_of(options)
-
-
-def harvest(
-    messages: Sequence[Message], into: dict[str, list[Any]], types: dict[str, list[Message]]
-) -> None:
-    """Collect scalar values by field name and sub-messages by type from ``messages``."""
-    for message in messages:
-        _harvest_one(message, into, types)
-
-
-def _harvest_one(
-    message: Message, into: dict[str, list[Any]], types: dict[str, list[Message]]
-) -> None:
-    _add(types.setdefault(message.DESCRIPTOR.full_name, []), copy_of(message))
-    for fd, value in message.ListFields():
-        if _is_map(fd):
-            value_fd = fd.message_type.fields[1]
-            for key, item in value.items():
-                _add(into.setdefault(f"{fd.name}[]", []), key)
-                if value_fd.type == FieldDescriptor.TYPE_MESSAGE:
-                    _harvest_one(item, into, types)
-                else:
-                    _add(into.setdefault(fd.name, []), item)
-            continue
-        items = list(value) if fd.is_repeated else [value]
-        for item in items:
-            if fd.type == FieldDescriptor.TYPE_MESSAGE:
-                _harvest_one(item, into, types)
-            elif not (isinstance(item, bytes) and len(item) > 1_000_000):
-                _add(into.setdefault(fd.name, []), item)
-
-
-def _add(values: list[Any], value: Any) -> None:
-    if len(values) < 64 and value not in values:
-        values.append(value)

@@ -28,8 +28,9 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from libs.config import ServiceName
-from tests.fuzz.descriptor_strategies import Hints, harvest
+from tests.fuzz.descriptor_strategies import Hints
 from tests.fuzz.findings import Findings, finding_type
+from tests.fuzz.harvest import harvest
 from tests.fuzz.oracle import Outcome, changed_tables, fingerprint, judge
 from tests.fuzz.server_log import ErrorLog
 from tests.fuzz.targets import Body, FuzzTarget, call

@@ -32,6 +32,7 @@ from tests.fuzz.descriptor_strategies import (
     FOREIGN_PAGE_TOKENS,
     SHARP_STRINGS,
     copy_of,
+    is_map,
     message_class,
 )
 
@@ -106,14 +107,6 @@ def _boundary_values(fd: FieldDescriptor, current: Any) -> Sequence[Any]:
     return _INT_LIMITS[fd.cpp_type]
 
 
-def _is_map(fd: FieldDescriptor) -> bool:
-    return (
-        fd.type == FieldDescriptor.TYPE_MESSAGE
-        and fd.is_repeated
-        and fd.message_type.GetOptions().map_entry
-    )
-
-
 def _is_leaf_message(fd: FieldDescriptor) -> bool:
     return fd.type == FieldDescriptor.TYPE_MESSAGE and fd.message_type.full_name in _LEAF_MESSAGES
 
@@ -128,7 +121,7 @@ def changes(message: Message, prefix: tuple[Step, ...] = (), depth: int = 0) -> 
 def _changes(message: Message, prefix: tuple[Step, ...], depth: int) -> Iterator[Change]:
     for fd in message.DESCRIPTOR.fields:
         here = (*prefix, (fd.name, None))
-        if _is_map(fd):
+        if is_map(fd):
             entries = getattr(message, fd.name)
             value_fd = fd.message_type.fields[1]
             if entries:
@@ -201,7 +194,7 @@ def apply(message: Message, change: Change) -> Message:
             field[at].SetInParent()
         else:
             field[at] = field[next(iter(field))] if len(field) else value_fd.default_value
-    elif _is_map(fd):
+    elif is_map(fd):
         assert field is not None
         field[at] = change.value
     elif fd.is_repeated:
@@ -233,7 +226,7 @@ def freshened(message: Message, suffix: str) -> Message:
 
 def _freshen(message: Message, suffix: str) -> None:
     for fd, value in message.ListFields():
-        if _is_map(fd):
+        if is_map(fd):
             value_fd = fd.message_type.fields[1]
             for key in list(value):
                 if value_fd.type == FieldDescriptor.TYPE_MESSAGE:

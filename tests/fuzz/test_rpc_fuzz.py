@@ -25,7 +25,8 @@ import pytest
 from google.protobuf.message import Message
 from hypothesis import strategies as st
 
-from tests.fuzz.descriptor_strategies import MessageStrategies, copy_of, garbage_bytes
+from tests.fuzz.descriptor_strategies import MessageStrategies, copy_of
+from tests.fuzz.garbage import garbage_bytes
 from tests.fuzz.platform import FuzzPlatform, examples_per_method
 from tests.fuzz.sweep import sweep
 from tests.fuzz.targets import Body, FuzzTarget, discover_targets
