@@ -49,13 +49,15 @@ BAD_CODES = frozenset(
 
 _INTERNALS = re.compile(
     r"Traceback|File \"|\bException\b|\b[A-Z][A-Za-z]*(?:Error|Exception)\b(?!\w)"
-    r"|<class '|object at 0x|\basyncpg\.|\bgoogle\.protobuf\.|\bpyarrow\.|\bduckdb\."
+    r"|<class '|object at 0x|\basyncpg\.|\bgoogle\.protobuf\.(?!(?:Timestamp|Duration)\b)"
+    r"|\bpyarrow\.|\bduckdb\."
 )
 """Signs of Python internals in a status message (``InvalidArgument``-style names of our
 own error classes never reach the wire: the interceptor sends only their text)."""
 
-BACKGROUND_TABLES = frozenset({"checkpoints", "processed_events"})
-"""Written by the relay (its checkpoint) and by consumers on their own schedule."""
+BACKGROUND_TABLES = frozenset({"checkpoints", "processed_events", "upload_leases"})
+"""Written by the relay (its checkpoint), by consumers, and by the registry's upload-lease
+renewal, each on its own schedule."""
 
 FINGERPRINT_FUNCTION = """
 CREATE OR REPLACE FUNCTION public.lathe_fuzz_fingerprint(target text)
