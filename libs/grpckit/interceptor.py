@@ -164,12 +164,25 @@ def _database_failure(exc: Exception) -> LatheError | None:
     return database_failure(exc)
 
 
+MAX_STATUS_MESSAGE_CHARS = 2048
+"""Status messages travel in a trailer (gRPC's default limit on metadata is 8-16 KiB): a
+message quoting a huge bad value would otherwise turn a clear INVALID_ARGUMENT into
+RESOURCE_EXHAUSTED on the client."""
+
+
+def status_message(text: str) -> str:
+    """``text`` cut to ``MAX_STATUS_MESSAGE_CHARS``, saying so when it was cut."""
+    if len(text) <= MAX_STATUS_MESSAGE_CHARS:
+        return text
+    return text[: MAX_STATUS_MESSAGE_CHARS - 40] + f"... ({len(text):,} characters in all)"
+
+
 async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
     error = exc if isinstance(exc, LatheError) else _database_failure(exc)
     if error is not None:  # (an outage is logged once by the pool, not here per call)
-        await context.abort(status_code_for(error), str(error))
+        await context.abort(status_code_for(error), status_message(str(error)))
     if isinstance(exc, NotImplementedError):  # a generated servicer method not overridden
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")
     span = trace.get_current_span()

@@ -37,6 +37,8 @@ class ScriptedRegistry(service_pb2_grpc.ModelRegistryServicer):
             raise RuntimeError("secret internals")
         if request.name == "missing":
             raise NotFound("no model named 'missing'")
+        if request.name.startswith("huge"):
+            raise NotFound(f"no model named {request.name!r}")
         if request.name == "slow":
             await asyncio.sleep(0.5)
         if request.name == "remaining":
@@ -183,3 +185,17 @@ async def test_shutdown_drains_in_flight_calls() -> None:
         await server.stop(grace_s=5)
         response = await call
     assert response.model.name == "slow"
+
+
+async def test_an_error_quoting_a_huge_value_keeps_its_code_with_a_cut_message(
+    stub: service_pb2_grpc.ModelRegistryStub,
+) -> None:
+    # 100 KB in a trailer exceeds gRPC's metadata limit: uncut, the client got
+    # RESOURCE_EXHAUSTED instead of the NOT_FOUND the service answered.
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.GetModel(rr.GetModelRequest(name="huge" + "x" * 100_000))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    details = raised.value.details() or ""
+    assert details.startswith("no model named 'hugexxx")
+    assert details.endswith("(100,021 characters in all)")
+    assert len(details) <= 2048
