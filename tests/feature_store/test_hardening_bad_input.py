@@ -195,11 +195,6 @@ def _garbage_for(method: MethodDescriptor) -> dict[str, bytes]:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: undecodable request bytes answer UNKNOWN with "
-    "\"Unexpected <class 'google.protobuf.message.DecodeError'>\" in the message",
-)
 @pytest.mark.parametrize("method", list(SERVICE.methods), ids=lambda method: method.name)
 async def test_bytes_that_are_not_a_request_are_invalid_argument(
     feature_store_host: object, test_settings: LatheSettings, method: MethodDescriptor
@@ -377,7 +372,6 @@ _NUL_CASES = {
             allow_ok=True,
             check=_pushed_text_reads_back,
         ),
-        marks=pytest.mark.xfail(strict=True, reason=_PUSH_TEXT),
     ),
     "push-entity-key": pytest.param(
         _Case(
@@ -386,7 +380,6 @@ _NUL_CASES = {
             allow_ok=True,
             check=_pushed_key_reads_back,
         ),
-        marks=pytest.mark.xfail(strict=True, reason=_PUSH_TEXT),
     ),
     "online-entity-key": _Case(
         lambda f, st: f.GetOnlineFeatures(
@@ -512,11 +505,6 @@ async def test_nul_characters_are_refused_by_field_or_kept_exactly(
         await case.check(features, store)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: with the in-memory replica off, a NUL in an entity key reaches "
-    "Postgres: INTERNAL",
-)
 async def test_a_nul_entity_key_read_from_postgres_is_not_internal(
     features: FeatureStoreStub,
     db_pool: asyncpg.Pool,
@@ -646,33 +634,9 @@ _STAMP_FIELDS: dict[
         ("due", "allowed"),
     ),
 }
-_STAMP_XFAIL = {
-    "apply-allowed-value",
-    "materialize-end_time",
-    "label_source-start_time",
-    "label_source-end_time",
-    "push-event_time",
-    "push-timestamp-feature",
-    "online-request_data",
-}
 
 
-def _stamp_field(name: str) -> Any:
-    marks = (
-        [
-            pytest.mark.xfail(
-                strict=True,
-                reason="issue 10: an out-of-range Timestamp raises ValueError in ToDatetime: "
-                "INTERNAL (in a definition's allowed values it is accepted and stored)",
-            )
-        ]
-        if name in _STAMP_XFAIL
-        else []
-    )
-    return pytest.param(name, id=name, marks=marks)
-
-
-@pytest.mark.parametrize("field", [_stamp_field(name) for name in _STAMP_FIELDS])
+@pytest.mark.parametrize("field", list(_STAMP_FIELDS))
 async def test_timestamps_out_of_range_are_invalid_argument_naming_the_field(
     features: FeatureStoreStub, db_pool: asyncpg.Pool, field: str
 ) -> None:
@@ -818,17 +782,17 @@ _TOKENS: dict[str, tuple[str | Callable[[str], str], bool, str | None]] = {
     "foreign-cursor": (
         _token({"before": 5}),
         False,
-        "issue 10: a cursor of another listing's shape is taken as the first page",
+        None,
     ),
     "edited-cursor-type": (
         _token({"after": 5}),
         False,
-        "issue 10: an edited cursor of the wrong type is used as a name",
+        None,
     ),
     "cursor-with-nul": (
         lambda real: _token({"after": "a\x00b"}),
         True,
-        "issue 10: a NUL in the cursor reaches Postgres: INTERNAL",
+        None,
     ),
     "nul-in-token": (lambda real: real[:4] + "\x00" + real[4:], True, None),
 }
