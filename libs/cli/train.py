@@ -1,4 +1,10 @@
-"""`lathe train ...`: submit training jobs from spec files and follow them live."""
+"""`lathe train ...`: submit training jobs from spec files and follow them live.
+
+``submit`` and ``cancel`` go through the SDK's ``TrainerClient``: each sends one client
+request id (``--request-id``, or a fresh one) and retries with it after an ambiguous
+failure, so a lost reply never queues a second job. If the trainer stays unreachable,
+the command prints the id: running it again with ``--request-id`` is safe.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from lathe.trainer.v1 import request_response_pb2 as rr
 from lathe.trainer.v1.service_pb2_grpc import TrainerStub
 from libs.config import LatheSettings
 from libs.grpckit import open_channel
+from libs.sdk.retries import AMBIGUOUS, new_request_id
 from libs.sdk.trainer import SpecError, TrainerClient, load_spec
 
 app = typer.Typer(no_args_is_help=True, help="Train models: submit job specs, follow, cancel.")
@@ -28,9 +35,18 @@ T = TypeVar("T")
 Actor = Annotated[
     str, typer.Option(envvar="LATHE_ACTOR", help="Recorded as who did it (default: $USER).")
 ]
+RequestId = Annotated[
+    str,
+    typer.Option(
+        help="Client request id of this change (default: a fresh one); pass the one a failed "
+        "run printed to retry it safely."
+    ),
+]
 
 
-def _call(action: Callable[[TrainerClient], Awaitable[T]], actor: str = "") -> T:
+def _call(
+    action: Callable[[TrainerClient], Awaitable[T]], actor: str = "", request_id: str = ""
+) -> T:
     settings = LatheSettings()
     token = settings.auth_token.get_secret_value() if settings.auth_token else ""
 
@@ -45,6 +61,11 @@ def _call(action: Callable[[TrainerClient], Awaitable[T]], actor: str = "") -> T
         return asyncio.run(run())
     except grpc.aio.AioRpcError as error:
         console.print(f"[red]{error.code().name}[/red]: {error.details()}")
+        if request_id and error.code() in AMBIGUOUS:
+            console.print(
+                f"it may have been applied: run the command again with --request-id {request_id} "
+                "to retry it without applying it twice"
+            )
         raise typer.Exit(1) from error
 
 
@@ -57,6 +78,7 @@ def submit(
     spec: Annotated[Path, typer.Argument(help="A job spec: .yaml, .toml or .json.")],
     watch_job: Annotated[bool, typer.Option("--watch/--no-watch", help="Follow it live.")] = True,
     actor: Actor = "",
+    request_id: RequestId = "",
 ) -> None:
     """Validate and queue a training job, then follow it with a progress bar."""
     try:
@@ -64,7 +86,8 @@ def submit(
     except (OSError, SpecError) as error:
         console.print(f"[red]cannot read the spec[/red]: {error}")
         raise typer.Exit(2) from error
-    job = _call(lambda client: client.submit(parsed), actor)
+    request_id = request_id or new_request_id()
+    job = _call(lambda client: client.submit(parsed, request_id=request_id), actor, request_id)
     console.print(f"job [bold]{job.job_id}[/bold] queued (spec {job.spec_digest[:19]}…)")
     if watch_job:
         _watch(job.job_id, parsed.optimization.epochs)
@@ -219,7 +242,11 @@ def cancel(
     job_id: Annotated[str, typer.Argument(help="The job.")],
     reason: Annotated[str, typer.Option(help="Recorded with the cancellation.")] = "",
     actor: Actor = "",
+    request_id: RequestId = "",
 ) -> None:
     """Stop a job's workers and record it cancelled."""
-    job = _call(lambda client: client.cancel(job_id, reason), actor)
+    request_id = request_id or new_request_id()
+    job = _call(
+        lambda client: client.cancel(job_id, reason, request_id=request_id), actor, request_id
+    )
     console.print(f"job {job.job_id}: {state_name(job.state)}")

@@ -19,6 +19,10 @@ camelCase); durations are strings such as ``"60s"`` and times RFC 3339 strings::
     optimization: {epochs: 5, batch_size: 256, learning_rate: 0.001}
     seed: 7
     resources: {processes: 2}
+
+Submit and cancel are sent with a client request id (a fresh one per call unless the
+caller gives one, e.g. to retry across processes) and retried with it after an ambiguous
+failure, so a lost reply never queues a second job (``libs/sdk/retries.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from google.protobuf import json_format
 from lathe.trainer.v1 import message_pb2
 from lathe.trainer.v1 import request_response_pb2 as rr
 from lathe.trainer.v1.service_pb2_grpc import TrainerStub
+from libs.sdk.retries import DEFAULT_RETRY, RetryPolicy, new_request_id, with_retries
 
 
 class SpecError(ValueError):
@@ -79,18 +84,37 @@ def _stringify_times(value: Any) -> Any:
 
 
 class TrainerClient:
-    """Trainer calls with the caller's identity (and token) on every change."""
+    """Trainer calls with the caller's identity (and token) on every change.
 
-    def __init__(self, stub: TrainerStub, *, actor: str = "", token: str = "") -> None:
+    Each change carries a client request id and is retried with it after an ambiguous
+    failure (UNAVAILABLE, DEADLINE_EXCEEDED), as ``retry`` says.
+    """
+
+    def __init__(
+        self,
+        stub: TrainerStub,
+        *,
+        actor: str = "",
+        token: str = "",
+        retry: RetryPolicy = DEFAULT_RETRY,
+    ) -> None:
         self.stub = stub
         metadata = [("lathe-actor", actor)] if actor else []
         if token:
             metadata.append(("authorization", f"Bearer {token}"))
         self._metadata = tuple(metadata)
+        self._retry = retry
 
-    async def submit(self, spec: message_pb2.TrainingJobSpec) -> message_pb2.TrainingJob:
-        reply = await self.stub.SubmitTrainingJob(
-            rr.SubmitTrainingJobRequest(spec=spec), metadata=self._metadata
+    async def submit(
+        self, spec: message_pb2.TrainingJobSpec, *, request_id: str = ""
+    ) -> message_pb2.TrainingJob:
+        """Queue a job; retried safely: however often, at most one job is queued per id."""
+        request = rr.SubmitTrainingJobRequest(spec=spec, request_id=request_id or new_request_id())
+        reply = await with_retries(
+            self._retry,
+            lambda: self.stub.SubmitTrainingJob(
+                request, metadata=self._metadata, timeout=self._retry.attempt_timeout_s
+            ),
         )
         return reply.job
 
@@ -117,9 +141,18 @@ class TrainerClient:
                 break
         return jobs
 
-    async def cancel(self, job_id: str, reason: str = "") -> message_pb2.TrainingJob:
-        reply = await self.stub.CancelTrainingJob(
-            rr.CancelTrainingJobRequest(job_id=job_id, reason=reason), metadata=self._metadata
+    async def cancel(
+        self, job_id: str, reason: str = "", *, request_id: str = ""
+    ) -> message_pb2.TrainingJob:
+        """Ask the job to stop; the job as the cancel left it (retried like ``submit``)."""
+        request = rr.CancelTrainingJobRequest(
+            job_id=job_id, reason=reason, request_id=request_id or new_request_id()
+        )
+        reply = await with_retries(
+            self._retry,
+            lambda: self.stub.CancelTrainingJob(
+                request, metadata=self._metadata, timeout=self._retry.attempt_timeout_s
+            ),
         )
         return reply.job
 

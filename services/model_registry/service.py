@@ -14,6 +14,7 @@ from libs.runtime import BackgroundTask, ServiceComponents, ServiceContext, Serv
 from services.model_registry.api.servicer import ModelRegistryServicer
 from services.model_registry.app.alias_cache import AliasCache
 from services.model_registry.app.blob_collection import OrphanBlobCollector
+from services.model_registry.app.catalog import RegistryCatalog
 from services.model_registry.app.commands import RegistryCommands
 from services.model_registry.app.upload_lease import UploadLease
 from services.model_registry.events import CATALOG
@@ -38,7 +39,7 @@ def build(context: ServiceContext) -> ServiceComponents:
     )
     servicer = ModelRegistryServicer(
         RegistryCommands(context.pool, context.store, queries, artifacts, requests, upload_lease),
-        queries,
+        RegistryCatalog(queries),
         aliases,
     )
     background: list[BackgroundTask] = [aliases.run, requests.run, upload_lease.run]

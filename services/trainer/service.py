@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 from lathe.trainer.v1 import service_pb2, service_pb2_grpc
 from libs.config import ServiceName
 from libs.db import load_migrations
+from libs.eventstore import RequestLog
 from libs.messaging import EventStreamNames
 from libs.runtime import ServiceComponents, ServiceContext, ServiceSpec
 from services.trainer.api.servicer import TrainerServicer
+from services.trainer.app.cancel import Canceller
+from services.trainer.app.queries import JobQueries
 from services.trainer.app.runner import JobRunner
 from services.trainer.app.submit import Submitter
 from services.trainer.app.supervisor import Supervisor
@@ -26,6 +30,7 @@ from services.trainer.store.feature_catalog import FeatureCatalog
 from services.trainer.store.features import FeatureStoreGateway
 from services.trainer.store.jobs import JobStore
 from services.trainer.store.labels import LabelReader
+from services.trainer.store.ownership import JobLocks
 from services.trainer.store.registry import RegistryGateway
 
 _REPO = Path(__file__).resolve().parents[2]
@@ -38,6 +43,9 @@ def build(context: ServiceContext) -> ServiceComponents:
     token = shared.auth_token.get_secret_value() if shared.auth_token else ""
     blobs = BlobStore(settings.artifact_root or shared.home / "trainer")
     jobs = JobStore(context.pool, context.store)
+    requests = RequestLog(
+        context.store, window=timedelta(seconds=context.settings.request_id_window_s)
+    )
     catalog = FeatureCatalog(
         context.js, EventStreamNames(shared.namespace, ServiceName.FEATURE_STORE.value)
     )
@@ -59,24 +67,30 @@ def build(context: ServiceContext) -> ServiceComponents:
         owner=f"{socket.gethostname()}:{os.getpid()}",
     )
     supervisor = Supervisor(
-        jobs, runner, shared.require_database_url(), max_concurrent=settings.max_concurrent_jobs
+        jobs,
+        runner,
+        JobLocks(shared.require_database_url()),
+        max_concurrent=settings.max_concurrent_jobs,
     )
     submitter = Submitter(
+        context.pool,
         jobs,
         blobs,
         catalog,
         registry,
         LabelReader(context.pool, settings.label_max_rows),
+        requests,
         max_queued=settings.max_queued_jobs,
         code_revision=settings.code_revision or _git_revision(),
         on_queued=supervisor.wake,
     )
-    servicer = TrainerServicer(submitter, jobs, supervisor)
+    canceller = Canceller(context.pool, jobs, requests, on_cancel=supervisor.cancel)
+    servicer = TrainerServicer(submitter, canceller, JobQueries(jobs))
     return ServiceComponents(
         registrations=[
             lambda server: service_pb2_grpc.add_TrainerServicer_to_server(servicer, server)
         ],
-        background=[supervisor.run],
+        background=[supervisor.run, requests.run],
     )
 
 

@@ -116,10 +116,12 @@ def cases(d: Dataset) -> list[tuple[str, dict, grpc.StatusCode, str]]:
 async def test_bad_specs_are_refused_and_nothing_is_recorded(
     trainer: TrainerStub, dataset: Dataset, db_pool: asyncpg.Pool
 ) -> None:
-    for name, overrides, code, fragment in cases(dataset):
+    for number, (name, overrides, code, fragment) in enumerate(cases(dataset)):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await trainer.SubmitTrainingJob(
-                rr.SubmitTrainingJobRequest(spec=spec(dataset, **overrides))
+                rr.SubmitTrainingJobRequest(
+                    spec=spec(dataset, **overrides), request_id=f"bad-spec-{number}"
+                )
             )
         assert refused.value.code() == code, (name, refused.value.details())
         assert fragment in (refused.value.details() or ""), (name, refused.value.details())
@@ -127,6 +129,8 @@ async def test_bad_specs_are_refused_and_nothing_is_recorded(
     listed = await trainer.ListTrainingJobs(rr.ListTrainingJobsRequest())
     assert list(listed.jobs) == [], "no job half-created"
     assert await db_pool.fetchval("SELECT count(*) FROM trainer.events") == 0
+    unused = "SELECT count(*) FROM trainer.client_requests WHERE request_id LIKE 'bad-spec-%'"
+    assert await db_pool.fetchval(unused) == 0, "a refused submit leaves its request id unused"
     assert await db_pool.fetchval(f"SELECT count(*) FROM {dataset.labels}") == dataset.rows
 
 
@@ -158,23 +162,3 @@ async def submit_queued(trainer: TrainerStub, dataset: Dataset) -> str:
         rr.SubmitTrainingJobRequest(spec=spec(dataset, optimization={"epochs": 500}))
     )
     return reply.job.job_id
-
-
-async def test_a_retried_submit_with_a_request_id_creates_one_job(
-    trainer: TrainerStub, dataset: Dataset
-) -> None:
-    request = rr.SubmitTrainingJobRequest(spec=spec(dataset, optimization={"epochs": 500}))
-    metadata = (("x-request-id", "retry-me"),)
-    first = await trainer.SubmitTrainingJob(request, metadata=metadata)
-    again = await trainer.SubmitTrainingJob(request, metadata=metadata)
-    assert again.job.job_id == first.job.job_id
-    other = rr.SubmitTrainingJobRequest(spec=spec(dataset, seed=99))
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await trainer.SubmitTrainingJob(other, metadata=metadata)
-    assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    listed = await trainer.ListTrainingJobs(
-        rr.ListTrainingJobsRequest(model_name=dataset.model_name)
-    )
-    assert [j.job_id for j in listed.jobs] == [first.job.job_id]
-    await trainer.CancelTrainingJob(rr.CancelTrainingJobRequest(job_id=first.job.job_id))
-    await wait_for(trainer, first.job.job_id, DONE, 30)

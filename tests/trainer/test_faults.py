@@ -25,7 +25,10 @@ from services.trainer.launch.processes import attempt_processes
 from tests.support.subprocesses import REPO_ROOT
 from tests.trainer.helpers import DONE, Dataset, events, spec, submit, wait_for
 
-LONG = {"epochs": 10, "batchSize": 32, "learningRate": 0.005}
+# Small batches and a checkpoint every 50 steps: an epoch takes long enough (~0.1 s) that the
+# kill lands mid-training, not after the last epoch (at batch 32 an epoch took 13 ms and the
+# whole run was over before the first checkpoint event reached the test).
+LONG = {"epochs": 20, "batchSize": 4, "learningRate": 0.005, "checkpointEverySteps": 50}
 
 
 async def first_checkpoint(trainer: TrainerStub, job_id: str) -> rr.WatchTrainingJobResponse:

@@ -60,12 +60,7 @@ _SQL = re.compile(
     r"CREATE\s+(TABLE|INDEX|SCHEMA)|ALTER\s+TABLE|DROP\s+TABLE)"
 )
 
-KNOWN = {
-    ("model_registry", "api imports no store"): (
-        "api/servicer.py reads through store.queries.RegistryQueries directly; its reads "
-        "would go through an app/ query object as the feature store's do"
-    ),
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)

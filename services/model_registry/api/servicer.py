@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
 
 import grpc
 
-from lathe.model_registry.v1 import events_pb2, message_pb2, service_pb2_grpc
+from lathe.model_registry.v1 import message_pb2, service_pb2_grpc
 from lathe.model_registry.v1 import request_response_pb2 as rr
 from libs.errors import InvalidArgument, NotFound
 from libs.eventstore import ClientRequest, EventMetadata
@@ -16,10 +15,8 @@ from libs.grpckit.caller import caller_of
 from libs.telemetry import current_traceparent
 from services.model_registry.api import validate
 from services.model_registry.app.alias_cache import AliasCache
+from services.model_registry.app.catalog import RegistryCatalog
 from services.model_registry.app.commands import RegistryCommands
-from services.model_registry.app.history import summarize
-from services.model_registry.events import CATALOG, alias_stream, model_stream
-from services.model_registry.store.queries import RegistryQueries
 
 
 def _metadata(
@@ -37,10 +34,10 @@ def _metadata(
 
 class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
     def __init__(
-        self, commands: RegistryCommands, queries: RegistryQueries, aliases: AliasCache
+        self, commands: RegistryCommands, catalog: RegistryCatalog, aliases: AliasCache
     ) -> None:
         self._commands = commands
-        self._queries = queries
+        self._catalog = catalog
         self._aliases = aliases
 
     async def CreateModel(
@@ -55,13 +52,13 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
         self, request: rr.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> rr.GetModelResponse:
         return rr.GetModelResponse(
-            model=await self._model(validation.require(request.name, "name"))
+            model=await self._catalog.model(validation.require(request.name, "name"))
         )
 
     async def ListModels(
         self, request: rr.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> rr.ListModelsResponse:
-        models, more = await self._queries.models_page(
+        models, more = await self._catalog.models_page(
             after_name=validate.name_cursor(
                 request.page_token, "after", kind="model_registry.ListModels"
             )
@@ -126,11 +123,7 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
         before = validate.number_cursor(
             request.page_token, "before", kind="model_registry.ListModelVersions"
         )
-        versions, more = await self._queries.versions_page(
-            name, before_version=before or 2**62, limit=limit
-        )
-        if not versions and before is None:
-            await self._model(name)  # NOT_FOUND for an unknown model, not an empty page
+        versions, more = await self._catalog.versions_page(name, before_version=before, limit=limit)
         token = (
             validation.encode_page_token(
                 {"before": versions[-1].version}, kind="model_registry.ListModelVersions"
@@ -187,29 +180,14 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
         alias = validation.require(request.alias, "alias")
         if request.HasField("as_of"):
             as_of = validate.as_of(request.as_of)
-            return rr.ResolveAliasResponse(alias=await self._alias_as_of(model_name, alias, as_of))
+            return rr.ResolveAliasResponse(
+                alias=await self._catalog.alias_as_of(model_name, alias, as_of)
+            )
         state = await self._aliases.alias(model_name, alias)
         if state is None or state.alias.version == 0:
-            await self._model(model_name)
+            await self._catalog.model(model_name)
             raise NotFound(f"alias {alias!r} of model {model_name!r} is not set")
         return rr.ResolveAliasResponse(alias=state.alias)
-
-    async def _alias_as_of(self, model_name: str, alias: str, as_of: datetime) -> message_pb2.Alias:
-        event = await self._queries.last_event_as_of(alias_stream(model_name, alias), as_of)
-        message = CATALOG.decode(event.event_type, event.payload) if event is not None else None
-        if event is None or not isinstance(message, events_pb2.AliasSet):
-            await self._model(model_name)
-            raise NotFound(
-                f"alias {alias!r} of model {model_name!r} was not set at {as_of.isoformat()}"
-            )
-        resolved = message_pb2.Alias(
-            name=alias,
-            version=message.version,
-            traffic_share=message.traffic_share,
-            updated_by=event.metadata.actor,
-        )
-        resolved.update_time.FromDatetime(event.recorded_at)
-        return resolved
 
     async def ApproveModelVersion(
         self, request: rr.ApproveModelVersionRequest, context: grpc.aio.ServicerContext
@@ -234,7 +212,7 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
         self, request: rr.GetLineageRequest, context: grpc.aio.ServicerContext
     ) -> rr.GetLineageResponse:
         version = await self._version(request.model_name, request.version)
-        aliases = await self._queries.aliases_of_version(version.model_name, version.version)
+        aliases = await self._catalog.aliases_of_version(version.model_name, version.version)
         return rr.GetLineageResponse(
             lineage=version.lineage, artifacts=version.artifacts, aliases=aliases
         )
@@ -250,26 +228,7 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
             )
             or 0
         )
-        await self._model(name)
-        streams = [model_stream(name)] + [
-            alias_stream(name, alias) for alias in await self._queries.alias_names_ever(name)
-        ]
-        events = await self._queries.events_of_streams(
-            streams, after_position=after, limit=limit + 1
-        )
-        entries = []
-        for event in events[:limit]:
-            entry = message_pb2.HistoryEntry(
-                position=event.global_position,
-                event_id=str(event.event_id),
-                event_type=event.event_type,
-                stream_id=event.stream_id,
-                actor=event.metadata.actor,
-                summary=summarize(CATALOG.decode(event.event_type, event.payload)),
-            )
-            entry.record_time.FromDatetime(event.recorded_at)
-            entries.append(entry)
-        more = len(events) > limit
+        entries, more = await self._catalog.history(name, after_position=after, limit=limit)
         token = (
             validation.encode_page_token(
                 {"after": entries[-1].position}, kind="model_registry.GetModelHistory"
@@ -279,16 +238,6 @@ class ModelRegistryServicer(service_pb2_grpc.ModelRegistryServicer):
         )
         return rr.GetModelHistoryResponse(entries=entries, next_page_token=token)
 
-    async def _model(self, name: str) -> message_pb2.Model:
-        model = await self._queries.model(name)
-        if model is None:
-            raise NotFound(f"no model named {name!r}; ListModels shows the registered ones")
-        return model
-
     async def _version(self, model_name: str, version: int) -> message_pb2.ModelVersion:
         name = validation.require(model_name, "model_name")
-        found = await self._queries.version(name, validate.version_number(version))
-        if found is None:
-            await self._model(name)
-            raise NotFound(f"model {name!r} has no version {version}; ListModelVersions shows them")
-        return found
+        return await self._catalog.version(name, validate.version_number(version))

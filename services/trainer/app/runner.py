@@ -15,7 +15,6 @@ registry calls inside).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import time
@@ -28,16 +27,15 @@ from google.protobuf.json_format import MessageToDict
 from opentelemetry import trace
 from uuid6 import uuid7
 
-from lathe.model_registry.v1 import message_pb2 as reg
 from lathe.trainer.v1 import events_pb2 as ev
 from lathe.trainer.v1 import message_pb2
 from libs.errors import LatheError
 from libs.eventstore import EventMetadata
-from libs.sdk.model_registry import ArtifactUpload, VersionSpec
 from libs.telemetry import context_from_traceparent
 from services.trainer.app.data import prepare
 from services.trainer.app.ports import Catalog, Features, Registry
 from services.trainer.app.progress_reader import ProgressReader
+from services.trainer.app.registration import CancelledWhileWaiting, Registrar
 from services.trainer.config import TrainerSettings
 from services.trainer.domain import job as decide
 from services.trainer.domain.families import family
@@ -47,18 +45,10 @@ from services.trainer.launch.base import Launcher, RunningAttempt
 from services.trainer.launch.processes import kill_attempt
 from services.trainer.store.blobs import BlobStore
 from services.trainer.store.jobs import JobStore
-from services.trainer.store.registry import FORMATS
 
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
 _STATE_CHECK_S = 1.0
-_ARROW_DTYPES = {
-    "double": reg.DATA_TYPE_FLOAT64,
-    "float": reg.DATA_TYPE_FLOAT32,
-    "int64": reg.DATA_TYPE_INT64,
-    "int32": reg.DATA_TYPE_INT32,
-    "bool": reg.DATA_TYPE_BOOL,
-}
 
 
 @dataclass(frozen=True)
@@ -88,11 +78,11 @@ class JobRunner:
         self._blobs = blobs
         self._features = features
         self._catalog = catalog
-        self._registry = registry
         self._launchers = launchers
         self._settings = settings
         self._owner = owner
         self._meta = EventMetadata(actor="trainer")
+        self._registrar = Registrar(jobs, blobs, registry, self._meta)
 
     async def run(self, job_id: str, cancel: asyncio.Event) -> None:
         job = await self._jobs.load(job_id)
@@ -148,7 +138,7 @@ class JobRunner:
         if job.state == message_pb2.JOB_STATE_CANCELLING or cancel.is_set():
             await self._cancelled(job.job_id)
             return
-        await self._register(job)
+        await self._register(job, cancel)
 
     async def _train(self, job_id: str, cancel: asyncio.Event, reason: str) -> bool:
         """Attempts until one exports (True) or the job ends otherwise (False)."""
@@ -372,41 +362,15 @@ class JobRunner:
                 self._meta,
             )
 
-    async def _register(self, job: Job) -> None:
-        assert job.exported is not None and job.dataset is not None and job.evaluated is not None
-        attempt_id, spec, exported = job.attempt_id, job.spec, job.exported
+    async def _register(self, job: Job, cancel: asyncio.Event) -> None:
         with _tracer.start_as_current_span(
             "trainer.register", attributes={"lathe.job_id": job.job_id}
         ):
-            version = await self._registry.version_of_job(spec.model_name, job.job_id)
-            found = version > 0
-            if not found:
-                decide.require_attempt(await self._jobs.load(job.job_id), attempt_id)
-                files = {
-                    "model.onnx": exported.onnx_sha256,
-                    "weights.safetensors": exported.weights_sha256,
-                    "preprocessing.json": exported.preprocessing_sha256,
-                    "signature.json": exported.signature_sha256,
-                }
-                artifacts = {
-                    name: ArtifactUpload(FORMATS[name], content=self._blobs.get_bytes(sha))
-                    for name, sha in files.items()
-                }
-                signature = json.loads(self._blobs.get_bytes(exported.signature_sha256))
-                version = await self._registry.register(
-                    _version_spec(job, signature), artifacts, job_id=job.job_id
-                )
-            registered = ev.ModelRegistered(
-                attempt_id=attempt_id,
-                model_name=spec.model_name,
-                version=version,
-                found_existing=found,
-            )
-            job = await self._jobs.record(
-                job.job_id,
-                lambda j: decide.decide_registered(j, attempt_id, registered),
-                self._meta,
-            )
+            try:
+                job = await self._registrar.register(job, cancel)
+            except CancelledWhileWaiting:
+                await self._cancelled(job.job_id)
+                return
         if job.state == message_pb2.JOB_STATE_CANCELLING:
             await self._cancelled(job.job_id)
 
@@ -433,45 +397,6 @@ class JobRunner:
 
     async def _kill(self, job_id: str) -> int:
         return await kill_attempt(job_id=job_id, timeout_s=self._settings.kill_timeout_s)
-
-
-def _version_spec(job: Job, signature: dict[str, Any]) -> VersionSpec:
-    assert job.dataset is not None and job.evaluated is not None
-    spec = job.spec
-    metrics = dict(job.evaluated.metrics)
-    metrics.update({f"baseline.lightgbm.{k}": v for k, v in job.evaluated.baseline_metrics.items()})
-    metrics = {k: v for k, v in metrics.items() if v == v}  # NaN (one class only) is not a metric
-    tags = {
-        **dict(spec.tags),
-        "training_job_id": job.job_id,
-        "spec_digest": job.spec_digest,
-        "model_family": spec.model.family,
-        "world_size": str(spec.resources.processes),
-        "threads_per_process": str(spec.resources.threads_per_process),
-        "seed": str(spec.seed),
-    }
-    return VersionSpec(
-        model_name=spec.model_name,
-        description=spec.description or f"{spec.model.family} trained by job {job.job_id}",
-        signature=reg.Signature(
-            inputs=[
-                reg.TensorSpec(
-                    name=i["name"], dtype=_ARROW_DTYPES.get(i["arrow_type"], reg.DATA_TYPE_STRING)
-                )
-                for i in signature["inputs"]
-            ],
-            outputs=[reg.TensorSpec(name="probability", dtype=reg.DATA_TYPE_FLOAT32, shape=[-1])],
-        ),
-        metrics=metrics,
-        tags=tags,
-        lineage=reg.Lineage(
-            training_job_id=job.job_id,
-            dataset_snapshot_id=job.dataset.dataset_snapshot_id,
-            feature_service=spec.feature_service,
-            feature_service_version=str(job.dataset.feature_service_version),
-            code_revision=job.code_revision,
-        ),
-    )
 
 
 def _struct(value: Any) -> dict[str, Any]:

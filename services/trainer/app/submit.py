@@ -6,70 +6,72 @@ refuses or that returns nothing, a split with an empty side (FAILED_PRECONDITION
 labels the query returned are stored as an Arrow blob (content-addressed: a failed
 submit leaves at most an unreferenced file) and the job's first two events, ``submitted``
 and ``queued``, are appended together.
+
+A submit with a client request id is recorded with it, in the transaction that appends
+those events (docs/adr/0015-client-request-ids.md). A retry whose first attempt was
+applied is answered with the first attempt's job before any check or query runs; one
+that overlaps its first attempt waits for it at the append and gets its job. The queue
+limit is checked before the label query (to fail fast) and again, authoritatively, after
+the id is claimed in the transaction that appends. (A retry that the early check refuses
+in the instant its first attempt commits gets UNAVAILABLE, which clients retry: the next
+try is answered from the record.)
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from uuid import UUID, uuid5
 
+import asyncpg
 import pyarrow as pa
 from uuid6 import uuid7
 
 from lathe.trainer.v1 import events_pb2 as ev
-from libs.errors import AlreadyExists, Conflict, FailedPrecondition, NotFound, Unavailable
-from libs.eventstore import EventMetadata
+from lathe.trainer.v1 import message_pb2
+from libs.db import transaction
+from libs.errors import FailedPrecondition, NotFound, Unavailable
+from libs.eventstore import ClientRequest, EventMetadata, RequestLog
 from services.trainer.app.ports import Catalog, Labels, Registry
-from services.trainer.domain.job import Job
+from services.trainer.domain.job import to_proto
 from services.trainer.domain.spec import ValidSpec
 from services.trainer.store.blobs import BlobStore
 from services.trainer.store.jobs import JobStore
-
-_REQUESTS = UUID("6f1b1c2e-6a57-4a8e-9d0b-7472a1e1b001")
-"""Namespace of job ids derived from client request ids (``x-request-id``)."""
 
 
 class Submitter:
     def __init__(
         self,
+        pool: asyncpg.Pool,
         jobs: JobStore,
         blobs: BlobStore,
         catalog: Catalog,
         registry: Registry,
         labels: Labels,
+        requests: RequestLog,
         *,
         max_queued: int,
         code_revision: str,
         on_queued: Callable[[], None],
     ) -> None:
+        self._pool = pool
         self._jobs = jobs
         self._blobs = blobs
         self._catalog = catalog
         self._registry = registry
         self._labels = labels
+        self._requests = requests
         self._max_queued = max_queued
         self._code_revision = code_revision
         self._on_queued = on_queued
 
-    async def submit(self, spec: ValidSpec, metadata: EventMetadata, request_id: str = "") -> Job:
-        """Queue a job; with a client ``request_id``, a retry returns the job it created."""
-        job_id = str(uuid5(_REQUESTS, request_id)) if request_id else str(uuid7())
-        if request_id:
-            existing = await self._jobs.load(job_id)
-            if existing.version:
-                if existing.spec_digest != spec.digest:
-                    raise AlreadyExists(
-                        f"request id {request_id!r} already submitted job {job_id} with another "
-                        "spec; use a new request id for a new job"
-                    )
-                return existing
-        queued = await self._jobs.queued()
-        if queued >= self._max_queued:
-            raise Unavailable(
-                f"the training queue is full ({queued} jobs waiting, at most {self._max_queued}); "
-                "retry later or cancel queued jobs (lathe train list --state queued)"
-            )
+    async def submit(
+        self, spec: ValidSpec, metadata: EventMetadata, request: ClientRequest | None = None
+    ) -> message_pb2.TrainingJob:
+        """Queue a job; with a client ``request``, a retry gets the job its first call queued."""
+        replayed = await self._requests.replay(request, message_pb2.TrainingJob)
+        if replayed is not None:
+            return replayed
+        self._check_queue(await self._jobs.queued())  # before the label query: fail fast
         service = await self._catalog.feature_service(spec.feature_service)
         if service is None:
             raise NotFound(
@@ -91,6 +93,7 @@ class Submitter:
         labels = await self._labels.read(spec.labels, spec.split, service.join_keys)
         labels_sha = await asyncio.to_thread(self._blobs.put_bytes, _ipc(labels))
         sides = labels.column("__split").to_pylist()
+        job_id = str(uuid7())
         submitted = ev.JobSubmitted(
             job_id=job_id,
             spec=spec.proto,
@@ -102,16 +105,32 @@ class Submitter:
             feature_service_version=service.version,
             code_revision=self._code_revision,
         )
-        try:
-            job = await self._jobs.create(
-                job_id, [submitted, ev.JobQueued(queue_position=queued)], metadata
+        async with transaction(self._pool) as conn:
+            job = await self._requests.once(
+                conn,
+                request,
+                message_pb2.TrainingJob,
+                lambda: self._queue(conn, submitted, metadata),
             )
-        except Conflict:
-            if request_id:  # the same request, retried concurrently: it won
-                return await self.submit(spec, metadata, request_id)
-            raise
         self._on_queued()
         return job
+
+    async def _queue(
+        self, conn: asyncpg.Connection, submitted: ev.JobSubmitted, metadata: EventMetadata
+    ) -> message_pb2.TrainingJob:
+        queued = await self._jobs.queued(conn)
+        self._check_queue(queued)
+        job = await self._jobs.create(
+            conn, submitted.job_id, [submitted, ev.JobQueued(queue_position=queued)], metadata
+        )
+        return to_proto(job)
+
+    def _check_queue(self, queued: int) -> None:
+        if queued >= self._max_queued:
+            raise Unavailable(
+                f"the training queue is full ({queued} jobs waiting, at most {self._max_queued}); "
+                "retry later or cancel queued jobs (lathe train list --state queued)"
+            )
 
 
 def _ipc(table: pa.Table) -> bytes:

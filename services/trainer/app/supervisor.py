@@ -12,7 +12,6 @@ Jobs queue beyond that, up to ``max_queued_jobs`` (submit refuses more).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import asyncpg
@@ -20,11 +19,9 @@ import asyncpg
 from lathe.trainer.v1 import message_pb2
 from services.trainer.app.runner import JobRunner
 from services.trainer.store.jobs import JobStore
+from services.trainer.store.ownership import JobLocks
 
 _log = logging.getLogger(__name__)
-_LOCK_CLASS = 0x7472  # "tr": the advisory-lock namespace of training jobs
-_TRY_LOCK = "SELECT pg_try_advisory_lock($1, hashtext($2))"
-_UNLOCK = "SELECT pg_advisory_unlock($1, hashtext($2))"
 
 
 class Supervisor:
@@ -32,20 +29,18 @@ class Supervisor:
         self,
         jobs: JobStore,
         runner: JobRunner,
-        database_url: str,
+        locks: JobLocks,
         *,
         max_concurrent: int,
         poll_s: float = 1.0,
     ) -> None:
         self._jobs = jobs
         self._runner = runner
-        self._database_url = database_url
+        self._locks = locks
         self._max_concurrent = max_concurrent
         self._poll_s = poll_s
         self._wake = asyncio.Event()
         self._running: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
-        self._lock_conn: asyncpg.Connection | None = None
-        self._conn_lock = asyncio.Lock()
         self._unlocking: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
@@ -94,7 +89,7 @@ class Supervisor:
                 continue
             if len(self._running) >= self._max_concurrent:
                 return
-            if not await self._try_lock(job_id):
+            if not await self._locks.try_take(job_id):
                 continue  # another trainer runs it
             cancel = asyncio.Event()
             task = asyncio.create_task(self._runner.run(job_id, cancel), name=f"job {job_id}")
@@ -103,26 +98,10 @@ class Supervisor:
 
     def _finished(self, job_id: str) -> None:
         self._running.pop(job_id, None)
-        unlock = asyncio.get_running_loop().create_task(self._unlock(job_id))
+        unlock = asyncio.get_running_loop().create_task(self._locks.release(job_id))
         self._unlocking.add(unlock)
         unlock.add_done_callback(self._unlocking.discard)
         self._wake.set()
-
-    async def _connection(self) -> asyncpg.Connection:
-        if self._lock_conn is None or self._lock_conn.is_closed():
-            self._lock_conn = await asyncpg.connect(self._database_url)
-        return self._lock_conn
-
-    async def _try_lock(self, job_id: str) -> bool:
-        async with self._conn_lock:
-            conn = await self._connection()
-            return bool(await conn.fetchval(_TRY_LOCK, _LOCK_CLASS, job_id))
-
-    async def _unlock(self, job_id: str) -> None:
-        with contextlib.suppress(Exception):
-            async with self._conn_lock:
-                if self._lock_conn is not None and not self._lock_conn.is_closed():
-                    await self._lock_conn.fetchval(_UNLOCK, _LOCK_CLASS, job_id)
 
     async def _drop_connection(self) -> None:
         """Losing the lock connection loses every job's lock: stop them all here first."""
@@ -130,7 +109,4 @@ class Supervisor:
             task.cancel()
         if self._running:
             await asyncio.gather(*(t for t, _ in self._running.values()), return_exceptions=True)
-        if self._lock_conn is not None:
-            with contextlib.suppress(Exception):
-                await self._lock_conn.close()
-        self._lock_conn = None
+        await self._locks.close()

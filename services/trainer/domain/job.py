@@ -4,7 +4,7 @@
 stream. The deciders (``decide_*``) take the current job and a command and return the
 events to record, or raise when the command does not apply to the job as it is. Every
 write goes through them inside one transaction with an expected stream version
-(app/jobs.py), which is what fences a stale attempt: once attempt k+1 is recorded,
+(store/jobs.py), which is what fences a stale attempt: once attempt k+1 is recorded,
 any event attempt k asks for (a checkpoint, an export, a registration) is refused.
 
 States (``JobState``): QUEUED -> PREPARING -> TRAINING (one or more attempts) ->

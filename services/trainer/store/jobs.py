@@ -9,6 +9,7 @@ the decision is taken again on the new state, never applied twice.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 
 import asyncpg
@@ -51,26 +52,37 @@ class JobStore:
             ],
         )
 
-    async def create(self, job_id: str, events: list[Message], metadata: EventMetadata) -> Job:
-        """Record a new job's first events; Conflict if the id exists."""
-        async with transaction(self._pool) as conn:
-            try:
-                return await self._append(conn, Job(job_id), events, NO_STREAM, metadata)
-            except WrongExpectedVersion:
-                raise Conflict(f"job {job_id} exists already") from None
+    async def create(
+        self, conn: asyncpg.Connection, job_id: str, events: list[Message], metadata: EventMetadata
+    ) -> Job:
+        """Record a new job's first events in the caller's transaction; Conflict if the id
+        exists."""
+        try:
+            return await self._append(conn, Job(job_id), events, NO_STREAM, metadata)
+        except WrongExpectedVersion:
+            raise Conflict(f"job {job_id} exists already") from None
+
+    async def decide(
+        self, conn: asyncpg.Connection, job_id: str, decide: Decide, metadata: EventMetadata
+    ) -> Job:
+        """Decide on the job as ``conn`` reads it and record that, in the caller's
+        transaction; WrongExpectedVersion if another writer got there first (decide again
+        in a new transaction)."""
+        job = await self.load(job_id, conn)
+        events = decide(job)
+        if not events:
+            return job
+        return await self._append(conn, job, events, job.version, metadata)
 
     async def record(self, job_id: str, decide: Decide, metadata: EventMetadata) -> Job:
-        """Decide on the current job and record what was decided (nothing if nothing)."""
+        """Decide on the current job and record what was decided (nothing if nothing),
+        each try in a transaction of its own."""
         for _ in range(_RETRIES):
-            async with transaction(self._pool) as conn:
-                job = await self.load(job_id, conn)
-                events = decide(job)
-                if not events:
-                    return job
-                try:
-                    return await self._append(conn, job, events, job.version, metadata)
-                except WrongExpectedVersion:
-                    continue
+            try:
+                async with transaction(self._pool) as conn:
+                    return await self.decide(conn, job_id, decide, metadata)
+            except WrongExpectedVersion:
+                continue
         raise Conflict(f"job {job_id} kept changing under this write; retry")
 
     async def _append(
@@ -90,8 +102,6 @@ class JobStore:
         for recorded, event in zip(result.events, events, strict=True):
             job = evolve(job, event, recorded.recorded_at, actor=metadata.actor)
         if expected == NO_STREAM:
-            from dataclasses import replace
-
             job = replace(job, traceparent=metadata.traceparent)
         await conn.execute(
             """INSERT INTO trainer.jobs (job_id, model_name, state, created_at, updated_at,
@@ -147,9 +157,10 @@ class JobStore:
         )
         return [(r["job_id"], r["state"]) for r in rows]
 
-    async def queued(self) -> int:
+    async def queued(self, conn: asyncpg.Connection | None = None) -> int:
+        """How many jobs wait in the queue."""
         return int(
-            await self._pool.fetchval(
+            await (conn or self._pool).fetchval(
                 "SELECT count(*) FROM trainer.jobs WHERE state = $1",
                 message_pb2.JOB_STATE_QUEUED,
             )
