@@ -160,7 +160,8 @@ def _inputs(**kw: object) -> WaitInputs:
     values: dict[str, object] = {
         "queued_rows": 4,
         "max_batch_rows": 256,
-        "arrival_rows_per_s": 20_000.0,
+        "arrival_requests_per_s": 20_000.0,
+        "rows_per_request": 1.0,
         "idle_executors": 0,
         "slack_s": None,
         "max_wait_s": 0.005,
@@ -172,7 +173,9 @@ def _inputs(**kw: object) -> WaitInputs:
 def test_waiting_pays_only_when_the_cost_model_says_so() -> None:
     cost = CostModel(decay=1.0, fixed_s=0.002, per_row_s=1e-5)
     assert wait_seconds(cost, _inputs()) > 0  # 40 rows expected within the fixed cost
-    assert wait_seconds(cost, _inputs(arrival_rows_per_s=100.0)) == 0  # low load: run now
+    assert wait_seconds(cost, _inputs(arrival_requests_per_s=100.0)) == 0  # low load: run now
+    # Many rows, but in few requests (one client, big requests): nothing comes meanwhile.
+    assert wait_seconds(cost, _inputs(arrival_requests_per_s=100.0, rows_per_request=256)) == 0
     assert wait_seconds(cost, _inputs(idle_executors=1)) == 0  # someone is free: run now
     assert wait_seconds(cost, _inputs(queued_rows=256)) == 0  # already full
     assert wait_seconds(cost, _inputs(max_wait_s=0.0)) == 0
