@@ -61,7 +61,7 @@ class InferenceSettings(BaseSettings):
         "loop's thread (the hop to an executor thread costs more); 0: always a thread.",
     )
     feature_calls_in_flight: int = Field(
-        default=2,
+        default=1,
         ge=0,
         description="GetOnlineFeatures calls out at once (per kind of rows) before requests "
         "wait to share the next one; 0: every request calls alone.",

@@ -7,7 +7,7 @@ is the caller's mistake and stays INVALID_ARGUMENT with its message; NOT_FOUND (
 feature the model reads no longer exists) is a deployment problem, FAILED_PRECONDITION.
 
 Concurrent requests share calls, work-conserving like the batcher: while fewer than
-``max_in_flight`` calls for the same kind of rows (feature selection, entity keys and
+``max_in_flight`` (default 1) calls for the same kind of rows (feature selection, entity keys and
 request-time inputs) are out, a request calls at once, alone; the requests that arrive
 while they are out wait together and go as one call the moment one comes back. At low
 load nothing waits; at high load the feature store answers one call of many rows
@@ -17,6 +17,13 @@ as one batch. A shared call carries the latest of its requests' deadlines (each 
 still ends at its own: the server cancels it) and continues the first one's trace. If
 the feature store refuses a shared call as INVALID_ARGUMENT, each request is asked
 again alone, so one caller's mistyped input never fails another's request.
+
+The channel is a plain one, not ``libs.grpckit.open_channel``: the kit's interceptors
+(deadline, OpenTelemetry client span) put grpc.aio on its intercepted-call path, which
+cost ~40-50 us more CPU per call here (2-core machine, 16 concurrent callers: ~120 vs
+~165 us), on the one call every Predict makes. What they do is done here instead: the
+deadline is passed explicitly, the trace context is injected (W3C ``traceparent``),
+and a CLIENT span is opened only when the trace is recorded.
 """
 
 from __future__ import annotations
@@ -29,13 +36,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from lathe.feature_store.v1 import message_pb2 as fs
 from lathe.feature_store.v1 import request_response_pb2 as fsr
 from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
 from libs.errors import FailedPrecondition, InvalidArgument, Unavailable
-from libs.grpckit import open_channel
-from libs.grpckit.deadlines import set_deadline_from_remaining
+
+_METHOD = "/lathe.feature_store.v1.FeatureStore/GetOnlineFeatures"
+_SPAN_ATTRIBUTES = {
+    "rpc.system": "grpc",
+    "rpc.service": "lathe.feature_store.v1.FeatureStore",
+    "rpc.method": "GetOnlineFeatures",
+}
+_tracer = trace.get_tracer(__name__)
 
 
 class FeatureDeadline(Exception):
@@ -107,10 +122,16 @@ class FeatureCallStats:
 
 class OnlineFeatures:
     def __init__(
-        self, address: str, *, max_in_flight: int = 2, max_rows_per_call: int = 4096
+        self, address: str, *, max_in_flight: int = 1, max_rows_per_call: int = 4096
     ) -> None:
         """``max_in_flight`` 0: every request calls alone, whatever else is out."""
-        self._channel = open_channel(address)
+        self._channel = grpc.aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ],
+        )
         self._stub = FeatureStoreStub(self._channel)
         self._max_in_flight = max_in_flight
         self._max_rows = max_rows_per_call
@@ -124,7 +145,7 @@ class OnlineFeatures:
         """The online features of ``query``'s rows."""
         self.stats.requests += 1
         if self._max_in_flight <= 0:
-            return await self._call([query], None)
+            return await self._call([query], query.deadline)
         key = query.lane()
         lane = self._lanes.get(key)
         if lane is None:
@@ -132,7 +153,7 @@ class OnlineFeatures:
         if lane.in_flight < self._max_in_flight and not lane.groups:
             lane.in_flight += 1
             try:
-                return await self._call([query], None)
+                return await self._call([query], query.deadline)
             finally:
                 lane.in_flight -= 1
                 self._send_waiting(lane)
@@ -152,9 +173,7 @@ class OnlineFeatures:
             asyncio.get_running_loop().create_task(self._shared(lane, group), context=group.context)
 
     async def _shared(self, lane: _Lane, group: _Group) -> None:
-        # This task runs in a copy of the first request's context: its trace, but not its
-        # deadline — the call gets the latest of the group's (below).
-        set_deadline_from_remaining(None)
+        """Runs in a copy of the first request's context: the call continues its trace."""
         try:
             now = time.monotonic()
             live = [w for w in group.waiting if not w.future.done()]
@@ -222,9 +241,30 @@ class OnlineFeatures:
         self.stats.calls += 1
         if len(queries) > 1:
             self.stats.shared_calls += 1
+        if not trace.get_current_span().is_recording():
+            reply = await self._send(request, timeout)
+        else:
+            with _tracer.start_as_current_span(
+                _METHOD, kind=SpanKind.CLIENT, attributes=_SPAN_ATTRIBUTES
+            ) as span:
+                span.set_attribute("lathe.rows", sum(q.rows for q in queries))
+                span.set_attribute("lathe.requests", len(queries))
+                reply = await self._send(request, timeout)
+        return FeatureRows(tuple(reply.feature_names), reply.results)
+
+    async def _send(
+        self, request: fsr.GetOnlineFeaturesRequest, timeout_s: float | None
+    ) -> fsr.GetOnlineFeaturesResponse:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)  # the current span's context (none outside a trace)
         try:
-            reply = await self._stub.GetOnlineFeatures(request, timeout=timeout)
+            return await self._stub.GetOnlineFeatures(  # type: ignore[no-any-return]
+                request, timeout=timeout_s, metadata=tuple(carrier.items())
+            )
         except grpc.aio.AioRpcError as error:
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.set_status(Status(StatusCode.ERROR, error.code().name))
             code, details = error.code(), error.details() or ""
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidArgument(f"the feature store refused the rows: {details}") from None
@@ -235,4 +275,3 @@ class OnlineFeatures:
             if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
                 raise FeatureDeadline(details) from None
             raise Unavailable(f"the feature store answered {code.name}: {details}") from None
-        return FeatureRows(tuple(reply.feature_names), reply.results)
