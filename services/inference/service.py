@@ -104,9 +104,9 @@ def build_spec(inference: InferenceSettings | None = None) -> ServiceSpec:
             gpu_probe=settings.gpu_probe,
             engine_cache=lambda loop: RegistryEngineCache(registry, context.pool, loop),
         )
-        servicer = InferenceServicer(
-            Predictor(table, features, batcher, logger), table, max_rows=settings.max_request_rows
-        )
+        predictor = Predictor(table, features, batcher, logger)
+        batcher.incoming = predictor.incoming  # type: ignore[assignment]
+        servicer = InferenceServicer(predictor, table, max_rows=settings.max_request_rows)
 
         async def close_clients(stop: asyncio.Event) -> None:
             await stop.wait()

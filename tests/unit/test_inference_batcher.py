@@ -163,6 +163,7 @@ def _inputs(**kw: object) -> WaitInputs:
         "arrival_requests_per_s": 20_000.0,
         "rows_per_request": 1.0,
         "idle_executors": 0,
+        "incoming_requests": None,
         "slack_s": None,
         "max_wait_s": 0.005,
     }
@@ -177,6 +178,10 @@ def test_waiting_pays_only_when_the_cost_model_says_so() -> None:
     # Many rows, but in few requests (one client, big requests): nothing comes meanwhile.
     assert wait_seconds(cost, _inputs(arrival_requests_per_s=100.0, rows_per_request=256)) == 0
     assert wait_seconds(cost, _inputs(idle_executors=1)) == 0  # someone is free: run now
+    # Busy lately, but nobody else's request is on its way (a closed-loop client): run now.
+    assert wait_seconds(cost, _inputs(incoming_requests=0)) == 0
+    assert wait_seconds(cost, _inputs(incoming_requests=1)) == 0
+    assert wait_seconds(cost, _inputs(incoming_requests=8)) > 0
     assert wait_seconds(cost, _inputs(queued_rows=256)) == 0  # already full
     assert wait_seconds(cost, _inputs(max_wait_s=0.0)) == 0
     cheap = CostModel(decay=1.0, fixed_s=1e-5, per_row_s=1e-6)

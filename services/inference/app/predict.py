@@ -118,6 +118,8 @@ class _Arm:
     share: float
     rows: Sequence[int] = field(default_factory=list)
     """The call's rows this arm scores (a ``range`` of all of them when it is the only one)."""
+    incoming: bool = False
+    """Counted in ``Predictor.incoming`` (until its rows reach the batcher)."""
 
 
 class Predictor:
@@ -133,14 +135,40 @@ class Predictor:
         self._batcher = batcher
         self._logger = logger
         self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._incoming: dict[LoadedModel, int] = {}
+
+    def incoming(self, model: LoadedModel) -> int:
+        """Requests routed to ``model`` whose rows have not reached the batcher yet (they
+        are fetching their features): what an executor could wait for."""
+        return self._incoming.get(model, 0)
 
     async def predict(self, call: PredictCall) -> PredictResult:
         primary_slot = self._slot(call.model_name, call.alias)
         primary = primary_slot.current
         if primary is None:
             raise Unavailable(_not_warm(primary_slot))
-        n = call.rows
         arms = self._arms(call, primary)
+        for arm in arms:
+            if arm.rows:
+                arm.incoming = True
+                self._incoming[arm.model] = self._incoming.get(arm.model, 0) + 1
+        try:
+            return await self._predict(call, arms)
+        finally:
+            for arm in arms:
+                if arm.incoming:
+                    self._arrived(arm)
+
+    def _arrived(self, arm: _Arm) -> None:
+        arm.incoming = False
+        left = self._incoming[arm.model] - 1
+        if left:
+            self._incoming[arm.model] = left
+        else:
+            del self._incoming[arm.model]
+
+    async def _predict(self, call: PredictCall, arms: list[_Arm]) -> PredictResult:
+        n = call.rows
         decision_ids = list(call.decision_ids)
         if not all(decision_ids):
             fresh = iter(new_decision_ids(decision_ids.count("")))
@@ -295,6 +323,7 @@ class Predictor:
         if not isinstance(arm.rows, range):
             vectors = [vectors[i] for i in arm.rows]
         rows = arm.model.rows_from_reply(features.names, vectors)
+        self._arrived(arm)
         return await self._batcher.submit(arm.model, rows, len(vectors), deadline)
 
     def _choices(

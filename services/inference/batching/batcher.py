@@ -6,8 +6,10 @@ shadows) and everything queued for it, up to ``max_batch_rows``: at low load a r
 runs the moment it arrives, alone, and at high load batches grow by themselves because
 rows pile up while the executors are busy. It waits for more rows only when the
 target's fitted cost model says waiting pays (``cost_model.wait_seconds``), bounded by
-the earliest deadline in the batch. Requests whose deadline has passed (or whose caller
-went away) are dropped before computing. The queue is bounded in rows: past it,
+the earliest deadline in the batch, and never while no other request for the target is
+on its way (``incoming``: a lone client's next request cannot come before this answer).
+Requests whose deadline has passed (or whose caller went away) are dropped before
+computing. The queue is bounded in rows: past it,
 ``submit`` raises ``QueueFull`` (RESOURCE_EXHAUSTED) instead of letting latency grow.
 
 Executors are asyncio tasks. A batch the target's cost model expects to take less than
@@ -31,7 +33,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -122,9 +124,13 @@ class Batcher:
         max_wait_s: float = 0.0,
         batching: bool = True,
         inline_below_s: float = 0.0,
+        incoming: Callable[[BatchTarget], int] | None = None,
     ) -> None:
+        """``incoming(target)``: requests for ``target`` received but not yet submitted
+        (e.g. fetching their features); None when the caller cannot tell."""
         self.executors = executors
         self.inline_below_s = inline_below_s
+        self.incoming = incoming
         self.max_batch_rows = max_batch_rows
         self.max_queued_rows = max_queued_rows
         self.max_wait_s = max_wait_s
@@ -294,6 +300,7 @@ class Batcher:
                 arrival_requests_per_s=queue.arrival_rate(now),
                 rows_per_request=queue.rows_per_request(),
                 idle_executors=self._idle,
+                incoming_requests=None if self.incoming is None else self.incoming(queue.target),
                 slack_s=(min(deadlines) - now) if deadlines else None,
                 max_wait_s=self.max_wait_s,
             ),
