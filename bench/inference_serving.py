@@ -115,6 +115,19 @@ async def _until_warm(stub: InferenceStub, name: str) -> None:
     raise RuntimeError(f"{name} never became warm")
 
 
+async def _until_every_process_warm(address: str, families: Sequence[str]) -> None:
+    """Every model warm over 16 fresh connections: with two processes behind the port,
+    the chance that all 16 reached the same one is 2^-15."""
+    channels = _channels(address, 16)
+    try:
+        for channel in channels:
+            for family in families:
+                await _until_warm(InferenceStub(channel), f"bench-{family.replace('_', '-')}")
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
 def _channels(address: str, count: int) -> list[grpc.aio.Channel]:
     """``count`` channels with a connection each (not one shared subchannel), so that
     the server's processes (SO_REUSEPORT) each get some of them."""
@@ -194,11 +207,10 @@ async def run(context: BenchContext, params: InferenceParams) -> FamilyResult:
                     echoes = [c.unary_unary(ECHO_METHOD) for c in pools["echo"]]
                     features = FeatureStoreStub(fs_channel)
                     echo = echo_channel.unary_unary(ECHO_METHOD)
+                    for label in ("batched", "unbatched"):
+                        await _until_every_process_warm(addrs[label], FAMILIES)
                     for family in FAMILIES:
                         name = f"bench-{family.replace('_', '-')}"
-                        for pool_stubs in stubs.values():
-                            for stub in pool_stubs:  # every process, over every connection
-                                await _until_warm(stub, name)
                         result = await _family(
                             params,
                             credit,
