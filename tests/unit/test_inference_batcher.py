@@ -251,3 +251,21 @@ async def test_a_lone_client_never_waits_however_busy_it_keeps_the_model() -> No
     await batcher.submit(target, [1], 1, None)
     assert batcher.stats.waited == 1
     await batcher.close()
+
+
+async def test_a_lone_request_on_a_quiet_service_runs_without_suspending() -> None:
+    incoming = {"requests": 0}
+    batcher = _batcher(inline_below_s=0.001, incoming=lambda target: incoming["requests"])
+    target = Probe(fixed_s=1e-5)
+    batcher.start()
+    await asyncio.sleep(0)  # the executor is idle
+    lone = batcher.submit(target, [4, 5], 2, None)
+    with pytest.raises(StopIteration) as done:
+        lone.send(None)  # finished on its first step: no executor's wake-up, no future
+    assert done.value.value == 9 and batcher.stats.inline == 1
+    incoming["requests"] = 1  # another request for the model is on its way: queue for it
+    joined = asyncio.ensure_future(batcher.submit(target, [1], 1, None))
+    await asyncio.sleep(0)
+    assert not joined.done()  # queued, for the executor (which runs it on the loop)
+    assert await joined == 1 and batcher.stats.inline == 2 and target.batches == [[2], [1]]
+    await batcher.close()
