@@ -207,8 +207,8 @@ async def run(context: BenchContext, params: InferenceParams) -> FamilyResult:
                     echoes = [c.unary_unary(ECHO_METHOD) for c in pools["echo"]]
                     features = FeatureStoreStub(fs_channel)
                     echo = echo_channel.unary_unary(ECHO_METHOD)
-                    for label in ("batched", "unbatched"):
-                        await _until_every_process_warm(addrs[label], FAMILIES)
+                    for address in (addrs["inf"], addrs["unbatched"]):
+                        await _until_every_process_warm(address, FAMILIES)
                     for family in FAMILIES:
                         name = f"bench-{family.replace('_', '-')}"
                         result = await _family(
@@ -241,6 +241,7 @@ async def _family(params, credit, files, name, family, stubs, features, echo, ec
     loans = credit.loan_ids
     inference = stubs["batched"][0]
     one = rr.PredictRequest(model_name=name, rows=[row(loans[0])])
+    deployment = rr.GetDeploymentRequest(model_name=name)
     payload = one.SerializeToString()
     fs_request = _features_request(credit, loans[:1])
     # The building block the service runs: its own ONNX Runtime configuration.
@@ -260,6 +261,7 @@ async def _family(params, credit, files, name, family, stubs, features, echo, ec
                 "get_online_features": lambda: features.GetOnlineFeatures(fs_request),
                 "onnxruntime_in_process": ort_one,
                 "predict": lambda: inference.Predict(one),
+                "get_deployment": lambda: inference.GetDeployment(deployment),
             },
             samples=params.samples,
             warmup=params.warmup,
@@ -292,8 +294,18 @@ async def _family(params, credit, files, name, family, stubs, features, echo, ec
                     steady["onnxruntime_in_process"],
                 ),
                 measurement("predict", "Predict", Role.LATHE, steady["predict"]),
+                measurement(
+                    "get_deployment",
+                    "GetDeployment (a trivial RPC of the same server)",
+                    Role.DIAGNOSTIC,
+                    steady["get_deployment"],
+                ),
             ],
-            notes=[f"sum of the three building blocks' p50: {floor:.3f} ms"],
+            notes=[
+                f"sum of the three building blocks' p50: {floor:.3f} ms",
+                "GetDeployment is the inference server's own floor (kit interceptor, "
+                "trace span, deadline) for a call that does no work",
+            ],
         )
     ]
     goals = [
@@ -334,6 +346,20 @@ async def _family(params, credit, files, name, family, stubs, features, echo, ec
             )
     echo_rate, echo_lat = await _closed_loop(
         lambda i: echoes[i % len(echoes)](payload), max(params.concurrency), params.duration_s
+    )
+    pool = stubs["batched"]
+    trivial_rate, trivial_lat = await _closed_loop(
+        lambda i: pool[i % len(pool)].GetDeployment(deployment),
+        max(params.concurrency),
+        params.duration_s,
+    )
+    variants.append(
+        Measurement(
+            "get_deployment_max_clients",
+            f"GetDeployment (trivial RPC, same server), {max(params.concurrency)} clients",
+            Role.DIAGNOSTIC,
+            {"throughput": Value(trivial_rate, "calls/s"), "p95": Value(_p95(trivial_lat), "ms")},
+        )
     )
     variants.insert(
         0,

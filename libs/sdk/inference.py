@@ -152,7 +152,7 @@ class InferenceClient:
         self.stub = stub
         self._timeout_s = timeout_s
         self._retry = retry
-        self._metadata = tuple(metadata)
+        self._metadata = tuple(metadata) or None  # an empty tuple costs ~45 us a call in grpc
 
     async def predict(
         self,

@@ -259,7 +259,7 @@ class OnlineFeatures:
         propagate.inject(carrier)  # the current span's context (none outside a trace)
         try:
             return await self._stub.GetOnlineFeatures(  # type: ignore[no-any-return]
-                request, timeout=timeout_s, metadata=tuple(carrier.items())
+                request, timeout=timeout_s, metadata=tuple(carrier.items()) if carrier else None
             )
         except grpc.aio.AioRpcError as error:
             span = trace.get_current_span()
