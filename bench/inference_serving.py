@@ -1,9 +1,9 @@
 """``inference.serving``: Predict over gRPC against its building blocks, in one run.
 
 Processes as ``lathe up`` starts them: a feature store, a model registry, an inference
-service with batching and one without (same settings otherwise: ``processes`` server
-processes sharing the port, as ``LATHE_INFERENCE_PROCESSES`` runs them), and a raw gRPC
-echo. All services record 1% of new traces, as ``features.serving`` runs them (a
+service with batching and one without (same settings otherwise, ``processes`` server
+processes each sharing the port as ``LATHE_INFERENCE_PROCESSES`` runs them), and a raw
+gRPC echo. All services record 1% of new traces, as ``features.serving`` runs them (a
 production-like setting; the development default records every call). Models: the
 trainer's MLP and FT-Transformer families (untrained, exported the way the trainer
 exports them), registered with their preprocessing and promoted to production.
@@ -77,8 +77,14 @@ class InferenceParams:
     concurrency: tuple[int, ...] = (1, 8, 64)
     big_rows: int = 256
     big_requests: int = 40
-    processes: int = 2
-    """Inference server processes per service (LATHE_INFERENCE_PROCESSES)."""
+    rounds: int = 4
+    """Batched and unbatched alternate in this many rounds of ``duration_s / rounds`` each
+    (ABBA order), so that a shared machine's slow drifts reach both alike."""
+    processes: int = 1
+    """Inference server processes per service (LATHE_INFERENCE_PROCESSES). One here: the
+    client, the feature store and the server already share the 2 cores; a second process
+    measured no faster at 64 clients and slower at 1-8 (sequential calls alternate
+    between two processes' cold caches). Set 2 where the server has cores of its own."""
     channels: int = 4
     """Client connections the concurrent clients share (per variant)."""
 
@@ -101,6 +107,27 @@ async def _closed_loop(
     started = time.perf_counter()
     await asyncio.gather(*(client(k) for k in range(clients)))
     return len(latencies) / (time.perf_counter() - started), latencies
+
+
+async def _alternating(
+    calls: dict[str, Callable[[int], Awaitable[object]]],
+    clients: int,
+    duration_s: float,
+    rounds: int,
+) -> dict[str, tuple[float, list[int]]]:
+    """``_closed_loop`` of each variant in ``rounds`` alternating slices (ABBA...): calls
+    per second over all of a variant's slices, and all its latencies."""
+    counts = {label: 0 for label in calls}
+    seconds = {label: 0.0 for label in calls}
+    latencies: dict[str, list[int]] = {label: [] for label in calls}
+    order = list(calls)
+    for r in range(rounds):
+        for label in order if r % 2 == 0 else order[::-1]:
+            rate, lat = await _closed_loop(calls[label], clients, duration_s / rounds)
+            counts[label] += len(lat)
+            seconds[label] += len(lat) / rate if rate else duration_s / rounds
+            latencies[label] += lat
+    return {label: (counts[label] / seconds[label], latencies[label]) for label in calls}
 
 
 async def _until_warm(stub: InferenceStub, name: str) -> None:
@@ -323,14 +350,21 @@ async def _family(params, credit, files, name, family, stubs, features, echo, ec
     requests = [
         rr.PredictRequest(model_name=name, rows=[row(loans[i % len(loans)])]) for i in range(512)
     ]
+    top = max(params.concurrency)
+    pool = stubs["batched"]
     for clients in params.concurrency:
-        for label in ("batched", "unbatched"):
-            pool = stubs[label]
-            rate, lat = await _closed_loop(
-                lambda i, p=pool: p[i % len(p)].Predict(requests[i % 512]),
-                clients,
-                params.duration_s,
-            )
+        calls: dict[str, Callable[[int], Awaitable[object]]] = {
+            label: lambda i, p=stubs[label]: p[i % len(p)].Predict(requests[i % 512])
+            for label in ("batched", "unbatched")
+        }
+        if clients == top:  # the baselines of the goal, in the same alternation
+            calls["echo"] = lambda i: echoes[i % len(echoes)](payload)
+            calls["get_deployment"] = lambda i: pool[i % len(pool)].GetDeployment(deployment)
+        measured = await _alternating(calls, clients, params.duration_s, params.rounds)
+        if clients == top:
+            echo_rate, echo_lat = measured.pop("echo")
+            trivial_rate, trivial_lat = measured.pop("get_deployment")
+        for label, (rate, lat) in measured.items():
             throughput[(label, clients)] = rate
             p95[(label, clients)] = _p95(lat)
             variants.append(
@@ -344,15 +378,6 @@ async def _family(params, credit, files, name, family, stubs, features, echo, ec
                     },
                 )
             )
-    echo_rate, echo_lat = await _closed_loop(
-        lambda i: echoes[i % len(echoes)](payload), max(params.concurrency), params.duration_s
-    )
-    pool = stubs["batched"]
-    trivial_rate, trivial_lat = await _closed_loop(
-        lambda i: pool[i % len(pool)].GetDeployment(deployment),
-        max(params.concurrency),
-        params.duration_s,
-    )
     variants.append(
         Measurement(
             "get_deployment_max_clients",
@@ -523,6 +548,7 @@ FAMILY = Family(
         "warmup": 20,
         "chunk": 50,
         "duration_s": 1.0,
+        "rounds": 2,
         "big_requests": 5,
     },
 )
