@@ -77,7 +77,7 @@ class InferenceParams:
     concurrency: tuple[int, ...] = (1, 8, 64)
     big_rows: int = 256
     big_requests: int = 40
-    rounds: int = 4
+    rounds: int = 10
     """Batched and unbatched alternate in this many rounds of ``duration_s / rounds`` each
     (ABBA order), so that a shared machine's slow drifts reach both alike."""
     processes: int = 1

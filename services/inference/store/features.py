@@ -90,7 +90,6 @@ class FeatureRows:
 @dataclass(eq=False)
 class _Waiting:
     query: FeatureQuery
-    offset: int
     future: asyncio.Future[FeatureRows]
 
 
@@ -136,6 +135,7 @@ class OnlineFeatures:
         self._max_in_flight = max_in_flight
         self._max_rows = max_rows_per_call
         self._lanes: dict[tuple[object, ...], _Lane] = {}
+        self._calls: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self.stats = FeatureCallStats()
 
     async def close(self) -> None:
@@ -162,7 +162,7 @@ class OnlineFeatures:
             group = _Group(contextvars.copy_context())
             lane.groups.append(group)
         future: asyncio.Future[FeatureRows] = asyncio.get_running_loop().create_future()
-        group.waiting.append(_Waiting(query, group.rows, future))
+        group.waiting.append(_Waiting(query, future))
         group.rows += query.rows
         return await future
 
@@ -170,7 +170,11 @@ class OnlineFeatures:
         while lane.groups and lane.in_flight < self._max_in_flight:
             group = lane.groups.popleft()
             lane.in_flight += 1
-            asyncio.get_running_loop().create_task(self._shared(lane, group), context=group.context)
+            task = asyncio.get_running_loop().create_task(
+                self._shared(lane, group), context=group.context
+            )
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
 
     async def _shared(self, lane: _Lane, group: _Group) -> None:
         """Runs in a copy of the first request's context: the call continues its trace."""
