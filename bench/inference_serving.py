@@ -1,16 +1,25 @@
 """``inference.serving``: Predict over gRPC against its building blocks, in one run.
 
 Processes as ``lathe up`` starts them: a feature store, a model registry, an inference
-service with batching and one without (same settings otherwise), and a raw gRPC echo.
-Models: the trainer's MLP and FT-Transformer families (untrained, exported the way the
-trainer exports them), registered with their preprocessing and promoted to production.
+service with batching and one without (same settings otherwise, ``processes`` server
+processes each sharing the port as ``LATHE_INFERENCE_PROCESSES`` runs them), and a raw
+gRPC echo. All services record 1% of new traces, as ``features.serving`` runs them (a
+production-like setting; the development default records every call). Models: the
+trainer's MLP and FT-Transformer families (untrained, exported the way the trainer
+exports them), registered with their preprocessing and promoted to production.
 
 1. Batch 1 with online features: Predict's p50/p99 next to a raw echo of the same
    request bytes, the same GetOnlineFeatures call Predict makes, and ONNX Runtime run
-   in process on one row; goal: Predict p50 <= 1.3 x the sum of the three p50s.
+   in process on one row (a session configured as the service configures its own: one
+   intra-op thread, no spinning); goal: Predict p50 <= 1.3 x the sum of the three p50s.
 2. 1, 8 and 64 concurrent single-row clients for ``duration_s`` each: p95 and
-   throughput, batched vs unbatched (and the raw echo's throughput at 64 clients).
-3. 256-row requests: rows/s against in-process ONNX Runtime at batch 256.
+   throughput, batched vs unbatched (and the raw echo's throughput at 64 clients). The
+   clients share ``channels`` connections (each its own, so the kernel can spread them
+   over the server processes), the same for every variant.
+3. 256-row requests: rows/s against in-process ONNX Runtime at batch 256, with the other
+   building blocks of such a request beside it (GetOnlineFeatures of the same 256
+   entities, a raw echo of the request's bytes, the preprocessing + ONNX Runtime in
+   process) as diagnostics.
 """
 
 from __future__ import annotations
@@ -18,13 +27,12 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 
 from bench.echo_server import ECHO_METHOD
 from bench.families import Family
@@ -44,8 +52,17 @@ from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
 from lathe.inference.v1 import request_response_pb2 as rr
 from lathe.inference.v1.service_pb2_grpc import InferenceStub
 from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
-from libs.preprocessing import transform
-from tests.inference.helpers import create_model, export, make_credit, register, row, set_alias
+from libs.preprocessing import PreprocessingSpec, Preprocessor
+from services.inference.runtimes.onnx_cpu import OnnxCpuRuntime
+from tests.inference.helpers import (
+    Credit,
+    create_model,
+    export,
+    make_credit,
+    register,
+    row,
+    set_alias,
+)
 
 FAMILIES = ("mlp", "ft_transformer")
 
@@ -60,6 +77,16 @@ class InferenceParams:
     concurrency: tuple[int, ...] = (1, 8, 64)
     big_rows: int = 256
     big_requests: int = 40
+    rounds: int = 10
+    """Batched and unbatched alternate in this many rounds of ``duration_s / rounds`` each
+    (ABBA order), so that a shared machine's slow drifts reach both alike."""
+    processes: int = 1
+    """Inference server processes per service (LATHE_INFERENCE_PROCESSES). One here: the
+    client, the feature store and the server already share the 2 cores; a second process
+    measured no faster at 64 clients and slower at 1-8 (sequential calls alternate
+    between two processes' cold caches). Set 2 where the server has cores of its own."""
+    channels: int = 4
+    """Client connections the concurrent clients share (per variant)."""
 
 
 async def _closed_loop(
@@ -82,6 +109,27 @@ async def _closed_loop(
     return len(latencies) / (time.perf_counter() - started), latencies
 
 
+async def _alternating(
+    calls: dict[str, Callable[[int], Awaitable[object]]],
+    clients: int,
+    duration_s: float,
+    rounds: int,
+) -> dict[str, tuple[float, list[int]]]:
+    """``_closed_loop`` of each variant in ``rounds`` alternating slices (ABBA...): calls
+    per second over all of a variant's slices, and all its latencies."""
+    counts = {label: 0 for label in calls}
+    seconds = {label: 0.0 for label in calls}
+    latencies: dict[str, list[int]] = {label: [] for label in calls}
+    order = list(calls)
+    for r in range(rounds):
+        for label in order if r % 2 == 0 else order[::-1]:
+            rate, lat = await _closed_loop(calls[label], clients, duration_s / rounds)
+            counts[label] += len(lat)
+            seconds[label] += len(lat) / rate if rate else duration_s / rounds
+            latencies[label] += lat
+    return {label: (counts[label] / seconds[label], latencies[label]) for label in calls}
+
+
 async def _until_warm(stub: InferenceStub, name: str) -> None:
     for _ in range(1200):
         try:
@@ -92,6 +140,28 @@ async def _until_warm(stub: InferenceStub, name: str) -> None:
             pass  # not followed yet
         await asyncio.sleep(0.1)
     raise RuntimeError(f"{name} never became warm")
+
+
+async def _until_every_process_warm(address: str, families: Sequence[str]) -> None:
+    """Every model warm over 16 fresh connections: with two processes behind the port,
+    the chance that all 16 reached the same one is 2^-15."""
+    channels = _channels(address, 16)
+    try:
+        for channel in channels:
+            for family in families:
+                await _until_warm(InferenceStub(channel), f"bench-{family.replace('_', '-')}")
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+def _channels(address: str, count: int) -> list[grpc.aio.Channel]:
+    """``count`` channels with a connection each (not one shared subchannel), so that
+    the server's processes (SO_REUSEPORT) each get some of them."""
+    return [
+        grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(count)
+    ]
 
 
 def _p95(samples: list[int]) -> float:
@@ -111,6 +181,8 @@ async def run(context: BenchContext, params: InferenceParams) -> FamilyResult:
             LATHE_MODEL_REGISTRY_ADDR=addrs["reg"],
             LATHE_INFERENCE_ADDR=addrs["inf"],
             LATHE_INFERENCE_LOG_SAMPLE_RATE="0.01",
+            LATHE_INFERENCE_PROCESSES=str(params.processes),
+            LATHE_TRACE_SAMPLE_RATIO="0.01",
         )
         unbatched_env = {
             **env,
@@ -145,32 +217,44 @@ async def run(context: BenchContext, params: InferenceParams) -> FamilyResult:
                 process(["-m", "services.inference"], env, logs / "inf.log"),
                 process(["-m", "services.inference"], unbatched_env, logs / "unbatched.log"),
                 grpc.aio.insecure_channel(addrs["fs"]) as fs_channel,
-                grpc.aio.insecure_channel(addrs["inf"]) as inf_channel,
-                grpc.aio.insecure_channel(addrs["unbatched"]) as unb_channel,
                 grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}") as echo_channel,
             ):
                 await wait_serving(addrs["inf"])
                 await wait_serving(addrs["unbatched"])
-                inference, unbatched = InferenceStub(inf_channel), InferenceStub(unb_channel)
-                features = FeatureStoreStub(fs_channel)
-                echo = echo_channel.unary_unary(ECHO_METHOD)
-                for family in FAMILIES:
-                    name = f"bench-{family.replace('_', '-')}"
-                    for stub in (inference, unbatched):
-                        await _until_warm(stub, name)
-                    result = await _family(
-                        params,
-                        credit,
-                        files[family],
-                        name,
-                        family,
-                        inference,
-                        unbatched,
-                        features,
-                        echo,
-                    )
-                    comparisons.extend(result[0])
-                    goals.extend(result[1])
+                pools = {
+                    "batched": _channels(addrs["inf"], params.channels),
+                    "unbatched": _channels(addrs["unbatched"], params.channels),
+                    "echo": _channels(f"127.0.0.1:{echo_port}", params.channels),
+                }
+                try:
+                    stubs = {
+                        label: [InferenceStub(c) for c in pools[label]]
+                        for label in ("batched", "unbatched")
+                    }
+                    echoes = [c.unary_unary(ECHO_METHOD) for c in pools["echo"]]
+                    features = FeatureStoreStub(fs_channel)
+                    echo = echo_channel.unary_unary(ECHO_METHOD)
+                    for address in (addrs["inf"], addrs["unbatched"]):
+                        await _until_every_process_warm(address, FAMILIES)
+                    for family in FAMILIES:
+                        name = f"bench-{family.replace('_', '-')}"
+                        result = await _family(
+                            params,
+                            credit,
+                            files[family],
+                            name,
+                            family,
+                            stubs,
+                            features,
+                            echo,
+                            echoes,
+                        )
+                        comparisons.extend(result[0])
+                        goals.extend(result[1])
+                finally:
+                    for channels in pools.values():
+                        for channel in channels:
+                            await channel.close()
     return FamilyResult(
         name="inference.serving",
         summary="Predict vs raw gRPC echo + GetOnlineFeatures + in-process ONNX Runtime",
@@ -180,27 +264,22 @@ async def run(context: BenchContext, params: InferenceParams) -> FamilyResult:
     )
 
 
-async def _family(params, credit, files, name, family, inference, unbatched, features, echo):  # type: ignore[no-untyped-def]
+async def _family(params, credit, files, name, family, stubs, features, echo, echoes):  # type: ignore[no-untyped-def]
     loans = credit.loan_ids
+    inference = stubs["batched"][0]
     one = rr.PredictRequest(model_name=name, rows=[row(loans[0])])
+    deployment = rr.GetDeploymentRequest(model_name=name)
     payload = one.SerializeToString()
-    fs_request = fsr.GetOnlineFeaturesRequest(
-        feature_service=credit.feature_service,
-        entities={"loan_id": fs.RepeatedValue(values=[fs.Value(string_value=loans[0])])},
-        request_data={
-            "requested_amount": fs.RepeatedValue(values=[fs.Value(float64_value=12000.0)])
-        },
-    )
-    session = ort.InferenceSession(files[0], providers=["CPUExecutionProvider"])
-    spec_columns = {n: credit.train[n][:1] for n in credit.features}
-    from libs.preprocessing import PreprocessingSpec
-
+    fs_request = _features_request(credit, loans[:1])
+    # The building block the service runs: its own ONNX Runtime configuration.
+    session = OnnxCpuRuntime(files[0], threads=1)
     spec = PreprocessingSpec.from_json(files[2])
-    encoded = transform(spec, spec_columns)
+    preprocessor = Preprocessor(spec)
+    encoded = preprocessor.apply({n: credit.train[n][:1] for n in credit.features})
     feeds1 = {"numeric": encoded.numeric, "categorical": encoded.categorical}
 
     async def ort_one() -> None:
-        session.run(None, feeds1)
+        session.run(feeds1)
 
     steady = (
         await interleaved(
@@ -209,6 +288,7 @@ async def _family(params, credit, files, name, family, inference, unbatched, fea
                 "get_online_features": lambda: features.GetOnlineFeatures(fs_request),
                 "onnxruntime_in_process": ort_one,
                 "predict": lambda: inference.Predict(one),
+                "get_deployment": lambda: inference.GetDeployment(deployment),
             },
             samples=params.samples,
             warmup=params.warmup,
@@ -241,8 +321,18 @@ async def _family(params, credit, files, name, family, inference, unbatched, fea
                     steady["onnxruntime_in_process"],
                 ),
                 measurement("predict", "Predict", Role.LATHE, steady["predict"]),
+                measurement(
+                    "get_deployment",
+                    "GetDeployment (a trivial RPC of the same server)",
+                    Role.DIAGNOSTIC,
+                    steady["get_deployment"],
+                ),
             ],
-            notes=[f"sum of the three building blocks' p50: {floor:.3f} ms"],
+            notes=[
+                f"sum of the three building blocks' p50: {floor:.3f} ms",
+                "GetDeployment is the inference server's own floor (kit interceptor, "
+                "trace span, deadline) for a call that does no work",
+            ],
         )
     ]
     goals = [
@@ -257,15 +347,24 @@ async def _family(params, credit, files, name, family, inference, unbatched, fea
     variants: list[Measurement] = []
     throughput: dict[tuple[str, int], float] = {}
     p95: dict[tuple[str, int], float] = {}
+    requests = [
+        rr.PredictRequest(model_name=name, rows=[row(loans[i % len(loans)])]) for i in range(512)
+    ]
+    top = max(params.concurrency)
+    pool = stubs["batched"]
     for clients in params.concurrency:
-        for label, stub in (("batched", inference), ("unbatched", unbatched)):
-            rows = [
-                rr.PredictRequest(model_name=name, rows=[row(loans[i % len(loans)])])
-                for i in range(512)
-            ]
-            rate, lat = await _closed_loop(
-                lambda i, s=stub, r=rows: s.Predict(r[i % 512]), clients, params.duration_s
-            )
+        calls: dict[str, Callable[[int], Awaitable[object]]] = {
+            label: lambda i, p=stubs[label]: p[i % len(p)].Predict(requests[i % 512])
+            for label in ("batched", "unbatched")
+        }
+        if clients == top:  # the baselines of the goal, in the same alternation
+            calls["echo"] = lambda i: echoes[i % len(echoes)](payload)
+            calls["get_deployment"] = lambda i: pool[i % len(pool)].GetDeployment(deployment)
+        measured = await _alternating(calls, clients, params.duration_s, params.rounds)
+        if clients == top:
+            echo_rate, echo_lat = measured.pop("echo")
+            trivial_rate, trivial_lat = measured.pop("get_deployment")
+        for label, (rate, lat) in measured.items():
             throughput[(label, clients)] = rate
             p95[(label, clients)] = _p95(lat)
             variants.append(
@@ -279,8 +378,13 @@ async def _family(params, credit, files, name, family, inference, unbatched, fea
                     },
                 )
             )
-    echo_rate, echo_lat = await _closed_loop(
-        lambda i: echo(payload), max(params.concurrency), params.duration_s
+    variants.append(
+        Measurement(
+            "get_deployment_max_clients",
+            f"GetDeployment (trivial RPC, same server), {max(params.concurrency)} clients",
+            Role.DIAGNOSTIC,
+            {"throughput": Value(trivial_rate, "calls/s"), "p95": Value(_p95(trivial_lat), "ms")},
+        )
     )
     variants.insert(
         0,
@@ -299,6 +403,10 @@ async def _family(params, credit, files, name, family, inference, unbatched, fea
             higher_is_better=True,
             columns=["throughput", "p95"],
             variants=variants,
+            notes=[
+                f"inference: {params.processes} server processes per service; clients share "
+                f"{params.channels} connections per variant (echo: one process)"
+            ],
         )
     )
     low, high = params.concurrency[0], params.concurrency[-1]
@@ -331,60 +439,102 @@ async def _family(params, credit, files, name, family, inference, unbatched, fea
                 ">=",
             )
         )
-    big = rr.PredictRequest(
-        model_name=name, rows=[row(loans[i % len(loans)]) for i in range(params.big_rows)]
+    big_comparison, big_goal = await _big_requests(
+        params, credit, name, inference, features, echo, session, preprocessor
     )
-    for _ in range(3):
-        await inference.Predict(big)
-    started = time.perf_counter()
-    for _ in range(params.big_requests):
-        await inference.Predict(big)
-    predict_rows = params.big_rows * params.big_requests / (time.perf_counter() - started)
-    columns = {
-        n: [credit.train[n][i % len(credit.train[n])] for i in range(params.big_rows)]
-        for n in credit.features
-    }
-    encoded = transform(spec, columns)
-    feeds = {"numeric": encoded.numeric, "categorical": encoded.categorical}
-    for _ in range(5):
-        session.run(None, feeds)
-    started = time.perf_counter()
-    for _ in range(params.big_requests):
-        session.run(None, feeds)
-    ort_rows = params.big_rows * params.big_requests / (time.perf_counter() - started)
-    comparisons.append(
-        Comparison(
-            key=f"{family}_rows_{params.big_rows}",
-            title=f"{family}: {params.big_rows}-row requests",
-            headline="rows_per_s",
-            higher_is_better=True,
-            columns=["rows_per_s"],
-            variants=[
-                Measurement(
-                    "onnxruntime_in_process",
-                    f"ONNX Runtime in process, batch {params.big_rows}",
-                    Role.BASELINE,
-                    {"rows_per_s": Value(ort_rows, "rows/s")},
-                ),
-                Measurement(
-                    "predict",
-                    f"Predict, {params.big_rows} rows per request",
-                    Role.LATHE,
-                    {"rows_per_s": Value(predict_rows, "rows/s")},
-                ),
-            ],
-        )
-    )
-    goals.append(
-        Goal(
-            f"{family}: {params.big_rows}-row rows/s >= 50% of in-process ORT",
-            predict_rows / ort_rows,
-            0.5,
-            "x",
-            ">=",
-        )
-    )
+    comparisons.append(big_comparison)
+    goals.append(big_goal)
     return comparisons, goals
+
+
+async def _big_requests(params, credit, name, inference, features, echo, session, preprocessor):  # type: ignore[no-untyped-def]
+    """``big_rows``-row requests against ONNX Runtime at that batch, with the other
+    building blocks of such a request as diagnostics."""
+    n, count = params.big_rows, params.big_requests
+    loans = [credit.loan_ids[i % len(credit.loan_ids)] for i in range(n)]
+    big = rr.PredictRequest(model_name=name, rows=[row(loan) for loan in loans])
+    big_bytes = big.SerializeToString()
+    fs_request = _features_request(credit, loans)
+    columns = {
+        f: [credit.train[f][i % len(credit.train[f])] for i in range(n)] for f in credit.features
+    }
+    encoded = preprocessor.apply(columns)
+    feeds = {"numeric": encoded.numeric, "categorical": encoded.categorical}
+    spec = preprocessor.spec
+    numeric = np.column_stack([np.asarray(columns[f.name], float) for f in spec.numeric])
+    categorical = [[str(v) for v in columns[c.name]] for c in spec.categorical]
+
+    async def ort_batch() -> None:
+        session.run(feeds)
+
+    async def encode_and_ort() -> None:
+        batch = preprocessor.encode(numeric, categorical)
+        session.run({"numeric": batch.numeric, "categorical": batch.categorical})
+
+    calls = {
+        "onnxruntime_in_process": ort_batch,
+        "predict": lambda: inference.Predict(big),
+        "get_online_features": lambda: features.GetOnlineFeatures(fs_request),
+        "raw_grpc_echo": lambda: echo(big_bytes),
+        "preprocess_and_ort": encode_and_ort,
+    }
+    rates = {}
+    for key, call in calls.items():
+        for _ in range(3):
+            await call()
+        started = time.perf_counter()
+        for _ in range(count):
+            await call()
+        rates[key] = n * count / (time.perf_counter() - started)
+    labels = {
+        "onnxruntime_in_process": (f"ONNX Runtime in process, batch {n}", Role.BASELINE),
+        "predict": (f"Predict, {n} rows per request", Role.LATHE),
+        "get_online_features": (f"GetOnlineFeatures, the same {n} entities", Role.DIAGNOSTIC),
+        "raw_grpc_echo": ("raw gRPC echo of the request's bytes", Role.DIAGNOSTIC),
+        "preprocess_and_ort": ("preprocessing + ONNX Runtime in process", Role.DIAGNOSTIC),
+    }
+    blocks = sum(
+        1 / rates[k] for k in ("get_online_features", "raw_grpc_echo", "preprocess_and_ort")
+    )
+    comparison = Comparison(
+        key=f"{name.removeprefix('bench-').replace('-', '_')}_rows_{n}",
+        title=f"{name.removeprefix('bench-')}: {n}-row requests",
+        headline="rows_per_s",
+        higher_is_better=True,
+        columns=["rows_per_s"],
+        variants=[
+            Measurement(key, label, role, {"rows_per_s": Value(rates[key], "rows/s")})
+            for key, (label, role) in labels.items()
+        ],
+        notes=[
+            "the request's building blocks one after another (features + echo + "
+            f"preprocessing and ONNX Runtime): {1 / blocks:,.0f} rows/s; Predict is "
+            f"{rates['predict'] * blocks:.2f}x that"
+        ],
+    )
+    goal = Goal(
+        f"{name.removeprefix('bench-').replace('-', '_')}: {n}-row rows/s >= 50% of in-process ORT",
+        rates["predict"] / rates["onnxruntime_in_process"],
+        0.5,
+        "x",
+        ">=",
+    )
+    return comparison, goal
+
+
+def _features_request(credit: Credit, loans: Sequence[str]) -> fsr.GetOnlineFeaturesRequest:
+    """The GetOnlineFeatures call Predict makes for rows of ``loans`` (``row``'s amount)."""
+    return fsr.GetOnlineFeaturesRequest(
+        feature_service=credit.feature_service,
+        entities={
+            "loan_id": fs.RepeatedValue(values=[fs.Value(string_value=loan) for loan in loans])
+        },
+        request_data={
+            "requested_amount": fs.RepeatedValue(
+                values=[fs.Value(float64_value=12000.0) for _ in loans]
+            )
+        },
+    )
 
 
 FAMILY = Family(
@@ -398,6 +548,7 @@ FAMILY = Family(
         "warmup": 20,
         "chunk": 50,
         "duration_s": 1.0,
+        "rounds": 2,
         "big_requests": 5,
     },
 )

@@ -2,12 +2,13 @@
 
 ``fit`` learns it from a training split (feature order, missing-value fills, numeric
 normalisation, categorical vocabularies) and ``PreprocessingSpec.to_json`` writes it as
-the versioned ``preprocessing.json`` that travels with a model version. ``transform``
-applies it. The trainer (evaluation, ONNX parity) and the inference service import this
-one implementation, so training and serving cannot disagree on what a model sees.
+the versioned ``preprocessing.json`` that travels with a model version. ``Preprocessor``
+applies it (compiled once per spec; ``transform`` for one-off calls). The trainer
+(evaluation, ONNX parity) and the inference service import this one implementation, so
+training and serving cannot disagree on what a model sees.
 """
 
-from libs.preprocessing.apply import EncodedBatch, transform
+from libs.preprocessing.apply import EncodedBatch, Preprocessor, transform
 from libs.preprocessing.fit import fit
 from libs.preprocessing.spec import (
     FORMAT,
@@ -24,6 +25,7 @@ __all__ = [
     "EncodedBatch",
     "NumericFeature",
     "PreprocessingSpec",
+    "Preprocessor",
     "fit",
     "transform",
 ]

@@ -1,9 +1,19 @@
-"""Applying a fitted ``PreprocessingSpec``: feature values in, the model's input arrays out."""
+"""Applying a fitted ``PreprocessingSpec``: feature values in, the model's input arrays out.
+
+``Preprocessor`` compiles a spec once (fill vector, standard-scaling arrays, each
+quantile feature's de-duplicated knots and their levels, vocabulary dicts) and then
+encodes any number of batches with a handful of whole-array numpy calls: the inference
+service holds one per loaded model version, where re-deriving the knots on every call
+cost more than the model itself (~120 us of a batch of one row, 2-core machine).
+``transform`` is the same thing for one-off callers (``Preprocessor(spec).apply``), so
+there is one implementation and its output is the same bits whichever way it is called.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import pyarrow as pa
@@ -31,39 +41,110 @@ class EncodedBatch:
         return int(self.numeric.shape[0])
 
 
+@dataclass(frozen=True)
+class _QuantileColumn:
+    """A quantile feature's piecewise-linear map from value to level, ready for np.interp."""
+
+    column: int
+    """Its column in the numeric block."""
+    knots: np.ndarray
+    """The distinct training quantiles, ascending."""
+    levels: np.ndarray
+    """The level of each distinct knot (the mid level of a repeated one)."""
+
+
+class Preprocessor:
+    """A ``PreprocessingSpec`` compiled for repeated use; thread-safe (holds no buffers)."""
+
+    def __init__(self, spec: PreprocessingSpec) -> None:
+        self.spec = spec
+        numeric = spec.numeric
+        self._width = len(numeric)
+        self._fill = np.array([f.fill for f in numeric], dtype=np.float64)
+        standard = [j for j, f in enumerate(numeric) if f.normalization == "standard"]
+        self._standard = _columns(standard, self._width)
+        self._mean = np.array([numeric[j].mean for j in standard], dtype=np.float64)
+        self._std = np.array([numeric[j].std for j in standard], dtype=np.float64)
+        quantile = [(j, _levels(f)) for j, f in enumerate(numeric) if f.normalization != "standard"]
+        self._quantile = tuple(_QuantileColumn(j, *lv) for j, lv in quantile if lv is not None)
+        self._quantile_at = _columns([q.column for q in self._quantile], self._width)
+        self._constant = _columns([j for j, lv in quantile if lv is None], self._width)
+        self._vocabularies = tuple(
+            {value: i + 1 for i, value in enumerate(c.vocabulary)} for c in spec.categorical
+        )
+
+    def apply(self, columns: Mapping[str, Column]) -> EncodedBatch:
+        """Encode ``columns`` (feature name -> values, None for missing) as the spec says."""
+        spec = self.spec
+        missing = [name for name in spec.feature_names if name not in columns]
+        if missing:
+            raise KeyError(
+                f"no values for features {missing}; the model needs {spec.feature_names}"
+            )
+        rows = _rows(columns, spec)
+        numeric = np.empty((rows, self._width), dtype=np.float64)
+        for j, feature in enumerate(spec.numeric):
+            numeric[:, j] = as_float64(columns[feature.name])
+        categorical = [as_strings(columns[c.name]) for c in spec.categorical]
+        return self.encode(numeric, categorical)
+
+    def encode(
+        self, numeric: np.ndarray, categorical: Sequence[Sequence[str | None]]
+    ) -> EncodedBatch:
+        """Encode rows given as arrays: ``numeric`` float64 [rows, numeric features] in the
+        spec's order with NaN for missing (not modified), ``categorical`` one sequence of
+        strings (None for missing) per categorical feature."""
+        rows = int(numeric.shape[0])
+        filled = np.where(np.isnan(numeric), self._fill, numeric)
+        out = np.empty((rows, self._width), dtype=np.float32)
+        if self._standard is not None:
+            s = self._standard
+            out[:, s] = (filled[:, s] - self._mean) / self._std
+        if self._quantile_at is not None:
+            levels = np.empty((rows, len(self._quantile)), dtype=np.float64)
+            for k, q in enumerate(self._quantile):
+                levels[:, k] = np.interp(filled[:, q.column], q.knots, q.levels)
+            # = np.clip(levels, _EDGE, 1 - _EDGE), without its Python wrapper's cost
+            np.minimum(np.maximum(levels, _EDGE, out=levels), 1 - _EDGE, out=levels)
+            out[:, self._quantile_at] = ndtri(levels)
+        if self._constant is not None:
+            out[:, self._constant] = 0.0
+        codes = np.empty((rows, len(self._vocabularies)), dtype=np.int64)
+        for j, index in enumerate(self._vocabularies):
+            # None and unseen values are both absent from the vocabulary: code 0.
+            codes[:, j] = np.fromiter(map(index.get, categorical[j], repeat(0)), np.int64, rows)
+        return EncodedBatch(out, codes)
+
+
 def transform(spec: PreprocessingSpec, columns: Mapping[str, Column]) -> EncodedBatch:
-    """Encode ``columns`` (feature name -> values, None for missing) as ``spec`` says."""
-    missing = [name for name in spec.feature_names if name not in columns]
-    if missing:
-        raise KeyError(f"no values for features {missing}; the model needs {spec.feature_names}")
-    rows = _rows(columns, spec)
-    numeric = np.empty((rows, len(spec.numeric)), dtype=np.float32)
-    for j, feature in enumerate(spec.numeric):
-        numeric[:, j] = normalize(feature, as_float64(columns[feature.name]))
-    categorical = np.empty((rows, len(spec.categorical)), dtype=np.int64)
-    for j, cat in enumerate(spec.categorical):
-        index = {value: i + 1 for i, value in enumerate(cat.vocabulary)}
-        values = as_strings(columns[cat.name])
-        categorical[:, j] = [index.get(v, 0) if v is not None else 0 for v in values]
-    return EncodedBatch(numeric, categorical)
+    """Encode ``columns`` (feature name -> values, None for missing) as ``spec`` says.
+
+    Callers that encode many batches with one spec keep a ``Preprocessor`` instead.
+    """
+    return Preprocessor(spec).apply(columns)
 
 
-def normalize(feature: NumericFeature, values: np.ndarray) -> np.ndarray:
-    """Fill missing values, then normalise; float64 in, float64 out."""
-    filled = np.where(np.isnan(values), feature.fill, values)
-    if feature.normalization == "standard":
-        return (filled - feature.mean) / feature.std
+def _columns(columns: list[int], width: int) -> slice | np.ndarray | None:
+    """Where a group of features sits in the numeric block: None (nowhere), every column
+    (a slice, the common case: cheaper to index than a list), or their indices."""
+    if not columns:
+        return None
+    if columns == list(range(width)):
+        return slice(None)
+    return np.array(columns, dtype=np.intp)
+
+
+def _levels(feature: NumericFeature) -> tuple[np.ndarray, np.ndarray] | None:
+    """(distinct knots, their levels) of a quantile feature; None maps every value to 0."""
     knots = np.asarray(feature.quantiles, dtype=np.float64)
     if len(knots) < 2 or knots[0] == knots[-1]:
-        return np.zeros_like(filled)
+        return None
     levels = np.linspace(0.0, 1.0, len(knots))
     # Repeated knots (a value that fills many quantiles) map to their mid level, so the
     # transform stays a function of the value alone.
     unique, first = np.unique(knots, return_index=True)
     last = len(knots) - 1 - np.unique(knots[::-1], return_index=True)[1]
-    mid = (levels[first] + levels[last]) / 2
-    u = np.interp(filled, unique, mid)
-    return ndtri(np.clip(u, _EDGE, 1 - _EDGE))
+    return unique, (levels[first] + levels[last]) / 2
 
 
 def as_float64(values: Column) -> np.ndarray:

@@ -50,7 +50,21 @@ class InferenceSettings(BaseSettings):
         "says waiting pays); 0 turns waiting off.",
     )
     batching: bool = Field(
-        default=True, description="False: every request runs alone (for comparisons)."
+        default=True,
+        description="False: every request runs alone, in the batcher and in its feature "
+        "call (for comparisons).",
+    )
+    inline_below_s: float = Field(
+        default=0.001,
+        ge=0,
+        description="Batches the cost model expects to take less than this run on the event "
+        "loop's thread (the hop to an executor thread costs more); 0: always a thread.",
+    )
+    feature_calls_in_flight: int = Field(
+        default=1,
+        ge=0,
+        description="GetOnlineFeatures calls out at once (per kind of rows) before requests "
+        "wait to share the next one; 0: every request calls alone.",
     )
     log_sample_rate: float = Field(
         default=0.01, ge=0, le=1, description="Share of decisions logged (hash of decision id)."

@@ -46,7 +46,11 @@ def build_spec(inference: InferenceSettings | None = None) -> ServiceSpec:
         lathe = context.settings
         token = lathe.auth_token.get_secret_value() if lathe.auth_token else ""
         registry = RegistryGateway(lathe.service_addr(ServiceName.MODEL_REGISTRY), token)
-        features = OnlineFeatures(lathe.service_addr(ServiceName.FEATURE_STORE))
+        features = OnlineFeatures(
+            lathe.service_addr(ServiceName.FEATURE_STORE),
+            max_in_flight=settings.feature_calls_in_flight if settings.batching else 0,
+            max_rows_per_call=max(settings.max_batch_rows, settings.max_request_rows),
+        )
         table = ServingTable()
         batcher = Batcher(
             executors=settings.executor_count(),
@@ -54,6 +58,7 @@ def build_spec(inference: InferenceSettings | None = None) -> ServiceSpec:
             max_queued_rows=max(settings.max_queued_rows, settings.max_request_rows),
             max_wait_s=settings.max_wait_s,
             batching=settings.batching,
+            inline_below_s=settings.inline_below_s,
         )
         logger = PredictionLogger(
             context.store, sample_rate=settings.log_sample_rate, capacity=settings.log_buffer
@@ -99,9 +104,9 @@ def build_spec(inference: InferenceSettings | None = None) -> ServiceSpec:
             gpu_probe=settings.gpu_probe,
             engine_cache=lambda loop: RegistryEngineCache(registry, context.pool, loop),
         )
-        servicer = InferenceServicer(
-            Predictor(table, features, batcher, logger), table, max_rows=settings.max_request_rows
-        )
+        predictor = Predictor(table, features, batcher, logger)
+        batcher.incoming = predictor.incoming  # type: ignore[assignment]
+        servicer = InferenceServicer(predictor, table, max_rows=settings.max_request_rows)
 
         async def close_clients(stop: asyncio.Event) -> None:
             await stop.wait()

@@ -160,8 +160,10 @@ def _inputs(**kw: object) -> WaitInputs:
     values: dict[str, object] = {
         "queued_rows": 4,
         "max_batch_rows": 256,
-        "arrival_rows_per_s": 20_000.0,
+        "arrival_requests_per_s": 20_000.0,
+        "rows_per_request": 1.0,
         "idle_executors": 0,
+        "incoming_requests": None,
         "slack_s": None,
         "max_wait_s": 0.005,
     }
@@ -172,8 +174,14 @@ def _inputs(**kw: object) -> WaitInputs:
 def test_waiting_pays_only_when_the_cost_model_says_so() -> None:
     cost = CostModel(decay=1.0, fixed_s=0.002, per_row_s=1e-5)
     assert wait_seconds(cost, _inputs()) > 0  # 40 rows expected within the fixed cost
-    assert wait_seconds(cost, _inputs(arrival_rows_per_s=100.0)) == 0  # low load: run now
+    assert wait_seconds(cost, _inputs(arrival_requests_per_s=100.0)) == 0  # low load: run now
+    # Many rows, but in few requests (one client, big requests): nothing comes meanwhile.
+    assert wait_seconds(cost, _inputs(arrival_requests_per_s=100.0, rows_per_request=256)) == 0
     assert wait_seconds(cost, _inputs(idle_executors=1)) == 0  # someone is free: run now
+    # Busy lately, but nobody else's request is on its way (a closed-loop client): run now.
+    assert wait_seconds(cost, _inputs(incoming_requests=0)) == 0
+    assert wait_seconds(cost, _inputs(incoming_requests=1)) == 0
+    assert wait_seconds(cost, _inputs(incoming_requests=8)) > 0
     assert wait_seconds(cost, _inputs(queued_rows=256)) == 0  # already full
     assert wait_seconds(cost, _inputs(max_wait_s=0.0)) == 0
     cheap = CostModel(decay=1.0, fixed_s=1e-5, per_row_s=1e-6)
@@ -185,3 +193,79 @@ def test_waiting_never_passes_the_earliest_deadline() -> None:
     wait = wait_seconds(cost, _inputs(slack_s=0.0025))
     assert 0 <= wait <= 0.0025 - cost.seconds(4)
     assert wait_seconds(cost, _inputs(slack_s=0.001)) == 0
+
+
+class FixedCost(CostModel):
+    """A cost model that keeps its prior (the test's machine does not change it)."""
+
+    def observe(self, rows: int, seconds: float, *, weight: float = 1.0) -> None:
+        pass
+
+
+class Probe(Target):
+    """A Target that records which thread ran each batch."""
+
+    def __init__(self, fixed_s: float) -> None:
+        super().__init__()
+        self.cost = CostModel(decay=1.0, fixed_s=fixed_s, per_row_s=0.0)
+        self.threads: list[int] = []
+
+    def run_batch(self, parts: Sequence[list[int]]) -> list[int]:
+        self.threads.append(threading.get_ident())
+        return super().run_batch(parts)
+
+
+async def test_cheap_batches_run_on_the_loop_and_dear_ones_in_a_thread() -> None:
+    batcher = _batcher(inline_below_s=0.001)
+    cheap, dear = Probe(fixed_s=1e-5), Probe(fixed_s=0.01)
+    batcher.start()
+    assert await batcher.submit(cheap, [1, 2], 2, None) == 3
+    assert await batcher.submit(dear, [3], 1, None) == 3
+    assert cheap.threads == [threading.get_ident()]  # no hop to a thread and back
+    assert dear.threads and dear.threads[0] != threading.get_ident()
+    assert batcher.stats.inline == 1
+    await batcher.close()
+
+
+async def test_requests_ready_in_one_loop_iteration_run_as_one_batch_on_the_loop() -> None:
+    # E.g. every request of one shared feature call: they resume together.
+    batcher, target = _batcher(inline_below_s=0.001), Probe(fixed_s=1e-5)
+    batcher.start()
+    await asyncio.sleep(0)  # the executor is idle, waiting for work
+    results = await asyncio.gather(*(batcher.submit(target, [i], 1, None) for i in range(5)))
+    assert results == list(range(5))
+    assert target.batches == [[1, 1, 1, 1, 1]]
+    await batcher.close()
+
+
+async def test_a_lone_client_never_waits_however_busy_it_keeps_the_model() -> None:
+    incoming = {"requests": 0}
+    batcher = _batcher(max_wait_s=0.05, incoming=lambda target: incoming["requests"])
+    target = Target()
+    target.cost = FixedCost(fixed_s=0.01, per_row_s=0.0)  # a dear fixed cost per batch
+    batcher.start()
+    for i in range(20):  # back to back: hundreds of requests a second
+        assert await batcher.submit(target, [i], 1, None) == i
+    assert batcher.stats.waited == 0  # nobody else's request was on its way
+    incoming["requests"] = 8  # now others are (e.g. fetching their features): waiting pays
+    await batcher.submit(target, [1], 1, None)
+    assert batcher.stats.waited == 1
+    await batcher.close()
+
+
+async def test_a_lone_request_on_a_quiet_service_runs_without_suspending() -> None:
+    incoming = {"requests": 0}
+    batcher = _batcher(inline_below_s=0.001, incoming=lambda target: incoming["requests"])
+    target = Probe(fixed_s=1e-5)
+    batcher.start()
+    await asyncio.sleep(0)  # the executor is idle
+    lone = batcher.submit(target, [4, 5], 2, None)
+    with pytest.raises(StopIteration) as done:
+        lone.send(None)  # finished on its first step: no executor's wake-up, no future
+    assert done.value.value == 9 and batcher.stats.inline == 1
+    incoming["requests"] = 1  # another request for the model is on its way: queue for it
+    joined = asyncio.ensure_future(batcher.submit(target, [1], 1, None))
+    await asyncio.sleep(0)
+    assert not joined.done()  # queued, for the executor (which runs it on the loop)
+    assert await joined == 1 and batcher.stats.inline == 2 and target.batches == [[2], [1]]
+    await batcher.close()

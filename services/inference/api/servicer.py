@@ -85,18 +85,22 @@ def _response(result: PredictResult, trace_id: str) -> rr.PredictResponse:
         output_names=result.output_names, feature_names=result.feature_names, trace_id=trace_id
     )
     slots = result.feature_slots
-    for row in result.rows:
-        prediction = response.predictions.add(
-            scores=row.scores.tolist(),
-            model_version=row.version,
-            arm=row.arm,
-            decision_id=row.decision_id,
-            chosen_action=row.chosen_action,
-            propensity=row.propensity,
-            missing_features=row.missing,
+    add = response.predictions.add
+    chosen, propensities = result.chosen_actions, result.propensities
+    for i, (scores, vector, missing) in enumerate(
+        zip(result.scores, result.vectors, result.missing, strict=True)
+    ):
+        prediction = add(
+            scores=scores,
+            model_version=result.versions[i],
+            arm=result.arms[i],
+            decision_id=result.decision_ids[i],
+            missing_features=missing,
         )
-        times = row.vector.event_times
-        prediction.feature_event_times.extend([times[i] for i in slots])
+        if chosen is not None and propensities is not None:
+            prediction.chosen_action, prediction.propensity = chosen[i], propensities[i]
+        times = vector.event_times
+        prediction.feature_event_times.extend([times[s] for s in slots])
     return response
 
 

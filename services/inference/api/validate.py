@@ -1,17 +1,22 @@
-"""Predict requests in, checked ``PredictCall``s out; every refusal says what to fix."""
+"""Predict requests in, checked ``PredictCall``s out; every refusal says what to fix.
+
+Rows are read once, straight into columns (a list per entity key and request feature),
+which is what the feature store's request is made of.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 
 from lathe.feature_store.v1 import message_pb2 as fs
 from lathe.inference.v1 import request_response_pb2 as rr
 from libs.errors import InvalidArgument
 from libs.grpckit import validation
-from services.inference.app.predict import PredictCall, RowInput
+from services.inference.app.predict import PredictCall
 
 DEFAULT_ALIAS = "production"
-_KEY_KINDS = ("string_value", "int64_value")
+_NULL = fs.Value()
 
 
 def predict_call(
@@ -33,39 +38,44 @@ def predict_call(
     join_keys = tuple(sorted(rows[0].entity_keys))
     if not join_keys:
         raise InvalidArgument("rows[0].entity_keys is empty: name the entity, e.g. loan_id")
-    request_names: dict[str, None] = {}
-    checked = []
+    keys: dict[str, list[fs.Value]] = {name: [] for name in join_keys}
+    features: dict[str, list[fs.Value]] = {}
+    decision_ids: list[str] = []
+    actions: list[Sequence[str]] = []
+    width = len(join_keys)
     for i, row in enumerate(rows):
-        keys = row.entity_keys
-        if len(keys) != len(join_keys) or any(k not in keys for k in join_keys):
+        entity = row.entity_keys
+        # ``name in`` before ``entity[name]``: reading a missing key of a map would add it.
+        if len(entity) != width or not all(name in entity for name in join_keys):
             raise InvalidArgument(
-                f"rows[{i}].entity_keys has {sorted(keys)} but rows[0] has {list(join_keys)}: "
+                f"rows[{i}].entity_keys has {sorted(entity)} but rows[0] has {list(join_keys)}: "
                 "every row of a request names the same entity keys"
             )
-        for name in join_keys:
-            kind = keys[name].WhichOneof("kind")
-            if kind not in _KEY_KINDS or (kind == "string_value" and not keys[name].string_value):
+        for name, column in keys.items():
+            value = entity[name]
+            kind = value.WhichOneof("kind")
+            if kind != "int64_value" and (kind != "string_value" or not value.string_value):
                 raise InvalidArgument(
                     f"rows[{i}].entity_keys[{name!r}] must be a non-empty string or an int64"
                 )
-        for name, value in row.request_features.items():
-            if value.WhichOneof("kind") is None:
-                raise InvalidArgument(
-                    f"rows[{i}].request_features[{name!r}] has no value; leave it out instead"
-                )
-            request_names[name] = None
-        checked.append(
-            RowInput(keys, row.request_features, row.decision_id, tuple(row.eligible_actions))
-        )
+            column.append(value)
+        given = row.request_features
+        if given or features:
+            _request_features(i, given, features)
+        decision_ids.append(row.decision_id)
+        actions.append(row.eligible_actions)
     deadline = None
     if time_remaining_s is not None:
         deadline = time.monotonic() + time_remaining_s
     return PredictCall(
         model_name=model_name,
         alias=validation.resource_name(alias, "alias"),
-        rows=checked,
+        rows=len(rows),
         join_keys=join_keys,
-        request_feature_names=tuple(request_names),
+        entity_keys=keys,
+        request_features=features,
+        decision_ids=decision_ids,
+        eligible_actions=actions,
         deadline=deadline,
         trace_id=trace_id,
         disable_canary=request.disable_canary,
@@ -73,5 +83,20 @@ def predict_call(
     )
 
 
-def null() -> fs.Value:
-    return fs.Value()
+def _request_features(
+    i: int, given: Mapping[str, fs.Value], columns: dict[str, list[fs.Value]]
+) -> None:
+    """Append row ``i``'s request features to ``columns`` (empty values where it has none)."""
+    for name in given:  # the map's own iterator: .items() goes through a slow Python mixin
+        value = given[name]
+        if value.WhichOneof("kind") is None:
+            raise InvalidArgument(
+                f"rows[{i}].request_features[{name!r}] has no value; leave it out instead"
+            )
+        column = columns.get(name)
+        if column is None:
+            column = columns[name] = [_NULL] * i
+        column.append(value)
+    for column in columns.values():
+        if len(column) == i:
+            column.append(_NULL)

@@ -2,9 +2,10 @@
 
 Rows reach it as ``RawRows`` (numbers as float64 with NaN for missing, categories as
 strings or None), built per request from the feature store's reply. A batch concatenates
-the requests' rows, applies ``preprocessing.json`` once through ``libs.preprocessing``
-(the trainer's own implementation) and runs the runtime once; each request gets its rows
-of the outputs back, flattened per row in the signature's output order.
+the requests' rows, encodes them once with the version's ``Preprocessor`` (compiled from
+``preprocessing.json`` at load by ``libs.preprocessing``, the trainer's own
+implementation) and runs the runtime once; each request gets its rows of the outputs
+back, flattened per row in the signature's output order.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from lathe.feature_store.v1 import message_pb2 as fs
 from libs.errors import FailedPrecondition
-from libs.preprocessing import PreprocessingSpec, transform
+from libs.preprocessing import PreprocessingSpec, Preprocessor
 from services.inference.batching import CostModel
 from services.inference.domain.policy import Policy
 from services.inference.runtimes.base import Runtime
@@ -70,6 +71,12 @@ class LoadedModel:
     cost: CostModel = field(default_factory=CostModel)
     _slots: dict[tuple[str, ...], tuple[list[int], list[int]]] = field(default_factory=dict)
     _shadow: LoadedModel | None = None
+    preprocessor: Preprocessor = field(init=False)
+    """``preprocessing.json`` compiled once for this version."""
+
+    def __post_init__(self) -> None:
+        self.preprocessor = Preprocessor(self.files.preprocessing)
+        self._inputs = tuple(name == NUMERIC_INPUT for name in self.runtime.input_names)
 
     @property
     def version(self) -> int:
@@ -95,30 +102,37 @@ class LoadedModel:
     ) -> RawRows:
         """This model's features of ``vectors`` (a GetOnlineFeatures reply's rows)."""
         numeric_at, categorical_at = self._slots_for(tuple(feature_names))
-        spec = self.files.preprocessing
-        numeric = np.full((len(vectors), len(numeric_at)), np.nan, dtype=np.float64)
+        values: list[float] = []
+        add = values.append
         categorical: tuple[list[str | None], ...] = tuple([] for _ in categorical_at)
-        for i, vector in enumerate(vectors):
-            values = vector.values
-            for j, at in enumerate(numeric_at):
-                value = values[at]
+        for vector in vectors:
+            row = vector.values
+            for at in numeric_at:
+                value = row[at]
                 kind = value.WhichOneof("kind")
                 if kind == "float64_value":
-                    numeric[i, j] = value.float64_value
-                elif kind == "int64_value":
-                    numeric[i, j] = value.int64_value
-                elif kind == "bool_value":
-                    numeric[i, j] = 1.0 if value.bool_value else 0.0
-                elif kind is not None:
-                    raise FailedPrecondition(
-                        f"feature {spec.numeric[j].name!r} arrived as {kind} but "
-                        f"{self.files.model_name} v{self.version} was trained on it as a number"
-                    )
+                    add(value.float64_value)
+                elif kind is None:
+                    add(_NAN)
+                else:
+                    add(self._number(value, kind, at, numeric_at))
             for j, at in enumerate(categorical_at):
-                value = values[at]
+                value = row[at]
                 kind = value.WhichOneof("kind")
                 categorical[j].append(None if kind is None else _text(value, kind))
+        numeric = np.array(values, dtype=np.float64).reshape(len(vectors), len(numeric_at))
         return RawRows(numeric, categorical)
+
+    def _number(self, value: fs.Value, kind: str, at: int, numeric_at: list[int]) -> float:
+        if kind == "int64_value":
+            return float(value.int64_value)
+        if kind == "bool_value":
+            return 1.0 if value.bool_value else 0.0
+        name = self.files.preprocessing.numeric[numeric_at.index(at)].name
+        raise FailedPrecondition(
+            f"feature {name!r} arrived as {kind} but "
+            f"{self.files.model_name} v{self.version} was trained on it as a number"
+        )
 
     def rows_from_columns(self, columns: Mapping[str, Sequence[object]]) -> RawRows:
         """Rows from plain columns (feature name -> values, None for missing)."""
@@ -171,17 +185,11 @@ class LoadedModel:
         return flatten_outputs(outputs, rows.rows)
 
     def feeds(self, rows: RawRows) -> dict[str, np.ndarray]:
-        spec = self.files.preprocessing
-        columns: dict[str, object] = {
-            f.name: rows.numeric[:, j] for j, f in enumerate(spec.numeric)
+        encoded = self.preprocessor.encode(rows.numeric, rows.categorical)
+        return {
+            name: encoded.numeric if numeric else encoded.categorical
+            for name, numeric in zip(self.runtime.input_names, self._inputs, strict=True)
         }
-        for j, cat in enumerate(spec.categorical):
-            columns[cat.name] = rows.categorical[j]
-        encoded = transform(spec, columns)  # type: ignore[arg-type]
-        feeds = {}
-        for name in self.runtime.input_names:
-            feeds[name] = encoded.numeric if name == NUMERIC_INPUT else encoded.categorical
-        return feeds
 
 
 def flatten_outputs(outputs: Sequence[np.ndarray], rows: int) -> np.ndarray:
@@ -195,6 +203,9 @@ def _concat(parts: Sequence[RawRows]) -> RawRows:
     width = len(parts[0].categorical)
     categorical = tuple([v for p in parts for v in p.categorical[j]] for j in range(width))
     return RawRows(numeric, categorical)
+
+
+_NAN = float("nan")
 
 
 def _text(value: fs.Value, kind: str) -> str:

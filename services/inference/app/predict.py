@@ -6,11 +6,16 @@ For a request on model M and alias A (default production):
    to the canary (``domain.routing``), sticky per entity;
 2. one GetOnlineFeatures call fetches every row's features (the models' feature
    service, else their features by name) with the request-time features, inheriting
-   the deadline;
+   the deadline — shared with concurrent requests when calls are already out
+   (``store.features``);
 3. each arm's rows go to the batcher (``batching.Batcher``), which applies the model's
    preprocessing and runs its runtime together with other requests' rows;
 4. sampled decisions are logged (``PredictionLogger``); a shadow version scores the
    sampled rows after the response, off its path, and is only ever logged.
+
+A request is carried by column (one list per entity key, request feature and per-row
+attribute), not as one object per row: per-row Python objects were most of a 256-row
+request's time.
 """
 
 from __future__ import annotations
@@ -22,71 +27,87 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import numpy as np
-from uuid6 import uuid7
-
 from lathe.feature_store.v1 import message_pb2 as fs
-from lathe.feature_store.v1 import request_response_pb2 as fsr
 from lathe.inference.v1 import events_pb2 as ev
 from lathe.inference.v1 import message_pb2 as m
-from libs.errors import InvalidArgument, NotFound, Unavailable
+from libs.errors import NotFound, Unavailable
 from services.inference.app.model import LoadedModel
 from services.inference.app.prediction_log import PredictionLogger
 from services.inference.app.serving import CANARY, PRODUCTION, SHADOW, ServingTable, Slot
 from services.inference.batching import Batcher
+from services.inference.domain.decision_ids import new_decision_ids
 from services.inference.domain.policy import choose
 from services.inference.domain.routing import goes_to_canary, sampled
-from services.inference.store.features import OnlineFeatures
+from services.inference.store.features import FeatureQuery, FeatureRows, OnlineFeatures
 
 _log = logging.getLogger(__name__)
-_ABSENT = (fs.FEATURE_STATUS_NOT_FOUND, fs.FEATURE_STATUS_EXPIRED)
-
-
-@dataclass(frozen=True)
-class RowInput:
-    """One row of a validated request."""
-
-    entity_keys: Mapping[str, fs.Value]
-    request_features: Mapping[str, fs.Value]
-    decision_id: str
-    """"" when the caller gave none (one is generated)."""
-    eligible_actions: Sequence[str] = ()
+_ABSENT = frozenset((fs.FEATURE_STATUS_NOT_FOUND, fs.FEATURE_STATUS_EXPIRED))
 
 
 @dataclass(frozen=True)
 class PredictCall:
+    """A validated Predict request, by column."""
+
     model_name: str
     alias: str
-    rows: Sequence[RowInput]
+    rows: int
     join_keys: tuple[str, ...]
     """The entity key names every row carries."""
-    request_feature_names: tuple[str, ...]
+    entity_keys: Mapping[str, Sequence[fs.Value]]
+    """Join key -> its value in each row."""
+    request_features: Mapping[str, Sequence[fs.Value]]
+    """Request-time feature -> its value in each row (an empty ``Value`` where a row has
+    none)."""
+    decision_ids: Sequence[str]
+    """The caller's decision id of each row; "" where it gave none (one is generated)."""
+    eligible_actions: Sequence[Sequence[str]]
+    """Per row, for policies (empty: every action the model knows)."""
     deadline: float | None
     """``time.monotonic()`` deadline of the call."""
     trace_id: str
     disable_canary: bool = False
     allow_unknown_entities: bool = False
 
+    def entity(self, row: int) -> dict[str, fs.Value]:
+        """Row ``row``'s entity keys."""
+        return {name: values[row] for name, values in self.entity_keys.items()}
 
-@dataclass(frozen=True)
-class RowResult:
-    scores: np.ndarray
-    version: int
-    arm: int
-    decision_id: str
-    vector: fs.FeatureVector
-    chosen_action: str = ""
-    propensity: float = 0.0
-    missing: tuple[str, ...] = ()
+    def request_features_of(self, row: int) -> dict[str, fs.Value]:
+        """Row ``row``'s request-time features (those it gave)."""
+        return {
+            name: values[row]
+            for name, values in self.request_features.items()
+            if values[row].WhichOneof("kind") is not None
+        }
 
 
 @dataclass(frozen=True)
 class PredictResult:
-    rows: list[RowResult]
+    """Per-row outcomes of a call, by column (row ``i`` is index ``i`` of each)."""
+
+    scores: list[list[float]]
+    """Each row's outputs, flattened in ``output_names`` order."""
+    versions: list[int]
+    arms: list[int]
+    decision_ids: list[str]
+    vectors: Sequence[fs.FeatureVector]
+    """The feature store's vector of each row."""
+    missing: list[tuple[str, ...]]
+    chosen_actions: list[str] | None
+    """For policies, per row (None: no arm is a policy)."""
+    propensities: list[float] | None
     output_names: tuple[str, ...]
     feature_names: tuple[str, ...]
     feature_slots: tuple[int, ...]
     """Where each of ``feature_names`` sits in the feature store's vectors."""
+    names: tuple[str, ...]
+    """Every feature in the vectors, in their order."""
+    sample_rate: float
+    """The share of decisions logged when this call was served."""
+
+    @property
+    def rows(self) -> int:
+        return len(self.scores)
 
 
 @dataclass
@@ -95,7 +116,10 @@ class _Arm:
     alias: str
     model: LoadedModel
     share: float
-    rows: list[int] = field(default_factory=list)
+    rows: Sequence[int] = field(default_factory=list)
+    """The call's rows this arm scores (a ``range`` of all of them when it is the only one)."""
+    incoming: bool = False
+    """Counted in ``Predictor.incoming`` (until its rows reach the batcher)."""
 
 
 class Predictor:
@@ -111,96 +135,105 @@ class Predictor:
         self._batcher = batcher
         self._logger = logger
         self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._incoming: dict[LoadedModel, int] = {}
+
+    def incoming(self, model: LoadedModel) -> int:
+        """Requests routed to ``model`` whose rows have not reached the batcher yet (they
+        are fetching their features): what an executor could wait for."""
+        return self._incoming.get(model, 0)
 
     async def predict(self, call: PredictCall) -> PredictResult:
         primary_slot = self._slot(call.model_name, call.alias)
         primary = primary_slot.current
         if primary is None:
             raise Unavailable(_not_warm(primary_slot))
-        arms = [_Arm(m.ARM_PRIMARY, call.alias, primary, 1.0)]
-        canary = self._canary(call)
-        if canary is not None:
-            arms[0].share = 1.0 - canary.traffic_share
-            assert canary.current is not None
-            arms.append(_Arm(m.ARM_CANARY, CANARY, canary.current, canary.traffic_share))
-        decision_ids = [row.decision_id or str(uuid7()) for row in call.rows]
-        for i, row in enumerate(call.rows):
-            target = (
-                arms[1]
-                if len(arms) > 1 and goes_to_canary(call.model_name, row.entity_keys, arms[1].share)
-                else arms[0]
-            )
-            target.rows.append(i)
+        arms = self._arms(call, primary)
+        for arm in arms:
+            if arm.rows:
+                arm.incoming = True
+                self._incoming[arm.model] = self._incoming.get(arm.model, 0) + 1
+        try:
+            return await self._predict(call, arms)
+        finally:
+            for arm in arms:
+                if arm.incoming:
+                    self._arrived(arm)
+
+    def _arrived(self, arm: _Arm) -> None:
+        arm.incoming = False
+        left = self._incoming[arm.model] - 1
+        if left:
+            self._incoming[arm.model] = left
+        else:
+            del self._incoming[arm.model]
+
+    async def _predict(self, call: PredictCall, arms: list[_Arm]) -> PredictResult:
+        n = call.rows
+        decision_ids = list(call.decision_ids)
+        if not all(decision_ids):
+            fresh = iter(new_decision_ids(decision_ids.count("")))
+            decision_ids = [d or next(fresh) for d in decision_ids]
         rate = self._logger.sample_rate
-        logged = [i for i, d in enumerate(decision_ids) if sampled(d, rate)]
+        logged = [i for i, d in enumerate(decision_ids) if sampled(d, rate)] if rate > 0 else []
         shadow = self._shadow(call) if logged else None
         models = [arm.model for arm in arms] + ([shadow] if shadow else [])
-        reply = await self._features.get(
-            feature_service=_common_service(models),
-            features=_union(models),
-            entities={
-                key: fs.RepeatedValue(values=[row.entity_keys[key] for row in call.rows])
-                for key in call.join_keys
-            },
-            request_data={
-                name: fs.RepeatedValue(
-                    values=[row.request_features.get(name, _NULL) for row in call.rows]
-                )
-                for name in call.request_feature_names
-            },
-        )
-        names = tuple(reply.feature_names)
-        used = {n for arm in arms for n in arm.model.feature_names}
-        slots = tuple(i for i, n in enumerate(names) if n in used)
-        missing = self._missing(call, reply, slots, names)
-        results: list[RowResult | None] = [None] * len(call.rows)
-        scored = await asyncio.gather(
-            *(self._score(arm, reply, names, call.deadline) for arm in arms if arm.rows)
-        )
-        for arm, scores in zip([a for a in arms if a.rows], scored, strict=True):
-            policy = arm.model.policy
-            for k, i in enumerate(arm.rows):
-                row_scores = scores[k]
-                action, propensity = "", 0.0
-                if policy is not None:
-                    choice = choose(
-                        policy, row_scores, call.rows[i].eligible_actions, decision_ids[i]
-                    )
-                    action, propensity = choice.action, choice.propensity
-                results[i] = RowResult(
-                    row_scores,
-                    arm.model.version,
-                    arm.kind,
-                    decision_ids[i],
-                    reply.results[i],
-                    action,
-                    propensity,
-                    missing[i],
-                )
-        done = [r for r in results if r is not None]
-        now = datetime.now(UTC)
-        arm_of = {i: arm for arm in arms for i in arm.rows}
-        for i in logged:
-            arm = arm_of[i]
-            self._logger.offer(
-                _log_message(
-                    call,
-                    call.rows[i],
-                    arm.alias,
-                    arm.kind,
-                    arm.share,
-                    arm.model,
-                    done[i],
-                    names,
-                    now,
-                    rate,
-                )
+        features = await self._features.get(
+            FeatureQuery(
+                feature_service=_common_service(models),
+                features=_union(models),
+                entities=call.entity_keys,
+                request_data=call.request_features,
+                rows=n,
+                deadline=call.deadline,
             )
-        if shadow is not None:
-            self._shadow_later(call, shadow, logged, decision_ids, names, reply, now, rate)
-        return PredictResult(
-            done, arms[0].model.output_names, tuple(names[i] for i in slots), slots
         )
+        names, vectors = features.names, features.vectors
+        used = {name for arm in arms for name in arm.model.feature_names}
+        slots = tuple(i for i, name in enumerate(names) if name in used)
+        missing = self._missing(call, vectors, slots, names)
+        live = [arm for arm in arms if arm.rows]
+        if len(live) == 1:
+            scored = [await self._score(live[0], features, call.deadline)]
+        else:
+            scored = await asyncio.gather(
+                *(self._score(arm, features, call.deadline) for arm in live)
+            )
+        if len(live) == 1:
+            arm = live[0]
+            scores = scored[0].tolist()
+            versions, kinds = [arm.model.version] * n, [arm.kind] * n
+        else:
+            scores, versions, kinds = [[]] * n, [0] * n, [0] * n
+            for arm, arm_scores in zip(live, scored, strict=True):
+                for i, row_scores in zip(arm.rows, arm_scores.tolist(), strict=True):
+                    scores[i], versions[i], kinds[i] = row_scores, arm.model.version, arm.kind
+        chosen, propensities = self._choices(call, live, scores, decision_ids)
+        result = PredictResult(
+            scores,
+            versions,
+            kinds,
+            decision_ids,
+            vectors,
+            missing,
+            chosen,
+            propensities,
+            arms[0].model.output_names,
+            tuple(names[i] for i in slots),
+            slots,
+            names,
+            rate,
+        )
+        if logged:
+            now = datetime.now(UTC)
+            arm_of = {i: arm for arm in live for i in arm.rows}
+            for i in logged:
+                arm = arm_of[i]
+                self._logger.offer(
+                    _log_message(call, i, (arm.alias, arm.kind, arm.share), arm.model, result, now)
+                )
+            if shadow is not None:
+                self._shadow_later(call, shadow, logged, result, features, now)
+        return result
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -219,6 +252,22 @@ class Predictor:
             )
         return slot
 
+    def _arms(self, call: PredictCall, primary: LoadedModel) -> list[_Arm]:
+        canary = self._canary(call)
+        if canary is None:
+            return [_Arm(m.ARM_PRIMARY, call.alias, primary, 1.0, range(call.rows))]
+        assert canary.current is not None
+        share = canary.traffic_share
+        primary_rows: list[int] = []
+        canary_rows: list[int] = []
+        for i in range(call.rows):
+            to_canary = goes_to_canary(call.model_name, call.entity(i), share)
+            (canary_rows if to_canary else primary_rows).append(i)
+        return [
+            _Arm(m.ARM_PRIMARY, call.alias, primary, 1.0 - share, primary_rows),
+            _Arm(m.ARM_CANARY, CANARY, canary.current, share, canary_rows),
+        ]
+
     def _canary(self, call: PredictCall) -> Slot | None:
         if call.alias != PRODUCTION or call.disable_canary:
             return None
@@ -236,25 +285,27 @@ class Predictor:
     def _missing(
         self,
         call: PredictCall,
-        reply: fsr.GetOnlineFeaturesResponse,
+        vectors: Sequence[fs.FeatureVector],
         slots: tuple[int, ...],
         names: tuple[str, ...],
     ) -> list[tuple[str, ...]]:
         out: list[tuple[str, ...]] = []
         unknown: list[str] = []
-        for i, vector in enumerate(reply.results):
+        present = fs.FEATURE_STATUS_PRESENT
+        for i, vector in enumerate(vectors):
             statuses = vector.statuses
+            if _ABSENT.isdisjoint(statuses):
+                out.append(())
+                continue
             absent = tuple(names[s] for s in slots if statuses[s] in _ABSENT)
             if absent and not call.allow_unknown_entities:
                 # Unknown: nothing stored for it at all (every stored feature NOT_FOUND;
                 # on-demand values carry no event time and do not count).
                 stored = [
-                    s
-                    for s in slots
-                    if statuses[s] != fs.FEATURE_STATUS_PRESENT or vector.event_times[s].seconds
+                    s for s in slots if statuses[s] != present or vector.event_times[s].seconds
                 ]
                 if stored and all(statuses[s] == fs.FEATURE_STATUS_NOT_FOUND for s in stored):
-                    unknown.append(_entity(call.rows[i].entity_keys))
+                    unknown.append(_entity(call.entity(i)))
             out.append(absent)
         if unknown:
             shown = ", ".join(unknown[:5]) + (
@@ -266,16 +317,33 @@ class Predictor:
             )
         return out
 
-    async def _score(
+    async def _score(self, arm: _Arm, features: FeatureRows, deadline: float | None):  # type: ignore[no-untyped-def]
+        """float64 [arm's rows, outputs]."""
+        vectors = features.vectors
+        if not isinstance(arm.rows, range):
+            vectors = [vectors[i] for i in arm.rows]
+        rows = arm.model.rows_from_reply(features.names, vectors)
+        self._arrived(arm)
+        return await self._batcher.submit(arm.model, rows, len(vectors), deadline)
+
+    def _choices(
         self,
-        arm: _Arm,
-        reply: fsr.GetOnlineFeaturesResponse,
-        names: tuple[str, ...],
-        deadline: float | None,
-    ) -> np.ndarray:
-        vectors = [reply.results[i] for i in arm.rows]
-        rows = arm.model.rows_from_reply(names, vectors)
-        return await self._batcher.submit(arm.model, rows, len(vectors), deadline)  # type: ignore[no-any-return]
+        call: PredictCall,
+        arms: Sequence[_Arm],
+        scores: list[list[float]],
+        decision_ids: list[str],
+    ) -> tuple[list[str] | None, list[float] | None]:
+        if all(arm.model.policy is None for arm in arms):
+            return None, None
+        actions, propensities = [""] * call.rows, [0.0] * call.rows
+        for arm in arms:
+            policy = arm.model.policy
+            if policy is None:
+                continue
+            for i in arm.rows:
+                choice = choose(policy, scores[i], call.eligible_actions[i], decision_ids[i])
+                actions[i], propensities[i] = choice.action, choice.propensity
+        return actions, propensities
 
     # -- logs ------------------------------------------------------------------------------
 
@@ -284,37 +352,22 @@ class Predictor:
         call: PredictCall,
         shadow: LoadedModel,
         logged: list[int],
-        decision_ids: list[str],
-        names: tuple[str, ...],
-        reply: fsr.GetOnlineFeaturesResponse,
+        served: PredictResult,
+        features: FeatureRows,
         now: datetime,
-        rate: float,
     ) -> None:
         async def score_and_log() -> None:
             try:
-                vectors = [reply.results[i] for i in logged]
-                rows = shadow.rows_from_reply(names, vectors)
+                vectors = [features.vectors[i] for i in logged]
+                rows = shadow.rows_from_reply(features.names, vectors)
                 scores = await self._batcher.submit(shadow.shadow_target, rows, len(vectors), None)
             except Exception as exc:  # a shadow never fails a request; it only logs
                 _log.debug("shadow scoring skipped: %s", exc)
                 return
+            arm = (SHADOW, m.ARM_SHADOW, 1.0)
             for k, i in enumerate(logged):
-                result = RowResult(
-                    scores[k], shadow.version, m.ARM_SHADOW, decision_ids[i], reply.results[i]
-                )
                 self._logger.offer(
-                    _log_message(
-                        call,
-                        call.rows[i],
-                        SHADOW,
-                        m.ARM_SHADOW,
-                        1.0,
-                        shadow,
-                        result,
-                        names,
-                        now,
-                        rate,
-                    )
+                    _log_message(call, i, arm, shadow, served, now, scores=scores[k].tolist())
                 )
 
         task = asyncio.create_task(score_and_log())
@@ -322,50 +375,49 @@ class Predictor:
         task.add_done_callback(self._shadow_tasks.discard)
 
 
-_NULL = fs.Value()
-
-
 def _log_message(
     call: PredictCall,
-    row: RowInput,
-    alias: str,
-    arm: int,
-    share: float,
+    i: int,
+    arm: tuple[str, int, float],
     model: LoadedModel,
-    result: RowResult,
-    names: tuple[str, ...],
+    result: PredictResult,
     now: datetime,
-    rate: float,
+    *,
+    scores: list[float] | None = None,
 ) -> ev.PredictionLogged:
-    vector = result.vector
-    index = {n: i for i, n in enumerate(names)}
+    """Row ``i``'s log as scored by ``model`` on ``arm`` (alias, kind, share); a shadow
+    passes its own ``scores`` (it chooses no action)."""
+    alias, kind, share = arm
+    vector = result.vectors[i]
+    index = {n: k for k, n in enumerate(result.names)}
     used = [index[n] for n in model.feature_names]
-    values = [vector.values[i] for i in used]
+    values = [vector.values[k] for k in used]
     digest = hashlib.sha256()
     for value in values:
         digest.update(value.SerializeToString(deterministic=True))
         digest.update(b"\x1f")
+    served = scores is None
     message = ev.PredictionLogged(
-        decision_id=result.decision_id,
+        decision_id=result.decision_ids[i],
         model_name=call.model_name,
         model_version=model.version,
         alias=alias,
-        arm=arm,
+        arm=kind,
         arm_share=share,
-        sample_rate=rate,
-        entity_keys=dict(row.entity_keys),
-        request_features=dict(row.request_features),
+        sample_rate=result.sample_rate,
+        entity_keys=call.entity(i),
+        request_features=call.request_features_of(i),
         feature_names=list(model.feature_names),
         feature_values=values,
-        feature_event_times=[vector.event_times[i] for i in used],
+        feature_event_times=[vector.event_times[k] for k in used],
         features_sha256=digest.hexdigest(),
         feature_service=model.files.feature_service,
         feature_service_version=model.files.feature_service_version,
         output_names=list(model.output_names),
-        scores=[float(s) for s in result.scores],
-        eligible_actions=list(row.eligible_actions),
-        chosen_action=result.chosen_action,
-        propensity=result.propensity,
+        scores=result.scores[i] if scores is None else scores,
+        eligible_actions=list(call.eligible_actions[i]),
+        chosen_action=result.chosen_actions[i] if served and result.chosen_actions else "",
+        propensity=result.propensities[i] if served and result.propensities else 0.0,
         trace_id=call.trace_id,
         runtime=model.runtime.info.kind,
     )
@@ -378,8 +430,8 @@ def _common_service(models: Sequence[LoadedModel]) -> str:
     return services.pop() if len(services) == 1 else ""
 
 
-def _union(models: Sequence[LoadedModel]) -> list[str]:
-    return list(dict.fromkeys(n for model in models for n in model.feature_names))
+def _union(models: Sequence[LoadedModel]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(n for model in models for n in model.feature_names))
 
 
 def _entity(keys: Mapping[str, fs.Value]) -> str:
@@ -399,8 +451,3 @@ def _not_warm(slot: Slot) -> str:
             f"({slot.failure.reason}) and no earlier version serves"
         )
     return f"{base} (v{slot.requested_version} is loading); retry shortly"
-
-
-def check_rows(call: PredictCall, max_rows: int) -> None:
-    if len(call.rows) > max_rows:
-        raise InvalidArgument(f"at most {max_rows} rows per request; split it")

@@ -7,12 +7,15 @@ machine as load changes.
 
 Work conservation: an executor that is free takes what is queued at once. Waiting for
 more rows only helps when it saves a batch's fixed cost that would otherwise be spent
-on rows arriving right behind this batch, and only when nobody else could run those
+on requests arriving right behind this batch, and only when nobody else could run those
 rows sooner. ``wait_seconds`` says to wait (at most ``max_wait_s``, and never past the
 earliest deadline minus the batch's own predicted time) only when no other executor is
-idle, the batch is not already full, and more than one row is expected to arrive within
-the fixed cost — the point where merging them saves more executor time than the wait
-idles it.
+idle, the batch is not already full, and more than one *request* is expected to arrive
+within the fixed cost (by the recent arrival rate, and no more than are known to be on
+their way) — the point where merging them saves more executor time than the
+wait idles it. Requests, not rows: the rows of one request arrive together, so a lone
+client sending 256-row requests back to back must not make the executor wait for
+rows that can only come after its answer.
 """
 
 from __future__ import annotations
@@ -59,10 +62,14 @@ class WaitInputs:
     queued_rows: int
     """Rows in the batch it holds."""
     max_batch_rows: int
-    arrival_rows_per_s: float
-    """Recent arrival rate of rows for this model."""
+    arrival_requests_per_s: float
+    """Recent arrival rate of requests for this model."""
+    rows_per_request: float
+    """Their recent mean size."""
     idle_executors: int
     """Other executors with nothing to do."""
+    incoming_requests: int | None
+    """Requests for this model received but not yet queued (None: unknown)."""
     slack_s: float | None
     """Time until the batch's earliest deadline (None: no deadline)."""
     max_wait_s: float
@@ -74,11 +81,15 @@ def wait_seconds(cost: CostModel, inputs: WaitInputs) -> float:
         return 0.0
     if inputs.queued_rows >= inputs.max_batch_rows:
         return 0.0
-    if inputs.arrival_rows_per_s * cost.fixed_s <= 1.0:
-        return 0.0  # fewer than one row expected while a batch's fixed cost is spent
+    expected = inputs.arrival_requests_per_s * cost.fixed_s
+    if inputs.incoming_requests is not None:
+        expected = min(expected, inputs.incoming_requests)
+    if expected <= 1.0:
+        return 0.0  # fewer than one request expected while a batch's fixed cost is spent
+    rows_per_s = inputs.arrival_requests_per_s * max(inputs.rows_per_request, 1.0)
     room = inputs.max_batch_rows - inputs.queued_rows
-    wait = min(inputs.max_wait_s, cost.fixed_s, room / inputs.arrival_rows_per_s)
+    wait = min(inputs.max_wait_s, cost.fixed_s, room / rows_per_s)
     if inputs.slack_s is not None:
-        expected = inputs.queued_rows + int(inputs.arrival_rows_per_s * wait)
+        expected = inputs.queued_rows + int(rows_per_s * wait)
         wait = min(wait, inputs.slack_s - cost.seconds(min(expected, inputs.max_batch_rows)))
     return max(0.0, wait)

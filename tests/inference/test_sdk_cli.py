@@ -1,0 +1,127 @@
+"""The SDK's InferenceClient and `lathe predict` / `lathe deployments` against real services."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import pytest
+
+from lathe.inference.v1 import request_response_pb2 as rr
+from lathe.inference.v1.service_pb2_grpc import InferenceStub
+from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
+from libs.config import LatheSettings
+from libs.sdk.inference import InferenceClient, PredictRow
+from tests.inference.conftest import InferenceFactory
+from tests.inference.helpers import (
+    Credit,
+    create_model,
+    eventually,
+    export,
+    register,
+    row,
+    serving_version,
+    set_alias,
+)
+from tests.support.cli import run_lathe
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def _deployed(
+    registry: ModelRegistryStub, credit: Credit, start_inference: InferenceFactory
+) -> tuple[str, int]:
+    name = f"credit-{uuid.uuid4().hex[:8]}"
+    await create_model(registry, name)
+    version = await register(registry, credit, name, export(credit, seed=4))
+    await set_alias(registry, name, "production", version)
+    return name, version
+
+
+async def test_the_sdk_scores_rows_and_shows_deployments(
+    registry: ModelRegistryStub, credit: Credit, start_inference: InferenceFactory
+) -> None:
+    name, version = await _deployed(registry, credit, start_inference)
+    async with start_inference(name) as stub:
+        await eventually(lambda: _serves(stub, name, version), what="serves")
+        client = InferenceClient(stub, timeout_s=5.0)
+        loans = credit.loan_ids[:2]
+        result = await client.predict(
+            name,
+            [
+                PredictRow({"loan_id": loans[0]}, {"requested_amount": 9000.0}, decision_id="d-1"),
+                PredictRow({"loan_id": loans[1]}, {"requested_amount": 15000.0}),
+            ],
+        )
+        raw = await stub.Predict(
+            rr.PredictRequest(model_name=name, rows=[row(loans[0], 9000.0), row(loans[1], 15000.0)])
+        )
+        assert [r.scores["probability"] for r in result.rows] == [
+            p.scores[0] for p in raw.predictions
+        ]
+        first, second = result.rows
+        assert first.decision_id == "d-1" and uuid.UUID(second.decision_id)
+        assert first.model_version == version and first.arm == "primary"
+        assert set(first.feature_event_times) == set(credit.features)
+        assert first.feature_event_times[credit.features[0]] is not None
+        assert result.trace_id
+        listed = await client.list_deployments(name)
+        assert listed.ready and [d.alias for d in listed.deployments] == ["production"]
+        deployment = await client.get_deployment(name)
+        assert deployment.state == "serving" and deployment.warm
+        assert deployment.serving_version == version and deployment.runtime == "onnxruntime_cpu"
+        assert deployment.feature_names == tuple(credit.spec().feature_names)
+        assert deployment.parity_max_abs_diff <= deployment.parity_tolerance
+        # What will not change is not retried; it fails at once with the service's reason.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            mistyped = PredictRow({"loan_id": loans[0]}, {"requested_amount": "x"})
+            await client.predict(name, [mistyped])
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await client.get_deployment(name, "canary")
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_lathe_predict_and_deployments(
+    registry: ModelRegistryStub,
+    credit: Credit,
+    start_inference: InferenceFactory,
+    test_settings: LatheSettings,
+) -> None:
+    name, version = await _deployed(registry, credit, start_inference)
+    async with start_inference(name) as stub:
+        await eventually(lambda: _serves(stub, name, version), what="serves")
+        loans = credit.loan_ids[:2]
+        expected = await InferenceClient(stub).predict(
+            name, [PredictRow({"loan_id": loan}, {"requested_amount": 12000.0}) for loan in loans]
+        )
+        code, output = await run_lathe(
+            test_settings,
+            "predict",
+            name,
+            "--entity",
+            f"loan_id={loans[0]}",
+            "-e",
+            f"loan_id={loans[1]}",
+            "--feature",
+            "requested_amount=12000",
+        )
+        assert code == 0, output
+        for r in expected.rows:
+            assert f"{r.scores['probability']:.6g}" in output
+        assert "primary" in output and f"loan_id={loans[1]}" in output and "trace " in output
+        code, output = await run_lathe(test_settings, "deployments", "list", "--model", name)
+        assert code == 0, output
+        assert name in output and "serving" in output and f"v{version}" in output
+        assert "onnxruntime_cpu" in output and "ready" in output
+        code, output = await run_lathe(test_settings, "deployments", "show", name)
+        assert code == 0, output
+        assert "onnxruntime_cpu fp32" in output and "parity" in output
+        code, output = await run_lathe(test_settings, "predict", "nope", "-e", "loan_id=x")
+        assert code == 1 and "NOT_FOUND" in output
+        code, output = await run_lathe(test_settings, "predict", name, "-e", "loan_id")
+        assert code == 2 and "not name=value" in output
+
+
+async def _serves(stub: InferenceStub, name: str, version: int) -> bool:
+    return await serving_version(stub, name) == version
