@@ -20,7 +20,7 @@ from services.inference.api import validate
 from services.inference.app.predict import Predictor, PredictResult
 from services.inference.app.serving import ServingTable, Slot
 from services.inference.batching import DeadlinePassed, QueueFull
-from services.inference.store.features import FeatureDeadline
+from services.inference.domain.errors import FeatureDeadline
 
 
 class InferenceServicer(service_pb2_grpc.InferenceServicer):

@@ -23,7 +23,6 @@ from services.inference.events import CATALOG, deployment_stream
 from services.inference.store import deployments as table
 
 _log = logging.getLogger(__name__)
-_LOCK = "SELECT 1 FROM inference.deployments WHERE model_name = $1 AND alias = $2 FOR UPDATE"
 
 
 class DeploymentRecorder:
@@ -34,8 +33,7 @@ class DeploymentRecorder:
         self, conn: asyncpg.Connection, news: d.AliasNews, metadata: EventMetadata
     ) -> list[Message]:
         """Inside the caller's transaction: the events recorded for ``news`` (maybe none)."""
-        await conn.execute(_LOCK, news.model_name, news.alias)
-        state = await table.one(conn, news.model_name, news.alias)
+        state = await table.one_locked(conn, news.model_name, news.alias)
         messages = d.decide_news(state, news)
         if messages:
             await self._append(conn, state, messages, metadata)
@@ -63,8 +61,7 @@ class DeploymentRecorder:
         """Record how loading request ``revision`` ended; False when it is no longer news."""
         try:
             async with transaction(self._store.pool) as conn:
-                await conn.execute(_LOCK, model_name, alias)
-                state = await table.one(conn, model_name, alias)
+                state = await table.one_locked(conn, model_name, alias)
                 messages = d.decide_outcome(state, revision, outcome)
                 if not messages:
                     return False

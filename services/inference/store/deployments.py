@@ -28,6 +28,7 @@ _UPSERT = f"""
         failure_at = EXCLUDED.failure_at, updated_at = now()"""
 _SELECT_ALL = f"SELECT {_COLUMNS} FROM inference.deployments ORDER BY model_name, alias"
 _SELECT_ONE = f"SELECT {_COLUMNS} FROM inference.deployments WHERE model_name = $1 AND alias = $2"
+_LOCK = "SELECT 1 FROM inference.deployments WHERE model_name = $1 AND alias = $2 FOR UPDATE"
 
 
 async def save(conn: asyncpg.Connection, state: Deployment) -> None:
@@ -59,6 +60,13 @@ async def all_deployments(pool: asyncpg.Pool) -> list[Deployment]:
 async def one(conn: asyncpg.Connection | asyncpg.Pool, model: str, alias: str) -> Deployment:
     row = await conn.fetchrow(_SELECT_ONE, model, alias)
     return _state(row) if row is not None else Deployment(model, alias)
+
+
+async def one_locked(conn: asyncpg.Connection, model: str, alias: str) -> Deployment:
+    """``one``, after locking its row until the caller's transaction ends (a deployment
+    with no row yet locks nothing: the stream's expected version guards its first write)."""
+    await conn.execute(_LOCK, model, alias)
+    return await one(conn, model, alias)
 
 
 def _state(row: asyncpg.Record) -> Deployment:

@@ -43,6 +43,7 @@ from lathe.feature_store.v1 import message_pb2 as fs
 from lathe.feature_store.v1 import request_response_pb2 as fsr
 from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
 from libs.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.inference.domain.errors import FeatureDeadline
 
 _METHOD = "/lathe.feature_store.v1.FeatureStore/GetOnlineFeatures"
 _SPAN_ATTRIBUTES = {
@@ -51,10 +52,6 @@ _SPAN_ATTRIBUTES = {
     "rpc.method": "GetOnlineFeatures",
 }
 _tracer = trace.get_tracer(__name__)
-
-
-class FeatureDeadline(Exception):
-    """The deadline passed while the feature store answered."""
 
 
 @dataclass(frozen=True)

@@ -234,3 +234,36 @@ def test_the_checks_see_violations() -> None:
     assert any("api.servicer" in v for v in rules["app imports no api, grpc or duckdb"])
     assert any("has SQL" in v for v in rules["app holds no SQL"])
     assert any(".fetchval" in v for v in rules["app holds no SQL"])
+
+
+def test_the_checks_see_a_lock_in_app_and_a_store_import_in_api() -> None:
+    """What inference had before it kept its floors: a row lock run from ``app/`` and an
+    error class imported by ``api/`` from ``store/``."""
+    app = Module(
+        "inference",
+        "app",
+        SERVICES / "inference" / "app" / "probe.py",
+        ast.parse(
+            "_LOCK = 'SELECT 1 FROM inference.deployments WHERE alias = $1 FOR UPDATE'\n"
+            "async def f(conn):\n"
+            "    await conn.execute(_LOCK, 'a')\n"
+        ),
+    )
+    api = Module(
+        "inference",
+        "api",
+        SERVICES / "inference" / "api" / "probe.py",
+        ast.parse("from ..store.features import FeatureDeadline\n"),
+    )
+    MODULES.extend([app, api])
+    try:
+        rules = _rules("inference")
+    finally:
+        MODULES.remove(app)
+        MODULES.remove(api)
+    assert any("app/probe.py:1 has SQL" in v for v in rules["app holds no SQL"])
+    assert any("app/probe.py:3 runs a query (.execute)" in v for v in rules["app holds no SQL"])
+    assert any(
+        "api/probe.py:1 imports services.inference.store.features" in v
+        for v in rules["api imports no store"]
+    )
