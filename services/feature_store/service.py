@@ -14,6 +14,7 @@ from services.feature_store.app.definitions.catalog import DefinitionCatalog
 from services.feature_store.app.definitions.commands import DefinitionCommands
 from services.feature_store.app.offline.statistics import StatisticsReader
 from services.feature_store.app.offline.training_sets import HistoricalReader
+from services.feature_store.app.online.promotion import PendingPromoter
 from services.feature_store.app.online.reader import OnlineReader
 from services.feature_store.app.online.replica import OnlineReplica
 from services.feature_store.app.streaming.backfill import Backfiller
@@ -51,7 +52,12 @@ def build(context: ServiceContext) -> ServiceComponents:
         registrations=[
             lambda server: service_pb2_grpc.add_FeatureStoreServicer_to_server(servicer, server)
         ],
-        background=[cache.watch, replica.run, StreamIngestor(context, cache).run],
+        background=[
+            cache.watch,
+            replica.run,
+            PendingPromoter(context.pool).run,
+            StreamIngestor(context, cache).run,
+        ],
         closers=[mirror.close],
     )
 

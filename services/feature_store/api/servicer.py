@@ -25,7 +25,9 @@ from services.feature_store.app.writes.materialize import Materializer
 from services.feature_store.app.writes.push import Pusher
 from services.feature_store.domain.names import check_name
 
-_ARROW_CHUNK = 4 * 1024 * 1024
+_ARROW_CHUNK = 4 * 1024 * 1024 - 64 * 1024
+"""Arrow bytes per message: with the message's framing, under gRPC's default 4 MiB receive
+limit, so a client on a plain channel can read any training set."""
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> EventMetadata:
@@ -120,8 +122,14 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
         self, request: rr.MaterializeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[rr.MaterializeResponse]:
         end = request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else None
+        start = (
+            request.start_time.ToDatetime(tzinfo=UTC) if request.HasField("start_time") else None
+        )
         async for progress in self._materializer.run(
-            check_name(request.feature_view, "feature_view"), end, _metadata(context)
+            check_name(request.feature_view, "feature_view"),
+            end,
+            _metadata(context),
+            start_time=start,
         ):
             yield rr.MaterializeResponse(progress=progress)
 

@@ -15,6 +15,8 @@ import asyncpg
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.db import quote_ident
 from libs.errors import FailedPrecondition
+from services.feature_store.domain.materialization import RunScope
+from services.feature_store.domain.times import MAX_TIME, utc
 
 
 def _table(source: m.BatchSource) -> str:
@@ -22,7 +24,8 @@ def _table(source: m.BatchSource) -> str:
 
 
 class BatchReader:
-    """Pages of a view's source rows whose watermark falls in (after, until]."""
+    """Pages of a view's source rows in a run's scope (domain/materialization.py), in
+    watermark order. Rows without an entity key, event time or watermark are not read."""
 
     def __init__(self, view: m.FeatureView, join_key: str) -> None:
         source = view.batch_source
@@ -42,35 +45,62 @@ class BatchReader:
             f"SELECT {entity}::text AS entity_key, {event} AS event_time, "
             f"{created} AS created_time, {mark} AS watermark{features} FROM {table}"
         )
-        self._page = f"{select} WHERE {mark} > $1 AND {mark} <= $2 ORDER BY {mark} LIMIT $3"
-        self._tie = f"{select} WHERE {mark} = $1"
-        self._bounds = f"SELECT count(*) FROM {table} WHERE {mark} > $1 AND {mark} <= $2"
+        # $1 known until, $2 event until, $3/$4 what earlier runs read (NULL: nothing).
+        scope = (
+            f"{entity} IS NOT NULL AND {mark} <= $1 AND {event} <= $2 "
+            f"AND ($3::timestamptz IS NULL OR {mark} > $3 OR {event} > $4)"
+        )
+        self._page = (
+            f"{select} WHERE {scope} AND ($5::timestamptz IS NULL OR {mark} > $5) "
+            f"ORDER BY {mark} LIMIT $6"
+        )
+        self._tie = f"{select} WHERE {scope} AND {mark} = $5"
+        self._count = f"SELECT count(*) FROM {table} WHERE {scope}"
 
-    async def pending(self, conn: asyncpg.Connection, after: datetime, until: datetime) -> int:
-        """How many source rows a run over (after, until] will read; FailedPrecondition
-        when the source cannot be read as the definition says (missing table or column)."""
+    async def pending(self, conn: asyncpg.Connection, scope: RunScope) -> int:
+        """How many source rows the run will read; FailedPrecondition when the source
+        cannot be read as the definition says (missing table or column)."""
         try:
-            return int(await conn.fetchval(self._bounds, after, until))
+            return int(await conn.fetchval(self._count, *_bounds(scope)))
         except asyncpg.PostgresError as exc:
             raise FailedPrecondition(
                 f"cannot read the batch source of {self._view!r} ({self._table_name}): {exc}"
             ) from exc
 
     async def page(
-        self, conn: asyncpg.Connection, after: datetime, until: datetime, size: int
+        self, conn: asyncpg.Connection, scope: RunScope, after: datetime | None, size: int
     ) -> tuple[Sequence[asyncpg.Record], datetime | None]:
-        """Up to about ``size`` rows after ``after``, never splitting rows that share a watermark.
+        """Up to about ``size`` rows after the watermark ``after`` (None: from the first),
+        never splitting rows that share a watermark.
 
         Returns the rows and the watermark they complete (None when there are none).
         """
-        rows = await conn.fetch(self._page, after, until, size)
+        rows = await self._fetch(conn, self._page, *_bounds(scope), after, size)
         if not rows:
             return rows, None
-        last = rows[-1]["watermark"]
+        last = utc(rows[-1]["watermark"])
         if len(rows) < size:
             return rows, last
-        head = [r for r in rows if r["watermark"] < last]
+        head = [r for r in rows if utc(r["watermark"]) < last]
         if head:
-            return head, head[-1]["watermark"]
+            return head, utc(head[-1]["watermark"])
         # Every row of the page shares one watermark: take all rows that have it.
-        return await conn.fetch(self._tie, last), last
+        return await self._fetch(conn, self._tie, *_bounds(scope), last), last
+
+    async def _fetch(self, conn: asyncpg.Connection, query: str, *args: object) -> list:  # type: ignore[type-arg]
+        try:
+            return await conn.fetch(query, *args)
+        except (OverflowError, ValueError) as exc:  # decoding: a time past year 9999
+            raise FailedPrecondition(
+                f"the batch source of {self._view!r} ({self._table_name}) holds a time "
+                f"outside years 1-9999, which feature values cannot carry: {exc}"
+            ) from exc
+
+
+def _bounds(scope: RunScope) -> tuple[datetime, datetime, datetime | None, datetime]:
+    return (
+        scope.known_until,
+        MAX_TIME if scope.event_until is None else scope.event_until,  # sent as infinity
+        scope.read_through,
+        MAX_TIME if scope.read_events is None else scope.read_events,
+    )

@@ -3,15 +3,15 @@
 Labels come as an Arrow IPC stream (a column per join key plus ``event_time``,
 and any extra columns such as the label) or from a Postgres table. Every view the
 selection reads is mirrored up to date into DuckDB, the bitemporal join runs
-there (store/pit_join.py), on-demand features are computed row by row with the
-same runner as online, and the result is identified by the sha256 of its Arrow
-IPC bytes — recorded as a DatasetSnapshotCreated event for lineage.
+there (store/pit_join.py) on the labels' keys and times only, on-demand features are
+computed row by row with the same runner as online, the label columns are put back as
+they came, and the result is identified by a digest of its content
+(``training.content_id``) — recorded as a DatasetSnapshotCreated event for lineage.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from dataclasses import dataclass
 
 import asyncpg
@@ -67,21 +67,20 @@ class HistoricalReader:
         synced = await asyncio.gather(*(self._mirror.sync(plan.views[i].view) for i in stored))
         views = _join_views(plan, dict(zip(stored, synced, strict=True)))
         if views:
-            joined = await asyncio.to_thread(self._mirror.join, labels, views)
+            joined = await asyncio.to_thread(self._mirror.join, labels.keys, views)
         else:
-            joined = labels.sort_by(training.ROW_NUMBER)
+            joined = labels.keys
         for index, read in enumerate(plan.views):
             if not read.stored:
                 joined = await self._add_stream_aggregates(joined, plan, index)
-        joined = training.selected(joined, plan)
-        ipc = training.to_ipc(joined)
+        result = training.selected(labels, joined, plan)
         snapshot = rr.DatasetSnapshot(
-            snapshot_id=f"sha256:{hashlib.sha256(ipc).hexdigest()}",
-            rows=joined.num_rows,
+            snapshot_id=await asyncio.to_thread(training.content_id, result),
+            rows=result.num_rows,
             feature_names=plan.feature_names,
         )
-        await self._record(snapshot, feature_service, training.profiles(joined, plan), metadata)
-        return TrainingSet(snapshot, ipc)
+        await self._record(snapshot, feature_service, training.profiles(result, plan), metadata)
+        return TrainingSet(snapshot, training.to_ipc(result))
 
     async def _add_stream_aggregates(
         self, joined: pa.Table, plan: ReadPlan, index: int
@@ -101,14 +100,16 @@ class HistoricalReader:
             )
         return joined
 
-    async def _labels_from_table(self, source: rr.LabelSource, join_keys: list[str]) -> pa.Table:
+    async def _labels_from_table(
+        self, source: rr.LabelSource, join_keys: list[str]
+    ) -> training.Labels:
         if len(join_keys) != 1:
             raise InvalidArgument(
                 f"these features need several entity keys ({join_keys}); pass entity_rows_arrow "
                 "with a column per key instead of a label table"
             )
-        labels = await read_label_table(self._pool, self._mirror, source, join_keys[0])
-        return training.numbered(labels)
+        rows = await read_label_table(self._pool, source, join_keys[0])
+        return training.Labels(rows, training.label_keys(rows, join_keys, "label_source"))
 
     async def _record(
         self,
