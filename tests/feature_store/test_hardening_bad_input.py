@@ -649,8 +649,6 @@ _STAMP_FIELDS: dict[
 _STAMP_XFAIL = {
     "apply-allowed-value",
     "materialize-end_time",
-    "label_source-start_time",
-    "label_source-end_time",
     "push-event_time",
     "push-timestamp-feature",
     "online-request_data",
@@ -878,11 +876,6 @@ _MISSING = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: ApplyDefinitions does not look at the batch source; a missing column "
-    "is found only by Materialize (INTERNAL: UndefinedColumnError)",
-)
 @pytest.mark.parametrize("missing", _MISSING, ids=_MISSING.keys())
 async def test_a_batch_source_missing_a_column_is_refused_at_apply(
     features: FeatureStoreStub, db_pool: asyncpg.Pool, missing: str

@@ -1102,25 +1102,11 @@ _CONVERSIONS = [
     _Conversion("date", "date", Timestamp, date(2026, 3, 1), lossless=False),
     _Conversion("timestamptz", "timestamptz", Int64, _STAMP, lossless=False),
 ]
-_SILENT = "issue 10: served silently with the fraction or low bits dropped"
-_PYTHON_TYPE = (
-    "issue 10: refused only by value at materialize, and the message names the Python type "
-    "(e.g. 'float'), not the source column's type"
-)
 
 
 def _conversion_case(conversion: _Conversion) -> Any:
     name = f"{conversion.source_type}->{_DECLARED[conversion.declared]}".replace(" ", "_")
-    marks: list[Any] = []
-    if not conversion.lossless:
-        silent = conversion.family == "numeric" or (
-            conversion.family == "bigint" and conversion.declared == Float64
-        )
-        named = conversion.family in ("boolean", "date")  # the Python type has the same name
-        if not named:
-            reason = _SILENT if silent else _PYTHON_TYPE
-            marks.append(pytest.mark.xfail(strict=True, reason=reason))
-    return pytest.param(conversion, id=name, marks=marks)
+    return pytest.param(conversion, id=name)
 
 
 @pytest.mark.parametrize("conversion", [_conversion_case(c) for c in _CONVERSIONS])

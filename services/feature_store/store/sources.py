@@ -15,12 +15,37 @@ import asyncpg
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.db import quote_ident
 from libs.errors import FailedPrecondition
+from services.feature_store.domain.definitions.sources import SourceColumn
 from services.feature_store.domain.materialization import RunScope
 from services.feature_store.domain.times import MAX_TIME, utc
+
+_TABLE = "SELECT to_regclass($1)::oid::bigint"
+_COLUMNS = """
+    SELECT a.attname AS name, t.typname AS type, format_type(a.atttypid, a.atttypmod) AS shown,
+           information_schema._pg_numeric_precision(a.atttypid, a.atttypmod) AS precision,
+           information_schema._pg_numeric_scale(a.atttypid, a.atttypmod) AS scale
+    FROM pg_attribute AS a JOIN pg_type AS t ON t.oid = a.atttypid
+    WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped"""
 
 
 def _table(source: m.BatchSource) -> str:
     return ".".join(quote_ident(part, what="table") for part in source.table.split("."))
+
+
+async def source_columns(
+    executor: asyncpg.Pool | asyncpg.Connection, source: m.BatchSource
+) -> dict[str, SourceColumn] | None:
+    """The columns of the source's table (as this connection resolves its name), or None
+    when there is no such table."""
+    oid = await executor.fetchval(_TABLE, _table(source))
+    if oid is None:
+        return None
+    return {
+        record["name"]: SourceColumn(
+            record["name"], record["type"], record["shown"], record["precision"], record["scale"]
+        )
+        for record in await executor.fetch(_COLUMNS, oid)
+    }
 
 
 class BatchReader:

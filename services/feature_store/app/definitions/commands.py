@@ -1,4 +1,9 @@
-"""Feature-store commands: apply definitions as events (more commands join as they land)."""
+"""Feature-store commands: apply definitions as events (more commands join as they land).
+
+A batch view is planned and applied only if its source table can feed it exactly
+(domain/definitions/sources.py): a missing table or column, or a column whose type
+would lose information in the declared type, blocks the change with what to fix.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,15 @@ from libs.db import transaction
 from libs.db.locks import lock_name, xact_lock
 from libs.errors import FailedPrecondition
 from libs.eventstore import EventMetadata, EventStore, Recorder
-from services.feature_store.domain.definitions.changes import PlannedChange, checked_plan
+from services.feature_store.domain.definitions.changes import (
+    Applied,
+    PlannedChange,
+    checked_plan,
+)
+from services.feature_store.domain.definitions.sources import source_problems
 from services.feature_store.domain.streaming.aggregation import spec_of
 from services.feature_store.events import CATALOG, definition_stream
-from services.feature_store.store import tiles
+from services.feature_store.store import sources, tiles
 from services.feature_store.store.definitions import DefinitionQueries, DefinitionsProjection, wrap
 
 _APPLY_LOCK = lock_name("feature_store", "apply")
@@ -26,7 +36,11 @@ class DefinitionCommands:
         self._recorder = Recorder(store, CATALOG, DefinitionsProjection())
 
     async def plan(self, repository: m.FeatureRepository) -> list[PlannedChange]:
-        return checked_plan(repository, await self._queries.applied())
+        applied = await self._queries.applied()
+        changes = checked_plan(repository, applied)
+        async with self._pool.acquire() as conn:
+            await _check_sources(conn, changes, repository, applied)
+        return changes
 
     async def apply(
         self, repository: m.FeatureRepository, metadata: EventMetadata
@@ -35,7 +49,9 @@ class DefinitionCommands:
         async with transaction(self._pool) as conn:
             # Applies are rare; one at a time keeps "the latest version" well defined.
             await xact_lock(conn, _APPLY_LOCK)
-            changes = checked_plan(repository, await self._queries.applied(conn))
+            applied = await self._queries.applied(conn)
+            changes = checked_plan(repository, applied)
+            await _check_sources(conn, changes, repository, applied)
             blocked = [c.change for c in changes if c.change.blocked]
             if blocked:
                 lines = [f"{c.kind} {c.name}: {'; '.join(c.details)}" for c in blocked]
@@ -61,3 +77,27 @@ class DefinitionCommands:
                         conn, definition.name, definition.version, rolls_up, unless_tiles=True
                     )
         return changes
+
+
+async def _check_sources(
+    conn: asyncpg.Connection,
+    changes: list[PlannedChange],
+    repository: m.FeatureRepository,
+    applied: Applied,
+) -> None:
+    """Block every change that records a batch view its source table cannot feed exactly
+    (missing table or column, a lossy type), with what to fix as its details."""
+    entities = {**applied.entities, **{e.name: e for e in repository.entities}}
+    for planned in changes:
+        view = planned.definition
+        if not (
+            planned.records
+            and isinstance(view, m.FeatureView)
+            and view.WhichOneof("source") == "batch_source"
+        ):
+            continue
+        columns = await sources.source_columns(conn, view.batch_source)
+        problems = source_problems(view, entities[view.entity], columns)
+        if problems:
+            planned.change.blocked = True
+            planned.change.details.extend(problems)

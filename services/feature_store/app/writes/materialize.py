@@ -28,6 +28,7 @@ from libs.errors import Conflict, FailedPrecondition
 from libs.eventstore import ANY_VERSION, EventMetadata, EventStore
 from services.feature_store.app.definitions.cache import DefinitionsCache
 from services.feature_store.app.writes.writer import FeatureWriter
+from services.feature_store.domain.definitions.sources import source_problems
 from services.feature_store.domain.materialization import (
     Loaded,
     RunScope,
@@ -41,7 +42,7 @@ from services.feature_store.domain.values import to_python
 from services.feature_store.domain.writes import IngestRow, RunningStats, row_from_source
 from services.feature_store.events import CATALOG
 from services.feature_store.store import materializations, offline
-from services.feature_store.store.sources import BatchReader
+from services.feature_store.store.sources import BatchReader, source_columns
 
 PAGE_ROWS = 5000
 _NUMERIC = {m.VALUE_TYPE_INT64, m.VALUE_TYPE_FLOAT64}
@@ -86,6 +87,16 @@ class Materializer:
         async with self._pool.acquire() as conn, try_session_lock(conn, lock) as locked:
             if not locked:
                 raise Conflict(f"a materialization of {view_name!r} is running; wait for it to end")
+            problems = source_problems(
+                view,
+                self._cache.definitions.entities[view.entity],
+                await source_columns(conn, view.batch_source),
+            )
+            if problems:  # the table changed since the view was applied
+                raise FailedPrecondition(
+                    f"the batch source of {view_name!r} does not match its definition: "
+                    + "; ".join(problems)
+                )
             loaded = await materializations.loaded(conn, view.name, view.version)
             scope = run_scope(
                 view.name,
