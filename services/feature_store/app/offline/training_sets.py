@@ -19,8 +19,9 @@ import pyarrow as pa
 
 from lathe.feature_store.v1 import events_pb2
 from lathe.feature_store.v1 import request_response_pb2 as rr
+from libs.db import transaction
 from libs.errors import InvalidArgument
-from libs.eventstore import ANY_VERSION, EventMetadata, EventStore
+from libs.eventstore import ANY_VERSION, ClientRequest, EventMetadata, EventStore, RequestLog
 from services.feature_store.app.definitions.cache import DefinitionsCache
 from services.feature_store.app.streaming.history import stream_aggregates_as_of
 from services.feature_store.domain import training
@@ -40,12 +41,18 @@ class TrainingSet:
 
 class HistoricalReader:
     def __init__(
-        self, pool: asyncpg.Pool, store: EventStore, cache: DefinitionsCache, mirror: OfflineMirror
+        self,
+        pool: asyncpg.Pool,
+        store: EventStore,
+        cache: DefinitionsCache,
+        mirror: OfflineMirror,
+        requests: RequestLog,
     ) -> None:
         self._pool = pool
         self._store = store
         self._cache = cache
         self._mirror = mirror
+        self._requests = requests
 
     async def training_set(
         self,
@@ -55,7 +62,11 @@ class HistoricalReader:
         label_source: rr.LabelSource | None,
         entity_rows_arrow: bytes,
         metadata: EventMetadata,
+        request: ClientRequest | None = None,
     ) -> TrainingSet:
+        """The training set, and its DatasetSnapshotCreated event recorded (with a client
+        ``request`` id: once, unless a retry's content differs from the first's)."""
+        recorded = await self._requests.replay(request, rr.DatasetSnapshot)
         plan = await self._cache.plan(feature_service, references)
         join_keys = sorted({read.join_key for read in plan.views})
         if label_source is not None:
@@ -79,7 +90,9 @@ class HistoricalReader:
             rows=result.num_rows,
             feature_names=plan.feature_names,
         )
-        await self._record(snapshot, feature_service, training.profiles(result, plan), metadata)
+        if recorded is None or recorded != snapshot:
+            profiles = training.profiles(result, plan)
+            await self._record(snapshot, feature_service, profiles, metadata, request, recorded)
         return TrainingSet(snapshot, training.to_ipc(result))
 
     async def _add_stream_aggregates(
@@ -117,6 +130,8 @@ class HistoricalReader:
         feature_service: str,
         profiles: list[events_pb2.FeatureProfile],
         metadata: EventMetadata,
+        request: ClientRequest | None,
+        recorded: rr.DatasetSnapshot | None,
     ) -> None:
         service = self._cache.definitions.services.get(feature_service)
         event = events_pb2.DatasetSnapshotCreated(
@@ -127,11 +142,25 @@ class HistoricalReader:
             rows=snapshot.rows,
             profiles=profiles,
         )
-        await self._store.append(
-            f"dataset-{snapshot.snapshot_id.split(':')[-1][:32]}",
-            [CATALOG.new_event(event, metadata)],
-            expected_version=ANY_VERSION,
-        )
+
+        async def append(conn: asyncpg.Connection) -> rr.DatasetSnapshot:
+            await self._store.append(
+                f"dataset-{snapshot.snapshot_id.split(':')[-1][:32]}",
+                [CATALOG.new_event(event, metadata)],
+                expected_version=ANY_VERSION,
+                conn=conn,
+            )
+            return snapshot
+
+        async with transaction(self._pool) as conn:
+            if recorded is not None:  # a retry whose data changed since: a dataset of its own
+                await append(conn)
+                return
+            first = await self._requests.once(
+                conn, request, rr.DatasetSnapshot, lambda: append(conn)
+            )
+            if first != snapshot:  # a concurrent duplicate recorded other content
+                await append(conn)
 
 
 def _join_views(plan: ReadPlan, tables: dict[int, str]) -> list[JoinView]:

@@ -13,7 +13,9 @@ events, the completion carrying statistics of what was written.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -25,7 +27,7 @@ from lathe.feature_store.v1 import message_pb2 as m
 from lathe.feature_store.v1 import request_response_pb2 as rr
 from libs.db.locks import lock_name, try_session_lock
 from libs.errors import Conflict, FailedPrecondition
-from libs.eventstore import ANY_VERSION, EventMetadata, EventStore
+from libs.eventstore import ANY_VERSION, ClientRequest, EventMetadata, EventStore, RequestLog
 from services.feature_store.app.definitions.cache import DefinitionsCache
 from services.feature_store.app.writes.writer import FeatureWriter
 from services.feature_store.domain.definitions.sources import source_problems
@@ -45,6 +47,7 @@ from services.feature_store.store import materializations, offline
 from services.feature_store.store.sources import BatchReader, source_columns
 
 PAGE_ROWS = 5000
+_LOCK_POLL_S = 0.1
 _NUMERIC = {m.VALUE_TYPE_INT64, m.VALUE_TYPE_FLOAT64}
 
 
@@ -58,12 +61,18 @@ class _Run:
 
 class Materializer:
     def __init__(
-        self, pool: asyncpg.Pool, store: EventStore, cache: DefinitionsCache, writer: FeatureWriter
+        self,
+        pool: asyncpg.Pool,
+        store: EventStore,
+        cache: DefinitionsCache,
+        writer: FeatureWriter,
+        requests: RequestLog,
     ) -> None:
         self._pool = pool
         self._store = store
         self._cache = cache
         self._writer = writer
+        self._requests = requests
 
     async def run(
         self,
@@ -72,21 +81,36 @@ class Materializer:
         metadata: EventMetadata,
         *,
         start_time: datetime | None = None,
+        request: ClientRequest | None = None,
     ) -> AsyncIterator[rr.MaterializeProgress]:
         """Load the view's source rows known now with event times up to ``end_time``
         (None: any) that earlier runs did not load, and with ``start_time`` also every
-        row known at or after it (a re-run: rows already written are not written again)."""
+        row known at or after it (a re-run: rows already written are not written again).
+
+        With a client ``request`` id, a run that completed answers a retry with its final
+        progress (and reads nothing), and a duplicate arriving while it runs waits for it
+        instead of being refused; the id is recorded with the run's completion, so a run
+        cut off before it can only be continued, by a retry or any later run."""
         view = await self._cache.view(view_name)
         if view.WhichOneof("source") != "batch_source":
             raise FailedPrecondition(
                 f"feature view {view_name!r} has a {view.WhichOneof('source')}; Materialize reads "
                 "batch sources (push views take PushFeatures, stream views fill themselves)"
             )
+        if (done := await self._requests.replay(request, rr.MaterializeProgress)) is not None:
+            yield done
+            return
         reader = BatchReader(view, self._cache.definitions.entities[view.entity].join_key)
         lock = lock_name("materialize", view.name, view.version)
-        async with self._pool.acquire() as conn, try_session_lock(conn, lock) as locked:
+        async with (
+            self._pool.acquire() as conn,
+            _run_lock(conn, lock, wait=request is not None) as locked,
+        ):
             if not locked:
                 raise Conflict(f"a materialization of {view_name!r} is running; wait for it to end")
+            if (done := await self._requests.replay(request, rr.MaterializeProgress)) is not None:
+                yield done  # the duplicate this one waited for completed it
+                return
             problems = source_problems(
                 view,
                 self._cache.definitions.entities[view.entity],
@@ -105,7 +129,8 @@ class Materializer:
                 end_time=end_time,
                 start_time=start_time,
             )
-            async for progress in self._run_locked(conn, view, reader, loaded, scope, metadata):
+            runner = self._run_locked(conn, view, reader, loaded, scope, metadata, request)
+            async for progress in runner:
                 yield progress
 
     async def _run_locked(
@@ -116,14 +141,14 @@ class Materializer:
         loaded: Loaded | None,
         scope: RunScope,
         metadata: EventMetadata,
+        request: ClientRequest | None,
     ) -> AsyncIterator[rr.MaterializeProgress]:
         through = loaded.through if loaded is not None else MIN_TIME
         pending = await reader.pending(conn, scope)
         if pending == 0:  # nothing new since the last run: no run to record
-            state = finished(loaded, scope)
-            if state is not None and state != loaded:
-                await materializations.advance(conn, view.name, view.version, state)
-            yield _progress(_Run(), through, done=True)
+            yield await self._complete(
+                conn, view, loaded, scope, metadata, request, None, through, 0
+            )
             return
         await self._record(conn, view, events_pb2.MaterializationStarted, scope, metadata)
         run = _Run(stats={f.name: RunningStats() for f in view.features if f.type in _NUMERIC})
@@ -154,12 +179,40 @@ class Materializer:
             after = mark
             through = max(through, mark)
             yield _progress(run, through, done=False, pending=pending)
-        state = finished(loaded, scope)
-        if state is not None and state != loaded:
-            await materializations.advance(conn, view.name, view.version, state)
-        await self._record(conn, view, events_pb2.MaterializationCompleted, scope, metadata, run)
+        final = await self._complete(
+            conn, view, loaded, scope, metadata, request, run, through, pending
+        )
         await self._writer.served()
-        yield _progress(run, through, done=True, pending=pending)
+        yield final
+
+    async def _complete(
+        self,
+        conn: asyncpg.Connection,
+        view: m.FeatureView,
+        loaded: Loaded | None,
+        scope: RunScope,
+        metadata: EventMetadata,
+        request: ClientRequest | None,
+        run: _Run | None,
+        through: datetime,
+        pending: int,
+    ) -> rr.MaterializeProgress:
+        """Record what is loaded and the completion (with ``run``: an event), and the
+        client's request id with the final progress, in one transaction."""
+
+        async def complete() -> rr.MaterializeProgress:
+            state = finished(loaded, scope)
+            if state is not None and state != loaded:
+                await materializations.advance(conn, view.name, view.version, state)
+            if run is None:
+                return _progress(_Run(), through, done=True)
+            await self._record(
+                conn, view, events_pb2.MaterializationCompleted, scope, metadata, run
+            )
+            return _progress(run, through, done=True, pending=pending)
+
+        async with conn.transaction():
+            return await self._requests.once(conn, request, rr.MaterializeProgress, complete)
 
     async def _not_written(
         self, conn: asyncpg.Connection, view: m.FeatureView, rows: list[IngestRow]
@@ -213,3 +266,15 @@ def _progress(
 
 def _mark(record: asyncpg.Record) -> datetime:
     return utc(record["watermark"])
+
+
+@asynccontextmanager
+async def _run_lock(conn: asyncpg.Connection, name: str, *, wait: bool) -> AsyncIterator[bool]:
+    """The view version's run lock: tried once, or (``wait``: a client request id that a
+    duplicate may be running) waited for, until the call's deadline."""
+    while True:
+        async with try_session_lock(conn, name) as locked:
+            if locked or not wait:
+                yield locked
+                return
+        await asyncio.sleep(_LOCK_POLL_S)
