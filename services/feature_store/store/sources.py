@@ -50,43 +50,63 @@ async def source_columns(
 
 class BatchReader:
     """Pages of a view's source rows in a run's scope (domain/materialization.py), in
-    watermark order. Rows without an entity key, event time or watermark are not read."""
+    watermark order. Rows without an entity key, event time or watermark are not read.
+
+    An ordinary incremental run (the event bound unchanged) reads ``watermark > through``:
+    a range of an index on the watermark column, if the table has one. Only a run that
+    widens the event bound also reads older rows whose event time was outside it."""
 
     def __init__(self, view: m.FeatureView, join_key: str) -> None:
         source = view.batch_source
         self._view, self._table_name = view.name, source.table
         self.watermark_column = source.created_time_column or source.event_time_column
-        table = _table(source)
-        entity = quote_ident(source.entity_column or join_key, what="column")
-        event = quote_ident(source.event_time_column, what="column")
+        self._source = _table(source)
+        self._entity = quote_ident(source.entity_column or join_key, what="column")
+        self._event = quote_ident(source.event_time_column, what="column")
         created = (
             quote_ident(source.created_time_column, what="column")
             if source.created_time_column
-            else event
+            else self._event
         )
-        mark = quote_ident(self.watermark_column, what="column")
+        self._mark = quote_ident(self.watermark_column, what="column")
         features = "".join(f", {quote_ident(f.name, what='column')}" for f in view.features)
-        select = (
-            f"SELECT {entity}::text AS entity_key, {event} AS event_time, "
-            f"{created} AS created_time, {mark} AS watermark{features} FROM {table}"
+        self._select = (
+            f"SELECT {self._entity}::text AS entity_key, {self._event} AS event_time, "
+            f"{created} AS created_time, {self._mark} AS watermark{features} FROM {self._source}"
         )
-        # $1 known until, $2 event until, $3/$4 what earlier runs read (NULL: nothing).
-        scope = (
-            f"{entity} IS NOT NULL AND {mark} <= $1 AND {event} <= $2 "
-            f"AND ($3::timestamptz IS NULL OR {mark} > $3 OR {event} > $4)"
-        )
-        self._page = (
-            f"{select} WHERE {scope} AND ($5::timestamptz IS NULL OR {mark} > $5) "
-            f"ORDER BY {mark} LIMIT $6"
-        )
-        self._tie = f"{select} WHERE {scope} AND {mark} = $5"
-        self._count = f"SELECT count(*) FROM {table} WHERE {scope}"
+
+    def _where(
+        self, scope: RunScope, after: datetime | None, *, at: datetime | None = None
+    ) -> tuple[str, list[object]]:
+        """The WHERE clause selecting ``scope``'s rows with a watermark after ``after``
+        (or equal to ``at``), and its arguments."""
+        event_until = MAX_TIME if scope.event_until is None else scope.event_until  # infinity
+        args: list[object] = [scope.known_until, event_until]
+        where = [f"{self._entity} IS NOT NULL", f"{self._mark} <= $1", f"{self._event} <= $2"]
+        lower = after
+        if scope.read_through is not None:
+            if scope.read_events == scope.event_until:  # the same bound: only newer rows
+                lower = scope.read_through if after is None else max(after, scope.read_through)
+            else:  # a wider bound: also older rows whose event time was outside the old one
+                read_events = MAX_TIME if scope.read_events is None else scope.read_events
+                args += [scope.read_through, read_events]
+                where.append(f"({self._mark} > ${len(args) - 1} OR {self._event} > ${len(args)})")
+        if at is not None:
+            args.append(at)
+            where.append(f"{self._mark} = ${len(args)}")
+        elif lower is not None:
+            args.append(lower)
+            where.append(f"{self._mark} > ${len(args)}")
+        return " AND ".join(where), args
 
     async def pending(self, conn: asyncpg.Connection, scope: RunScope) -> int:
         """How many source rows the run will read; FailedPrecondition when the source
         cannot be read as the definition says (missing table or column)."""
+        where, args = self._where(scope, None)
         try:
-            return int(await conn.fetchval(self._count, *_bounds(scope)))
+            return int(
+                await conn.fetchval(f"SELECT count(*) FROM {self._source} WHERE {where}", *args)
+            )
         except asyncpg.PostgresError as exc:
             raise FailedPrecondition(
                 f"cannot read the batch source of {self._view!r} ({self._table_name}): {exc}"
@@ -100,7 +120,9 @@ class BatchReader:
 
         Returns the rows and the watermark they complete (None when there are none).
         """
-        rows = await self._fetch(conn, self._page, *_bounds(scope), after, size)
+        where, args = self._where(scope, after)
+        query = f"{self._select} WHERE {where} ORDER BY {self._mark} LIMIT ${len(args) + 1}"
+        rows = await self._fetch(conn, query, *args, size)
         if not rows:
             return rows, None
         last = utc(rows[-1]["watermark"])
@@ -110,7 +132,8 @@ class BatchReader:
         if head:
             return head, utc(head[-1]["watermark"])
         # Every row of the page shares one watermark: take all rows that have it.
-        return await self._fetch(conn, self._tie, *_bounds(scope), last), last
+        where, args = self._where(scope, None, at=last)
+        return await self._fetch(conn, f"{self._select} WHERE {where}", *args), last
 
     async def _fetch(self, conn: asyncpg.Connection, query: str, *args: object) -> list:  # type: ignore[type-arg]
         try:
@@ -120,12 +143,3 @@ class BatchReader:
                 f"the batch source of {self._view!r} ({self._table_name}) holds a time "
                 f"outside years 1-9999, which feature values cannot carry: {exc}"
             ) from exc
-
-
-def _bounds(scope: RunScope) -> tuple[datetime, datetime, datetime | None, datetime]:
-    return (
-        scope.known_until,
-        MAX_TIME if scope.event_until is None else scope.event_until,  # sent as infinity
-        scope.read_through,
-        MAX_TIME if scope.read_events is None else scope.read_events,
-    )
