@@ -10,15 +10,19 @@ Wraps the generated stub so an ML engineer passes plain Python and pandas:
         rows = await store.get_online_features({"loan_id": ["LC1"]}, "underwriting")
 
 Labels can also come from a Postgres table the feature store reads (``LabelTable``), and
-definitions are applied and batch views materialized from here too (``lathe demo`` does
-all of it through this client).
+definitions are applied, values pushed, batch views materialized and stream views
+backfilled from here too (``lathe demo`` does all of it through this client). Every
+change carries a client request id (a fresh one per call unless the caller passes one,
+e.g. to retry across processes) and is retried with it after an ambiguous failure
+(UNAVAILABLE, DEADLINE_EXCEEDED), so a retry never applies twice (docs/adr/0015).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -26,6 +30,7 @@ import pyarrow as pa
 from lathe.feature_store.v1 import message_pb2 as m
 from lathe.feature_store.v1 import request_response_pb2 as rr
 from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
+from libs.sdk.retries import DEFAULT_RETRY, RetryPolicy, new_request_id, with_retries
 
 Scalar = bool | int | float | str | datetime | None
 
@@ -73,31 +78,95 @@ class OnlineValue:
 
 
 class FeatureStoreClient:
-    def __init__(self, stub: FeatureStoreStub, *, metadata: Sequence[tuple[str, str]] = ()):
+    """The feature store from Python. ``metadata`` goes on every call; changes are sent
+    with a request id and retried with it as ``retry`` says."""
+
+    def __init__(
+        self,
+        stub: FeatureStoreStub,
+        *,
+        metadata: Sequence[tuple[str, str]] = (),
+        retry: RetryPolicy = DEFAULT_RETRY,
+    ):
         self._stub = stub
         self._metadata = tuple(metadata)
+        self._retry = retry
 
-    async def apply(self, repository: m.FeatureRepository) -> list[m.DefinitionChange]:
+    async def apply(
+        self, repository: m.FeatureRepository, *, request_id: str = ""
+    ) -> list[m.DefinitionChange]:
         """Record a repository of definitions (all or nothing); what changed, per definition."""
-        request = rr.ApplyDefinitionsRequest(repository=repository)
-        response = await self._stub.ApplyDefinitions(request, metadata=self._metadata)
+        request = rr.ApplyDefinitionsRequest(repository=repository, request_id=request_id)
+        response = await self._change(self._stub.ApplyDefinitions, request)
         return list(response.changes)
+
+    async def push(
+        self,
+        view: str,
+        columns: Mapping[str, Sequence[Scalar]],
+        *,
+        request_id: str = "",
+    ) -> rr.PushFeaturesResponse:
+        """Write rows into a push-source view: columns by name (the join key,
+        ``event_time`` and features), one value per row; rows written and quarantined."""
+        request = rr.PushFeaturesRequest(
+            feature_view=view,
+            columns={name: to_column(values) for name, values in columns.items()},
+            request_id=request_id,
+        )
+        return await self._change(self._stub.PushFeatures, request)  # type: ignore[no-any-return]
 
     async def materialize(
         self,
         view: str,
         *,
+        end_time: datetime | None = None,
+        start_time: datetime | None = None,
         on_progress: Callable[[rr.MaterializeProgress], None] | None = None,
+        request_id: str = "",
     ) -> rr.MaterializeProgress:
-        """Load a batch view's new source rows into the stores; the final progress (each
-        one, as it comes, to ``on_progress``)."""
-        progress = rr.MaterializeProgress()
-        request = rr.MaterializeRequest(feature_view=view)
-        async for response in self._stub.Materialize(request, metadata=self._metadata):
-            progress = response.progress
-            if on_progress is not None:
-                on_progress(progress)
-        return progress
+        """Load a batch view's new source rows into the stores (event times up to
+        ``end_time``; with ``start_time``, re-read rows known since then too); the final
+        progress (each one, as it comes, to ``on_progress``; a retry starts over)."""
+        request = rr.MaterializeRequest(
+            feature_view=view, request_id=request_id or new_request_id()
+        )
+        if end_time is not None:
+            request.end_time.FromDatetime(end_time)
+        if start_time is not None:
+            request.start_time.FromDatetime(start_time)
+
+        async def attempt() -> rr.MaterializeProgress:
+            progress = rr.MaterializeProgress()
+            stream = self._stub.Materialize(
+                request, metadata=self._metadata, timeout=self._retry.attempt_timeout_s
+            )
+            async for response in stream:
+                progress = response.progress
+                if on_progress is not None:
+                    on_progress(progress)
+            return progress
+
+        return await with_retries(self._retry, attempt)
+
+    async def backfill(
+        self, view: str, version: int = 0, *, request_id: str = ""
+    ) -> rr.BackfillStreamViewResponse:
+        """Recompute a stream view version's aggregates (0: the latest) from its source's
+        raw-event log."""
+        request = rr.BackfillStreamViewRequest(
+            feature_view=view, version=version, request_id=request_id
+        )
+        return await self._change(self._stub.BackfillStreamView, request)  # type: ignore[no-any-return]
+
+    async def _change(self, rpc: Callable[..., Awaitable[Any]], request: Any) -> Any:
+        """Send ``request`` with a request id (its own, or a fresh one) until answered."""
+        if not request.request_id:
+            request.request_id = new_request_id()
+        return await with_retries(
+            self._retry,
+            lambda: rpc(request, metadata=self._metadata, timeout=self._retry.attempt_timeout_s),
+        )
 
     async def get_online_features(
         self,
@@ -149,12 +218,21 @@ class FeatureStoreClient:
         else:
             request = rr.GetHistoricalFeaturesRequest(entity_rows_arrow=_ipc(entity_rows))
         _select(request, feature_service, features)
-        snapshot, parts = None, []
-        async for response in self._stub.GetHistoricalFeatures(request, metadata=self._metadata):
-            if response.HasField("snapshot"):
-                snapshot = response.snapshot
-            else:
-                parts.append(response.arrow_ipc)
+        request.request_id = new_request_id()  # its lineage event is recorded once
+
+        async def attempt() -> tuple[rr.DatasetSnapshot | None, list[bytes]]:
+            snapshot, parts = None, []
+            stream = self._stub.GetHistoricalFeatures(
+                request, metadata=self._metadata, timeout=self._retry.attempt_timeout_s
+            )
+            async for response in stream:
+                if response.HasField("snapshot"):
+                    snapshot = response.snapshot
+                else:
+                    parts.append(response.arrow_ipc)
+            return snapshot, parts
+
+        snapshot, parts = await with_retries(self._retry, attempt)
         if snapshot is None:
             raise RuntimeError("the feature store sent no dataset snapshot")
         result = pa.ipc.open_stream(b"".join(parts)).read_all()

@@ -161,10 +161,22 @@ class Entity:
 
 @dataclass(frozen=True)
 class BatchSource:
+    """A Postgres table the feature store materializes from. It must exist when the view
+    is applied, with the entity column, a ``timestamptz`` event-time column (and
+    created-time column, if named) and a column per feature whose type the feature's
+    declared type holds exactly (e.g. Int64: ``bigint``; Float64: ``double precision``
+    or ``numeric(p, s)`` with p <= 15, not plain ``numeric``); otherwise ApplyDefinitions
+    answers FAILED_PRECONDITION naming the column."""
+
     table: str
+    """``table`` or ``schema.table``."""
     event_time_column: str
+    """When each row's values were true."""
     created_time_column: str = ""
+    """When each row became known (empty: at its event time); materialization reads rows
+    in this order and continues after the latest it read."""
     entity_column: str = ""
+    """The column holding the entity key (empty: the entity's join key)."""
 
 
 @dataclass(frozen=True)

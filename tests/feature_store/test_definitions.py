@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+import asyncpg
 import grpc
 import pytest
 
@@ -34,6 +35,16 @@ def _suffix() -> str:
     return uuid.uuid4().hex[:8]
 
 
+async def _sources(db_pool: asyncpg.Pool, suffix: str) -> None:
+    """The batch source tables of ``_definitions``: batch views are applied only over a
+    table that can feed them (a numeric interest rate, and a text one for version 2)."""
+    for table, rate in ((f"loans_{suffix}", "double precision"), (f"loans_{suffix}_text", "text")):
+        await db_pool.execute(
+            f"CREATE TABLE public.{table} (loan_id text, issued_at timestamptz, "
+            f"interest_rate {rate}, term bigint, grade text)"
+        )
+
+
 def _definitions(suffix: str, *, rate_type: int = Float64, version: int = 1, extra: bool = False):
     loan = Entity(f"loan_{suffix}", join_key="loan_id")
     rate_rules = [Range(0, 40)] if rate_type in (Float64, Int64) else []
@@ -43,7 +54,10 @@ def _definitions(suffix: str, *, rate_type: int = Float64, version: int = 1, ext
     terms = FeatureView(
         f"terms_{suffix}",
         entity=loan,
-        source=BatchSource("public.loans", event_time_column="issued_at"),
+        source=BatchSource(
+            f"public.loans_{suffix}_text" if rate_type == String else f"public.loans_{suffix}",
+            event_time_column="issued_at",
+        ),
         features=fields,
         ttl=timedelta(days=365),
         version=version,
@@ -77,8 +91,9 @@ def _actions(changes: list[m.DefinitionChange], suffix: str) -> dict[str, int]:
     }
 
 
-async def test_plan_apply_and_read_back(features: FeatureStoreStub) -> None:
+async def test_plan_apply_and_read_back(features: FeatureStoreStub, db_pool: asyncpg.Pool) -> None:
     suffix = _suffix()
+    await _sources(db_pool, suffix)
     repository = _definitions(suffix)
 
     plan = await features.PlanDefinitions(rr.PlanDefinitionsRequest(repository=repository))
@@ -105,9 +120,10 @@ async def test_plan_apply_and_read_back(features: FeatureStoreStub) -> None:
 
 
 async def test_compatible_change_updates_and_breaking_change_needs_a_version(
-    features: FeatureStoreStub,
+    features: FeatureStoreStub, db_pool: asyncpg.Pool
 ) -> None:
     suffix = _suffix()
+    await _sources(db_pool, suffix)
     await features.ApplyDefinitions(rr.ApplyDefinitionsRequest(repository=_definitions(suffix)))
 
     appended = await features.PlanDefinitions(
@@ -187,10 +203,12 @@ def _with(repository: m.FeatureRepository, mutate) -> m.FeatureRepository:  # ty
 )
 async def test_bad_definitions_are_invalid_and_apply_nothing(
     features: FeatureStoreStub,
+    db_pool: asyncpg.Pool,
     mutate,
     fragment: str,  # type: ignore[no-untyped-def]
 ) -> None:
     suffix = _suffix()
+    await _sources(db_pool, suffix)
     repository = _with(_definitions(suffix), mutate)
 
     for call in (

@@ -661,13 +661,6 @@ async def test_timestamps_out_of_range_are_invalid_argument_naming_the_field(
     assert problems == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: an event time of 0001-01-01 or 9999-12-31T23:59:59.999999 is stored as "
-    "-infinity/infinity and read back as a naive datetime: the online replica's task dies, "
-    "later pushes are acknowledged but never served (first instant), or reads are INTERNAL "
-    "(last instant)",
-)
 @pytest.mark.parametrize("extreme", _EXTREME_STAMPS, ids=_EXTREME_STAMPS.keys())
 async def test_valid_extreme_event_times_do_not_stop_online_serving(
     infra: InfraEndpoints, test_settings: LatheSettings, tmp_path: Path, extreme: str
@@ -849,11 +842,6 @@ _MISSING = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: ApplyDefinitions does not look at the batch source; a missing column "
-    "is found only by Materialize (INTERNAL: UndefinedColumnError)",
-)
 @pytest.mark.parametrize("missing", _MISSING, ids=_MISSING.keys())
 async def test_a_batch_source_missing_a_column_is_refused_at_apply(
     features: FeatureStoreStub, db_pool: asyncpg.Pool, missing: str
@@ -890,29 +878,23 @@ async def test_a_batch_source_missing_a_column_is_refused_at_apply(
 # Label column names and label times the join engine does not like
 # ---------------------------------------------------------------------------------------
 
-_ODD_NAMES = {
-    "Upper": "issue 10: an upper-case label column name: INTERNAL (unexpected identifier)",
-    "with space": "issue 10: a label column name with a space: INTERNAL",
-    "a@b": "issue 10: a label column with '@' in its name is silently dropped",
-    "Loan_ID": "issue 10: an upper-case label column name: INTERNAL (unexpected identifier)",
-    'quo"te': "issue 10: a label column name with a quote: INTERNAL",
-    "semi;colon": "issue 10: a label column name with ';': INTERNAL",
-    "ünïcode": "issue 10: a non-ASCII label column name: INTERNAL",
-    "1st": None,
-    "dash-ed": "issue 10: a label column name with '-': INTERNAL",
-    "dot.ted": "issue 10: a label column name with '.': INTERNAL",
-    "colon:name": None,
-    "row_number": None,
-}
+_ODD_NAMES = [
+    "Upper",
+    "with space",
+    "a@b",
+    "Loan_ID",
+    'quo"te',
+    "semi;colon",
+    "ünïcode",
+    "1st",
+    "dash-ed",
+    "dot.ted",
+    "colon:name",
+    "row_number",
+]
 
 
-def _name_case(name: str) -> Any:
-    reason = _ODD_NAMES[name]
-    marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-    return pytest.param(name, id=name, marks=marks)
-
-
-@pytest.mark.parametrize("name", [_name_case(name) for name in _ODD_NAMES])
+@pytest.mark.parametrize("name", _ODD_NAMES)
 async def test_label_column_names_pass_through_or_are_refused_by_name(
     features: FeatureStoreStub, db_pool: asyncpg.Pool, name: str
 ) -> None:
@@ -971,11 +953,6 @@ async def test_nanosecond_pandas_times_without_a_nanosecond_part_are_accepted(
     assert training.dataframe[f"{store.push}:v"].tolist() == [1.5]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: a pandas timestamp[ns] label time with a nanosecond part fails the "
-    "cast to microseconds: INTERNAL (ArrowInvalid)",
-)
 async def test_nanosecond_label_times_are_refused_or_truncated(
     features: FeatureStoreStub, db_pool: asyncpg.Pool
 ) -> None:
@@ -994,11 +971,6 @@ async def test_nanosecond_label_times_are_refused_or_truncated(
         assert training.dataframe[f"{store.push}:v"].tolist() == [1.5]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: label columns are rebuilt by the join: timestamp[ns, tz=UTC] comes back "
-    "as tz=Etc/UTC",
-)
 async def test_a_nanosecond_label_column_comes_back_exactly_or_is_refused(
     features: FeatureStoreStub, db_pool: asyncpg.Pool
 ) -> None:

@@ -179,11 +179,6 @@ def _oracle(
     return PRESENT, winner.value, winner.event_time
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: a row whose event time is still in the future is served online as "
-    "PRESENT (and masks older rows) while the point-in-time answer at the read time ignores it",
-)
 @PROPERTY
 @given(
     batch=_batch_rows,
@@ -297,11 +292,6 @@ async def test_online_equals_the_point_in_time_answer_at_the_read_time(
                 assert vector.event_times[index].ToDatetime(tzinfo=UTC) == want_time
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: a future-dated row is served online as PRESENT at once and keeps "
-    "winning over rows that are true now",
-)
 async def test_a_future_dated_row_neither_shows_nor_masks_the_current_value(
     features: FeatureStoreStub, db_pool: asyncpg.Pool
 ) -> None:
@@ -352,17 +342,14 @@ async def test_a_future_dated_row_neither_shows_nor_masks_the_current_value(
     assert [t.ToDatetime(tzinfo=UTC) for t in vector.event_times] == [hour_ago, hour_ago]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: a row whose event time is a few seconds ahead is served before its time",
-)
 async def test_a_future_dated_row_shows_when_its_time_comes_and_expires_by_its_ttl(
     features: FeatureStoreStub, db_pool: asyncpg.Pool
 ) -> None:
     """Batch and push: row A (true since a second ago) is served until row B's event time
-    (4 s ahead) comes; B is then served until its event time + TTL (4 s), then EXPIRED."""
+    (4 s ahead) comes; B is then served until its event time + TTL (6 s), then EXPIRED.
+    (The TTL outlasts the 5 s from A's time to B's, so A is still fresh when B comes.)"""
     s = suffix()
-    ttl = timedelta(seconds=4)
+    ttl = timedelta(seconds=6)
     await db_pool.execute(
         f"CREATE TABLE public.soon_{s} (loan_id text, happened_at timestamptz, "
         "known_at timestamptz, v double precision)"
@@ -442,11 +429,6 @@ async def _two_day_source(
     return f"b_{s}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: MaterializeRequest.end_time bounds the known-at (watermark) column, "
-    "not the event time the proto documents: nothing is materialized here",
-)
 async def test_materialize_end_time_is_an_event_time_bound(
     features: FeatureStoreStub, db_pool: asyncpg.Pool
 ) -> None:
@@ -470,11 +452,6 @@ async def test_materialize_end_time_is_an_event_time_bound(
     assert (python(vector.values[0]), vector.statuses[0]) == (1.0, PRESENT)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: Materialize with end_time in the future serves rows not known yet "
-    "(their known-at time is tomorrow) while the training set at now ignores them",
-)
 async def test_materialize_to_a_future_end_time_serves_only_what_is_known(
     features: FeatureStoreStub, db_pool: asyncpg.Pool
 ) -> None:
@@ -573,11 +550,6 @@ def _assert_unchanged(sent: pa.Table, got: pa.Table, names: Sequence[str]) -> No
             assert same_value(a, b), f"{name} row {row}: sent {a!r}, got {b!r}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: label columns are rebuilt by the join: an int64 join key comes back "
-    "as string, a timestamp[us, tz=UTC] column as tz=Etc/UTC",
-)
 @PROPERTY
 @given(data=st.data())
 @example(data=None)  # the issue's own case, below
@@ -649,12 +621,6 @@ _PG_TYPES: dict[str, tuple[str, pa.DataType, st.SearchStrategy[Any]]] = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: label-table columns go through CSV and type inference: a bigint entity "
-    "column comes back as string, '' as null, text as bool or int64, integral doubles as "
-    "int64, an all-null column of any type as string",
-)
 @PROPERTY
 @given(data=st.data())
 @example(data=None)  # the issue's own case, below
@@ -1003,11 +969,6 @@ async def test_the_snapshot_id_is_the_same_in_another_process_and_after_its_mirr
         assert snapshot.snapshot_id == reference.snapshot_id, step
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: the snapshot id hashes the reply's bytes, and label-table rows come in "
-    "the table's physical order: an UPDATE that changes nothing changes the id",
-)
 async def test_a_label_table_rewritten_without_change_keeps_its_snapshot_id(
     features: FeatureStoreStub, db_pool: asyncpg.Pool
 ) -> None:
@@ -1039,11 +1000,6 @@ async def test_a_label_table_rewritten_without_change_keeps_its_snapshot_id(
     assert again.snapshot_id == first.snapshot_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GetHistoricalFeatures sends 4 MiB arrow_ipc chunks plus framing: a training set "
-    "over 4 MiB fails with RESOURCE_EXHAUSTED on a channel with gRPC's default limits",
-)
 async def test_a_large_training_set_reaches_a_client_with_default_grpc_limits(
     feature_store_host: object, test_settings: LatheSettings
 ) -> None:
@@ -1146,25 +1102,11 @@ _CONVERSIONS = [
     _Conversion("date", "date", Timestamp, date(2026, 3, 1), lossless=False),
     _Conversion("timestamptz", "timestamptz", Int64, _STAMP, lossless=False),
 ]
-_SILENT = "issue 10: served silently with the fraction or low bits dropped"
-_PYTHON_TYPE = (
-    "issue 10: refused only by value at materialize, and the message names the Python type "
-    "(e.g. 'float'), not the source column's type"
-)
 
 
 def _conversion_case(conversion: _Conversion) -> Any:
     name = f"{conversion.source_type}->{_DECLARED[conversion.declared]}".replace(" ", "_")
-    marks: list[Any] = []
-    if not conversion.lossless:
-        silent = conversion.family == "numeric" or (
-            conversion.family == "bigint" and conversion.declared == Float64
-        )
-        named = conversion.family in ("boolean", "date")  # the Python type has the same name
-        if not named:
-            reason = _SILENT if silent else _PYTHON_TYPE
-            marks.append(pytest.mark.xfail(strict=True, reason=reason))
-    return pytest.param(conversion, id=name, marks=marks)
+    return pytest.param(conversion, id=name)
 
 
 @pytest.mark.parametrize("conversion", [_conversion_case(c) for c in _CONVERSIONS])
@@ -1270,13 +1212,6 @@ async def test_an_incremental_materialize_reads_only_past_its_watermark(
     assert python(vector.values[0]) == offline.column(f"{view}:v").to_pylist()[0] == 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: Materialize cannot re-run a range, so a late row behind the watermark "
-    "is never read. Assumes a new MaterializeRequest.start_time (Timestamp): re-read source "
-    "rows whose known-at time is in [start_time, end_time] even below the watermark, "
-    "without writing a row twice (adapt the call if the fix names it otherwise)",
-)
 async def test_materialize_can_rerun_a_range_to_pick_up_a_late_row(
     features: FeatureStoreStub, db_pool: asyncpg.Pool
 ) -> None:

@@ -19,6 +19,9 @@ from libs.sdk.features import (
     Field,
     Float64,
     Int64,
+    PushSource,
+    String,
+    Timestamp,
     on_demand_feature_view,
     repository_of,
 )
@@ -246,3 +249,73 @@ async def test_on_demand_and_stored_values_agree_online_and_offline(
     online_values = [python(v) for v in online.results[0].values]
     offline_values = [offline.column(name).to_pylist()[0] for name in online.feature_names]
     assert online_values == offline_values == [7.5, pytest.approx(187.5)]
+
+
+async def test_request_fields_reach_on_demand_code_typed_the_same_online_and_offline(
+    features: FeatureStoreStub,
+) -> None:
+    """Request data online and label columns offline are both converted to the fields'
+    declared types before the function sees them: an integer for a Float64 field is a
+    float, a naive time for a Timestamp field is UTC; a string for a Float64 field is
+    refused by name on both paths."""
+    s = suffix()
+    loan = Entity(f"loan_{s}", join_key="loan_id")
+    view = FeatureView(f"p_{s}", entity=loan, source=PushSource(), features=[Field("v", Float64)])
+
+    @on_demand_feature_view(
+        inputs=[f"p_{s}:v"],
+        request_fields=[Field("amount", Float64), Field("asked_at", Timestamp)],
+        features=[Field("kind", String), Field("when", Timestamp)],
+        name=f"kinds_{s}",
+    )
+    def kinds(row: dict) -> dict:
+        amount = row["amount"]
+        kind = "float" if isinstance(amount, float) else "other"
+        return {"kind": kind, "when": row["asked_at"]}
+
+    await features.ApplyDefinitions(
+        rr.ApplyDefinitionsRequest(repository=repository_of([loan, view, kinds]))
+    )
+    asked = datetime(2026, 5, 1, 12, 30)  # naive: UTC
+    online = await features.GetOnlineFeatures(
+        rr.GetOnlineFeaturesRequest(
+            feature_list=rr.FeatureList(features=[f"kinds_{s}:*"]),
+            entities={"loan_id": column(["L1"])},
+            request_data={"amount": column([2500]), "asked_at": column([asked])},
+        )
+    )
+    labels = pa.table(
+        {
+            "loan_id": ["L1"],
+            "event_time": pa.array([datetime.now(UTC)], pa.timestamp("us", tz="UTC")),
+            "amount": pa.array([2500], pa.int64()),
+            "asked_at": pa.array([asked], pa.timestamp("us")),
+        }
+    )
+    request = rr.GetHistoricalFeaturesRequest(
+        feature_list=rr.FeatureList(features=[f"kinds_{s}:*"]),
+        entity_rows_arrow=_ipc(labels),
+    )
+    _, offline = await _training_set(features, request)
+    online_values = [python(v) for v in online.results[0].values]
+    offline_values = [offline.column(name).to_pylist()[0] for name in online.feature_names]
+    assert online_values == offline_values == ["float", asked.replace(tzinfo=UTC)]
+
+    wrong = labels.set_column(2, "amount", pa.array(["2500"]))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await _training_set(
+            features,
+            rr.GetHistoricalFeaturesRequest(
+                feature_list=rr.FeatureList(features=[f"kinds_{s}:*"]),
+                entity_rows_arrow=_ipc(wrong),
+            ),
+        )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'amount'" in raised.value.details() and "FLOAT64" in raised.value.details()
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()

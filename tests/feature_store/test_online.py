@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import grpc
 import pytest
+import pytest_asyncio
 
 from lathe.feature_store.v1 import message_pb2 as m
 from lathe.feature_store.v1 import request_response_pb2 as rr
@@ -34,6 +35,15 @@ PRESENT, NOT_FOUND, EXPIRED = (
     m.FEATURE_STATUS_NOT_FOUND,
     m.FEATURE_STATUS_EXPIRED,
 )
+
+
+@pytest_asyncio.fixture(autouse=True, loop_scope="session")
+async def _batch_source(db_pool: asyncpg.Pool) -> None:
+    """The (empty) table the batch view reads: batch views are applied only over one."""
+    await db_pool.execute(
+        "CREATE TABLE IF NOT EXISTS public.nothing "
+        "(loan_id text, t timestamptz, x double precision)"
+    )
 
 
 async def _apply(features: FeatureStoreStub, s: str, *, quarantine: bool = False) -> None:

@@ -29,6 +29,7 @@ from libs.sdk.features import (
 )
 from services.feature_store.app.definitions.cache import DefinitionsCache
 from services.feature_store.app.online import reply as online_reply
+from services.feature_store.app.online.promotion import PendingPromoter
 from services.feature_store.app.online.reader import OnlineReader
 from services.feature_store.app.online.replica import OnlineReplica
 from services.feature_store.service import SPEC
@@ -406,3 +407,75 @@ async def test_mixed_services_read_ready_runs_beside_stream_and_other_entity_vie
     ready, from_postgres = await both()
     assert ready == from_postgres
     assert python(ready.results[2].values[3]) == 5.0
+
+
+async def test_rows_of_the_future_agree_from_memory_postgres_and_ready_entries(
+    features: FeatureStoreStub,
+    without_replica: FeatureStoreStub,
+    db_pool: asyncpg.Pool,
+) -> None:
+    """A row pushed ahead of its event time is served by every read path from that time
+    on, and not before; the promotion pass moves it into the current rows without
+    changing any answer; statistics count only what is true now (ADR 0019)."""
+    s = suffix()
+    now = datetime.now(UTC)
+    soon, next_month = now + timedelta(seconds=2), now + timedelta(days=30)
+    loan = Entity(f"loan_{s}", join_key="loan_id")
+    view = FeatureView(f"fut_{s}", entity=loan, source=PushSource(), features=[Field("v", Float64)])
+    service = FeatureService(f"svc_{s}", [f"fut_{s}:*"])
+    await features.ApplyDefinitions(
+        rr.ApplyDefinitionsRequest(repository=repository_of([loan, view, service]))
+    )
+    await features.PushFeatures(
+        rr.PushFeaturesRequest(
+            feature_view=f"fut_{s}",
+            columns={
+                "loan_id": column(["L1", "L1", "L1", "L2"]),
+                "event_time": column([now - timedelta(hours=1), soon, next_month, soon]),
+                "v": column([1.0, 2.0, 3.0, 4.0]),
+            },
+        )
+    )
+    keys = column(["L1", "L2", "L3"])
+    by_list = rr.GetOnlineFeaturesRequest(
+        feature_list=rr.FeatureList(features=[f"fut_{s}:v"]), entities={"loan_id": keys}
+    )
+    by_service = rr.GetOnlineFeaturesRequest(feature_service=f"svc_{s}", entities={"loan_id": keys})
+
+    async def answers() -> list[tuple[object, int]]:
+        replies = [
+            await features.GetOnlineFeatures(by_list),
+            await features.GetOnlineFeatures(by_service),  # ready entries
+            await without_replica.GetOnlineFeatures(by_list),
+            await without_replica.GetOnlineFeatures(by_service),
+        ]
+        assert all(reply == replies[0] for reply in replies[1:]), replies
+        return [(python(r.values[0]), r.statuses[0]) for r in replies[0].results]
+
+    async def statistics() -> tuple[int, float]:
+        stats = await features.GetFeatureStatistics(
+            rr.GetFeatureStatisticsRequest(feature_view=f"fut_{s}")
+        )
+        return stats.features[0].count, stats.features[0].mean
+
+    present, missing = m.FEATURE_STATUS_PRESENT, m.FEATURE_STATUS_NOT_FOUND
+    assert await answers() == [(1.0, present), (None, missing), (None, missing)]
+    assert await statistics() == (1, 1.0)
+    await asyncio.sleep((soon - datetime.now(UTC)).total_seconds() + 0.01)
+    assert await answers() == [(2.0, present), (4.0, present), (None, missing)]
+    assert await statistics() == (2, 3.0)
+
+    assert await PendingPromoter(db_pool).promote() >= 2
+    pending = await db_pool.fetch(
+        "SELECT entity_key, event_time FROM feature_store.online_pending WHERE view = $1",
+        f"fut_{s}",
+    )
+    assert [(r["entity_key"], r["event_time"]) for r in pending] == [("L1", next_month)]
+    current = await db_pool.fetch(
+        "SELECT entity_key, event_time FROM feature_store.online_values WHERE view = $1 "
+        "ORDER BY entity_key",
+        f"fut_{s}",
+    )
+    assert [(r["entity_key"], r["event_time"]) for r in current] == [("L1", soon), ("L2", soon)]
+    await asyncio.sleep(0.2)  # the replicas apply the promotion's change
+    assert await answers() == [(2.0, present), (4.0, present), (None, missing)]

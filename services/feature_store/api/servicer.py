@@ -10,7 +10,7 @@ import grpc
 from lathe.feature_store.v1 import request_response_pb2 as rr
 from lathe.feature_store.v1 import service_pb2_grpc
 from libs.errors import InvalidArgument
-from libs.eventstore import EventMetadata
+from libs.eventstore import ClientRequest, EventMetadata
 from libs.grpckit import Encoded, validation
 from libs.grpckit.caller import caller_of
 from libs.telemetry import current_traceparent
@@ -25,13 +25,21 @@ from services.feature_store.app.writes.materialize import Materializer
 from services.feature_store.app.writes.push import Pusher
 from services.feature_store.domain.names import check_name
 
-_ARROW_CHUNK = 4 * 1024 * 1024
+_ARROW_CHUNK = 4 * 1024 * 1024 - 64 * 1024
+"""Arrow bytes per message: with the message's framing, under gRPC's default 4 MiB receive
+limit, so a client on a plain channel can read any training set."""
 
 
-def _metadata(context: grpc.aio.ServicerContext) -> EventMetadata:
+def _metadata(
+    context: grpc.aio.ServicerContext, request: ClientRequest | None = None
+) -> EventMetadata:
+    """Who and why, for the events a call records; a client request id is their cause."""
     caller = caller_of(context)
     return EventMetadata(
-        correlation_id=caller.request_id, actor=caller.actor, traceparent=current_traceparent()
+        correlation_id=caller.request_id,
+        causation_id=request.request_id if request is not None else "",
+        actor=caller.actor,
+        traceparent=current_traceparent(),
     )
 
 
@@ -69,9 +77,10 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
     async def ApplyDefinitions(
         self, request: rr.ApplyDefinitionsRequest, context: grpc.aio.ServicerContext
     ) -> rr.ApplyDefinitionsResponse:
-        changes = await self._definitions.apply(request.repository, _metadata(context))
+        key = ClientRequest.of("ApplyDefinitions", request)
+        applied = await self._definitions.apply(request.repository, _metadata(context, key), key)
         await self._cache.refresh()
-        return rr.ApplyDefinitionsResponse(changes=[c.change for c in changes])
+        return applied
 
     async def ListFeatureViews(
         self, request: rr.ListFeatureViewsRequest, context: grpc.aio.ServicerContext
@@ -117,34 +126,37 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
     async def PushFeatures(
         self, request: rr.PushFeaturesRequest, context: grpc.aio.ServicerContext
     ) -> rr.PushFeaturesResponse:
-        result = await self._pusher.push(
-            check_name(request.feature_view, "feature_view"), request.columns, _metadata(context)
-        )
-        return rr.PushFeaturesResponse(
-            rows_written=result.written, rows_quarantined=result.quarantined
+        key = ClientRequest.of("PushFeatures", request)
+        return await self._pusher.push(
+            check_name(request.feature_view, "feature_view"),
+            request.columns,
+            _metadata(context, key),
+            key,
         )
 
     async def Materialize(
         self, request: rr.MaterializeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[rr.MaterializeResponse]:
         end = request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else None
+        start = (
+            request.start_time.ToDatetime(tzinfo=UTC) if request.HasField("start_time") else None
+        )
+        key = ClientRequest.of("Materialize", request)
         async for progress in self._materializer.run(
-            check_name(request.feature_view, "feature_view"), end, _metadata(context)
+            check_name(request.feature_view, "feature_view"),
+            end,
+            _metadata(context, key),
+            start_time=start,
+            request=key,
         ):
             yield rr.MaterializeResponse(progress=progress)
 
     async def BackfillStreamView(
         self, request: rr.BackfillStreamViewRequest, context: grpc.aio.ServicerContext
     ) -> rr.BackfillStreamViewResponse:
-        version, result = await self._backfiller.backfill(
-            request.feature_view, request.version, _metadata(context)
-        )
-        return rr.BackfillStreamViewResponse(
-            version=version,
-            events_read=result.events_read,
-            events_used=result.events_used,
-            tiles_written=result.tiles_written,
-            rejected=dict(result.rejected),
+        key = ClientRequest.of("BackfillStreamView", request)
+        return await self._backfiller.backfill(
+            request.feature_view, request.version, _metadata(context, key), key
         )
 
     async def GetHistoricalFeatures(
@@ -152,12 +164,14 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
     ) -> AsyncIterator[rr.GetHistoricalFeaturesResponse]:
         if request.WhichOneof("selection") is None:
             raise InvalidArgument("set feature_service or feature_list")
+        key = ClientRequest.of("GetHistoricalFeatures", request)
         training = await self._historical.training_set(
             feature_service=request.feature_service,
             references=tuple(request.feature_list.features),
             label_source=request.label_source if request.HasField("label_source") else None,
             entity_rows_arrow=request.entity_rows_arrow,
-            metadata=_metadata(context),
+            metadata=_metadata(context, key),
+            request=key,
         )
         yield rr.GetHistoricalFeaturesResponse(snapshot=training.snapshot)
         view = memoryview(training.arrow_ipc)

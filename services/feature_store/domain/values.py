@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.errors import InvalidArgument
+from services.feature_store.domain.times import utc
 
 _KIND_TYPES = {
     "bool_value": m.VALUE_TYPE_BOOL,
@@ -55,7 +56,7 @@ def from_python(obj: object, value_type: int, where: str) -> m.Value:
             return m.Value(string_value=obj)
         if value_type == m.VALUE_TYPE_TIMESTAMP and isinstance(obj, datetime):
             value = m.Value()
-            value.timestamp_value.FromDatetime(obj if obj.tzinfo else obj.replace(tzinfo=UTC))
+            value.timestamp_value.FromDatetime(utc(obj))
             return value
     except (ValueError, OverflowError) as exc:
         raise InvalidArgument(
@@ -63,6 +64,33 @@ def from_python(obj: object, value_type: int, where: str) -> m.Value:
         ) from exc
     raise InvalidArgument(
         f"{where}: {obj!r} ({type(obj).__name__}) is not a {m.ValueType.Name(value_type)}"
+    )
+
+
+def value_of(obj: object, where: str) -> m.Value:
+    """The Value a Python object stands for, typed by what it is (as a client sends it:
+    ``libs/sdk/feature_store.to_value``); naive datetimes are UTC. For values that reach
+    an on-demand function from the caller's label columns, so they go through ``coerce``
+    exactly as request data does online."""
+    if obj is None:
+        return m.Value()
+    if isinstance(obj, bool):
+        return m.Value(bool_value=obj)
+    if isinstance(obj, int):
+        if not -(2**63) <= obj < 2**63:
+            raise InvalidArgument(f"{where}: {obj} does not fit INT64")
+        return m.Value(int64_value=obj)
+    if isinstance(obj, float):
+        return m.Value(float64_value=obj)
+    if isinstance(obj, str):
+        return m.Value(string_value=obj)
+    if isinstance(obj, datetime):
+        value = m.Value()
+        value.timestamp_value.FromDatetime(utc(obj))
+        return value
+    raise InvalidArgument(
+        f"{where}: a {type(obj).__name__} value; send bool, integer, float, string or "
+        "timestamp columns"
     )
 
 

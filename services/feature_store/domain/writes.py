@@ -17,6 +17,7 @@ from typing import Any
 
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.errors import FailedPrecondition, InvalidArgument
+from services.feature_store.domain.times import utc
 from services.feature_store.domain.values import (
     coerce,
     describe,
@@ -80,14 +81,43 @@ def _order(row: IngestRow, default_created: datetime) -> tuple[datetime, datetim
 
 
 def latest_by_entity(rows: Sequence[IngestRow], created_time: datetime) -> dict[str, IngestRow]:
-    """Each entity's row with the greatest (event time, created time): what the online
-    store keeps (rows without a created time count as ``created_time``)."""
+    """Each entity's row with the greatest (event time, created time) (rows without a
+    created time count as ``created_time``)."""
     latest: dict[str, IngestRow] = {}
     for row in rows:
         current = latest.get(row.entity_key)
         if current is None or _order(current, created_time) <= _order(row, created_time):
             latest[row.entity_key] = row
     return latest
+
+
+@dataclass(frozen=True)
+class OnlineRows:
+    """What a write changes online: rows already true, and rows of the future."""
+
+    current: dict[str, IngestRow]
+    """Per entity, the latest row whose event time has come (the online store keeps it
+    if it is newer than the one it holds)."""
+    pending: list[IngestRow]
+    """Rows whose event time is still ahead, one per (entity, event time): the latest
+    known. Each becomes the answer when its time comes (ADR 0019)."""
+
+
+def online_rows(rows: Sequence[IngestRow], created_time: datetime) -> OnlineRows:
+    """Split written rows at ``created_time`` (the write's clock, which also stands for
+    rows without a created time): a row of the future must not be served before its
+    event time, nor hide the rows true until then."""
+    now: list[IngestRow] = []
+    ahead: dict[tuple[str, datetime], IngestRow] = {}
+    for row in rows:
+        if row.event_time <= created_time:
+            now.append(row)
+            continue
+        key = (row.entity_key, row.event_time)
+        kept = ahead.get(key)
+        if kept is None or _order(kept, created_time) <= _order(row, created_time):
+            ahead[key] = row
+    return OnlineRows(latest_by_entity(now, created_time), list(ahead.values()))
 
 
 def push_rows(
@@ -144,9 +174,9 @@ def row_from_source(view: m.FeatureView, record: Mapping[str, Any]) -> IngestRow
             ) from exc
     return IngestRow(
         entity_key=record["entity_key"],
-        event_time=record["event_time"],
+        event_time=utc(record["event_time"]),
         values=values,
-        created_time=record["created_time"],
+        created_time=utc(record["created_time"]),
     )
 
 

@@ -86,3 +86,26 @@ async def append_rows(
         columns=columns,
         records=[(key, event, created, *values) for key, event, created, values in rows],
     )
+
+
+async def written_rows(
+    conn: asyncpg.Connection,
+    view: m.FeatureView,
+    identities: Sequence[tuple[str, datetime, datetime]],
+) -> list[tuple[object, ...]]:
+    """The log's rows with these (entity key, event time, created time): each as
+    (entity key, event time, created time, *feature values), as often as it is logged."""
+    if not identities:
+        return []
+    keys, events, created = zip(*set(identities), strict=True)
+    features = "".join(f", l.{quote_ident(f.name)}" for f in view.features)
+    records = await conn.fetch(
+        f"""SELECT l.entity_key, l.event_time, l.created_time{features}
+            FROM {qualified_log_table(view.name, view.version)} AS l
+            JOIN unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(e, t, c)
+              ON l.entity_key = k.e AND l.event_time = k.t AND l.created_time = k.c""",
+        list(keys),
+        list(events),
+        list(created),
+    )
+    return [tuple(record) for record in records]

@@ -36,6 +36,7 @@ import pyarrow as pa
 from lathe.feature_store.v1 import message_pb2 as m
 from services.feature_store.store.offline import log_table, qualified_log_table
 from services.feature_store.store.pit_join import JoinView, join_sql, q, timeline_sql
+from services.feature_store.store.times import utc_wall_clock
 
 _log = logging.getLogger(__name__)
 
@@ -138,14 +139,6 @@ class OfflineMirror:
             finally:
                 cursor.unregister(name)
 
-    def read_labels_csv(self, path: str, join_key: str) -> pa.Table:
-        """A label table exported as CSV (store/labels.py), typed for the join. Blocking."""
-        types = "{" + f"'{join_key}': 'VARCHAR', 'event_time': 'TIMESTAMP'" + "}"
-        with _cursor(self.db) as cursor:
-            return cursor.sql(
-                f"SELECT * FROM read_csv('{path}', header = true, types = {types})"
-            ).to_arrow_table()
-
     async def _source(
         self, view: m.FeatureView, mirrored: _MirroredLog | None
     ) -> tuple[int, _Anchor | None]:
@@ -153,8 +146,8 @@ class OfflineMirror:
         last_seq = mirrored.last_seq if mirrored is not None else 0
         row = await self._pool.fetchrow(
             "SELECT c.oid::bigint AS relation_id, l.entity_key, "
-            "l.event_time AT TIME ZONE 'UTC' AS event_time, "
-            "l.created_time AT TIME ZONE 'UTC' AS created_time "
+            f"{utc_wall_clock('l.event_time')} AS event_time, "
+            f"{utc_wall_clock('l.created_time')} AS created_time "
             "FROM (SELECT $1::text::regclass::oid AS oid) AS c "
             f"LEFT JOIN {qualified_log_table(view.name, view.version)} AS l ON l.seq = $2",
             qualified_log_table(view.name, view.version),
@@ -196,16 +189,17 @@ class OfflineMirror:
     async def _export(self, view: m.FeatureView, after: int, path: Path) -> int:
         """COPY the rows past ``after`` to a CSV file; returns how many."""
         features = "".join(
-            f", {q(f.name)} AT TIME ZONE 'UTC'"
+            f", {utc_wall_clock(q(f.name))}"
             if f.type == m.VALUE_TYPE_TIMESTAMP
             else f", {q(f.name)}"
             for f in view.features
         )
-        # Timestamps leave as UTC wall-clock time, so no session time zone is involved;
-        # every non-null value is quoted, so an unquoted empty field is a NULL.
+        # Timestamps leave as UTC wall-clock time, so no session time zone is involved
+        # (and the first and last instants as themselves, not as infinities); every
+        # non-null value is quoted, so an unquoted empty field is a NULL.
         query = (
-            f"SELECT seq, entity_key, event_time AT TIME ZONE 'UTC', "
-            f"created_time AT TIME ZONE 'UTC'{features} "
+            f"SELECT seq, entity_key, {utc_wall_clock('event_time')}, "
+            f"{utc_wall_clock('created_time')}{features} "
             f"FROM {qualified_log_table(view.name, view.version)} "
             f"WHERE seq > {int(after)} ORDER BY seq"
         )

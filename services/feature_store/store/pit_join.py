@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from services.feature_store.domain.training import ROW_NUMBER
+
 _ALLOWED = set("abcdefghijklmnopqrstuvwxyz0123456789_:@")
 
 
@@ -57,7 +59,8 @@ class JoinView:
 
 
 def join_sql(labels: str, label_columns: Sequence[str], views: Sequence[JoinView]) -> str:
-    """Labels (with a ``row_number`` column) joined with every view, in label order."""
+    """Labels (their keys, times and ``ROW_NUMBER``) joined with every view, in label
+    order."""
     select, joins = [f"l.{q(c)}" for c in label_columns], []
     for i, view in enumerate(views):
         fresh = (
@@ -79,5 +82,5 @@ def join_sql(labels: str, label_columns: Sequence[str], views: Sequence[JoinView
     return (
         f"SELECT {', '.join(select)}\nFROM {q(labels)} AS l\n"
         + "\n".join(joins)
-        + "\nORDER BY l.row_number"
+        + f"\nORDER BY l.{q(ROW_NUMBER)}"
     )

@@ -1,63 +1,125 @@
-"""Feature-store commands: apply definitions as events (more commands join as they land)."""
+"""Feature-store commands: apply definitions as events (more commands join as they land).
+
+A batch view is planned and applied only if its source table can feed it exactly
+(domain/definitions/sources.py): a missing table or column, or a column whose type
+would lose information in the declared type, blocks the change with what to fix.
+"""
 
 from __future__ import annotations
 
 import asyncpg
 
 from lathe.feature_store.v1 import message_pb2 as m
+from lathe.feature_store.v1 import request_response_pb2 as rr
 from libs.db import transaction
 from libs.db.locks import lock_name, xact_lock
 from libs.errors import FailedPrecondition
-from libs.eventstore import EventMetadata, EventStore, Recorder
-from services.feature_store.domain.definitions.changes import PlannedChange, checked_plan
+from libs.eventstore import ClientRequest, EventMetadata, EventStore, Recorder, RequestLog
+from services.feature_store.domain.definitions.changes import (
+    Applied,
+    PlannedChange,
+    checked_plan,
+)
+from services.feature_store.domain.definitions.sources import source_problems
 from services.feature_store.domain.streaming.aggregation import spec_of
 from services.feature_store.events import CATALOG, definition_stream
-from services.feature_store.store import tiles
+from services.feature_store.store import sources, tiles
 from services.feature_store.store.definitions import DefinitionQueries, DefinitionsProjection, wrap
 
 _APPLY_LOCK = lock_name("feature_store", "apply")
 
 
 class DefinitionCommands:
-    def __init__(self, pool: asyncpg.Pool, store: EventStore, queries: DefinitionQueries) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        store: EventStore,
+        queries: DefinitionQueries,
+        requests: RequestLog,
+    ) -> None:
         self._pool = pool
         self._store = store
         self._queries = queries
+        self._requests = requests
         self._recorder = Recorder(store, CATALOG, DefinitionsProjection())
 
     async def plan(self, repository: m.FeatureRepository) -> list[PlannedChange]:
-        return checked_plan(repository, await self._queries.applied())
+        applied = await self._queries.applied()
+        changes = checked_plan(repository, applied)
+        async with self._pool.acquire() as conn:
+            await _check_sources(conn, changes, repository, applied)
+        return changes
 
     async def apply(
-        self, repository: m.FeatureRepository, metadata: EventMetadata
-    ) -> list[PlannedChange]:
-        """Record every change as an event, all or nothing; blocked changes refuse the lot."""
+        self,
+        repository: m.FeatureRepository,
+        metadata: EventMetadata,
+        request: ClientRequest | None = None,
+    ) -> rr.ApplyDefinitionsResponse:
+        """Record every change as an event, all or nothing; blocked changes refuse the lot.
+        A retry of an applied ``request`` gets the first attempt's changes."""
         async with transaction(self._pool) as conn:
-            # Applies are rare; one at a time keeps "the latest version" well defined.
-            await xact_lock(conn, _APPLY_LOCK)
-            changes = checked_plan(repository, await self._queries.applied(conn))
-            blocked = [c.change for c in changes if c.change.blocked]
-            if blocked:
-                lines = [f"{c.kind} {c.name}: {'; '.join(c.details)}" for c in blocked]
-                raise FailedPrecondition("nothing was applied: " + " | ".join(lines))
-            for planned in changes:
-                if not planned.records:
-                    continue
-                kind, name = planned.change.kind, planned.change.name
-                stream = definition_stream(kind, name)
-                await self._recorder.record(
-                    conn,
-                    stream,
-                    [wrap(kind, planned.definition)],
-                    expected_version=await self._store.stream_version(stream, conn=conn),
-                    metadata=metadata,
+            return await self._requests.once(
+                conn,
+                request,
+                rr.ApplyDefinitionsResponse,
+                lambda: self._apply(conn, repository, metadata),
+            )
+
+    async def _apply(
+        self, conn: asyncpg.Connection, repository: m.FeatureRepository, metadata: EventMetadata
+    ) -> rr.ApplyDefinitionsResponse:
+        # Applies are rare; one at a time keeps "the latest version" well defined.
+        await xact_lock(conn, _APPLY_LOCK)
+        applied = await self._queries.applied(conn)
+        changes = checked_plan(repository, applied)
+        await _check_sources(conn, changes, repository, applied)
+        blocked = [c.change for c in changes if c.change.blocked]
+        if blocked:
+            lines = [f"{c.kind} {c.name}: {'; '.join(c.details)}" for c in blocked]
+            raise FailedPrecondition("nothing was applied: " + " | ".join(lines))
+        for planned in changes:
+            if not planned.records:
+                continue
+            kind, name = planned.change.kind, planned.change.name
+            stream = definition_stream(kind, name)
+            await self._recorder.record(
+                conn,
+                stream,
+                [wrap(kind, planned.definition)],
+                expected_version=await self._store.stream_version(stream, conn=conn),
+                metadata=metadata,
+            )
+            definition = planned.definition
+            if isinstance(definition, m.FeatureView) and definition.HasField("stream_source"):
+                # A version with no tiles yet gets every event in its rollups too; one
+                # that starts rolling up with tiles must be backfilled first (ADR 0011).
+                rolls_up = spec_of(definition, "").rolls_up
+                await tiles.set_rollups_complete(
+                    conn, definition.name, definition.version, rolls_up, unless_tiles=True
                 )
-                definition = planned.definition
-                if isinstance(definition, m.FeatureView) and definition.HasField("stream_source"):
-                    # A version with no tiles yet gets every event in its rollups too; one
-                    # that starts rolling up with tiles must be backfilled first (ADR 0011).
-                    rolls_up = spec_of(definition, "").rolls_up
-                    await tiles.set_rollups_complete(
-                        conn, definition.name, definition.version, rolls_up, unless_tiles=True
-                    )
-        return changes
+        return rr.ApplyDefinitionsResponse(changes=[c.change for c in changes])
+
+
+async def _check_sources(
+    conn: asyncpg.Connection,
+    changes: list[PlannedChange],
+    repository: m.FeatureRepository,
+    applied: Applied,
+) -> None:
+    """Block every change that records a batch view its source table cannot feed exactly
+    (missing table or column, a lossy type), with what to fix as its details."""
+    entities = {**applied.entities, **{e.name: e for e in repository.entities}}
+    for planned in changes:
+        view = planned.definition
+        if not (
+            planned.records
+            and isinstance(view, m.FeatureView)
+            and view.WhichOneof("source") == "batch_source"
+        ):
+            continue
+        columns = await sources.source_columns(conn, view.batch_source)
+        problems = source_problems(view, entities[view.entity], columns)
+        if problems:
+            planned.change.blocked = True
+            planned.change.details.extend(problems)

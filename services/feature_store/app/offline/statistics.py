@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
 import asyncpg
 import numpy as np
@@ -27,7 +28,7 @@ class StatisticsReader:
     async def statistics(self, view_name: str, snapshot_id: str) -> rr.GetFeatureStatisticsResponse:
         view = await self._cache.view(view_name)
         numeric = [(i, f) for i, f in enumerate(view.features) if f.type in _NUMERIC]
-        rows = await online.view_rows(self._pool, view.name, view.version)
+        rows = await online.view_rows(self._pool, view.name, view.version, datetime.now(UTC))
         columns: dict[str, list[float | None]] = {f.name: [] for _, f in numeric}
         for row in rows:
             values = m.FeatureRow.FromString(row).values

@@ -3,15 +3,15 @@
 Labels come as an Arrow IPC stream (a column per join key plus ``event_time``,
 and any extra columns such as the label) or from a Postgres table. Every view the
 selection reads is mirrored up to date into DuckDB, the bitemporal join runs
-there (store/pit_join.py), on-demand features are computed row by row with the
-same runner as online, and the result is identified by the sha256 of its Arrow
-IPC bytes — recorded as a DatasetSnapshotCreated event for lineage.
+there (store/pit_join.py) on the labels' keys and times only, on-demand features are
+computed row by row with the same runner as online, the label columns are put back as
+they came, and the result is identified by a digest of its content
+(``training.content_id``) — recorded as a DatasetSnapshotCreated event for lineage.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from dataclasses import dataclass
 
 import asyncpg
@@ -19,8 +19,9 @@ import pyarrow as pa
 
 from lathe.feature_store.v1 import events_pb2
 from lathe.feature_store.v1 import request_response_pb2 as rr
+from libs.db import transaction
 from libs.errors import InvalidArgument
-from libs.eventstore import ANY_VERSION, EventMetadata, EventStore
+from libs.eventstore import ANY_VERSION, ClientRequest, EventMetadata, EventStore, RequestLog
 from services.feature_store.app.definitions.cache import DefinitionsCache
 from services.feature_store.app.streaming.history import stream_aggregates_as_of
 from services.feature_store.domain import training
@@ -40,12 +41,18 @@ class TrainingSet:
 
 class HistoricalReader:
     def __init__(
-        self, pool: asyncpg.Pool, store: EventStore, cache: DefinitionsCache, mirror: OfflineMirror
+        self,
+        pool: asyncpg.Pool,
+        store: EventStore,
+        cache: DefinitionsCache,
+        mirror: OfflineMirror,
+        requests: RequestLog,
     ) -> None:
         self._pool = pool
         self._store = store
         self._cache = cache
         self._mirror = mirror
+        self._requests = requests
 
     async def training_set(
         self,
@@ -55,7 +62,11 @@ class HistoricalReader:
         label_source: rr.LabelSource | None,
         entity_rows_arrow: bytes,
         metadata: EventMetadata,
+        request: ClientRequest | None = None,
     ) -> TrainingSet:
+        """The training set, and its DatasetSnapshotCreated event recorded (with a client
+        ``request`` id: once, unless a retry's content differs from the first's)."""
+        recorded = await self._requests.replay(request, rr.DatasetSnapshot)
         plan = await self._cache.plan(feature_service, references)
         join_keys = sorted({read.join_key for read in plan.views})
         if label_source is not None:
@@ -67,21 +78,22 @@ class HistoricalReader:
         synced = await asyncio.gather(*(self._mirror.sync(plan.views[i].view) for i in stored))
         views = _join_views(plan, dict(zip(stored, synced, strict=True)))
         if views:
-            joined = await asyncio.to_thread(self._mirror.join, labels, views)
+            joined = await asyncio.to_thread(self._mirror.join, labels.keys, views)
         else:
-            joined = labels.sort_by(training.ROW_NUMBER)
+            joined = labels.keys
         for index, read in enumerate(plan.views):
             if not read.stored:
                 joined = await self._add_stream_aggregates(joined, plan, index)
-        joined = training.selected(joined, plan)
-        ipc = training.to_ipc(joined)
+        result = training.selected(labels, joined, plan)
         snapshot = rr.DatasetSnapshot(
-            snapshot_id=f"sha256:{hashlib.sha256(ipc).hexdigest()}",
-            rows=joined.num_rows,
+            snapshot_id=await asyncio.to_thread(training.content_id, result),
+            rows=result.num_rows,
             feature_names=plan.feature_names,
         )
-        await self._record(snapshot, feature_service, training.profiles(joined, plan), metadata)
-        return TrainingSet(snapshot, ipc)
+        if recorded is None or recorded != snapshot:
+            profiles = training.profiles(result, plan)
+            await self._record(snapshot, feature_service, profiles, metadata, request, recorded)
+        return TrainingSet(snapshot, training.to_ipc(result))
 
     async def _add_stream_aggregates(
         self, joined: pa.Table, plan: ReadPlan, index: int
@@ -101,14 +113,16 @@ class HistoricalReader:
             )
         return joined
 
-    async def _labels_from_table(self, source: rr.LabelSource, join_keys: list[str]) -> pa.Table:
+    async def _labels_from_table(
+        self, source: rr.LabelSource, join_keys: list[str]
+    ) -> training.Labels:
         if len(join_keys) != 1:
             raise InvalidArgument(
                 f"these features need several entity keys ({join_keys}); pass entity_rows_arrow "
                 "with a column per key instead of a label table"
             )
-        labels = await read_label_table(self._pool, self._mirror, source, join_keys[0])
-        return training.numbered(labels)
+        rows = await read_label_table(self._pool, source, join_keys[0])
+        return training.Labels(rows, training.label_keys(rows, join_keys, "label_source"))
 
     async def _record(
         self,
@@ -116,6 +130,8 @@ class HistoricalReader:
         feature_service: str,
         profiles: list[events_pb2.FeatureProfile],
         metadata: EventMetadata,
+        request: ClientRequest | None,
+        recorded: rr.DatasetSnapshot | None,
     ) -> None:
         service = self._cache.definitions.services.get(feature_service)
         event = events_pb2.DatasetSnapshotCreated(
@@ -126,11 +142,25 @@ class HistoricalReader:
             rows=snapshot.rows,
             profiles=profiles,
         )
-        await self._store.append(
-            f"dataset-{snapshot.snapshot_id.split(':')[-1][:32]}",
-            [CATALOG.new_event(event, metadata)],
-            expected_version=ANY_VERSION,
-        )
+
+        async def append(conn: asyncpg.Connection) -> rr.DatasetSnapshot:
+            await self._store.append(
+                f"dataset-{snapshot.snapshot_id.split(':')[-1][:32]}",
+                [CATALOG.new_event(event, metadata)],
+                expected_version=ANY_VERSION,
+                conn=conn,
+            )
+            return snapshot
+
+        async with transaction(self._pool) as conn:
+            if recorded is not None:  # a retry whose data changed since: a dataset of its own
+                await append(conn)
+                return
+            first = await self._requests.once(
+                conn, request, rr.DatasetSnapshot, lambda: append(conn)
+            )
+            if first != snapshot:  # a concurrent duplicate recorded other content
+                await append(conn)
 
 
 def _join_views(plan: ReadPlan, tables: dict[int, str]) -> list[JoinView]:

@@ -16,7 +16,7 @@ from services.feature_store.app.online.replica import OnlineReplica
 from services.feature_store.app.online.vectors import VectorIndex
 from services.feature_store.app.online.windows import WindowReader
 from services.feature_store.domain.definitions.read_plan import ReadPlan
-from services.feature_store.domain.serving.rows import ServingRow, ViewTables
+from services.feature_store.domain.serving.rows import ServingRow, ViewTables, epoch_us, merged
 from services.feature_store.domain.values import entity_keys
 from services.feature_store.store import online
 
@@ -104,10 +104,18 @@ class OnlineReader:
             return {view: held[view] for view in views if view in held}  # absent: no rows
         all_keys = [key for keys in keys_by_view for key in keys]
         found = await online.read_latest(self._pool, views, all_keys)
-        return {
-            view: {k: ServingRow(r.row, r.event_time, r.features) for k, r in rows.items()}
-            for view, rows in found.items()
-        }
+        now_us = epoch_us(datetime.now(UTC))
+        tables: ViewTables = {}
+        for view, rows in found.items():
+            table = tables[view] = {}
+            for key, stored in rows.items():
+                head = None
+                for r in stored:
+                    head = merged(
+                        head, ServingRow(r.row, r.event_time, r.features, r.created_time), now_us
+                    )
+                table[key] = head  # type: ignore[assignment]  # every key has a row
+        return tables
 
 
 def _row_count(

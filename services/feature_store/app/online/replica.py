@@ -12,6 +12,15 @@ Until the first load completes, or when the table outgrows ``max_rows``, the
 replica reports itself unavailable and reads go to Postgres, so serving is
 always correct, only slower. Online rows are never deleted, so the feed carries
 no tombstones; a feature that starts deleting them must add them (ADR 0009).
+Rows of the future (ADR 0019) arrive through the same feed and join the entity's
+chain (``domain/serving/rows.py``); the pass that later deletes them from Postgres
+needs no tombstone either, since a row whose time has come is folded into the
+entity's current row here too.
+
+A row the replica cannot hold (it should not exist: times come back through
+``domain.times.utc``) is logged and skipped, and any other failure of the follow
+loop is logged and retried from the horizon: the task never ends while the process
+serves, and one bad row never stops the others from being served.
 """
 
 from __future__ import annotations
@@ -21,12 +30,14 @@ import contextlib
 import gc
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import asyncpg
 from opentelemetry import metrics
 
 from services.feature_store.app.online.vectors import VectorIndexes
-from services.feature_store.domain.serving.rows import ServingRow, ViewTables
+from services.feature_store.domain.serving.rows import ServingRow, ViewTables, merged
+from services.feature_store.domain.times import to_us
 from services.feature_store.store import online
 
 _log = logging.getLogger(__name__)
@@ -114,8 +125,12 @@ class OnlineReplica:
                     _log.warning(
                         "online replica interrupted (%r); resuming in %.0fs", exc, _RETRY_S
                     )
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), _RETRY_S)
+                except Exception:  # a bug, not an outage: say so loudly, and keep serving
+                    _log.exception("online replica failed; resuming in %.0fs", _RETRY_S)
+                else:
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), _RETRY_S)
         finally:
             self._following = False
             stopping.cancel()
@@ -160,15 +175,31 @@ class OnlineReplica:
         # holds concurrent reads back ~2.5 ms at most.
         before = self._rows
         invalidate = self.vectors.invalidate
-        for view, version, key, row, event_time, features in records:
+        now_us = to_us(datetime.now(UTC))
+        skipped = 0
+        for view, version, key, row, event_time, created_time, features in records:
+            try:
+                new = ServingRow(row, event_time, features, created_time)
+            except Exception:  # log it and keep the rest: one row must not stop serving
+                if not skipped:
+                    _log.exception(
+                        "online replica skipped the row of %s v%s %r", view, version, key
+                    )
+                skipped += 1
+                continue
             table = self._tables.get((view, version))
             if table is None:
                 table = self._tables[(view, version)] = {}
-            if key not in table:
+            held = table.get(key)
+            if held is None:
                 self._rows += 1
-            table[key] = ServingRow(row, event_time, features)
+                table[key] = new
+            else:
+                table[key] = merged(held, new, now_us)
             invalidate((view, version), key)
-        _applied.add(len(records))
+        if skipped > 1:
+            _log.error("online replica skipped %d rows it could not hold in one batch", skipped)
+        _applied.add(len(records) - skipped)
         _held.add(self._rows - before)
 
     def _turn_off(self) -> None:

@@ -26,7 +26,7 @@ from services.feature_store.domain.definitions.read_plan import (
 )
 from services.feature_store.domain.serving import wire
 from services.feature_store.domain.serving.rows import ServingRow, StoredView, ViewTables, epoch_us
-from services.feature_store.domain.values import coerce, to_python
+from services.feature_store.domain.values import to_python
 
 _PRESENT = m.FEATURE_STATUS_PRESENT
 _NOT_FOUND = m.FEATURE_STATUS_NOT_FOUND
@@ -214,6 +214,10 @@ _ABSENT = _Fetched(b"", _NOT_FOUND, wire.NO_TIME)
 def _fetch(view: StoredView, found: ServingRow | None, now_us: int) -> _Fetched:
     if found is None:
         return _ABSENT
+    if not found.event_us <= now_us < found.next_us:  # a chain with rows of the future
+        found = found.at(now_us)
+        if found is None:
+            return _ABSENT
     if view.expired(found, now_us):
         return _Fetched(b"", _EXPIRED, found.time)
     return _Fetched(found.row, _PRESENT, found.time, found.features)
@@ -305,8 +309,8 @@ def _run_step(
                 f"request_data lacks {request_field.name!r}, needed by on-demand view "
                 f"{step.view.name!r}"
             )
-        inputs[request_field.name] = to_python(
-            coerce(column.values[row], request_field.type, f"request_data[{request_field.name!r}]")
+        inputs[request_field.name] = step.function.request_value(
+            request_field, column.values[row], f"request_data[{request_field.name!r}]"
         )
     values = step.function.run(inputs, row)  # the one runner, offline too (domain/training.py)
     return {

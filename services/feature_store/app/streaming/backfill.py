@@ -14,9 +14,10 @@ from collections.abc import Awaitable, Callable, Sequence
 import asyncpg
 
 from lathe.feature_store.v1 import events_pb2
+from lathe.feature_store.v1 import request_response_pb2 as rr
 from libs.db import transaction
 from libs.errors import FailedPrecondition, InvalidArgument, NotFound
-from libs.eventstore import ANY_VERSION, EventMetadata, EventStore
+from libs.eventstore import ANY_VERSION, ClientRequest, EventMetadata, EventStore, RequestLog
 from services.feature_store.app.definitions.cache import DefinitionsCache
 from services.feature_store.domain.names import check_name
 from services.feature_store.domain.streaming.aggregation import (
@@ -41,32 +42,40 @@ async def backfill_view(
     pool: asyncpg.Pool, spec: StreamViewSpec, record: RecordBackfill | None = None
 ) -> BackfillResult:
     """Replace the view version's tiles and rollups with ones recomputed from its source's
-    raw log (which makes its rollups complete, ADR 0011).
-
-    One transaction holding the source's ingestion lock exclusively: streaming of that
-    source waits (it resumes where it was), and no event can be half counted. ``record``
-    runs in the same transaction, so the record and the tiles commit together.
-    """
+    raw log (which makes its rollups complete, ADR 0011), in one transaction
+    (``backfill_in``)."""
     async with transaction(pool) as conn:
-        await stream_events.lock_source(conn, spec.source)
-        result, built = BackfillResult(), dict[TileKey, TileState]()
-        async for raw in stream_events.read_events(conn, spec.source):  # streamed, not loaded
-            for event in accepted_events(spec, (raw,), result):
-                built.setdefault(tile_key(spec, event), TileState()).add(event)
-        result.tiles_written = len(built)
-        await tiles.replace_tiles(
-            conn,
-            spec.view,
-            spec.version,
-            {key: encode_state(state) for key, state in built.items()},
-            {
-                key: encode_state(state)
-                for key, state in (build_rollups(spec, built) if spec.rolls_up else {}).items()
-            },
-        )
-        await tiles.set_rollups_complete(conn, spec.view, spec.version, spec.rolls_up)
-        if record is not None:
-            await record(conn, result)
+        return await backfill_in(conn, spec, record)
+
+
+async def backfill_in(
+    conn: asyncpg.Connection, spec: StreamViewSpec, record: RecordBackfill | None = None
+) -> BackfillResult:
+    """``backfill_view`` in the caller's transaction.
+
+    It holds the source's ingestion lock exclusively: streaming of that source waits (it
+    resumes where it was), and no event can be half counted. ``record`` runs in the same
+    transaction, so the record and the tiles commit together.
+    """
+    await stream_events.lock_source(conn, spec.source)
+    result, built = BackfillResult(), dict[TileKey, TileState]()
+    async for raw in stream_events.read_events(conn, spec.source):  # streamed, not loaded
+        for event in accepted_events(spec, (raw,), result):
+            built.setdefault(tile_key(spec, event), TileState()).add(event)
+    result.tiles_written = len(built)
+    await tiles.replace_tiles(
+        conn,
+        spec.view,
+        spec.version,
+        {key: encode_state(state) for key, state in built.items()},
+        {
+            key: encode_state(state)
+            for key, state in (build_rollups(spec, built) if spec.rolls_up else {}).items()
+        },
+    )
+    await tiles.set_rollups_complete(conn, spec.view, spec.version, spec.rolls_up)
+    if record is not None:
+        await record(conn, result)
     return result
 
 
@@ -85,15 +94,23 @@ async def import_events(pool: asyncpg.Pool, source: str, events: Sequence[RawEve
 class Backfiller:
     """Backfills by view name, resolving definitions through the serving cache."""
 
-    def __init__(self, pool: asyncpg.Pool, store: EventStore, cache: DefinitionsCache) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, store: EventStore, cache: DefinitionsCache, requests: RequestLog
+    ) -> None:
         self._pool = pool
         self._store = store
         self._cache = cache
+        self._requests = requests
 
     async def backfill(
-        self, view_name: str, version: int, metadata: EventMetadata
-    ) -> tuple[int, BackfillResult]:
-        """Backfill one version of a stream view (0: the latest); returns the version."""
+        self,
+        view_name: str,
+        version: int,
+        metadata: EventMetadata,
+        request: ClientRequest | None = None,
+    ) -> rr.BackfillStreamViewResponse:
+        """Backfill one version of a stream view (0: the latest). A retry of an applied
+        ``request`` recomputes nothing and gets the first attempt's counts."""
         check_name(view_name, "feature_view")
         if version < 0:
             raise InvalidArgument(f"version must be 0 (the latest) or positive, not {version}")
@@ -107,7 +124,7 @@ class Backfiller:
                 f"feature view {view_name!r} has a {view.WhichOneof('source')}; only stream "
                 "views have tiles to backfill (batch views use Materialize)"
             )
-        join_key = self._cache.definitions.entities[view.entity].join_key
+        spec = spec_of(view, self._cache.definitions.entities[view.entity].join_key)
 
         async def record(conn: asyncpg.Connection, result: BackfillResult) -> None:
             event = events_pb2.StreamViewBackfilled(
@@ -125,4 +142,17 @@ class Backfiller:
                 conn=conn,
             )
 
-        return view.version, await backfill_view(self._pool, spec_of(view, join_key), record)
+        async def run(conn: asyncpg.Connection) -> rr.BackfillStreamViewResponse:
+            result = await backfill_in(conn, spec, record)
+            return rr.BackfillStreamViewResponse(
+                version=view.version,
+                events_read=result.events_read,
+                events_used=result.events_used,
+                tiles_written=result.tiles_written,
+                rejected=dict(result.rejected),
+            )
+
+        async with transaction(self._pool) as conn:
+            return await self._requests.once(
+                conn, request, rr.BackfillStreamViewResponse, lambda: run(conn)
+            )

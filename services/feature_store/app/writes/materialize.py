@@ -1,16 +1,21 @@
 """Batch materialization: source table -> offline log + online store, incremental.
 
-Each run continues from the view version's stored watermark and reads the
-source in pages ordered by its watermark column: the created-time column when
-the source declares one (so late corrections are picked up), else the event
-time. Every page commits with the new watermark, so an interrupted run resumes
-where it stopped and never writes a row twice. Runs are started and completed
-as events, the completion carrying statistics of what was written.
+Each run reads the source rows already known (watermark <= now: the created-time
+column when the source declares one, so late corrections are picked up, else the event
+time) up to an event-time bound (``end_time``; none by default, so rows of the future
+are loaded too and served online when their time comes), less what earlier runs read
+(domain/materialization.py), in pages ordered by watermark. Every page commits with
+what is loaded so far, so an interrupted run resumes where it stopped and never writes
+a row twice; pages that may repeat rows (a re-run from ``start_time``, a widened event
+bound) are compared with the offline log first. Runs are started and completed as
+events, the completion carrying statistics of what was written.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -22,16 +27,27 @@ from lathe.feature_store.v1 import message_pb2 as m
 from lathe.feature_store.v1 import request_response_pb2 as rr
 from libs.db.locks import lock_name, try_session_lock
 from libs.errors import Conflict, FailedPrecondition
-from libs.eventstore import ANY_VERSION, EventMetadata, EventStore
+from libs.eventstore import ANY_VERSION, ClientRequest, EventMetadata, EventStore, RequestLog
 from services.feature_store.app.definitions.cache import DefinitionsCache
 from services.feature_store.app.writes.writer import FeatureWriter
-from services.feature_store.domain.writes import RunningStats, row_from_source
+from services.feature_store.domain.definitions.sources import source_problems
+from services.feature_store.domain.materialization import (
+    Loaded,
+    RunScope,
+    advanced,
+    finished,
+    run_scope,
+    unwritten,
+)
+from services.feature_store.domain.times import MIN_TIME, utc
+from services.feature_store.domain.values import to_python
+from services.feature_store.domain.writes import IngestRow, RunningStats, row_from_source
 from services.feature_store.events import CATALOG
-from services.feature_store.store import materializations
-from services.feature_store.store.sources import BatchReader
+from services.feature_store.store import materializations, offline
+from services.feature_store.store.sources import BatchReader, source_columns
 
 PAGE_ROWS = 5000
-_BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
+_LOCK_POLL_S = 0.1
 _NUMERIC = {m.VALUE_TYPE_INT64, m.VALUE_TYPE_FLOAT64}
 
 
@@ -45,29 +61,76 @@ class _Run:
 
 class Materializer:
     def __init__(
-        self, pool: asyncpg.Pool, store: EventStore, cache: DefinitionsCache, writer: FeatureWriter
+        self,
+        pool: asyncpg.Pool,
+        store: EventStore,
+        cache: DefinitionsCache,
+        writer: FeatureWriter,
+        requests: RequestLog,
     ) -> None:
         self._pool = pool
         self._store = store
         self._cache = cache
         self._writer = writer
+        self._requests = requests
 
     async def run(
-        self, view_name: str, end_time: datetime | None, metadata: EventMetadata
+        self,
+        view_name: str,
+        end_time: datetime | None,
+        metadata: EventMetadata,
+        *,
+        start_time: datetime | None = None,
+        request: ClientRequest | None = None,
     ) -> AsyncIterator[rr.MaterializeProgress]:
+        """Load the view's source rows known now with event times up to ``end_time``
+        (None: any) that earlier runs did not load, and with ``start_time`` also every
+        row known at or after it (a re-run: rows already written are not written again).
+
+        With a client ``request`` id, a run that completed answers a retry with its final
+        progress (and reads nothing), and a duplicate arriving while it runs waits for it
+        instead of being refused; the id is recorded with the run's completion, so a run
+        cut off before it can only be continued, by a retry or any later run."""
         view = await self._cache.view(view_name)
         if view.WhichOneof("source") != "batch_source":
             raise FailedPrecondition(
                 f"feature view {view_name!r} has a {view.WhichOneof('source')}; Materialize reads "
                 "batch sources (push views take PushFeatures, stream views fill themselves)"
             )
-        until = end_time or datetime.now(UTC)
+        if (done := await self._requests.replay(request, rr.MaterializeProgress)) is not None:
+            yield done
+            return
         reader = BatchReader(view, self._cache.definitions.entities[view.entity].join_key)
         lock = lock_name("materialize", view.name, view.version)
-        async with self._pool.acquire() as conn, try_session_lock(conn, lock) as locked:
+        async with (
+            self._pool.acquire() as conn,
+            _run_lock(conn, lock, wait=request is not None) as locked,
+        ):
             if not locked:
                 raise Conflict(f"a materialization of {view_name!r} is running; wait for it to end")
-            async for progress in self._run_locked(conn, view, reader, until, metadata):
+            if (done := await self._requests.replay(request, rr.MaterializeProgress)) is not None:
+                yield done  # the duplicate this one waited for completed it
+                return
+            problems = source_problems(
+                view,
+                self._cache.definitions.entities[view.entity],
+                await source_columns(conn, view.batch_source),
+            )
+            if problems:  # the table changed since the view was applied
+                raise FailedPrecondition(
+                    f"the batch source of {view_name!r} does not match its definition: "
+                    + "; ".join(problems)
+                )
+            loaded = await materializations.loaded(conn, view.name, view.version)
+            scope = run_scope(
+                view.name,
+                loaded,
+                now=datetime.now(UTC),
+                end_time=end_time,
+                start_time=start_time,
+            )
+            runner = self._run_locked(conn, view, reader, loaded, scope, metadata, request)
+            async for progress in runner:
                 yield progress
 
     async def _run_locked(
@@ -75,50 +138,97 @@ class Materializer:
         conn: asyncpg.Connection,
         view: m.FeatureView,
         reader: BatchReader,
-        until: datetime,
+        loaded: Loaded | None,
+        scope: RunScope,
         metadata: EventMetadata,
+        request: ClientRequest | None,
     ) -> AsyncIterator[rr.MaterializeProgress]:
-        start = await materializations.watermark(conn, view.name, view.version) or _BEGINNING
-        if until <= start:
-            yield _progress(_Run(), start, done=True)
-            return
-        pending = await reader.pending(conn, start, until)
+        through = loaded.through if loaded is not None else MIN_TIME
+        pending = await reader.pending(conn, scope)
         if pending == 0:  # nothing new since the last run: no run to record
-            yield _progress(_Run(), start, done=True)
+            yield await self._complete(
+                conn, view, loaded, scope, metadata, request, None, through, 0
+            )
             return
-        await self._record(conn, view, events_pb2.MaterializationStarted, start, until, metadata)
+        await self._record(conn, view, events_pb2.MaterializationStarted, scope, metadata)
         run = _Run(stats={f.name: RunningStats() for f in view.features if f.type in _NUMERIC})
-        after = start
+        after: datetime | None = None
         while True:
-            rows, mark = await reader.page(conn, after, until, PAGE_ROWS)
+            rows, mark = await reader.page(conn, scope, after, PAGE_ROWS)
             if mark is None:
                 break
             ingest = [row_from_source(view, record) for record in rows]
             async with conn.transaction():
+                if scope.recheck_through is not None and _mark(rows[0]) <= scope.recheck_through:
+                    ingest = await self._not_written(conn, view, ingest)
                 result = await self._writer.write(
                     conn, view, ingest, created_time=datetime.now(UTC), metadata=metadata
                 )
-                await materializations.advance(conn, view.name, view.version, mark)
+                state = advanced(loaded, scope, mark)
+                if state is not None and state != loaded:
+                    await materializations.advance(conn, view.name, view.version, state)
+            loaded = state
             run.rows_read += len(rows)
             run.written += result.written
             run.quarantined += result.quarantined
-            for record in rows:
-                for name, stats in run.stats.items():
-                    stats.add(record[name])
+            for row in ingest:
+                for index, feature in enumerate(view.features):
+                    stats = run.stats.get(feature.name)
+                    if stats is not None:
+                        stats.add(to_python(row.values[index]))
             after = mark
-            yield _progress(run, mark, done=False, pending=pending)
-        await self._record(
-            conn, view, events_pb2.MaterializationCompleted, start, until, metadata, run
+            through = max(through, mark)
+            yield _progress(run, through, done=False, pending=pending)
+        final = await self._complete(
+            conn, view, loaded, scope, metadata, request, run, through, pending
         )
         await self._writer.served()
-        yield _progress(run, until, done=True, pending=pending)
+        yield final
+
+    async def _complete(
+        self,
+        conn: asyncpg.Connection,
+        view: m.FeatureView,
+        loaded: Loaded | None,
+        scope: RunScope,
+        metadata: EventMetadata,
+        request: ClientRequest | None,
+        run: _Run | None,
+        through: datetime,
+        pending: int,
+    ) -> rr.MaterializeProgress:
+        """Record what is loaded and the completion (with ``run``: an event), and the
+        client's request id with the final progress, in one transaction."""
+
+        async def complete() -> rr.MaterializeProgress:
+            state = finished(loaded, scope)
+            if state is not None and state != loaded:
+                await materializations.advance(conn, view.name, view.version, state)
+            if run is None:
+                return _progress(_Run(), through, done=True)
+            await self._record(
+                conn, view, events_pb2.MaterializationCompleted, scope, metadata, run
+            )
+            return _progress(run, through, done=True, pending=pending)
+
+        async with conn.transaction():
+            return await self._requests.once(conn, request, rr.MaterializeProgress, complete)
+
+    async def _not_written(
+        self, conn: asyncpg.Connection, view: m.FeatureView, rows: list[IngestRow]
+    ) -> list[IngestRow]:
+        """``rows`` less those the offline log holds already (a page read again)."""
+        identities = [(r.entity_key, r.event_time, r.created_time) for r in rows]
+        written = await offline.written_rows(conn, view, identities)  # type: ignore[arg-type]
+        return unwritten(rows, written)
 
     async def _record(  # type: ignore[no-untyped-def]
-        self, conn, view, event_type, start, end, metadata, run: _Run | None = None
+        self, conn, view, event_type, scope: RunScope, metadata, run: _Run | None = None
     ) -> None:
         event = event_type(feature_view=view.name, version=view.version)
-        event.start_time.FromDatetime(start)
-        event.end_time.FromDatetime(end)
+        # The known-at range read: from what earlier runs had read (or the first instant).
+        event.start_time.FromDatetime(scope.read_through or MIN_TIME)
+        event.end_time.FromDatetime(scope.known_until)
         if run is not None:
             event.rows_written = run.written
             event.rows_quarantined = run.quarantined
@@ -152,3 +262,19 @@ def _progress(
         done=done,
         rows_total=pending or 0,
     )
+
+
+def _mark(record: asyncpg.Record) -> datetime:
+    return utc(record["watermark"])
+
+
+@asynccontextmanager
+async def _run_lock(conn: asyncpg.Connection, name: str, *, wait: bool) -> AsyncIterator[bool]:
+    """The view version's run lock: tried once, or (``wait``: a client request id that a
+    duplicate may be running) waited for, until the call's deadline."""
+    while True:
+        async with try_session_lock(conn, name) as locked:
+            if locked or not wait:
+                yield locked
+                return
+        await asyncio.sleep(_LOCK_POLL_S)

@@ -8,23 +8,37 @@ from datetime import UTC, datetime
 import asyncpg
 
 from lathe.feature_store.v1 import message_pb2 as m
+from lathe.feature_store.v1 import request_response_pb2 as rr
 from libs.db import transaction
 from libs.errors import FailedPrecondition
-from libs.eventstore import EventMetadata
+from libs.eventstore import ClientRequest, EventMetadata, RequestLog
 from services.feature_store.app.definitions.cache import DefinitionsCache
 from services.feature_store.app.writes.writer import FeatureWriter
-from services.feature_store.domain.writes import IngestResult, push_rows
+from services.feature_store.domain.writes import push_rows
 
 
 class Pusher:
-    def __init__(self, pool: asyncpg.Pool, cache: DefinitionsCache, writer: FeatureWriter) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        cache: DefinitionsCache,
+        writer: FeatureWriter,
+        requests: RequestLog,
+    ) -> None:
         self._pool = pool
         self._cache = cache
         self._writer = writer
+        self._requests = requests
 
     async def push(
-        self, view_name: str, columns: Mapping[str, m.RepeatedValue], metadata: EventMetadata
-    ) -> IngestResult:
+        self,
+        view_name: str,
+        columns: Mapping[str, m.RepeatedValue],
+        metadata: EventMetadata,
+        request: ClientRequest | None = None,
+    ) -> rr.PushFeaturesResponse:
+        """Write the rows; what was written. A retry of an applied ``request`` writes
+        nothing and gets the first attempt's counts."""
         view = await self._cache.view(view_name)
         if view.WhichOneof("source") != "push_source":
             raise FailedPrecondition(
@@ -33,9 +47,18 @@ class Pusher:
             )
         join_key = self._cache.definitions.entities[view.entity].join_key
         rows = push_rows(view, join_key, columns)
-        async with transaction(self._pool) as conn:
+
+        async def write(conn: asyncpg.Connection) -> rr.PushFeaturesResponse:
             result = await self._writer.write(
                 conn, view, rows, created_time=datetime.now(UTC), metadata=metadata
             )
+            return rr.PushFeaturesResponse(
+                rows_written=result.written, rows_quarantined=result.quarantined
+            )
+
+        async with transaction(self._pool) as conn:
+            response = await self._requests.once(
+                conn, request, rr.PushFeaturesResponse, lambda: write(conn)
+            )
         await self._writer.served()
-        return result
+        return response

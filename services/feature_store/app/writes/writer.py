@@ -21,7 +21,7 @@ from services.feature_store.domain.writes import (
     IngestResult,
     IngestRow,
     check_expectations,
-    latest_by_entity,
+    online_rows,
 )
 from services.feature_store.events import CATALOG
 from services.feature_store.store import offline, online, quality
@@ -61,21 +61,15 @@ class FeatureWriter:
                 for r in kept
             ],
         )
-        latest = latest_by_entity(kept, created_time)
+        changed = online_rows(kept, created_time)
         await online.upsert_latest(
             conn,
             view.name,
             view.version,
-            [
-                (
-                    key,
-                    m.FeatureRow(values=row.values).SerializeToString(),
-                    row.event_time,
-                    row.created_time or created_time,
-                    len(row.values),
-                )
-                for key, row in latest.items()
-            ],
+            [_online(row, created_time) for row in changed.current.values()],
+        )
+        await online.upsert_pending(
+            conn, view.name, view.version, [_online(row, created_time) for row in changed.pending]
         )
         if held:
             await quality.quarantine(
@@ -106,3 +100,14 @@ class FeatureWriter:
                 f"quality-{view.name}", [event], expected_version=ANY_VERSION, conn=conn
             )
         return IngestResult(written=len(kept), quarantined=len(held), violations=counts)
+
+
+def _online(row: IngestRow, created_time: datetime) -> tuple[str, bytes, datetime, datetime, int]:
+    """An online store row: (entity key, FeatureRow bytes, event time, created time, count)."""
+    return (
+        row.entity_key,
+        m.FeatureRow(values=row.values).SerializeToString(),
+        row.event_time,
+        row.created_time or created_time,
+        len(row.values),
+    )

@@ -4,7 +4,8 @@ The definition carries the function's source code. It is checked and rewritten
 (``sandbox.py``) and compiled once per definition version, and every row, online (per
 request row, app/online/reply.py) or offline (per training row, domain/training.py), is
 computed by ``OnDemandFunction.run``: one step budget, one error message, one typing of
-the outputs, so the two paths cannot disagree. Trust model: docs/adr/0016.
+the outputs, and one conversion of request fields to their declared types
+(``request_value``), so the two paths cannot disagree. Trust model: docs/adr/0016.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.errors import InvalidArgument
 from services.feature_store.domain.on_demand import guards, sandbox
-from services.feature_store.domain.values import from_python
+from services.feature_store.domain.values import coerce, from_python, to_python
 
 _MESSAGE_CHARS = 300
 
@@ -66,6 +67,14 @@ class OnDemandFunction:
                 )
             values.append(from_python(value, value_type, f"{self._where} feature {name!r}"))
         return values
+
+    @staticmethod
+    def request_value(field: m.Field, value: m.Value, where: str) -> Any:
+        """A request field's value as the function sees it: converted to the field's
+        declared type (an integer for a FLOAT64 field becomes a float, other mismatches
+        are InvalidArgument naming ``where``). Online request data and offline label
+        columns both come through here, so the function sees the same values."""
+        return to_python(coerce(value, field.type, where))
 
 
 def compile_on_demand(view: m.OnDemandFeatureView) -> OnDemandFunction:
