@@ -299,7 +299,11 @@ async def seed_feature_store(platform: FuzzPlatform) -> None:
     await seed(
         FEATURES,
         "Materialize",
-        frr.MaterializeRequest(feature_view="fuzz_terms", end_time=_timestamp(datetime.now(UTC))),
+        # A re-run of a range (the first call loaded through every event time, so a
+        # narrower end_time is refused).
+        frr.MaterializeRequest(
+            feature_view="fuzz_terms", start_time=_timestamp(datetime.now(UTC) - timedelta(days=1))
+        ),
     )
     await seed(
         FEATURES,

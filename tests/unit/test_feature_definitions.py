@@ -11,6 +11,7 @@ from libs.errors import InvalidArgument
 from libs.sdk.features import (
     Aggregation,
     Entity,
+    FeatureService,
     FeatureView,
     Field,
     Float64,
@@ -21,7 +22,7 @@ from libs.sdk.features import (
     on_demand_feature_view,
     repository_of,
 )
-from services.feature_store.domain.definitions.changes import Applied, plan
+from services.feature_store.domain.definitions.changes import Applied, checked_plan, plan
 from services.feature_store.domain.definitions.rules import breaking_changes, validate_repository
 from services.feature_store.domain.names import FeatureRef
 from services.feature_store.domain.on_demand.runner import compile_on_demand
@@ -139,3 +140,15 @@ def test_on_demand_functions_may_not_capture_variables() -> None:
 
     with pytest.raises(ValueError, match="factor"):
         doubled.to_proto()
+
+
+def test_a_feature_service_selects_each_feature_once() -> None:
+    # Twice-selected features were two columns of one name in a training set: INTERNAL.
+    view = _view(Field("x", Float64), Field("y", Float64))
+    for features in (["terms:*", "terms:x"], ["terms:y", "terms:y"]):
+        repository = repository_of([view, LOAN, FeatureService("scoring", features)])
+        with pytest.raises(InvalidArgument, match="more than once"):
+            checked_plan(repository, Applied())
+    repository = repository_of([view, LOAN, FeatureService("scoring", ["terms:x", "terms:y"])])
+    kinds = [c.change.kind for c in checked_plan(repository, Applied())]
+    assert "feature_service" in kinds

@@ -70,7 +70,7 @@ def labels_from_arrow(data: bytes, join_keys: list[str]) -> Labels:
         raise InvalidArgument("set label_source or entity_rows_arrow (an Arrow IPC stream)")
     try:
         table = pa.ipc.open_stream(data).read_all()
-    except pa.ArrowInvalid as exc:
+    except (pa.ArrowException, OSError) as exc:  # pyarrow raises OSError for many bad streams
         raise InvalidArgument(f"entity_rows_arrow is not an Arrow IPC stream: {exc}") from exc
     if table.num_rows > MAX_LABEL_ROWS:
         raise InvalidArgument(f"at most {MAX_LABEL_ROWS} entity rows per call")

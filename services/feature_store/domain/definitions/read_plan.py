@@ -126,6 +126,7 @@ class Definitions:
             for feature in features:
                 plan.feature_names.append(f"{view.name}:{feature}")
                 plan.columns.append(stored(FeatureRef(ref.view, feature, ref.version), view))
+        _refuse_repeats(plan.feature_names, references)
         return plan
 
     def _add_on_demand(self, plan: ReadPlan, ref: FeatureRef, stored) -> None:  # type: ignore[no-untyped-def]
@@ -153,6 +154,18 @@ class Definitions:
                 raise InvalidArgument(f"on-demand view {ref.view!r} has no feature {name!r}")
             plan.feature_names.append(f"{ref.view}:{name}")
             plan.columns.append(OnDemandColumn(step_index, name, outputs[name]))
+
+
+def _refuse_repeats(feature_names: list[str], references: list[str]) -> None:
+    """A feature selected twice would be two columns of one name in a training set."""
+    seen: set[str] = set()
+    for name in feature_names:
+        if name in seen:
+            raise InvalidArgument(
+                f"feature {name!r} is selected more than once by {references}; "
+                "list each feature once (a 'view:*' already selects all of the view's)"
+            )
+        seen.add(name)
 
 
 def index_definitions(everything: dict[str, list]) -> Definitions:  # type: ignore[type-arg]

@@ -58,6 +58,7 @@ def check_service_references(
 ) -> None:
     if not service.features:
         raise InvalidArgument(f"feature service {service.name!r} lists no features")
+    selected: set[str] = set()
     for text in service.features:
         ref = FeatureRef.parse(text)
         fields = _fields_of(ref.view, views, on_demand, f"feature service {service.name!r}")
@@ -66,6 +67,13 @@ def check_service_references(
                 f"feature service {service.name!r}: {ref.view!r} has no feature {ref.feature!r}; "
                 f"it has {sorted(fields)}"
             )
+        for feature in sorted(fields) if ref.feature == "*" else [ref.feature]:
+            if f"{ref.view}:{feature}" in selected:
+                raise InvalidArgument(
+                    f"feature service {service.name!r} selects {ref.view}:{feature} more than "
+                    "once; list each feature once (a 'view:*' already selects all of the view's)"
+                )
+            selected.add(f"{ref.view}:{feature}")
 
 
 def _fields_of(
