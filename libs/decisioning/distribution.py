@@ -76,9 +76,9 @@ def check_distribution(
     if off.any():
         i = int(np.flatnonzero(off)[0])
         raise PolicySpecError(
-            f"{what} probabilities of row {i} sum to {sums[i]!r}, not 1 (±{SUM_TOLERANCE:g}); "
-            f"{int(off.sum())} of {len(p)} rows are off. Normalise each row over its eligible "
-            f"actions"
+            f"{what} probabilities of row {i} sum to {float(sums[i])!r}, not 1 "
+            f"(±{SUM_TOLERANCE:g}); {int(off.sum())} of {len(p)} rows are off. Normalise each "
+            f"row over its eligible actions"
         )
     if eligible is not None:
         outside = (np.where(eligible, 0.0, p) > 0).any(axis=1)
