@@ -71,6 +71,9 @@ def test_dr_and_snips_intervals_cover_the_true_values() -> None:
     for (name, estimator), share in coverage.items():
         if estimator != "ips":
             assert share >= 0.90, f"{estimator} covered {name}'s true value in {share:.0%}"
+    # ... and not by being needlessly wide: 1.5x the standard error would cover 99.7%.
+    pooled = np.mean([share for (_, e), share in coverage.items() if e != "ips"])
+    assert pooled <= 0.985, f"DR/SNIPS intervals cover {pooled:.1%}: too wide"
     assert logging_hits / SIMULATIONS >= 0.90
 
 
