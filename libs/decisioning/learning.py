@@ -136,8 +136,18 @@ def fit_reward_network(
             f"the policy's actions {list(spec.action_names)} differ from the logs' "
             f"{list(logs.action_names)}; learn with the spec the logs were decided under"
         )
-    torch.manual_seed(config.seed)
+    threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
+    try:
+        return _fit(logs, spec, cardinalities, config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(
+    logs: LoggedDecisions, spec: PolicySpec, cardinalities: Sequence[int], config: LearningConfig
+) -> RewardNetwork:
+    torch.manual_seed(config.seed)
     if config.target == "dr":
         targets = pseudo_rewards(logs, config.reward_model)
         mask = logs.eligible.astype(np.float32)

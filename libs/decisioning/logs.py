@@ -17,6 +17,12 @@ import numpy as np
 
 from libs.decisioning.distribution import SUM_TOLERANCE, check_distribution
 
+_DTYPES = {
+    "numeric": np.float64, "categorical": np.int64, "actions": np.int64,
+    "propensities": np.float64, "rewards": np.float64, "eligible": np.bool_,
+    "sample_weights": np.float64, "logging_probabilities": np.float64,
+}  # fmt: skip
+
 
 class LogsError(ValueError):
     """Logged decisions that cannot be evaluated as they are; the message says why."""
@@ -48,6 +54,11 @@ class LoggedDecisions:
     never acts (on which every estimator here is blind)."""
 
     def __post_init__(self) -> None:
+        # Fixed dtypes, so that e.g. an int 0/1 eligible mask cannot turn ``~`` into -1/-2.
+        for name, dtype in _DTYPES.items():
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, np.asarray(value, dtype=dtype))
         _validate(self)
 
     @property

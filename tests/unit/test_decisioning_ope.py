@@ -186,6 +186,9 @@ def test_bad_logs_and_targets_are_refused_with_the_row() -> None:
     halved = logs.logging_probabilities * np.where(np.arange(200) == 2, 0.5, 1.0)[:, None]
     with pytest.raises(PolicySpecError, match=r"logging policy probabilities of row 2 sum to 0\.5"):
         broken(logging_probabilities=halved, propensities=halved[np.arange(200), logs.actions])
+    # A 0/1 integer mask is read as booleans (``~`` would otherwise give -1/-2).
+    as_ints = LoggedDecisions(**{**fields, "eligible": logs.eligible.astype(int)})
+    assert as_ints.eligible.dtype == bool and (as_ints.eligible == logs.eligible).all()
     with pytest.raises(LogsError, match="no logged decisions"):
         logs.take(np.zeros(200, dtype=bool))
     target = _targets()["optimal"][rows]
