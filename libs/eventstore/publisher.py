@@ -1,0 +1,257 @@
+"""Appending events to a JetStream stream in order, gap-free and once, whatever breaks.
+
+The relay is the only writer of its service's stream, so it knows the sequence
+number every message must get. Each message carries ``Nats-Expected-Last-Sequence``
+(the sequence of the message before it): JetStream stores it only right after its
+predecessor. Whatever happens in between — an ack lost with a broker killed
+mid-batch, a stall longer than the duplicate window, messages the NATS client
+still buffered from before the relay gave up and sends after a reconnect — the
+stream can never get a gap, a reordering or a second copy: such a message is
+refused (or, within the duplicate window, acknowledged as the copy already
+stored), and the relay starts again from what the stream holds (``read_stream_head``).
+
+Publishing is pipelined: ``publish`` returns once the messages are handed to the
+client, acks settle in order in the background, and ``acked_position`` tells the
+relay how far it may checkpoint. Every ack wait is bounded: ``check`` raises
+``PublishFailed`` once the oldest outstanding message has waited ``ack_timeout_s``
+(the broker died, the connection is stuck) or any message was refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.api import Header, PubAck
+from nats.js.errors import NotFoundError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from libs.eventstore.headers import POSITION, EventHeaders
+from libs.eventstore.model import RecordedEvent
+from libs.messaging.streams import EventStreamNames
+from libs.telemetry.propagation import context_from_traceparent, inject_context
+
+_tracer = trace.get_tracer(__name__)
+_EXPECTED_LAST_SEQUENCE = Header.EXPECTED_LAST_SEQUENCE.value
+# How far back from the stream's last message to look for the last relayed event
+# (only messages published by something other than the relay lack its headers).
+_HEAD_SCAN_LIMIT = 100
+
+
+class PublishFailed(Exception):
+    """JetStream refused a message or did not acknowledge it in time; resync and retry."""
+
+
+@dataclass(frozen=True)
+class StreamHead:
+    """What a service's stream already holds, read before publishing into it."""
+
+    last_sequence: int
+    """The stream's last sequence number (0: it never held a message)."""
+    position: int
+    """``Lathe-Position`` of the last relayed event in it (0: none found)."""
+
+
+async def read_stream_head(js: JetStreamContext, stream: str) -> StreamHead:
+    """The stream's last sequence and the position of the last event relayed into it."""
+    state = (await js.stream_info(stream)).state
+    if state.messages == 0:
+        return StreamHead(state.last_seq, 0)
+    lowest = max(state.first_seq, state.last_seq - _HEAD_SCAN_LIMIT + 1)
+    for sequence in range(state.last_seq, lowest - 1, -1):
+        try:
+            message = await js.get_msg(stream, sequence)
+        except NotFoundError:  # deleted, or aged out meanwhile
+            continue
+        position = (message.headers or {}).get(POSITION)
+        if position is not None:
+            return StreamHead(state.last_seq, int(position))
+    return StreamHead(state.last_seq, 0)
+
+
+class _Outstanding:
+    """One published message whose ack has not been settled yet."""
+
+    __slots__ = ("deadline", "future", "position", "sequence", "span")
+
+    def __init__(
+        self,
+        future: asyncio.Future[PubAck],
+        position: int,
+        sequence: int,
+        span: trace.Span,
+        deadline: float,
+    ) -> None:
+        self.future = future
+        self.position = position
+        self.sequence = sequence
+        self.span = span
+        self.deadline = deadline
+
+
+class OrderedPublisher:
+    """Publishes events after a stream head, one leadership term long."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        names: EventStreamNames,
+        head: StreamHead,
+        *,
+        position: int,
+        ack_timeout_s: float,
+        max_in_flight: int,
+        on_settled: Callable[[int], None],
+    ) -> None:
+        """``position``: the last event the stream is known to hold (nothing at or below it
+        is published again). ``on_settled(n)`` runs when ``n`` more acks advanced
+        ``acked_position``, and with 0 when a message failed (e.g. to wake the relay)."""
+        self._js = js
+        self._names = names
+        self._ack_timeout_s = ack_timeout_s
+        self._max_in_flight = max_in_flight
+        self._on_settled = on_settled
+        self._sent_sequence = head.last_sequence
+        self._outstanding: deque[_Outstanding] = deque()
+        self._failure: PublishFailed | None = None
+        self._room = asyncio.Event()
+        self.acked_position = position
+        """Every event up to here is stored in the stream (checkpoint at most this)."""
+
+    @property
+    def in_flight(self) -> int:
+        """Messages published whose acks have not arrived."""
+        return len(self._outstanding)
+
+    def deadline(self) -> float | None:
+        """When the oldest outstanding ack times out (monotonic), if any is outstanding."""
+        return self._outstanding[0].deadline if self._outstanding else None
+
+    def check(self) -> None:
+        """Raise ``PublishFailed`` if a message was refused or an ack is overdue."""
+        if self._failure is None and self._outstanding:
+            oldest = self._outstanding[0]
+            if time.monotonic() >= oldest.deadline:
+                self._fail(
+                    f"no JetStream ack for the event at position {oldest.position} within "
+                    f"{self._ack_timeout_s:g}s ({len(self._outstanding)} acks outstanding)"
+                )
+        if self._failure is not None:
+            raise self._failure
+
+    async def publish(self, events: Sequence[RecordedEvent]) -> None:
+        """Hand ``events`` (in position order, after the last published) to the client."""
+        await self._wait_for_room(len(events))
+        deadline = time.monotonic() + self._ack_timeout_s
+        for event in events:
+            self.check()
+            subject = self._names.subject(event.subject_tail)
+            span = _tracer.start_span(
+                f"{subject} publish",
+                context=context_from_traceparent(event.metadata.traceparent),
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.destination.name": subject,
+                    "messaging.message.id": str(event.event_id),
+                    "lathe.global_position": event.global_position,
+                },
+            )
+            carrier: dict[str, str] = {}
+            inject_context(carrier, context=trace.set_span_in_context(span))
+            headers = EventHeaders.encode(event, traceparent=carrier.get("traceparent", ""))
+            headers[_EXPECTED_LAST_SEQUENCE] = str(self._sent_sequence)
+            try:
+                future = await self._js.publish_async(
+                    subject,
+                    event.payload,
+                    wait_stall=self._ack_timeout_s,
+                    headers=headers,
+                    stream=self._names.stream,
+                )
+            except (nats.errors.Error, OSError) as exc:
+                span.end()
+                self._fail(f"could not publish the event at position {event.global_position}")
+                raise PublishFailed(str(self._failure)) from exc
+            self._sent_sequence += 1
+            self._outstanding.append(
+                _Outstanding(future, event.global_position, self._sent_sequence, span, deadline)
+            )
+            future.add_done_callback(self._settle)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) until every outstanding ack has settled."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self._outstanding and self._failure is None:
+                    self._room.clear()
+                    await self._room.wait()
+        self.check()
+        if self._outstanding:
+            self._fail(f"{len(self._outstanding)} acks still outstanding after {timeout_s:g}s")
+            raise self._failure  # type: ignore[misc]
+
+    def abandon(self) -> None:
+        """Stop waiting for outstanding acks (their slots in the client are freed)."""
+        for pending in list(self._outstanding):
+            pending.future.cancel()
+        self._outstanding.clear()
+
+    async def _wait_for_room(self, count: int) -> None:
+        while self._outstanding and len(self._outstanding) + count > self._max_in_flight:
+            self.check()
+            remaining = self._outstanding[0].deadline - time.monotonic()
+            self._room.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(remaining, 0.0)):
+                    await self._room.wait()
+        self.check()
+
+    def _settle(self, _: asyncio.Future[PubAck]) -> None:
+        """Settle the completed prefix of outstanding acks (they complete in order)."""
+        settled = 0
+        while self._outstanding and self._outstanding[0].future.done():
+            pending = self._outstanding.popleft()
+            error = self._verify(pending)
+            _end_span(pending.span, error)
+            if error is not None:
+                self._fail(error)
+                break
+            self.acked_position = pending.position
+            settled += 1
+        if settled or self._failure is not None:
+            self._room.set()
+            self._on_settled(settled)
+
+    def _verify(self, pending: _Outstanding) -> str | None:
+        future = pending.future
+        where = f"the event at position {pending.position}"
+        if future.cancelled():
+            return f"the publish of {where} was abandoned"
+        if (exc := future.exception()) is not None:
+            return f"JetStream refused {where} as stream sequence {pending.sequence}: {exc!r}"
+        ack = future.result()
+        if ack.seq != pending.sequence:
+            # Only the relay writes this stream; anything else means the stream moved
+            # under it (e.g. a message published by hand): resync from its head.
+            return f"JetStream stored {where} at sequence {ack.seq}, not {pending.sequence}"
+        return None
+
+    def _fail(self, reason: str) -> None:
+        if self._failure is None:
+            self._failure = PublishFailed(reason)
+            self._room.set()
+            self._on_settled(0)
+
+
+def _end_span(span: trace.Span, error: str | None) -> None:
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, error))
+    span.end()
