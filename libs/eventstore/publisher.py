@@ -150,41 +150,49 @@ class OrderedPublisher:
         """Hand ``events`` (in position order, after the last published) to the client."""
         await self._wait_for_room(len(events))
         deadline = time.monotonic() + self._ack_timeout_s
-        for event in events:
-            self.check()
-            subject = self._names.subject(event.subject_tail)
-            span = _tracer.start_span(
-                f"{subject} publish",
-                context=context_from_traceparent(event.metadata.traceparent),
-                kind=SpanKind.PRODUCER,
-                attributes={
-                    "messaging.system": "nats",
-                    "messaging.destination.name": subject,
-                    "messaging.message.id": str(event.event_id),
-                    "lathe.global_position": event.global_position,
-                },
+        try:
+            # One timer for the whole batch (publish_async's own wait_stall costs a task
+            # per message): the client's limit on pending publishes is waited on too.
+            async with asyncio.timeout(self._ack_timeout_s):
+                for event in events:
+                    await self._publish_one(event, deadline)
+        except TimeoutError as exc:
+            self._fail(f"the NATS client took more than {self._ack_timeout_s:g}s to take a batch")
+            raise PublishFailed(str(self._failure)) from exc
+
+    async def _publish_one(self, event: RecordedEvent, deadline: float) -> None:
+        self.check()
+        subject = self._names.subject(event.subject_tail)
+        span = _tracer.start_span(
+            f"{subject} publish",
+            context=context_from_traceparent(event.metadata.traceparent),
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": subject,
+                "messaging.message.id": str(event.event_id),
+                "lathe.global_position": event.global_position,
+            },
+        )
+        carrier: dict[str, str] = {}
+        inject_context(carrier, context=trace.set_span_in_context(span))
+        headers = EventHeaders.encode(event, traceparent=carrier.get("traceparent", ""))
+        headers[_EXPECTED_LAST_SEQUENCE] = str(self._sent_sequence)
+        try:
+            future = await self._js.publish_async(
+                subject, event.payload, headers=headers, stream=self._names.stream
             )
-            carrier: dict[str, str] = {}
-            inject_context(carrier, context=trace.set_span_in_context(span))
-            headers = EventHeaders.encode(event, traceparent=carrier.get("traceparent", ""))
-            headers[_EXPECTED_LAST_SEQUENCE] = str(self._sent_sequence)
-            try:
-                future = await self._js.publish_async(
-                    subject,
-                    event.payload,
-                    wait_stall=self._ack_timeout_s,
-                    headers=headers,
-                    stream=self._names.stream,
-                )
-            except (nats.errors.Error, OSError) as exc:
-                span.end()
+        except BaseException as exc:
+            span.end()
+            if isinstance(exc, (nats.errors.Error, OSError)):
                 self._fail(f"could not publish the event at position {event.global_position}")
                 raise PublishFailed(str(self._failure)) from exc
-            self._sent_sequence += 1
-            self._outstanding.append(
-                _Outstanding(future, event.global_position, self._sent_sequence, span, deadline)
-            )
-            future.add_done_callback(self._settle)
+            raise
+        self._sent_sequence += 1
+        self._outstanding.append(
+            _Outstanding(future, event.global_position, self._sent_sequence, span, deadline)
+        )
+        future.add_done_callback(self._settle)
 
     async def drain(self, timeout_s: float) -> None:
         """Wait (at most ``timeout_s``) until every outstanding ack has settled."""
