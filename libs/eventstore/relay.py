@@ -199,7 +199,7 @@ class EventRelay:
                     head.position,
                     checkpoint,
                 )
-            publisher = self._publisher = OrderedPublisher(
+            publisher = self._publisher = await OrderedPublisher.open(
                 self._js,
                 self._names,
                 head,
@@ -235,7 +235,7 @@ class EventRelay:
             self.leading = False
             self._publisher = None
             if publisher is not None:
-                publisher.abandon()
+                await publisher.close()
             if checkpointing is not None:
                 checkpointing.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

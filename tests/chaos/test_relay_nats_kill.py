@@ -89,19 +89,19 @@ class _Writer:
 
 
 async def _kill_with_acks_outstanding(
-    server: PrivateNats, relay_js: JetStreamContext, down_s: float
+    server: PrivateNats, relay: EventRelay, down_s: float
 ) -> bool:
     """SIGKILL NATS the moment the relay has publishes in flight; restart it after
     ``down_s``. True when acks were lost (still unresolved after the server died)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 20
-    while relay_js.publish_async_pending() == 0:
+    while relay.in_flight == 0:
         if loop.time() > deadline:
             raise TimeoutError("the relay never had a publish in flight")
         await asyncio.sleep(0.0005)
     await server.sigkill()
     await asyncio.sleep(0.3)  # whatever the dead server had acknowledged has arrived by now
-    lost = relay_js.publish_async_pending() > 0
+    lost = relay.in_flight > 0
     await asyncio.sleep(max(down_s - 0.3, 0.0))
     await server.start()
     return lost
@@ -181,7 +181,7 @@ async def test_relay_resumes_after_nats_is_killed_with_acks_outstanding(
                 await asyncio.sleep(1.0)  # let the relay lead and publish again
                 kills += 1
                 kills_losing_acks += await _kill_with_acks_outstanding(
-                    private_nats, relay_js, down_s=0.5
+                    private_nats, relay, down_s=0.5
                 )
             await asyncio.sleep(2.0)  # appends go on while the relay recovers
             await writer.stop()
@@ -222,14 +222,15 @@ async def test_a_stall_past_the_duplicate_window_publishes_nothing_twice(
         writer = _Writer(event_store, seed=5)
         writer.start()
         stop = asyncio.Event()
-        relaying = asyncio.create_task(new_relay().run(stop))
+        relay = new_relay()
+        relaying = asyncio.create_task(relay.run(stop))
         try:
             lost = False
             for _ in range(8):
                 await asyncio.sleep(1.0)
                 # Down for 3 s: the relay's stall (ack timeout, then NATS unreachable)
                 # outlasts the duplicate window several times over.
-                if await _kill_with_acks_outstanding(private_nats, relay_js, down_s=3.0):
+                if await _kill_with_acks_outstanding(private_nats, relay, down_s=3.0):
                     lost = True
                     break
             assert lost, "no kill left the relay with acks that never came"
