@@ -53,7 +53,9 @@ _GAP_POLL_S = 0.005
 _CHECKPOINT_EVERY_S = 0.05
 _RETRY_BACKOFF_S = (0.05, 0.2, 1.0, 2.0, 5.0)
 _BACKLOG_EVERY_S = 5.0
-_DRAIN_ON_STOP_S = 5.0
+# On stop, wait this long for outstanding acks before the last checkpoint (the next
+# leader starts after the stream's head anyway).
+_DRAIN_ON_STOP_S = 1.0
 
 _relays: weakref.WeakSet[EventRelay] = weakref.WeakSet()
 
@@ -163,12 +165,16 @@ class EventRelay:
                     failures = 0  # it worked for a while: start the backoff over
                 delay = _RETRY_BACKOFF_S[min(failures, len(_RETRY_BACKOFF_S) - 1)]
                 failures += 1
-                _log.warning(
-                    "event relay for %s interrupted (%s); resuming in %.2fs from the stream's head",
-                    self.service,
-                    exc if isinstance(exc, PublishFailed) else repr(exc),
-                    delay,
-                )
+                # Through a long outage: the first few, then about one a minute.
+                if failures <= len(_RETRY_BACKOFF_S) or failures % 12 == 0:
+                    _log.warning(
+                        "event relay for %s interrupted (%s, %d in a row); resuming in %.2fs "
+                        "from the stream's head",
+                        self.service,
+                        exc if isinstance(exc, PublishFailed) else repr(exc),
+                        failures,
+                        delay,
+                    )
                 await _wait(stop, delay)
 
     async def _lead(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
