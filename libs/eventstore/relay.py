@@ -140,6 +140,7 @@ class EventRelay:
             measuring.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await measuring
+            self.backlog = None  # a stopped relay reports nothing
 
     async def _run(self, stop: asyncio.Event) -> None:
         failures = 0
