@@ -5,6 +5,12 @@ Postgres transaction; the JetStream ack follows. A crash before the commit
 means redelivery and a fresh attempt; a crash after it means redelivery that
 finds the record and only acks. Either way the effect happens once.
 
+While a message waits in this process or its handler runs, the consumer tells
+JetStream it is in progress (``+WPI``) every third of ``ack_wait_s``, so a slow
+handler is not redelivered meanwhile, and the ack wait can be short: a message
+held by a process that died is redelivered ``ack_wait_s`` (5 s) later. A consumer
+asked to stop gives back (``nak``) what it holds but has not started on.
+
 A handler that fails is retried by JetStream and dead-lettered after
 ``max_deliver`` attempts. Postgres being unreachable is not the event's fault:
 the consumer then unsubscribes, leaves its messages unacknowledged and waits
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,6 +35,7 @@ from google.protobuf.message import Message
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
@@ -138,13 +146,17 @@ class ConsumerSpec:
     """At most this many messages share one transaction."""
     max_in_flight: int = 1000
     """Delivered but unacknowledged messages per consumer (JetStream max_ack_pending)."""
-    ack_wait_s: float = 30.0
+    ack_wait_s: float = 5.0
+    """How long JetStream waits for an ack (or an in-progress signal, sent every third of
+    this while a message is held) before redelivering: the delay before messages a
+    crashed process held are redelivered."""
     max_deliver: int = 20
     """After this many failed attempts JetStream stops redelivering (a dead letter)."""
     retention: timedelta = timedelta(days=7)
     """How long records of processed events are kept for deduplication. JetStream
-    redelivers within about max_deliver x ack_wait (10 minutes by default), so this
-    leaves a wide margin; a message delivered again after it would be applied again."""
+    redelivers within about max_deliver x (ack_wait + nak delay), minutes by default,
+    so this leaves a wide margin; a message delivered again after it would be applied
+    again."""
 
 
 class DurableConsumer(Generic[D]):
@@ -256,10 +268,13 @@ class DurableConsumer(Generic[D]):
     async def _consume(self, stop: asyncio.Event) -> None:
         spec = self._spec
         inbox: asyncio.Queue[Msg] = asyncio.Queue()
+        held = _Held()
 
         async def deliver(msg: Msg) -> None:
+            held.add(msg)
             inbox.put_nowait(msg)  # bounded by max_ack_pending
 
+        await self._reconcile_config()
         # A push consumer with a deliver group: JetStream sends each message as soon
         # as it is stored (no pull round trip, no long-poll tail), and replicas with
         # the same durable name share the work as a queue group.
@@ -270,14 +285,9 @@ class DurableConsumer(Generic[D]):
             stream=spec.stream,
             cb=deliver,
             manual_ack=True,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=spec.ack_wait_s,
-                max_deliver=spec.max_deliver,
-                max_ack_pending=spec.max_in_flight,
-            ),
+            config=self._consumer_config(),
         )
+        progress = asyncio.create_task(held.keep_in_progress(spec.ack_wait_s / 3))
         try:
             # One connection for the consumer's life: no pool round trip per batch.
             async with self._store.pool.acquire() as conn:
@@ -289,10 +299,63 @@ class DurableConsumer(Generic[D]):
                         continue
                     while len(batch) < spec.batch_size and not inbox.empty():
                         batch.append(inbox.get_nowait())
-                    await self.handle_batch(batch, conn)
-        finally:
+                    try:
+                        await self.handle_batch(batch, conn)
+                    finally:
+                        held.discard(batch)
+            # Stopping: give back what this process holds but never started on, so
+            # another replica (or this service once restarted) gets it now, not after
+            # ack_wait.
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
+            while not inbox.empty():
+                with contextlib.suppress(Exception):
+                    await inbox.get_nowait().nak()
+        finally:
+            progress.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await progress
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    def _consumer_config(self) -> ConsumerConfig:
+        spec = self._spec
+        return ConsumerConfig(
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=spec.ack_wait_s,
+            max_deliver=spec.max_deliver,
+            max_ack_pending=spec.max_in_flight,
+        )
+
+    async def _reconcile_config(self) -> None:
+        """Bring an existing durable consumer to this spec's ack wait and limits.
+
+        ``subscribe`` binds to an existing consumer as it is, so without this a consumer
+        created by an older release would keep, e.g., its 30 s ack wait for ever.
+        """
+        spec = self._spec
+        try:
+            info = await self._js.consumer_info(spec.stream, spec.name)
+        except NotFoundError:
+            return  # subscribe creates it with this spec's configuration
+        config = info.config
+        wanted = (spec.ack_wait_s, spec.max_deliver, spec.max_in_flight)
+        if (config.ack_wait, config.max_deliver, config.max_ack_pending) == wanted:
+            return
+        _log.info(
+            "consumer %s: updating ack_wait %ss -> %ss, max_deliver %s -> %s, "
+            "max_ack_pending %s -> %s",
+            spec.name,
+            config.ack_wait,
+            spec.ack_wait_s,
+            config.max_deliver,
+            spec.max_deliver,
+            config.max_ack_pending,
+            spec.max_in_flight,
+        )
+        config.ack_wait, config.max_deliver, config.max_ack_pending = wanted
+        await self._js.add_consumer(spec.stream, config)
 
     async def handle_batch(self, messages: list[Msg], conn: asyncpg.Connection) -> None:
         """Apply a fetched batch in one transaction (one commit, not one per event).
@@ -405,3 +468,34 @@ class DurableConsumer(Generic[D]):
             delay,
         )
         await msg.nak(delay=delay)
+
+
+class _Held:
+    """Messages delivered to this process and not yet acknowledged, and since when
+    JetStream last heard about each (delivery or in-progress signal)."""
+
+    def __init__(self) -> None:
+        self._since: dict[int, tuple[Msg, float]] = {}
+
+    def add(self, msg: Msg) -> None:
+        self._since[id(msg)] = (msg, time.monotonic())
+
+    def discard(self, messages: list[Msg]) -> None:
+        for msg in messages:
+            self._since.pop(id(msg), None)
+
+    async def keep_in_progress(self, period_s: float) -> None:
+        """Every ``period_s``, tell JetStream that messages held that long are in progress."""
+        while True:
+            await asyncio.sleep(period_s)
+            due = time.monotonic() - period_s
+            for key, (msg, since) in list(self._since.items()):
+                if since > due or key not in self._since:
+                    continue
+                if msg.is_acked:
+                    del self._since[key]
+                    continue
+                with contextlib.suppress(Exception):  # e.g. reconnecting: the next round
+                    await msg.in_progress()
+                    if key in self._since:  # not settled meanwhile
+                        self._since[key] = (msg, time.monotonic())

@@ -29,10 +29,12 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 _HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 LIVENESS_SERVICE = "lathe.liveness"
-"""Health name that is SERVING while the process runs, whatever its dependencies do.
+"""Health name that is SERVING while the process runs and can make progress.
 
-Liveness probes ask for it: restarting a process cannot fix a Postgres outage,
-which only readiness (the per-service names and "") should reflect.
+Liveness probes ask for it: restarting a process cannot fix a Postgres or NATS
+outage, so it stays SERVING through one (readiness, the per-service names and "",
+reflects Postgres). The host turns it NOT_SERVING (``set_live``) only for what a
+restart can fix: the outbox relay stuck while Postgres and NATS both answer.
 """
 
 Registration = Callable[[LateBoundHandlers], None]
@@ -107,6 +109,10 @@ class GrpcServer:
 
     async def set_serving(self, serving: bool) -> None:
         await self._set_all(_SERVING if serving else _NOT_SERVING)
+
+    async def set_live(self, live: bool) -> None:
+        """Liveness (``LIVENESS_SERVICE``): False asks the orchestrator for a restart."""
+        await self._health.set(LIVENESS_SERVICE, _SERVING if live else _NOT_SERVING)
 
     async def stop(self, grace_s: float) -> None:
         """Stop accepting calls and let in-flight ones finish within ``grace_s``."""

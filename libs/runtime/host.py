@@ -3,9 +3,18 @@
 Start (``run_service``): telemetry, then ``ServiceHost.run``: the gRPC server
 (health NOT_SERVING), then Postgres
 (migrations applied), NATS (stream ensured), then the service's servicers, the
-outbox relay and its background tasks; only then SERVING. While running, a
-watchdog reports NOT_SERVING whenever Postgres or NATS is unreachable. SIGTERM
-or SIGINT: NOT_SERVING, drain in-flight calls, stop background work, close.
+outbox relay and its background tasks; only then SERVING. SIGTERM or SIGINT:
+NOT_SERVING, drain in-flight calls, stop background work, close.
+
+While running, a watchdog keeps two signals apart:
+- readiness (can this process serve requests?) follows Postgres alone. A NATS
+  outage keeps it SERVING: writes still commit, their events wait in the outbox
+  and are relayed once NATS is back. Reporting NOT_SERVING then would take every
+  replica out of its load balancer for nothing.
+- liveness (would a restart help?) turns NOT_SERVING when the outbox relay has
+  made no progress for ``relay_stuck_after_s`` while Postgres and NATS both
+  answered all along; never during an outage, which a restart cannot fix.
+NATS and relay trouble are logged, and the relay exports its backlog as a gauge.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import contextlib
 import gc
 import logging
 import signal
+import time
 from collections.abc import Callable, Sequence
 
 from libs.config import LatheSettings
@@ -28,18 +38,31 @@ from libs.telemetry import configure_telemetry
 
 _log = logging.getLogger(__name__)
 _WATCHDOG_INTERVAL_S = 2.0
+RELAY_STUCK_AFTER_S = 60.0
+"""Relay progress may pause this long, with Postgres and NATS up, before liveness fails."""
 
 
 class ServiceHost:
     """Runs one service until it is asked to stop."""
 
-    def __init__(self, spec: ServiceSpec, settings: LatheSettings) -> None:
+    def __init__(
+        self,
+        spec: ServiceSpec,
+        settings: LatheSettings,
+        *,
+        relay_stuck_after_s: float = RELAY_STUCK_AFTER_S,
+        relay_ack_timeout_s: float = 5.0,
+    ) -> None:
         self._spec = spec
         self._settings = settings
+        self._relay_stuck_after_s = relay_stuck_after_s
+        self._relay_ack_timeout_s = relay_ack_timeout_s
         self._stop = asyncio.Event()
         self.serving = asyncio.Event()
         """Set once the service reports SERVING (for embedding hosts, e.g. in tests)."""
         self.port: int | None = None
+        self.relay: EventRelay | None = None
+        """The outbox relay, once started (for embedding hosts, e.g. in tests)."""
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -87,10 +110,12 @@ class ServiceHost:
                 streams,
                 batch_size=settings.relay_batch_size,
                 poll_interval_s=settings.relay_poll_interval_s,
+                ack_timeout_s=self._relay_ack_timeout_s,
             )
+            self.relay = relay
             for work in (relay.run, *components.background):
                 tasks.append(asyncio.create_task(work(self._stop)))
-            tasks.append(asyncio.create_task(self._watch_dependencies(context, server)))
+            tasks.append(asyncio.create_task(self._watch_dependencies(context, server, relay)))
             await server.set_serving(True)
             self.serving.set()
             # Start-up objects live for the whole process: keep them out of every
@@ -119,20 +144,55 @@ class ServiceHost:
                     await nats_client.drain()
             await pool.close()
 
-    async def _watch_dependencies(self, context: ServiceContext, server: GrpcServer) -> None:
-        healthy = True
+    async def _watch_dependencies(
+        self, context: ServiceContext, server: GrpcServer, relay: EventRelay
+    ) -> None:
+        """Readiness from Postgres; liveness from the relay (see the module docstring)."""
+        name = self._spec.name.display_name
+        ready = nats_up = live = True
+        both_up_since: float | None = time.monotonic()
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), _WATCHDOG_INTERVAL_S)
             if self._stop.is_set():
                 return
-            now_healthy = context.nats.is_connected and await _postgres_answers(context)
-            if now_healthy != healthy:
-                healthy = now_healthy
-                _log.warning(
-                    "dependencies %s", "recovered: SERVING" if healthy else "lost: NOT_SERVING"
-                )
-                await server.set_serving(healthy)
+            postgres_now = await _postgres_answers(context)
+            nats_now = context.nats.is_connected
+            if postgres_now != ready:
+                ready = postgres_now
+                state = "answers again: SERVING" if ready else "lost: NOT_SERVING"
+                _log.warning("%s: Postgres %s", name, state)
+                await server.set_serving(ready)
+            if nats_now != nats_up:
+                nats_up = nats_now
+                if nats_up:
+                    _log.warning("%s: NATS reachable again; the relay catches up", name)
+                else:
+                    _log.warning(
+                        "%s: NATS unreachable; still SERVING, new events wait in the outbox "
+                        "(relay backlog %s) until it is back",
+                        name,
+                        relay.backlog,
+                    )
+            now = time.monotonic()
+            if not (postgres_now and nats_now):
+                both_up_since = None
+            elif both_up_since is None:
+                both_up_since = now
+            stalled_s = now - max(relay.healthy_at, both_up_since or now)
+            if live == (stalled_s >= self._relay_stuck_after_s):
+                live = not live
+                if live:
+                    _log.warning("%s: the event relay works again: liveness SERVING", name)
+                else:
+                    _log.error(
+                        "%s: the event relay has made no progress for %.0fs while Postgres and "
+                        "NATS answered (backlog %s): liveness NOT_SERVING, asking for a restart",
+                        name,
+                        stalled_s,
+                        relay.backlog,
+                    )
+                await server.set_live(live)
 
 
 async def _postgres_answers(context: ServiceContext) -> bool:

@@ -85,10 +85,17 @@ async def test_relay_killed_mid_batch_publishes_every_event_exactly_once(
     writing = asyncio.create_task(write(6000))
     kills, kills_with_broker_ahead = 0, 0
     while kills < 3 or (kills_with_broker_ahead == 0 and kills < 12):
+        before = await _broker_position(js, names.stream)
         relay = await start_worker(
             "tests.support.workers.relay_worker", *worker_args, log_path=tmp_path / "relay.log"
         )
-        await asyncio.sleep(rng.uniform(0.3, 0.8))
+
+        async def publishing(before: int = before) -> bool:
+            return await _broker_position(js, names.stream) > before
+
+        # Kill once it publishes (its start-up can take over a second on a busy machine).
+        await _wait_for(publishing)
+        await asyncio.sleep(rng.uniform(0.0, 0.5))
         await sigkill(relay)
         kills += 1
         checkpoint = await event_store.load_checkpoint("relay")

@@ -174,7 +174,7 @@ def test_termination_grace_covers_the_drain(
 
 @pytest.mark.parametrize("service", _SERVICES, ids=str)
 def test_liveness_ignores_dependency_outages(base: list[Manifest], service: ServiceName) -> None:
-    """Readiness goes NOT_SERVING while Postgres or NATS is down; restarting would not help."""
+    """Readiness goes NOT_SERVING while Postgres is down; restarting would not help."""
     container = only_container(_deployment(base, service))
     liveness, readiness = container["livenessProbe"], container["readinessProbe"]
 

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 import pytest
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry
 
@@ -39,6 +40,9 @@ _PROMETHEUS = INFRA / "prometheus"
 _COLLECTOR = INFRA / "otel"
 _RELAY_SOURCE = REPO_ROOT / "libs" / "eventstore" / "relay.py"
 _COUNTER = re.compile(r'create_counter\(\s*"(?P<name>[^"]+)"(?:\s*,\s*unit="(?P<unit>[^"]*)")?')
+_GAUGE = re.compile(
+    r'create_observable_gauge\(\s*"(?P<name>[^"]+)",\s*callbacks=[^,]+,\s*unit="(?P<unit>[^"]*)"'
+)
 _JOB_SELECTOR = re.compile(r'\bjob="([^"]+)"')
 _COMPONENT_LABEL = "__meta_kubernetes_pod_label_app_kubernetes_io_component"
 _PORT_NAME_LABEL = "__meta_kubernetes_pod_container_port_name"
@@ -68,13 +72,20 @@ def _kept(job: dict[str, Any], source_label: str) -> str:
     raise AssertionError(f"{job['job_name']}: no keep rule on {source_label}")
 
 
-def _prometheus_name(instrument: str, unit: str | None) -> str:
-    """The name the OpenTelemetry Prometheus exporter gives a counter, asked of the exporter."""
+def _prometheus_name(instrument: str, unit: str | None, *, gauge: bool = False) -> str:
+    """The name the OpenTelemetry Prometheus exporter gives a counter (or an observable
+    gauge), asked of the exporter."""
     registry = CollectorRegistry()
     reader = PrometheusMetricReader(registry=registry)
     provider = MeterProvider(metric_readers=[reader])
     try:
-        provider.get_meter("naming").create_counter(instrument, unit=unit or "").add(1)
+        meter = provider.get_meter("naming")
+        if gauge:
+            meter.create_observable_gauge(
+                instrument, callbacks=[lambda _: [Observation(1)]], unit=unit or ""
+            )
+        else:
+            meter.create_counter(instrument, unit=unit or "").add(1)
         names = {
             sample.name
             for family in registry.collect()
@@ -142,6 +153,17 @@ def test_relay_alert_watches_the_counter_the_relay_exports() -> None:
     (stalled,) = [rule for rule in _alert_rules() if rule["alert"] == "LatheRelayStalled"]
 
     assert exported in stalled["expr"], f"the relay exports {exported}"
+
+
+def test_relay_alerts_watch_the_backlog_gauge_the_relay_exports() -> None:
+    match = _GAUGE.search(_RELAY_SOURCE.read_text())
+    assert match is not None, "the relay no longer creates its backlog gauge"
+    exported = _prometheus_name(match["name"], match["unit"], gauge=True)
+    relay_alerts = [rule for rule in _alert_rules() if rule["alert"].startswith("LatheRelay")]
+
+    assert {rule["alert"] for rule in relay_alerts} == {"LatheRelayStalled", "LatheRelayBehind"}
+    for rule in relay_alerts:
+        assert exported in rule["expr"], f"{rule['alert']}: the relay exports {exported}"
 
 
 def test_missing_service_alert_covers_every_service() -> None:
