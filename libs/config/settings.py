@@ -10,7 +10,7 @@ import re
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
@@ -107,6 +107,20 @@ class LatheSettings(BaseSettings):
     relay_poll_interval_s: float = Field(
         default=1.0, gt=0, description="Relay polling fallback when no NOTIFY arrives."
     )
+    relay_ack_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest the outbox relay waits for JetStream to acknowledge its oldest "
+        "outstanding publish; past it the relay gives up its leadership, backs off and resumes "
+        "after what the stream holds, in the same process (ADR 0013).",
+    )
+    relay_stuck_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long the relay may make no progress while Postgres and NATS both "
+        "answer before liveness (lathe.liveness) turns NOT_SERVING, asking for a restart. "
+        "Longer than LATHE_RELAY_ACK_TIMEOUT_S: a slow ack is not a stuck relay.",
+    )
     feature_store_replica_max_rows: int = Field(
         default=2_000_000,
         ge=0,
@@ -164,6 +178,16 @@ class LatheSettings(BaseSettings):
                 f"starting with a letter; got {value!r}"
             )
         return value
+
+    @model_validator(mode="after")
+    def _check_relay_bounds(self) -> LatheSettings:
+        if self.relay_stuck_after_s <= self.relay_ack_timeout_s:
+            raise ValueError(
+                f"LATHE_RELAY_STUCK_AFTER_S ({self.relay_stuck_after_s:g}) must be longer than "
+                f"LATHE_RELAY_ACK_TIMEOUT_S ({self.relay_ack_timeout_s:g}): a relay waiting out "
+                "one slow ack would otherwise be declared stuck and restarted"
+            )
+        return self
 
     @property
     def artifact_dir(self) -> Path:

@@ -2,17 +2,17 @@
 
 Every statement is bounded (ADR 0014): by what is left of the current request's
 deadline (``libs.deadlines``, set by the gRPC kit) when that is shorter, else by the
-pool's command timeout (``LATHE_DB_COMMAND_TIMEOUT_S``); waiting for a pooled
-connection likewise (``LATHE_DB_ACQUIRE_TIMEOUT_S``). A statement cut off by a bound
-closes its connection, so Postgres rolls its transaction back and nothing of it is
-left half-written or half-read on a connection that goes back to the pool; the caller
-gets ``DatabaseDeadlineExceeded`` or ``DatabaseTimedOut`` (``libs.db.errors``). A
-statement given an explicit ``timeout=`` keeps asyncpg's own behaviour.
+pool's command timeout (``LATHE_DB_COMMAND_TIMEOUT_S``, which the service host passes
+from its settings); waiting for a pooled connection likewise
+(``LATHE_DB_ACQUIRE_TIMEOUT_S``). A statement cut off by a bound closes its
+connection, so Postgres rolls its transaction back and nothing of it is left
+half-written or half-read on a connection that goes back to the pool; the caller gets
+``DatabaseDeadlineExceeded`` or ``DatabaseTimedOut`` (``libs.db.errors``). A statement
+given an explicit ``timeout=`` keeps asyncpg's own behaviour.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -32,6 +32,10 @@ from libs.deadlines import remaining_time_s
 from libs.errors import LatheError
 
 _CONNECT_ERRORS = (OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
+DEFAULT_COMMAND_TIMEOUT_S = 60.0
+"""``LATHE_DB_COMMAND_TIMEOUT_S``'s default (``LatheSettings.db_command_timeout_s``)."""
+DEFAULT_ACQUIRE_TIMEOUT_S = 10.0
+"""``LATHE_DB_ACQUIRE_TIMEOUT_S``'s default (``LatheSettings.db_acquire_timeout_s``)."""
 
 
 async def connect_pool(
@@ -41,27 +45,22 @@ async def connect_pool(
     max_size: int = 10,
     connect_timeout_s: float = 30.0,
     application_name: str = "lathe",
-    command_timeout_s: float | None = None,
-    acquire_timeout_s: float | None = None,
+    command_timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S,
+    acquire_timeout_s: float = DEFAULT_ACQUIRE_TIMEOUT_S,
 ) -> asyncpg.Pool:
     """Open a pool, retrying while Postgres is still starting (e.g. right after `lathe up`).
 
     ``command_timeout_s`` bounds each statement and ``acquire_timeout_s`` each wait for a
-    connection when the request's deadline does not bound them sooner; None reads
-    ``LATHE_DB_COMMAND_TIMEOUT_S`` / ``LATHE_DB_ACQUIRE_TIMEOUT_S`` (defaults 60 s and
-    10 s), 0 means no bound.
+    connection when the request's deadline does not bound them sooner; 0 means no bound.
+    The pool reads no environment: a service host passes its settings'
+    ``LATHE_DB_COMMAND_TIMEOUT_S`` / ``LATHE_DB_ACQUIRE_TIMEOUT_S``, and the defaults here
+    are theirs (``DEFAULT_COMMAND_TIMEOUT_S``, ``DEFAULT_ACQUIRE_TIMEOUT_S``).
 
     Connections are not reset when released (asyncpg would spend a round trip per
     release on ``RESET ALL; UNLISTEN *; ...``). So never leave session state on a
     pooled connection: use ``SET LOCAL`` and transaction-scoped advisory locks, or
     undo it before release as the relay does with its LISTEN and leader lock.
     """
-    if command_timeout_s is None or acquire_timeout_s is None:
-        configured_command_s, configured_acquire_s = _timeouts_from_environment()
-        if command_timeout_s is None:
-            command_timeout_s = configured_command_s
-        if acquire_timeout_s is None:
-            acquire_timeout_s = configured_acquire_s
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(_CONNECT_ERRORS),
         wait=wait_exponential(multiplier=0.05, max=1.0),
@@ -86,27 +85,6 @@ async def connect_pool(
             )
     assert pool is not None
     return pool
-
-
-DEFAULT_COMMAND_TIMEOUT_S = 60.0
-"""``LATHE_DB_COMMAND_TIMEOUT_S``'s default (``LatheSettings.db_command_timeout_s``)."""
-DEFAULT_ACQUIRE_TIMEOUT_S = 10.0
-"""``LATHE_DB_ACQUIRE_TIMEOUT_S``'s default (``LatheSettings.db_acquire_timeout_s``)."""
-_TIMEOUT_VARIABLES = frozenset({"LATHE_DB_COMMAND_TIMEOUT_S", "LATHE_DB_ACQUIRE_TIMEOUT_S"})
-
-
-def _timeouts_from_environment() -> tuple[float, float]:
-    """The pool's (command, acquire) timeouts as the settings read them from the environment.
-
-    Without either variable set, the defaults, without importing the settings: a worker
-    process that only needs a pool starts ~70 ms sooner without pydantic.
-    """
-    if _TIMEOUT_VARIABLES.isdisjoint(name.upper() for name in os.environ):
-        return DEFAULT_COMMAND_TIMEOUT_S, DEFAULT_ACQUIRE_TIMEOUT_S
-    from libs.config import LatheSettings  # only now: see above
-
-    settings = LatheSettings()
-    return settings.db_command_timeout_s, settings.db_acquire_timeout_s
 
 
 async def _no_reset(connection: asyncpg.Connection) -> None:

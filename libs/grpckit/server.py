@@ -5,7 +5,13 @@ exist: health is NOT_SERVING and RPCs answer UNAVAILABLE until ``bind`` is given
 the servicers, built once Postgres and NATS are connected. On shutdown health
 turns NOT_SERVING first, so load balancers stop routing, and in-flight calls
 get a grace period to finish. A server that would accept connections from beyond
-the machine without an auth token refuses to start unless ``LATHE_INSECURE=1``.
+the machine without an auth token refuses to start unless told ``insecure`` (the
+host passes ``LATHE_INSECURE``; the kit itself reads no settings).
+
+Several processes may share one port (``reuse_port``: SO_REUSEPORT, the kernel spreads
+connections over them) only when each asks for it; otherwise a second server on a
+port in use fails to start, so two services configured with the same address do not
+silently split each other's traffic.
 """
 
 from __future__ import annotations
@@ -51,10 +57,12 @@ class GrpcServer:
         services: Sequence[ServiceDescriptor],
         auth_token: str | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
-        insecure: bool | None = None,
+        insecure: bool = False,
+        reuse_port: bool = False,
     ) -> None:
-        """``insecure``: serve a non-loopback ``address`` without ``auth_token`` anyway
-        (None: ``LATHE_INSECURE``); otherwise ``start`` refuses to."""
+        """``insecure``: serve a non-loopback ``address`` without ``auth_token`` anyway;
+        otherwise ``start`` refuses to. ``reuse_port``: listen with SO_REUSEPORT, so that
+        other processes listening the same way share the port."""
         self.address = address
         self._open_to_network = auth_token is None and not _is_loopback(address)
         self._insecure = insecure
@@ -75,7 +83,7 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
             ],
         )
         self.server.add_generic_rpc_handlers((self._handlers,))
@@ -123,12 +131,7 @@ class GrpcServer:
     def _refuse_open_network_without_consent(self) -> None:
         if not self._open_to_network:
             return
-        insecure = self._insecure
-        if insecure is None:
-            from libs.config import LatheSettings  # here: clients of the kit need no settings
-
-            insecure = LatheSettings().insecure
-        if insecure:
+        if self._insecure:
             _log.warning(
                 "serving %s without LATHE_AUTH_TOKEN (LATHE_INSECURE=1): anyone who can reach "
                 "it can change state",

@@ -1,10 +1,17 @@
 """Running one Lathe service process: the host every service's ``main`` hands itself to."""
 
 from libs.runtime.host import ServiceHost, run_service
-from libs.runtime.spec import BackgroundTask, ServiceComponents, ServiceContext, ServiceSpec
+from libs.runtime.spec import (
+    BackgroundTask,
+    ReadinessCheck,
+    ServiceComponents,
+    ServiceContext,
+    ServiceSpec,
+)
 
 __all__ = [
     "BackgroundTask",
+    "ReadinessCheck",
     "ServiceComponents",
     "ServiceContext",
     "ServiceHost",

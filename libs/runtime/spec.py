@@ -20,6 +20,15 @@ from libs.messaging import EventStreamNames
 BackgroundTask = Callable[[asyncio.Event], Awaitable[None]]
 """Runs until the event is set (consumers, schedulers)."""
 
+ReadinessCheck = Callable[[], str | None]
+"""Whether a service can serve, beyond Postgres: None if it can, else why not (one line).
+
+Called by the host on its event loop: once before the service would first turn SERVING,
+then every watchdog round (2 s). It must be cheap and must not block: read state the
+service keeps in memory (e.g. "every production deployment is loaded and warm"), which
+its own background tasks update. Work that needs I/O to find out belongs in such a task.
+"""
+
 
 @dataclass(frozen=True)
 class ServiceContext:
@@ -43,6 +52,10 @@ class ServiceComponents:
     background: Sequence[BackgroundTask] = field(default_factory=tuple)
     closers: Sequence[Callable[[], None]] = field(default_factory=tuple)
     """Run once RPCs have drained and background tasks ended (e.g. flush a local file)."""
+    readiness: ReadinessCheck | None = None
+    """The service's own readiness, combined with Postgres's for its health (readiness
+    probes): SERVING only while both say so. None: Postgres alone decides. RPCs are
+    answered either way; only the health status (and so a load balancer) follows it."""
 
 
 @dataclass(frozen=True)
@@ -57,3 +70,7 @@ class ServiceSpec:
     migrations: tuple[Migration, ...]
     """Its own schema migrations (the event store's are applied before them)."""
     build: Callable[[ServiceContext], ServiceComponents]
+    """Builds the servicers and background work once Postgres and NATS are connected."""
+    reuse_port: bool = False
+    """Listen with SO_REUSEPORT, so that several processes of this service share its port
+    (the kernel spreads connections over them). Off: a second process on the port fails."""

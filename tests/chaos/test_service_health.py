@@ -66,14 +66,16 @@ def _settings(database_url: str, nats_url: str, namespace: str, home: Path) -> L
         home=home,
         shutdown_grace_s=1.0,
         relay_poll_interval_s=0.2,
+        relay_stuck_after_s=_STUCK_AFTER_S,
+        relay_ack_timeout_s=1.0,
         **{f"{name.value}_addr": f"127.0.0.1:{free_port()}" for name in ServiceName},
     )
 
 
 @contextlib.asynccontextmanager
 async def _registry(settings: LatheSettings) -> AsyncIterator[tuple[ServiceHost, grpc.aio.Channel]]:
-    """The registry hosted as `lathe up` runs it, with a relay declared stuck after 3 s."""
-    host = ServiceHost(SPEC, settings, relay_stuck_after_s=_STUCK_AFTER_S, relay_ack_timeout_s=1.0)
+    """The registry hosted as `lathe up` runs it (a relay declared stuck after 3 s)."""
+    host = ServiceHost(SPEC, settings)
     running = asyncio.create_task(host.run())
     serving = asyncio.create_task(host.serving.wait())
     await asyncio.wait({running, serving}, timeout=30, return_when=asyncio.FIRST_COMPLETED)

@@ -38,14 +38,18 @@ async def test_non_loopback_without_token_refuses_to_start(address: str) -> None
     assert server.port is None
 
 
-async def test_non_loopback_starts_with_a_token_or_explicit_insecure(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_non_loopback_starts_with_a_token_or_explicit_insecure() -> None:
     assert await _starts(GrpcServer(address="0.0.0.0:0", services=[REGISTRY], auth_token="t"))
     assert await _starts(GrpcServer(address="0.0.0.0:0", services=[REGISTRY], insecure=True))
 
+
+async def test_the_kit_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``insecure`` is the caller's (the host passes its settings): one source of truth."""
     monkeypatch.setenv("LATHE_INSECURE", "1")
-    assert await _starts(GrpcServer(address="0.0.0.0:0", services=[REGISTRY]))
+    server = GrpcServer(address="0.0.0.0:0", services=[REGISTRY])
+
+    with pytest.raises(RuntimeError, match="LATHE_AUTH_TOKEN"):
+        await server.start()
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1:0", "localhost:0", "[::1]:0"])

@@ -145,7 +145,7 @@ def _lathe_deployments(manifests: list[Manifest]) -> dict[ServiceName, Manifest]
 @needs_kubectl
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_keeps_every_service_runnable(overlay: str) -> None:
-    """Patches must not lose a service, its command, its ports or its probes."""
+    """Patches must not lose a service, its command, its ports, its probes or its token."""
     rendered = kustomize(K8S / overlay)
 
     for service, deployment in _lathe_deployments(rendered).items():
@@ -154,6 +154,8 @@ def test_overlay_keeps_every_service_runnable(overlay: str) -> None:
         assert container_port(container, "grpc") == default_port(service)
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["grpc"]["port"] == default_port(service)
+        token = secret_refs(container).get("LATHE_AUTH_TOKEN", {"optional": True})
+        assert not token.get("optional", False), f"{service}: LATHE_AUTH_TOKEN not required"
     namespaced = [doc for doc in rendered if doc["kind"] != "Namespace"]
     assert {doc["metadata"].get("namespace") for doc in namespaced} == {"lathe"}
 

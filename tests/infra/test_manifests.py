@@ -8,6 +8,7 @@ the local runner), never from a copy of them here.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from pathlib import Path
@@ -16,20 +17,25 @@ from typing import Any
 import pytest
 
 from libs.config import LatheSettings, ServiceName
-from libs.grpckit.server import LIVENESS_SERVICE
+from libs.grpckit.server import LIVENESS_SERVICE, _is_loopback
 from libs.platform.runner import _METRICS_PORTS
+from services.trainer.config import TrainerSettings
+from services.trainer.launch.kubernetes import render as render_training_job
 from tests.infra.manifests import (
     BASE,
     INFRA,
     REPO_ROOT,
+    SECRET,
     SHARED_CONFIG,
     Manifest,
     container_port,
     default_port,
     effective_env,
     load_directory,
+    load_documents,
     named,
     only_container,
+    secret_refs,
     settings_env_names,
 )
 
@@ -252,25 +258,73 @@ def test_lathe_variables_are_settings_fields() -> None:
     assert not unknown, f"not fields of LatheSettings: {sorted(unknown)}"
 
 
+def _claim_holding(deployment: Manifest, path: Path) -> str | None:
+    """The PersistentVolumeClaim the Deployment's container has ``path`` on, if any."""
+    pod = deployment["spec"]["template"]["spec"]
+    claims = {
+        volume["name"]: volume["persistentVolumeClaim"]["claimName"]
+        for volume in pod["volumes"]
+        if "persistentVolumeClaim" in volume
+    }
+    mounts = sorted(  # the deepest mount that holds the path is where it lives
+        only_container(deployment)["volumeMounts"], key=lambda m: len(m["mountPath"])
+    )
+    holding = [m for m in mounts if path.is_relative_to(m["mountPath"])]
+    return claims.get(holding[-1]["name"]) if holding else None
+
+
 def test_model_registry_artifacts_are_shared_by_its_replicas(
     base: list[Manifest], config_maps: dict[str, Manifest], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A blob uploaded through one replica must be readable through the others."""
     deployment = _deployment(base, ServiceName.MODEL_REGISTRY)
-    container = only_container(deployment)
-    settings = _pod_settings(effective_env(container, config_maps), monkeypatch)
-    claims = {
-        volume["name"]: volume["persistentVolumeClaim"]["claimName"]
-        for volume in deployment["spec"]["template"]["spec"]["volumes"]
-        if "persistentVolumeClaim" in volume
-    }
-    claim_at = {
-        m["mountPath"]: claims[m["name"]] for m in container["volumeMounts"] if m["name"] in claims
-    }
-    holding = [
-        claim for path, claim in claim_at.items() if settings.artifact_dir.is_relative_to(path)
-    ]
+    settings = _pod_settings(effective_env(only_container(deployment), config_maps), monkeypatch)
+    claim_name = _claim_holding(deployment, settings.artifact_dir)
 
-    assert holding, f"artifact_dir {settings.artifact_dir} is not on a PersistentVolumeClaim"
-    claim = named(base, "PersistentVolumeClaim")[holding[0]]
+    assert claim_name, f"artifact_dir {settings.artifact_dir} is not on a PersistentVolumeClaim"
+    claim = named(base, "PersistentVolumeClaim")[claim_name]
     assert "ReadWriteMany" in claim["spec"]["accessModes"]
+
+
+def test_trainer_artifacts_are_on_the_claim_training_jobs_mount(
+    base: list[Manifest], config_maps: dict[str, Manifest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training pods on other nodes read the plan and dataset the trainer wrote and write
+    the checkpoints and progress it follows: one shared volume, at the same path."""
+    deployment = _deployment(base, ServiceName.TRAINER)
+    env = effective_env(only_container(deployment), config_maps)
+    settings = _pod_settings(env, monkeypatch)
+    trainer = TrainerSettings()  # LATHE_TRAINER_* from the same pod environment
+    artifact_root = trainer.artifact_root or settings.home / "trainer"  # as services/trainer
+    claim_name = _claim_holding(deployment, artifact_root)
+
+    assert claim_name, f"the trainer's artifact root {artifact_root} is not on a claim"
+    claim = named(base, "PersistentVolumeClaim")[claim_name]
+    assert "ReadWriteMany" in claim["spec"]["accessModes"], "training pods run on other nodes"
+    # The Jobs the trainer renders, and the by-hand template, mount that claim at that path.
+    assert inspect.signature(render_training_job).parameters["artifact_claim"].default == (
+        claim_name
+    )
+    template = load_documents(INFRA / "k8s" / "trainer" / "torchrun-job.yaml")
+    (job,) = named(template, "Job").values()
+    assert _claim_holding(job, artifact_root / "attempts") == claim_name
+
+
+@pytest.mark.parametrize("service", _SERVICES, ids=str)
+def test_every_service_requires_an_auth_token(
+    base: list[Manifest],
+    config_maps: dict[str, Manifest],
+    service: ServiceName,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A service listening beyond loopback refuses to start without LATHE_AUTH_TOKEN (unless
+    LATHE_INSECURE): with an optional key a missing token would crash-loop every pod."""
+    container = only_container(_deployment(base, service))
+    settings = _pod_settings(effective_env(container, config_maps), monkeypatch)
+    token = secret_refs(container).get("LATHE_AUTH_TOKEN")
+
+    assert not _is_loopback(settings.service_addr(service)), "then no token would be needed"
+    assert token is not None, "LATHE_AUTH_TOKEN must come from the Secret"
+    assert (token["name"], token["key"]) == (SECRET, "LATHE_AUTH_TOKEN")
+    assert token.get("optional", False) is False, "the token must be required"
+    assert settings.insecure is False, "LATHE_INSECURE would open mutations to the cluster"

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from libs.config import LatheSettings, ServiceName
 from libs.db import quote_ident
-from libs.db.pool import _timeouts_from_environment
+from libs.db.pool import DEFAULT_ACQUIRE_TIMEOUT_S, DEFAULT_COMMAND_TIMEOUT_S
 from libs.errors import InvalidArgument
 
 
@@ -69,15 +69,27 @@ def test_database_bounds_and_insecure_come_from_the_environment(
         LatheSettings()
 
 
-def test_the_pool_reads_its_timeouts_as_the_settings_do(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("LATHE_DB_COMMAND_TIMEOUT_S", "LATHE_DB_ACQUIRE_TIMEOUT_S"):
+def test_the_pools_defaults_are_the_settings_defaults() -> None:
+    """A pool opened without the settings (tests, bench, workers) is bounded as a service's."""
+    fields = LatheSettings.model_fields
+    assert fields["db_command_timeout_s"].default == DEFAULT_COMMAND_TIMEOUT_S
+    assert fields["db_acquire_timeout_s"].default == DEFAULT_ACQUIRE_TIMEOUT_S
+
+
+def test_relay_bounds_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("LATHE_RELAY_ACK_TIMEOUT_S", "LATHE_RELAY_STUCK_AFTER_S"):
         monkeypatch.delenv(name, raising=False)
     defaults = LatheSettings()
-    assert _timeouts_from_environment() == (
-        defaults.db_command_timeout_s,
-        defaults.db_acquire_timeout_s,
-    )
-    monkeypatch.setenv("LATHE_DB_ACQUIRE_TIMEOUT_S", "2.5")
-    assert _timeouts_from_environment() == (defaults.db_command_timeout_s, 2.5)
-    monkeypatch.setenv("lathe_db_command_timeout_s", "7")  # the settings ignore case too
-    assert _timeouts_from_environment() == (7.0, 2.5)
+    assert (defaults.relay_ack_timeout_s, defaults.relay_stuck_after_s) == (5.0, 60.0)
+
+    monkeypatch.setenv("LATHE_RELAY_ACK_TIMEOUT_S", "1.5")
+    monkeypatch.setenv("LATHE_RELAY_STUCK_AFTER_S", "20")
+    settings = LatheSettings()
+    assert (settings.relay_ack_timeout_s, settings.relay_stuck_after_s) == (1.5, 20.0)
+
+    monkeypatch.setenv("LATHE_RELAY_STUCK_AFTER_S", "1.5")  # no longer than one ack wait
+    with pytest.raises(ValidationError, match=r"LATHE_RELAY_STUCK_AFTER_S \(1\.5\) must be longer"):
+        LatheSettings()
+    monkeypatch.setenv("LATHE_RELAY_ACK_TIMEOUT_S", "0")
+    with pytest.raises(ValidationError, match="relay_ack_timeout_s"):
+        LatheSettings()
