@@ -211,23 +211,49 @@ def _complete_stream_view(view: m.FeatureView, where: str) -> None:
     if tile <= 0 or tile != int(tile):
         raise InvalidArgument(f"{where}: tile_size must be a positive whole number of seconds")
     for aggregation in view.aggregations:
-        check_name(aggregation.name, f"{where} aggregation")
-        if aggregation.function == m.AGGREGATION_FUNCTION_UNSPECIFIED:
-            raise InvalidArgument(f"{where} aggregation {aggregation.name!r} needs a function")
-        if aggregation.function != m.AGGREGATION_FUNCTION_COUNT:
-            check_name(aggregation.column, f"{where} aggregation {aggregation.name!r} column")
-        window = seconds(aggregation.window)
-        if window <= 0 or window % tile:
-            raise InvalidArgument(
-                f"{where} aggregation {aggregation.name!r}: window must be a positive multiple "
-                f"of the tile size ({tile:g}s)"
-            )
+        _check_aggregation(aggregation, tile, where)
         result_type = (
-            m.VALUE_TYPE_INT64
-            if aggregation.function == m.AGGREGATION_FUNCTION_COUNT
-            else m.VALUE_TYPE_FLOAT64
+            m.VALUE_TYPE_INT64 if aggregation.function in _INTEGER_RESULTS else m.VALUE_TYPE_FLOAT64
         )
         view.features.add(name=aggregation.name, type=result_type)
+
+
+_INTEGER_RESULTS = {m.AGGREGATION_FUNCTION_COUNT, m.AGGREGATION_FUNCTION_COUNT_DISTINCT}
+
+
+def _check_aggregation(aggregation: m.Aggregation, tile: float, where: str) -> None:
+    check_name(aggregation.name, f"{where} aggregation")
+    what = f"{where} aggregation {aggregation.name!r}"
+    if aggregation.function == m.AGGREGATION_FUNCTION_UNSPECIFIED:
+        raise InvalidArgument(f"{what} needs a function")
+    if aggregation.function not in m.AggregationFunction.values():
+        raise InvalidArgument(f"{what}: unknown function {aggregation.function}")
+    if aggregation.function != m.AGGREGATION_FUNCTION_COUNT:
+        check_name(aggregation.column, f"{what} column")
+    percentile = aggregation.percentile
+    if aggregation.function == m.AGGREGATION_FUNCTION_PERCENTILE:
+        if not (math.isfinite(percentile) and 0 <= percentile <= 100):
+            raise InvalidArgument(f"{what}: percentile must be from 0 to 100, not {percentile}")
+    elif percentile:
+        raise InvalidArgument(f"{what}: percentile is only for PERCENTILE aggregations")
+    if aggregation.lifetime:
+        if aggregation.HasField("window") or aggregation.HasField("offset"):
+            raise InvalidArgument(
+                f"{what}: a lifetime aggregation has no window and no offset (it reads every "
+                "event up to the read time); unset them, or unset lifetime"
+            )
+        return
+    window = seconds(aggregation.window)
+    if window <= 0 or window % tile:
+        raise InvalidArgument(
+            f"{what}: window must be a positive multiple of the tile size ({tile:g}s); "
+            "for every event up to the read time set lifetime instead"
+        )
+    offset = seconds(aggregation.offset)
+    if offset < 0 or offset % tile:
+        raise InvalidArgument(
+            f"{what}: offset must be zero or a positive multiple of the tile size ({tile:g}s)"
+        )
 
 
 def _check_on_demand(view: m.OnDemandFeatureView, views: dict[str, m.FeatureView]) -> None:

@@ -15,7 +15,15 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
-from services.feature_store.domain.streaming.aggregation import StreamEvent, StreamViewSpec, to_us
+from services.feature_store.domain.streaming.aggregation import (
+    DISTINCT,
+    MOMENTS,
+    QUANTILES,
+    StreamEvent,
+    StreamViewSpec,
+    to_us,
+)
+from services.feature_store.domain.streaming.sketches import distinct_key
 
 # Rejection reasons (the ``reason`` column of feature_store.stream_rejections).
 NOT_JSON = "not_json"
@@ -26,6 +34,7 @@ BAD_ENTITY = "bad_entity"
 MISSING_EVENT_TIME = "missing_event_time"
 BAD_EVENT_TIME = "bad_event_time"
 NOT_NUMERIC = "not_numeric"
+NOT_SCALAR = "not_scalar"
 LATE = "late"
 FUTURE = "future"
 
@@ -87,7 +96,25 @@ def parse_event(
         value = _number(payload.get(column), column)
         if value is not None:
             values[column] = value
-    return StreamEvent(entity, event_us, arrival_us, sequence, values)
+    parts: dict[str, object] = {}
+    for key in spec.parts:
+        kind, column = key.split(":", 1)
+        if kind == DISTINCT:
+            raw = payload.get(column)
+            if raw is None:
+                continue
+            hashed = distinct_key(raw)
+            if hashed is None:
+                raise EventRejected(
+                    f"{NOT_SCALAR}:{column}",
+                    f"{column!r} must be a string, a finite number or a boolean to be counted",
+                )
+            parts[key] = hashed
+        elif column in values:
+            number = values[column]
+            parts[key] = number if kind == MOMENTS else float(number) + 0.0
+            assert kind in (MOMENTS, QUANTILES)
+    return StreamEvent(entity, event_us, arrival_us, sequence, values, parts)
 
 
 def _entity_key(raw: object, name: str) -> str:
