@@ -17,6 +17,7 @@ from uuid import UUID
 
 from services.feature_store.domain.streaming.aggregation import (
     DISTINCT,
+    EXACT,
     MOMENTS,
     QUANTILES,
     StreamEvent,
@@ -38,6 +39,7 @@ NOT_SCALAR = "not_scalar"
 LATE = "late"
 FUTURE = "future"
 
+_ZERO = Decimal(0)
 MAX_ENTITY_KEY = 1024
 """Longer keys could not be indexed (a btree row holds ~2.7 kB): rejected, not retried."""
 
@@ -150,11 +152,19 @@ def _event_time_us(raw: object, name: str) -> int:
 
 
 def _number(raw: object, name: str) -> Decimal | None:
-    """The exact decimal of a JSON number; None when absent or null (ignored, as SQL does)."""
+    """The exact decimal of a JSON number, canonical (``_canonical``); None when absent or
+    null (ignored, as SQL does)."""
     if raw is None:
         return None
     if isinstance(raw, float) and math.isfinite(raw):
-        return Decimal(repr(raw))
+        return _canonical(Decimal(repr(raw)))
     if isinstance(raw, int) and not isinstance(raw, bool) and abs(raw) < 2**1023:
-        return Decimal(raw)
+        return _canonical(Decimal(raw))
     raise EventRejected(f"{NOT_NUMERIC}:{name}", f"{name!r} must be a finite number, not {raw!r}")
+
+
+def _canonical(value: Decimal) -> Decimal:
+    """One representation per number: 1, 1.0 and 1.00 are ``1``, -0.0 is ``0``. Min and max
+    keep the first of equal values, so without this a tile's stored bytes (not its
+    values) depended on the order its events came in."""
+    return value.normalize(EXACT) if value else _ZERO

@@ -337,7 +337,7 @@ def quantile_of_buckets(
 
 def quantile_of(values: Iterable[float], percentile: float) -> float | None:
     """What a ``Quantiles`` holding ``values`` answers (the offline path's computation)."""
-    ordered = sorted(values)
+    ordered = sorted(value + 0.0 for value in values)
     if len(ordered) <= EXACT_VALUES:
         return quantile_exact(ordered, percentile)
     keys, counts = np.unique(bucket_keys(np.asarray(ordered, dtype=np.float64)), return_counts=True)
