@@ -56,6 +56,12 @@ _FUNCTIONS = {
     "min": m.AGGREGATION_FUNCTION_MIN,
     "max": m.AGGREGATION_FUNCTION_MAX,
     "last": m.AGGREGATION_FUNCTION_LAST,
+    "stddev": m.AGGREGATION_FUNCTION_STDDEV,
+    "variance": m.AGGREGATION_FUNCTION_VARIANCE,
+    "stddev_pop": m.AGGREGATION_FUNCTION_STDDEV_POP,
+    "variance_pop": m.AGGREGATION_FUNCTION_VARIANCE_POP,
+    "count_distinct": m.AGGREGATION_FUNCTION_COUNT_DISTINCT,
+    "percentile": m.AGGREGATION_FUNCTION_PERCENTILE,
 }
 
 __all__ = [
@@ -194,11 +200,31 @@ class PushSource:
 
 @dataclass(frozen=True)
 class Aggregation:
+    """``function(column)`` over a sliding window of a stream source's events, e.g.
+    ``Aggregation("amount", "percentile", timedelta(days=7), "amount_p99_7d", percentile=99)``.
+
+    Windows are relative to the read time; ``offset`` moves the window's end back
+    ("30 days ending 7 days ago": ``window=timedelta(days=30), offset=timedelta(days=7)``);
+    ``lifetime=True`` (with ``window=None``) takes every event up to the read time.
+    """
+
     column: str
+    """The event field (ignored by count)."""
     function: str
-    """count, sum, mean, min, max or last."""
-    window: timedelta
+    """count, sum, mean, min, max, last; stddev and variance (sample, n - 1), stddev_pop
+    and variance_pop (population, n); count_distinct (exact up to 128 values, then a CPC
+    sketch: ~1.5% relative standard error); percentile (exact up to 64 values, then
+    within 1% of the exact value)."""
+    window: timedelta | None
+    """A multiple of the view's tile size; None for a lifetime aggregation."""
     name: str
+    """The feature's name."""
+    percentile: float = 0.0
+    """percentile only: which one, 0-100 (e.g. 99.9)."""
+    offset: timedelta | None = None
+    """The window ends this long before the read time (a multiple of the tile size)."""
+    lifetime: bool = False
+    """Every event up to the read time (no window, no offset)."""
 
     def to_proto(self) -> m.Aggregation:
         if self.function not in _FUNCTIONS:
@@ -210,6 +236,9 @@ class Aggregation:
             function=_FUNCTIONS[self.function],  # type: ignore[arg-type]
             window=_duration(self.window),
             name=self.name,
+            percentile=self.percentile,
+            offset=_duration(self.offset),
+            lifetime=self.lifetime,
         )
 
 

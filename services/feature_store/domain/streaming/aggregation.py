@@ -425,6 +425,29 @@ def tile_key(spec: StreamViewSpec, event: StreamEvent) -> TileKey:
     return event.entity_key, floor_tile(event.event_us, spec.tile_us)
 
 
+def settled(spec: StreamViewSpec, event: StreamEvent) -> bool:
+    """Whether the event's tile had started when it arrived: then every read from its
+    processing on includes it, and it goes straight into its entity's lifetime state;
+    otherwise (dated ahead, within the lateness) it waits in a pending row of its tile
+    until that tile starts (ADR 0022)."""
+    return floor_tile(event.event_us, spec.tile_us) <= floor_tile(event.arrival_us, spec.tile_us)
+
+
+def build_lifetimes(
+    spec: StreamViewSpec, events: Iterable[StreamEvent]
+) -> tuple[dict[str, TileState], dict[TileKey, TileState]]:
+    """Lifetime states by entity and pending states by tile (backfill): what ingestion
+    writes for the same events, before any pending row is folded."""
+    lifetimes: dict[str, TileState] = {}
+    pending: dict[TileKey, TileState] = {}
+    for event in events:
+        if settled(spec, event):
+            lifetimes.setdefault(event.entity_key, TileState()).add(event)
+        else:
+            pending.setdefault(tile_key(spec, event), TileState()).add(event)
+    return lifetimes, pending
+
+
 def build_tiles(spec: StreamViewSpec, events: Iterable[StreamEvent]) -> dict[TileKey, TileState]:
     """Tiles of accepted events in batch (backfill): the same merge as streaming."""
     tiles: dict[TileKey, TileState] = {}
