@@ -167,22 +167,38 @@ class Entity:
 
 @dataclass(frozen=True)
 class BatchSource:
-    """A Postgres table the feature store materializes from. It must exist when the view
-    is applied, with the entity column, a ``timestamptz`` event-time column (and
-    created-time column, if named) and a column per feature whose type the feature's
-    declared type holds exactly (e.g. Int64: ``bigint``; Float64: ``double precision``
-    or ``numeric(p, s)`` with p <= 15, not plain ``numeric``); otherwise ApplyDefinitions
-    answers FAILED_PRECONDITION naming the column."""
+    """A Postgres table, or one read-only SELECT, the feature store materializes from.
 
-    table: str
-    """``table`` or ``schema.table``."""
-    event_time_column: str
+    The table (or the query's result) must have the entity column, a ``timestamptz``
+    event-time column (and created-time column, if named) and a column per feature whose
+    type the feature's declared type holds exactly (e.g. Int64: ``bigint``; Float64:
+    ``double precision`` or ``numeric(p, s)`` with p <= 15, not plain ``numeric``);
+    otherwise ApplyDefinitions answers FAILED_PRECONDITION naming the column. A query is
+    checked by Postgres at apply — one SELECT, no writes (also none in WITH or by a
+    function it calls), no FOR UPDATE/SHARE, no SELECT ... INTO — and each page of a
+    materialization runs read-only within 60 s::
+
+        BatchSource(
+            query="SELECT l.loan_id, l.issued_at, r.rate AS apr "
+            "FROM loans l JOIN rates r USING (grade)",
+            event_time_column="issued_at",
+            field_mapping={"apr": "interest_rate"},
+        )
+    """
+
+    table: str = ""
+    """``table`` or ``schema.table`` (or set ``query``)."""
+    event_time_column: str = ""
     """When each row's values were true."""
     created_time_column: str = ""
     """When each row became known (empty: at its event time); materialization reads rows
     in this order and continues after the latest it read."""
     entity_column: str = ""
     """The column holding the entity key (empty: the entity's join key)."""
+    query: str = ""
+    """Instead of ``table``: one read-only SELECT whose result plays the table's part."""
+    field_mapping: dict[str, str] = field(default_factory=dict)
+    """Source column -> feature name, for features whose column is named differently."""
 
 
 @dataclass(frozen=True)

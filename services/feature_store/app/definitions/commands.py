@@ -1,8 +1,9 @@
 """Feature-store commands: apply definitions as events (more commands join as they land).
 
-A batch view is planned and applied only if its source table can feed it exactly
+A batch view is planned and applied only if its source can feed it exactly
 (domain/definitions/sources.py): a missing table or column, or a column whose type
-would lose information in the declared type, blocks the change with what to fix.
+would lose information in the declared type, blocks the change with what to fix; a
+query source must also be one read-only SELECT, as Postgres judges it (ADR 0022).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class DefinitionCommands:
         applied = await self._queries.applied()
         changes = checked_plan(repository, applied)
         async with self._pool.acquire() as conn:
-            await _check_sources(conn, changes, repository, applied)
+            await _check_sources(conn, self._pool, changes, repository, applied)
         return changes
 
     async def apply(
@@ -73,7 +74,7 @@ class DefinitionCommands:
         await xact_lock(conn, _APPLY_LOCK)
         applied = await self._queries.applied(conn)
         changes = checked_plan(repository, applied)
-        await _check_sources(conn, changes, repository, applied)
+        await _check_sources(conn, self._pool, changes, repository, applied)
         blocked = [c.change for c in changes if c.change.blocked]
         if blocked:
             lines = [f"{c.kind} {c.name}: {'; '.join(c.details)}" for c in blocked]
@@ -103,12 +104,16 @@ class DefinitionCommands:
 
 async def _check_sources(
     conn: asyncpg.Connection,
+    pool: asyncpg.Pool,
     changes: list[PlannedChange],
     repository: m.FeatureRepository,
     applied: Applied,
 ) -> None:
-    """Block every change that records a batch view its source table cannot feed exactly
-    (missing table or column, a lossy type), with what to fix as its details."""
+    """Block every change that records a batch view its source cannot feed exactly
+    (missing table or column, a lossy type, a query that is not one read-only SELECT),
+    with what to fix as its details. Tables are looked up on ``conn`` (the apply's
+    transaction); queries are probed on a connection of their own from ``pool``, in
+    read-only transactions that ``conn``'s could not become."""
     entities = {**applied.entities, **{e.name: e for e in repository.entities}}
     for planned in changes:
         view = planned.definition
@@ -118,8 +123,12 @@ async def _check_sources(
             and view.WhichOneof("source") == "batch_source"
         ):
             continue
-        columns = await sources.source_columns(conn, view.batch_source)
-        problems = source_problems(view, entities[view.entity], columns)
+        if view.batch_source.query:
+            async with pool.acquire() as probe:
+                columns, problems = await sources.describe(probe, view.batch_source)
+        else:
+            columns, problems = await sources.describe(conn, view.batch_source)
+        problems = problems or source_problems(view, entities[view.entity], columns)
         if problems:
             planned.change.blocked = True
             planned.change.details.extend(problems)

@@ -171,22 +171,70 @@ def _check_view(view: m.FeatureView, entities: dict[str, m.Entity]) -> None:
     for reserved in _RESERVED_COLUMNS & {f.name for f in view.features}:
         raise InvalidArgument(f"{where}: {reserved!r} is reserved; name the feature differently")
     if source == "batch_source":
-        _check_batch_source(view.batch_source, where)
+        _check_batch_source(view, where)
     if view.on_violation == m.VIOLATION_POLICY_UNSPECIFIED:
         view.on_violation = m.VIOLATION_POLICY_KEEP
 
 
-def _check_batch_source(source: m.BatchSource, where: str) -> None:
-    parts = source.table.split(".")
-    if len(parts) > 2 or not source.table:
-        raise InvalidArgument(f"{where}: batch_source.table must be 'table' or 'schema.table'")
-    for part in parts:
-        check_name(part, f"{where} batch_source table part")
+MAX_QUERY_CHARS = 16_384
+
+
+def _check_batch_source(view: m.FeatureView, where: str) -> None:
+    source = view.batch_source
+    if bool(source.table) == bool(source.query.strip()):
+        raise InvalidArgument(
+            f"{where}: set one of batch_source.table (a table) and batch_source.query "
+            "(one read-only SELECT)"
+        )
+    if source.table:
+        parts = source.table.split(".")
+        if len(parts) > 2:
+            raise InvalidArgument(f"{where}: batch_source.table must be 'table' or 'schema.table'")
+        for part in parts:
+            check_name(part, f"{where} batch_source table part")
+    else:
+        _check_query(source, where)
+    _check_field_mapping(view, where)
     check_name(source.event_time_column, f"{where} batch_source.event_time_column")
     if source.entity_column:
         check_name(source.entity_column, f"{where} batch_source.entity_column")
     if source.created_time_column:
         check_name(source.created_time_column, f"{where} batch_source.created_time_column")
+
+
+def _check_query(source: m.BatchSource, where: str) -> None:
+    """What can be said of a query source without Postgres (which checks the rest when it
+    is planned and applied: one SELECT, no writes, no locks); trailing semicolons go."""
+    query = source.query.rstrip()
+    while query.endswith(";"):
+        query = query[:-1].rstrip()
+    if len(query) > MAX_QUERY_CHARS:
+        raise InvalidArgument(
+            f"{where}: batch_source.query is {len(query)} characters; at most "
+            f"{MAX_QUERY_CHARS} (put a long query in a database view and read that as a table)"
+        )
+    if "\x00" in query:
+        raise InvalidArgument(f"{where}: batch_source.query holds a NUL character")
+    source.query = query
+
+
+def _check_field_mapping(view: m.FeatureView, where: str) -> None:
+    """Source column -> feature: each column an identifier, each feature declared and
+    named by one column at most."""
+    features = {f.name for f in view.features}
+    mapped: set[str] = set()
+    for column, feature in sorted(view.batch_source.field_mapping.items()):
+        check_name(column, f"{where} batch_source.field_mapping column")
+        if feature not in features:
+            raise InvalidArgument(
+                f"{where}: batch_source.field_mapping maps {column!r} to {feature!r}, which is "
+                f"not one of its features {sorted(features)}"
+            )
+        if feature in mapped:
+            raise InvalidArgument(
+                f"{where}: batch_source.field_mapping maps two columns to {feature!r}"
+            )
+        mapped.add(feature)
 
 
 def _complete_stream_view(view: m.FeatureView, where: str) -> None:
