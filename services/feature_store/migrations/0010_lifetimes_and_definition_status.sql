@@ -26,12 +26,15 @@ CREATE TABLE stream_lifetime_pending (
 CREATE INDEX stream_lifetime_pending_due ON stream_lifetime_pending (view, version, tile_start);
 
 -- What DefinitionDeprecated / DefinitionDeleted events say of a definition, folded from
--- them with the definitions: deprecation is the reason (null: not deprecated),
--- deleted_version the latest version it had when deleted (null: not deleted).
+-- them with the definitions (rows of feature_store.definitions are kept as history):
+-- deprecation is the reason (null: not deprecated); deleted says whether the name is
+-- deleted now; deleted_through is the latest version any deletion covered (versions up
+-- to it stay deleted when the name is re-created with a later version).
 CREATE TABLE definition_status (
     kind            text    NOT NULL,
     name            text    NOT NULL,
     deprecation     text,
-    deleted_version integer,
+    deleted         boolean NOT NULL DEFAULT false,
+    deleted_through integer,
     PRIMARY KEY (kind, name)
 );

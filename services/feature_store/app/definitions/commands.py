@@ -1,25 +1,31 @@
-"""Feature-store commands: apply definitions as events (more commands join as they land).
+"""Feature-store commands: apply, delete and deprecate definitions, as events.
 
 A batch view is planned and applied only if its source can feed it exactly
 (domain/definitions/sources.py): a missing table or column, or a column whose type
 would lose information in the declared type, blocks the change with what to fix; a
 query source must also be one read-only SELECT, as Postgres judges it (ADR 0022).
+
+Deleting and deprecating are events on the definition's own stream (DefinitionDeleted,
+DefinitionDeprecated), under the apply lock like an apply, so "what is in use" is judged
+against definitions no concurrent apply is changing.
 """
 
 from __future__ import annotations
 
 import asyncpg
 
+from lathe.feature_store.v1 import events_pb2
 from lathe.feature_store.v1 import message_pb2 as m
 from lathe.feature_store.v1 import request_response_pb2 as rr
 from libs.db import transaction
 from libs.db.locks import lock_name, xact_lock
-from libs.errors import FailedPrecondition
+from libs.errors import FailedPrecondition, NotFound
 from libs.eventstore import ClientRequest, EventMetadata, EventStore, Recorder, RequestLog
 from services.feature_store.domain.definitions.changes import (
     Applied,
     PlannedChange,
     checked_plan,
+    users_of,
 )
 from services.feature_store.domain.definitions.sources import source_problems
 from services.feature_store.domain.streaming.aggregation import spec_of
@@ -100,6 +106,96 @@ class DefinitionCommands:
                     conn, definition.name, definition.version, rolls_up, unless_tiles=True
                 )
         return rr.ApplyDefinitionsResponse(changes=[c.change for c in changes])
+
+    async def delete(
+        self,
+        kind: str,
+        name: str,
+        reason: str,
+        metadata: EventMetadata,
+        request: ClientRequest | None = None,
+    ) -> rr.DeleteDefinitionResponse:
+        """Delete every version of a definition: NotFound if there is none,
+        FailedPrecondition naming what uses it. A retry of an applied ``request`` gets the
+        first attempt's reply."""
+        async with transaction(self._pool) as conn:
+            return await self._requests.once(
+                conn,
+                request,
+                rr.DeleteDefinitionResponse,
+                lambda: self._delete(conn, kind, name, reason, metadata),
+            )
+
+    async def _delete(
+        self, conn: asyncpg.Connection, kind: str, name: str, reason: str, metadata: EventMetadata
+    ) -> rr.DeleteDefinitionResponse:
+        await xact_lock(conn, _APPLY_LOCK)
+        applied = await self._queries.applied(conn)
+        definition = _existing(applied, kind, name)
+        users = users_of(kind, name, applied)
+        if users:
+            raise FailedPrecondition(
+                f"{kind} {name!r} is in use by {', '.join(users)}: delete those, or apply "
+                "versions of them that no longer select it, first (nothing was deleted)"
+            )
+        version = getattr(definition, "version", 0)
+        event = events_pb2.DefinitionDeleted(
+            kind=kind, name=name, last_version=version, reason=reason
+        )
+        await self._record(conn, kind, name, event, metadata)
+        return rr.DeleteDefinitionResponse(last_version=version)
+
+    async def deprecate(
+        self,
+        kind: str,
+        name: str,
+        reason: str,
+        *,
+        lift: bool,
+        metadata: EventMetadata,
+        request: ClientRequest | None = None,
+    ) -> rr.DeprecateDefinitionResponse:
+        """Deprecate a definition with ``reason`` (or lift its deprecation): reads of it
+        keep working and carry the reason as a warning."""
+
+        async def deprecate(conn: asyncpg.Connection) -> rr.DeprecateDefinitionResponse:
+            await xact_lock(conn, _APPLY_LOCK)
+            _existing(await self._queries.applied(conn), kind, name)
+            event = events_pb2.DefinitionDeprecated(
+                kind=kind, name=name, reason="" if lift else reason, lifted=lift
+            )
+            await self._record(conn, kind, name, event, metadata)
+            return rr.DeprecateDefinitionResponse()
+
+        async with transaction(self._pool) as conn:
+            return await self._requests.once(
+                conn, request, rr.DeprecateDefinitionResponse, lambda: deprecate(conn)
+            )
+
+    async def _record(
+        self,
+        conn: asyncpg.Connection,
+        kind: str,
+        name: str,
+        event: events_pb2.DefinitionDeleted | events_pb2.DefinitionDeprecated,
+        metadata: EventMetadata,
+    ) -> None:
+        stream = definition_stream(kind, name)
+        await self._recorder.record(
+            conn,
+            stream,
+            [event],
+            expected_version=await self._store.stream_version(stream, conn=conn),
+            metadata=metadata,
+        )
+
+
+def _existing(applied: Applied, kind: str, name: str) -> object:
+    definition = applied.of(kind).get(name)
+    if definition is None:
+        what = kind.replace("_", " ")
+        raise NotFound(f"no {what} {name!r} (deleted ones are gone); ListFeatureViews shows views")
+    return definition
 
 
 async def _check_sources(
