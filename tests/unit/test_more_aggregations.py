@@ -609,6 +609,16 @@ def test_new_aggregations_are_typed_and_checked_at_apply() -> None:
             m.Aggregation(column="x", function=999, window=_duration(60), name="s"),  # type: ignore[arg-type]
             "unknown function",
         ),
+        (
+            m.Aggregation(
+                column="x",
+                function=m.AGGREGATION_FUNCTION_SUM,
+                window=_duration(60 * 86400 * 365),
+                offset=_duration(60 * 86400 * 365),
+                name="s",
+            ),
+            "reach back",
+        ),
     ],
 )
 def test_bad_new_aggregations_are_refused(aggregation: m.Aggregation, message: str) -> None:

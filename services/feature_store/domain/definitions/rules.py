@@ -266,6 +266,9 @@ def _complete_stream_view(view: m.FeatureView, where: str) -> None:
         view.features.add(name=aggregation.name, type=result_type)
 
 
+MAX_REACH_S = 36_525 * 86_400
+"""How far back a window (with its offset) may reach: 100 years of days, so every tile
+start a read computes stays within the years 1-9999."""
 _INTEGER_RESULTS = {m.AGGREGATION_FUNCTION_COUNT, m.AGGREGATION_FUNCTION_COUNT_DISTINCT}
 
 
@@ -301,6 +304,12 @@ def _check_aggregation(aggregation: m.Aggregation, tile: float, where: str) -> N
     if offset < 0 or offset % tile:
         raise InvalidArgument(
             f"{what}: offset must be zero or a positive multiple of the tile size ({tile:g}s)"
+        )
+    if window + offset > MAX_REACH_S:
+        raise InvalidArgument(
+            f"{what}: window and offset reach back {(window + offset) / 86400:g} days; at most "
+            f"{MAX_REACH_S // 86400} (~100 years): for every event up to the read time set "
+            "lifetime instead"
         )
 
 
