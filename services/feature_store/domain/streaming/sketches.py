@@ -34,7 +34,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-import struct
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -90,50 +89,48 @@ def _canonical_cpc(union: cpc_union) -> bytes:
 
 @dataclass
 class Distinct:
-    """The distinct values of one column: exact hashes, or a canonical CPC sketch."""
+    """The distinct values of one column: exact hashes, or a canonical CPC sketch.
+
+    Merging only collects: hashes as the packed bytes they were stored as (decoding is a
+    base64 decode, merging a list append) or one by one, sketches into one union; they
+    are folded together once (numpy dedupes the hashes), when the state is read or
+    encoded — not a sketch update per value per merge.
+    """
 
     hashes: set[int] = field(default_factory=set)
-    """Exact mode (while ``sketched`` is False)."""
+    """Hashes added one by one (ingestion), not folded in yet."""
+    packed: list[bytes] = field(default_factory=list)
+    """Hashes from decoded exact states, as packed big-endian int64s, not folded in yet."""
     sketch: bytes | None = None
     """The CPC union's result, serialized (canonical: equal sets give equal bytes)."""
     _union: cpc_union | None = None
-    """Sketch mode, while merging: ``sketch`` is folded into it."""
-    _adds: cpc_sketch | None = None
-    """Sketch mode: values added one by one since, folded into the union when read."""
+    """Sketch mode, while merging: ``sketch`` and merged sketches are folded into it."""
+
+    def add(self, value: int) -> None:
+        self.hashes.add(value)
+
+    def merge(self, other: Distinct) -> None:
+        self.hashes |= other.hashes
+        self.packed.extend(other.packed)
+        if other.sketch is not None or other._union is not None:
+            self._open().update(cpc_sketch.deserialize(other._bytes()))
 
     @property
     def sketched(self) -> bool:
-        return self.sketch is not None or self._union is not None or self._adds is not None
-
-    def add(self, value: int) -> None:
-        if not self.sketched:
-            self.hashes.add(value)
-            if len(self.hashes) > EXACT_DISTINCT:
-                self._to_sketch()
-            return
-        if self._adds is None:
-            self._adds = cpc_sketch(CPC_LG_K)
-        self._adds.update(value)
-
-    def merge(self, other: Distinct) -> None:
-        if not other.sketched:
-            for value in other.hashes:
-                self.add(value)
-            return
-        if not self.sketched:
-            self._to_sketch()
-        self._open().update(cpc_sketch.deserialize(other._bytes()))
+        if self.sketch is not None or self._union is not None:
+            return True
+        return len(self._unique()) > EXACT_DISTINCT
 
     def count(self) -> int:
         """Exact below the bound, else the sketch's estimate rounded."""
         if not self.sketched:
-            return len(self.hashes)
+            return len(self._unique())
         return round(cpc_sketch.deserialize(self._bytes()).get_estimate())
 
     def encode(self) -> list[object]:
         """``["e", sorted hashes packed]`` or ``["c", CPC bytes]``, base64."""
         if not self.sketched:
-            packed = struct.pack(f">{len(self.hashes)}q", *sorted(self.hashes))
+            packed = self._unique().astype(">i8").tobytes()
             return ["e", base64.b64encode(packed).decode()]
         return ["c", base64.b64encode(self._bytes()).decode()]
 
@@ -142,16 +139,19 @@ class Distinct:
         kind, text = raw
         data = base64.b64decode(str(text))
         if kind == "e":
-            return cls(hashes=set(struct.unpack(f">{len(data) // 8}q", data)))
+            return cls(packed=[data])
         if kind == "c":
             return cls(sketch=data)
         raise ValueError(f"unknown COUNT_DISTINCT state {kind!r}")
 
-    def _to_sketch(self) -> None:
-        self._adds = cpc_sketch(CPC_LG_K)
-        for value in self.hashes:
-            self._adds.update(value)
-        self.hashes = set()
+    def _unique(self) -> np.ndarray:
+        """Every collected hash, distinct and sorted (collected into ``packed`` again)."""
+        parts = [np.frombuffer(b"".join(self.packed), dtype=">i8").astype(np.int64)]
+        if self.hashes:
+            parts.append(np.fromiter(self.hashes, np.int64, len(self.hashes)))
+        unique = np.unique(np.concatenate(parts))
+        self.hashes, self.packed = set(), [unique.astype(">i8").tobytes()]
+        return unique
 
     def _open(self) -> cpc_union:
         if self._union is None:
@@ -162,10 +162,14 @@ class Distinct:
         return self._union
 
     def _bytes(self) -> bytes:
-        """The canonical serialized sketch (folding in what was added or merged)."""
-        if self._adds is not None:
-            self._open().update(self._adds)
-            self._adds = None
+        """The canonical serialized sketch, with every collected hash folded in."""
+        unique = self._unique()
+        if len(unique):
+            single = cpc_sketch(CPC_LG_K)
+            for value in unique.tolist():
+                single.update(value)
+            self._open().update(single)
+            self.packed = []
         if self._union is not None:
             self.sketch, self._union = _canonical_cpc(self._union), None
         assert self.sketch is not None
@@ -222,66 +226,86 @@ def representative(key: int) -> float:
 
 @dataclass
 class Quantiles:
-    """One column's values for PERCENTILE: exact, or a histogram of bucket counts."""
+    """One column's values for PERCENTILE: exact, or a histogram of bucket counts.
+
+    Merging only collects values (decoded exact states stay packed bytes: a list append)
+    and adds bucket counts; values are sorted, or put in buckets vectorized, once, when
+    the state is read or encoded — in buckets only if there are more than
+    ``EXACT_VALUES`` in all.
+    """
 
     values: list[float] = field(default_factory=list)
-    """Exact mode (``buckets`` is None); any order."""
+    """Values added one by one (ingestion), not folded in yet."""
+    packed: list[bytes] = field(default_factory=list)
+    """Values of decoded exact states, as packed big-endian doubles, not folded in yet."""
     buckets: dict[int, int] | None = None
     """Histogram mode: bucket key -> values in it."""
 
     def add(self, value: float) -> None:
         """Add a finite value (-0.0 counts as 0.0, so equal multisets encode equally)."""
-        value += 0.0
-        if self.buckets is None:
-            self.values.append(value)
-            if len(self.values) > EXACT_VALUES:
-                self._to_buckets()
-            return
-        key = bucket_key(value)
-        self.buckets[key] = self.buckets.get(key, 0) + 1
+        self.values.append(value + 0.0)
 
     def merge(self, other: Quantiles) -> None:
-        if other.buckets is None:
-            for value in other.values:
-                self.add(value)
-            return
-        if self.buckets is None:
-            self._to_buckets()
-        assert self.buckets is not None
-        for key, count in other.buckets.items():
-            self.buckets[key] = self.buckets.get(key, 0) + count
+        self.values.extend(other.values)
+        self.packed.extend(other.packed)
+        if other.buckets is not None:
+            if self.buckets is None:
+                self.buckets = {}
+            for key, count in other.buckets.items():
+                self.buckets[key] = self.buckets.get(key, 0) + count
+
+    @property
+    def exact(self) -> bool:
+        count = len(self.values) + sum(len(chunk) for chunk in self.packed) // 8
+        return self.buckets is None and count <= EXACT_VALUES
 
     def quantile(self, percentile: float) -> float | None:
-        if self.buckets is None:
-            return quantile_exact(sorted(self.values), percentile)
-        keys = sorted(self.buckets)
-        return quantile_of_buckets(keys, [self.buckets[k] for k in keys], percentile)
+        if self.exact:
+            return quantile_exact(self._sorted().tolist(), percentile)
+        buckets = self._folded()
+        keys = sorted(buckets)
+        return quantile_of_buckets(keys, [buckets[k] for k in keys], percentile)
 
     def encode(self) -> list[object]:
         """``["e", sorted values packed as doubles, base64]`` or ``["h", keys, counts]``."""
-        if self.buckets is None:
-            packed = struct.pack(f">{len(self.values)}d", *sorted(self.values))
+        if self.exact:
+            packed = self._sorted().astype(">f8").tobytes()
             return ["e", base64.b64encode(packed).decode()]
-        keys = sorted(self.buckets)
-        return ["h", keys, [self.buckets[k] for k in keys]]
+        buckets = self._folded()
+        keys = sorted(buckets)
+        return ["h", keys, [buckets[k] for k in keys]]
 
     @classmethod
     def decode(cls, raw: list[object]) -> Quantiles:
         kind = raw[0]
         if kind == "e":
-            data = base64.b64decode(str(raw[1]))
-            return cls(values=list(struct.unpack(f">{len(data) // 8}d", data)))
+            return cls(packed=[base64.b64decode(str(raw[1]))])
         if kind == "h":
             keys, counts = raw[1], raw[2]
             return cls(buckets=dict(zip(keys, counts, strict=True)))  # type: ignore[call-overload]
         raise ValueError(f"unknown PERCENTILE state {kind!r}")
 
-    def _to_buckets(self) -> None:
-        buckets: dict[int, int] = {}
-        for value in self.values:
-            key = bucket_key(value)
-            buckets[key] = buckets.get(key, 0) + 1
-        self.values, self.buckets = [], buckets
+    def _collected(self) -> np.ndarray:
+        packed = np.frombuffer(b"".join(self.packed), dtype=">f8").astype(np.float64)
+        if not self.values:
+            return packed
+        return np.concatenate([packed, np.asarray(self.values, dtype=np.float64)])
+
+    def _sorted(self) -> np.ndarray:
+        ordered = np.sort(self._collected())
+        self.values, self.packed = [], [ordered.astype(">f8").tobytes()]
+        return ordered
+
+    def _folded(self) -> dict[int, int]:
+        """The histogram, with every collected value put in its bucket."""
+        buckets = {} if self.buckets is None else self.buckets
+        values = self._collected()
+        if len(values):
+            keys, counts = np.unique(bucket_keys(values), return_counts=True)
+            for key, count in zip(keys.tolist(), counts.tolist(), strict=True):
+                buckets[key] = buckets.get(key, 0) + count
+        self.values, self.packed, self.buckets = [], [], buckets
+        return buckets
 
 
 def _rank(count: int, percentile: float) -> tuple[int, Fraction]:
