@@ -10,17 +10,17 @@ of values it holds — never of the order or grouping in which they were merged:
   ``EXACT_DISTINCT``; past that, a CPC sketch (Apache DataSketches, lg k = 11). A CPC
   sketch is a bit matrix — a function of the set of hashes — and its union's result
   serializes identically whatever the order or nesting of the unions (measured:
-  tests/unit/test_sketches.py). Error past the bound: relative standard error about
-  1.5% (DataSketches' ICON estimator for lg k = 11; measured, ADR 0022); hashes collide
-  with probability ~n^2 / 2^65, negligible at 128 values. DataSketches' HLL was measured
-  and rejected: its union result depends on the grouping (estimates differed by up to
-  0.7% across groupings of one set of 20,000 items).
+  tests/unit/test_more_aggregations.py). Error past the bound: relative standard error about
+  1.5% (lg k = 11; measured 1.1%, ADR 0022); hashes collide with probability
+  ~n^2 / 2^65, negligible at 128 values. DataSketches' HLL was measured and rejected:
+  its union result depends on the grouping around its mode changes (one set of 1,000
+  values: 8 groupings gave 8 serializations, estimates 997.8 to 1011.0).
 - ``Quantiles`` (PERCENTILE): the values themselves up to ``EXACT_VALUES``; past that a
   histogram of logarithmic buckets (DDSketch's relative-error mapping, never collapsed):
   bucket counts add up, so merging is exact. ``SUB_BUCKETS`` per power of two makes each
   bucket's representative within ``RELATIVE_ACCURACY`` (0.99%) of every value in it, so a
   percentile is within 1% of the exact one (for neighbours of one sign; see
-  ``quantile``). KLL (DataSketches) was measured and rejected: its compactions depend on
+  ``quantile_of_buckets``). KLL (DataSketches) was measured and rejected: its compactions depend on
   insertion order and a random coin, so the median of 20,000 values came out -0.0121,
   0.0028 and -0.0121 for three insertion orders of the same values.
 
