@@ -172,12 +172,12 @@ def read_spans(spec: StreamViewSpec, read_us: int, rollups: bool) -> tuple[list[
     if not spec.windows:
         return [], []
     tile = spec.tile_us
-    covered = _merged(segments(spec, read_us)[1], tile) if not rollups else None
-    if covered is not None:
-        return covered, []
+    covered = segments(spec, read_us)[1]
+    if not rollups:
+        return _merged(covered, tile), []
     size = spec.rollup_us
     tile_spans, rollup_spans = [], []
-    for first, end in segments(spec, read_us)[1]:
+    for first, end in covered:
         whole_from = -(-first // size) * size  # the first rollup starting in the segment
         whole_to = floor_tile(end + tile, size)  # the end of the last rollup ending in it
         if whole_to - whole_from < size:
