@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import grpc
 import typer
@@ -17,6 +18,7 @@ from lathe.feature_store.v1 import request_response_pb2 as rr
 from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
 from libs.config import LatheSettings
 from libs.grpckit import open_channel
+from libs.sdk.feature_store import FeatureStoreClient
 from libs.sdk.features import load_repository
 
 app = typer.Typer(no_args_is_help=True, help="Plan and apply feature definitions.")
@@ -147,6 +149,57 @@ def backfill(
     )
     for reason, count in sorted(result.rejected.items()):
         console.print(f"  rejected ({reason}): {count}")
+
+
+Kind = Annotated[
+    str,
+    typer.Argument(help="feature_view, on_demand_view or feature_service."),
+]
+
+
+T = TypeVar("T")
+
+
+def _client_call(call: Callable[[FeatureStoreClient], Awaitable[T]]) -> T:
+    """Run ``call(client)`` against the feature store (with a request id and retries)."""
+
+    async def run() -> T:
+        settings = LatheSettings()
+        metadata = [("lathe-actor", getpass.getuser())]
+        if settings.auth_token is not None:
+            metadata.append(("authorization", f"Bearer {settings.auth_token.get_secret_value()}"))
+        async with open_channel(settings.feature_store_addr) as channel:
+            return await call(FeatureStoreClient(FeatureStoreStub(channel), metadata=metadata))
+
+    try:
+        return asyncio.run(run())
+    except grpc.aio.AioRpcError as error:
+        console.print(f"[red]{error.code().name}[/red]: {error.details()}")
+        raise typer.Exit(1) from error
+
+
+@app.command()
+def delete(
+    kind: Kind,
+    name: Annotated[str, typer.Argument(help="Its name (every version is deleted).")],
+    reason: Annotated[str, typer.Option(help="Why, for the event log.")] = "",
+) -> None:
+    """Delete a definition, every version (refused while a feature service or on-demand
+    view uses it; stored values are kept)."""
+    version = _client_call(lambda client: client.delete(kind, name, reason=reason))
+    console.print(f"deleted {kind} {name} (its latest version was {version})")
+
+
+@app.command()
+def deprecate(
+    kind: Kind,
+    name: Annotated[str, typer.Argument(help="Its name.")],
+    reason: Annotated[str, typer.Option(help="What readers should use instead.")] = "",
+    lift: Annotated[bool, typer.Option("--lift", help="Lift the deprecation instead.")] = False,
+) -> None:
+    """Deprecate a definition: reads keep working and warn with the reason."""
+    _client_call(lambda client: client.deprecate(kind, name, reason, lift=lift))
+    console.print(f"{'lifted the deprecation of' if lift else 'deprecated'} {kind} {name}")
 
 
 @app.command()

@@ -10,8 +10,10 @@ Wraps the generated stub so an ML engineer passes plain Python and pandas:
         rows = await store.get_online_features({"loan_id": ["LC1"]}, "underwriting")
 
 Labels can also come from a Postgres table the feature store reads (``LabelTable``), and
-definitions are applied, values pushed, batch views materialized and stream views
-backfilled from here too (``lathe demo`` does all of it through this client). Every
+definitions are applied, deleted and deprecated, values pushed, batch views materialized
+and stream views backfilled from here too (``lathe demo`` does all of it through this
+client). A read that selects a deprecated definition warns
+(``FeatureDeprecationWarning``, with the reason the feature store sent). Every
 change carries a client request id (a fresh one per call unless the caller passes one,
 e.g. to retry across processes) and is retried with it after an ambiguous failure
 (UNAVAILABLE, DEADLINE_EXCEEDED), so a retry never applies twice (docs/adr/0015).
@@ -19,10 +21,12 @@ e.g. to retry across processes) and is retried with it after an ambiguous failur
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 import pandas as pd
 import pyarrow as pa
@@ -33,6 +37,20 @@ from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
 from libs.sdk.retries import DEFAULT_RETRY, RetryPolicy, new_request_id, with_retries
 
 Scalar = bool | int | float | str | datetime | None
+DEPRECATION_HEADER = "lathe-deprecation"
+"""Trailing metadata the feature store answers a read of deprecated definitions with."""
+
+
+class FeatureDeprecationWarning(UserWarning):
+    """A read selected a deprecated feature view, on-demand view or feature service."""
+
+
+def _warn_deprecations(trailing: object) -> list[str]:
+    """Warn once per deprecated definition named in a reply's trailing metadata."""
+    found = [unquote(str(value)) for key, value in trailing or () if key == DEPRECATION_HEADER]  # type: ignore[attr-defined]
+    for line in found:
+        warnings.warn(f"deprecated: {line}", FeatureDeprecationWarning, stacklevel=3)
+    return found
 
 
 @dataclass(frozen=True)
@@ -159,6 +177,26 @@ class FeatureStoreClient:
         )
         return await self._change(self._stub.BackfillStreamView, request)  # type: ignore[no-any-return]
 
+    async def delete(self, kind: str, name: str, *, reason: str = "", request_id: str = "") -> int:
+        """Delete a feature view, on-demand view or feature service (``kind``:
+        "feature_view", "on_demand_view", "feature_service"), every version; the latest
+        version it had. FAILED_PRECONDITION names what still uses it."""
+        request = rr.DeleteDefinitionRequest(
+            kind=kind, name=name, reason=reason, request_id=request_id
+        )
+        response = await self._change(self._stub.DeleteDefinition, request)
+        return int(response.last_version)
+
+    async def deprecate(
+        self, kind: str, name: str, reason: str = "", *, lift: bool = False, request_id: str = ""
+    ) -> None:
+        """Deprecate a definition, saying what to use instead (reads keep working and
+        warn), or ``lift`` its deprecation."""
+        request = rr.DeprecateDefinitionRequest(
+            kind=kind, name=name, reason=reason, lift=lift, request_id=request_id
+        )
+        await self._change(self._stub.DeprecateDefinition, request)
+
     async def _change(self, rpc: Callable[..., Awaitable[Any]], request: Any) -> Any:
         """Send ``request`` with a request id (its own, or a fresh one) until answered."""
         if not request.request_id:
@@ -182,7 +220,9 @@ class FeatureStoreClient:
             request_data={name: to_column(values) for name, values in (request_data or {}).items()},
         )
         _select(request, feature_service, features)
-        response = await self._stub.GetOnlineFeatures(request, metadata=self._metadata)
+        call = self._stub.GetOnlineFeatures(request, metadata=self._metadata)
+        response = await call
+        _warn_deprecations(await call.trailing_metadata())
         rows = []
         for vector in response.results:
             rows.append(
@@ -230,6 +270,7 @@ class FeatureStoreClient:
                     snapshot = response.snapshot
                 else:
                     parts.append(response.arrow_ipc)
+            _warn_deprecations(await stream.trailing_metadata())
             return snapshot, parts
 
         snapshot, parts = await with_retries(self._retry, attempt)

@@ -56,6 +56,12 @@ _FUNCTIONS = {
     "min": m.AGGREGATION_FUNCTION_MIN,
     "max": m.AGGREGATION_FUNCTION_MAX,
     "last": m.AGGREGATION_FUNCTION_LAST,
+    "stddev": m.AGGREGATION_FUNCTION_STDDEV,
+    "variance": m.AGGREGATION_FUNCTION_VARIANCE,
+    "stddev_pop": m.AGGREGATION_FUNCTION_STDDEV_POP,
+    "variance_pop": m.AGGREGATION_FUNCTION_VARIANCE_POP,
+    "count_distinct": m.AGGREGATION_FUNCTION_COUNT_DISTINCT,
+    "percentile": m.AGGREGATION_FUNCTION_PERCENTILE,
 }
 
 __all__ = [
@@ -161,22 +167,38 @@ class Entity:
 
 @dataclass(frozen=True)
 class BatchSource:
-    """A Postgres table the feature store materializes from. It must exist when the view
-    is applied, with the entity column, a ``timestamptz`` event-time column (and
-    created-time column, if named) and a column per feature whose type the feature's
-    declared type holds exactly (e.g. Int64: ``bigint``; Float64: ``double precision``
-    or ``numeric(p, s)`` with p <= 15, not plain ``numeric``); otherwise ApplyDefinitions
-    answers FAILED_PRECONDITION naming the column."""
+    """A Postgres table, or one read-only SELECT, the feature store materializes from.
 
-    table: str
-    """``table`` or ``schema.table``."""
-    event_time_column: str
+    The table (or the query's result) must have the entity column, a ``timestamptz``
+    event-time column (and created-time column, if named) and a column per feature whose
+    type the feature's declared type holds exactly (e.g. Int64: ``bigint``; Float64:
+    ``double precision`` or ``numeric(p, s)`` with p <= 15, not plain ``numeric``);
+    otherwise ApplyDefinitions answers FAILED_PRECONDITION naming the column. A query is
+    checked by Postgres at apply — one SELECT, no writes (also none in WITH or by a
+    function it calls), no FOR UPDATE/SHARE, no SELECT ... INTO — and each page of a
+    materialization runs read-only within 60 s::
+
+        BatchSource(
+            query="SELECT l.loan_id, l.issued_at, r.rate AS apr "
+            "FROM loans l JOIN rates r USING (grade)",
+            event_time_column="issued_at",
+            field_mapping={"apr": "interest_rate"},
+        )
+    """
+
+    table: str = ""
+    """``table`` or ``schema.table`` (or set ``query``)."""
+    event_time_column: str = ""
     """When each row's values were true."""
     created_time_column: str = ""
     """When each row became known (empty: at its event time); materialization reads rows
     in this order and continues after the latest it read."""
     entity_column: str = ""
     """The column holding the entity key (empty: the entity's join key)."""
+    query: str = ""
+    """Instead of ``table``: one read-only SELECT whose result plays the table's part."""
+    field_mapping: dict[str, str] = field(default_factory=dict)
+    """Source column -> feature name, for features whose column is named differently."""
 
 
 @dataclass(frozen=True)
@@ -194,11 +216,31 @@ class PushSource:
 
 @dataclass(frozen=True)
 class Aggregation:
+    """``function(column)`` over a sliding window of a stream source's events, e.g.
+    ``Aggregation("amount", "percentile", timedelta(days=7), "amount_p99_7d", percentile=99)``.
+
+    Windows are relative to the read time; ``offset`` moves the window's end back
+    ("30 days ending 7 days ago": ``window=timedelta(days=30), offset=timedelta(days=7)``);
+    ``lifetime=True`` (with ``window=None``) takes every event up to the read time.
+    """
+
     column: str
+    """The event field (ignored by count)."""
     function: str
-    """count, sum, mean, min, max or last."""
-    window: timedelta
+    """count, sum, mean, min, max, last; stddev and variance (sample, n - 1), stddev_pop
+    and variance_pop (population, n); count_distinct (exact up to 128 values, then a CPC
+    sketch: ~1.5% relative standard error); percentile (exact up to 64 values, then
+    within 1% of the exact value)."""
+    window: timedelta | None
+    """A multiple of the view's tile size; None for a lifetime aggregation."""
     name: str
+    """The feature's name."""
+    percentile: float = 0.0
+    """percentile only: which one, 0-100 (e.g. 99.9)."""
+    offset: timedelta | None = None
+    """The window ends this long before the read time (a multiple of the tile size)."""
+    lifetime: bool = False
+    """Every event up to the read time (no window, no offset)."""
 
     def to_proto(self) -> m.Aggregation:
         if self.function not in _FUNCTIONS:
@@ -210,6 +252,9 @@ class Aggregation:
             function=_FUNCTIONS[self.function],  # type: ignore[arg-type]
             window=_duration(self.window),
             name=self.name,
+            percentile=self.percentile,
+            offset=_duration(self.offset),
+            lifetime=self.lifetime,
         )
 
 

@@ -11,6 +11,8 @@ CATALOG = EventCatalog(
             events_pb2.OnDemandFeatureViewDefined, aggregate="on_demand_view", name="defined"
         ),
         EventSpec(events_pb2.FeatureServiceDefined, aggregate="feature_service", name="defined"),
+        EventSpec(events_pb2.DefinitionDeleted, aggregate="definition", name="deleted"),
+        EventSpec(events_pb2.DefinitionDeprecated, aggregate="definition", name="deprecated"),
         EventSpec(events_pb2.MaterializationStarted, aggregate="materialization", name="started"),
         EventSpec(
             events_pb2.MaterializationCompleted, aggregate="materialization", name="completed"

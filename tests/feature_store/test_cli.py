@@ -14,6 +14,7 @@ from libs.config import LatheSettings
 from libs.sdk.features import (
     Aggregation,
     Entity,
+    FeatureService,
     FeatureView,
     Field,
     Float64,
@@ -73,3 +74,40 @@ async def test_backfill_a_stream_view_over_logged_history(
 
     code, refused = await _lathe(test_settings, "backfill", f"pushed_{s}")
     assert code == 1 and "FAILED_PRECONDITION" in refused and "Materialize" in refused
+
+
+async def test_deprecate_and_delete_from_the_command_line(
+    features: FeatureStoreStub, test_settings: LatheSettings, db_pool: asyncpg.Pool
+) -> None:
+    s = suffix()
+    loan = Entity(f"loan_{s}", join_key="loan_id")
+    pushed = FeatureView(
+        f"pushed_{s}", entity=loan, source=PushSource(), features=[Field("x", Float64)]
+    )
+    service = FeatureService(f"model_{s}", [f"pushed_{s}:*"])
+    await features.ApplyDefinitions(
+        rr.ApplyDefinitionsRequest(repository=repository_of([loan, pushed, service]))
+    )
+
+    code, output = await _lathe(
+        test_settings, "deprecate", "feature_view", f"pushed_{s}", "--reason", "use pushed_v2"
+    )
+    assert code == 0 and f"deprecated feature_view pushed_{s}" in output, output
+    view = await features.GetFeatureView(rr.GetFeatureViewRequest(name=f"pushed_{s}"))
+    assert view.deprecation == "use pushed_v2"
+
+    code, refused = await _lathe(test_settings, "delete", "feature_view", f"pushed_{s}")
+    assert code == 1 and "FAILED_PRECONDITION" in refused and f"model_{s}" in refused
+
+    code, output = await _lathe(test_settings, "delete", "feature_service", f"model_{s}")
+    assert code == 0, output
+    code, output = await _lathe(
+        test_settings, "delete", "feature_view", f"pushed_{s}", "--reason", "replaced"
+    )
+    assert code == 0 and "its latest version was 1" in output, output
+    events = await db_pool.fetch(
+        "SELECT causation_id FROM feature_store.events WHERE stream_id = $1 "
+        "AND event_type LIKE '%Deleted'",
+        f"feature_view-pushed_{s}",
+    )
+    assert len(events) == 1 and events[0]["causation_id"]  # sent with a request id

@@ -275,6 +275,46 @@ def _snapshot(reply: Message) -> None:
     assert reply.rows == 2 and reply.snapshot_id.startswith("sha256:")  # type: ignore[attr-defined]
 
 
+async def _delete(features: FeatureStoreStub, scene: _Scene, rid: str, variant: int) -> Message:
+    return await features.DeleteDefinition(
+        rr.DeleteDefinitionRequest(
+            kind="feature_view",
+            name=f"push_{scene.s}",
+            reason="replaced" if variant == 0 else "obsolete",
+            request_id=rid,
+        )
+    )
+
+
+async def _deprecate(features: FeatureStoreStub, scene: _Scene, rid: str, variant: int) -> Message:
+    return await features.DeprecateDefinition(
+        rr.DeprecateDefinitionRequest(
+            kind="feature_view",
+            name=f"push_{scene.s}",
+            reason="use push_v2" if variant == 0 else "use push_v3",
+            request_id=rid,
+        )
+    )
+
+
+def _status_events(event_type: str) -> Callable[[asyncpg.Pool, _Scene], Awaitable[tuple]]:
+    """The scene view's events of ``event_type``, with their causes (the view's stream
+    also holds its definition, applied without an id)."""
+
+    async def effects(db_pool: asyncpg.Pool, scene: _Scene) -> tuple[object, ...]:
+        return tuple(
+            tuple(e)
+            for e in await _events(db_pool, f"feature_view-push_{scene.s}")
+            if e["event_type"] == f"lathe.feature_store.v1.{event_type}"
+        )
+
+    return effects
+
+
+def _deleted(reply: Message) -> None:
+    assert reply.last_version == 1  # type: ignore[attr-defined]
+
+
 MUTATIONS = [
     _Mutation(
         "ApplyDefinitions",
@@ -303,6 +343,22 @@ MUTATIONS = [
     ),
     _Mutation(
         "GetHistoricalFeatures", _pushed_view, _training, _snapshots, lambda scene: "", _snapshot
+    ),
+    _Mutation(
+        "DeleteDefinition",
+        _push_view,
+        _delete,
+        _status_events("DefinitionDeleted"),
+        lambda scene: "",
+        _deleted,
+    ),
+    _Mutation(
+        "DeprecateDefinition",
+        _push_view,
+        _deprecate,
+        _status_events("DefinitionDeprecated"),
+        lambda scene: "",
+        lambda reply: None,
     ),
 ]
 BY_RPC = pytest.mark.parametrize("mutation", MUTATIONS, ids=[m.rpc for m in MUTATIONS])

@@ -284,7 +284,36 @@ async def seed_feature_store(platform: FuzzPlatform) -> None:
                 aggregations=[
                     Aggregation("amount", "count", timedelta(hours=1), "amount_count_1h"),
                     Aggregation("amount", "sum", timedelta(hours=1), "amount_sum_1h"),
+                    Aggregation("amount", "stddev", timedelta(days=1), "amount_sd_1d"),
+                    Aggregation(
+                        "amount",
+                        "variance_pop",
+                        timedelta(days=1),
+                        "amount_varp_1d_1d_ago",
+                        offset=timedelta(days=1),
+                    ),
+                    Aggregation("merchant", "count_distinct", timedelta(days=7), "merchants_7d"),
+                    Aggregation(
+                        "amount", "percentile", timedelta(days=7), "amount_p99_7d", percentile=99
+                    ),
+                    Aggregation("amount", "sum", None, "amount_ever", lifetime=True),
                 ],
+            ),
+            FeatureView(
+                "fuzz_query",
+                entity=loan,
+                source=BatchSource(
+                    query="SELECT loan_id, issued_at, rate AS apr, term FROM public.fuzz_loans",
+                    event_time_column="issued_at",
+                    field_mapping={"apr": "rate"},
+                ),
+                features=[Field("rate", Float64), Field("term", Int64)],
+            ),
+            FeatureView(
+                "fuzz_doomed",
+                entity=loan,
+                source=PushSource(),
+                features=[Field("gone", Float64)],
             ),
             fuzz_interest,
             FeatureService("fuzz_train", ["fuzz_terms:rate", "fuzz_interest:*"]),
@@ -386,6 +415,39 @@ async def seed_feature_store(platform: FuzzPlatform) -> None:
     )
     await seed(
         FEATURES, "BackfillStreamView", frr.BackfillStreamViewRequest(feature_view="fuzz_stream")
+    )
+    await seed(FEATURES, "Materialize", frr.MaterializeRequest(feature_view="fuzz_query"))
+    await seed(
+        FEATURES,
+        "GetOnlineFeatures",
+        frr.GetOnlineFeaturesRequest(
+            feature_list=frr.FeatureList(features=["fuzz_stream:*", "fuzz_query:*"]),
+            entities=entities,
+        ),
+    )
+    await seed(
+        FEATURES,
+        "DeprecateDefinition",
+        frr.DeprecateDefinitionRequest(
+            kind="feature_view", name="fuzz_stream", reason="use fuzz_stream_v2"
+        ),
+    )
+    await seed(
+        FEATURES,
+        "DeprecateDefinition",
+        frr.DeprecateDefinitionRequest(kind="feature_view", name="fuzz_stream", lift=True),
+    )
+    await seed(
+        FEATURES,
+        "DeleteDefinition",
+        # In use by the feature service fuzz_train: refused (FAILED_PRECONDITION).
+        frr.DeleteDefinitionRequest(kind="feature_view", name="fuzz_terms", reason="fuzz"),
+        must_succeed=False,
+    )
+    await seed(
+        FEATURES,
+        "DeleteDefinition",
+        frr.DeleteDefinitionRequest(kind="feature_view", name="fuzz_doomed", reason="fuzz"),
     )
 
 

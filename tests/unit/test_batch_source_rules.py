@@ -5,9 +5,14 @@ from __future__ import annotations
 import pytest
 
 from lathe.feature_store.v1 import message_pb2 as m
+from libs.errors import InvalidArgument
+from services.feature_store.domain.definitions.rules import validate_repository
 from services.feature_store.domain.definitions.sources import (
     SourceColumn,
+    feature_columns,
     lossless,
+    plan_problems,
+    query_refusal,
     source_problems,
 )
 
@@ -86,3 +91,92 @@ def test_problems_name_the_column_and_both_types() -> None:
     numbered = m.Entity(name="loan", join_key="loan_id", key_type=INT64)
     [key] = source_problems(_view(), numbered, GOOD)
     assert "'loan_id'" in key and "integers" in key
+
+
+# -- query sources and field mappings (ADR 0022) ---------------------------------------------
+
+
+def test_plans_that_write_or_lock_anywhere_are_named() -> None:
+    plan = [
+        {
+            "Plan": {
+                "Node Type": "CTE Scan",
+                "Plans": [
+                    {"Node Type": "ModifyTable", "Operation": "Delete", "Plans": []},
+                    {"Node Type": "Hash Join", "Plans": [{"Node Type": "LockRows"}]},
+                ],
+            }
+        }
+    ]
+    problems = plan_problems(plan)
+    assert len(problems) == 2
+    assert "writes rows" in problems[0] and "locks rows" in problems[1]
+    assert plan_problems([{"Plan": {"Node Type": "Seq Scan", "Plans": []}}]) == []
+
+
+@pytest.mark.parametrize(
+    ("step", "sqlstate", "message", "said"),
+    [
+        (
+            "explain",
+            "42601",
+            "cannot insert multiple commands into a prepared statement",
+            "more than one statement",
+        ),
+        ("describe", "0A000", "views must not contain SELECT INTO", "SELECT ... INTO"),
+        (
+            "describe",
+            "0A000",
+            "views must not contain data-modifying statements in WITH",
+            "writes in a WITH",
+        ),
+        ("probe", "25006", "cannot execute INSERT in a read-only transaction", "tried to write"),
+        ("describe", "42601", 'syntax error at or near ";"', "remove the semicolon"),
+        ("explain", "42601", 'syntax error at or near "DROP"', "not one SELECT"),
+        ("explain", "parameters", "the server expects 1 argument", "takes parameters"),
+        ("explain", "42P01", 'relation "x" does not exist', "cannot run the query"),
+    ],
+)
+def test_refusals_say_what_to_change(step: str, sqlstate: str, message: str, said: str) -> None:
+    assert said in query_refusal(step, sqlstate, message)
+
+
+def _query_view(query: str, mapping: dict[str, str]) -> m.FeatureView:
+    return m.FeatureView(
+        name="v",
+        version=1,
+        entity="loan",
+        batch_source=m.BatchSource(query=query, event_time_column="at", field_mapping=mapping),
+        features=[m.Field(name="rate", type=FLOAT64), m.Field(name="term", type=INT64)],
+    )
+
+
+def test_a_field_mapping_names_the_column_a_feature_reads() -> None:
+    view = _query_view("SELECT 1", {"apr": "rate"})
+    assert feature_columns(view) == {"rate": "apr", "term": "term"}
+    columns = {
+        "loan_id": SourceColumn("loan_id", "text", "text"),
+        "at": SourceColumn("at", "timestamptz", "timestamp with time zone"),
+        "apr": SourceColumn("apr", "numeric", "numeric"),
+    }
+    entity = m.Entity(name="loan", join_key="loan_id", key_type=STRING)
+    assert source_problems(view, entity, columns) == [
+        "column 'apr' (feature 'rate') of query is numeric (numeric), which the declared type "
+        "Float64 cannot hold exactly: use smallint, integer, real, double precision or "
+        "numeric(p, s) with p <= 15 (cast it in a view), or declare another type",
+        "batch source query has no column 'term' (a feature)",
+    ]
+
+
+def test_query_sources_are_trimmed_and_bounded_at_validation() -> None:
+    entity = m.Entity(name="loan", join_key="loan_id", key_type=STRING)
+    repository = m.FeatureRepository(
+        entities=[entity], feature_views=[_query_view("SELECT 1 ;  ;\n", {})]
+    )
+    checked = validate_repository(repository, [])
+    assert checked.feature_views[0].batch_source.query == "SELECT 1"
+    too_long = m.FeatureRepository(
+        entities=[entity], feature_views=[_query_view("SELECT 1" + " " * 20_000 + "+1", {})]
+    )
+    with pytest.raises(InvalidArgument, match="at most 16384"):
+        validate_repository(too_long, [])

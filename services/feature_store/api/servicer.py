@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC
+from urllib.parse import quote
 
 import grpc
 
@@ -23,6 +24,7 @@ from services.feature_store.app.online.reader import OnlineReader
 from services.feature_store.app.streaming.backfill import Backfiller
 from services.feature_store.app.writes.materialize import Materializer
 from services.feature_store.app.writes.push import Pusher
+from services.feature_store.domain.definitions.changes import DELETABLE
 from services.feature_store.domain.names import check_name
 
 _ARROW_CHUNK = 4 * 1024 * 1024 - 64 * 1024
@@ -41,6 +43,31 @@ def _metadata(
         actor=caller.actor,
         traceparent=current_traceparent(),
     )
+
+
+DEPRECATION_HEADER = "lathe-deprecation"
+"""Trailing metadata key of a read's warnings: "<kind> <name>: <reason>" each, with
+anything outside printable ASCII percent-encoded (UTF-8)."""
+_MAX_REASON = 1000
+_PRINTABLE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def _header_text(line: str) -> str:
+    return quote(line, safe=_PRINTABLE)
+
+
+def _definition(kind: str, name: str) -> tuple[str, str]:
+    if kind not in DELETABLE:
+        raise InvalidArgument(f"kind must be one of {', '.join(DELETABLE)}, not {kind!r}")
+    return kind, check_name(name, kind)
+
+
+def _reason(reason: str, *, required: bool) -> str:
+    if required and not reason.strip():
+        raise InvalidArgument("say why in reason (what readers should use instead)")
+    if len(reason) > _MAX_REASON or "\x00" in reason:
+        raise InvalidArgument(f"reason must be at most {_MAX_REASON} characters, without NUL")
+    return reason.strip()
 
 
 class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
@@ -106,8 +133,10 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
         name = check_name(request.name, "feature view")
         if request.version < 0:
             raise InvalidArgument("version must be >= 0 (0: the latest)")
-        view, versions = await self._catalog.feature_view(name, request.version)
-        return rr.GetFeatureViewResponse(feature_view=view, versions=versions)
+        view, versions, deprecation = await self._catalog.feature_view(name, request.version)
+        return rr.GetFeatureViewResponse(
+            feature_view=view, versions=versions, deprecation=deprecation
+        )
 
     async def GetOnlineFeatures(
         self, request: rr.GetOnlineFeaturesRequest, context: grpc.aio.ServicerContext
@@ -115,13 +144,25 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
         selection = request.WhichOneof("selection")
         if selection is None:
             raise InvalidArgument("set feature_service or feature_list")
+        references = tuple(request.feature_list.features)
         reply = await self._reader.read(
             feature_service=request.feature_service,
-            references=tuple(request.feature_list.features),
+            references=references,
             entities=request.entities,
             request_data=request.request_data,
         )
+        await self._warn(context, request.feature_service, references)
         return Encoded(reply)  # already a GetOnlineFeaturesResponse: sent without re-encoding
+
+    async def _warn(
+        self, context: grpc.aio.ServicerContext, feature_service: str, references: tuple[str, ...]
+    ) -> None:
+        """A ``lathe-deprecation`` trailing metadata entry per deprecated definition read."""
+        warnings = await self._cache.deprecations(feature_service, references)
+        if warnings:
+            context.set_trailing_metadata(
+                tuple((DEPRECATION_HEADER, _header_text(line)) for line in warnings)
+            )
 
     async def PushFeatures(
         self, request: rr.PushFeaturesRequest, context: grpc.aio.ServicerContext
@@ -173,12 +214,40 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
             metadata=_metadata(context, key),
             request=key,
         )
+        await self._warn(context, request.feature_service, tuple(request.feature_list.features))
         yield rr.GetHistoricalFeaturesResponse(snapshot=training.snapshot)
         view = memoryview(training.arrow_ipc)
         for start in range(0, len(view), _ARROW_CHUNK):
             yield rr.GetHistoricalFeaturesResponse(
                 arrow_ipc=bytes(view[start : start + _ARROW_CHUNK])
             )
+
+    async def DeleteDefinition(
+        self, request: rr.DeleteDefinitionRequest, context: grpc.aio.ServicerContext
+    ) -> rr.DeleteDefinitionResponse:
+        kind, name = _definition(request.kind, request.name)
+        key = ClientRequest.of("DeleteDefinition", request)
+        deleted = await self._definitions.delete(
+            kind, name, _reason(request.reason, required=False), _metadata(context, key), key
+        )
+        await self._cache.refresh()
+        return deleted
+
+    async def DeprecateDefinition(
+        self, request: rr.DeprecateDefinitionRequest, context: grpc.aio.ServicerContext
+    ) -> rr.DeprecateDefinitionResponse:
+        kind, name = _definition(request.kind, request.name)
+        key = ClientRequest.of("DeprecateDefinition", request)
+        deprecated = await self._definitions.deprecate(
+            kind,
+            name,
+            _reason(request.reason, required=not request.lift),
+            lift=request.lift,
+            metadata=_metadata(context, key),
+            request=key,
+        )
+        await self._cache.refresh()
+        return deprecated
 
     async def GetFeatureStatistics(
         self, request: rr.GetFeatureStatisticsRequest, context: grpc.aio.ServicerContext

@@ -1,13 +1,24 @@
-"""Reading a batch source: a Postgres table named by a validated definition.
+"""Reading a batch source: a Postgres table, or a query, named by a validated definition.
 
 Identifiers (schema, table, columns) come only from applied definitions, which
 were validated as plain identifiers; they are quoted here. Time bounds travel as
 bind parameters. Nothing a caller sends at request time reaches this SQL text.
+
+A query source is SQL by design, from a definition whoever may apply definitions wrote
+(ADR 0016's trust, ADR 0022). Postgres decides what it is (``describe``): EXPLAIN in a
+read-only transaction (one statement — the extended protocol refuses several — that
+plans, with no ModifyTable or LockRows node), a temporary view in a transaction that is
+rolled back (its result columns and their exact types; refuses SELECT ... INTO and
+writes in WITH), and a first row read read-only under a short timeout (a function that
+writes fails there). Materialize then reads it as ``(<query>) AS lathe_source`` in a
+read-only transaction with a statement timeout, so whatever it holds can only read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 
 import asyncpg
@@ -15,7 +26,15 @@ import asyncpg
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.db import quote_ident
 from libs.errors import FailedPrecondition
-from services.feature_store.domain.definitions.sources import SourceColumn
+from services.feature_store.domain.definitions.sources import (
+    QUERY_PROBE_TIMEOUT_S,
+    QUERY_TIMEOUT_S,
+    SourceColumn,
+    feature_columns,
+    plan_problems,
+    query_refusal,
+    source_label,
+)
 from services.feature_store.domain.materialization import RunScope
 from services.feature_store.domain.times import MAX_TIME, utc
 
@@ -28,8 +47,19 @@ _COLUMNS = """
     WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped"""
 
 
+_PROBE_VIEW = "lathe_query_probe"
+
+
 def _table(source: m.BatchSource) -> str:
     return ".".join(quote_ident(part, what="table") for part in source.table.split("."))
+
+
+def _from(source: m.BatchSource) -> str:
+    """What a read selects from: the quoted table, or the query as a subquery (on lines of
+    its own, so a trailing comment cannot swallow the closing parenthesis)."""
+    if source.query:
+        return f"(\n{source.query}\n) AS lathe_source"
+    return _table(source)
 
 
 async def source_columns(
@@ -40,12 +70,82 @@ async def source_columns(
     oid = await executor.fetchval(_TABLE, _table(source))
     if oid is None:
         return None
+    return await _columns(executor, oid)
+
+
+async def _columns(
+    executor: asyncpg.Pool | asyncpg.Connection, oid: int
+) -> dict[str, SourceColumn]:
     return {
         record["name"]: SourceColumn(
             record["name"], record["type"], record["shown"], record["precision"], record["scale"]
         )
         for record in await executor.fetch(_COLUMNS, oid)
     }
+
+
+async def describe(
+    conn: asyncpg.Connection, source: m.BatchSource
+) -> tuple[dict[str, SourceColumn] | None, list[str]]:
+    """(columns, refusals) of a batch source: a table's columns (None: no such table), or
+    for a query, what Postgres says of it (module docstring). ``conn`` must not be in a
+    transaction when the source is a query (it opens its own)."""
+    if not source.query:
+        return await source_columns(conn, source), []
+    query = source.query
+    try:
+        async with _read_only(conn, QUERY_PROBE_TIMEOUT_S):
+            plan = json.loads(await conn.fetchval(f"EXPLAIN (FORMAT JSON)\n{query}"))
+    except asyncpg.PostgresError as exc:
+        return None, [query_refusal("explain", exc.sqlstate or "", str(exc))]
+    except asyncpg.InterfaceError as exc:  # asyncpg counts $n parameters before sending
+        return None, [query_refusal("explain", "parameters", str(exc))]
+    problems = plan_problems(plan)
+    if problems:
+        return None, problems
+    try:
+        async with _rolled_back(conn, QUERY_PROBE_TIMEOUT_S):
+            await conn.fetch(f"CREATE TEMPORARY VIEW {_PROBE_VIEW} AS\n{query}\n")
+            oid = await conn.fetchval("SELECT $1::regclass::oid::bigint", f"pg_temp.{_PROBE_VIEW}")
+            columns = await _columns(conn, oid)
+    except asyncpg.PostgresError as exc:
+        return None, [query_refusal("describe", exc.sqlstate or "", str(exc))]
+    try:
+        async with _read_only(conn, QUERY_PROBE_TIMEOUT_S):
+            await conn.fetch(f"SELECT * FROM {_from(source)} LIMIT 1")
+    except asyncpg.QueryCanceledError:
+        pass  # slow to produce a row: not refused, only not probed
+    except asyncpg.PostgresError as exc:
+        return None, [query_refusal("probe", exc.sqlstate or "", str(exc))]
+    return columns, []
+
+
+class _RollBack(Exception):
+    """Ends a probe's transaction by rolling it back."""
+
+
+@asynccontextmanager
+async def _rolled_back(conn: asyncpg.Connection, timeout_s: float) -> AsyncIterator[None]:
+    try:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
+            yield
+            raise _RollBack
+    except _RollBack:
+        pass
+
+
+@asynccontextmanager
+async def _read_only(conn: asyncpg.Connection, timeout_s: float) -> AsyncIterator[None]:
+    """A read-only transaction whose statements each end within ``timeout_s``, rolled
+    back (nothing it does may last: it only read)."""
+    try:
+        async with conn.transaction(readonly=True):
+            await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
+            yield
+            raise _RollBack
+    except _RollBack:
+        pass
 
 
 class BatchReader:
@@ -58,9 +158,10 @@ class BatchReader:
 
     def __init__(self, view: m.FeatureView, join_key: str) -> None:
         source = view.batch_source
-        self._view, self._table_name = view.name, source.table
+        self._view, self._table_name = view.name, source_label(source)
+        self._query = bool(source.query)
         self.watermark_column = source.created_time_column or source.event_time_column
-        self._source = _table(source)
+        self._source = _from(source)
         self._entity = quote_ident(source.entity_column or join_key, what="column")
         self._event = quote_ident(source.event_time_column, what="column")
         created = (
@@ -69,7 +170,10 @@ class BatchReader:
             else self._event
         )
         self._mark = quote_ident(self.watermark_column, what="column")
-        features = "".join(f", {quote_ident(f.name, what='column')}" for f in view.features)
+        features = "".join(
+            f", {quote_ident(column, what='column')} AS {quote_ident(feature, what='column')}"
+            for feature, column in feature_columns(view).items()
+        )
         self._select = (
             f"SELECT {self._entity}::text AS entity_key, {self._event} AS event_time, "
             f"{created} AS created_time, {self._mark} AS watermark{features} FROM {self._source}"
@@ -104,13 +208,36 @@ class BatchReader:
         cannot be read as the definition says (missing table or column)."""
         where, args = self._where(scope, None)
         try:
-            return int(
-                await conn.fetchval(f"SELECT count(*) FROM {self._source} WHERE {where}", *args)
-            )
+            async with self._reading(conn):
+                return int(
+                    await conn.fetchval(f"SELECT count(*) FROM {self._source} WHERE {where}", *args)
+                )
         except asyncpg.PostgresError as exc:
-            raise FailedPrecondition(
-                f"cannot read the batch source of {self._view!r} ({self._table_name}): {exc}"
-            ) from exc
+            raise self._unreadable(exc) from exc
+
+    @asynccontextmanager
+    async def _reading(self, conn: asyncpg.Connection) -> AsyncIterator[None]:
+        """For a query source, a read-only transaction with a statement timeout."""
+        if not self._query:
+            yield
+            return
+        async with conn.transaction(readonly=True):
+            await conn.execute(f"SET LOCAL statement_timeout = {int(QUERY_TIMEOUT_S * 1000)}")
+            yield
+
+    def _unreadable(self, exc: asyncpg.PostgresError) -> FailedPrecondition:
+        where = f"the batch source of {self._view!r} ({self._table_name})"
+        if isinstance(exc, asyncpg.QueryCanceledError) and self._query:
+            return FailedPrecondition(
+                f"{where} did not answer within {QUERY_TIMEOUT_S:g}s (each page of a "
+                "materialization is one statement): make the query cheaper, e.g. index its "
+                f"watermark column, or read a materialized view as a table: {exc}"
+            )
+        if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
+            return FailedPrecondition(
+                f"{where} tried to write; a query source may only read: {exc}"
+            )
+        return FailedPrecondition(f"cannot read {where}: {exc}")
 
     async def page(
         self, conn: asyncpg.Connection, scope: RunScope, after: datetime | None, size: int
@@ -137,7 +264,12 @@ class BatchReader:
 
     async def _fetch(self, conn: asyncpg.Connection, query: str, *args: object) -> list:  # type: ignore[type-arg]
         try:
-            return await conn.fetch(query, *args)
+            async with self._reading(conn):
+                return await conn.fetch(query, *args)
+        except asyncpg.PostgresError as exc:
+            if not self._query:
+                raise
+            raise self._unreadable(exc) from exc
         except (OverflowError, ValueError) as exc:  # decoding: a time past year 9999
             raise FailedPrecondition(
                 f"the batch source of {self._view!r} ({self._table_name}) holds a time "

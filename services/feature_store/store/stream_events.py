@@ -81,9 +81,10 @@ async def import_events(conn: asyncpg.Connection, source: str, events: Sequence[
     )
 
 
-async def lock_source(conn: asyncpg.Connection, source: str) -> None:
-    """Hold off ingestion of ``source`` until the caller's transaction ends (backfill)."""
-    await xact_lock(conn, lock_name("stream", source))
+async def lock_source(conn: asyncpg.Connection, source: str, *, shared: bool = False) -> None:
+    """Hold off ingestion of ``source`` until the caller's transaction ends (backfill);
+    ``shared``: beside ingestion, excluding a backfill (folding lifetime rows)."""
+    await xact_lock(conn, lock_name("stream", source), shared=shared)
 
 
 async def read_events(

@@ -1,9 +1,12 @@
 """Tiles of stream views in Postgres: lock-and-read to merge, write back, read windows.
 
 Two levels of the same partial aggregates: tiles, and rollups of ``ROLLUP_TILES``
-tiles (ADR 0011) that ingestion and backfill write in the tiles' transaction. States
-are stored as the JSON of ``aggregation.encode_state``; this module moves them and
-never interprets them. Starts are timestamptz, in µs since the epoch above it.
+tiles (ADR 0011) that ingestion and backfill write in the tiles' transaction; and for
+views with a lifetime aggregation, one lifetime row per entity plus pending rows of
+events dated ahead of their arrival's tile (ADR 0022). States are stored as the JSON of
+``aggregation.encode_state``; this module moves them and never interprets them. Starts
+are timestamptz, in µs since the epoch above it. A transaction locks tiles, rollups,
+lifetime rows, then pending rows, each sorted: one order for every writer.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class _Level:
 
 _TILES = _Level("stream_tiles", "tile_start")
 _ROLLUPS = _Level("stream_rollups", "rollup_start")
+_PENDING = _Level("stream_lifetime_pending", "tile_start")
 
 # Makes sure each tile of a batch of just-logged events exists and locks it until the
 # transaction ends, returning its latest committed state: the no-op DO UPDATE locks the
@@ -103,6 +107,91 @@ async def write_tiles(conn: asyncpg.Connection, states: Mapping[TileRef, str]) -
 async def write_rollups(conn: asyncpg.Connection, states: Mapping[TileRef, str]) -> None:
     """Store merged states of rollups locked with ``lock_rollups`` in this transaction."""
     await _write(conn, states, _ROLLUPS)
+
+
+async def lock_pending(conn: asyncpg.Connection, refs: Sequence[TileRef]) -> dict[TileRef, str]:
+    """``lock_tiles`` for pending lifetime rows; call it after ``lock_lifetimes``."""
+    return await _lock(conn, refs, _PENDING)
+
+
+async def write_pending(conn: asyncpg.Connection, states: Mapping[TileRef, str]) -> None:
+    """Store merged states of pending rows locked with ``lock_pending``."""
+    await _write(conn, states, _PENDING)
+
+
+LifetimeRef = tuple[str, int, str]
+"""(view, version, entity key)."""
+
+_LOCK_LIFETIMES = """
+    INSERT INTO feature_store.stream_lifetimes AS t (view, version, entity_key, state)
+    SELECT k.view, k.version, k.entity_key, $4::jsonb
+    FROM unnest($1::text[], $2::int[], $3::text[])
+         WITH ORDINALITY AS k(view, version, entity_key, n)
+    ORDER BY k.n
+    ON CONFLICT (view, version, entity_key) DO UPDATE SET state = t.state
+    RETURNING t.view, t.version, t.entity_key, t.state::text"""
+
+_WRITE_LIFETIME = """
+    UPDATE feature_store.stream_lifetimes SET state = $4::jsonb
+    WHERE view = $1 AND version = $2 AND entity_key = $3"""
+
+
+async def lock_lifetimes(
+    conn: asyncpg.Connection, refs: Sequence[LifetimeRef]
+) -> dict[LifetimeRef, str]:
+    """Lock lifetime rows (sorted, distinct; created empty if missing) as ``lock_tiles``
+    does tiles; call it after locking the transaction's tiles and rollups."""
+    if not refs:
+        return {}
+    records = await conn.fetch(
+        _LOCK_LIFETIMES,
+        [r[0] for r in refs],
+        [r[1] for r in refs],
+        [r[2] for r in refs],
+        EMPTY_STATE,
+    )
+    return {(r[0], r[1], r[2]): r[3] for r in records}
+
+
+async def write_lifetimes(conn: asyncpg.Connection, states: Mapping[LifetimeRef, str]) -> None:
+    """Store merged states of lifetime rows locked with ``lock_lifetimes``."""
+    if states:
+        await conn.executemany(
+            _WRITE_LIFETIME,
+            [(view, version, key, state) for (view, version, key), state in states.items()],
+        )
+
+
+_READ_LIFETIMES = """
+    SELECT l.view, l.version, l.entity_key, l.state::text
+    FROM unnest($1::text[], $2::int[], $3::text[]) AS k(view, version, entity_key)
+    JOIN feature_store.stream_lifetimes l
+      ON l.view = k.view AND l.version = k.version AND l.entity_key = k.entity_key
+    UNION ALL
+    SELECT p.view, p.version, p.entity_key, p.state::text
+    FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[])
+         AS k(view, version, entity_key, until)
+    JOIN feature_store.stream_lifetime_pending p
+      ON p.view = k.view AND p.version = k.version AND p.entity_key = k.entity_key
+     AND p.tile_start <= k.until"""
+
+
+async def read_lifetimes(
+    executor: asyncpg.Pool | asyncpg.Connection, refs: Sequence[TileRef]
+) -> list[tuple[LifetimeRef, str]]:
+    """For each (view, version, entity, last tile µs): the lifetime row and the pending
+    rows of tiles starting by that tile. Merged, they hold every event a read in that
+    tile includes."""
+    if not refs:
+        return []
+    records = await executor.fetch(
+        _READ_LIFETIMES,
+        [r[0] for r in refs],
+        [r[1] for r in refs],
+        [r[2] for r in refs],
+        [from_us(r[3]) for r in refs],
+    )
+    return [((r[0], r[1], r[2]), r[3]) for r in records]
 
 
 async def _lock(
@@ -205,9 +294,14 @@ async def replace_tiles(
     version: int,
     states: Mapping[tuple[str, int], str],
     rollups: Mapping[tuple[str, int], str],
+    pending: Mapping[tuple[str, int], str] | None = None,
 ) -> None:
-    """Replace every tile and rollup of a view version ((entity, start µs) -> state)."""
-    for level, rows in ((_TILES, states), (_ROLLUPS, rollups)):
+    """Replace every tile and rollup of a view version ((entity, start µs) -> state) and,
+    with ``pending``, its pending lifetime rows (see ``replace_lifetimes``)."""
+    levels = [(_TILES, states), (_ROLLUPS, rollups)]
+    if pending is not None:
+        levels.append((_PENDING, pending))
+    for level, rows in levels:
         await conn.execute(
             f"DELETE FROM feature_store.{level.table} WHERE view = $1 AND version = $2",
             view,
@@ -222,6 +316,71 @@ async def replace_tiles(
                 for (entity, start), state in rows.items()
             ],
         )
+
+
+async def replace_lifetimes(
+    conn: asyncpg.Connection, view: str, version: int, states: Mapping[str, str]
+) -> None:
+    """Replace every lifetime row of a view version (entity -> state)."""
+    await conn.execute(
+        "DELETE FROM feature_store.stream_lifetimes WHERE view = $1 AND version = $2",
+        view,
+        version,
+    )
+    await conn.copy_records_to_table(
+        "stream_lifetimes",
+        schema_name="feature_store",
+        columns=["view", "version", "entity_key", "state"],
+        records=[(view, version, entity, state) for entity, state in states.items()],
+    )
+
+
+async def all_lifetimes(
+    executor: asyncpg.Pool | asyncpg.Connection, view: str, version: int
+) -> dict[str, str]:
+    """Every lifetime row of a view version: entity -> state (backfill checks, tests)."""
+    records = await executor.fetch(
+        """SELECT entity_key, state::text FROM feature_store.stream_lifetimes
+           WHERE view = $1 AND version = $2""",
+        view,
+        version,
+    )
+    return {r[0]: r[1] for r in records}
+
+
+async def all_pending(
+    executor: asyncpg.Pool | asyncpg.Connection, view: str, version: int
+) -> dict[tuple[str, int], str]:
+    """``all_tiles`` for pending lifetime rows."""
+    return await _all(executor, view, version, _PENDING)
+
+
+_DUE = """
+    SELECT DISTINCT entity_key FROM feature_store.stream_lifetime_pending
+    WHERE view = $1 AND version = $2 AND tile_start <= $3
+    ORDER BY entity_key LIMIT $4"""
+
+_TAKE_DUE = """
+    DELETE FROM feature_store.stream_lifetime_pending
+    WHERE view = $1 AND version = $2 AND entity_key = ANY($3::text[]) AND tile_start <= $4
+    RETURNING entity_key, state::text"""
+
+
+async def due_pending(
+    conn: asyncpg.Connection, view: str, version: int, until_us: int, limit: int
+) -> list[str]:
+    """Up to ``limit`` entities (sorted) with pending rows of tiles started by ``until_us``."""
+    records = await conn.fetch(_DUE, view, version, from_us(until_us), limit)
+    return [r[0] for r in records]
+
+
+async def take_due_pending(
+    conn: asyncpg.Connection, view: str, version: int, entities: Sequence[str], until_us: int
+) -> list[tuple[str, str]]:
+    """Delete the entities' pending rows of tiles started by ``until_us`` (locking them:
+    call after ``lock_lifetimes`` of those entities); (entity, state) of each."""
+    records = await conn.fetch(_TAKE_DUE, view, version, list(entities), from_us(until_us))
+    return [(r[0], r[1]) for r in records]
 
 
 async def all_tiles(

@@ -18,11 +18,12 @@ class DefinitionCatalog:
         order, and whether more follow."""
         return await self._queries.latest_views_page(after_name=after_name, limit=limit)
 
-    async def feature_view(self, name: str, version: int) -> tuple[m.FeatureView, list[int]]:
-        """One version of a view (0: the latest) and every version it has; NotFound if
-        there is no such version."""
+    async def feature_view(self, name: str, version: int) -> tuple[m.FeatureView, list[int], str]:
+        """One version of a view (0: the latest), every version it has and why it is
+        deprecated (""); NotFound if there is no such version (or the view was deleted)."""
         view = await self._queries.version("feature_view", name, version)
         if not isinstance(view, m.FeatureView):
             which = f"version {version} of " if version else ""
             raise NotFound(f"no {which}feature view {name!r}; ListFeatureViews shows them")
-        return view, await self._queries.versions("feature_view", name)
+        versions = await self._queries.versions("feature_view", name)
+        return view, versions, await self._queries.deprecation("feature_view", name)

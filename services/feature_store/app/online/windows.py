@@ -7,11 +7,13 @@ value is then computed for the read time, so a 1-hour count read at 10:30 leaves
 events before 9:30 even if nothing arrived since. The result has the
 online store's shape (a FeatureRow and an event time per entity), so the online reader
 treats stream views like the others (TTL included). An entity with no event in any
-window is absent: NOT_FOUND.
+window is absent: NOT_FOUND. Lifetime aggregations read the entity's lifetime state and
+its pending rows of tiles already started (ADR 0022), in a second query run alongside.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -26,6 +28,7 @@ from services.feature_store.domain.streaming.aggregation import (
     TileState,
     combine,
     decode_state,
+    floor_tile,
     from_us,
     read_spans,
     spec_of,
@@ -70,14 +73,31 @@ class WindowReader:
             tile_spans, rollup_spans = read_spans(spec, read_us, use_rollups)
             tile_ranges.extend((spec.view, spec.version, key, *span) for span in tile_spans)
             rollup_ranges.extend((spec.view, spec.version, key, *span) for span in rollup_spans)
-        found = await tiles.read_windows(self._pool, tile_ranges, rollup_ranges)
+        lifetime_refs = [
+            (spec.view, spec.version, key, floor_tile(read_us, spec.tile_us))
+            for spec, key in dict.fromkeys(wanted)
+            if spec.lifetime
+        ]
+        if lifetime_refs:
+            found, whole = await asyncio.gather(
+                tiles.read_windows(self._pool, tile_ranges, rollup_ranges),
+                tiles.read_lifetimes(self._pool, lifetime_refs),
+            )
+        else:
+            found, whole = await tiles.read_windows(self._pool, tile_ranges, rollup_ranges), []
         by_entity: dict[ViewKey, list[tuple[int, TileState]]] = defaultdict(list)
         for (view, version, key, start), state in found:
             by_entity[(view, version, key)].append((start, decode_state(state)))
+        lifetimes: dict[ViewKey, TileState] = {}
+        for ref, state in whole:
+            merged = lifetimes.setdefault(ref, TileState())
+            merged.merge(decode_state(state))
+            by_entity.setdefault(ref, [])
         rows: ViewTables = {view: {} for view in specs}
         for (view, version, key), entity_tiles in by_entity.items():
             spec = specs[(view, version)]
-            result = combine(spec, entity_tiles, read_us)
+            lifetime = lifetimes.get((view, version, key), TileState()) if spec.lifetime else None
+            result = combine(spec, entity_tiles, read_us, lifetime)
             if result.latest_us is None:
                 continue
             row = result.feature_row()

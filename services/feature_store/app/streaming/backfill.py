@@ -26,6 +26,7 @@ from services.feature_store.domain.streaming.aggregation import (
     TileState,
     build_rollups,
     encode_state,
+    settled,
     spec_of,
     tile_key,
 )
@@ -41,9 +42,9 @@ RecordBackfill = Callable[[asyncpg.Connection, BackfillResult], Awaitable[None]]
 async def backfill_view(
     pool: asyncpg.Pool, spec: StreamViewSpec, record: RecordBackfill | None = None
 ) -> BackfillResult:
-    """Replace the view version's tiles and rollups with ones recomputed from its source's
-    raw log (which makes its rollups complete, ADR 0011), in one transaction
-    (``backfill_in``)."""
+    """Replace the view version's tiles, rollups and lifetime states with ones recomputed
+    from its source's raw log (which makes its rollups complete, ADR 0011), in one
+    transaction (``backfill_in``)."""
     async with transaction(pool) as conn:
         return await backfill_in(conn, spec, record)
 
@@ -59,9 +60,15 @@ async def backfill_in(
     """
     await stream_events.lock_source(conn, spec.source)
     result, built = BackfillResult(), dict[TileKey, TileState]()
+    lifetimes: dict[str, TileState] = {}
+    pending: dict[TileKey, TileState] = {}
     async for raw in stream_events.read_events(conn, spec.source):  # streamed, not loaded
         for event in accepted_events(spec, (raw,), result):
             built.setdefault(tile_key(spec, event), TileState()).add(event)
+            if spec.lifetime and settled(spec, event):
+                lifetimes.setdefault(event.entity_key, TileState()).add(event)
+            elif spec.lifetime:
+                pending.setdefault(tile_key(spec, event), TileState()).add(event)
     result.tiles_written = len(built)
     await tiles.replace_tiles(
         conn,
@@ -72,6 +79,13 @@ async def backfill_in(
             key: encode_state(state)
             for key, state in (build_rollups(spec, built) if spec.rolls_up else {}).items()
         },
+        {key: encode_state(state) for key, state in pending.items()},
+    )
+    await tiles.replace_lifetimes(
+        conn,
+        spec.view,
+        spec.version,
+        {entity: encode_state(state) for entity, state in lifetimes.items()},
     )
     await tiles.set_rollups_complete(conn, spec.view, spec.version, spec.rolls_up)
     if record is not None:

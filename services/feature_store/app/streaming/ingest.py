@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from libs.db import transaction
 from libs.eventstore import ConsumerSpec, DurableConsumer, RawDelivery, raw_decoder
 from libs.messaging import EventStreamNames, ensure_stream
 from libs.runtime import ServiceContext
@@ -32,6 +33,7 @@ from services.feature_store.domain.streaming.aggregation import (
     StreamEvent,
     StreamViewSpec,
     floor_tile,
+    settled,
     to_us,
 )
 from services.feature_store.domain.streaming.events import (
@@ -41,6 +43,7 @@ from services.feature_store.domain.streaming.events import (
     parse_event,
 )
 from services.feature_store.domain.streaming.views import (
+    folded_states,
     merged_states,
     prunable_before,
     rollups_prunable_before,
@@ -78,6 +81,44 @@ async def prune_tiles(pool: asyncpg.Pool, definitions: Definitions, now_us: int)
                 rollups_prunable_before(spec, now_us),
             )
     return deleted
+
+
+_FOLD_ENTITIES = 500
+
+
+async def fold_lifetimes(pool: asyncpg.Pool, definitions: Definitions, now: datetime) -> int:
+    """Merge every pending lifetime row whose tile has started into its entity's lifetime
+    state and delete it; how many. Reads give the same values before and after (they
+    merge due pending rows themselves); this only keeps the pending table small.
+
+    Each slice holds its source's shared ingestion lock (a backfill replacing these rows
+    waits) and locks lifetime rows before pending rows, as ingestion does.
+    """
+    now_us = to_us(now)
+    folded = 0
+    for specs in stream_views(definitions).values():
+        for spec in specs:
+            if not spec.lifetime:
+                continue
+            until = floor_tile(now_us, spec.tile_us)
+            while True:
+                async with transaction(pool) as conn:
+                    await stream_events.lock_source(conn, spec.source, shared=True)
+                    entities = await tiles.due_pending(
+                        conn, spec.view, spec.version, until, _FOLD_ENTITIES
+                    )
+                    if not entities:
+                        break
+                    refs = [(spec.view, spec.version, key) for key in entities]
+                    locked = await tiles.lock_lifetimes(conn, refs)
+                    taken = await tiles.take_due_pending(
+                        conn, spec.view, spec.version, entities, until
+                    )
+                    await tiles.write_lifetimes(
+                        conn, folded_states(locked, spec.view, spec.version, taken)
+                    )
+                    folded += len(taken)
+    return folded
 
 
 class StreamIngestor:
@@ -128,6 +169,9 @@ class StreamIngestor:
                 deleted = await prune_tiles(self._context.pool, self._cache.definitions, to_us(now))
                 if deleted:
                     _log.info("pruned %d stream tiles and rollups past every window", deleted)
+                folded = await fold_lifetimes(self._context.pool, self._cache.definitions, now)
+                if folded:
+                    _log.info("folded %d pending rows into lifetime states", folded)
                 if retention_days:
                     before = now - timedelta(days=retention_days)
                     deleted = await stream_events.prune_events(self._context.pool, before)
@@ -195,6 +239,8 @@ class StreamIngestor:
         )
         accepted: dict[tiles.TileRef, list[StreamEvent]] = defaultdict(list)
         rolled: dict[tiles.TileRef, list[StreamEvent]] = defaultdict(list)
+        lifetimes: dict[tiles.LifetimeRef, list[StreamEvent]] = defaultdict(list)
+        pending: dict[tiles.TileRef, list[StreamEvent]] = defaultdict(list)
         rejected = Counter[tuple[str, int, str]]()
         specs = self._views_of(source)
         for delivery in deliveries:
@@ -221,14 +267,21 @@ class StreamIngestor:
                 accepted[(*view, floor_tile(event.event_us, spec.tile_us))].append(event)
                 if spec.rolls_up:
                     rolled[(*view, floor_tile(event.event_us, spec.rollup_us))].append(event)
+                if spec.lifetime and settled(spec, event):
+                    lifetimes[view].append(event)
+                elif spec.lifetime:
+                    pending[(*view, floor_tile(event.event_us, spec.tile_us))].append(event)
         await stream_events.count_rejections(conn, source, rejected)
-        # Within a source: sorted tiles, then sorted rollups (see ``handle`` for the order
-        # across sources). Merging is order-free (ADR 0007).
-        tile_refs, rollup_refs = sorted(accepted), sorted(rolled)
-        locked_tiles = await tiles.lock_tiles(conn, tile_refs)
-        locked_rollups = await tiles.lock_rollups(conn, rollup_refs)
+        # Within a source: sorted tiles, then sorted rollups, lifetime and pending rows (see
+        # ``handle`` for the order across sources). Merging is order-free (ADR 0007).
+        locked_tiles = await tiles.lock_tiles(conn, sorted(accepted))
+        locked_rollups = await tiles.lock_rollups(conn, sorted(rolled))
+        locked_lifetimes = await tiles.lock_lifetimes(conn, sorted(lifetimes))
+        locked_pending = await tiles.lock_pending(conn, sorted(pending))
         await tiles.write_tiles(conn, merged_states(locked_tiles, accepted))
         await tiles.write_rollups(conn, merged_states(locked_rollups, rolled))
+        await tiles.write_lifetimes(conn, merged_states(locked_lifetimes, lifetimes))
+        await tiles.write_pending(conn, merged_states(locked_pending, pending))
 
     def _source_of(self, subject: str) -> str | None:
         prefix = self._names.subject_prefix + "."

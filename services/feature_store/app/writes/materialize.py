@@ -44,7 +44,7 @@ from services.feature_store.domain.values import to_python
 from services.feature_store.domain.writes import IngestRow, RunningStats, row_from_source
 from services.feature_store.events import CATALOG
 from services.feature_store.store import materializations, offline
-from services.feature_store.store.sources import BatchReader, source_columns
+from services.feature_store.store.sources import BatchReader, describe
 
 PAGE_ROWS = 5000
 _LOCK_POLL_S = 0.1
@@ -111,10 +111,9 @@ class Materializer:
             if (done := await self._requests.replay(request, rr.MaterializeProgress)) is not None:
                 yield done  # the duplicate this one waited for completed it
                 return
-            problems = source_problems(
-                view,
-                self._cache.definitions.entities[view.entity],
-                await source_columns(conn, view.batch_source),
+            columns, problems = await describe(conn, view.batch_source)
+            problems = problems or source_problems(
+                view, self._cache.definitions.entities[view.entity], columns
             )
             if problems:  # the table changed since the view was applied
                 raise FailedPrecondition(

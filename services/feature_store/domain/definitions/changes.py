@@ -14,18 +14,51 @@ from services.feature_store.domain.definitions.rules import (
     check_service_references,
     validate_repository,
 )
+from services.feature_store.domain.names import FeatureRef
 
 D = TypeVar("D", bound=Message)
 
 
 @dataclass
 class Applied:
-    """The latest applied version of every definition."""
+    """The latest applied version of every definition (deleted ones left out)."""
 
     entities: dict[str, m.Entity] = field(default_factory=dict)
     views: dict[str, m.FeatureView] = field(default_factory=dict)
     on_demand: dict[str, m.OnDemandFeatureView] = field(default_factory=dict)
     services: dict[str, m.FeatureService] = field(default_factory=dict)
+    deleted: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(kind, name) -> the latest version deleted, for names deleted now (re-creating one
+    needs a later version: the stores keep the deleted versions' values)."""
+
+    def of(self, kind: str) -> dict[str, Message]:
+        """The definitions of one kind ("feature_view", ...) by name."""
+        return {  # type: ignore[return-value]
+            "entity": self.entities,
+            "feature_view": self.views,
+            "on_demand_view": self.on_demand,
+            "feature_service": self.services,
+        }[kind]
+
+
+DELETABLE = ("feature_view", "on_demand_view", "feature_service")
+"""Kinds DeleteDefinition and DeprecateDefinition take (entities outlive their views)."""
+
+
+def users_of(kind: str, name: str, applied: Applied) -> list[str]:
+    """What would break if ``kind`` ``name`` were deleted: the feature services selecting
+    it (their latest versions, the ones served) and on-demand views reading it."""
+    if kind == "feature_service":
+        return []
+    users = []
+    for service in applied.services.values():
+        if any(FeatureRef.parse(text).view == name for text in service.features):
+            users.append(f"feature service {service.name!r}")
+    if kind == "feature_view":
+        for on_demand in applied.on_demand.values():
+            if any(FeatureRef.parse(text).view == name for text in on_demand.inputs):
+                users.append(f"on-demand view {on_demand.name!r}")
+    return sorted(users)
 
 
 @dataclass(frozen=True)
@@ -47,12 +80,22 @@ def plan(repository: m.FeatureRepository, applied: Applied) -> list[PlannedChang
     changes = [
         _entity_change(entity, applied.entities.get(entity.name)) for entity in repository.entities
     ]
-    changes += _versioned("feature_view", repository.feature_views, applied.views, _view_breaks)
     changes += _versioned(
-        "on_demand_view", repository.on_demand_views, applied.on_demand, _logic_breaks
+        "feature_view", repository.feature_views, applied.views, _view_breaks, applied.deleted
     )
     changes += _versioned(
-        "feature_service", repository.feature_services, applied.services, _service_breaks
+        "on_demand_view",
+        repository.on_demand_views,
+        applied.on_demand,
+        _logic_breaks,
+        applied.deleted,
+    )
+    changes += _versioned(
+        "feature_service",
+        repository.feature_services,
+        applied.services,
+        _service_breaks,
+        applied.deleted,
     )
     declared = {
         "entity": {e.name for e in repository.entities},
@@ -105,13 +148,22 @@ def _versioned(
     definitions: list[D],
     applied: dict[str, D],
     breaks: Callable[[D, D], list[str]],
+    deleted: dict[tuple[str, str], int],
 ) -> list[PlannedChange]:
     planned = []
     for definition in definitions:
         name, version = definition.name, definition.version  # type: ignore[attr-defined]
         old = applied.get(name)
         change = m.DefinitionChange(kind=kind, name=name, to_version=version)
-        if old is None:
+        gone = deleted.get((kind, name))
+        if old is None and gone is not None and version <= gone:
+            change.action = m.CHANGE_ACTION_CREATE
+            change.blocked = True
+            change.details.append(
+                f"{kind} {name!r} was deleted at version {gone}: re-create it as version "
+                f"{gone + 1} or later (the stores keep what versions up to {gone} hold)"
+            )
+        elif old is None:
             change.action = m.CHANGE_ACTION_CREATE
         else:
             current = old.version  # type: ignore[attr-defined]

@@ -68,6 +68,9 @@ class ReadPlan:
     memo: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
     """What readers derive from the plan, computed on first use (e.g. the online reply's
     constant parts), living as long as the cached plan."""
+    deprecations: tuple[str, ...] = ()
+    """One line per deprecated definition the selection reads ("feature_view pay: use
+    pay_v2"): reads answer with them as warnings (ADR 0022)."""
 
 
 @dataclass
@@ -81,6 +84,8 @@ class Definitions:
     latest_on_demand: dict[str, int] = field(default_factory=dict)
     services: dict[str, m.FeatureService] = field(default_factory=dict)
     """Latest version of each feature service."""
+    deprecated: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(kind, name) -> why it is deprecated."""
 
     def view(self, name: str, version: int = 0) -> m.FeatureView:
         if name not in self.latest_views:
@@ -94,7 +99,11 @@ class Definitions:
         service = self.services.get(name)
         if service is None:
             raise NotFound(f"no feature service {name!r}; apply its definition first")
-        return self.plan_for_references(list(service.features))
+        plan = self.plan_for_references(list(service.features))
+        reason = self.deprecated.get(("feature_service", name))
+        if reason is not None:
+            plan.deprecations = (f"feature_service {name}: {reason}", *plan.deprecations)
+        return plan
 
     def plan_for_references(self, references: list[str]) -> ReadPlan:
         if not references:
@@ -127,7 +136,19 @@ class Definitions:
                 plan.feature_names.append(f"{view.name}:{feature}")
                 plan.columns.append(stored(FeatureRef(ref.view, feature, ref.version), view))
         _refuse_repeats(plan.feature_names, references)
+        if self.deprecated:
+            plan.deprecations = self._deprecations(plan)
         return plan
+
+    def _deprecations(self, plan: ReadPlan) -> tuple[str, ...]:
+        read = [("feature_view", r.view.name) for r in plan.views] + [
+            ("on_demand_view", step.view.name) for step in plan.steps
+        ]
+        return tuple(
+            f"{kind} {name}: {self.deprecated[(kind, name)]}"
+            for kind, name in dict.fromkeys(read)
+            if (kind, name) in self.deprecated
+        )
 
     def _add_on_demand(self, plan: ReadPlan, ref: FeatureRef, stored) -> None:  # type: ignore[no-untyped-def]
         version = ref.version or self.latest_on_demand[ref.view]
@@ -168,8 +189,11 @@ def _refuse_repeats(feature_names: list[str], references: list[str]) -> None:
         seen.add(name)
 
 
-def index_definitions(everything: dict[str, list]) -> Definitions:  # type: ignore[type-arg]
-    definitions = Definitions()
+def index_definitions(
+    everything: dict[str, list],  # type: ignore[type-arg]
+    deprecated: dict[tuple[str, str], str] | None = None,
+) -> Definitions:
+    definitions = Definitions(deprecated=dict(deprecated or {}))
     for entity in everything["entity"]:
         definitions.entities[entity.name] = entity
     for view in everything["feature_view"]:

@@ -171,22 +171,70 @@ def _check_view(view: m.FeatureView, entities: dict[str, m.Entity]) -> None:
     for reserved in _RESERVED_COLUMNS & {f.name for f in view.features}:
         raise InvalidArgument(f"{where}: {reserved!r} is reserved; name the feature differently")
     if source == "batch_source":
-        _check_batch_source(view.batch_source, where)
+        _check_batch_source(view, where)
     if view.on_violation == m.VIOLATION_POLICY_UNSPECIFIED:
         view.on_violation = m.VIOLATION_POLICY_KEEP
 
 
-def _check_batch_source(source: m.BatchSource, where: str) -> None:
-    parts = source.table.split(".")
-    if len(parts) > 2 or not source.table:
-        raise InvalidArgument(f"{where}: batch_source.table must be 'table' or 'schema.table'")
-    for part in parts:
-        check_name(part, f"{where} batch_source table part")
+MAX_QUERY_CHARS = 16_384
+
+
+def _check_batch_source(view: m.FeatureView, where: str) -> None:
+    source = view.batch_source
+    if bool(source.table) == bool(source.query.strip()):
+        raise InvalidArgument(
+            f"{where}: set one of batch_source.table (a table) and batch_source.query "
+            "(one read-only SELECT)"
+        )
+    if source.table:
+        parts = source.table.split(".")
+        if len(parts) > 2:
+            raise InvalidArgument(f"{where}: batch_source.table must be 'table' or 'schema.table'")
+        for part in parts:
+            check_name(part, f"{where} batch_source table part")
+    else:
+        _check_query(source, where)
+    _check_field_mapping(view, where)
     check_name(source.event_time_column, f"{where} batch_source.event_time_column")
     if source.entity_column:
         check_name(source.entity_column, f"{where} batch_source.entity_column")
     if source.created_time_column:
         check_name(source.created_time_column, f"{where} batch_source.created_time_column")
+
+
+def _check_query(source: m.BatchSource, where: str) -> None:
+    """What can be said of a query source without Postgres (which checks the rest when it
+    is planned and applied: one SELECT, no writes, no locks); trailing semicolons go."""
+    query = source.query.rstrip()
+    while query.endswith(";"):
+        query = query[:-1].rstrip()
+    if len(query) > MAX_QUERY_CHARS:
+        raise InvalidArgument(
+            f"{where}: batch_source.query is {len(query)} characters; at most "
+            f"{MAX_QUERY_CHARS} (put a long query in a database view and read that as a table)"
+        )
+    if "\x00" in query:
+        raise InvalidArgument(f"{where}: batch_source.query holds a NUL character")
+    source.query = query
+
+
+def _check_field_mapping(view: m.FeatureView, where: str) -> None:
+    """Source column -> feature: each column an identifier, each feature declared and
+    named by one column at most."""
+    features = {f.name for f in view.features}
+    mapped: set[str] = set()
+    for column, feature in sorted(view.batch_source.field_mapping.items()):
+        check_name(column, f"{where} batch_source.field_mapping column")
+        if feature not in features:
+            raise InvalidArgument(
+                f"{where}: batch_source.field_mapping maps {column!r} to {feature!r}, which is "
+                f"not one of its features {sorted(features)}"
+            )
+        if feature in mapped:
+            raise InvalidArgument(
+                f"{where}: batch_source.field_mapping maps two columns to {feature!r}"
+            )
+        mapped.add(feature)
 
 
 def _complete_stream_view(view: m.FeatureView, where: str) -> None:
@@ -211,23 +259,58 @@ def _complete_stream_view(view: m.FeatureView, where: str) -> None:
     if tile <= 0 or tile != int(tile):
         raise InvalidArgument(f"{where}: tile_size must be a positive whole number of seconds")
     for aggregation in view.aggregations:
-        check_name(aggregation.name, f"{where} aggregation")
-        if aggregation.function == m.AGGREGATION_FUNCTION_UNSPECIFIED:
-            raise InvalidArgument(f"{where} aggregation {aggregation.name!r} needs a function")
-        if aggregation.function != m.AGGREGATION_FUNCTION_COUNT:
-            check_name(aggregation.column, f"{where} aggregation {aggregation.name!r} column")
-        window = seconds(aggregation.window)
-        if window <= 0 or window % tile:
-            raise InvalidArgument(
-                f"{where} aggregation {aggregation.name!r}: window must be a positive multiple "
-                f"of the tile size ({tile:g}s)"
-            )
+        _check_aggregation(aggregation, tile, where)
         result_type = (
-            m.VALUE_TYPE_INT64
-            if aggregation.function == m.AGGREGATION_FUNCTION_COUNT
-            else m.VALUE_TYPE_FLOAT64
+            m.VALUE_TYPE_INT64 if aggregation.function in _INTEGER_RESULTS else m.VALUE_TYPE_FLOAT64
         )
         view.features.add(name=aggregation.name, type=result_type)
+
+
+MAX_REACH_S = 36_525 * 86_400
+"""How far back a window (with its offset) may reach: 100 years of days, so every tile
+start a read computes stays within the years 1-9999."""
+_INTEGER_RESULTS = {m.AGGREGATION_FUNCTION_COUNT, m.AGGREGATION_FUNCTION_COUNT_DISTINCT}
+
+
+def _check_aggregation(aggregation: m.Aggregation, tile: float, where: str) -> None:
+    check_name(aggregation.name, f"{where} aggregation")
+    what = f"{where} aggregation {aggregation.name!r}"
+    if aggregation.function == m.AGGREGATION_FUNCTION_UNSPECIFIED:
+        raise InvalidArgument(f"{what} needs a function")
+    if aggregation.function not in m.AggregationFunction.values():
+        raise InvalidArgument(f"{what}: unknown function {aggregation.function}")
+    if aggregation.function != m.AGGREGATION_FUNCTION_COUNT:
+        check_name(aggregation.column, f"{what} column")
+    percentile = aggregation.percentile
+    if aggregation.function == m.AGGREGATION_FUNCTION_PERCENTILE:
+        if not (math.isfinite(percentile) and 0 <= percentile <= 100):
+            raise InvalidArgument(f"{what}: percentile must be from 0 to 100, not {percentile}")
+    elif percentile:
+        raise InvalidArgument(f"{what}: percentile is only for PERCENTILE aggregations")
+    if aggregation.lifetime:
+        if aggregation.HasField("window") or aggregation.HasField("offset"):
+            raise InvalidArgument(
+                f"{what}: a lifetime aggregation has no window and no offset (it reads every "
+                "event up to the read time); unset them, or unset lifetime"
+            )
+        return
+    window = seconds(aggregation.window)
+    if window <= 0 or window % tile:
+        raise InvalidArgument(
+            f"{what}: window must be a positive multiple of the tile size ({tile:g}s); "
+            "for every event up to the read time set lifetime instead"
+        )
+    offset = seconds(aggregation.offset)
+    if offset < 0 or offset % tile:
+        raise InvalidArgument(
+            f"{what}: offset must be zero or a positive multiple of the tile size ({tile:g}s)"
+        )
+    if window + offset > MAX_REACH_S:
+        raise InvalidArgument(
+            f"{what}: window and offset reach back {(window + offset) / 86400:g} days; at most "
+            f"{MAX_REACH_S // 86400} (~100 years): for every event up to the read time set "
+            "lifetime instead"
+        )
 
 
 def _check_on_demand(view: m.OnDemandFeatureView, views: dict[str, m.FeatureView]) -> None:

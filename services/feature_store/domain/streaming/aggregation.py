@@ -14,19 +14,36 @@ context wide enough to never round); min and max are comparisons; ``last`` is th
 the event with the greatest (event_time, arrival_time, stream_sequence). Floats appear
 only when a window is read, each correctly rounded from the exact value (``exact_ratio``).
 See docs/adr/0007-streaming-aggregations.md.
+
+Later aggregations keep their partials as *parts* beside the columns' (ADR 0022): exact
+moments for STDDEV / VARIANCE (moments.py), distinct sets and sketches for COUNT_DISTINCT
+and quantile states for PERCENTILE (sketches.py). Each is a function of the multiset of
+values it holds, so the guarantee above holds for them too. A window may end before the
+read time (``offset``) or have no start (``lifetime``: every event up to the read time,
+read from one running state per entity instead of tiles).
 """
 
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, Inexact, Overflow
+from itertools import pairwise
 
 from lathe.feature_store.v1 import message_pb2 as m
+from services.feature_store.domain.streaming.moments import (
+    Moments,
+    spread,
+    variance_ratio,
+)
+from services.feature_store.domain.streaming.sketches import Distinct, Quantiles
 
 COUNT, SUM, MEAN, MIN, MAX, LAST = "count", "sum", "mean", "min", "max", "last"
+STDDEV, VARIANCE, STDDEV_POP, VARIANCE_POP = "stddev", "variance", "stddev_pop", "variance_pop"
+COUNT_DISTINCT, PERCENTILE = "count_distinct", "percentile"
 FUNCTIONS = {
     m.AGGREGATION_FUNCTION_COUNT: COUNT,
     m.AGGREGATION_FUNCTION_SUM: SUM,
@@ -34,7 +51,37 @@ FUNCTIONS = {
     m.AGGREGATION_FUNCTION_MIN: MIN,
     m.AGGREGATION_FUNCTION_MAX: MAX,
     m.AGGREGATION_FUNCTION_LAST: LAST,
+    m.AGGREGATION_FUNCTION_STDDEV: STDDEV,
+    m.AGGREGATION_FUNCTION_VARIANCE: VARIANCE,
+    m.AGGREGATION_FUNCTION_STDDEV_POP: STDDEV_POP,
+    m.AGGREGATION_FUNCTION_VARIANCE_POP: VARIANCE_POP,
+    m.AGGREGATION_FUNCTION_COUNT_DISTINCT: COUNT_DISTINCT,
+    m.AGGREGATION_FUNCTION_PERCENTILE: PERCENTILE,
 }
+INTEGER_FUNCTIONS = frozenset({COUNT, COUNT_DISTINCT})
+"""Functions whose feature is INT64 (the others are FLOAT64)."""
+_MOMENT_FUNCTIONS = frozenset({STDDEV, VARIANCE, STDDEV_POP, VARIANCE_POP})
+
+# Parts: partial states beside the columns', keyed "<kind>:<column>" (ADR 0022).
+MOMENTS, DISTINCT, QUANTILES = "m", "d", "q"
+_PART_KINDS = {
+    **{f: MOMENTS for f in _MOMENT_FUNCTIONS},
+    COUNT_DISTINCT: DISTINCT,
+    PERCENTILE: QUANTILES,
+}
+Part = Moments | Distinct | Quantiles
+_PART_TYPES: dict[str, type[Part]] = {MOMENTS: Moments, DISTINCT: Distinct, QUANTILES: Quantiles}
+
+
+def part_key(function: str, column: str) -> str | None:
+    """The part an aggregation reads ("m:amount"), None for the columns' partials."""
+    kind = _PART_KINDS.get(function)
+    return None if kind is None else f"{kind}:{column}"
+
+
+def new_part(key: str) -> Part:
+    return _PART_TYPES[key.split(":", 1)[0]]()
+
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -83,32 +130,55 @@ existing versions have rollups: clear ``stream_rollups_complete`` in the same la
 
 Span = tuple[int, int]
 """First and last start (µs), both inclusive."""
+WindowKey = tuple[int, int]
+"""(window µs, offset µs) of a windowed aggregation."""
 
 
-def band_starts(spec: StreamViewSpec, read_us: int) -> list[int]:
-    """The first tile of each window read at ``read_us``, smallest window first (so the
-    starts descend): band k holds the tiles from ``starts[k]`` up to the next band."""
-    windows = sorted({a.window_us for a in spec.aggregations})
-    return [window_start(read_us, w, spec.tile_us) for w in windows]
+def window_span(read_us: int, window: WindowKey, tile_us: int) -> Span:
+    """The tile starts a window read at ``read_us`` covers: it ends ``offset`` before the
+    read's tile and reaches back ``window``."""
+    last = floor_tile(read_us, tile_us) - window[1]
+    return last - window[0] + tile_us, last
+
+
+def segments(spec: StreamViewSpec, read_us: int) -> tuple[list[int], list[Span]]:
+    """The windows read at ``read_us`` cut into disjoint segments: (cuts, covered).
+
+    ``cuts`` ascend; segment i holds the tile starts in ``[cuts[i], cuts[i + 1])``, and
+    every window is a run of whole segments. ``covered`` lists the segments some window
+    holds (a gap between an offset window and a later one is read by none). Windows
+    sharing their end (no offsets) give one segment per window: the tiles of the smallest
+    window, then those the next adds, and so on.
+    """
+    tile = spec.tile_us
+    spans = [window_span(read_us, w, tile) for w in spec.windows]
+    cuts = sorted({edge for first, last in spans for edge in (first, last + tile)})
+    covered = [
+        (low, high - tile)
+        for low, high in pairwise(cuts)
+        if any(first <= low and high - tile <= last for first, last in spans)
+    ]
+    return cuts, covered
 
 
 def read_spans(spec: StreamViewSpec, read_us: int, rollups: bool) -> tuple[list[Span], list[Span]]:
     """What a read at ``read_us`` fetches: tile spans and rollup spans that together
-    cover the largest window exactly once.
+    cover every window exactly once (lifetime aggregations read their own state).
 
-    ``combine`` assigns each tile to the band of the smallest window holding it, by its
-    start; a rollup is only used where it lies wholly inside one band, so assigning it by
-    its start is exact. Without ``rollups``, one tile span.
+    ``combine`` assigns each tile to its segment by its start; a rollup is only used
+    where it lies wholly inside one segment, so assigning it by its start is exact.
+    Without ``rollups``, the segments' tiles.
     """
-    tile, last = spec.tile_us, floor_tile(read_us, spec.tile_us)
-    firsts = band_starts(spec, read_us)
+    if not spec.windows:
+        return [], []
+    tile = spec.tile_us
+    covered = segments(spec, read_us)[1]
     if not rollups:
-        return [(firsts[-1], last)], []
+        return _merged(covered, tile), []
     size = spec.rollup_us
     tile_spans, rollup_spans = [], []
-    ends = [last, *(first - tile for first in firsts[:-1])]  # each band's last tile
-    for first, end in zip(firsts, ends, strict=True):
-        whole_from = -(-first // size) * size  # the first rollup starting in the band
+    for first, end in covered:
+        whole_from = -(-first // size) * size  # the first rollup starting in the segment
         whole_to = floor_tile(end + tile, size)  # the end of the last rollup ending in it
         if whole_to - whole_from < size:
             tile_spans.append((first, end))
@@ -121,16 +191,44 @@ def read_spans(spec: StreamViewSpec, read_us: int, rollups: bool) -> tuple[list[
     return tile_spans, rollup_spans
 
 
+def _merged(spans: list[Span], tile: int) -> list[Span]:
+    """Adjacent spans as one (fewer ranges to fetch)."""
+    out: list[Span] = []
+    for first, last in spans:
+        if out and out[-1][1] + tile == first:
+            out[-1] = (out[-1][0], last)
+        else:
+            out.append((first, last))
+    return out
+
+
 @dataclass(frozen=True)
 class WindowAggregation:
     """One feature of a stream view: ``function(column)`` over the last ``window_us``."""
 
     name: str
     function: str
-    """count, sum, mean, min, max or last."""
+    """count, sum, mean, min, max, last, stddev, variance, stddev_pop, variance_pop,
+    count_distinct or percentile."""
     column: str
     """The aggregated event field; empty for count (which counts events)."""
     window_us: int
+    """0 for a lifetime aggregation."""
+    percentile: float = 0.0
+    """PERCENTILE: which one, 0-100."""
+    offset_us: int = 0
+    """The window ends this long before the read time."""
+    lifetime: bool = False
+    """No start: every event up to the read time (read from the lifetime state)."""
+
+    @property
+    def window(self) -> WindowKey:
+        return self.window_us, self.offset_us
+
+    @property
+    def part(self) -> str | None:
+        """The part of a state it reads (None: the column partials)."""
+        return part_key(self.function, self.column)
 
 
 @dataclass(frozen=True)
@@ -152,12 +250,40 @@ class StreamViewSpec:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """Event fields some aggregation reads, each once, in first-use order."""
-        return tuple(dict.fromkeys(a.column for a in self.aggregations if a.function != COUNT))
+        """Numeric event fields some aggregation reads, each once, in first-use order."""
+        return tuple(
+            dict.fromkeys(
+                a.column for a in self.aggregations if a.function not in (COUNT, COUNT_DISTINCT)
+            )
+        )
+
+    @property
+    def distinct_columns(self) -> tuple[str, ...]:
+        """Event fields COUNT_DISTINCT reads (any scalar), each once."""
+        return tuple(
+            dict.fromkeys(a.column for a in self.aggregations if a.function == COUNT_DISTINCT)
+        )
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The parts (beside the column partials) its states keep, each once."""
+        return tuple(dict.fromkeys(a.part for a in self.aggregations if a.part is not None))
+
+    @property
+    def windows(self) -> tuple[WindowKey, ...]:
+        """Its distinct (window, offset) pairs, lifetime aggregations left out."""
+        return tuple(sorted({a.window for a in self.aggregations if not a.lifetime}))
+
+    @property
+    def lifetime(self) -> bool:
+        """Whether some aggregation has no start (ingestion keeps a lifetime state)."""
+        return any(a.lifetime for a in self.aggregations)
 
     @property
     def max_window_us(self) -> int:
-        return max(a.window_us for a in self.aggregations)
+        """How far back before the read's tile its windows reach (window + offset; 0 when
+        every aggregation is lifetime): what reads fetch and pruning keeps."""
+        return max((w + o for w, o in self.windows), default=0)
 
     @property
     def rollup_us(self) -> int:
@@ -187,7 +313,10 @@ def spec_of(view: m.FeatureView, join_key: str) -> StreamViewSpec:
                 name=a.name,
                 function=FUNCTIONS[a.function],
                 column="" if a.function == m.AGGREGATION_FUNCTION_COUNT else a.column,
-                window_us=duration_us(a.window),
+                window_us=0 if a.lifetime else duration_us(a.window),
+                percentile=a.percentile,
+                offset_us=0 if a.lifetime else duration_us(a.offset),
+                lifetime=a.lifetime,
             )
             for a in view.aggregations
         ),
@@ -207,6 +336,9 @@ class StreamEvent:
     """JetStream stream sequence: the last tie-break of ``last``."""
     values: dict[str, Decimal]
     """The view's columns present in the event (absent or null ones are left out)."""
+    parts: dict[str, object] = field(default_factory=dict)
+    """What the event adds to each part (``StreamViewSpec.parts``) it has a value for:
+    a Decimal (moments), a float (quantiles) or a 64-bit hash (distinct)."""
 
     @property
     def order_key(self) -> OrderKey:
@@ -253,6 +385,8 @@ class TileState:
     latest_us: int | None = None
     """The greatest event time: the event time a read reports."""
     columns: dict[str, ColumnPartial] = field(default_factory=dict)
+    parts: dict[str, Part] = field(default_factory=dict)
+    """"<kind>:<column>" -> moments, distinct values or quantiles (ADR 0022)."""
 
     def add(self, event: StreamEvent) -> None:
         """Merge one event in."""
@@ -261,6 +395,11 @@ class TileState:
             self.latest_us = event.event_us
         for column, value in event.values.items():
             self.columns.setdefault(column, ColumnPartial()).add(value, event.order_key)
+        for key, part_value in event.parts.items():
+            part = self.parts.get(key)
+            if part is None:
+                part = self.parts[key] = new_part(key)
+            part.add(part_value)  # type: ignore[arg-type]
 
     def merge(self, other: TileState) -> None:
         """Merge another tile's partials in (combining tiles into a window)."""
@@ -271,6 +410,11 @@ class TileState:
             self.latest_us = other.latest_us
         for column, partial in other.columns.items():
             self.columns.setdefault(column, ColumnPartial()).merge(partial)
+        for key, other_part in other.parts.items():
+            part = self.parts.get(key)
+            if part is None:
+                part = self.parts[key] = new_part(key)
+            part.merge(other_part)  # type: ignore[arg-type]
 
 
 TileKey = tuple[str, int]
@@ -279,6 +423,29 @@ TileKey = tuple[str, int]
 
 def tile_key(spec: StreamViewSpec, event: StreamEvent) -> TileKey:
     return event.entity_key, floor_tile(event.event_us, spec.tile_us)
+
+
+def settled(spec: StreamViewSpec, event: StreamEvent) -> bool:
+    """Whether the event's tile had started when it arrived: then every read from its
+    processing on includes it, and it goes straight into its entity's lifetime state;
+    otherwise (dated ahead, within the lateness) it waits in a pending row of its tile
+    until that tile starts (ADR 0022)."""
+    return floor_tile(event.event_us, spec.tile_us) <= floor_tile(event.arrival_us, spec.tile_us)
+
+
+def build_lifetimes(
+    spec: StreamViewSpec, events: Iterable[StreamEvent]
+) -> tuple[dict[str, TileState], dict[TileKey, TileState]]:
+    """Lifetime states by entity and pending states by tile (backfill): what ingestion
+    writes for the same events, before any pending row is folded."""
+    lifetimes: dict[str, TileState] = {}
+    pending: dict[TileKey, TileState] = {}
+    for event in events:
+        if settled(spec, event):
+            lifetimes.setdefault(event.entity_key, TileState()).add(event)
+        else:
+            pending.setdefault(tile_key(spec, event), TileState()).add(event)
+    return lifetimes, pending
 
 
 def build_tiles(spec: StreamViewSpec, events: Iterable[StreamEvent]) -> dict[TileKey, TileState]:
@@ -325,7 +492,8 @@ class WindowValues:
     """A view's feature values for one entity read at one time."""
 
     values: tuple[int | float | None, ...]
-    """In aggregation (= feature) order: int for count, float otherwise, None when empty."""
+    """In aggregation (= feature) order: int for count and count_distinct, float
+    otherwise, None when empty."""
     latest_us: int | None
     """Greatest event time in the largest window; None: no event in any window."""
 
@@ -345,10 +513,13 @@ def _typed(value: int | float | None) -> m.Value:
 def value_of(aggregation: WindowAggregation, state: TileState) -> int | float | None:
     """One aggregation's value over the merged tiles of its window.
 
-    Empty windows: count and sum are 0; mean, min, max and last are None (no value).
+    Empty windows: count, count_distinct and sum are 0; the others are None (no value),
+    as are sample variances of one value.
     """
     if aggregation.function == COUNT:
         return state.count
+    if aggregation.part is not None:
+        return _part_value(aggregation, state.parts.get(aggregation.part))
     partial = state.columns.get(aggregation.column)
     if aggregation.function == SUM:
         return _float(partial.total) if partial else 0.0
@@ -365,42 +536,98 @@ def value_of(aggregation: WindowAggregation, state: TileState) -> int | float | 
     return _float(partial.last)
 
 
+def _part_value(aggregation: WindowAggregation, part: Part | None) -> int | float | None:
+    function = aggregation.function
+    if function in _MOMENT_FUNCTIONS:
+        if not isinstance(part, Moments):
+            return None
+        ratio = variance_ratio(part.count, part.m2(), sample=function in (STDDEV, VARIANCE))
+        variance = None if ratio is None else exact_ratio(*ratio)
+        return spread(variance, root=function in (STDDEV, STDDEV_POP))
+    if function == COUNT_DISTINCT:
+        return part.count() if isinstance(part, Distinct) else 0
+    assert function == PERCENTILE
+    return part.quantile(aggregation.percentile) if isinstance(part, Quantiles) else None
+
+
 def combine(
-    spec: StreamViewSpec, tiles: Iterable[tuple[int, TileState]], read_us: int
+    spec: StreamViewSpec,
+    tiles: Iterable[tuple[int, TileState]],
+    read_us: int,
+    lifetime: TileState | None = None,
 ) -> WindowValues:
     """Every aggregation of one entity at ``read_us`` from its tiles (start µs, state).
 
-    Tiles outside the largest window are ignored, so callers may pass more. Windows share
-    their end, so each tile is merged once, into the band of the smallest window holding
-    it; each window is then its band plus the smaller windows' (merges are exact, so the
-    grouping cannot change a value).
+    Tiles outside every window are ignored, so callers may pass more. Each tile is merged
+    once, into its segment (``segments``); each window is then the merge of its segments
+    (merges are exact, so the grouping cannot change a value). Lifetime aggregations read
+    ``lifetime`` (the entity's lifetime state, with every event whose tile has started by
+    ``read_us``); without it, they merge every tile passed that has started.
     """
     last_start = floor_tile(read_us, spec.tile_us)
-    windows = sorted({a.window_us for a in spec.aggregations})
-    firsts = band_starts(spec, read_us)
-    bands = [TileState() for _ in windows]
+    cuts, covered = segments(spec, read_us) if spec.windows else ([], [])
+    pieces = [TileState() for _ in cuts]
+    whole = TileState() if spec.lifetime and lifetime is None else None
+    first_cut = cuts[0] if cuts else last_start + 1
     for start, state in tiles:
-        if start > last_start or start < firsts[-1]:
-            continue
-        band = 0
-        while start < firsts[band]:
-            band += 1
-        bands[band].merge(state)
-    merged: dict[int, TileState] = {}
-    running = TileState()
-    for window, band_state in zip(windows, bands, strict=True):
-        widened = TileState()
-        widened.merge(running)
-        widened.merge(band_state)
-        merged[window] = running = widened
-    if running.latest_us is None:
+        if whole is not None and start <= last_start:
+            whole.merge(state)
+        if cuts and first_cut <= start < cuts[-1]:
+            pieces[bisect_right(cuts, start) - 1].merge(state)
+    merged = _windows(spec, read_us, cuts, pieces)
+    latest = None
+    if spec.lifetime:
+        merged[_LIFETIME] = lifetime if lifetime is not None else whole  # type: ignore[assignment]
+    for first, _ in covered:
+        latest = _later(latest, pieces[cuts.index(first)].latest_us)
+    if spec.lifetime:
+        latest = _later(latest, merged[_LIFETIME].latest_us)
+    if latest is None:
         return WindowValues(tuple(None for _ in spec.aggregations), None)
     return WindowValues(
-        tuple(value_of(a, merged[a.window_us]) for a in spec.aggregations), running.latest_us
+        tuple(
+            value_of(a, merged[_LIFETIME if a.lifetime else a.window]) for a in spec.aggregations
+        ),
+        latest,
     )
 
 
+_LIFETIME: WindowKey = (-1, -1)
+
+
+def _later(a: int | None, b: int | None) -> int | None:
+    return b if a is None or (b is not None and b > a) else a
+
+
+def _windows(
+    spec: StreamViewSpec, read_us: int, cuts: list[int], pieces: list[TileState]
+) -> dict[WindowKey, TileState]:
+    """Each window's merged state from its segments. Windows sharing their last segment
+    (all of them, without offsets) grow one running merge from it backwards."""
+    by_end: dict[int, list[tuple[int, WindowKey]]] = {}
+    for window in spec.windows:
+        first, last = window_span(read_us, window, spec.tile_us)
+        by_end.setdefault(cuts.index(last + spec.tile_us), []).append((cuts.index(first), window))
+    merged: dict[WindowKey, TileState] = {}
+    for end, starts in by_end.items():
+        running, index = TileState(), end
+        for begin, window in sorted(starts, reverse=True):
+            while index > begin:
+                index -= 1
+                widened = TileState()
+                widened.merge(running)
+                widened.merge(pieces[index])
+                running = widened
+            merged[window] = running
+    return merged
+
+
 # -- (de)serialization: tiles are stored as compact JSON; decimals as exact strings ---------
+
+
+STATE_VERSION = 2
+"""States with parts carry ``"v": 2``; those without are written as version 1 (no "v"),
+exactly as before ADR 0022, so existing views' tiles are unchanged."""
 
 
 def encode_state(state: TileState) -> str:
@@ -416,12 +643,24 @@ def encode_state(state: TileState) -> str:
         for name, p in state.columns.items()
         if p.count
     }
-    return json.dumps({"n": state.count, "t": state.latest_us, "c": columns}, separators=(",", ":"))
+    raw: dict[str, object] = {"n": state.count, "t": state.latest_us, "c": columns}
+    if state.parts:
+        raw["v"] = STATE_VERSION
+        raw["p"] = {key: state.parts[key].encode() for key in sorted(state.parts)}
+    return json.dumps(raw, separators=(",", ":"))
 
 
 def decode_state(text: str) -> TileState:
     raw = json.loads(text)
+    version = raw.get("v", 1)
+    if version > STATE_VERSION:
+        raise ValueError(
+            f"a stream state of version {version} was written by a newer Lathe (this one reads "
+            f"up to {STATE_VERSION}); finish the rollout before reading it"
+        )
     state = TileState(count=raw["n"], latest_us=raw["t"])
+    for key, part in raw.get("p", {}).items():
+        state.parts[key] = _PART_TYPES[key.split(":", 1)[0]].decode(part)
     for name, (count, total, low, high, last, event_us, arrival_us, sequence) in raw["c"].items():
         state.columns[name] = ColumnPartial(
             count=count,

@@ -11,7 +11,13 @@ integers), and every float is correctly rounded from the same exact value
 Cost: sorting the events, a few binary searches per label and window, and work per label
 proportional to the events within ``max delay`` (the largest arrival - event time seen,
 at most the allowed lateness) before its time — the only ones that can be in a window
-but not yet known. Min and max scan each label's window in C (``ufunc.reduceat``).
+but not yet known. Min and max scan each label's window in C (``ufunc.reduceat``);
+variances use prefix sums of exact squares. PERCENTILE and COUNT_DISTINCT are not
+prefix-summable: each label's window is gathered and summarized with the tile path's own
+functions (sketches.py), in time proportional to the events in it.
+
+Windows may end before t (``offset``) or have no start (``lifetime``); a lifetime window
+is every event known at t whose tile had started by t, as the lifetime state online.
 """
 
 from __future__ import annotations
@@ -27,16 +33,28 @@ import pyarrow as pa
 from libs.errors import InvalidArgument
 from services.feature_store.domain.streaming.aggregation import (
     COUNT,
+    COUNT_DISTINCT,
+    DISTINCT,
+    INTEGER_FUNCTIONS,
     LAST,
     MAX,
     MEAN,
     MIN,
+    PERCENTILE,
+    STDDEV,
+    STDDEV_POP,
     SUM,
+    VARIANCE,
+    VARIANCE_POP,
     StreamEvent,
     StreamViewSpec,
+    WindowAggregation,
+    WindowKey,
     exact_ratio,
     to_us,
 )
+from services.feature_store.domain.streaming.moments import m2_ratio, spread, variance_ratio
+from services.feature_store.domain.streaming.sketches import count_distinct, quantile_of
 
 EVENT_TIME = "event_time"
 """Output column: the greatest event time in the largest window (null: none known)."""
@@ -53,20 +71,34 @@ class EventColumns:
     arrival_us: list[int] = field(default_factory=list)
     sequence: list[int] = field(default_factory=list)
     values: dict[str, list[Decimal | None]] = field(default_factory=dict)
+    hashes: dict[str, list[int | None]] = field(default_factory=dict)
+    """COUNT_DISTINCT columns: each event's value hash (None: absent)."""
 
-    def append(self, event: StreamEvent, columns: Sequence[str]) -> None:
+    def append(
+        self, event: StreamEvent, columns: Sequence[str], distinct: Sequence[str] = ()
+    ) -> None:
         self.entity_keys.append(event.entity_key)
         self.event_us.append(event.event_us)
         self.arrival_us.append(event.arrival_us)
         self.sequence.append(event.sequence)
         for column in columns:
             self.values.setdefault(column, []).append(event.values.get(column))
+        for column in distinct:
+            self.hashes.setdefault(column, []).append(
+                event.parts.get(f"{DISTINCT}:{column}")  # type: ignore[arg-type]
+            )
+
+    @classmethod
+    def empty(cls, spec: StreamViewSpec) -> EventColumns:
+        return cls(
+            values={c: [] for c in spec.columns}, hashes={c: [] for c in spec.distinct_columns}
+        )
 
     @classmethod
     def of(cls, spec: StreamViewSpec, events: Iterable[StreamEvent]) -> EventColumns:
-        columns = cls(values={c: [] for c in spec.columns})
+        columns = cls.empty(spec)
         for event in events:
-            columns.append(event, spec.columns)
+            columns.append(event, spec.columns, spec.distinct_columns)
         return columns
 
 
@@ -86,7 +118,7 @@ class AsOf:
         """One column per aggregation (int64 count, float64 others) + ``event_time``."""
         arrays = {}
         for aggregation in spec.aggregations:
-            kind = pa.int64() if aggregation.function == COUNT else pa.float64()
+            kind = pa.int64() if aggregation.function in INTEGER_FUNCTIONS else pa.float64()
             arrays[aggregation.name] = pa.array(
                 self.values[aggregation.name], type=kind, mask=~self.valid[aggregation.name]
             )
@@ -101,8 +133,6 @@ class _Labels:
     code: np.ndarray
     """Entity code per label (-1: no events for that entity)."""
     t: np.ndarray
-    upper: np.ndarray
-    """floor + tile: events before it are in tiles a read at t covers."""
     tail_from: np.ndarray
     """Events after this may be unknown at t; events at or before it are surely known."""
 
@@ -162,10 +192,21 @@ class _Window:
         ufunc.at(out, self.tail_label, values[self.tail_pos])
         return out
 
+    def gathered(self, wanted: np.ndarray) -> Iterable[tuple[int, np.ndarray]]:
+        """(label, positions of its known events in the window) for each wanted label."""
+        order = np.argsort(self.tail_label, kind="stable")
+        tail_labels, tail_pos = self.tail_label[order], self.tail_pos[order]
+        bounds = np.searchsorted(tail_labels, np.arange(len(self.lo) + 1))
+        for label in np.flatnonzero(wanted):
+            tail = tail_pos[bounds[label] : bounds[label + 1]]
+            known = np.arange(self.lo[label], self.safe_end[label])
+            yield int(label), np.concatenate([known, tail])
 
-def _window(series: _Series, labels: _Labels, lo: np.ndarray, lo_widest: np.ndarray) -> _Window:
-    hi = series.bounds(labels, labels.upper, "left")
-    tail_start = np.maximum(lo_widest, series.bounds(labels, labels.tail_from, "right"))
+
+def _window(series: _Series, labels: _Labels, lo: np.ndarray, upper: np.ndarray) -> _Window:
+    """The window ``[lo, upper)`` (event-time bounds as positions and times) per label."""
+    hi = series.bounds(labels, upper, "left")
+    tail_start = np.maximum(lo, series.bounds(labels, labels.tail_from, "right"))
     lengths = np.maximum(hi - tail_start, 0)
     pair_label = np.repeat(np.arange(len(hi)), lengths)
     offsets = np.cumsum(lengths) - lengths
@@ -264,25 +305,32 @@ def compute_as_of(
     labels = _Labels(
         code=np.fromiter((codes.get(k, -1) for k in label_keys), np.int64, n),
         t=t,
-        upper=floor + spec.tile_us,
         tail_from=t - int(max(0, (arrival_us - event_us).max(initial=0))),
     )
-    windows = sorted({a.window_us for a in spec.aggregations})
-    starts = {w: floor - w + spec.tile_us for w in windows}
-    ranks = _Ranks(_sorted_unique(event_us, labels.upper, labels.tail_from, *starts.values()))
+    # Each window's event-time bounds [start, upper) per label; lifetime: no start.
+    bounds: dict[WindowKey, tuple[np.ndarray, np.ndarray]] = {
+        (w, o): (floor - o - w + spec.tile_us, floor - o + spec.tile_us) for w, o in spec.windows
+    }
+    if spec.lifetime:
+        bounds[_LIFETIME] = (np.full(n, np.iinfo(np.int64).min), floor + spec.tile_us)
+    ranks = _Ranks(
+        _sorted_unique(event_us, labels.tail_from, *(e for pair in bounds.values() for e in pair))
+    )
     keys = entity * ranks.size + np.searchsorted(ranks.times, event_us)
 
-    def windows_of(mask: np.ndarray | None) -> dict[int, _Window]:
+    def windows_of(mask: np.ndarray | None) -> dict[WindowKey, _Window]:
         series = _Series(
             keys if mask is None else keys[mask],
             arrival_us if mask is None else arrival_us[mask],
             ranks,
         )
-        los = {w: series.bounds(labels, starts[w], "left") for w in windows}
-        return {w: _window(series, labels, los[w], los[windows[-1]]) for w in windows}
+        return {
+            window: _window(series, labels, series.bounds(labels, start, "left"), upper)
+            for window, (start, upper) in bounds.items()
+        }
 
     all_events = windows_of(None)
-    last_any = all_events[windows[-1]].last()
+    last_any = np.max([w.last() for w in all_events.values()], axis=0)
     found = last_any >= 0
     latest_us = np.zeros(n, dtype=np.int64)
     latest_us[found] = event_us[last_any[found]]
@@ -290,17 +338,31 @@ def compute_as_of(
 
     result = AsOf(values={}, valid={}, latest_us=latest_us, found=found)
     columns = {c: _Column.of(events.values[c], order, windows_of) for c in spec.columns}
+    distinct = {c: _Distinct.of(events.hashes[c], order, windows_of) for c in spec.distinct_columns}
     for aggregation in spec.aggregations:
-        name = aggregation.name
+        name, key = aggregation.name, _key(aggregation)
         if aggregation.function == COUNT:
-            result.values[name] = all_events[aggregation.window_us].count.astype(np.int64)
+            result.values[name] = all_events[key].count.astype(np.int64)
+            result.valid[name] = live
+        elif aggregation.function == COUNT_DISTINCT:
+            result.values[name] = distinct[aggregation.column].counts(key, live)
             result.valid[name] = live
         else:
             column = columns[aggregation.column]
-            window = column.windows[aggregation.window_us]
-            result.values[name] = column.aggregate(aggregation.function, window, live)
-            result.valid[name] = live if aggregation.function == SUM else live & (window.count > 0)
+            window = column.windows[key]
+            result.values[name] = column.aggregate(aggregation, window, live)
+            needed = _MIN_VALUES.get(aggregation.function, 1)
+            result.valid[name] = live & (window.count >= needed)
     return result
+
+
+_LIFETIME: WindowKey = (-1, -1)
+_MIN_VALUES = {SUM: 0, STDDEV: 2, VARIANCE: 2}
+"""Values a window needs for a non-null result (default 1)."""
+
+
+def _key(aggregation: WindowAggregation) -> WindowKey:
+    return _LIFETIME if aggregation.lifetime else aggregation.window
 
 
 @dataclass
@@ -309,8 +371,9 @@ class _Column:
 
     ratios: list[tuple[int, int]]
     """Each value as the exact fraction numerator / denominator."""
-    windows: dict[int, _Window]
+    windows: dict[WindowKey, _Window]
     _prefix: tuple[np.ndarray, np.ndarray, int] | None = None
+    _square_prefix: tuple[np.ndarray, np.ndarray] | None = None
     _floats: np.ndarray | None = None
 
     @classmethod
@@ -318,27 +381,39 @@ class _Column:
         cls,
         raw: list[Decimal | None],
         order: np.ndarray,
-        windows_of: Callable[[np.ndarray], dict[int, _Window]],
+        windows_of: Callable[[np.ndarray], dict[WindowKey, _Window]],
     ) -> _Column:
         present = np.fromiter((raw[i] is not None for i in order), bool, len(order))
         ratios = [raw[i].as_integer_ratio() for i in order[present]]  # type: ignore[union-attr]
         return cls(ratios, windows_of(present))
 
-    def aggregate(self, function: str, window: _Window, live: np.ndarray) -> np.ndarray:
+    def aggregate(
+        self, aggregation: WindowAggregation, window: _Window, live: np.ndarray
+    ) -> np.ndarray:
+        function = aggregation.function
         if function in (SUM, MEAN):
             return self._sum_or_mean(function, window, live)
+        if function in _MOMENTS:
+            return self._spread(function, window, live)
         floats = self.floats()
         if function == MIN:
             return window.extreme(np.minimum, floats, np.inf)
         if function == MAX:
             return window.extreme(np.maximum, floats, -np.inf)
+        if function == PERCENTILE:
+            out = np.zeros(len(live))
+            for label, positions in window.gathered(live & (window.count > 0)):
+                found = quantile_of(floats[positions].tolist(), aggregation.percentile)
+                out[label] = np.nan if found is None else found
+            return out
         assert function == LAST
         position = window.last()
         out = np.full(len(position), np.nan)
         out[position >= 0] = floats[position[position >= 0]]
         return out
 
-    def _sum_or_mean(self, function: str, window: _Window, live: np.ndarray) -> np.ndarray:
+    def _totals(self, window: _Window) -> tuple[np.ndarray, int]:
+        """Exact sums (scaled by 10**scale) of the known values in the window per label."""
         if self._prefix is None:
             scaled, scale = _scaled(self.ratios)
             prefix = np.concatenate([np.zeros(1, dtype=object), np.cumsum(scaled, dtype=object)])
@@ -346,6 +421,10 @@ class _Column:
         scaled, prefix, scale = self._prefix
         totals = prefix[window.hi] - prefix[window.lo]
         np.subtract.at(totals, window.unknown_label, scaled[window.unknown_pos])
+        return totals, scale
+
+    def _sum_or_mean(self, function: str, window: _Window, live: np.ndarray) -> np.ndarray:
+        totals, scale = self._totals(window)
         chosen = live if function == SUM else live & (window.count > 0)
         denominators = np.full(len(totals), 10**scale, dtype=object)
         if function == MEAN:
@@ -355,6 +434,29 @@ class _Column:
             out[chosen] = _ratio(totals[chosen], denominators[chosen]).astype(np.float64)
         return out
 
+    def _spread(self, function: str, window: _Window, live: np.ndarray) -> np.ndarray:
+        """Variances and standard deviations from exact sums and sums of squares."""
+        totals, scale = self._totals(window)
+        if self._square_prefix is None:
+            scaled = self._prefix[0]  # type: ignore[index]
+            squares = scaled * scaled
+            prefix = np.concatenate([np.zeros(1, dtype=object), np.cumsum(squares, dtype=object)])
+            self._square_prefix = squares, prefix
+        squares, prefix = self._square_prefix
+        sums = prefix[window.hi] - prefix[window.lo]
+        np.subtract.at(sums, window.unknown_label, squares[window.unknown_pos])
+        sample = function in (STDDEV, VARIANCE)
+        out = np.zeros(len(totals), dtype=np.float64)
+        power = 10**scale
+        for label in np.flatnonzero(live & (window.count >= (2 if sample else 1))):
+            count = int(window.count[label])
+            m2 = m2_ratio(count, (int(totals[label]), power), (int(sums[label]), power * power))
+            ratio = variance_ratio(count, m2, sample=sample)
+            assert ratio is not None
+            value = spread(exact_ratio(*ratio), root=function in (STDDEV, STDDEV_POP))
+            out[label] = value
+        return out
+
     def floats(self) -> np.ndarray:
         """Each value correctly rounded, as the tile path reads it (values are finite)."""
         if self._floats is None:
@@ -362,6 +464,35 @@ class _Column:
                 (n / d for n, d in self.ratios), np.float64, len(self.ratios)
             )
         return self._floats
+
+
+_MOMENTS = frozenset({STDDEV, VARIANCE, STDDEV_POP, VARIANCE_POP})
+
+
+@dataclass
+class _Distinct:
+    """The events carrying one COUNT_DISTINCT column (their value hashes) and windows."""
+
+    hashes: np.ndarray
+    windows: dict[WindowKey, _Window]
+
+    @classmethod
+    def of(
+        cls,
+        raw: list[int | None],
+        order: np.ndarray,
+        windows_of: Callable[[np.ndarray], dict[WindowKey, _Window]],
+    ) -> _Distinct:
+        present = np.fromiter((raw[i] is not None for i in order), bool, len(order))
+        hashes = np.fromiter((raw[i] for i in order[present]), np.int64)  # type: ignore[misc]
+        return cls(hashes, windows_of(present))
+
+    def counts(self, key: WindowKey, live: np.ndarray) -> np.ndarray:
+        window = self.windows[key]
+        out = np.zeros(len(live), dtype=np.int64)
+        for label, positions in window.gathered(live & (window.count > 0)):
+            out[label] = count_distinct(np.unique(self.hashes[positions]))
+        return out
 
 
 def _python(values: object) -> list[object]:

@@ -15,7 +15,16 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
-from services.feature_store.domain.streaming.aggregation import StreamEvent, StreamViewSpec, to_us
+from services.feature_store.domain.streaming.aggregation import (
+    DISTINCT,
+    EXACT,
+    MOMENTS,
+    QUANTILES,
+    StreamEvent,
+    StreamViewSpec,
+    to_us,
+)
+from services.feature_store.domain.streaming.sketches import distinct_key
 
 # Rejection reasons (the ``reason`` column of feature_store.stream_rejections).
 NOT_JSON = "not_json"
@@ -26,9 +35,11 @@ BAD_ENTITY = "bad_entity"
 MISSING_EVENT_TIME = "missing_event_time"
 BAD_EVENT_TIME = "bad_event_time"
 NOT_NUMERIC = "not_numeric"
+NOT_SCALAR = "not_scalar"
 LATE = "late"
 FUTURE = "future"
 
+_ZERO = Decimal(0)
 MAX_ENTITY_KEY = 1024
 """Longer keys could not be indexed (a btree row holds ~2.7 kB): rejected, not retried."""
 
@@ -87,7 +98,25 @@ def parse_event(
         value = _number(payload.get(column), column)
         if value is not None:
             values[column] = value
-    return StreamEvent(entity, event_us, arrival_us, sequence, values)
+    parts: dict[str, object] = {}
+    for key in spec.parts:
+        kind, column = key.split(":", 1)
+        if kind == DISTINCT:
+            raw = payload.get(column)
+            if raw is None:
+                continue
+            hashed = distinct_key(raw)
+            if hashed is None:
+                raise EventRejected(
+                    f"{NOT_SCALAR}:{column}",
+                    f"{column!r} must be a string, a finite number or a boolean to be counted",
+                )
+            parts[key] = hashed
+        elif column in values:
+            number = values[column]
+            parts[key] = number if kind == MOMENTS else float(number) + 0.0
+            assert kind in (MOMENTS, QUANTILES)
+    return StreamEvent(entity, event_us, arrival_us, sequence, values, parts)
 
 
 def _entity_key(raw: object, name: str) -> str:
@@ -123,11 +152,19 @@ def _event_time_us(raw: object, name: str) -> int:
 
 
 def _number(raw: object, name: str) -> Decimal | None:
-    """The exact decimal of a JSON number; None when absent or null (ignored, as SQL does)."""
+    """The exact decimal of a JSON number, canonical (``_canonical``); None when absent or
+    null (ignored, as SQL does)."""
     if raw is None:
         return None
     if isinstance(raw, float) and math.isfinite(raw):
-        return Decimal(repr(raw))
+        return _canonical(Decimal(repr(raw)))
     if isinstance(raw, int) and not isinstance(raw, bool) and abs(raw) < 2**1023:
-        return Decimal(raw)
+        return _canonical(Decimal(raw))
     raise EventRejected(f"{NOT_NUMERIC}:{name}", f"{name!r} must be a finite number, not {raw!r}")
+
+
+def _canonical(value: Decimal) -> Decimal:
+    """One representation per number: 1, 1.0 and 1.00 are ``1``, -0.0 is ``0``. Min and max
+    keep the first of equal values, so without this a tile's stored bytes (not its
+    values) depended on the order its events came in."""
+    return value.normalize(EXACT) if value else _ZERO

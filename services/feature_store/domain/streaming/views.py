@@ -14,6 +14,7 @@ from services.feature_store.domain.definitions.read_plan import Definitions
 from services.feature_store.domain.streaming.aggregation import (
     StreamEvent,
     StreamViewSpec,
+    TileState,
     decode_state,
     encode_state,
     floor_tile,
@@ -60,3 +61,19 @@ def merged_states(locked: Mapping[K, str], events: Mapping[K, list[StreamEvent]]
             state.add(event)
         merged[ref] = encode_state(state)
     return merged
+
+
+def folded_states(
+    locked: Mapping[tuple[str, int, str], str],
+    view: str,
+    version: int,
+    taken: list[tuple[str, str]],
+) -> dict[tuple[str, int, str], str]:
+    """Each locked lifetime state with the pending states taken for its entity merged in."""
+    merged: dict[tuple[str, int, str], TileState] = {}
+    for entity, state in taken:
+        ref = (view, version, entity)
+        if ref not in merged:
+            merged[ref] = decode_state(locked[ref])
+        merged[ref].merge(decode_state(state))
+    return {ref: encode_state(state) for ref, state in merged.items()}
