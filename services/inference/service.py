@@ -125,6 +125,7 @@ def build_spec(inference: InferenceSettings | None = None) -> ServiceSpec:
                 loader.run,
                 close_clients,
             ],
+            readiness=table.not_ready_because,
         )
 
     return ServiceSpec(
