@@ -171,6 +171,7 @@ GOALS = (
         compare=Compare.VALUE,
         comparator="<=",
         threshold=10.0,
+        unit="s",
     ),
 )
 

@@ -447,6 +447,7 @@ GOALS = (
         compare=Compare.VALUE,
         comparator="<",
         threshold=10.0,
+        unit="ms",
     ),
     GoalSpec(
         issue=10,

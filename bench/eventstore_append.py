@@ -475,6 +475,7 @@ GOALS = (
         compare=Compare.VALUE,
         comparator=">=",
         threshold=20_000,
+        unit="events/s",
     ),
     GoalSpec(
         issue=None,

@@ -699,6 +699,7 @@ GOALS = (
         compare=Compare.VALUE,
         comparator="<=",
         threshold=2.0,
+        unit="ms",
     ),
     GoalSpec(
         issue=10,
@@ -707,6 +708,7 @@ GOALS = (
         compare=Compare.VALUE,
         comparator="<=",
         threshold=round(5.6 / 3, 3),
+        unit="ms",
     ),
     GoalSpec(
         issue=10,

@@ -72,6 +72,9 @@ class GoalSpec:
     """``<``, ``<=``, ``>`` or ``>=``: how the compared number must relate to ``threshold``."""
     threshold: float | None = None
     """The goal; None (with ``comparator`` None) when the issue asked only for the figure."""
+    unit: str = ""
+    """The threshold's unit for ``VALUE`` and ``DIFFERENCE`` goals (e.g. ``ms``), shown
+    even when nothing was measured; ratios and speedups are in ``x``."""
 
     def __post_init__(self) -> None:
         if (self.comparator is None) != (self.threshold is None):
@@ -100,7 +103,9 @@ class GoalSpec:
         """E.g. ``<= 1.3x``; empty when there is no goal."""
         if self.comparator is None or self.threshold is None:
             return ""
-        return f"{self.comparator} {self.threshold:g}{_compare_suffix(self.compare)}"
+        if self.compare in (Compare.RATIO, Compare.SPEEDUP):
+            return f"{self.comparator} {self.threshold:,g}x"
+        return f"{self.comparator} {self.threshold:,g} {self.unit}".rstrip()
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,7 @@ class Verdict:
             "compare": spec.compare.value,
             "comparator": spec.comparator,
             "threshold": spec.threshold,
+            "goal": spec.goal_text,
             "status": self.status.value,
             "figure": _figure_json(self.figure),
             "baseline": _figure_json(self.baseline),
@@ -163,7 +169,7 @@ def evaluate(
     """Judge ``spec`` against ``result`` (one family's entry of a results JSON, or None
     when the family did not run; ``error`` when it crashed)."""
     if result is None:
-        why = f"family failed: {error}" if error else f"family {family} not in the results"
+        why = f"the family failed: {error}" if error else "the family was not run"
         return Verdict(family, spec, Status.NOT_MEASURED, reason=why)
     missing: list[str] = []
     figure = _lookup(result, spec.figure, missing)
@@ -232,10 +238,6 @@ def _lookup(result: dict[str, Any], path: str, missing: list[str]) -> Figure | N
         missing.append(f"no metric {metric!r} in {comparison_key}/{variant_key}")
         return None
     return Figure(float(value["value"]), str(value.get("unit", "")))
-
-
-def _compare_suffix(how: Compare) -> str:
-    return "x" if how in (Compare.RATIO, Compare.SPEEDUP) else ""
 
 
 def _figure_json(figure: Figure | None) -> dict[str, Any] | None:

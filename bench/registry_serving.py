@@ -304,6 +304,7 @@ GOALS = (
         compare=Compare.VALUE,
         comparator="<",
         threshold=20.0,
+        unit="ms",
     ),
     GoalSpec(
         issue=10,
@@ -313,6 +314,7 @@ GOALS = (
         compare=Compare.VALUE,
         comparator="<",
         threshold=20.0,
+        unit="ms",
     ),
 )
 

@@ -406,6 +406,7 @@ GOALS = (
         compare=Compare.DIFFERENCE,
         comparator=">=",
         threshold=-0.01,
+        unit="AUC",
     ),
     GoalSpec(
         issue=12,
@@ -415,6 +416,7 @@ GOALS = (
         compare=Compare.DIFFERENCE,
         comparator=">=",
         threshold=-0.01,
+        unit="AUC",
     ),
     GoalSpec(
         issue=12,
@@ -422,6 +424,7 @@ GOALS = (
         figure="lending_club/ft_transformer/auc_mean",
         baseline=("lending_club/lightgbm/auc_mean",),
         compare=Compare.DIFFERENCE,
+        unit="AUC",
     ),
     GoalSpec(
         issue=12,
@@ -429,6 +432,7 @@ GOALS = (
         figure="lending_club/mlp/auc_mean",
         baseline=("lending_club/lightgbm/auc_mean",),
         compare=Compare.DIFFERENCE,
+        unit="AUC",
     ),
     GoalSpec(
         issue=12,

@@ -1,0 +1,190 @@
+"""PNG plots of a benchmark report, for what a reader would rather look at than read.
+
+- per comparison with latencies: p50 / p90 / p99 of every variant, the baseline's
+  bars marked, so Lathe's tail reads against the raw building block's at a glance;
+- per comparison whose samples were kept as histograms (``latency_histogram`` in a
+  variant's details): each variant's distribution, log-scaled, overlaid;
+- one overview of the judged goals: how far each measured value is from its target.
+
+Drawn with matplotlib's Agg renderer through ``matplotlib.figure.Figure`` (no pyplot,
+so no global figure state and no display needed), from the report's JSON data only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+_PERCENTILES = ("p50", "p90", "p99")
+_COLOURS = {"p50": "#4c72b0", "p90": "#dd8452", "p99": "#c44e52"}
+_MAX_HISTOGRAMS = 6
+
+
+def write_plots(report: dict[str, Any], directory: Path) -> dict[str, Path]:
+    """Write the report's plots under ``directory``; returns plot key -> file.
+
+    Keys: ``goals``, ``<family>/<comparison>`` (percentiles) and
+    ``<family>/<comparison>/histogram``.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    goals = [g for g in report.get("goals", []) if _goal_score(g) is not None]
+    if goals:
+        written["goals"] = _save(_goals_figure(goals), directory / "goals.png")
+    for family, result in report.get("families", {}).items():
+        for comparison in result.get("comparisons", []):
+            key = f"{family}/{comparison['key']}"
+            stem = _file_stem(f"{family}-{comparison['key']}")
+            latencies = _latency_variants(comparison)
+            if latencies:
+                figure = _percentiles_figure(comparison, latencies)
+                written[key] = _save(figure, directory / f"{stem}.png")
+            histograms = _histogram_variants(comparison)
+            if histograms:
+                figure = _histogram_figure(comparison, histograms)
+                written[f"{key}/histogram"] = _save(figure, directory / f"{stem}-histogram.png")
+    return written
+
+
+def _latency_variants(comparison: dict[str, Any]) -> list[dict[str, Any]]:
+    """Variants that have every percentile, in milliseconds."""
+    return [
+        v
+        for v in comparison.get("variants", [])
+        if all(
+            (v["metrics"].get(p) or {}).get("unit") == "ms"
+            and (v["metrics"].get(p) or {}).get("value") is not None
+            for p in _PERCENTILES
+        )
+    ]
+
+
+def _histogram_variants(comparison: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [
+        v
+        for v in comparison.get("variants", [])
+        if (v.get("details") or {}).get("latency_histogram", {}).get("counts")
+    ]
+    lathe_first = sorted(found, key=lambda v: {"baseline": 0, "lathe": 1}.get(v["role"], 2))
+    return lathe_first[:_MAX_HISTOGRAMS]
+
+
+def _percentiles_figure(comparison: dict[str, Any], variants: Sequence[dict[str, Any]]) -> Any:
+    figure = _new_figure(width=8.0, height=1.0 + 0.55 * len(variants))
+    axes = figure.add_subplot()
+    bar = 0.8 / len(_PERCENTILES)
+    positions = range(len(variants))
+    values = [v["metrics"][p]["value"] for v in variants for p in _PERCENTILES]
+    for i, name in enumerate(_PERCENTILES):
+        axes.barh(
+            [y + (i - 1) * bar for y in positions],
+            [v["metrics"][name]["value"] for v in variants],
+            height=bar,
+            color=_COLOURS[name],
+            label=name,
+        )
+    axes.set_yticks(list(positions))
+    axes.set_yticklabels([_short(v) for v in variants], fontsize=8)
+    for tick, variant in zip(axes.get_yticklabels(), variants, strict=True):
+        if variant["role"] == "baseline":
+            tick.set_fontweight("bold")
+    axes.invert_yaxis()
+    positive = [v for v in values if v > 0]
+    if positive and max(positive) / min(positive) > 30:
+        axes.set_xscale("log")
+    axes.set_xlabel("latency (ms); baseline in bold")
+    axes.set_title(_wrap(comparison["title"]), fontsize=9)
+    axes.legend(fontsize=8, loc="lower right")
+    axes.grid(axis="x", alpha=0.3)
+    return figure
+
+
+def _histogram_figure(comparison: dict[str, Any], variants: Sequence[dict[str, Any]]) -> Any:
+    figure = _new_figure(width=8.0, height=4.0)
+    axes = figure.add_subplot()
+    for variant in variants:
+        histogram = variant["details"]["latency_histogram"]
+        edges, counts = histogram["edges_ms"], histogram["counts"]
+        total = sum(counts) or 1
+        style = "-" if variant["role"] != "diagnostic" else ":"
+        width = 2.0 if variant["role"] == "baseline" else 1.3
+        axes.stairs(
+            [c / total for c in counts],
+            edges,
+            label=_short(variant),
+            linestyle=style,
+            linewidth=width,
+        )
+    axes.set_xscale("log")
+    axes.set_xlabel("latency (ms, log scale)")
+    axes.set_ylabel("share of calls")
+    axes.set_title(_wrap(comparison["title"]), fontsize=9)
+    axes.legend(fontsize=7)
+    axes.grid(alpha=0.3)
+    return figure
+
+
+def _goal_score(goal: dict[str, Any]) -> float | None:
+    """How the measured value stands against the target: > 1 met with that margin,
+    < 1 missed by it. None where it cannot be drawn this way (no goal, a difference,
+    values of mixed sign)."""
+    if goal["status"] not in ("met", "missed") or goal["compare"] == "difference":
+        return None
+    measured, target = goal["compared"], goal["threshold"]
+    if measured is None or target is None or measured <= 0 or target <= 0:
+        return None
+    return measured / target if goal["comparator"] in (">", ">=") else target / measured
+
+
+def _goals_figure(goals: Sequence[dict[str, Any]]) -> Any:
+    figure = _new_figure(width=8.0, height=1.2 + 0.32 * len(goals))
+    axes = figure.add_subplot()
+    scores = [_goal_score(g) or 1.0 for g in goals]
+    colours = ["#55a868" if g["status"] == "met" else "#c44e52" for g in goals]
+    labels = [
+        f"#{g['issue'] if g['issue'] is not None else '-'} {_clip(g['description'], 56)}"
+        for g in goals
+    ]
+    axes.barh(range(len(goals)), scores, color=colours)
+    axes.axvline(1.0, color="black", linewidth=1)
+    axes.set_xlim(min(0.5, *scores) / 1.2, max(2.0, *scores) * 1.2)
+    axes.set_yticks(list(range(len(goals))))
+    axes.set_yticklabels(labels, fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xscale("log")
+    axes.set_xlabel("margin to the target (x): > 1 met, < 1 missed")
+    axes.set_title("Goals: measured against target (green met, red missed)", fontsize=9)
+    axes.grid(axis="x", alpha=0.3)
+    return figure
+
+
+def _new_figure(*, width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, min(height, 30.0)), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Any, path: Path) -> Path:
+    figure.savefig(path, format="png", metadata={"Software": None})
+    return path
+
+
+def _short(variant: dict[str, Any]) -> str:
+    return _clip(str(variant.get("label") or variant["key"]), 48)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _wrap(text: str, width: int = 90) -> str:
+    return _clip(text, width)
+
+
+def _file_stem(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
