@@ -258,5 +258,5 @@ def format_number(number: float | None, unit: str = "") -> str:
     elif magnitude >= 1 or magnitude == 0:
         text = f"{number:.2f}"
     else:
-        text = f"{number:.3g}"
+        text = f"{number:#.3g}"
     return f"{text} {unit}".rstrip() if unit and unit != "x" else f"{text}{unit}"
