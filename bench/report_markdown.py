@@ -145,7 +145,7 @@ def _family(name: str, family: dict[str, Any], plots: dict[str, str]) -> list[st
     for comparison in family.get("comparisons", []):
         lines += ["", *_comparison(comparison)]
         key = f"{name}/{comparison['key']}"
-        for plot_key, alt in ((key, "percentiles"), (f"{key}/histogram", "latency histogram")):
+        for plot_key, alt in ((key, "plot"), (f"{key}/histogram", "latency histogram")):
             if plot_key in plots:
                 lines += ["", f"![{comparison['key']}: {alt}]({plots[plot_key]})"]
     notes = family.get("notes", [])

@@ -2,6 +2,7 @@
 
 - per comparison with latencies: p50 / p90 / p99 of every variant, the baseline's
   bars marked, so Lathe's tail reads against the raw building block's at a glance;
+  other comparisons (throughput, seconds, AUC): their headline metric per variant;
 - per comparison whose samples were kept as histograms (``latency_histogram`` in a
   variant's details): each variant's distribution, log-scaled, overlaid;
 - one overview of the judged goals: how far each measured value is from its target.
@@ -19,6 +20,7 @@ from typing import Any
 
 _PERCENTILES = ("p50", "p90", "p99")
 _COLOURS = {"p50": "#4c72b0", "p90": "#dd8452", "p99": "#c44e52"}
+_ROLE_COLOURS = {"baseline": "#7f7f7f", "lathe": "#4c72b0", "diagnostic": "#c6d4e8"}
 _MAX_HISTOGRAMS = 6
 
 
@@ -38,8 +40,12 @@ def write_plots(report: dict[str, Any], directory: Path) -> dict[str, Path]:
             key = f"{family}/{comparison['key']}"
             stem = _file_stem(f"{family}-{comparison['key']}")
             latencies = _latency_variants(comparison)
+            headline = _headline_variants(comparison)
             if latencies:
                 figure = _percentiles_figure(comparison, latencies)
+                written[key] = _save(figure, directory / f"{stem}.png")
+            elif len(headline) > 1:
+                figure = _headline_figure(comparison, headline)
                 written[key] = _save(figure, directory / f"{stem}.png")
             histograms = _histogram_variants(comparison)
             if histograms:
@@ -58,6 +64,16 @@ def _latency_variants(comparison: dict[str, Any]) -> list[dict[str, Any]]:
             and (v["metrics"].get(p) or {}).get("value") is not None
             for p in _PERCENTILES
         )
+    ]
+
+
+def _headline_variants(comparison: dict[str, Any]) -> list[dict[str, Any]]:
+    """Variants with a finite value of the comparison's headline metric."""
+    name = comparison.get("headline")
+    return [
+        v
+        for v in comparison.get("variants", [])
+        if isinstance((v["metrics"].get(name) or {}).get("value"), int | float)
     ]
 
 
@@ -97,6 +113,27 @@ def _percentiles_figure(comparison: dict[str, Any], variants: Sequence[dict[str,
     axes.set_xlabel("latency (ms); baseline in bold")
     axes.set_title(_wrap(comparison["title"]), fontsize=9)
     axes.legend(fontsize=8, loc="lower right")
+    axes.grid(axis="x", alpha=0.3)
+    return figure
+
+
+def _headline_figure(comparison: dict[str, Any], variants: Sequence[dict[str, Any]]) -> Any:
+    name = comparison["headline"]
+    figure = _new_figure(width=8.0, height=1.0 + 0.4 * len(variants))
+    axes = figure.add_subplot()
+    values = [v["metrics"][name]["value"] for v in variants]
+    colours = [_ROLE_COLOURS.get(v["role"], "#8c8c8c") for v in variants]
+    axes.barh(range(len(variants)), values, color=colours)
+    axes.set_yticks(list(range(len(variants))))
+    axes.set_yticklabels([_short(v) for v in variants], fontsize=8)
+    axes.invert_yaxis()
+    positive = [v for v in values if v > 0]
+    if positive and len(positive) == len(values) and max(positive) / min(positive) > 30:
+        axes.set_xscale("log")
+    unit = variants[0]["metrics"][name].get("unit", "")
+    better = "higher" if comparison.get("higher_is_better") else "lower"
+    axes.set_xlabel(f"{name} ({unit}); {better} is better; grey baseline, blue Lathe")
+    axes.set_title(_wrap(comparison["title"]), fontsize=9)
     axes.grid(axis="x", alpha=0.3)
     return figure
 

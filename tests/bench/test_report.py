@@ -349,7 +349,7 @@ def test_markdown_tables_put_the_baseline_beside_lathe_and_escape_pipes() -> Non
     assert table[0] == "|  | variant | p50 (ms) | p90 (ms) | p99 (ms) | vs baseline (p99) |"
     assert table[2] == "| baseline | raw_echo label | 0.500 | 0.650 | 0.800 |  |"
     assert table[4] == "| Lathe | lathe_read label | 0.700 | 0.950 | 1.20 | 1.50x |"
-    assert "![online: percentiles](plots/online.png)" in text
+    assert "![online: plot](plots/online.png)" in text
     assert "- [met] own check: 1.20 ms (target <= 2.00)" in text
 
 
@@ -358,7 +358,12 @@ def test_markdown_tables_put_the_baseline_beside_lathe_and_escape_pipes() -> Non
 
 def test_plots_are_png_files_for_percentiles_histograms_and_goals(tmp_path: Path) -> None:
     written = write_plots(_report(), tmp_path)
-    assert set(written) == {"goals", "demo.serving/online", "demo.serving/online/histogram"}
+    assert set(written) == {
+        "goals",
+        "demo.serving/online",  # p50/p90/p99 per variant
+        "demo.serving/online/histogram",
+        "demo.serving/throughput",  # the headline metric per variant
+    }
     for path in written.values():
         assert path.parent == tmp_path
         assert path.read_bytes()[:8] == PNG_HEADER
