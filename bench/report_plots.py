@@ -13,8 +13,10 @@ so no global figure state and no display needed), from the report's JSON data on
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +111,7 @@ def _percentiles_figure(comparison: dict[str, Any], variants: Sequence[dict[str,
     axes.invert_yaxis()
     positive = [v for v in values if v > 0]
     if positive and max(positive) / min(positive) > 30:
-        axes.set_xscale("log")
+        _log_x(axes)
     axes.set_xlabel("latency (ms); baseline in bold")
     axes.set_title(_wrap(comparison["title"]), fontsize=9)
     axes.legend(fontsize=8, loc="lower right")
@@ -129,7 +131,7 @@ def _headline_figure(comparison: dict[str, Any], variants: Sequence[dict[str, An
     axes.invert_yaxis()
     positive = [v for v in values if v > 0]
     if positive and len(positive) == len(values) and max(positive) / min(positive) > 30:
-        axes.set_xscale("log")
+        _log_x(axes)
     unit = variants[0]["metrics"][name].get("unit", "")
     better = "higher" if comparison.get("higher_is_better") else "lower"
     axes.set_xlabel(f"{name} ({unit}); {better} is better; grey baseline, blue Lathe")
@@ -145,18 +147,20 @@ def _histogram_figure(comparison: dict[str, Any], variants: Sequence[dict[str, A
         histogram = variant["details"]["latency_histogram"]
         edges, counts = histogram["edges_ms"], histogram["counts"]
         total = sum(counts) or 1
+        # Each variant has its own log-spaced buckets: per decade, shares compare.
+        decades = [math.log10(hi / lo) if lo > 0 and hi > lo else 1.0 for lo, hi in pairwise(edges)]
         style = "-" if variant["role"] != "diagnostic" else ":"
         width = 2.0 if variant["role"] == "baseline" else 1.3
         axes.stairs(
-            [c / total for c in counts],
+            [c / total / d for c, d in zip(counts, decades, strict=True)],
             edges,
             label=_short(variant),
             linestyle=style,
             linewidth=width,
         )
-    axes.set_xscale("log")
+    _log_x(axes)
     axes.set_xlabel("latency (ms, log scale)")
-    axes.set_ylabel("share of calls")
+    axes.set_ylabel("share of calls per decade of latency")
     axes.set_title(_wrap(comparison["title"]), fontsize=9)
     axes.legend(fontsize=7)
     axes.grid(alpha=0.3)
@@ -184,17 +188,28 @@ def _goals_figure(goals: Sequence[dict[str, Any]]) -> Any:
         f"#{g['issue'] if g['issue'] is not None else '-'} {_clip(g['description'], 56)}"
         for g in goals
     ]
-    axes.barh(range(len(goals)), scores, color=colours)
+    axes.barh(range(len(goals)), [s - 1.0 for s in scores], left=1.0, color=colours)
     axes.axvline(1.0, color="black", linewidth=1)
-    axes.set_xlim(min(0.5, *scores) / 1.2, max(2.0, *scores) * 1.2)
+    _log_x(axes)
+    low, high = min(0.5, *scores) / 1.2, max(2.0, *scores) * 1.2
+    axes.set_xlim(low, high)
+    steps = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
+    axes.set_xticks([t for t in steps if low <= t <= high])
     axes.set_yticks(list(range(len(goals))))
     axes.set_yticklabels(labels, fontsize=7)
     axes.invert_yaxis()
-    axes.set_xscale("log")
     axes.set_xlabel("margin to the target (x): > 1 met, < 1 missed")
     axes.set_title("Goals: measured against target (green met, red missed)", fontsize=9)
     axes.grid(axis="x", alpha=0.3)
     return figure
+
+
+def _log_x(axes: Any) -> None:
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axes.set_xscale("log")
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _new_figure(*, width: float, height: float) -> Any:
