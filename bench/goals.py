@@ -181,7 +181,7 @@ def evaluate(
             Status.NOT_MEASURED,
             figure=figure,
             baseline_parts=parts,
-            reason="; ".join(missing),
+            reason="; ".join(dict.fromkeys(missing)),
             reduced_size=reduced_size,
         )
     baseline = Figure(sum(p.value for p in parts), parts[0].unit) if parts else None
@@ -249,7 +249,7 @@ def format_number(number: float | None, unit: str = "") -> str:
     if number is None or (isinstance(number, float) and not math.isfinite(number)):
         return "n/a"
     magnitude = abs(number)
-    if magnitude >= 1000:
+    if isinstance(number, int) or magnitude >= 1000:
         text = f"{number:,.0f}"
     elif magnitude >= 100:
         text = f"{number:.0f}"

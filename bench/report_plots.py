@@ -24,6 +24,8 @@ _PERCENTILES = ("p50", "p90", "p99")
 _COLOURS = {"p50": "#4c72b0", "p90": "#dd8452", "p99": "#c44e52"}
 _ROLE_COLOURS = {"baseline": "#7f7f7f", "lathe": "#4c72b0", "diagnostic": "#c6d4e8"}
 _MAX_HISTOGRAMS = 6
+_MIN_HISTOGRAM_SAMPLES = 50
+"""Fewer calls (e.g. each chunk's first call at small sizes) draw spikes, not a shape."""
 
 
 def write_plots(report: dict[str, Any], directory: Path) -> dict[str, Path]:
@@ -83,7 +85,8 @@ def _histogram_variants(comparison: dict[str, Any]) -> list[dict[str, Any]]:
     found = [
         v
         for v in comparison.get("variants", [])
-        if (v.get("details") or {}).get("latency_histogram", {}).get("counts")
+        if sum((v.get("details") or {}).get("latency_histogram", {}).get("counts", []))
+        >= _MIN_HISTOGRAM_SAMPLES
     ]
     lathe_first = sorted(found, key=lambda v: {"baseline": 0, "lathe": 1}.get(v["role"], 2))
     return lathe_first[:_MAX_HISTOGRAMS]
