@@ -35,6 +35,8 @@ def write_plots(report: dict[str, Any], directory: Path) -> dict[str, Path]:
     ``<family>/<comparison>/histogram``.
     """
     directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.png"):  # a report rewritten must not keep old plots
+        stale.unlink()
     written: dict[str, Path] = {}
     goals = [g for g in report.get("goals", []) if _goal_score(g) is not None]
     if goals:

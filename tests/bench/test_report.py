@@ -358,7 +358,9 @@ def test_markdown_tables_put_the_baseline_beside_lathe_and_escape_pipes() -> Non
 
 
 def test_plots_are_png_files_for_percentiles_histograms_and_goals(tmp_path: Path) -> None:
+    (tmp_path / "left-from-an-earlier-report.png").write_bytes(PNG_HEADER)
     written = write_plots(_report(), tmp_path)
+    assert sorted(tmp_path.iterdir()) == sorted(written.values())
     assert set(written) == {
         "goals",
         "demo.serving/online",  # p50/p90/p99 per variant
