@@ -184,6 +184,17 @@ def evaluate(
             reason="; ".join(dict.fromkeys(missing)),
             reduced_size=reduced_size,
         )
+    units = {p.unit for p in parts}
+    if len(units) > 1:
+        return Verdict(
+            family,
+            spec,
+            Status.NOT_MEASURED,
+            figure=figure,
+            baseline_parts=parts,
+            reason=f"baseline in different units ({', '.join(sorted(units))}), not summed",
+            reduced_size=reduced_size,
+        )
     baseline = Figure(sum(p.value for p in parts), parts[0].unit) if parts else None
     compared, unit = _compare(spec.compare, figure, baseline)
     if spec.comparator is None or spec.threshold is None:

@@ -219,6 +219,18 @@ def test_a_figure_no_family_produces_is_not_measured_and_says_why() -> None:
     assert "no comparison 'nowhere'" in evaluate("f", no_comparison, result).reason
 
 
+def test_baselines_in_different_units_are_not_summed() -> None:
+    spec = GoalSpec(
+        issue=11,
+        description="ms + events/s",
+        figure="online/lathe_read/p99",
+        baseline=("online/raw_echo/p99", "throughput/raw/events_per_s"),
+    )
+    verdict = evaluate("f", spec, _result_json())
+    assert verdict.status is Status.NOT_MEASURED
+    assert "different units (e/s, ms)" in verdict.reason
+
+
 def test_a_zero_baseline_cannot_judge_a_ratio() -> None:
     spec = GoalSpec(
         issue=11,
