@@ -20,8 +20,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-_PERCENTILES = ("p50", "p90", "p99")
-_COLOURS = {"p50": "#4c72b0", "p90": "#dd8452", "p99": "#c44e52"}
+_PERCENTILES = ("p50", "p90", "p95", "p99")
+_COLOURS = {"p50": "#4c72b0", "p90": "#dd8452", "p95": "#937860", "p99": "#c44e52"}
 _ROLE_COLOURS = {"baseline": "#7f7f7f", "lathe": "#4c72b0", "diagnostic": "#c6d4e8"}
 _MAX_HISTOGRAMS = 6
 _MIN_HISTOGRAM_SAMPLES = 50
@@ -45,10 +45,10 @@ def write_plots(report: dict[str, Any], directory: Path) -> dict[str, Path]:
         for comparison in result.get("comparisons", []):
             key = f"{family}/{comparison['key']}"
             stem = _file_stem(f"{family}-{comparison['key']}")
-            latencies = _latency_variants(comparison)
+            percentiles, latencies = _latency_variants(comparison)
             headline = _headline_variants(comparison)
             if latencies:
-                figure = _percentiles_figure(comparison, latencies)
+                figure = _percentiles_figure(comparison, percentiles, latencies)
                 written[key] = _save(figure, directory / f"{stem}.png")
             elif len(headline) > 1:
                 figure = _headline_figure(comparison, headline)
@@ -60,17 +60,22 @@ def write_plots(report: dict[str, Any], directory: Path) -> dict[str, Path]:
     return written
 
 
-def _latency_variants(comparison: dict[str, Any]) -> list[dict[str, Any]]:
-    """Variants that have every percentile, in milliseconds."""
-    return [
+def _latency_variants(
+    comparison: dict[str, Any],
+) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
+    """The percentiles the comparison shows (at least two of p50/p90/p95/p99, in ms) and
+    the variants that have all of them; no variants where it shows fewer."""
+    shown = tuple(p for p in _PERCENTILES if p in comparison.get("columns", []))
+    variants = [
         v
         for v in comparison.get("variants", [])
         if all(
             (v["metrics"].get(p) or {}).get("unit") == "ms"
-            and (v["metrics"].get(p) or {}).get("value") is not None
-            for p in _PERCENTILES
+            and isinstance((v["metrics"].get(p) or {}).get("value"), int | float)
+            for p in shown
         )
     ]
+    return (shown, variants) if len(shown) >= 2 else (shown, [])
 
 
 def _headline_variants(comparison: dict[str, Any]) -> list[dict[str, Any]]:
@@ -94,15 +99,17 @@ def _histogram_variants(comparison: dict[str, Any]) -> list[dict[str, Any]]:
     return lathe_first[:_MAX_HISTOGRAMS]
 
 
-def _percentiles_figure(comparison: dict[str, Any], variants: Sequence[dict[str, Any]]) -> Any:
+def _percentiles_figure(
+    comparison: dict[str, Any], percentiles: Sequence[str], variants: Sequence[dict[str, Any]]
+) -> Any:
     figure = _new_figure(width=8.0, height=1.0 + 0.55 * len(variants))
     axes = figure.add_subplot()
-    bar = 0.8 / len(_PERCENTILES)
+    bar = 0.8 / len(percentiles)
     positions = range(len(variants))
-    values = [v["metrics"][p]["value"] for v in variants for p in _PERCENTILES]
-    for i, name in enumerate(_PERCENTILES):
+    values = [v["metrics"][p]["value"] for v in variants for p in percentiles]
+    for i, name in enumerate(percentiles):
         axes.barh(
-            [y + (i - 1) * bar for y in positions],
+            [y + (i - (len(percentiles) - 1) / 2) * bar for y in positions],
             [v["metrics"][name]["value"] for v in variants],
             height=bar,
             color=_COLOURS[name],
@@ -119,7 +126,7 @@ def _percentiles_figure(comparison: dict[str, Any], variants: Sequence[dict[str,
         _log_x(axes)
     axes.set_xlabel("latency (ms); baseline in bold")
     axes.set_title(_wrap(comparison["title"]), fontsize=9)
-    axes.legend(fontsize=8, loc="lower right")
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     axes.grid(axis="x", alpha=0.3)
     return figure
 
