@@ -257,10 +257,11 @@ GOALS = (
     GoalSpec(
         issue=11,
         description="Streaming ingest events/s with a LAST_N view added vs today's figure",
-        figure="ingest/lathe_ingest_last_n/events_per_s",
-        baseline=("ingest/lathe_ingest/events_per_s",),
+        figure="ingest/with_last_n_view/events_per_s",
+        baseline=("ingest/scalar_view/events_per_s",),
         comparator=">=",
         threshold=0.7,
+        measured_by="features.sequences",
     ),
 )
 

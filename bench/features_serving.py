@@ -738,18 +738,20 @@ GOALS = (
     ),
     GoalSpec(
         issue=11,
-        description="GetOnlineFeatures with a LAST_N(50) feature p99 vs today's scalar read p99",
-        figure="online_sequence/lathe_last_n/p99",
-        baseline=("online_one/lathe_one/p99",),
+        description="Online read of a LAST_N(50) sequence feature p99 vs today's scalar read p99",
+        figure="online_read/last_n/p99",
+        baseline=("online_read/scalar/p99",),
+        measured_by="features.sequences",
     ),
     GoalSpec(
         issue=11,
         description="Training set with a sequence feature, 1M labels vs DuckDB's ASOF join of the "
         "scalar columns",
-        figure="historical/lathe_sequence_warm/seconds",
-        baseline=("historical/duckdb_asof/seconds",),
+        figure="training_set/lathe_last_n/seconds",
+        baseline=("training_set/duckdb_asof/seconds",),
         comparator="<=",
         threshold=3.0,
+        measured_by="features.sequences",
     ),
 )
 

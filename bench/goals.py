@@ -75,6 +75,10 @@ class GoalSpec:
     unit: str = ""
     """The threshold's unit for ``VALUE`` and ``DIFFERENCE`` goals (e.g. ``ms``), shown
     even when nothing was measured; ratios and speedups are in ``x``."""
+    measured_by: str | None = None
+    """The family whose results hold ``figure`` and ``baseline`` when it is not the
+    declaring one (e.g. a family that other work is adding): the figure is listed,
+    not measured, until that family exists and runs."""
 
     def __post_init__(self) -> None:
         if (self.comparator is None) != (self.threshold is None):
@@ -165,11 +169,18 @@ def evaluate(
     *,
     error: str | None = None,
     reduced_size: bool = False,
+    registered: bool = True,
 ) -> Verdict:
-    """Judge ``spec`` against ``result`` (one family's entry of a results JSON, or None
-    when the family did not run; ``error`` when it crashed)."""
+    """Judge ``spec`` against ``result``: the entry of ``family`` (the one measuring the
+    figure) in a results JSON, or None when it did not run (``error`` when it crashed;
+    ``registered`` False when no such family exists in this checkout)."""
     if result is None:
-        why = f"the family failed: {error}" if error else "the family was not run"
+        if error:
+            why = f"the family failed: {error}"
+        elif registered:
+            why = "the family was not run"
+        else:
+            why = f"no family {family} here yet (other work adds it)"
         return Verdict(family, spec, Status.NOT_MEASURED, reason=why)
     missing: list[str] = []
     figure = _lookup(result, spec.figure, missing)

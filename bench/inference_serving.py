@@ -614,6 +614,7 @@ GOALS = (
         baseline=("decide_batch1/predict/p99",),
         comparator="<=",
         threshold=1.1,
+        measured_by="decisioning.decide",
     ),
 )
 

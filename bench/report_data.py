@@ -91,14 +91,16 @@ def build_report(
     full_size = {name: _full_size(by_name.get(name), result) for name, result in results.items()}
     verdicts = [
         evaluate(
-            family.name,
+            name,
             spec,
-            results.get(family.name),
-            error=errors.get(family.name),
-            reduced_size=not full_size.get(family.name, True),
+            results.get(name),
+            error=errors.get(name),
+            reduced_size=not full_size.get(name, True),
+            registered=name in by_name,
         )
         for family in families
         for spec in family.goals
+        for name in [spec.measured_by or family.name]
     ]
     verdicts.sort(key=_issue_order)
     newest = ordered[-1][1]
