@@ -23,6 +23,8 @@ from bench.report_plots import write_plots
 
 @dataclass(frozen=True)
 class WrittenReport:
+    """Where a report went, and its verdict counts (``met``, ``missed``, ...)."""
+
     directory: Path
     markdown: Path
     json: Path
