@@ -128,8 +128,9 @@ class FeatureStoreClient:
         *,
         request_id: str = "",
     ) -> rr.PushFeaturesResponse:
-        """Write rows into a push-source view: columns by name (the join key,
-        ``event_time`` and features), one value per row; rows written and quarantined."""
+        """Write rows into a push-source view: columns by name (the join key, or each
+        part of a composite key, ``event_time`` and features), one value per row; rows
+        written and quarantined."""
         request = rr.PushFeaturesRequest(
             feature_view=view,
             columns={name: to_column(values) for name, values in columns.items()},
