@@ -119,11 +119,12 @@ def _check_entities(plan: ReadPlan, entities: Mapping[str, m.RepeatedValue]) -> 
     cached plan."""
     join_keys = plan.memo.get("join_keys")
     if join_keys is None:
-        join_keys = plan.memo["join_keys"] = tuple(
-            dict.fromkeys(key for read in plan.views for key in read.join_keys)
+        join_keys = plan.memo["join_keys"] = frozenset(
+            key for read in plan.views for key in read.join_keys
         )
-    if plan.views and set(entities) != set(join_keys):  # type: ignore[arg-type]
-        check_key_columns(entities, join_keys, "entities")  # type: ignore[arg-type]
+    if plan.views and set(entities) != join_keys:
+        in_order = dict.fromkeys(key for read in plan.views for key in read.join_keys)
+        check_key_columns(entities, in_order, "entities")
 
 
 def _row_count(
