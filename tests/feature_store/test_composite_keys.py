@@ -24,12 +24,14 @@ from nats.js import JetStreamContext
 from lathe.feature_store.v1 import message_pb2 as m
 from lathe.feature_store.v1 import request_response_pb2 as rr
 from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
-from libs.config import LatheSettings
+from libs.config import LatheSettings, ServiceName
+from libs.messaging import EventStreamNames
 from libs.sdk.feature_store import FeatureStoreClient, LabelTable
 from libs.sdk.features import (
     Aggregation,
     BatchSource,
     Entity,
+    FeatureService,
     FeatureView,
     Field,
     Float64,
@@ -40,6 +42,7 @@ from libs.sdk.features import (
     repository_of,
 )
 from services.feature_store.app.streaming.ingest import ingest_streams
+from services.trainer.store.feature_catalog import FeatureCatalog
 from tests.feature_store.helpers import column, python, suffix
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -440,3 +443,24 @@ async def test_an_entitys_keys_cannot_change(features: FeatureStoreStub) -> None
         ),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
+
+
+async def test_the_trainer_reads_every_key_part_of_a_feature_service(
+    features: FeatureStoreStub, js: JetStreamContext, test_settings: LatheSettings
+) -> None:
+    s = suffix()
+    entity = _entity(s)
+    spend = FeatureView(
+        f"spend_{s}", entity=entity, source=PushSource(), features=[Field("amount", Float64)]
+    )
+    await _apply(features, entity, spend, FeatureService(f"fraud_{s}", [f"spend_{s}:*"]))
+    catalog = FeatureCatalog(
+        js, EventStreamNames(test_settings.namespace, ServiceName.FEATURE_STORE.value)
+    )
+
+    async def published() -> bool:
+        return await catalog.feature_service(f"fraud_{s}") is not None
+
+    await _eventually(published, "the feature service's definition events")
+    info = await catalog.feature_service(f"fraud_{s}")
+    assert info is not None and info.join_keys == ("account_id", "merchant_id")
