@@ -107,6 +107,7 @@ def test_entities_take_several_distinct_join_keys() -> None:
         (Entity("e", join_keys=("a", "b"), key_types=(Int64,)), "one per key"),
         (Entity("e", join_keys=("a", "B")), "join_keys"),
         (Entity("e", join_keys=("a", "b"), key_types=(Int64, Float64)), "STRING or INT64"),
+        (Entity("e", "a", key_types=(Int64,)), "a single join_key's type is key_type"),
     ]
     for entity, message in bad:
         with pytest.raises(InvalidArgument, match=message):

@@ -105,6 +105,11 @@ def _check_entity(entity: m.Entity) -> None:
         _check_composite_key(entity, where)
     else:
         check_name(entity.join_key, f"{where} join_key")
+        if entity.key_types:
+            raise InvalidArgument(
+                f"{where}: key_types types the parts of join_keys; a single join_key's type "
+                "is key_type"
+            )
     if entity.key_types and entity.key_type == m.VALUE_TYPE_UNSPECIFIED:
         entity.key_type = entity.key_types[0]
     for key_type in (entity.key_type, *entity.key_types):
