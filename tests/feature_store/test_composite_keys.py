@@ -192,7 +192,7 @@ async def test_requests_missing_a_key_part_or_giving_an_extra_one_are_refused(
     spend = FeatureView(
         f"spend_{s}", entity=entity, source=PushSource(), features=[Field("amount", Float64)]
     )
-    await _apply(features, entity, spend)
+    await _apply(features, entity, spend, Entity(f"loan_{s}", "loan_id"))
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     selection = rr.FeatureList(features=[f"spend_{s}:*"])
     one, two = column(["a"]), column(["b"])
@@ -202,8 +202,15 @@ async def test_requests_missing_a_key_part_or_giving_an_extra_one_are_refused(
         return await _refused(features.GetOnlineFeatures(request), invalid)
 
     assert "lacks the join key 'merchant_id'" in await online({"account_id": one})
-    details = await online({"account_id": one, "merchant_id": two, "store_id": two})
-    assert "'store_id', which is not a join key" in details
+    details = await online({"account_id": one, "merchant_id": two, "till_id": two})
+    assert "'till_id', which is not a join key of the selection" in details
+    # Another entity's join key is let through: a caller scoring several models at once
+    # sends every model's keys.
+    both = {"account_id": one, "merchant_id": two, "loan_id": two}
+    served = await features.GetOnlineFeatures(
+        rr.GetOnlineFeaturesRequest(feature_list=selection, entities=both)
+    )
+    assert served.results[0].statuses == [m.FEATURE_STATUS_NOT_FOUND]
 
     async def push(columns: dict[str, m.RepeatedValue]) -> str:
         request = rr.PushFeaturesRequest(feature_view=f"spend_{s}", columns=columns)
@@ -211,8 +218,8 @@ async def test_requests_missing_a_key_part_or_giving_an_extra_one_are_refused(
 
     row = {"event_time": column([NOW]), "amount": column([1.0])}
     assert "needs 'merchant_id'" in await push({**row, "account_id": one})
-    details = await push({**row, "account_id": one, "merchant_id": two, "store_id": two})
-    assert "store_id" in details
+    details = await push({**row, "account_id": one, "merchant_id": two, "loan_id": two})
+    assert "loan_id" in details  # a push names exactly its view's keys
 
     async def training(request: rr.GetHistoricalFeaturesRequest) -> str:
         async def drain() -> None:

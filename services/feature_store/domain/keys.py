@@ -101,7 +101,7 @@ def check_key_columns(
     given: Iterable[str], join_keys: Iterable[str], where: str, *, others: Iterable[str] = ()
 ) -> None:
     """InvalidArgument naming a join key ``given`` lacks, or a name it has that is
-    neither a join key nor one of ``others``."""
+    neither one of ``join_keys`` nor of ``others`` (names let through)."""
     names, needed = set(given), list(dict.fromkeys(join_keys))
     missing = [key for key in needed if key not in names]
     if missing:
@@ -113,7 +113,7 @@ def check_key_columns(
     if extra:
         raise InvalidArgument(
             f"{where} has {extra[0]!r}, which is not a join key of the selection "
-            f"(its keys are {needed}): leave it out"
+            f"(its keys are {needed}) nor of any entity: leave it out"
         )
 
 
