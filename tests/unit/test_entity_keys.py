@@ -63,7 +63,7 @@ def test_the_encoding_is_injective_for_each_number_of_parts(a: list[str], b: lis
 
 
 @FIXED
-@given(st.integers(min_value=2, max_value=4).flatmap(lambda n: st.lists(_KEYS, min_size=1)))
+@given(st.lists(_KEYS, min_size=1))
 def test_the_arrow_encoding_is_the_same_text(rows: list[list[str]]) -> None:
     width = len(rows[0])
     rows = [r for r in rows if len(r) == width]
@@ -236,3 +236,14 @@ def test_stream_events_key_by_every_part() -> None:
     assert event.entity_key == "4111|m\\|1"
     with pytest.raises(EventRejected, match="'merchant' is missing"):
         parse_event(spec, {"card": 4111, "at": 10}, arrival_us=10_000_000, sequence=1)
+
+
+@FIXED
+@given(st.lists(_KEYS, min_size=1))
+def test_request_keys_are_the_encoding_of_each_rows_parts(rows: list[list[str]]) -> None:
+    width = len(rows[0])
+    rows = [[part or "x" for part in r] for r in rows if len(r) == width]  # keys are non-empty
+    rows = [[part.replace("\x00", "") or "x" for part in r] for r in rows]
+    names = [f"k{i}" for i in range(width)]
+    entities = {name: to_column([r[i] for r in rows]) for i, name in enumerate(names)}
+    assert keys.request_keys(entities, names) == [keys.encode_key(r) for r in rows]

@@ -50,10 +50,11 @@ def encode_key(parts: Sequence[str]) -> str:
     """The stored text of a key of these parts (see the module's docstring)."""
     if len(parts) == 1:
         return parts[0]
-    return SEPARATOR.join(
-        part.replace(ESCAPE, ESCAPE + ESCAPE).replace(SEPARATOR, ESCAPE + SEPARATOR)
-        for part in parts
-    )
+    return SEPARATOR.join(_escaped(part) for part in parts)
+
+
+def _escaped(part: str) -> str:
+    return part.replace(ESCAPE, ESCAPE + ESCAPE).replace(SEPARATOR, ESCAPE + SEPARATOR)
 
 
 def encode_key_column(
@@ -119,14 +120,17 @@ def check_key_columns(
 
 def request_keys(entities: Mapping[str, m.RepeatedValue], join_keys: Sequence[str]) -> list[str]:
     """The stored key of every entity row of a request (one column per join key, all
-    present: ``check_key_columns``); InvalidArgument for a value that cannot be a key."""
+    present: ``check_key_columns``), ``encode_key`` of its parts; InvalidArgument for a
+    value that cannot be a key."""
     if len(join_keys) == 1:
         return entity_keys(entities[join_keys[0]], join_keys[0])
-    columns = [entity_keys(entities[key], key) for key in join_keys]
-    keys = []
-    for parts in zip(*columns, strict=True):
-        for key, part in zip(join_keys, parts, strict=True):
-            if "\x00" in part:
-                raise InvalidArgument(f"entity key {key!r} values must not hold NUL characters")
-        keys.append(encode_key(parts))
-    return keys
+    columns = []
+    for key in join_keys:
+        column = entity_keys(entities[key], key)
+        text = "".join(column)  # checked a column at a time: most parts need no escape
+        if "\x00" in text:
+            raise InvalidArgument(f"entity key {key!r} values must not hold NUL characters")
+        if ESCAPE in text or SEPARATOR in text:
+            column = [_escaped(part) for part in column]
+        columns.append(column)
+    return [SEPARATOR.join(parts) for parts in zip(*columns, strict=True)]
