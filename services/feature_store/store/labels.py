@@ -121,11 +121,7 @@ async def read_label_table(
             found = {r["name"]: r for r in await conn.fetch(_COLUMNS, table)}
         except asyncpg.PostgresError as exc:
             raise InvalidArgument(f"cannot read label_source {source.table!r}: {exc}") from exc
-        key_field = (
-            "label_source.entity_column"
-            if source.entity_column
-            else ("label_source.entity_columns")
-        )
+        key_field = f"label_source.entity_column{'' if source.entity_column else 's'}"
         types = [
             *(_column_type(found, c, key_field, _KEY_TYPES) for c in keys.values()),
             _column_type(found, time_column, "label_source.event_time_column", _TIME_TYPES),
