@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, Inexact, Overflow
@@ -240,6 +240,7 @@ class StreamViewSpec:
     source: str
     """The <source> of the subject <namespace>.ingest.<source>."""
     entity_field: str
+    """The event field holding the entity key (the first part's, for a composite key)."""
     event_time_field: str
     tile_us: int
     lateness_us: int
@@ -247,6 +248,9 @@ class StreamViewSpec:
     aggregations: tuple[WindowAggregation, ...]
     ttl_us: int = 0
     """0: never expire (applied to the latest event time, as for stored views)."""
+    entity_fields: tuple[str, ...] = ()
+    """A composite key's fields, one per join key in order (ADR 0023); empty: the one
+    ``entity_field``."""
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -297,14 +301,20 @@ class StreamViewSpec:
         return self.max_window_us > ROLLUP_MIN_WINDOW_TILES * self.tile_us
 
 
-def spec_of(view: m.FeatureView, join_key: str) -> StreamViewSpec:
-    """The spec of a validated stream view (its rules: domain/definitions/rules.py)."""
+def spec_of(view: m.FeatureView, join_keys: str | Sequence[str]) -> StreamViewSpec:
+    """The spec of a validated stream view (its rules: domain/definitions/rules.py);
+    ``join_keys``: its entity's join key, or keys (``keys.join_keys_of``)."""
     stream = view.stream_source
+    keys = (join_keys,) if isinstance(join_keys, str) else tuple(join_keys)
+    fields = tuple(stream.entity_fields) or (
+        (stream.entity_field,) if stream.entity_field else keys
+    )
     return StreamViewSpec(
         view=view.name,
         version=view.version,
         source=stream.source,
-        entity_field=stream.entity_field or join_key,
+        entity_field=fields[0],
+        entity_fields=fields if len(fields) > 1 else (),
         event_time_field=stream.event_time_field,
         tile_us=duration_us(view.tile_size),
         lateness_us=duration_us(view.allowed_lateness),
