@@ -8,6 +8,10 @@ through the outbox like every other event, so the relay publishes them on
 dropped and counted: serving never slows down for logging. Whether a decision is
 logged is decided by a hash of its decision id (``domain.routing.sampled``), never by
 its score.
+
+A policy's served decisions (a chosen action and its distribution) are also written to
+``inference.decisions`` in the same transaction as their events, so the outcome
+consumer can join rewards to them and ListDecisions can read them (ADR 0024).
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from collections import deque
 from uuid6 import uuid7
 
 from lathe.inference.v1 import events_pb2 as ev
+from libs.db import transaction
 from libs.eventstore import NO_STREAM, EventMetadata, EventStore
 from services.inference.events import CATALOG, predictions_stream
+from services.inference.store.decisions import insert_decisions
 
 _log = logging.getLogger(__name__)
 
@@ -77,9 +83,14 @@ class PredictionLogger:
                 for message in batch
             ]
             try:
-                await self._store.append(
-                    predictions_stream(str(uuid7())), events, expected_version=NO_STREAM
-                )
+                async with transaction(self._store.pool) as conn:
+                    await self._store.append(
+                        predictions_stream(str(uuid7())),
+                        events,
+                        expected_version=NO_STREAM,
+                        conn=conn,
+                    )
+                    await insert_decisions(conn, batch)
             except Exception as exc:  # Postgres away: keep what fits, try again next tick
                 room = self._capacity - len(self._buffer)
                 self._buffer.extendleft(reversed(batch[:room]))
