@@ -41,6 +41,7 @@ from tests.inference.policy_world import (
     register_policy,
     spec,
 )
+from tests.support.cli import run_lathe
 from tests.support.hosting import hosted
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -184,6 +185,22 @@ async def test_a_learned_policy_is_gated_on_its_estimates_and_beats_the_logging_
             timeout=300,
         )
         assert evaluated.evaluation.rows == DECISIONS
+        code, output = await run_lathe(
+            test_settings,
+            "policies",
+            "evaluate",
+            name,
+            "--version",
+            str(better.version),
+            "--logs",
+            "1h",
+            "--reward",
+            f"{DEFINITION}@1",
+        )
+        assert code == 0, output
+        for label in ("IPS", "SNIPS", "DR", "logging policy (realised)", "95% interval"):
+            assert label in output, output
+        print(output)
 
         # 4. The gate refuses the worse policy and accepts the better one.
         with pytest.raises(grpc.aio.AioRpcError) as refused:
