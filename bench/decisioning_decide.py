@@ -45,6 +45,8 @@ class DecideParams:
     samples: int = 2000
     warmup: int = 100
     chunk: int = 100
+    decision_log_rate: float = 1.0
+    """LATHE_INFERENCE_DECISION_LOG_SAMPLE_RATE (1: every decision, what OPE wants)."""
 
 
 async def run(context: BenchContext, params: DecideParams) -> FamilyResult:
@@ -57,7 +59,7 @@ async def run(context: BenchContext, params: DecideParams) -> FamilyResult:
             LATHE_MODEL_REGISTRY_ADDR=addrs["reg"],
             LATHE_INFERENCE_ADDR=addrs["inf"],
             LATHE_INFERENCE_LOG_SAMPLE_RATE="0.01",
-            LATHE_INFERENCE_DECISION_LOG_SAMPLE_RATE="1.0",
+            LATHE_INFERENCE_DECISION_LOG_SAMPLE_RATE=str(params.decision_log_rate),
             LATHE_TRACE_SAMPLE_RATIO="0.01",
         )
         logs = Path(home)

@@ -90,7 +90,7 @@ class PredictionLogger:
                         expected_version=NO_STREAM,
                         conn=conn,
                     )
-                    await insert_decisions(conn, batch)
+                    await insert_decisions(conn, batch, [e.payload for e in events])
             except Exception as exc:  # Postgres away: keep what fits, try again next tick
                 room = self._capacity - len(self._buffer)
                 self._buffer.extendleft(reversed(batch[:room]))

@@ -51,22 +51,25 @@ _COUNT_REFUSALS = """
     WHERE ($1 = '' OR definition = $1) GROUP BY reason"""
 
 
-async def insert_decisions(conn: asyncpg.Connection, logs: Sequence[ev.PredictionLogged]) -> int:
-    """Rows for the logs that are a policy's served decision (not shadow); how many."""
+async def insert_decisions(
+    conn: asyncpg.Connection, logs: Sequence[ev.PredictionLogged], payloads: Sequence[bytes]
+) -> int:
+    """Rows for the logs that are a policy's served decision (not shadow), with their
+    events' payloads (the same message, already serialised); how many."""
     rows = [
-        log
-        for log in logs
+        (log, payload)
+        for log, payload in zip(logs, payloads, strict=True)
         if log.chosen_action and log.action_probabilities and log.arm != m.ARM_SHADOW
     ]
     if not rows:
         return 0
     await conn.execute(
         _INSERT_DECISIONS,
-        [log.decision_id for log in rows],
-        [log.model_name for log in rows],
-        [log.model_version for log in rows],
-        [log.predict_time.ToDatetime(tzinfo=UTC) for log in rows],
-        [log.SerializeToString() for log in rows],
+        [log.decision_id for log, _ in rows],
+        [log.model_name for log, _ in rows],
+        [log.model_version for log, _ in rows],
+        [log.predict_time.ToDatetime(tzinfo=UTC) for log, _ in rows],
+        [payload for _, payload in rows],
     )
     return len(rows)
 
