@@ -26,6 +26,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 from lathe.feature_store.v1 import message_pb2 as fs
 from lathe.inference.v1 import events_pb2 as ev
@@ -248,9 +249,13 @@ class Predictor:
             arm_of = {i: arm for arm in live for i in arm.rows}
             for i in logged:
                 arm = arm_of[i]
+                # Built at the flush, off the response's path.
                 self._logger.offer(
-                    _log_message(call, i, (arm.alias, arm.kind, arm.share), arm.model, result, now)
-                )
+                    partial(
+                        _log_message, call, i, (arm.alias, arm.kind, arm.share), arm.model,
+                        result, now,
+                    )
+                )  # fmt: skip
             if shadow is not None:
                 self._shadow_later(call, shadow, logged, result, features, now)
         return result

@@ -1,6 +1,7 @@
 """Prediction logs: sampled decisions written as events, off the response path.
 
-``offer`` never waits: it puts a built ``PredictionLogged`` into a bounded buffer and a
+``offer`` never waits: it puts a ``PredictionLogged`` — or a function that builds it, so
+that building it costs the response nothing — into a bounded buffer and a
 background task appends the buffer in batches, each batch as one new stream
 (``predictions-<uuid>``, expected NO_STREAM: writers never contend on a stream row),
 through the outbox like every other event, so the relay publishes them on
@@ -20,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 
 from uuid6 import uuid7
 
@@ -47,12 +49,13 @@ class PredictionLogger:
         self._capacity = capacity
         self._flush_rows = flush_rows
         self._interval_s = flush_interval_s
-        self._buffer: deque[ev.PredictionLogged] = deque()
+        self._buffer: deque[ev.PredictionLogged | Callable[[], ev.PredictionLogged]] = deque()
         self._wake = asyncio.Event()
         self.dropped = 0
         self.written = 0
 
-    def offer(self, message: ev.PredictionLogged) -> bool:
+    def offer(self, message: ev.PredictionLogged | Callable[[], ev.PredictionLogged]) -> bool:
+        """Buffer a log (or its builder, called at the flush); False when dropped."""
         if len(self._buffer) >= self._capacity:
             self.dropped += 1
             return False
@@ -60,6 +63,18 @@ class PredictionLogger:
         if len(self._buffer) >= self._flush_rows:
             self._wake.set()
         return True
+
+    def _built(
+        self, item: ev.PredictionLogged | Callable[[], ev.PredictionLogged]
+    ) -> ev.PredictionLogged | None:
+        if isinstance(item, ev.PredictionLogged):
+            return item
+        try:
+            return item()
+        except Exception:  # a log that cannot be built is dropped, never fails the flush
+            self.dropped += 1
+            _log.exception("could not build a prediction log; dropped")
+            return None
 
     @property
     def pending(self) -> int:
@@ -75,7 +90,10 @@ class PredictionLogger:
 
     async def flush(self) -> None:
         while self._buffer:
-            batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), 1000))]
+            taken = [self._buffer.popleft() for _ in range(min(len(self._buffer), 1000))]
+            batch = [m for m in map(self._built, taken) if m is not None]
+            if not batch:
+                continue
             events = [
                 CATALOG.new_event(
                     message, EventMetadata(actor="inference", correlation_id=message.decision_id)
