@@ -32,6 +32,8 @@ from services.inference.events import CATALOG, predictions_stream
 from services.inference.store.decisions import insert_decisions
 
 _log = logging.getLogger(__name__)
+_BUILD_SLICE = 16
+"""Logs built per turn of the event loop at a flush (~20-40 us each)."""
 
 
 class PredictionLogger:
@@ -91,7 +93,12 @@ class PredictionLogger:
     async def flush(self) -> None:
         while self._buffer:
             taken = [self._buffer.popleft() for _ in range(min(len(self._buffer), 1000))]
-            batch = [m for m in map(self._built, taken) if m is not None]
+            batch: list[ev.PredictionLogged] = []
+            for start in range(0, len(taken), _BUILD_SLICE):
+                if start:
+                    await asyncio.sleep(0)  # let requests in between slices: no long stall
+                built = map(self._built, taken[start : start + _BUILD_SLICE])
+                batch.extend(m for m in built if m is not None)
             if not batch:
                 continue
             events = [
