@@ -103,3 +103,21 @@ def test_log_windows_parse_durations_and_ranges() -> None:
         LogWindow.parse("7d", "margin")
     with pytest.raises(ValueError, match="duration"):
         LogWindow.parse("last week", "m@1")
+
+
+def test_a_served_policy_refuses_rows_that_are_not_distributions() -> None:
+    from libs.decisioning.spec import Action, EpsilonGreedy, PolicySpec
+    from services.inference.domain.policies import PolicyRefused, decide, locate
+
+    spec = PolicySpec("p", (Action("a"), Action("b")), EpsilonGreedy(0.2), salt="s")
+    served = locate(spec, ("probability", "scores"), (1, 2), "p v1")
+    assert served.start == 1
+    made = decide(served, [[0.9, 0.1, 0.3]], [()], ["d1"])
+    assert made.probabilities == [[0.1, 0.9]] and made.scores == [[0.1, 0.3]]
+    assert made.propensities[0] == made.probabilities[0][ACTIONS.index(made.actions[0])]
+    with pytest.raises(PolicyRefused, match="non-finite score"):
+        decide(served, [[0.0, float("nan"), 1.0]], [()], ["d2"])
+    with pytest.raises(PolicyRefused, match="unknown action"):
+        decide(served, [[0.0, 0.1, 1.0]], [("c",)], ["d3"])
+    with pytest.raises(ValueError, match="one score per action"):
+        locate(spec, ("scores",), (3,), "p v2")
