@@ -19,6 +19,7 @@ from libs.eventstore import ConsumerSpec, DurableConsumer
 from libs.messaging import EventStreamNames
 from libs.runtime import ServiceComponents, ServiceContext, ServiceSpec
 from services.inference.api.servicer import InferenceServicer
+from services.inference.app.decision_log import DecisionLog
 from services.inference.app.deployments import DeploymentRecorder
 from services.inference.app.follower import AliasFollower
 from services.inference.app.loader import DeploymentLoader
@@ -116,8 +117,7 @@ def build_spec(inference: InferenceSettings | None = None) -> ServiceSpec:
             predictor,
             table,
             max_rows=settings.max_request_rows,
-            pool=context.pool,
-            reward_window_s=joiner.window_s,
+            decisions=DecisionLog(context.pool, joiner.window_s),
         )
 
         async def join_rewards(stop: asyncio.Event) -> None:

@@ -9,10 +9,8 @@ costs nothing).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import grpc
 from opentelemetry import trace
 
@@ -22,15 +20,14 @@ from lathe.inference.v1 import service_pb2_grpc
 from libs.errors import InvalidArgument, NotFound
 from libs.grpckit import validation
 from services.inference.api import validate
+from services.inference.app.decision_log import EPOCH, DecisionLog, DecisionQuery
 from services.inference.app.predict import Predictor, PredictResult
 from services.inference.app.serving import ServingTable, Slot
 from services.inference.batching import DeadlinePassed, QueueFull
 from services.inference.domain.errors import FeatureDeadline
-from services.inference.store import decisions
 
 _PAGE_DEFAULT = 1000
 _PAGE_MAX = 10_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class InferenceServicer(service_pb2_grpc.InferenceServicer):
@@ -40,14 +37,12 @@ class InferenceServicer(service_pb2_grpc.InferenceServicer):
         table: ServingTable,
         *,
         max_rows: int,
-        pool: asyncpg.Pool | None = None,
-        reward_window_s: Callable[[str, int], float] | None = None,
+        decisions: DecisionLog | None = None,
     ) -> None:
         self._predictor = predictor
         self._table = table
         self._max_rows = max_rows
-        self._pool = pool
-        self._window_s = reward_window_s
+        self._decisions = decisions
 
     async def Predict(
         self, request: rr.PredictRequest, context: grpc.aio.ServicerContext
@@ -72,32 +67,15 @@ class InferenceServicer(service_pb2_grpc.InferenceServicer):
         size = request.page_size or _PAGE_DEFAULT
         if not 0 < size <= _PAGE_MAX:
             raise InvalidArgument(f"page_size must be within [1, {_PAGE_MAX}], got {size}")
-        now = datetime.now(UTC)
-        start = _time(request, "start_time") or _EPOCH
-        end = _time(request, "end_time") or now
-        if end < start:
+        start = _time(request, "start_time") or EPOCH
+        end = _time(request, "end_time")
+        if end is not None and end < start:
             raise InvalidArgument("end_time is before start_time")
         after = _page_token(request.page_token)
-        assert self._pool is not None and self._window_s is not None
-        window = self._window_s(definition, version)
-        rows = await decisions.page(self._pool, name, definition, version, start, end, after, size)
-        response = rr.ListDecisionsResponse(censoring_window_s=window)
-        for row in rows:
-            logged = response.decisions.add()
-            logged.decision.ParseFromString(row.payload)
-            if row.reward is not None and row.reward_time is not None:
-                logged.reward_status = m.REWARD_STATUS_JOINED
-                logged.reward = row.reward
-                logged.reward_time.FromDatetime(row.reward_time)
-            elif (now - row.decide_time).total_seconds() > window:
-                logged.reward_status = m.REWARD_STATUS_CENSORED
-            else:
-                logged.reward_status = m.REWARD_STATUS_PENDING
-        if len(rows) == size:
-            last = rows[-1]
-            micros = (last.decide_time - _EPOCH) // timedelta(microseconds=1)
-            response.next_page_token = f"{micros}:{last.decision_id}"
-        return response
+        assert self._decisions is not None
+        return await self._decisions.page(
+            DecisionQuery(name, definition, version, start, end, after, size)
+        )
 
     async def _run(
         self,
@@ -216,12 +194,12 @@ def _time(request: rr.ListDecisionsRequest, field: str) -> datetime | None:
 
 def _page_token(token: str) -> tuple[datetime, str]:
     if not token:
-        return _EPOCH, ""
+        return EPOCH, ""
     micros, sep, decision_id = token.partition(":")
     try:
         if not sep or not micros.isdigit():
             raise ValueError
-        return _EPOCH + timedelta(microseconds=int(micros)), decision_id
+        return EPOCH + timedelta(microseconds=int(micros)), decision_id
     except (ValueError, OverflowError, OSError):
         raise InvalidArgument(
             "page_token is not one this service gave; pass next_page_token as returned"
