@@ -15,6 +15,7 @@ from lathe.inference.v1 import request_response_pb2 as rr
 from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
 from libs.decisioning.draw import draw
 from libs.decisioning.spec import Softmax
+from libs.sdk.inference import InferenceClient, PredictRow
 from tests.inference.conftest import InferenceFactory
 from tests.inference.helpers import (
     Credit,
@@ -62,6 +63,14 @@ async def test_decide_draws_from_the_logged_distribution_and_logs_what_ope_needs
         assert all(d.logged and d.model_version == version for d in answer.decisions)
         again = await _decide(inference, name, rows[:5])
         assert [d.action for d in again.decisions] == [d.action for d in answer.decisions[:5]]
+        # The SDK: the same decision for the same id, the distribution by action name.
+        sdk = await InferenceClient(inference).decide(
+            name, [PredictRow({"loan_id": credit.loan_ids[1]}, {"requested_amount": 12000.0},
+                              decision_id=ids[1])],
+        )  # fmt: skip
+        assert sdk.rows[0].action == answer.decisions[1].action
+        assert sdk.rows[0].probabilities[sdk.rows[0].action] == sdk.rows[0].propensity
+        assert sdk.rows[0].arm == "primary" and sdk.rows[0].logged
 
         # Logged: every decision with its distribution, policy and context.
         async def listed() -> list[rr.LoggedDecision]:
