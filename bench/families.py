@@ -66,6 +66,7 @@ def all_families() -> tuple[Family, ...]:
     """Every registered family, in the order a full run executes them."""
     # Imported here so that ``--list`` and argument errors stay fast.
     from bench import (
+        decisioning_decide,
         decisioning_ope,
         event_lag,
         eventstore_append,
@@ -87,6 +88,7 @@ def all_families() -> tuple[Family, ...]:
         trainer_loop.FAMILY,
         inference_serving.FAMILY,
         decisioning_ope.FAMILY,
+        decisioning_decide.FAMILY,
     )
 
 

@@ -19,7 +19,7 @@ from lathe.feature_store.v1 import message_pb2 as fs
 from libs.errors import FailedPrecondition
 from libs.preprocessing import PreprocessingSpec, Preprocessor
 from services.inference.batching import CostModel
-from services.inference.domain.policy import Policy
+from services.inference.domain.policies import ServedPolicy
 from services.inference.runtimes.base import Runtime
 
 NUMERIC_INPUT = "numeric"
@@ -39,6 +39,8 @@ class VersionFiles:
     """From the version's lineage; "" when it names none (features are then listed)."""
     feature_service_version: str
     tags: Mapping[str, str]
+    policy_json: bytes = b""
+    """``policy.json`` when the version carries one (a policy, ADR 0020/0024)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,8 @@ class LoadedModel:
     runtime: Runtime
     output_names: tuple[str, ...]
     """One per flattened output column."""
-    policy: Policy | None = None
+    policy: ServedPolicy | None = None
+    """For a policy version: its spec and where its scores are (``domain.policies``)."""
     priority: int = 0
     cost: CostModel = field(default_factory=CostModel)
     _slots: dict[tuple[str, ...], tuple[list[int], list[int]]] = field(default_factory=dict)
