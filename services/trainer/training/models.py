@@ -4,7 +4,9 @@ Both take ``forward(numeric, categorical)``: float32 [batch, numeric features] (
 filled and normalised by libs/preprocessing) and int64 [batch, categorical features]
 (0 = missing or unseen), and return logits [batch]. Attention is written out (matmul,
 softmax, matmul) rather than through a fused kernel, so it exports to plain ONNX ops at
-opset 17 and runs deterministically.
+opset 17 and runs deterministically; it takes an optional key mask (the sequence
+transformer's padding, ``sequence_model.py``). Families that read sequences take
+``forward(numeric, categorical, *per sequence (values, codes, mask))``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from libs.preprocessing import PreprocessingSpec
+
+
+@dataclass(frozen=True)
+class SequenceInputs:
+    """What one sequence input looks like (from its fitted ``SequenceFeature``)."""
+
+    name: str
+    max_length: int
+    """N: slots per row."""
+    n_numeric: int
+    """Numeric fields per event (``values``' last axis)."""
+    cardinalities: tuple[int, ...]
+    """Embedding rows per categorical field (vocabulary + the missing/unseen index)."""
+
 
 @dataclass(frozen=True)
 class ModelInputs:
@@ -23,6 +40,25 @@ class ModelInputs:
     n_numeric: int
     cardinalities: tuple[int, ...]
     """Embedding rows per categorical feature (vocabulary + the missing/unseen index)."""
+    sequences: tuple[SequenceInputs, ...] = ()
+    """Event sequences, in the order of the model's sequence arguments."""
+
+    @classmethod
+    def of(cls, spec: PreprocessingSpec) -> ModelInputs:
+        """The inputs a model trained on ``spec``'s encoding takes."""
+        return cls(
+            len(spec.numeric),
+            tuple(c.cardinality for c in spec.categorical),
+            tuple(
+                SequenceInputs(
+                    s.name,
+                    s.max_length,
+                    len(s.numeric),
+                    tuple(c.cardinality for c in s.categorical),
+                )
+                for s in spec.sequences
+            ),
+        )
 
 
 class MLP(nn.Module):
@@ -85,11 +121,19 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(d, d)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """``keep``: bool [batch, tokens], False for keys no token may attend to (padding);
+        every row must keep at least one key (the sequence model's [CLS] always is)."""
         batch, tokens, d = x.shape
         q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.n_heads, self.d_head).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, heads, tokens, d_head]
-        weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.d_head), dim=-1)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_head)
+        if keep is not None:
+            # The lowest finite float, not -inf: exp(min - max) is exactly 0, so a masked
+            # key's value has no effect at all, and a (never built) all-masked row would
+            # average instead of turning into NaN.
+            scores = scores.masked_fill(~keep[:, None, None, :], torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=-1)
         mixed = self.dropout(weights) @ v
         return self.out(mixed.transpose(1, 2).reshape(batch, tokens, d))
 
@@ -116,8 +160,8 @@ class Block(nn.Module):
         self.ffn_dropout = nn.Dropout(ffn_drop)
         self.residual_dropout = nn.Dropout(res_drop)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.residual_dropout(self.attention(self.attention_norm(x)))
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        x = x + self.residual_dropout(self.attention(self.attention_norm(x), keep))
         a, b = self.ffn_in(self.ffn_norm(x)).chunk(2, dim=-1)
         return x + self.residual_dropout(self.ffn_out(self.ffn_dropout(a * torch.relu(b))))
 
@@ -190,6 +234,12 @@ def build(family_name: str, inputs: ModelInputs, hyperparameters: dict[str, obje
 
     from services.trainer.domain.families import family
 
-    module_name, function = family(family_name).builder.split(":")
+    chosen = family(family_name)
+    if inputs.sequences and not chosen.reads_sequences:
+        raise ValueError(
+            f"model family {family_name!r} does not read sequence inputs "
+            f"({[s.name for s in inputs.sequences]}); use sequence_transformer"
+        )
+    module_name, function = chosen.builder.split(":")
     builder = getattr(importlib.import_module(module_name), function)
     return builder(inputs, **hyperparameters)  # type: ignore[no-any-return]
