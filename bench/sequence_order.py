@@ -4,12 +4,13 @@
 
 A synthetic payment history per entity (ADR 0026): 0 to ``MAX_EVENTS`` payments, oldest
 first, each with an amount, days late and a kind (card, bank, cash). Every entity with at
-least two payments holds exactly one late payment (15+ days) and exactly one cash
-payment, adjacent; it defaults (label 1) when the late payment comes *right before* the
-cash one (a late payer scraping cash together) and not when the cash one comes first —
-5% of labels flipped. Both classes hold the same bag of events (one late, one cash, the
-rest on time by card or bank), so only the order tells them apart, and only within the
-newest N=16 (older events are cut, as the feature store's LAST_N would).
+least three payments holds exactly one late payment (15+ days) and exactly one cash
+payment, adjacent, within the newest N=16 but never the newest event itself; it defaults
+(label 1) when the late payment comes *right before* the cash one (a late payer scraping
+cash together) and not when the cash one comes first; shorter histories get a coin flip,
+and 5% of labels are flipped. Both classes hold the same bag of events (one late, one
+cash, the rest on time by card or bank) and the same newest event, so only the order
+tells them apart. Histories longer than N are cut to the newest N, as LAST_N would.
 
 Three models, one split, one platform loop (``services.trainer.training.loop.run``, the
 job's own recipe: same preprocessing, optimizer, evaluation and export):
@@ -52,8 +53,8 @@ def synthetic(rows: int, seed: int, validation_share: float = 0.25) -> pa.Table:
         positive = bool(rng.random() < 0.5)
         kind = [str(k) for k in rng.choice(["card", "bank"], n)]
         late = [int(d) for d in rng.integers(0, 4, n)]
-        if n >= 2:
-            at = int(rng.integers(0, n - 1))
+        if n >= 3:
+            at = int(rng.integers(max(0, n - MAX_LENGTH), n - 2))  # the pair: at, at + 1
             first, second = (at, at + 1) if positive else (at + 1, at)
             late[first], kind[first] = int(rng.integers(15, 45)), str(rng.choice(["card", "bank"]))
             kind[second] = "cash"
@@ -138,14 +139,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rows", type=int, default=5000)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=1e-3)
     args = parser.parse_args(argv)
     table = synthetic(args.rows, args.seed)
-    out: dict[str, Any] = {"rows": args.rows, "epochs": args.epochs, "max_length": MAX_LENGTH}
+    out: dict[str, Any] = {
+        "rows": args.rows,
+        "epochs": args.epochs,
+        "learning_rate": args.lr,
+        "seed": args.seed,
+        "max_length": MAX_LENGTH,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         blobs, dataset, pre = prepare(Path(tmp) / "seq", table, [INCOME], [PAYMENTS])
         hp = {"d_token": 32, "n_heads": 4, "n_blocks": 2, "attention_dropout": 0.0}
-        seq = train(blobs, dataset, pre, "sequence_transformer", hp, epochs=args.epochs)
+        seq = train(blobs, dataset, pre, "sequence_transformer", hp, epochs=args.epochs, lr=args.lr)
         out["sequence_transformer"] = {
             "auc": seq["metrics"]["auc"],
             "auc_by_epoch": [e["validation_auc"] for e in seq["epochs"]],
@@ -156,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         started = time.perf_counter()
         summaries, features = summary_table(table)
         blobs, dataset, pre = prepare(Path(tmp) / "mlp", summaries, features, [])
-        mlp = train(blobs, dataset, pre, "mlp", {"d_hidden": 64, "n_layers": 2}, epochs=args.epochs)
+        mlp_hp = {"d_hidden": 64, "n_layers": 2}
+        mlp = train(blobs, dataset, pre, "mlp", mlp_hp, epochs=args.epochs, lr=args.lr)
         out["mlp_on_summaries"] = {
             "auc": mlp["metrics"]["auc"],
             "auc_by_epoch": [e["validation_auc"] for e in mlp["epochs"]],
