@@ -1,0 +1,165 @@
+"""A sequence model through the job's worker recipe and into the inference service's model.
+
+The trainer's jobs read their training set from the feature store, which does not serve
+list (``LAST_N``) features yet (issue 6, another branch), so this runs the job's worker
+recipe (``training.loop.run``: data, training, evaluation, LightGBM baseline, export with
+its parity check, artifacts) on an Arrow table with list columns, prepared the way the
+job's data phase prepares it (``app/data.sequence_columns`` + ``libs.preprocessing.fit``).
+The exported artifacts then load into the inference service's ``LoadedModel`` (its own
+graph checks, fixed-row warm-up and parity) and score rows given as Python lists equal
+to torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from safetensors.torch import load as load_safetensors
+
+from bench.sequence_order import AMOUNT, INCOME, KIND, LATE, PAYMENTS, synthetic, train
+from lathe.feature_store.v1 import message_pb2 as fs
+from lathe.feature_store.v1 import request_response_pb2 as fs_rr
+from lathe.trainer.v1 import message_pb2
+from libs.errors import FailedPrecondition
+from libs.preprocessing import PreprocessingSpec, SequenceColumns, fit, transform
+from services.inference.app.loading import build
+from services.inference.app.model import VersionFiles
+from services.inference.runtimes.build import BuildOptions
+from services.inference.runtimes.keys import BatchProfile
+from services.inference.runtimes.probe import Capabilities
+from services.trainer.app.data import sequence_columns
+from services.trainer.domain.families import family
+from services.trainer.store.blobs import BlobStore
+from services.trainer.training.models import ModelInputs
+from services.trainer.training.models import build as build_model
+from services.trainer.training_columns import LABEL, SPLIT
+
+HP = {"d_token": 16, "n_heads": 2, "n_blocks": 1}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[BlobStore, dict]:
+    table = synthetic(480, seed=3)
+    model = message_pb2.ModelSpec(
+        family="sequence_transformer",
+        sequences=[
+            message_pb2.SequenceInput(
+                name=PAYMENTS.name, features=list(PAYMENTS.features), max_length=16
+            )
+        ],
+    )
+    sequences = sequence_columns(model, table.schema)  # the job's data phase
+    blobs = BlobStore(tmp_path_factory.mktemp("trainer"))
+    train_rows = table.filter(pa.compute.equal(table.column(SPLIT), 0))
+    names = [INCOME, *PAYMENTS.features]
+    spec = fit({n: train_rows.column(n) for n in names}, [INCOME, *PAYMENTS.features],
+               sequences=sequences)  # fmt: skip
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    dataset = blobs.put_bytes(sink.getvalue().to_pybytes())
+    result = train(blobs, dataset, blobs.put_bytes(spec.to_json()), "sequence_transformer", HP,
+                   epochs=2, batch=64)  # fmt: skip
+    return blobs, result
+
+
+def test_the_recipe_trains_evaluates_and_exports_a_sequence_model(
+    trained: tuple[BlobStore, dict],
+) -> None:
+    blobs, result = trained
+    assert set(result["metrics"]) >= {"auc", "log_loss", "ks", "ece"}
+    assert all(np.isfinite(v) for v in result["metrics"].values())
+    assert np.isfinite(result["baseline_metrics"]["auc"])  # LightGBM on sequence summaries
+    assert result["parity_max_abs_diff"] < 1e-5
+    assert len(result["epochs"]) == 2
+    spec = PreprocessingSpec.from_json(blobs.get_bytes(result["preprocessing_sha256"]))
+    assert spec.version == 2 and spec.sequences[0].name == "payments"
+    assert spec.feature_names == (INCOME, AMOUNT, LATE, KIND)
+    signature = json.loads(blobs.get_bytes(result["signature_sha256"]))
+    assert signature["onnx_inputs"] == [
+        {"name": "numeric", "dtype": "float32", "shape": [-1, 1]},
+        {"name": "payments.values", "dtype": "float32", "shape": [-1, 16, 2]},
+        {"name": "payments.codes", "dtype": "int64", "shape": [-1, 16, 1]},
+        {"name": "payments.mask", "dtype": "bool", "shape": [-1, 16]},
+    ]
+    assert signature["sequences"] == [
+        {
+            "name": "payments",
+            "features": [AMOUNT, LATE, KIND],
+            "max_length": 16,
+            "padding": "left",
+            "order": "oldest first",
+            "inputs": ["payments.values", "payments.codes", "payments.mask"],
+        }
+    ]
+    types = {i["name"]: i["arrow_type"] for i in signature["inputs"]}
+    assert types[AMOUNT] == "list<item: double>" and types[KIND] == "list<item: string>"
+
+
+def test_the_inference_model_scores_sequences_like_torch(trained: tuple[BlobStore, dict]) -> None:
+    blobs, result = trained
+    spec = PreprocessingSpec.from_json(blobs.get_bytes(result["preprocessing_sha256"]))
+    files = VersionFiles(
+        model_name="seq",
+        version=1,
+        onnx=blobs.get_bytes(result["onnx_sha256"]),
+        onnx_sha256=result["onnx_sha256"],
+        preprocessing=spec,
+        feature_service="",
+        feature_service_version="",
+        tags={},
+    )
+    options = BuildOptions(1, "fp32", BatchProfile(1, 8, 64), Capabilities())
+    loaded = build(files, ("onnxruntime_cpu",), options, None)  # graph checks, warm, parity
+    assert loaded.parity.ok
+    model = loaded.model
+    columns: dict[str, list] = {
+        INCOME: [50_000.0, None, 20_000.0, 31_000.0],
+        AMOUNT: [[10.0, 20.0, 5.0], None, [], [float(i) for i in range(30)]],
+        LATE: [[0, 30, 1], None, [], [i % 40 for i in range(30)]],
+        KIND: [["card", "bank", "cash"], None, [], ["cash", "card", "bitcoin"] * 10],
+    }
+    scores = model.score(model.rows_from_columns(columns))[:, 0]
+
+    hp = family("sequence_transformer").resolve(HP)
+    torch_model = build_model("sequence_transformer", ModelInputs.of(spec), hp)
+    torch_model.load_state_dict(load_safetensors(blobs.get_bytes(result["weights_sha256"])))
+    torch_model.eval()
+    encoded = transform(spec, columns)
+    arrays = [torch.from_numpy(a) for a in encoded.arrays().values()]
+    with torch.no_grad():
+        expected = torch.sigmoid(torch_model(*arrays)).numpy()
+    assert np.isfinite(scores).all()
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+
+    # From a feature store reply: an absent sequence value is "no events".
+    names = (INCOME, AMOUNT, LATE, KIND)
+    income = fs.Value(float64_value=20_000.0)
+    vectors = [fs_rr.FeatureVector(values=[income, fs.Value(), fs.Value(), fs.Value()])]
+    replied = model.score(model.rows_from_reply(names, vectors))
+    np.testing.assert_allclose(replied[0], scores[2], atol=1e-6)
+    scalar = fs_rr.FeatureVector(
+        values=[income, fs.Value(), fs.Value(), fs.Value(string_value="x")]
+    )
+    with pytest.raises(FailedPrecondition, match="not as a list of events"):
+        model.rows_from_reply(names, [scalar])
+
+
+def test_the_data_phase_refuses_sequences_that_are_not_lists(tmp_path: Path) -> None:
+    table = pa.table({INCOME: [1.0], AMOUNT: [2.0], LABEL: [1.0], SPLIT: [0]})
+    model = message_pb2.ModelSpec(
+        family="sequence_transformer",
+        sequences=[message_pb2.SequenceInput(name="p", features=[AMOUNT], max_length=4)],
+    )
+    with pytest.raises(FailedPrecondition, match="is double, not a list per row"):
+        sequence_columns(model, table.schema)
+    model.sequences[0].features[:] = ["pay:nope"]
+    with pytest.raises(FailedPrecondition, match="does not have"):
+        sequence_columns(model, table.schema)
+    assert sequence_columns(message_pb2.ModelSpec(family="mlp"), table.schema) == []
+    assert SequenceColumns  # the type the data phase hands to fit
