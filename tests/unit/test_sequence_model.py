@@ -137,3 +137,24 @@ def test_onnx_matches_torch_with_and_without_events(
 def test_tabular_families_refuse_sequence_inputs() -> None:
     with pytest.raises(ValueError, match="does not read sequence inputs"):
         build("mlp", ModelInputs.of(_spec()), family("mlp").resolve({}))
+
+
+@pytest.mark.parametrize(
+    ("with_scalars", "fields"),
+    [(True, (AMOUNT, LATE, KIND)), (False, (AMOUNT,)), (True, (KIND,))],
+)
+def test_every_parameter_gets_a_gradient(with_scalars: bool, fields: tuple[str, ...]) -> None:
+    """DDP waits for a gradient of every parameter: an unused one stalls a 2-process job."""
+    spec = _spec(with_scalars=with_scalars, fields=fields)
+    model = _model(spec).train()
+    model(
+        *_tensors(transform(spec, _columns(16, seed=5, with_scalars=with_scalars)))
+    ).sum().backward()
+    unused = [name for name, p in model.named_parameters() if p.grad is None]
+    assert unused == []
+
+
+def test_ft_transformer_on_numbers_only_has_no_unused_parameters() -> None:
+    model = build("ft_transformer", ModelInputs(3, ()), family("ft_transformer").resolve(PARAMS))
+    model(torch.randn(4, 3), torch.zeros(4, 0, dtype=torch.long)).sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []

@@ -83,30 +83,41 @@ class MLP(nn.Module):
 
 
 class FeatureTokenizer(nn.Module):
-    """One d_token vector per feature: x_j * w_j + b_j for numbers, a table row for categories."""
+    """One d_token vector per feature: x_j * w_j + b_j for numbers, a table row for categories.
+
+    Only the parameters some feature uses are created: DDP waits for a gradient of every
+    parameter, so an unused one (e.g. category tables without categorical features) would
+    stall the first backward pass of a multi-process job.
+    """
 
     def __init__(self, inputs: ModelInputs, d_token: int) -> None:
         super().__init__()
         bound = 1 / math.sqrt(d_token)
         self.n_numeric = inputs.n_numeric
         self.n_categorical = len(inputs.cardinalities)
-        self.numeric_weight = nn.Parameter(torch.empty(inputs.n_numeric, d_token))
-        self.numeric_bias = nn.Parameter(torch.empty(inputs.n_numeric, d_token))
-        for parameter in (self.numeric_weight, self.numeric_bias):
-            nn.init.uniform_(parameter, -bound, bound)
+        self.numeric_weight: nn.Parameter | None = None
+        self.numeric_bias: nn.Parameter | None = None
+        if self.n_numeric:
+            self.numeric_weight = nn.Parameter(torch.empty(inputs.n_numeric, d_token))
+            self.numeric_bias = nn.Parameter(torch.empty(inputs.n_numeric, d_token))
+            for parameter in (self.numeric_weight, self.numeric_bias):
+                nn.init.uniform_(parameter, -bound, bound)
         cards = inputs.cardinalities
-        self.categorical = nn.Embedding(max(sum(cards), 1), d_token)
-        nn.init.uniform_(self.categorical.weight, -bound, bound)
-        self.categorical_bias = nn.Parameter(torch.empty(len(cards), d_token))
-        nn.init.uniform_(self.categorical_bias, -bound, bound)
+        self.categorical: nn.Embedding | None = None
+        self.categorical_bias: nn.Parameter | None = None
+        if cards:
+            self.categorical = nn.Embedding(sum(cards), d_token)
+            nn.init.uniform_(self.categorical.weight, -bound, bound)
+            self.categorical_bias = nn.Parameter(torch.empty(len(cards), d_token))
+            nn.init.uniform_(self.categorical_bias, -bound, bound)
         offsets = torch.tensor([0, *cards[:-1]], dtype=torch.long).cumsum(0) if cards else None
         self.register_buffer("offsets", offsets if offsets is not None else torch.zeros(0))
 
     def forward(self, numeric: Tensor, categorical: Tensor) -> Tensor:
         tokens = []
-        if self.n_numeric:
+        if self.numeric_weight is not None and self.numeric_bias is not None:
             tokens.append(numeric.unsqueeze(-1) * self.numeric_weight + self.numeric_bias)
-        if self.n_categorical:
+        if self.categorical is not None and self.categorical_bias is not None:
             tokens.append(self.categorical(categorical + self.offsets) + self.categorical_bias)
         return torch.cat(tokens, dim=1)
 

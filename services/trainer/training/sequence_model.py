@@ -38,9 +38,10 @@ class EventTokenizer(nn.Module):
         self.index = index
         self.values = nn.Linear(sequence.n_numeric, d_token) if sequence.n_numeric else None
         cards = sequence.cardinalities
-        self.n_categorical = len(cards)
-        self.categories = nn.Embedding(max(sum(cards), 1), d_token)
-        nn.init.uniform_(self.categories.weight, -bound, bound)
+        # Only parameters that every step uses (DDP waits for a gradient of each one).
+        self.categories = nn.Embedding(sum(cards), d_token) if cards else None
+        if self.categories is not None:
+            nn.init.uniform_(self.categories.weight, -bound, bound)
         offsets = torch.tensor([0, *cards[:-1]], dtype=torch.long).cumsum(0) if cards else None
         self.register_buffer("offsets", offsets if offsets is not None else torch.zeros(0))
         self.position = nn.Parameter(torch.empty(sequence.max_length, d_token))
@@ -52,7 +53,7 @@ class EventTokenizer(nn.Module):
         x = self.position + self.kind  # [N, d]
         if self.values is not None:
             x = x + self.values(values)  # [batch, N, d]
-        if self.n_categorical:
+        if self.categories is not None:
             x = x + self.categories(codes + self.offsets).sum(dim=2)
         if x.dim() == 2:  # no fields at all: only when the event is there matters
             x = x.expand(values.shape[0], -1, -1)
