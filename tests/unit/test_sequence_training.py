@@ -12,6 +12,7 @@ to torch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from lathe.feature_store.v1 import request_response_pb2 as fs_rr
 from lathe.trainer.v1 import message_pb2
 from libs.errors import FailedPrecondition
 from libs.preprocessing import PreprocessingSpec, SequenceColumns, fit, transform
-from services.inference.app.loading import build
+from services.inference.app.loading import LoadFailure, build
 from services.inference.app.model import VersionFiles
 from services.inference.runtimes.build import BuildOptions
 from services.inference.runtimes.keys import BatchProfile
@@ -163,3 +164,19 @@ def test_the_data_phase_refuses_sequences_that_are_not_lists(tmp_path: Path) -> 
         sequence_columns(model, table.schema)
     assert sequence_columns(message_pb2.ModelSpec(family="mlp"), table.schema) == []
     assert SequenceColumns  # the type the data phase hands to fit
+
+
+def test_a_graph_whose_sequence_shape_differs_from_the_spec_is_refused(
+    trained: tuple[BlobStore, dict],
+) -> None:
+    blobs, result = trained
+    spec = PreprocessingSpec.from_json(blobs.get_bytes(result["preprocessing_sha256"]))
+    shorter = dataclasses.replace(
+        spec, sequences=(dataclasses.replace(spec.sequences[0], max_length=8),)
+    )
+    files = VersionFiles("seq", 1, blobs.get_bytes(result["onnx_sha256"]), result["onnx_sha256"],
+                         shorter, "", "", {})  # fmt: skip
+    options = BuildOptions(1, "fp32", BatchProfile(1, 8, 64), Capabilities())
+    with pytest.raises(LoadFailure, match=r"'payments.values' is \[batch, 16, 2\] but "
+                       r"preprocessing.json produces \[batch, 8, 2\]"):  # fmt: skip
+        build(files, ("onnxruntime_cpu",), options, None)
