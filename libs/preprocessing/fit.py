@@ -71,6 +71,10 @@ def fit(
     for name in (f for f in features if f not in in_sequences):
         values = columns[name]
         rows = len(values)
+        if _is_list(values):
+            raise ValueError(
+                f"feature {name!r} holds a list per row; name it in a sequence (sequences=...)"
+            )
         if name in categorical or _is_text(values):
             categorical_specs.append(_fit_categorical(name, as_strings(values)))
         else:
@@ -140,6 +144,14 @@ def _fit_categorical(name: str, values: list[str | None]) -> CategoricalFeature:
     counts = Counter(v for v in values if v is not None)
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:MAX_VOCABULARY]
     return CategoricalFeature(name, tuple(value for value, _ in ranked))
+
+
+def _is_list(values: Column) -> bool:
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        kind = values.type
+        return pa.types.is_list(kind) or pa.types.is_large_list(kind)
+    sample = values[:100] if isinstance(values, np.ndarray) else list(values)[:100]
+    return any(isinstance(v, list | tuple | np.ndarray) for v in sample)
 
 
 def _is_text(values: Column) -> bool:

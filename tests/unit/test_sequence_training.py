@@ -163,7 +163,13 @@ def test_the_data_phase_refuses_sequences_that_are_not_lists(tmp_path: Path) -> 
     with pytest.raises(FailedPrecondition, match="does not have"):
         sequence_columns(model, table.schema)
     assert sequence_columns(message_pb2.ModelSpec(family="mlp"), table.schema) == []
-    assert SequenceColumns  # the type the data phase hands to fit
+    listed = table.append_column(LATE, pa.array([[1]], type=pa.list_(pa.int64())))
+    with pytest.raises(FailedPrecondition, match=r"serves list features \['pay:days_late'\]"):
+        sequence_columns(message_pb2.ModelSpec(family="mlp"), listed.schema)
+    with pytest.raises(ValueError, match="holds a list per row; name it in a sequence"):
+        fit({LATE: listed.column(LATE)}, [LATE])
+    model.sequences[0].features[:] = [LATE]
+    assert sequence_columns(model, listed.schema) == [SequenceColumns("p", (LATE,), 4, "left")]
 
 
 def test_a_graph_whose_sequence_shape_differs_from_the_spec_is_refused(

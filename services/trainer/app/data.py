@@ -94,4 +94,18 @@ def sequence_columns(model: message_pb2.ModelSpec, schema: pa.Schema) -> list[Se
                 given.name, tuple(given.features), given.max_length, given.padding or "left"
             )
         )
+    named = {f for s in out for f in s.features}
+    unnamed = [
+        f.name
+        for f in schema
+        if f.name not in named
+        and f.name not in (LABEL, SPLIT)
+        and (pa.types.is_list(f.type) or pa.types.is_large_list(f.type))
+    ]
+    if unnamed:
+        raise FailedPrecondition(
+            f"the feature service serves list features {unnamed} that spec.model.sequences does "
+            "not name; a sequence family (sequence_transformer) reads them when they are named "
+            "there, other families cannot read lists: train on a feature service without them"
+        )
     return out
