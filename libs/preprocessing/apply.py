@@ -186,7 +186,7 @@ def _encode_sequence(
     kept = len(events.row)
     numeric = np.empty((kept, len(spec.numeric)), dtype=np.float64)
     for j, feature in enumerate(spec.numeric):
-        numeric[:, j] = as_float64(events.fields[feature.name])
+        numeric[:, j] = _event_numbers(events.fields[feature.name], kept)
     categorical = [as_strings(events.fields[c.name]) for c in spec.categorical]
     step = fields.encode(numeric, categorical)
     n = spec.max_length
@@ -205,6 +205,17 @@ def transform(spec: PreprocessingSpec, columns: Mapping[str, Column]) -> Encoded
     Callers that encode many batches with one spec keep a ``Preprocessor`` instead.
     """
     return Preprocessor(spec).apply(columns)
+
+
+def _event_numbers(values: pa.Array | list[object], count: int) -> np.ndarray:
+    """Events' numbers as float64 (None: NaN); Python lists without a trip through Arrow
+    (the same values: bools as 1/0, ints exactly below 2**53)."""
+    if isinstance(values, list):
+        return np.fromiter((_NAN if v is None else v for v in values), np.float64, count)
+    return as_float64(values)
+
+
+_NAN = float("nan")
 
 
 def _columns(columns: list[int], width: int) -> slice | np.ndarray | None:

@@ -33,8 +33,9 @@ class Events:
     """int64 [kept events]: the row of each kept event."""
     slot: np.ndarray
     """int64 [kept events]: its slot in [0, max_length)."""
-    fields: Mapping[str, pa.Array]
-    """Each field's values of the kept events (element nulls kept as nulls)."""
+    fields: Mapping[str, pa.Array | list[object]]
+    """Each field's values of the kept events (element nulls kept as None / nulls): a
+    pyarrow array for Arrow input, a Python list otherwise."""
 
 
 def as_list_array(values: Column, name: str) -> pa.Array:
@@ -58,13 +59,11 @@ def as_list_array(values: Column, name: str) -> pa.Array:
     return array
 
 
-def _as_list(value: object, name: str) -> list[object] | None:
-    if value is None:
-        return None
+def _as_list(value: object, name: str) -> list[object] | tuple[object, ...] | None:
+    if value is None or isinstance(value, list | tuple):
+        return value
     if isinstance(value, np.ndarray):
         return value.tolist()  # type: ignore[no-any-return]
-    if isinstance(value, list | tuple):
-        return list(value)
     raise TypeError(
         f"sequence feature {name!r} must be a list per row (None or [] for no events), "
         f"got a {type(value).__name__}"
@@ -86,17 +85,13 @@ def newest_events(
     missing = [f for f in fields if f not in columns]
     if missing:
         raise KeyError(f"no values for the fields {missing} of sequence {sequence!r}")
-    arrays = {f: as_list_array(columns[f], f) for f in fields}
-    rows = {len(a) for a in arrays.values()}
+    flattened = {f: _flatten(columns[f], f) for f in fields}
+    rows = {len(lengths) for lengths, _ in flattened.values()}
     if len(rows) > 1:
         raise ValueError(f"the fields of sequence {sequence!r} differ in rows: {sorted(rows)}")
     n_rows = rows.pop() if rows else 0
     lengths = None
-    for f, array in arrays.items():
-        these = np.asarray(
-            pc.list_value_length(array).fill_null(0).to_numpy(zero_copy_only=False),
-            dtype=np.int64,
-        )
+    for f, (these, _) in flattened.items():
         if lengths is None:
             lengths, first = these, f
         elif not np.array_equal(lengths, these):
@@ -108,23 +103,42 @@ def newest_events(
     if lengths is None:
         lengths = np.zeros(n_rows, dtype=np.int64)
     kept = np.minimum(lengths, max_length)
+    total = int(lengths.sum())
     row = np.repeat(np.arange(n_rows, dtype=np.int64), lengths)
     starts = np.cumsum(lengths) - lengths
-    position = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(starts, lengths)
+    position = np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)
     dropped = (lengths - kept)[row]
-    keep = position >= dropped
-    index = np.flatnonzero(keep)
+    index = np.flatnonzero(position >= dropped)
     row = row[index]
     slot = position[index] - dropped[index]
     if padding == "left":
         slot = slot + (max_length - kept)[row]
-    take = pa.array(index, type=pa.int64())
+    every = len(index) == total
     return Events(
         rows=n_rows,
         row=row,
         slot=slot,
-        fields={f: array.flatten().take(take) for f, array in arrays.items()},
+        fields={f: flat if every else _take(flat, index) for f, (_, flat) in flattened.items()},
     )
+
+
+def _flatten(values: Column, name: str) -> tuple[np.ndarray, pa.Array | list[object]]:
+    """(events per row, every row's events one after another): pyarrow kernels for Arrow
+    input, plain Python for lists (a handful of rows at serving time: ~10x cheaper than a
+    round trip through Arrow)."""
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        array = as_list_array(values, name)
+        lengths = pc.list_value_length(array).fill_null(0).to_numpy(zero_copy_only=False)
+        return np.asarray(lengths, dtype=np.int64), array.flatten()
+    items = [_as_list(v, name) for v in values]  # type: ignore[union-attr]
+    lengths = np.fromiter((0 if v is None else len(v) for v in items), np.int64, len(items))
+    return lengths, [x for v in items if v for x in v]
+
+
+def _take(flat: pa.Array | list[object], index: np.ndarray) -> pa.Array | list[object]:
+    if isinstance(flat, list):
+        return [flat[i] for i in index.tolist()]
+    return flat.take(pa.array(index, type=pa.int64()))
 
 
 def is_text_list(values: Column) -> bool:

@@ -167,3 +167,19 @@ def test_encoding_is_deterministic_and_does_not_depend_on_batch_composition() ->
         one = transform(spec, {k: v[i : i + 1] for k, v in _columns().items()}).arrays()
         for name, array in whole.items():
             np.testing.assert_array_equal(one[name][0], array[i], err_msg=name)
+
+
+def test_boolean_and_integer_fields_read_the_same_from_lists_and_arrow() -> None:
+    flags = [[True, False, None], None, [False]]
+    counts = [[1, 2**40, None], [], [7]]
+    columns = {"e:flag": flags, "e:count": counts}
+    spec = fit(columns, [], sequences=[SequenceColumns("e", ("e:flag", "e:count"), 2)])
+    arrow = {
+        "e:flag": pa.array(flags, type=pa.list_(pa.bool_())),
+        "e:count": pa.array(counts, type=pa.list_(pa.int64())),
+    }
+    (python,) = transform(spec, columns).sequences
+    (typed,) = transform(spec, arrow).sequences
+    np.testing.assert_array_equal(python.values, typed.values)
+    np.testing.assert_array_equal(python.mask, typed.mask)
+    assert python.mask.tolist() == [[True, True], [False, False], [False, True]]
