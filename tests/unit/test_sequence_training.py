@@ -66,6 +66,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[BlobStore, dict]:
     dataset = blobs.put_bytes(sink.getvalue().to_pybytes())
     result = train(blobs, dataset, blobs.put_bytes(spec.to_json()), "sequence_transformer", HP,
                    epochs=2, batch=64)  # fmt: skip
+    result["dataset_sha256"] = dataset
     return blobs, result
 
 
@@ -186,3 +187,12 @@ def test_a_graph_whose_sequence_shape_differs_from_the_spec_is_refused(
     with pytest.raises(LoadFailure, match=r"'payments.values' is \[batch, 16, 2\] but "
                        r"preprocessing.json produces \[batch, 8, 2\]"):  # fmt: skip
         build(files, ("onnxruntime_cpu",), options, None)
+
+
+def test_the_same_data_and_seed_give_the_same_model(trained: tuple[BlobStore, dict]) -> None:
+    blobs, first = trained
+    again = train(blobs, first["dataset_sha256"], first["preprocessing_sha256"],
+                  "sequence_transformer", HP, epochs=2, batch=64)  # fmt: skip
+    assert again["metrics"] == first["metrics"]
+    assert again["weights_sha256"] == first["weights_sha256"]
+    assert again["baseline_metrics"] == first["baseline_metrics"]
