@@ -51,7 +51,9 @@ class Scorer(nn.Module):
 
     def forward(self, *inputs: Tensor) -> Tensor:
         given = dict(zip(self.present, inputs, strict=True))
-        reference = inputs[0]
+        # A 2-D input ([batch, width]: numeric, categorical or a mask, one of which any
+        # model has) gives an absent scalar block its [batch, 0] shape by slicing alone.
+        reference = next(t for t in inputs if t.dim() == 2)
         args = []
         for name, dtype in self.arguments:
             if name in given:
@@ -60,7 +62,7 @@ class Scorer(nn.Module):
                 mask = given[name.rsplit(".", 1)[0] + ".mask"]
                 args.append(mask.unsqueeze(-1)[:, :, :0].to(dtype))
             else:
-                args.append(reference.flatten(1)[:, :0].to(dtype))
+                args.append(reference[:, :0].to(dtype))
         return torch.sigmoid(self.model(*args))
 
 
