@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from google.protobuf import json_format
 from lathe.trainer.v1 import message_pb2
 from libs.errors import InvalidArgument
 from libs.preprocessing import SequenceColumns
+from libs.sdk.trainer import load_spec
 from services.trainer.api.validate import job_spec
 
 PAYMENTS = {"name": "payments", "features": ["pay:amount", "pay:days_late"], "maxLength": 20}
@@ -96,3 +98,30 @@ def test_a_sequence_spec_is_resolved_with_defaults_and_digested() -> None:
 def test_bad_sequence_specs_are_refused(model: dict[str, Any], fragment: str) -> None:
     with pytest.raises(InvalidArgument, match=fragment):
         job_spec(parse(model))
+
+
+def test_the_documented_yaml_loads(tmp_path: Path) -> None:
+    spec_file = tmp_path / "seq.yaml"
+    spec_file.write_text(
+        """\
+model_name: credit-default
+feature_service: underwriting_full
+label_source: {query: "SELECT loan_id, t AS label_time, y AS label FROM labels"}
+split: {validation_start: 2018-03-01T00:00:00Z}
+model:
+  family: sequence_transformer
+  hyperparameters: {d_token: 32, n_blocks: 2, n_heads: 4}
+  sequences:
+    - name: payments
+      features: [payments:amount, payments:days_late, payments:kind]
+      max_length: 20
+      padding: left
+optimization: {epochs: 5}
+"""
+    )
+    valid = job_spec(load_spec(spec_file))
+    assert valid.sequences == (
+        SequenceColumns(
+            "payments", ("payments:amount", "payments:days_late", "payments:kind"), 20, "left"
+        ),
+    )
