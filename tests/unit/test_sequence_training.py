@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,6 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
-from bench.sequence_order import AMOUNT, INCOME, KIND, LATE, PAYMENTS, synthetic, train
 from lathe.feature_store.v1 import message_pb2 as fs
 from lathe.feature_store.v1 import request_response_pb2 as fs_rr
 from lathe.trainer.v1 import message_pb2
@@ -35,12 +35,62 @@ from services.inference.runtimes.keys import BatchProfile
 from services.inference.runtimes.probe import Capabilities
 from services.trainer.app.data import sequence_columns
 from services.trainer.domain.families import family
+from services.trainer.domain.plan import WorkerPlan
 from services.trainer.store.blobs import BlobStore
+from services.trainer.training.loop import World, run
 from services.trainer.training.models import ModelInputs
 from services.trainer.training.models import build as build_model
+from services.trainer.training.progress import Progress
 from services.trainer.training_columns import LABEL, SPLIT
 
 HP = {"d_token": 16, "n_heads": 2, "n_blocks": 1}
+AMOUNT, LATE, KIND, INCOME = "pay:amount", "pay:days_late", "pay:kind", "app:income"
+PAYMENTS = SequenceColumns("payments", (AMOUNT, LATE, KIND), 16)
+
+
+def synthetic(rows: int, seed: int) -> pa.Table:
+    """Payment histories (0-20 events, oldest first) whose label follows a late payment
+    right before a cash one; a quarter of the rows validate. (bench/sequence_order.py
+    measures the model on a harder version of this.)"""
+    rng = np.random.default_rng(seed)
+    amounts, lates, kinds, labels = [], [], [], []
+    for _ in range(rows):
+        n = int(rng.integers(0, 21))
+        kind = [str(k) for k in rng.choice(["card", "bank", "cash"], n)]
+        late = [int(d) for d in rng.integers(0, 40, n)]
+        labels.append(float(any(late[i] > 15 and kind[i + 1] == "cash" for i in range(n - 1))))
+        amounts.append([float(a) for a in rng.lognormal(4, 1, n)] if n else None)
+        lates.append(late)
+        kinds.append(kind)
+    return pa.table(
+        {
+            INCOME: pa.array(rng.lognormal(10, 0.5, rows)),
+            AMOUNT: pa.array(amounts, type=pa.list_(pa.float64())),
+            LATE: pa.array(lates, type=pa.list_(pa.int64())),
+            KIND: pa.array(kinds, type=pa.list_(pa.string())),
+            LABEL: pa.array(labels),
+            SPLIT: pa.array((np.arange(rows) >= rows * 3 // 4).astype(np.int8)),
+        }
+    )
+
+
+def train(blobs: BlobStore, dataset: str, preprocessing: str, *, epochs: int) -> dict:
+    """One job's worker recipe (rank 0 of 1) in this process; its ``result`` report."""
+    attempt = str(uuid.uuid4())
+    directory = blobs.root / "attempts" / attempt
+    directory.mkdir(parents=True)
+    plan = WorkerPlan(
+        job_id="test", attempt_id=attempt, artifact_root=str(blobs.root),
+        attempt_dir=str(directory), dataset_sha256=dataset, preprocessing_sha256=preprocessing,
+        family="sequence_transformer", hyperparameters=family("sequence_transformer").resolve(HP),
+        epochs=epochs, batch_size=64, learning_rate=1e-3, weight_decay=0.0,
+        checkpoint_every_steps=0, seed=0, threads_per_process=1, device="cpu",
+    )  # fmt: skip
+    run(plan, World(0, 1), Progress(plan.progress_path))
+    lines = [json.loads(line) for line in plan.progress_path.read_text().splitlines()]
+    result = next(line for line in lines if line["event"] == "result")
+    result["epochs"] = [line for line in lines if line["event"] == "epoch"]
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +114,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[BlobStore, dict]:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     dataset = blobs.put_bytes(sink.getvalue().to_pybytes())
-    result = train(blobs, dataset, blobs.put_bytes(spec.to_json()), "sequence_transformer", HP,
-                   epochs=2, batch=64)  # fmt: skip
+    result = train(blobs, dataset, blobs.put_bytes(spec.to_json()), epochs=2)
     result["dataset_sha256"] = dataset
     return blobs, result
 
@@ -191,8 +240,7 @@ def test_a_graph_whose_sequence_shape_differs_from_the_spec_is_refused(
 
 def test_the_same_data_and_seed_give_the_same_model(trained: tuple[BlobStore, dict]) -> None:
     blobs, first = trained
-    again = train(blobs, first["dataset_sha256"], first["preprocessing_sha256"],
-                  "sequence_transformer", HP, epochs=2, batch=64)  # fmt: skip
+    again = train(blobs, first["dataset_sha256"], first["preprocessing_sha256"], epochs=2)
     assert again["metrics"] == first["metrics"]
     assert again["weights_sha256"] == first["weights_sha256"]
     assert again["baseline_metrics"] == first["baseline_metrics"]
