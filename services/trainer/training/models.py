@@ -86,8 +86,8 @@ class FeatureTokenizer(nn.Module):
     """One d_token vector per feature: x_j * w_j + b_j for numbers, a table row for categories.
 
     Only the parameters some feature uses are created: DDP waits for a gradient of every
-    parameter, so an unused one (e.g. category tables without categorical features) would
-    stall the first backward pass of a multi-process job.
+    parameter, so an unused one (e.g. category tables without categorical features) fails
+    a multi-process job at its second step.
     """
 
     def __init__(self, inputs: ModelInputs, d_token: int) -> None:
