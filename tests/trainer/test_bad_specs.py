@@ -101,6 +101,26 @@ def cases(d: Dataset) -> list[tuple[str, dict, grpc.StatusCode, str]]:
             "both sides",
         ),
         (
+            "a sequence family without sequences",
+            {"model": {"family": "sequence_transformer", "hyperparameters": {}}},
+            INVALID,
+            "name at least one",
+        ),
+        (
+            "a sequence over a view the feature service does not read",
+            {
+                "model": {
+                    "family": "sequence_transformer",
+                    "hyperparameters": {},
+                    "sequences": [
+                        {"name": "payments", "features": ["other:amount"], "maxLength": 8}
+                    ],
+                }
+            },
+            INVALID,
+            "'other:amount' is not served by feature service",
+        ),
+        (
             "a label query without the entity key",
             {
                 "labelSource": {

@@ -22,7 +22,7 @@ import onnx
 
 from libs.decisioning.spec import PolicySpec, PolicySpecError
 from libs.errors import NotFound
-from libs.preprocessing import PreprocessingSpec
+from libs.preprocessing import PreprocessingSpec, sequence_inputs
 from services.inference.app.model import (
     CATEGORICAL_INPUT,
     NUMERIC_INPUT,
@@ -213,23 +213,38 @@ def _check_graph(files: VersionFiles) -> tuple[str, ...]:
     except Exception as exc:
         raise LoadFailure("load", f"{MODEL_FILE} is not an ONNX model: {exc}") from None
     spec = files.preprocessing
-    widths = {NUMERIC_INPUT: len(spec.numeric), CATEGORICAL_INPUT: len(spec.categorical)}
+    shapes: dict[str, tuple[int, ...]] = {
+        NUMERIC_INPUT: (len(spec.numeric),),
+        CATEGORICAL_INPUT: (len(spec.categorical),),
+    }
+    for s in spec.sequences:
+        values, codes, mask = sequence_inputs(s.name)
+        shapes[values] = (s.max_length, len(s.numeric))
+        shapes[codes] = (s.max_length, len(s.categorical))
+        shapes[mask] = (s.max_length,)
     for graph_input in graph.input:
-        if graph_input.name not in widths:
+        if graph_input.name not in shapes:
             raise LoadFailure(
                 "load",
                 f"{MODEL_FILE} input {graph_input.name!r} is not one preprocessing.json "
-                f"produces ({NUMERIC_INPUT}, {CATEGORICAL_INPUT})",
+                f"produces ({', '.join(shapes)})",
             )
-        dims = graph_input.type.tensor_type.shape.dim
-        fixed = len(dims) == 2 and dims[1].HasField("dim_value")
-        if fixed and dims[1].dim_value != widths[graph_input.name]:
+        dims = graph_input.type.tensor_type.shape.dim[1:]  # past the batch axis
+        fixed = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
+        wanted = shapes[graph_input.name]
+        if len(fixed) != len(wanted) or any(
+            f not in (-1, w) for f, w in zip(fixed, wanted, strict=False)
+        ):
             raise LoadFailure(
                 "load",
-                f"{MODEL_FILE} input {graph_input.name!r} has {dims[1].dim_value} columns "
-                f"but preprocessing.json produces {widths[graph_input.name]}",
+                f"{MODEL_FILE} input {graph_input.name!r} is [batch, {_dims(fixed)}] but "
+                f"preprocessing.json produces [batch, {_dims(wanted)}]",
             )
     return tuple(o.name for o in graph.output)
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return ", ".join("?" if d < 0 else str(d) for d in shape)
 
 
 def _output_names(graph_outputs: tuple[str, ...], flat: np.ndarray) -> tuple[str, ...]:
