@@ -31,6 +31,7 @@ from lathe.feature_store.v1 import message_pb2 as fs
 from lathe.inference.v1 import events_pb2 as ev
 from lathe.inference.v1 import message_pb2 as m
 from libs.errors import NotFound, Unavailable
+from libs.telemetry import current_traceparent
 from services.inference.app.model import LoadedModel
 from services.inference.app.prediction_log import PredictionLogger
 from services.inference.app.serving import CANARY, PRODUCTION, SHADOW, ServingTable, Slot
@@ -226,10 +227,12 @@ class Predictor:
         if logged:
             now = datetime.now(UTC)
             arm_of = {i: arm for arm in live for i in arm.rows}
+            traceparent = current_traceparent()
             for i in logged:
                 arm = arm_of[i]
                 self._logger.offer(
-                    _log_message(call, i, (arm.alias, arm.kind, arm.share), arm.model, result, now)
+                    _log_message(call, i, (arm.alias, arm.kind, arm.share), arm.model, result, now),
+                    traceparent,
                 )
             if shadow is not None:
                 self._shadow_later(call, shadow, logged, result, features, now)

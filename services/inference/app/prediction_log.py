@@ -7,7 +7,8 @@ through the outbox like every other event, so the relay publishes them on
 ``lathe.inference.prediction.logged`` exactly once. When the buffer is full the log is
 dropped and counted: serving never slows down for logging. Whether a decision is
 logged is decided by a hash of its decision id (``domain.routing.sampled``), never by
-its score.
+its score. Each log carries the W3C trace context of the request that made it, so the
+relay's publish and whoever consumes the log continue that request's trace.
 """
 
 from __future__ import annotations
@@ -41,16 +42,17 @@ class PredictionLogger:
         self._capacity = capacity
         self._flush_rows = flush_rows
         self._interval_s = flush_interval_s
-        self._buffer: deque[ev.PredictionLogged] = deque()
+        self._buffer: deque[tuple[ev.PredictionLogged, str]] = deque()
         self._wake = asyncio.Event()
         self.dropped = 0
         self.written = 0
 
-    def offer(self, message: ev.PredictionLogged) -> bool:
+    def offer(self, message: ev.PredictionLogged, traceparent: str = "") -> bool:
+        """Queue ``message`` (``traceparent``: the request's trace, continued by the relay)."""
         if len(self._buffer) >= self._capacity:
             self.dropped += 1
             return False
-        self._buffer.append(message)
+        self._buffer.append((message, traceparent))
         if len(self._buffer) >= self._flush_rows:
             self._wake.set()
         return True
@@ -72,9 +74,14 @@ class PredictionLogger:
             batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), 1000))]
             events = [
                 CATALOG.new_event(
-                    message, EventMetadata(actor="inference", correlation_id=message.decision_id)
+                    message,
+                    EventMetadata(
+                        actor="inference",
+                        correlation_id=message.decision_id,
+                        traceparent=traceparent,
+                    ),
                 )
-                for message in batch
+                for message, traceparent in batch
             ]
             try:
                 await self._store.append(

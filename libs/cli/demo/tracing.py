@@ -1,0 +1,86 @@
+"""Step: one prediction's trace, gathered from every process's span file, as a tree.
+
+The demo's client span, the inference service's Predict, its GetOnlineFeatures call into
+the feature store and the SQL there, then the event hops: the prediction log published
+by the inference service's outbox relay to JetStream, and the downstream subscriber's
+consumption of it — one trace id across four processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from opentelemetry import trace
+
+from libs.cli.demo.context import DemoRun, Step
+from libs.sdk.inference import PredictRow
+from libs.telemetry.span_files import SpanRecord, read_span_files
+from libs.telemetry.trace_tree import build_trace_tree
+
+_PATIENCE_S = 15.0
+
+
+async def trace_one_prediction(run: DemoRun) -> None:
+    assert run.downstream is not None
+    loan = run.validation_loans[0]
+    decision_id = str(uuid.uuid4())
+    with trace.get_tracer("lathe.demo").start_as_current_span("demo: score one loan") as root:
+        trace_id = f"{root.get_span_context().trace_id:032x}"
+        result = await run.c.inference.predict(
+            run.model_name, [PredictRow({"loan_id": loan}, decision_id=decision_id)]
+        )
+    row = result.rows[0]
+    run.console.print(
+        f"Predict({loan}) -> {next(iter(row.scores.values())):.4f} from v{row.model_version} "
+        f"({row.arm}); decision {decision_id}"
+    )
+    spans: list[SpanRecord] = []
+    with run.progress("gather the trace from the span files", None) as bar:
+        deadline = time.monotonic() + _PATIENCE_S
+        while time.monotonic() < deadline:
+            logged = any(
+                getattr(r.message, "decision_id", "") == decision_id
+                for r in run.downstream.predictions
+            )
+            provider = trace.get_tracer_provider()
+            if hasattr(provider, "force_flush"):
+                provider.force_flush()
+            spans = [
+                s for s in read_span_files(run.settings.home / "traces") if s.trace_id == trace_id
+            ]
+            kinds = {s.kind for s in spans}
+            bar.update(detail=f"{len(spans)} spans, prediction log received: {logged}")
+            if logged and {"PRODUCER", "CONSUMER"} <= kinds and len(_services(spans)) >= 3:
+                break
+            await asyncio.sleep(0.5)
+    tree = build_trace_tree(trace_id, spans)
+    if tree is None:
+        run.console.print(
+            "no spans found under $LATHE_HOME/traces (with OTEL_EXPORTER_OTLP_ENDPOINT set they "
+            "go to the collector)"
+        )
+    else:
+        run.console.print(tree)
+    services = _services(spans)
+    hops = [s.name for s in spans if s.kind in ("PRODUCER", "CONSUMER")]
+    run.console.print(
+        f"{len(spans)} spans of {len(services)} processes ({', '.join(services)}); event hops: "
+        + (", ".join(hops) or "none")
+        + f"\n(again any time: lathe trace {trace_id})"
+    )
+    run.report["trace"] = {
+        "trace_id": trace_id,
+        "decision_id": decision_id,
+        "spans": len(spans),
+        "services": services,
+        "event_hops": hops,
+    }
+
+
+def _services(spans: list[SpanRecord]) -> list[str]:
+    return sorted({s.service for s in spans})
+
+
+STEP = Step("One prediction's trace, end to end", trace_one_prediction)
