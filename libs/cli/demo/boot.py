@@ -3,7 +3,10 @@ the demo's clients, and start a downstream team's subscriber."""
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
@@ -29,7 +32,10 @@ async def boot(run: DemoRun) -> None:
         os.environ.setdefault(key, value)
     platform = Platform(run.settings)
     lines: list[str] = []
-    with run.progress("starting Postgres, NATS and four services", None) as bar:
+    with (
+        run.progress("starting Postgres, NATS and four services", None) as bar,
+        _quiet(logging.getLogger("libs.messaging")),  # NATS retried while it starts
+    ):
 
         def progress(line: str) -> None:
             lines.append(line)
@@ -71,6 +77,16 @@ async def boot(run: DemoRun) -> None:
         "a downstream team subscribes to "
         + " and ".join(f"[bold]{s}[/bold]" for s in run.downstream.subjects(run.state.namespace))
     )
+
+
+@contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 STEP = Step("Boot the platform", boot)

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from lathe.model_registry.v1 import request_response_pb2 as rr
 from libs.cli.demo.context import ACTOR, REVIEWER, DemoRun, Step
+from libs.cli.demo.training import AUC_GATE
 from libs.sdk.inference import DeploymentInfo
 
 _DEPLOY_PATIENCE_S = 120.0
@@ -35,6 +36,12 @@ async def promote(run: DemoRun) -> None:
         table.add_row(key, value)
     run.console.print(table)
 
+    auc = champion.metrics.get("auc", 0.0)
+    run.console.print(
+        f"gate: validation auc {auc:.4f} >= {AUC_GATE} "
+        + ("[green]passes[/green]" if auc >= AUC_GATE else "[red]fails[/red]")
+        + "; approval: still needed"
+    )
     alice, bob = [("lathe-actor", ACTOR)], [("lathe-actor", REVIEWER)]
     to_production = rr.SetAliasRequest(
         model_name=run.model_name, alias="production", version=champion.version
