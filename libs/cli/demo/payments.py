@@ -3,7 +3,8 @@ feature store aggregates them (30- and 90-day windows) as they arrive.
 
 The producer is what any product system would run: JSON objects on a JetStream subject,
 each with a ``Nats-Msg-Id`` (the ledger's event id), so a re-published event is counted
-once. The step then waits until the feature store serves every event the windows hold.
+once. The step then waits until the feature store's ingest consumer has committed all of
+them, and reads three loans' aggregates online.
 """
 
 from __future__ import annotations
@@ -11,18 +12,20 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import asyncpg
+from nats.js import JetStreamContext
+from rich.table import Table
 
-from libs.cli.demo.context import DemoRun, Step
-from libs.cli.demo.data import Payment, servicing_ledger
-from libs.messaging import connect_nats
+from libs.cli.demo.context import Bar, DemoRun, Step
+from libs.cli.demo.data import servicing_ledger
+from libs.messaging import EventStreamNames, connect_nats
 
 SOURCE = "payments"
-COUNT_FEATURE = "repayments:payments_90d"
-_WINDOW = timedelta(days=90)
-_TILE = timedelta(days=1)
+INGEST_CONSUMER = "feature-store-stream-aggregations"
+"""The feature store's durable consumer of ``<namespace>.ingest.>`` (ADR 0007)."""
+_SHOWN = ("payments_90d", "paid_30d", "shortfall_90d", "days_late_mean_90d", "days_late_max_90d")
 _CHUNK = 500
 _PATIENCE_S = 120.0
 
@@ -34,10 +37,12 @@ async def stream_payments(run: DemoRun) -> None:
         ledger = await servicing_ledger(conn, run.loans)
     finally:
         await conn.close()
-    subject = f"{run.state.namespace}.ingest.{SOURCE}"
+    names = EventStreamNames(run.state.namespace, "ingest")
+    subject = names.subject(SOURCE)
     producer = await connect_nats(run.state.nats_url, name="servicing-ledger-producer")
     try:
         js = producer.jetstream()
+        last_sequence, duplicates = 0, 0
         with run.progress(f"publish repayment events to {subject}", len(ledger)) as bar:
             for start in range(0, len(ledger), _CHUNK):
                 pending = [
@@ -49,52 +54,63 @@ async def stream_payments(run: DemoRun) -> None:
                     for payment in ledger[start : start + _CHUNK]
                 ]
                 acks = await asyncio.gather(*pending)
+                last_sequence = max(last_sequence, *(a.seq for a in acks))
+                duplicates += sum(1 for a in acks if a.duplicate)
                 bar.advance(len(acks))
-                bar.update(detail=f"{sum(1 for a in acks if a.duplicate):,} already published")
+                bar.update(detail=f"{duplicates:,} already in the stream")
+        run.console.print(f"e.g. {json.dumps(ledger[-1].json())}")
+        with run.progress("the feature store ingests them (repayments view)", None) as bar:
+            await _wait_until_ingested(js, names.stream, last_sequence, bar)
     finally:
         await producer.close()
-    example = ledger[-1].json()
-    run.console.print(f"e.g. {json.dumps(example)}")
+    run.labels_after = datetime.now(UTC)  # every event ingested so far arrived before this
 
-    expected = _in_window(ledger, datetime.now(UTC))
-    with run.progress("feature store aggregates them (repayments view)", expected) as bar:
-        counted = await _wait_until_counted(run, expected, bar)
-    run.labels_after = datetime.now(UTC)  # every event counted so far arrived before this
-    run.console.print(
-        f"{len(ledger):,} repayment events of {len(run.loans):,} loans; the 90-day windows "
-        f"now hold {counted:,} of them (events are deduplicated by id: a second run "
-        "publishes the same ledger and changes nothing)"
+    sample = run.loans[-3:]
+    rows = await run.c.features.get_online_features(
+        {"loan_id": sample}, features=[f"repayments:{f}" for f in _SHOWN]
     )
-    run.report["payments"] = {"published": len(ledger), "in_windows": counted}
+    table = Table("loan", *_SHOWN, title="GetOnlineFeatures (the repayments view, now)")
+    for loan, row in zip(sample, rows, strict=True):
+        table.add_row(loan, *(_text(row[f"repayments:{f}"].value) for f in _SHOWN))
+    run.console.print(table)
+    run.console.print(
+        f"{len(ledger):,} repayment events of {len(run.loans):,} loans, aggregated exactly "
+        "once (events are deduplicated by id: a second run publishes the same ledger and "
+        "changes nothing)"
+    )
+    run.report["payments"] = {"published": len(ledger), "already_in_stream": duplicates}
 
 
-async def _wait_until_counted(run: DemoRun, expected: int, bar: object) -> int:
+async def _wait_until_ingested(
+    js: JetStreamContext, stream: str, last_sequence: int, bar: Bar
+) -> None:
+    """Until the feature store's ingest consumer has acknowledged (committed) every message
+    up to ``last_sequence``: it acknowledges a batch once its effects are in Postgres."""
     deadline = time.monotonic() + _PATIENCE_S
-    counted = -1
+    first: int | None = None
     while True:
-        rows = await run.c.features.get_online_features(
-            {"loan_id": run.loans}, features=[COUNT_FEATURE]
+        info = await js.consumer_info(stream, INGEST_CONSUMER)
+        done = info.ack_floor.stream_seq if info.ack_floor else 0
+        first = done if first is None else first
+        bar.update(
+            max(done - first, 0),
+            total=max(last_sequence - first, 1),
+            detail=f"stream sequence {done:,} of {last_sequence:,}",
         )
-        counted = sum(int(row[COUNT_FEATURE].value or 0) for row in rows)
-        bar.update(counted)  # type: ignore[attr-defined]
-        if counted >= expected:
-            return counted
+        if done >= last_sequence:
+            return
         if time.monotonic() > deadline:
             raise RuntimeError(
-                f"the feature store counted {counted} of {expected} repayment events within "
+                f"the feature store ingested up to sequence {done} of {last_sequence} within "
                 f"{_PATIENCE_S:.0f}s; see `lathe logs feature-store`"
             )
         await asyncio.sleep(0.3)
 
 
-def _in_window(ledger: list[Payment], now: datetime) -> int:
-    """Events a 90-day window read now holds (it starts at a whole tile: precision one tile)."""
-    first_tile = _floor(now) - _WINDOW + _TILE
-    return sum(1 for p in ledger if _floor(p.paid_at) >= first_tile and p.paid_at <= now)
-
-
-def _floor(moment: datetime) -> datetime:
-    return datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
+def _text(value: object) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 STEP = Step(f"Stream: repayment events on lathe.ingest.{SOURCE}", stream_payments)
