@@ -18,7 +18,7 @@ import asyncpg
 from nats.js import JetStreamContext
 from rich.table import Table
 
-from libs.cli.demo.context import Bar, DemoRun, Step
+from libs.cli.demo.context import FEATURE_SERVICE, Bar, DemoRun, Step
 from libs.cli.demo.data import servicing_ledger
 from libs.messaging import EventStreamNames, connect_nats
 
@@ -66,10 +66,10 @@ async def stream_payments(run: DemoRun) -> None:
     run.labels_after = datetime.now(UTC)  # every event ingested so far arrived before this
 
     sample = run.loans[-3:]
-    rows = await run.c.features.get_online_features(
-        {"loan_id": sample}, features=[f"repayments:{f}" for f in _SHOWN]
-    )
-    table = Table("loan", *_SHOWN, title="GetOnlineFeatures (the repayments view, now)")
+    # Read through the feature service (as inference will): the feature store starts
+    # keeping every loan's reply ready for it now, while the models train.
+    rows = await run.c.features.get_online_features({"loan_id": sample}, FEATURE_SERVICE)
+    table = Table("loan", *_SHOWN, title=f"GetOnlineFeatures({FEATURE_SERVICE}), repayments")
     for loan, row in zip(sample, rows, strict=True):
         table.add_row(loan, *(_text(row[f"repayments:{f}"].value) for f in _SHOWN))
     run.console.print(table)

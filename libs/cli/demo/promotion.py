@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import grpc
+from opentelemetry import trace
 from rich.table import Table
 
 from lathe.model_registry.v1 import request_response_pb2 as rr
@@ -65,12 +66,14 @@ async def promote(run: DemoRun) -> None:
         ),
     )
     promoted_at = time.monotonic()
-    await _try(
-        run,
-        f"{ACTOR}: production -> v{champion.version}",
-        run.c.registry.SetAlias(to_production, metadata=alice),
-        required=True,
-    )
+    with trace.get_tracer("lathe.demo").start_as_current_span("demo: promote") as span:
+        run.report["promotion_trace_id"] = f"{span.get_span_context().trace_id:032x}"
+        await _try(
+            run,
+            f"{ACTOR}: production -> v{champion.version}",
+            run.c.registry.SetAlias(to_production, metadata=alice),
+            required=True,
+        )
     with run.progress(
         "inference follows the alias event (lathe.model_registry.alias.set)", None
     ) as bar:

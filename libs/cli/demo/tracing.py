@@ -70,6 +70,9 @@ async def trace_one_prediction(run: DemoRun) -> None:
         + (", ".join(hops) or "none")
         + f"\n(again any time: lathe trace {trace_id})"
     )
+    promotion = run.report.get("promotion_trace_id")
+    if promotion:
+        await _show_promotion(run, promotion)
     run.report["trace"] = {
         "trace_id": trace_id,
         "decision_id": decision_id,
@@ -77,6 +80,18 @@ async def trace_one_prediction(run: DemoRun) -> None:
         "services": services,
         "event_hops": hops,
     }
+
+
+async def _show_promotion(run: DemoRun, trace_id: str) -> None:
+    """The promotion's trace: registry -> its event -> the inference service's follower."""
+    spans = [s for s in read_span_files(run.settings.home / "traces") if s.trace_id == trace_id]
+    shown = [s for s in spans if s.kind != "CLIENT" or "/" in s.name]  # SQL spans left out
+    tree = build_trace_tree(trace_id, shown)
+    if tree is None:
+        return
+    run.console.print("and the promotion that put the model there (SQL spans left out):")
+    run.console.print(tree)
+    run.console.print(f"(lathe trace {trace_id})")
 
 
 def _services(spans: list[SpanRecord]) -> list[str]:
