@@ -58,13 +58,11 @@ async def boot(run: DemoRun) -> None:
         run.cleanups.append(channel.close)
     features, registry, trainer, inference = channels
     metadata = [("lathe-actor", ACTOR)]
-    inference_stub = InferenceStub(inference)
     run.clients = Clients(
         features=FeatureStoreClient(FeatureStoreStub(features), metadata=metadata),
         registry=ModelRegistryStub(registry),
         trainer=TrainerClient(TrainerStub(trainer), actor=ACTOR),
-        inference=InferenceClient(inference_stub, timeout_s=5.0),
-        inference_stub=inference_stub,
+        inference=InferenceClient(InferenceStub(inference), timeout_s=5.0),
     )
     run.run_id = f"{datetime.now(UTC):%Y%m%d-%H%M%S}"
     run.model_name = f"credit-default-{run.run_id}"

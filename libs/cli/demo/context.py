@@ -7,7 +7,6 @@ records what it produced on it; ``DemoRun.report`` collects the figures the summ
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +25,6 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from lathe.inference.v1.service_pb2_grpc import InferenceStub
 from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
 from libs.cli.demo.downstream import Downstream
 from libs.config import LatheSettings
@@ -71,7 +69,6 @@ class Clients:
     registry: ModelRegistryStub
     trainer: TrainerClient
     inference: InferenceClient
-    inference_stub: InferenceStub
 
 
 @dataclass
@@ -114,40 +111,30 @@ class DemoRun:
             TextColumn("{task.fields[detail]}"),
             TimeElapsedColumn(),
             console=self.console,
-            transient=False,
         ) as progress:
-            task = progress.add_task(description, total=total, detail="")
-            bar = Bar(progress, task)
-            yield bar
-            if total is not None:
-                progress.update(task, completed=max(bar.completed, 0))
+            yield Bar(progress, progress.add_task(description, total=total, detail=""))
 
 
 @dataclass
 class Bar:
+    """One task of a live progress display."""
+
     progress: Progress
     task: TaskID
     completed: float = 0.0
-    started: float = field(default_factory=time.monotonic)
 
     def update(
-        self, completed: float | None = None, *, total: float | None = None, **kw: Any
+        self, completed: float | None = None, *, total: float | None = None, detail: str = ""
     ) -> None:
+        """Move to ``completed`` (and/or a new ``total``); ``detail`` replaces the note."""
         if completed is not None:
             self.completed = completed
-        fields: dict[str, Any] = {}
-        if "detail" in kw:
-            fields["detail"] = kw.pop("detail")
-        if "description" in kw:
-            fields["description"] = kw.pop("description")
+        fields = {"detail": detail} if detail else {}
         self.progress.update(self.task, completed=completed, total=total, **fields)
 
     def advance(self, amount: float = 1.0) -> None:
         self.completed += amount
         self.progress.update(self.task, completed=self.completed)
-
-    def print(self, text: str) -> None:
-        self.progress.console.print(text)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import asyncpg
 
 import libs
 from lathe.feature_store.v1 import message_pb2 as fm
+from lathe.feature_store.v1 import request_response_pb2 as fs_rr
 from libs.cli.demo.context import DemoRun, Step
 from libs.cli.demo.data import load_applications, loan_ids
 from libs.sdk.features import load_repository
@@ -40,12 +41,11 @@ async def define_features(run: DemoRun) -> None:
 
     with run.progress(f"materialize {BATCH_VIEW}", None) as bar:
 
-        def shown(progress: object) -> None:
-            total = progress.rows_total or None  # type: ignore[attr-defined]
+        def shown(progress: fs_rr.MaterializeProgress) -> None:
             bar.update(
-                progress.rows_read,  # type: ignore[attr-defined]
-                total=total,
-                detail=f"{progress.rows_written:,} written",  # type: ignore[attr-defined]
+                progress.rows_read,
+                total=progress.rows_total or None,
+                detail=f"{progress.rows_written:,} written",
             )
 
         final = await run.c.features.materialize(BATCH_VIEW, on_progress=shown)

@@ -11,7 +11,7 @@ from opentelemetry import trace
 from rich.table import Table
 
 from lathe.model_registry.v1 import request_response_pb2 as rr
-from libs.cli.demo.context import ACTOR, REVIEWER, DemoRun, Step
+from libs.cli.demo.context import ACTOR, REVIEWER, Bar, DemoRun, Step
 from libs.cli.demo.training import AUC_GATE
 from libs.sdk.inference import DeploymentInfo
 
@@ -90,9 +90,7 @@ async def promote(run: DemoRun) -> None:
     }
 
 
-async def wait_for_deployment(
-    run: DemoRun, alias: str, version: int, bar: object
-) -> DeploymentInfo:
+async def wait_for_deployment(run: DemoRun, alias: str, version: int, bar: Bar) -> DeploymentInfo:
     """Until the inference service serves ``version`` for ``alias`` (warm)."""
     deadline = time.monotonic() + _DEPLOY_PATIENCE_S
     while True:
@@ -111,7 +109,7 @@ async def wait_for_deployment(
                     f"{deployment.failure.reason}"
                 )
             detail = f"{deployment.state} (requested v{deployment.requested_version})"
-        bar.update(detail=detail)  # type: ignore[attr-defined]
+        bar.update(detail=detail)
         if time.monotonic() > deadline:
             raise RuntimeError(
                 f"inference did not serve {run.model_name} v{version} as {alias} within "
