@@ -227,3 +227,12 @@ def test_the_example_job_specs_parse(name: str) -> None:
     assert spec.feature_service == "underwriting"
     assert "lending_club_reviews" in spec.label_source.query
     assert spec.split.HasField("validation_start")
+
+
+def test_the_traced_decision_is_logged_at_any_sample_rate_down_to_a_tenth_of_a_percent() -> None:
+    from libs.cli.demo.tracing import logged_decision_id
+    from services.inference.domain.routing import sampled
+
+    for _ in range(20):
+        decision_id = logged_decision_id()
+        assert all(sampled(decision_id, rate) for rate in (0.001, 0.01, 1.0))

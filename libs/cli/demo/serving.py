@@ -23,6 +23,7 @@ from libs.sdk.model_registry import RegistryClient
 
 ROWS_PER_CALL = 100
 _LOG_PATIENCE_S = 15.0
+_LOG_QUIET_S = 2.0
 
 
 async def score_held_out(run: DemoRun) -> None:
@@ -80,13 +81,18 @@ async def score_held_out(run: DemoRun) -> None:
 
 
 async def _logs_received(run: DemoRun, rows: int) -> int:
-    """Wait (briefly) until the downstream subscriber has the logs of ``rows`` predictions,
-    so their relaying does not share the machine with the latency measurement."""
+    """Wait (briefly) until the downstream subscriber has the logs of ``rows`` predictions
+    (or they stop coming: a platform may log a sample), so their relaying does not share
+    the machine with the latency measurement."""
     assert run.downstream is not None
     deadline = time.monotonic() + _LOG_PATIENCE_S
+    last, quiet_since = -1, time.monotonic()
     while True:
         received = len(run.downstream.predictions)
-        if received >= rows or time.monotonic() > deadline:
+        if received != last:
+            last, quiet_since = received, time.monotonic()
+        now = time.monotonic()
+        if received >= rows or now > deadline or now - quiet_since > _LOG_QUIET_S:
             return received
         await asyncio.sleep(0.1)
 
