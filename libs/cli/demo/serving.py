@@ -59,8 +59,10 @@ async def score_held_out(run: DemoRun) -> None:
 
     received = await _logs_received(run, len(loans))
     run.console.print(
-        f"the downstream subscriber received {received:,} prediction logs "
-        "(lathe.inference.prediction.logged: features, their event times, scores)"
+        f"the downstream subscriber received {received:,} prediction logs for the "
+        f"{len(loans):,} rows (lathe.inference.prediction.logged: features, their event "
+        "times, scores; a platform the demo starts logs every prediction, "
+        "LATHE_INFERENCE_LOG_SAMPLE_RATE)"
     )
     latencies = await measure_latency(run, loans)
     p = percentiles_ms(latencies)
