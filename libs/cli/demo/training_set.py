@@ -64,14 +64,15 @@ def _preview(frame: pd.DataFrame, names: tuple[str, ...]) -> Table:
     shown = [
         n
         for n in names
-        if n.split(":")[1]
-        in {"interest_rate", "grade", "payments_90d", "days_late_max_90d", "payment_to_income"}
+        if n.split(":")[1] in {"grade", "payments_90d", "days_late_max_90d", "payment_to_income"}
     ]
-    table = Table("loan", "reviewed at", "defaulted", *(n.split(":")[1] for n in shown))
+    table = Table(
+        "loan", "reviewed at (label time)", "defaulted", *(n.split(":")[1] for n in shown)
+    )
     for _, row in frame.head(3).iterrows():
         table.add_row(
             str(row["loan_id"]),
-            f"{row['event_time']:%Y-%m-%d %H:%M:%S.%f}",
+            f"{row['event_time']:%H:%M:%S.%f}",
             str(row["defaulted"]),
             *(_text(row[n]) for n in shown),
         )
