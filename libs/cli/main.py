@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import grpc
 import typer
 from rich.console import Console
 
@@ -136,6 +137,12 @@ def demo(
         asyncio.run(run_demo(LatheSettings(), console, options))
     except (PlatformError, RuntimeError) as exc:
         console.print(f"[red]demo failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    except grpc.aio.AioRpcError as exc:
+        console.print(
+            f"[red]demo failed:[/red] {exc.code().name}: {exc.details()} "
+            "(`lathe status`, `lathe logs <service>`)"
+        )
         raise typer.Exit(1) from exc
     finally:
         if stop:
