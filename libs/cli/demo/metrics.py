@@ -5,26 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.stats import rankdata
 
 
 def auc(labels: Sequence[bool], scores: Sequence[float]) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties counted half)."""
-    y = np.asarray(labels, dtype=bool)
-    s = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s))
-    sorted_scores = s[order]
-    i = 0
-    while i < len(s):  # average ranks over ties
-        j = i
-        while j + 1 < len(s) and sorted_scores[j + 1] == sorted_scores[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    positives, negatives = int(y.sum()), int((~y).sum())
-    if not positives or not negatives:
+    """ROC AUC by the rank-sum (Mann-Whitney U) formula, ties counting one half (as the
+    trainer computes it)."""
+    positives = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if not n_pos or not n_neg:
         return float("nan")
-    return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+    ranks = rankdata(np.asarray(scores, dtype=np.float64))
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
