@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from rich.table import Table
 
 from libs.cli.demo.context import FEATURE_SERVICE, Bar, DemoRun, Step
-from libs.cli.demo.data import servicing_ledger
+from libs.cli.demo.data import Payment, servicing_ledger
 from libs.messaging import EventStreamNames, connect_nats
 
 SOURCE = "payments"
@@ -65,7 +65,7 @@ async def stream_payments(run: DemoRun) -> None:
         await producer.close()
     run.labels_after = datetime.now(UTC)  # every event ingested so far arrived before this
 
-    sample = run.loans[-3:]
+    sample = _sample(ledger)
     # Read through the feature service (as inference will): the feature store starts
     # keeping every loan's reply ready for it now, while the models train.
     rows = await run.c.features.get_online_features({"loan_id": sample}, FEATURE_SERVICE)
@@ -105,6 +105,16 @@ async def _wait_until_ingested(
                 f"{_PATIENCE_S:.0f}s; see `lathe logs feature-store`"
             )
         await asyncio.sleep(0.3)
+
+
+def _sample(ledger: list[Payment]) -> list[str]:
+    """Three loans worth showing: one paid short, one paid late, one on time."""
+    short = next((p.loan_id for p in ledger if p.shortfall > 0), None)
+    late = next((p.loan_id for p in ledger if p.days_late > 15 and p.loan_id != short), None)
+    troubled = {p.loan_id for p in ledger if p.shortfall > 0 or p.days_late > 0}
+    clean = next((p.loan_id for p in reversed(ledger) if p.loan_id not in troubled), None)
+    chosen = [loan for loan in (short, late, clean) if loan is not None]
+    return chosen or [ledger[-1].loan_id]
 
 
 def _text(value: object) -> str:
