@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +102,21 @@ async def train(run: DemoRun) -> None:
         )
     for result in results:
         run.trained[result.role] = result
+    versions = (
+        await run.c.registry.ListModelVersions(
+            reg_rr.ListModelVersionsRequest(model_name=run.model_name, page_size=100)
+        )
+    ).model_versions
+    per_job = Counter(v.lineage.training_job_id for v in versions)
+    run.console.print(
+        f"registry: {len(versions)} versions of {run.model_name}, "
+        + ", ".join(f"v{v.version} from job {v.lineage.training_job_id}" for v in versions)
+        + (
+            " — one per job"
+            if per_job == Counter(t.job_id for t in results)
+            else " — [red]not one per job[/red]"
+        )
+    )
     run.report["jobs"] = [
         {
             "role": t.role,
