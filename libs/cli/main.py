@@ -123,6 +123,9 @@ def demo(
     latency_calls: Annotated[int, typer.Option(help="Predict calls timed one by one.", min=1)] = (
         300
     ),
+    decisions: Annotated[
+        int, typer.Option(help="Decisions the credit-line policy makes (and learns from).", min=200)
+    ] = 5_000,
     report: Annotated[
         Path | None, typer.Option(help="Also write what the demo measured as JSON here.")
     ] = None,
@@ -132,7 +135,11 @@ def demo(
     from libs.cli.demo.plan import run_demo
 
     options = DemoOptions(
-        loans=loans, epochs=epochs, latency_calls=latency_calls, report_path=report
+        loans=loans,
+        epochs=epochs,
+        latency_calls=latency_calls,
+        decisions=decisions,
+        report_path=report,
     )
     try:
         asyncio.run(run_demo(LatheSettings(), console, options))

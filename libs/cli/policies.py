@@ -82,7 +82,7 @@ def evaluate(
     window = _window(logs, reward)
     evaluated, evaluation = _run(lambda c: c.evaluate(model, window, version=version))
     console.print(f"{model} v{evaluated} on {evaluation.rows} decisions with rewards")
-    console.print(_table(evaluation))
+    console.print(evaluation_table(evaluation))
 
 
 @app.command()
@@ -104,10 +104,12 @@ def learn(
         lambda c: c.learn(model, window, policy_json=policy_json, holdout=holdout, seed=seed)
     )
     console.print(f"registered {model} v{version}; held-out evaluation on {evaluation.rows} rows")
-    console.print(_table(evaluation))
+    console.print(evaluation_table(evaluation))
 
 
-def _table(evaluation: message_pb2.PolicyEvaluation) -> Table:
+def evaluation_table(evaluation: message_pb2.PolicyEvaluation) -> Table:
+    """Each estimator's value, interval and standard error, the logging policy's realised
+    value beside them, and what was left out (also the demo's decisioning step)."""
     confidence = evaluation.metrics.get("ope.confidence", 0.95)
     table = Table(title=None)
     table.add_column("estimator")

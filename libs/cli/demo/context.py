@@ -45,6 +45,8 @@ class DemoOptions:
     loans: int = 10_000
     epochs: int = 4
     latency_calls: int = 300
+    decisions: int = 5_000
+    """Decide calls' rows in the decisioning step (loan ``i % loans`` for decision ``i``)."""
     report_path: Path | None = None
 
 

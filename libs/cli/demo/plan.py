@@ -3,12 +3,10 @@
 To add a step, write a module with ``STEP = Step(title, run)`` and put it in ``STEPS``;
 what earlier steps made is on ``DemoRun`` (the loans, the labels, the trained versions
 by role, the clients), and what the summary should show goes into ``run.report``.
-Two steps are foreseen:
+One step is foreseen:
 - sequences: a ``LAST_N`` view over the ``payments`` source goes into
   ``examples/feature_repo/underwriting.py`` (applied and fed by the steps here already)
-  and a sequence model is one more ``JobPlan`` in ``training.JOBS``;
-- decisioning: a bandit policy step, after ``canary``, scoring with
-  ``eligible_actions`` and reading the prediction logs ``run.downstream`` collects.
+  and a sequence model is one more ``JobPlan`` in ``training.JOBS``.
 """
 
 from __future__ import annotations
@@ -19,7 +17,17 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from libs.cli.demo import boot, canary, features, payments, promotion, serving, tracing, training
+from libs.cli.demo import (
+    boot,
+    canary,
+    decisioning,
+    features,
+    payments,
+    promotion,
+    serving,
+    tracing,
+    training,
+)
 from libs.cli.demo import training_set as training_set_step
 from libs.cli.demo.context import DemoOptions, DemoRun, Step
 from libs.config import LatheSettings
@@ -34,7 +42,7 @@ STEPS: tuple[Step, ...] = (
     promotion.STEP,
     serving.STEP,
     canary.STEP,
-    # decisioning (a bandit policy) goes here
+    decisioning.STEP,
     tracing.STEP,
 )
 
@@ -94,6 +102,18 @@ def _summary(run: DemoRun) -> None:
     if "canary" in r:
         split = ", ".join(f"{k}: {v:,}" for k, v in sorted(r["canary"]["rows_by_arm"].items()))
         table.add_row("canary", f"{r['canary']['traffic_share']:.0%} share -> {split}")
+    if "decisioning" in r:
+        d = r["decisioning"]
+        dr, truth = d["estimates"]["dr"], d["true_value"]
+        worse = "refused" if d["gate"]["worse"] != "OK" else "[red]accepted[/red]"
+        table.add_row(
+            f"policy {d['model']}",
+            f"{d['decisions']:,} decisions, {d['rewards_joined']:,} rewards joined -> learned "
+            f"v{d['learned_version']}: DR {dr['value']:+.3f} [{dr['lower']:+.3f}, "
+            f"{dr['upper']:+.3f}] vs logging {d['estimates']['logging']['value']:+.3f}; gate "
+            f"{worse} v{d['worse_version']}, accepted v{d['learned_version']}; true value "
+            f"{truth['learned']:+.3f} vs logging's {truth['logging']:+.3f} ($1,000s)",
+        )
     if "trace" in r:
         t = r["trace"]
         table.add_row(

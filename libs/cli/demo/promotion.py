@@ -47,12 +47,12 @@ async def promote(run: DemoRun) -> None:
     to_production = rr.SetAliasRequest(
         model_name=run.model_name, alias="production", version=champion.version
     )
-    await _try(
+    await attempt(
         run,
         f"{ACTOR}: production -> v{champion.version}",
         run.c.registry.SetAlias(to_production, metadata=alice),
     )
-    await _try(
+    await attempt(
         run,
         f"{REVIEWER} approves v{champion.version} for production",
         run.c.registry.ApproveModelVersion(
@@ -68,7 +68,7 @@ async def promote(run: DemoRun) -> None:
     promoted_at = time.monotonic()
     with trace.get_tracer("lathe.demo").start_as_current_span("demo: promote") as span:
         run.report["promotion_trace_id"] = f"{span.get_span_context().trace_id:032x}"
-        await _try(
+        await attempt(
             run,
             f"{ACTOR}: production -> v{champion.version}",
             run.c.registry.SetAlias(to_production, metadata=alice),
@@ -90,12 +90,16 @@ async def promote(run: DemoRun) -> None:
     }
 
 
-async def wait_for_deployment(run: DemoRun, alias: str, version: int, bar: Bar) -> DeploymentInfo:
-    """Until the inference service serves ``version`` for ``alias`` (warm)."""
+async def wait_for_deployment(
+    run: DemoRun, alias: str, version: int, bar: Bar, *, model_name: str = ""
+) -> DeploymentInfo:
+    """Until the inference service serves ``version`` for ``alias`` (warm) of
+    ``model_name`` (default: the run's model)."""
+    model_name = model_name or run.model_name
     deadline = time.monotonic() + _DEPLOY_PATIENCE_S
     while True:
         try:
-            deployment = await run.c.inference.get_deployment(run.model_name, alias)
+            deployment = await run.c.inference.get_deployment(model_name, alias)
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.NOT_FOUND:
                 raise
@@ -112,21 +116,24 @@ async def wait_for_deployment(run: DemoRun, alias: str, version: int, bar: Bar) 
         bar.update(detail=detail)
         if time.monotonic() > deadline:
             raise RuntimeError(
-                f"inference did not serve {run.model_name} v{version} as {alias} within "
+                f"inference did not serve {model_name} v{version} as {alias} within "
                 f"{_DEPLOY_PATIENCE_S:.0f}s ({detail}); see `lathe logs inference`"
             )
         await asyncio.sleep(0.1)
 
 
-async def _try(run: DemoRun, label: str, call: object, *, required: bool = False) -> None:
+async def attempt(run: DemoRun, label: str, call: object, *, required: bool = False) -> str:
+    """Await a registry call and print how it went: "OK", or the refusal's code and
+    details (raised instead when ``required``); returns the same words."""
     try:
         await call  # type: ignore[misc]
     except grpc.aio.AioRpcError as refused:
         run.console.print(f"{label}: [yellow]{refused.code().name}[/yellow] — {refused.details()}")
         if required:
             raise RuntimeError(f"{label} was refused: {refused.details()}") from refused
-    else:
-        run.console.print(f"{label}: [green]OK[/green]")
+        return f"{refused.code().name}: {refused.details()}"
+    run.console.print(f"{label}: [green]OK[/green]")
+    return "OK"
 
 
 STEP = Step("Promotion: lineage, the gate, an approval; inference picks it up", promote)
