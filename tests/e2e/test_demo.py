@@ -1,12 +1,15 @@
 """`lathe demo` at reduced size, as a user runs it, and the examples against what it left up.
 
 One run of the real thing (the four services as processes, the suite's Postgres and
-NATS in a database and namespace of this test's own): 600 loans, one epoch per model.
-Then what the demo claims is checked from the outside: every training row's features
-were known before its label time; online and offline scores are equal; one
-prediction's trace spans at least three processes and a NATS hop; each training job
-registered exactly one version. The examples run against the same platform with
-nothing of Lathe on their path but the generated protos.
+NATS in a database and namespace of this test's own): 600 loans, one epoch per model,
+2,000 decisions of the credit-line policy. Then what the demo claims is checked from the
+outside: every training row's features were known before its label time; online and
+offline scores are equal; one prediction's trace spans at least three processes and a
+NATS hop; each training job registered exactly one version; the policy's decisions were
+logged with their propensities, their rewards joined once, the learned policy registered
+with its estimates, gated, served, and truly better than the logging policy. The
+examples run against the same platform with nothing of Lathe on their path but the
+generated protos.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ async def test_the_demo_at_reduced_size(platform_env: dict[str, str], tmp_path: 
         "--loans=600",
         "--epochs=1",
         "--latency-calls=20",
+        "--decisions=2000",
         f"--report={report_path}",
     )
     assert demo.returncode == 0, demo.stdout[-6000:] + demo.stderr[-3000:]
@@ -121,6 +125,7 @@ async def test_the_demo_at_reduced_size(platform_env: dict[str, str], tmp_path: 
     assert producer[0].service == "inference" and consumer[0].parent_span_id == producer[0].span_id
 
     await _features_were_known_before_each_label(env, report)
+    await _the_policy_loop_held(env, report["decisioning"])
     await asyncio.to_thread(_examples_run_against_the_platform, env, report["model"])
 
 
@@ -170,6 +175,86 @@ async def _features_were_known_before_each_label(env: dict[str, str], report: di
     for loan, count in zip(frame["loan_id"], frame["repayments:payments_90d"], strict=True):
         assert count == known[loan], loan
     assert report["training_set"]["snapshot_id"] == training.snapshot_id
+
+
+async def _the_policy_loop_held(env: dict[str, str], d: dict) -> None:
+    """Decisions logged with propensities; rewards joined once (duplicates refused); the
+    learned version registered with its estimates against the logging version; the gate
+    refused the worse one and production is the learned one, served; its true value
+    beats the logging policy's."""
+    from lathe.inference.v1 import message_pb2 as im
+    from lathe.inference.v1 import request_response_pb2 as irr
+    from lathe.inference.v1.service_pb2_grpc import InferenceStub
+
+    name, decisions = d["model"], 2000
+    assert d["decisions"] == d["logged"] == d["logged_with_propensity"] == decisions
+    async with grpc.aio.insecure_channel(env["LATHE_INFERENCE_ADDR"]) as channel:
+        inference = InferenceStub(channel)
+        page = await inference.ListDecisions(
+            irr.ListDecisionsRequest(
+                model_name=name,
+                reward_definition="expected_margin",
+                reward_definition_version=1,
+                page_size=10_000,
+            )
+        )
+        deployment = (
+            await inference.GetDeployment(
+                irr.GetDeploymentRequest(model_name=name, alias="production")
+            )
+        ).deployment
+    made = [x for x in page.decisions if x.decision.decision_id.startswith("decide-")]
+    assert len(made) == decisions
+    for x in made:
+        logged = x.decision
+        probabilities = dict(zip(logged.action_names, logged.action_probabilities, strict=True))
+        assert 0 < logged.propensity <= 1
+        assert probabilities[logged.chosen_action] == pytest.approx(logged.propensity)
+        assert sum(probabilities.values()) == pytest.approx(1.0)
+        assert logged.model_version == d["logging_version"]
+        assert x.reward_status == im.REWARD_STATUS_JOINED
+    assert deployment.serving_version == d["learned_version"]
+
+    conn = await asyncpg.connect(env["LATHE_DATABASE_URL"])
+    try:
+        joined, distinct = await conn.fetchrow(
+            """SELECT count(*), count(DISTINCT r.decision_id) FROM inference.rewards r
+               JOIN inference.decisions d USING (decision_id) WHERE d.model_name = $1""",
+            name,
+        )
+        duplicates = await conn.fetchval(
+            """SELECT count(*) FROM inference.reward_refusals f
+               JOIN inference.decisions d USING (decision_id)
+               WHERE d.model_name = $1 AND f.reason = 'duplicate'""",
+            name,
+        )
+    finally:
+        await conn.close()
+    assert joined == distinct == decisions
+    assert duplicates == d["duplicates_published"] == d["duplicates_refused"] > 0
+    assert d["first_reward_stands"]
+
+    async with grpc.aio.insecure_channel(env["LATHE_MODEL_REGISTRY_ADDR"]) as channel:
+        registry = ModelRegistryStub(channel)
+        learned = (
+            await registry.GetModelVersion(
+                reg_rr.GetModelVersionRequest(model_name=name, version=d["learned_version"])
+            )
+        ).model_version
+        production = await registry.ResolveAlias(
+            reg_rr.ResolveAliasRequest(model_name=name, alias="production")
+        )
+    for metric in ("ope.dr.value", "ope.dr.lower", "ope.dr.upper", "ope.dr_gain.lower"):
+        assert metric in learned.metrics, metric
+    assert learned.metrics["ope.dr.value"] == pytest.approx(d["estimates"]["dr"]["value"])
+    assert learned.metrics["opl.logging_version"] == d["logging_version"]
+    assert {"model.onnx", "policy.json", "preprocessing.json"} <= {
+        a.name for a in learned.artifacts
+    }
+    assert d["gate"]["worse"].startswith("FAILED_PRECONDITION") and "margin" in d["gate"]["worse"]
+    assert d["gate"]["learned"] == "OK"
+    assert production.alias.version == d["learned_version"]
+    assert d["true_value"]["learned"] > d["true_value"]["logging"]
 
 
 def _day(moment: datetime) -> datetime:

@@ -48,7 +48,7 @@ CATEGORICAL = ("grade", "homeownership")
 LEGACY = ("grade",)
 DEFAULT_RATE = 0.15
 DTI_LIMIT = 30.0
-REWARD_NOISE = 0.5
+REWARD_NOISE = 0.25
 """Thousands of dollars."""
 ACTION_NAMES = tuple(a.name for a in ACTIONS)
 

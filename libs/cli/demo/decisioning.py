@@ -49,8 +49,10 @@ from libs.sdk.model_registry import ArtifactUpload, RegistryClient, VersionSpec
 from libs.sdk.policies import LogWindow, PolicyClient
 
 DEFINITION = "expected_margin"
-LOGGING_EPSILON = 0.3
+LOGGING_EPSILON = 0.4
 LEARNED_EPSILON = 0.05
+HOLDOUT = 0.5
+"""The newest share of the decisions each learned policy is evaluated on (not learned from)."""
 GATE_MARGIN = 0.05
 """Thousands of dollars per decision the learned policy must gain, lower bound above 0."""
 DECIDE_ROWS = 200
@@ -162,19 +164,21 @@ async def decisioning(run: DemoRun) -> None:
     # 4. Learn from the logs: the better policy and a worse one, each evaluated and registered.
     window = LogWindow(started, None, DEFINITION, 1)
     policies = PolicyClient(run.c.trainer.stub, actor=ACTOR)
-    with run.progress("the trainer learns two policies from the logs (LearnPolicy)", None):
-        (learned, evaluation), (worse, worse_evaluation) = await asyncio.gather(
-            policies.learn(
-                name, window, policy_json=_spec(name, LEARNED_EPSILON, 2).to_json().decode(), seed=1
-            ),
-            policies.learn(
-                name, window, policy_json=_spec(name, 1.0, 3).to_json().decode(), seed=1
-            ),
-        )
+    learned_runs = []
+    with run.progress("the trainer learns two policies from the logs (LearnPolicy)", 2) as bar:
+        for epsilon, version in ((LEARNED_EPSILON, 2), (1.0, 3)):
+            policy_json = _spec(name, epsilon, version).to_json().decode()
+            learned_runs.append(
+                await policies.learn(name, window, policy_json=policy_json, holdout=HOLDOUT, seed=1)
+            )
+            bar.advance()
+    (learned, evaluation), (worse, worse_evaluation) = learned_runs
     run.console.print(
-        f"LearnPolicy -> v{learned} (reward network, ε {LEARNED_EPSILON}) and v{worse} (the "
-        f"same, uniformly random: ε 1): learned on the older 70% of v{v1}'s decisions, "
-        f"evaluated on the newest 30%; v{learned} on {evaluation.rows:,} held-out decisions:"
+        f"LearnPolicy -> v{learned} (a reward network acting ε-greedily, ε {LEARNED_EPSILON}) "
+        f"and v{worse} (the same network acting uniformly at random, ε 1), each learned on "
+        f"the older {1 - HOLDOUT:.0%} of v{v1}'s decisions and evaluated on the newest "
+        f"{HOLDOUT:.0%}; v{learned} on "
+        f"{evaluation.rows:,} held-out decisions:"
     )
     run.console.print(evaluation_table(evaluation))
     version = (
