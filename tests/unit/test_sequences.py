@@ -26,7 +26,7 @@ FIXED = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-F, I, S, B = m.VALUE_TYPE_FLOAT64, m.VALUE_TYPE_INT64, m.VALUE_TYPE_STRING, m.VALUE_TYPE_BOOL
+F, INT, S, B = m.VALUE_TYPE_FLOAT64, m.VALUE_TYPE_INT64, m.VALUE_TYPE_STRING, m.VALUE_TYPE_BOOL
 
 
 def _aggregation(name: str, function: int, window_s: int = 30, **fields: object) -> m.Aggregation:
@@ -80,7 +80,12 @@ def _standard_view() -> m.FeatureView:
             column_types=[F, B],
         ),
         _aggregation(
-            "counts", m.AGGREGATION_FUNCTION_LAST_N, n=4, column="cnt", value_type=I, lifetime=True
+            "counts",
+            m.AGGREGATION_FUNCTION_LAST_N,
+            n=4,
+            column="cnt",
+            value_type=INT,
+            lifetime=True,
         ),
     )
 
@@ -273,7 +278,7 @@ def test_a_value_of_the_wrong_type_rejects_the_event_and_nulls_leave_it_out() ->
 
 def test_long_sequences_keep_n_and_serve_oldest_first() -> None:
     view = _view(
-        _aggregation("last", m.AGGREGATION_FUNCTION_LAST_N, 3600, n=50, column="x", value_type=I)
+        _aggregation("last", m.AGGREGATION_FUNCTION_LAST_N, 3600, n=50, column="x", value_type=INT)
     )
     spec = agg.spec_of(view, "loan_id")
     events = [
