@@ -46,6 +46,10 @@ ARROW_TYPES = {
     m.VALUE_TYPE_FLOAT64: pa.float64(),
     m.VALUE_TYPE_STRING: pa.string(),
     m.VALUE_TYPE_TIMESTAMP: pa.timestamp("us", tz="UTC"),
+    m.VALUE_TYPE_INT64_LIST: pa.list_(pa.int64()),
+    m.VALUE_TYPE_FLOAT64_LIST: pa.list_(pa.float64()),
+    m.VALUE_TYPE_STRING_LIST: pa.list_(pa.string()),
+    m.VALUE_TYPE_BOOL_LIST: pa.list_(pa.bool_()),
 }
 """How each feature type is returned."""
 _UTC_US = pa.timestamp("us", tz="UTC")

@@ -46,7 +46,21 @@ DUCK_TYPES = {
     m.VALUE_TYPE_FLOAT64: "DOUBLE",
     m.VALUE_TYPE_STRING: "VARCHAR",
     m.VALUE_TYPE_TIMESTAMP: "TIMESTAMP",
+    m.VALUE_TYPE_INT64_LIST: "BIGINT[]",
+    m.VALUE_TYPE_FLOAT64_LIST: "DOUBLE[]",
+    m.VALUE_TYPE_STRING_LIST: "VARCHAR[]",
+    m.VALUE_TYPE_BOOL_LIST: "BOOLEAN[]",
 }
+_LISTS = frozenset(
+    {
+        m.VALUE_TYPE_INT64_LIST,
+        m.VALUE_TYPE_FLOAT64_LIST,
+        m.VALUE_TYPE_STRING_LIST,
+        m.VALUE_TYPE_BOOL_LIST,
+    }
+)
+"""List features leave Postgres as JSON text (one unambiguous quoting of strings) and
+are cast back to DuckDB lists as they load (ADR 0021)."""
 
 _STATE = "lathe_mirrored_logs"
 """The mirror's bookkeeping: one row per mirrored log."""
@@ -188,12 +202,7 @@ class OfflineMirror:
 
     async def _export(self, view: m.FeatureView, after: int, path: Path) -> int:
         """COPY the rows past ``after`` to a CSV file; returns how many."""
-        features = "".join(
-            f", {utc_wall_clock(q(f.name))}"
-            if f.type == m.VALUE_TYPE_TIMESTAMP
-            else f", {q(f.name)}"
-            for f in view.features
-        )
+        features = "".join(f", {_exported(f)}" for f in view.features)
         # Timestamps leave as UTC wall-clock time, so no session time zone is involved
         # (and the first and last instants as themselves, not as infinities); every
         # non-null value is quoted, so an unquoted empty field is a NULL.
@@ -226,12 +235,16 @@ class OfflineMirror:
             "entity_key": "VARCHAR",
             "event_time": "TIMESTAMP",
             "created_time": "TIMESTAMP",
-            **columns,
+            **{name: "VARCHAR" if kind.endswith("[]") else kind for name, kind in columns.items()},
         }
+        selected = ", ".join(
+            f"CAST(CAST({q(name)} AS JSON) AS {kind})" if kind.endswith("[]") else q(name)
+            for name, kind in types.items()
+        )
         with self._writing, _transaction(self.db) as db:
             # Rows the copy already has are skipped, so a repeated export adds nothing twice.
             db.execute(
-                f"INSERT INTO {q(table)} SELECT * FROM read_csv(?, header = false, "
+                f"INSERT INTO {q(table)} SELECT {selected} FROM read_csv(?, header = false, "
                 f"columns = {_duck_struct(types)}, allow_quoted_nulls = false) "
                 f"WHERE seq > (SELECT coalesce(max(seq), 0) FROM {q(table)})",
                 [str(path)],
@@ -262,6 +275,16 @@ class OfflineMirror:
                 mirrored.timeline_seq,
             ],
         )
+
+
+def _exported(feature: m.Field) -> str:
+    """How a feature column leaves Postgres for the CSV: timestamps as UTC wall-clock
+    time, lists as JSON text, anything else as itself."""
+    if feature.type == m.VALUE_TYPE_TIMESTAMP:
+        return utc_wall_clock(q(feature.name))
+    if feature.type in _LISTS:
+        return f"to_json({q(feature.name)})::text"
+    return q(feature.name)
 
 
 def _open(database: Path | None) -> duckdb.DuckDBPyConnection:
