@@ -237,14 +237,12 @@ class OfflineMirror:
             "created_time": "TIMESTAMP",
             **{name: "VARCHAR" if kind.endswith("[]") else kind for name, kind in columns.items()},
         }
-        selected = ", ".join(
-            f"CAST(CAST({q(name)} AS JSON) AS {kind})" if kind.endswith("[]") else q(name)
-            for name, kind in types.items()
-        )
+        selected = ", ".join(_loaded(name, kind) for name, kind in columns.items())
         with self._writing, _transaction(self.db) as db:
             # Rows the copy already has are skipped, so a repeated export adds nothing twice.
             db.execute(
-                f"INSERT INTO {q(table)} SELECT {selected} FROM read_csv(?, header = false, "
+                f"INSERT INTO {q(table)} SELECT seq, entity_key, event_time, created_time"
+                f"{''.join(', ' + c for c in [selected] if c)} FROM read_csv(?, header = false, "
                 f"columns = {_duck_struct(types)}, allow_quoted_nulls = false) "
                 f"WHERE seq > (SELECT coalesce(max(seq), 0) FROM {q(table)})",
                 [str(path)],
@@ -282,9 +280,22 @@ def _exported(feature: m.Field) -> str:
     time, lists as JSON text, anything else as itself."""
     if feature.type == m.VALUE_TYPE_TIMESTAMP:
         return utc_wall_clock(q(feature.name))
+    if feature.type == m.VALUE_TYPE_FLOAT64_LIST:
+        # Not JSON: DuckDB reads JSON's "-0" as an integer (0.0). Postgres writes doubles
+        # shortest-exact, and "[...]" of them casts to DOUBLE[] bit for bit.
+        return f"'[' || array_to_string({q(feature.name)}, ',') || ']'"
     if feature.type in _LISTS:
         return f"to_json({q(feature.name)})::text"
     return q(feature.name)
+
+
+def _loaded(name: str, kind: str) -> str:
+    """A feature column as it is read from the CSV: lists cast back from their text."""
+    if kind == "DOUBLE[]":
+        return f"CAST({q(name)} AS DOUBLE[])"
+    if kind.endswith("[]"):
+        return f"CAST(CAST({q(name)} AS JSON) AS {kind})"
+    return q(name)
 
 
 def _open(database: Path | None) -> duckdb.DuckDBPyConnection:
