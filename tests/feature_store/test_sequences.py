@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import grpc
 import pyarrow as pa
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from nats.js import JetStreamContext
 
@@ -313,8 +313,23 @@ def _brute(events: list[dict[str, object]], key: str) -> dict[str, object]:
     }
 
 
+_AGE_LIST = [5, 40, 300, 1200, 2400, 3000, 4000, 7000, 10_000, 14_000, 20_000]
+_RICH = [
+    {
+        "loan_id": "L2" if i % 3 == 0 else "L1",
+        "age": _AGE_LIST[i % len(_AGE_LIST)] + i * 0.001,
+        "seq": i,
+        **({} if i % 7 == 0 else {"amount": i * 1.5 - 7}),
+        **({} if i % 5 == 0 else {"merchant": ["m1", "m2", "", "ü"][i % 4]}),
+    }
+    for i in range(40)
+]
+"""Every window full past n, events left out for a missing column, late arrivals."""
+
+
 @PROPERTY
 @given(history=_histories(), order=st.randoms(use_true_random=False))
+@example(history=_RICH, order=random.Random(7))
 async def test_sequences_streamed_equal_backfilled_online_offline_and_brute_force(
     features: FeatureStoreStub,
     js: JetStreamContext,
@@ -366,6 +381,9 @@ async def test_sequences_streamed_equal_backfilled_online_offline_and_brute_forc
             assert set(statuses[i]) == {m.FEATURE_STATUS_NOT_FOUND}
             continue
         brute = _brute(history, key)
+        if history is _RICH and key == "L1":  # the windows hold more than n
+            assert len(got["recent__amount"]) == 4 and len(got["amounts_3h"]) > 10  # type: ignore[arg-type]
+            assert len(got["first_seqs"]) == 3 and len(got["seqs_ever"]) == 2  # type: ignore[arg-type]
         for name, wanted in brute.items():
             assert repr(got[name]) == repr(wanted), (key, name, got[name], wanted)
         # the event times run oldest first, one per element, as epoch seconds
