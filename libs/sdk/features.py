@@ -254,7 +254,8 @@ class Aggregation:
     """count, sum, mean, min, max, last; stddev and variance (sample, n - 1), stddev_pop
     and variance_pop (population, n); count_distinct (exact up to 128 values, then a CPC
     sketch: ~1.5% relative standard error); percentile (exact up to 64 values, then
-    within 1% of the exact value)."""
+    within 1% of the exact value); first, last_n, first_n (sequences, ADR 0021: lists
+    oldest first)."""
     window: timedelta | None
     """A multiple of the view's tile size; None for a lifetime aggregation."""
     name: str
