@@ -132,8 +132,12 @@ def _body(rng: random.Random, loan: str, at: datetime) -> dict[str, object]:
 
 
 async def _online_read(context: BenchContext, params: SequencesParams) -> Comparison:
-    scalar = agg.spec_of(_validated(_view("busy_scalar", "pay", scalars=True, sequence=None)), "")
-    sequence = agg.spec_of(_validated(_view("busy_seq", "pay", scalars=True, sequence=50)), "")
+    scalar = agg.spec_of(
+        _validated(_view("busy_scalar", "pay", scalars=True, sequence=None)), "loan_id"
+    )
+    sequence = agg.spec_of(
+        _validated(_view("busy_seq", "pay", scalars=True, sequence=50)), "loan_id"
+    )
     rng = random.Random(3)
     now = datetime.now(UTC)
     count = int(params.read_events_per_minute * 24 * 60)

@@ -3,6 +3,7 @@ streamed in any batching, backfilled, rolled up and offline (as of each label's 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from decimal import Decimal
 
@@ -228,7 +229,7 @@ def test_streamed_backfilled_rolled_up_and_offline_sequences_are_identical(
     backfilled = agg.build_tiles(spec, list(reversed(events)))
     assert {k: agg.encode_state(s) for k, s in backfilled.items()} == streamed
 
-    rollup_spec = agg.StreamViewSpec(**{**spec.__dict__, "tile_us": SECOND})
+    rollup_spec = dataclasses.replace(spec, tile_us=SECOND)
     shuffled = list(backfilled.items())
     random.Random(len(events)).shuffle(shuffled)
     assert {

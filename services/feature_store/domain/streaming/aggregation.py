@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, Inexact, Overflow
+from functools import cached_property
 from itertools import pairwise
 
 from lathe.feature_store.v1 import message_pb2 as m
@@ -306,9 +307,10 @@ class WindowAggregation:
     def window(self) -> WindowKey:
         return self.window_us, self.offset_us
 
-    @property
+    @cached_property
     def part(self) -> str | None:
-        """The part of a state it reads (None: the column partials)."""
+        """The part of a state it reads (None: the column partials); computed once (ingest
+        asks for it per event)."""
         if self.function in SEQUENCE_FUNCTIONS:
             return sequence_key(self.function == LAST_N, self.n, self.columns, self.column_types)
         return part_key(self.function, self.column)
@@ -331,9 +333,11 @@ class StreamViewSpec:
     ttl_us: int = 0
     """0: never expire (applied to the latest event time, as for stored views)."""
 
-    @property
+    @cached_property
     def columns(self) -> tuple[str, ...]:
-        """Numeric event fields some aggregation reads, each once, in first-use order."""
+        """Numeric event fields some aggregation reads, each once, in first-use order.
+        (This and the other cached properties are asked for per event; a copy with other
+        fields is ``dataclasses.replace(spec, ...)``, which recomputes them.)"""
         return tuple(
             dict.fromkeys(
                 a.column
@@ -343,7 +347,7 @@ class StreamViewSpec:
             )
         )
 
-    @property
+    @cached_property
     def sequences(self) -> tuple[tuple[str, tuple[str, ...], tuple[int, ...]], ...]:
         """Sequence parts, each once: (part key, columns, element types)."""
         return tuple(
@@ -354,14 +358,14 @@ class StreamViewSpec:
             )
         )
 
-    @property
+    @cached_property
     def distinct_columns(self) -> tuple[str, ...]:
         """Event fields COUNT_DISTINCT reads (any scalar), each once."""
         return tuple(
             dict.fromkeys(a.column for a in self.aggregations if a.function == COUNT_DISTINCT)
         )
 
-    @property
+    @cached_property
     def parts(self) -> tuple[str, ...]:
         """The parts (beside the column partials) its states keep, each once."""
         return tuple(dict.fromkeys(a.part for a in self.aggregations if a.part is not None))
