@@ -381,8 +381,14 @@ def compute_as_of(
     result = AsOf(values={}, valid={}, latest_us=latest_us, found=found)
     columns = {c: _Column.of(events.values[c], order, windows_of) for c in spec.columns}
     distinct = {c: _Distinct.of(events.hashes[c], order, windows_of) for c in spec.distinct_columns}
+
+    def sequence_windows(mask: np.ndarray) -> dict[WindowKey, _Window]:
+        # Where every event carries the sequence's columns (the common case), its windows
+        # are those of all events.
+        return all_events if mask.all() else windows_of(mask)
+
     sequences = {
-        part: _Sequences.of(events.sequences[part], order, event_us, windows_of)
+        part: _Sequences.of(events.sequences[part], order, event_us, sequence_windows)
         for part, _, _ in spec.sequences
     }
     for aggregation in spec.aggregations:
