@@ -18,7 +18,7 @@ from services.feature_store.domain.definitions.rules import validate_repository
 from services.feature_store.domain.streaming import aggregation as agg
 from services.feature_store.domain.streaming.as_of import EventColumns, compute_as_of
 from services.feature_store.domain.streaming.events import EventRejected, parse_event
-from services.feature_store.domain.values import from_python, to_python
+from services.feature_store.domain.values import coerce, from_python, to_python, value_of, violated
 
 SECOND = 1_000_000
 FIXED = settings(
@@ -321,3 +321,50 @@ def test_list_values_round_trip_through_python() -> None:
         from_python([1, None], m.VALUE_TYPE_INT64_LIST, "x")
     with pytest.raises(InvalidArgument, match="not a finite"):
         from_python([1.0, float("nan")], m.VALUE_TYPE_FLOAT64_LIST, "x")
+
+
+def _push_view(*fields: m.Field) -> m.FeatureView:
+    view = m.FeatureView(
+        name="lists", version=1, entity="loan", push_source=m.PushSource(), features=fields
+    )
+    repository = m.FeatureRepository(
+        entities=[m.Entity(name="loan", join_key="loan_id", key_type=m.VALUE_TYPE_STRING)],
+        feature_views=[view],
+    )
+    return validate_repository(repository, []).feature_views[0]
+
+
+def test_list_expectations_are_checked_where_they_apply() -> None:
+    length = m.Expectation(length=m.LengthBounds(min=1, max=3))
+    _push_view(m.Field(name="tags", type=m.VALUE_TYPE_STRING_LIST, expectations=[length]))
+    with pytest.raises(InvalidArgument, match="a length needs a list type"):
+        _push_view(m.Field(name="x", type=m.VALUE_TYPE_STRING, expectations=[length]))
+    with pytest.raises(InvalidArgument, match="allowed_values is for scalar fields"):
+        allowed = m.Expectation(allowed_values=m.AllowedValues(values=[]))
+        _push_view(m.Field(name="x", type=m.VALUE_TYPE_INT64_LIST, expectations=[allowed]))
+    with pytest.raises(InvalidArgument, match="length min exceeds max"):
+        bad = m.Expectation(length=m.LengthBounds(min=3, max=1))
+        _push_view(m.Field(name="x", type=m.VALUE_TYPE_INT64_LIST, expectations=[bad]))
+    assert violated(length, from_python([], m.VALUE_TYPE_STRING_LIST, "x"))
+    assert not violated(length, m.Value())  # a null list passes (not_null is for that)
+    assert violated(length, from_python(["a"] * 4, m.VALUE_TYPE_STRING_LIST, "x"))
+    in_range = m.Expectation(range=m.Range(min=0, max=1))
+    assert violated(in_range, from_python([0.5, 2.0], m.VALUE_TYPE_FLOAT64_LIST, "x"))
+    assert not violated(in_range, from_python([0.5, 1], m.VALUE_TYPE_FLOAT64_LIST, "x"))
+
+
+def test_pushed_lists_are_coerced_to_the_declared_list_type() -> None:
+    empty_ints = m.Value(int64_list_value=m.Int64List())
+    assert coerce(empty_ints, m.VALUE_TYPE_STRING_LIST, "x").WhichOneof("kind") == (
+        "string_list_value"
+    )
+    ints = m.Value(int64_list_value=m.Int64List(values=[1, 2]))
+    assert to_python(coerce(ints, m.VALUE_TYPE_FLOAT64_LIST, "x")) == [1.0, 2.0]
+    with pytest.raises(InvalidArgument, match="STRING_LIST"):
+        coerce(ints, m.VALUE_TYPE_STRING_LIST, "x")
+    with pytest.raises(InvalidArgument):
+        coerce(m.Value(int64_value=1), m.VALUE_TYPE_INT64_LIST, "x")
+    assert value_of([1, 2], "x").WhichOneof("kind") == "int64_list_value"
+    assert value_of([1, 2.5], "x").WhichOneof("kind") == "float64_list_value"
+    with pytest.raises(InvalidArgument, match="never nulls"):
+        value_of([1, None], "x")
