@@ -1,12 +1,15 @@
 """Feature store: sequence features (LAST_N, ADR 0021) next to today's scalar features.
 
-Three comparisons, each against the scalar figure of the same run on the same machine:
+Four comparisons, each against the scalar figure of the same run on the same machine:
 
 - ``online_read``: the stream-window part of an online read (``WindowReader.read``: query,
   decode, combine; in process, as ``features.windows``) of one busy entity (an event a
   minute for a day) for a view with 6 scalar aggregations over 1 h / 1 d, next to the same
   view plus ``LAST_N(50)`` of (amount, merchant) over 1 d — three list features
   (amounts, merchants, event times). p50 / p99.
+- ``online_service``: the same two views as feature services, read with
+  ``GetOnlineFeatures`` over gRPC from the feature store in its own process (100 entities,
+  filled by backfill). p50 / p99.
 - ``ingest``: events/s from the first publish until every event is logged and merged (the
   feature store in its own process, as ``features.ingest``), with one scalar view on the
   source, then with a ``LAST_N(50)`` view added on the same source (and, a diagnostic,
@@ -25,6 +28,7 @@ import random
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -55,6 +59,7 @@ from libs.eventstore import EventStore
 from libs.sdk.features import (
     Aggregation,
     Entity,
+    FeatureService,
     FeatureView,
     Float64,
     StreamSource,
@@ -202,6 +207,100 @@ async def _online_read(context: BenchContext, params: SequencesParams) -> Compar
         ["p50", "p90", "p99", "max", "mean"],
         variants,
         notes=[f"the LAST_N feature held {len(recent)} amounts, oldest first."],
+    )
+
+
+async def _served(context: BenchContext, params: SequencesParams) -> Comparison:
+    """GetOnlineFeatures over gRPC (the feature store in its own process) of a feature
+    service with the LAST_N(50) view next to one with the scalar view: 100 busy entities,
+    filled by backfill from imported history."""
+    now = datetime.now(UTC)
+    rng = random.Random(7)
+    per_entity = int(params.read_events_per_minute * 24 * 60)
+    raw = [
+        RawEvent(
+            uuid.uuid4(),
+            i,
+            now,
+            json.dumps(
+                _body(rng, f"L{i % 100}", now - timedelta(seconds=rng.randrange(86_000)))
+            ).encode(),
+        )
+        for i in range(100 * per_entity)
+    ]
+    views = [
+        _view("served_scalar", "served", scalars=True, sequence=None),
+        _view("served_seq", "served", scalars=True, sequence=50),
+    ]
+    services = [
+        FeatureService("scalar_service", features=["served_scalar:*"]),
+        FeatureService("sequence_service", features=["served_seq:*"]),
+    ]
+    address = f"127.0.0.1:{free_port()}"
+    with tempfile.TemporaryDirectory(prefix="lathe-bench-seq-") as home:
+        env = run_env(
+            context, home, LATHE_FEATURE_STORE_ADDR=address, LATHE_TRACE_SAMPLE_RATIO="0.01"
+        )
+        async with (
+            context.pool(max_size=4) as pool,
+            process(["-m", "services.feature_store"], env, Path(home) / "fs.log"),
+        ):
+            await wait_serving(address, what="the feature store")
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = FeatureStoreStub(channel)
+                await stub.ApplyDefinitions(
+                    rr.ApplyDefinitionsRequest(repository=repository_of([_LOAN, *views, *services]))
+                )
+                await import_events(pool, "served", raw)
+                for view in views:
+                    await stub.BackfillStreamView(
+                        rr.BackfillStreamViewRequest(feature_view=view.name)
+                    )
+
+                def read(service: str) -> Callable[[], Awaitable[object]]:
+                    def call() -> Awaitable[object]:
+                        key = m.Value(string_value=f"L{rng.randrange(100)}")
+                        return stub.GetOnlineFeatures(  # type: ignore[no-any-return]
+                            rr.GetOnlineFeaturesRequest(
+                                feature_service=service,
+                                entities={"loan_id": m.RepeatedValue(values=[key])},
+                            )
+                        )
+
+                    return call
+
+                samples = (
+                    await interleaved(
+                        {
+                            "scalar_service": read("scalar_service"),
+                            "sequence_service": read("sequence_service"),
+                        },
+                        samples=params.samples,
+                        warmup=params.warmup,
+                        chunk=params.chunk,
+                    )
+                ).steady
+    return Comparison(
+        "online_service",
+        f"GetOnlineFeatures of one entity (of 100, {per_entity:,} events a day each) over "
+        "gRPC, feature store in its own process",
+        "p99",
+        False,
+        ["p50", "p90", "p99", "max", "mean"],
+        [
+            measurement(
+                "scalar_service",
+                "a feature service of the 6 scalar aggregations (today's read)",
+                Role.BASELINE,
+                samples["scalar_service"],
+            ),
+            measurement(
+                "sequence_service",
+                "a feature service of the same + LAST_N(50) of (amount, merchant): 9 features",
+                Role.LATHE,
+                samples["sequence_service"],
+            ),
+        ],
     )
 
 
@@ -483,13 +582,14 @@ async def _training_set(context: BenchContext, params: SequencesParams) -> tuple
 
 async def run(context: BenchContext, params: SequencesParams) -> FamilyResult:
     online = await _online_read(context, params)
+    served = await _served(context, params)
     ingest, ingest_goal = await _ingest(context, params)
     training, training_goal = await _training_set(context, params)
     return FamilyResult(
         name=FAMILY.name,
         summary=FAMILY.summary,
         parameters=asdict(params),
-        comparisons=[online, ingest, training],
+        comparisons=[online, served, ingest, training],
         goals=[ingest_goal, training_goal],
     )
 

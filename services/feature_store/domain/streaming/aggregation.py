@@ -48,6 +48,7 @@ from services.feature_store.domain.streaming.moments import (
 from services.feature_store.domain.streaming.sequences import (
     EARLIEST,
     LATEST,
+    ORDER_KEY,
     Sequence,
     sequence_key,
 )
@@ -686,10 +687,11 @@ def sequence_value(aggregation: WindowAggregation, part: Part | None) -> object:
     values of the feature's column, or their event times in epoch seconds, oldest first."""
     kept = part.kept() if isinstance(part, Sequence) else []
     if aggregation.function == FIRST:
-        return kept[0][1][0] if kept else None
+        return kept[0][ORDER_KEY] if kept else None
     if aggregation.output == EVENT_TIME_OUTPUT:
-        return [exact_ratio(key[0], 1_000_000) for key, _ in kept]
-    return [values[aggregation.output] for _, values in kept]
+        return [exact_ratio(item[0], 1_000_000) for item in kept]  # type: ignore[arg-type]
+    index = ORDER_KEY + aggregation.output
+    return [item[index] for item in kept]
 
 
 def _part_value(aggregation: WindowAggregation, part: Part | None) -> int | float | None:

@@ -16,8 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-Item = tuple[tuple[int, int, int], tuple[object, ...]]
-"""(order key, the event's values of the part's columns)."""
+Item = list[object]
+"""``[event µs, arrival µs, stream sequence, *values]``: the order key, then the event's
+values of the part's columns — the stored form itself, so decoding allocates nothing per
+item. Lists compare element by element and no two events share an order key, so plain
+``sorted`` orders items by their order key."""
+ORDER_KEY = 3
+"""Values start at this index of an item."""
 
 LATEST, EARLIEST = "sl", "sf"
 """Part kinds: the n latest events (LAST_N), the n earliest (FIRST, FIRST_N)."""
@@ -50,8 +55,9 @@ class Sequence:
         latest, n, _ = parse_key(key)
         return cls(latest, n)
 
-    def add(self, item: Item) -> None:
-        self.items.append(item)
+    def add(self, event: tuple[tuple[int, int, int], tuple[object, ...]]) -> None:
+        """One event's (order key, values), as parsing gives it."""
+        self.items.append([*event[0], *event[1]])
         if len(self.items) > 4 * self.n + 16:
             self.items = self.kept()
 
@@ -62,24 +68,15 @@ class Sequence:
 
     def kept(self) -> list[Item]:
         """The n events kept, in ascending order key (oldest first)."""
-        ordered = sorted(self.items, key=_order)
+        ordered = sorted(self.items)  # type: ignore[type-var]
         return ordered[-self.n :] if self.latest else ordered[: self.n]
 
-    def encode(self) -> list[list[object]]:
+    def encode(self) -> list[Item]:
         """``[[event µs, arrival µs, sequence, *values], ...]`` ascending: canonical."""
         self.items = self.kept()
-        return [[*key, *values] for key, values in self.items]
+        return self.items
 
     @classmethod
-    def decode(cls, key: str, raw: list[list[object]]) -> Sequence:
-        latest, n, columns = parse_key(key)
-        width = len(columns)
-        items: list[Item] = [
-            ((int(r[0]), int(r[1]), int(r[2])), tuple(r[3 : 3 + width]))  # type: ignore[call-overload]
-            for r in raw
-        ]
-        return cls(latest, n, items)
-
-
-def _order(item: Item) -> tuple[int, int, int]:
-    return item[0]
+    def decode(cls, key: str, raw: list[Item]) -> Sequence:
+        latest, n, _ = parse_key(key)
+        return cls(latest, n, raw)
