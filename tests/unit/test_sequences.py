@@ -368,3 +368,39 @@ def test_pushed_lists_are_coerced_to_the_declared_list_type() -> None:
     assert value_of([1, 2.5], "x").WhichOneof("kind") == "float64_list_value"
     with pytest.raises(InvalidArgument, match="never nulls"):
         value_of([1, None], "x")
+
+
+def test_on_demand_views_take_and_give_scalars_only() -> None:
+    lists = m.FeatureView(
+        name="lists",
+        version=1,
+        entity="loan",
+        push_source=m.PushSource(),
+        features=[
+            m.Field(name="tags", type=m.VALUE_TYPE_STRING_LIST),
+            m.Field(name="x", type=m.VALUE_TYPE_FLOAT64),
+        ],
+    )
+    code = "def f(row):\n    return {'y': 1.0}\n"
+
+    def repository(inputs: list[str], output: int) -> m.FeatureRepository:
+        return m.FeatureRepository(
+            entities=[m.Entity(name="loan", join_key="loan_id", key_type=m.VALUE_TYPE_STRING)],
+            feature_views=[lists],
+            on_demand_views=[
+                m.OnDemandFeatureView(
+                    name="od",
+                    version=1,
+                    inputs=inputs,
+                    features=[m.Field(name="y", type=output)],
+                    source_code=code,
+                    function_name="f",
+                )
+            ],
+        )
+
+    validate_repository(repository(["lists:x"], m.VALUE_TYPE_FLOAT64), [])
+    with pytest.raises(InvalidArgument, match="is a list; on-demand views read and produce"):
+        validate_repository(repository(["lists:tags"], m.VALUE_TYPE_FLOAT64), [])
+    with pytest.raises(InvalidArgument, match="is a list; on-demand views read and produce"):
+        validate_repository(repository(["lists:x"], m.VALUE_TYPE_FLOAT64_LIST), [])

@@ -379,6 +379,11 @@ def _check_sequence(aggregation: m.Aggregation, what: str) -> None:
         raise InvalidArgument(f"{what}: column_types must be INT64, FLOAT64, STRING or BOOL")
 
 
+_SCALARS_ONLY = (
+    "on-demand views read and produce scalars (list features are served as they are, ADR 0021)"
+)
+
+
 def _check_on_demand(view: m.OnDemandFeatureView, views: dict[str, m.FeatureView]) -> None:
     check_name(view.name, "on-demand view")
     where = f"on-demand view {view.name!r}"
@@ -391,10 +396,15 @@ def _check_on_demand(view: m.OnDemandFeatureView, views: dict[str, m.FeatureView
             raise InvalidArgument(
                 f"{where}: input {text!r} must name one feature of a feature view"
             )
+        if is_list(fields[ref.feature].type):
+            raise InvalidArgument(f"{where}: input {text!r} is a list; {_SCALARS_ONLY}")
     _check_fields(view.request_fields, f"{where} request")
     if not view.features:
         raise InvalidArgument(f"{where} declares no features")
     _check_fields(view.features, where)
+    for field in [*view.request_fields, *view.features]:
+        if is_list(field.type):
+            raise InvalidArgument(f"{where} field {field.name!r} is a list; {_SCALARS_ONLY}")
     compile_on_demand(view)  # raises InvalidArgument if the code does not compile
 
 
