@@ -8,6 +8,7 @@ import random
 from decimal import Decimal
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,6 +19,7 @@ from services.feature_store.domain.definitions.rules import validate_repository
 from services.feature_store.domain.streaming import aggregation as agg
 from services.feature_store.domain.streaming.as_of import EventColumns, compute_as_of
 from services.feature_store.domain.streaming.events import EventRejected, parse_event
+from services.feature_store.domain.training import content_id
 from services.feature_store.domain.values import coerce, from_python, to_python, value_of, violated
 
 SECOND = 1_000_000
@@ -404,3 +406,22 @@ def test_on_demand_views_take_and_give_scalars_only() -> None:
         validate_repository(repository(["lists:tags"], m.VALUE_TYPE_FLOAT64), [])
     with pytest.raises(InvalidArgument, match="is a list; on-demand views read and produce"):
         validate_repository(repository(["lists:x"], m.VALUE_TYPE_FLOAT64_LIST), [])
+
+
+def test_training_set_ids_of_list_columns_depend_on_content_only() -> None:
+    """The same lists under other buffers (garbage under a null slot, a slice, chunks) get
+    one id; other lists, or the same elements split otherwise, another."""
+    plain = pa.array([[1.0, 2.0], None, [], [3.0]], pa.list_(pa.float64()))
+    garbage = pa.ListArray.from_arrays(
+        pa.array([0, 2, 5, 5, 6], pa.int32()),
+        pa.array([1.0, 2.0, 9.0, 9.0, 9.0, 3.0]),
+        mask=pa.array([False, True, False, False]),
+    )
+    sliced = pa.array([[0.0], [1.0, 2.0], None, [], [3.0]], pa.list_(pa.float64())).slice(1)
+    chunked = pa.chunked_array([plain.slice(0, 2), plain.slice(2)])
+    ids = {content_id(pa.table({"a": a})) for a in (plain, garbage, sliced, chunked)}
+    assert len(ids) == 1
+    moved = pa.array([[1.0, 2.0], [], None, [3.0]], pa.list_(pa.float64()))
+    split = pa.array([[1.0], [2.0], [], [3.0]], pa.list_(pa.float64()))
+    assert content_id(pa.table({"a": moved})) not in ids
+    assert content_id(pa.table({"a": split})) not in ids
