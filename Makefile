@@ -16,7 +16,7 @@ BAZEL_FLAGS := --nosandbox_debug
 
 TOOLS := .tools/bin
 
-.PHONY: venv gen tools demo test lint format pytest lint-protos breaking contract bench bazel bazel-install up down clean
+.PHONY: venv gen tools demo test lint format pytest lint-protos breaking contract bench bench-report bazel bazel-install up down clean
 
 venv: $(INSTALLED)
 
@@ -76,6 +76,14 @@ pytest: gen tools
 
 bench: gen
 	$(PY) -m bench
+
+# One report of every family: each figure beside its baseline, each issue's goal met or
+# missed, Markdown + JSON + PNG plots under bench/results/report-<timestamp>/.
+# BENCH_ARGS="--quick" for small sizes; BENCH_ARGS="--from bench/results" to report
+# runs already finished without running anything.
+BENCH_ARGS ?=
+bench-report: gen
+	$(PY) -m bench --report $(BENCH_ARGS)
 
 bazel-install:
 	command -v bazel >/dev/null || (apt-get install -y -qq bazel-bootstrap >/dev/null || \

@@ -7,14 +7,19 @@ Examples::
     python -m bench eventstore.lag --set eventstore.lag.rate=500
     python -m bench --quick               # a fast smoke run of the harness
     python -m bench --list
+    python -m bench --report --quick      # run, then one report (also: make bench-report)
+    python -m bench --from bench/results  # a report of runs already finished
 
-Results go to ``bench/results/<UTC timestamp>.json`` and ``bench/results/latest.json``.
+Results go to ``bench/results/<UTC timestamp>.json`` and ``bench/results/latest.json``;
+a report (``--report`` / ``--from``) to ``bench/results/report-<timestamp>/``
+(``report.md``, ``report.json``, ``plots/*.png``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -37,6 +42,8 @@ from bench.harness import (
 )
 from bench.machine import machine_info, server_info
 from bench.report import render
+from bench.report_data import load_results
+from bench.report_files import WrittenReport, write_report_files
 from bench.results import FamilyResult, Report
 
 _log = logging.getLogger("bench")
@@ -63,6 +70,28 @@ def _parser() -> argparse.ArgumentParser:
         help="override a parameter, e.g. eventstore.lag.duration_s=30 (repeatable)",
     )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="after the run, write one report: every declared figure next to its baseline "
+        "and each issue's goal met/missed, as Markdown + JSON + PNG plots",
+    )
+    parser.add_argument(
+        "--from",
+        dest="from_path",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="run nothing: write the report from results JSON already written (a file, or "
+        "a directory such as bench/results, each family taken from its newest run)",
+    )
+    parser.add_argument(
+        "--report-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the report goes (default: <results-dir>/report-<UTC timestamp>)",
+    )
     parser.add_argument(
         "--wait-quiet",
         type=float,
@@ -151,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list:
         _list()
         return 0
+    if args.from_path is not None:
+        return _report_from(args)
     try:
         families = select(args.families)
         overrides = _overrides(args.set, families)
@@ -178,7 +209,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(render(report))
     stamped, latest = write_report(report, args.results_dir)
     print(f"\nwrote {stamped} and {latest.name}", file=sys.stderr)
+    if args.report:
+        runs = [(stamped.name, json.loads(stamped.read_text()))]
+        _announce(write_report_files(runs, all_families(), args.results_dir, args.report_dir))
     return 1 if report.errors else 0
+
+
+def _report_from(args: argparse.Namespace) -> int:
+    """``--from``: a report of results already written; nothing runs."""
+    if args.families or args.quick or args.set or args.wait_quiet is not None:
+        print(
+            "error: --from writes a report of finished runs; FAMILY, --quick, --set and "
+            "--wait-quiet apply to a run (use --report to run and report)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        runs = load_results(args.from_path)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _announce(write_report_files(runs, all_families(), args.results_dir, args.report_dir))
+    return 0
+
+
+def _announce(written: WrittenReport) -> None:
+    counts = ", ".join(f"{n} {status}" for status, n in written.summary.items())
+    print(
+        f"report: {written.markdown} (+ report.json, {len(written.plots)} plots); goals: {counts}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from bench.families import Family
+from bench.goals import Compare, GoalSpec
 from bench.harness import BenchContext
 from bench.results import Comparison, FamilyResult, Goal, Measurement, Role, Value
 
@@ -149,11 +150,30 @@ def _estimate(
 ) -> Measurement:
     half = (estimate.upper - estimate.lower) / 2 if estimate is not None else float("nan")
     return Measurement(
-        key, label, role,
-        {"value": Value(value, "reward"), "abs_error": Value(abs(value - truth), "reward"),
-         "ci95_half_width": Value(half, "reward")},
-    )  # fmt: skip
+        key,
+        label,
+        role,
+        {
+            "value": Value(value, "reward"),
+            "abs_error": Value(abs(value - truth), "reward"),
+            "ci95_half_width": Value(half, "reward"),
+        },
+    )
 
+
+GOALS = (
+    GoalSpec(
+        issue=14,
+        description="OPE (IPS, SNIPS, cross-fitted DR, intervals) over 1M logged decisions, "
+        "next to a numpy IPS one-liner",
+        figure="ope_time/evaluate/seconds",
+        baseline=("ope_time/numpy_ips/seconds",),
+        compare=Compare.VALUE,
+        comparator="<=",
+        threshold=10.0,
+        unit="s",
+    ),
+)
 
 FAMILY = Family(
     name="decisioning.ope",
@@ -162,4 +182,5 @@ FAMILY = Family(
     params=DecisioningOpeParams,
     run=run,
     quick=QUICK,
+    goals=GOALS,
 )

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 from bench.events import SUBJECT_TAIL, new_event
 from bench.families import Family
+from bench.goals import Compare, GoalSpec
 from bench.harness import (
     BenchContext,
     GcPauses,
@@ -436,10 +437,31 @@ def _pacing(trace: Trace) -> str:
     )
 
 
+GOALS = (
+    GoalSpec(
+        issue=10,
+        description="Append -> relay -> DurableConsumer lag p99 at 1,000 events/s, next to raw "
+        "js.publish -> pull consumer",
+        figure="end_to_end_lag/lathe_durable_consumer/p99",
+        baseline=("end_to_end_lag/raw_jetstream/p99",),
+        compare=Compare.VALUE,
+        comparator="<",
+        threshold=10.0,
+        unit="ms",
+    ),
+    GoalSpec(
+        issue=10,
+        description="Append -> relay -> plain pull consumer lag p99 vs raw JetStream",
+        figure="end_to_end_lag/lathe_plain_consumer/p99",
+        baseline=("end_to_end_lag/raw_jetstream/p99",),
+    ),
+)
+
 FAMILY = Family(
     name="eventstore.lag",
     summary="Append -> relay -> JetStream consumer lag vs raw JetStream publish -> consume",
     params=LagParams,
     run=run,
     quick={"duration_s": 3.0, "warmup_s": 1.0, "drain_timeout_s": 15.0},
+    goals=GOALS,
 )

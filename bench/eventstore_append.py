@@ -27,6 +27,7 @@ import asyncpg
 
 from bench.events import RAW_COLUMNS, RAW_TABLE_DDL, new_event, raw_row
 from bench.families import Family
+from bench.goals import Compare, GoalSpec
 from bench.harness import BenchContext, GcPauses, LatencyStats, watch_gc
 from bench.results import Comparison, FamilyResult, Goal, Measurement, Role, Value
 from libs.db import quote_ident
@@ -457,6 +458,33 @@ async def run(context: BenchContext, params: AppendParams) -> FamilyResult:
     )
 
 
+GOALS = (
+    GoalSpec(
+        issue=None,
+        description="Batched EventStore.append (1 writer) events/s vs asyncpg executemany",
+        figure="batched_append_1w/lathe_append/throughput",
+        baseline=("batched_append_1w/raw_insert/throughput",),
+        comparator=">=",
+        threshold=0.5,
+    ),
+    GoalSpec(
+        issue=None,
+        description="Batched EventStore.append (1 writer) events/s on this machine",
+        figure="batched_append_1w/lathe_append/throughput",
+        baseline=("batched_append_1w/raw_insert/throughput",),
+        compare=Compare.VALUE,
+        comparator=">=",
+        threshold=20_000,
+        unit="events/s",
+    ),
+    GoalSpec(
+        issue=None,
+        description="Single-event append p50 vs a one-row asyncpg INSERT",
+        figure="single_event_append/lathe_append/p50",
+        baseline=("single_event_append/raw_insert/p50",),
+    ),
+)
+
 FAMILY = Family(
     name="eventstore.append",
     summary="EventStore.append vs raw asyncpg inserts of the same rows",
@@ -470,4 +498,5 @@ FAMILY = Family(
         "latency_warmup": 50,
         "capacity_appends_per_writer": 100,
     },
+    goals=GOALS,
 )

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.goals import GoalSpec
 from bench.harness import BenchContext
 from bench.results import FamilyResult
 
@@ -30,6 +31,10 @@ class Family:
     run: Callable[[BenchContext, Any], Awaitable[FamilyResult]]
     quick: dict[str, Any] = field(default_factory=dict)
     """Parameter overrides for ``--quick`` (a smoke run that checks the harness works)."""
+    goals: tuple[GoalSpec, ...] = ()
+    """Every figure the issues asked this family for, with its baseline and goal
+    (``bench/goals.py``); the report (``--report``) judges them, and lists a declared
+    figure the family does not produce yet as not measured."""
 
     def make_params(self, *, quick: bool, overrides: dict[str, str]) -> Any:
         """The parameters for this run: defaults, then ``--quick``, then ``--set``."""
@@ -61,6 +66,7 @@ def all_families() -> tuple[Family, ...]:
     """Every registered family, in the order a full run executes them."""
     # Imported here so that ``--list`` and argument errors stay fast.
     from bench import (
+        decisioning_decide,
         decisioning_ope,
         event_lag,
         eventstore_append,
@@ -84,6 +90,7 @@ def all_families() -> tuple[Family, ...]:
         trainer_loop.FAMILY,
         inference_serving.FAMILY,
         decisioning_ope.FAMILY,
+        decisioning_decide.FAMILY,
     )
 
 

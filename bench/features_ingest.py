@@ -30,6 +30,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from bench.families import Family
+from bench.goals import GoalSpec
 from bench.harness import BenchContext
 from bench.results import Comparison, FamilyResult, Measurement, Role, Value
 from bench.service_process import free_port, process, run_env, wait_serving
@@ -245,10 +246,30 @@ async def run(context: BenchContext, params: IngestParams) -> FamilyResult:
     )
 
 
+GOALS = (
+    GoalSpec(
+        issue=None,
+        description="Streaming ingest events/s (raw log + 6 windowed aggregates) vs raw JetStream "
+        "publish + ack-only consumer",
+        figure="ingest/lathe_ingest/events_per_s",
+        baseline=("ingest/raw_jetstream/events_per_s",),
+    ),
+    GoalSpec(
+        issue=11,
+        description="Streaming ingest events/s with a LAST_N view added vs today's figure",
+        figure="ingest/with_last_n_view/events_per_s",
+        baseline=("ingest/scalar_view/events_per_s",),
+        comparator=">=",
+        threshold=0.7,
+        measured_by="features.sequences",
+    ),
+)
+
 FAMILY = Family(
     name="features.ingest",
     summary="Streaming aggregation ingest (events/s) vs raw JetStream and raw asyncpg",
     params=IngestParams,
     run=run,
     quick={"events": 2_000, "entities": 200},
+    goals=GOALS,
 )

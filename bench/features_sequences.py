@@ -593,7 +593,7 @@ async def _training_set(context: BenchContext, params: SequencesParams) -> tuple
             {"seconds": Value(round(best, 3), "s")},
         ),
         Measurement(
-            "lathe_training_set",
+            "lathe_last_n",
             "Lathe GetHistoricalFeatures over gRPC (own process): labels up as Arrow, LAST_N(20) "
             "of (amount, merchant) over 7 d as Arrow lists, snapshot id, Arrow back",
             Role.LATHE,

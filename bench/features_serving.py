@@ -46,6 +46,7 @@ from bench.families import Family
 from bench.feast_baseline import data
 from bench.feast_baseline.http_client import HttpClient
 from bench.feast_baseline.runner import FeastUnavailable, feast_server, run_feast
+from bench.goals import Compare, GoalSpec
 from bench.harness import BenchContext, wait_for_quiet
 from bench.results import Comparison, FamilyResult, Goal, Measurement, Role, Value
 from bench.service_process import (
@@ -680,6 +681,80 @@ def _result(  # type: ignore[no-untyped-def]
     )
 
 
+GOALS = (
+    GoalSpec(
+        issue=10,
+        description="GetOnlineFeatures 1 entity x 20 p99 vs raw gRPC echo + asyncpg key lookup "
+        "p99; no worse than before",
+        figure="online_one/lathe_one/p99",
+        baseline=("online_one/raw_grpc_echo/p99", "online_one/raw_pk_read/p99"),
+        comparator="<=",
+        threshold=1.3,
+    ),
+    GoalSpec(
+        issue=10,
+        description="GetOnlineFeatures 100 entities p99, next to a raw call with as large a reply",
+        figure="online_batch/lathe_batch/p99",
+        baseline=("online_batch/raw_grpc_reply_sized/p99",),
+        compare=Compare.VALUE,
+        comparator="<=",
+        threshold=2.0,
+        unit="ms",
+    ),
+    GoalSpec(
+        issue=10,
+        description="GetOnlineFeatures 100 entities p50 vs the issue's Feast figure (5.6 ms / 3)",
+        figure="online_batch/lathe_batch/p50",
+        compare=Compare.VALUE,
+        comparator="<=",
+        threshold=round(5.6 / 3, 3),
+        unit="ms",
+    ),
+    GoalSpec(
+        issue=10,
+        description="Feast feature server HTTP p99 / Lathe 1-entity p99",
+        figure="online_one/lathe_one/p99",
+        baseline=("online_one/feast_http/p99",),
+        compare=Compare.SPEEDUP,
+        comparator=">=",
+        threshold=2.0,
+    ),
+    GoalSpec(
+        issue=10,
+        description="Feast in-process 100-entity p50 / Lathe 100-entity p50",
+        figure="online_batch/lathe_batch/p50",
+        baseline=("online_batch/feast_inprocess/p50",),
+        compare=Compare.SPEEDUP,
+        comparator=">=",
+        threshold=3.0,
+    ),
+    GoalSpec(
+        issue=10,
+        description="GetHistoricalFeatures (warm), 1M labels x 5 views vs DuckDB's ASOF join",
+        figure="historical/lathe_warm/seconds",
+        baseline=("historical/duckdb_asof/seconds",),
+        comparator="<=",
+        threshold=3.0,
+    ),
+    GoalSpec(
+        issue=11,
+        description="Online read of a LAST_N(50) sequence feature p99 vs today's scalar read p99",
+        figure="online_read/last_n/p99",
+        baseline=("online_read/scalar/p99",),
+        measured_by="features.sequences",
+    ),
+    GoalSpec(
+        issue=11,
+        description="Training set with a sequence feature, 1M labels vs DuckDB's ASOF join of the "
+        "scalar columns",
+        figure="training_set/lathe_last_n/seconds",
+        baseline=("training_set/duckdb_asof/seconds",),
+        comparator="<=",
+        threshold=3.0,
+        measured_by="features.sequences",
+    ),
+)
+
 FAMILY = Family(
     name="features.serving",
     summary="GetOnlineFeatures and GetHistoricalFeatures vs raw gRPC + asyncpg, Feast and DuckDB",
@@ -694,4 +769,5 @@ FAMILY = Family(
         "warmup": 50,
         "feast": False,
     },
+    goals=GOALS,
 )

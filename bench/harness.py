@@ -203,6 +203,28 @@ class LatencyStats:
         }
 
 
+def latency_histogram(samples_ns: Sequence[int], bins: int = 48) -> dict[str, list[float]]:
+    """The shape of a latency sample, small enough for the results JSON: counts in
+    ``bins`` log-spaced buckets between the fastest and the slowest call (ms).
+
+    Percentiles say where the tail is; a histogram shows whether it is one slow mode
+    (a second population: GC pauses, cold caches) or a long smear. The report plots it.
+    """
+    values = [ns / 1e6 for ns in samples_ns if ns > 0]
+    if not values:
+        return {"edges_ms": [], "counts": []}
+    low, high = min(values), max(values)
+    if high <= low:
+        return {"edges_ms": [low, low], "counts": [len(values)]}
+    ratio = (high / low) ** (1 / bins)
+    edges = [low * ratio**i for i in range(bins)] + [high]
+    counts = [0] * bins
+    log_low, log_ratio = math.log(low), math.log(ratio)
+    for value in values:
+        counts[min(int((math.log(value) - log_low) / log_ratio), bins - 1)] += 1
+    return {"edges_ms": [round(e, 5) for e in edges], "counts": counts}
+
+
 @dataclass
 class GcPauses:
     """Garbage-collector pauses seen while a measurement ran.

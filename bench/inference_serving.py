@@ -36,6 +36,7 @@ import numpy as np
 
 from bench.echo_server import ECHO_METHOD
 from bench.families import Family
+from bench.goals import GoalSpec
 from bench.harness import BenchContext, LatencyStats
 from bench.results import Comparison, FamilyResult, Goal, Measurement, Role, Value
 from bench.service_process import (
@@ -537,6 +538,83 @@ def _features_request(credit: Credit, loans: Sequence[str]) -> fsr.GetOnlineFeat
     )
 
 
+def _model_goals(model: str) -> tuple[GoalSpec, ...]:
+    """Issue 13's figures for one model family (comparison keys start with its name)."""
+    batch1, clients, rows = f"{model}_batch1", f"{model}_concurrency", f"{model}_rows_256"
+    blocks = ("raw_grpc_echo", "get_online_features", "onnxruntime_in_process")
+    # Goals: p95 never worse at 1 client; at 64, the FT-Transformer >= 1.5x unbatched.
+    p95_goals = {1: ("<=", 1.0)}
+    throughput_goals = {64: (">=", 1.5)} if model == "ft_transformer" else {}
+    concurrency = tuple(
+        GoalSpec(
+            issue=13,
+            description=f"{model}: {metric} at {n} client{'s' if n > 1 else ''}, batched vs "
+            "unbatched",
+            figure=f"{clients}/batched_{n}/{metric}",
+            baseline=(f"{clients}/unbatched_{n}/{metric}",),
+            comparator=goals.get(n, (None, None))[0],
+            threshold=goals.get(n, (None, None))[1],
+        )
+        for metric, goals in (("p95", p95_goals), ("throughput", throughput_goals))
+        for n in (1, 8, 64)
+    )
+    return (
+        GoalSpec(
+            issue=13,
+            description=f"{model}: Predict p50, batch 1, vs echo + GetOnlineFeatures + ORT p50",
+            figure=f"{batch1}/predict/p50",
+            baseline=tuple(f"{batch1}/{b}/p50" for b in blocks),
+            comparator="<=",
+            threshold=1.3,
+        ),
+        GoalSpec(
+            issue=13,
+            description=f"{model}: Predict p99, batch 1, vs echo + GetOnlineFeatures + ORT p99",
+            figure=f"{batch1}/predict/p99",
+            baseline=tuple(f"{batch1}/{b}/p99" for b in blocks),
+            comparator="<=",
+            threshold=1.3,
+        ),
+        *concurrency,
+        *(
+            ()
+            if model == "ft_transformer"
+            else (
+                GoalSpec(
+                    issue=13,
+                    description=f"{model}: batched throughput at 64 clients vs the raw gRPC echo's",
+                    figure=f"{clients}/batched_64/throughput",
+                    baseline=(f"{clients}/raw_echo_max_clients/throughput",),
+                    comparator=">=",
+                    threshold=0.7,
+                ),
+            )
+        ),
+        GoalSpec(
+            issue=13,
+            description=f"{model}: 256-row requests, rows/s vs in-process ORT at batch 256",
+            figure=f"{rows}/predict/rows_per_s",
+            baseline=(f"{rows}/onnxruntime_in_process/rows_per_s",),
+            comparator=">=",
+            threshold=0.5,
+        ),
+    )
+
+
+GOALS = (
+    *_model_goals("mlp"),
+    *_model_goals("ft_transformer"),
+    GoalSpec(
+        issue=14,
+        description="Decide p99 vs Predict p99 at batch 1 (same run)",
+        figure="decide_batch1/decide/p99",
+        baseline=("decide_batch1/predict/p99",),
+        comparator="<=",
+        threshold=1.1,
+        measured_by="decisioning.decide",
+    ),
+)
+
 FAMILY = Family(
     name="inference.serving",
     summary="Predict vs raw echo, GetOnlineFeatures and in-process ONNX Runtime",
@@ -551,4 +629,5 @@ FAMILY = Family(
         "rounds": 2,
         "big_requests": 5,
     },
+    goals=GOALS,
 )

@@ -22,6 +22,7 @@ import grpc
 
 from bench.echo_server import ECHO_METHOD
 from bench.families import Family
+from bench.goals import Compare, GoalSpec
 from bench.harness import BenchContext
 from bench.results import Comparison, FamilyResult, Goal, Measurement, Role
 from bench.service_process import (
@@ -275,10 +276,53 @@ async def run(context: BenchContext, params: RegistryParams) -> FamilyResult:
     )
 
 
+_FLOOR = ("resolve_alias/raw_grpc_echo/p99", "resolve_alias/raw_pk_read/p99")
+
+GOALS = (
+    GoalSpec(
+        issue=10,
+        description="ResolveAlias p99 (1% of traces recorded) vs raw gRPC echo + asyncpg PK "
+        "read p99; no worse than before",
+        figure="resolve_alias/resolve_alias_sampled/p99",
+        baseline=_FLOOR,
+        comparator="<=",
+        threshold=1.5,
+    ),
+    GoalSpec(
+        issue=10,
+        description="ResolveAlias p99 (every call traced) vs the same floor; no worse than before",
+        figure="resolve_alias/resolve_alias/p99",
+        baseline=_FLOOR,
+        comparator="<=",
+        threshold=1.5,
+    ),
+    GoalSpec(
+        issue=10,
+        description="ListModelVersions first page p99; no worse than before",
+        figure="list_versions/first_page/p99",
+        baseline=("list_versions/raw_grpc_echo/p99",),
+        compare=Compare.VALUE,
+        comparator="<",
+        threshold=20.0,
+        unit="ms",
+    ),
+    GoalSpec(
+        issue=10,
+        description="ListModelVersions middle page p99; no worse than before",
+        figure="list_versions/middle_page/p99",
+        baseline=("list_versions/raw_grpc_echo/p99",),
+        compare=Compare.VALUE,
+        comparator="<",
+        threshold=20.0,
+        unit="ms",
+    ),
+)
+
 FAMILY = Family(
     name="registry.serving",
     summary="ResolveAlias and ListModelVersions over gRPC vs a raw gRPC echo + raw asyncpg",
     params=RegistryParams,
     run=run,
     quick={"versions": 1000, "samples": 500, "warmup": 50, "list_samples": 100},
+    goals=GOALS,
 )

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.harness import BenchContext, LatencyStats
+from bench.harness import BenchContext, LatencyStats, latency_histogram
 from bench.results import Measurement, Role
 from libs.platform.health import health_status
 
@@ -107,4 +107,10 @@ async def interleaved(
 
 def measurement(key: str, label: str, role: Role, samples: list[int]) -> Measurement:
     stats = LatencyStats.from_ns(samples)
-    return Measurement(key, label, role, stats.metrics(), {"latency_ms": asdict(stats)})
+    return Measurement(
+        key,
+        label,
+        role,
+        stats.metrics(),
+        {"latency_ms": asdict(stats), "latency_histogram": latency_histogram(samples)},
+    )

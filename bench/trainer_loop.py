@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from bench.families import Family
+from bench.goals import Compare, GoalSpec
 from bench.harness import BenchContext
 from bench.results import Comparison, FamilyResult, Goal, Measurement, Role, Value
 from libs.preprocessing import fit
@@ -388,6 +389,59 @@ def _quality(key: str, title: str, lgbm: dict, ft: dict, mlp: dict) -> Compariso
     )
 
 
+GOALS = (
+    GoalSpec(
+        issue=12,
+        description="Trainer loop samples/s vs a plain PyTorch loop (overhead <= 5%)",
+        figure="loop_throughput/lathe_loop/samples_per_s",
+        baseline=("loop_throughput/plain_loop/samples_per_s",),
+        comparator=">=",
+        threshold=0.95,
+    ),
+    GoalSpec(
+        issue=12,
+        description="credit_data: FT-Transformer validation AUC minus LightGBM's (same split)",
+        figure="credit_data/ft_transformer/auc",
+        baseline=("credit_data/lightgbm/auc",),
+        compare=Compare.DIFFERENCE,
+        comparator=">=",
+        threshold=-0.01,
+        unit="AUC",
+    ),
+    GoalSpec(
+        issue=12,
+        description="credit_data: MLP validation AUC minus LightGBM's (same split)",
+        figure="credit_data/mlp/auc",
+        baseline=("credit_data/lightgbm/auc",),
+        compare=Compare.DIFFERENCE,
+        comparator=">=",
+        threshold=-0.01,
+        unit="AUC",
+    ),
+    GoalSpec(
+        issue=12,
+        description="Lending Club: FT-Transformer mean AUC over repeated splits minus LightGBM's",
+        figure="lending_club/ft_transformer/auc_mean",
+        baseline=("lending_club/lightgbm/auc_mean",),
+        compare=Compare.DIFFERENCE,
+        unit="AUC",
+    ),
+    GoalSpec(
+        issue=12,
+        description="Lending Club: MLP mean AUC over repeated splits minus LightGBM's",
+        figure="lending_club/mlp/auc_mean",
+        baseline=("lending_club/lightgbm/auc_mean",),
+        compare=Compare.DIFFERENCE,
+        unit="AUC",
+    ),
+    GoalSpec(
+        issue=12,
+        description="FT-Transformer epoch wall time, 2 DDP processes vs 1",
+        figure="ddp_epoch/ddp2/epoch_s",
+        baseline=("ddp_epoch/ddp1/epoch_s",),
+    ),
+)
+
 FAMILY = Family(
     name="trainer.loop",
     summary="training loop samples/s vs plain PyTorch; FT-Transformer and MLP AUC vs LightGBM; "
@@ -395,4 +449,5 @@ FAMILY = Family(
     params=TrainerLoopParams,
     run=run,
     quick=QUICK,
+    goals=GOALS,
 )

@@ -2,6 +2,7 @@
 
     lathe predict credit-default --entity loan_id=LC1 --feature requested_amount=12000
     lathe predict credit-default --entity loan_id=LC1 --entity loan_id=LC2   # two rows
+    lathe predict card-fraud --entity card_id=4111,merchant_id=m-9   # a composite key
     lathe deployments list
     lathe deployments show credit-default --alias canary
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from libs.cli import features, inference, models, train
+from libs.cli import features, inference, models, policies, train
 from libs.cli.render import status_table
 from libs.config import LatheSettings, ServiceName
 from libs.platform.runner import Platform, PlatformError
@@ -21,6 +21,7 @@ app = typer.Typer(no_args_is_help=True, help="Lathe: the ML platform, on one mac
 app.add_typer(models.app, name="models")
 app.add_typer(features.app, name="features")
 app.add_typer(train.app, name="train")
+app.add_typer(policies.app, name="policies")
 inference.register(app)  # `lathe predict`, `lathe deployments`
 console = Console()
 

@@ -2,13 +2,17 @@
 
 The relay is the only writer of its service's stream, so it knows the sequence
 number every message must get. Each message carries ``Nats-Expected-Last-Sequence``
-(the sequence of the message before it): JetStream stores it only right after its
-predecessor. Whatever happens in between — an ack lost with a broker killed
-mid-batch, a stall longer than the duplicate window, messages the NATS client
-still buffered from before the relay gave up and sends after a reconnect — the
-stream can never get a gap, a reordering or a second copy: such a message is
-refused (or, within the duplicate window, acknowledged as the copy already
-stored), and the relay starts again from what the stream holds (``read_stream_head``).
+(the sequence of the message before it) and, after the first of a leadership term,
+``Nats-Expected-Last-Msg-Id`` (its predecessor's event id): JetStream stores it only
+right after its predecessor. The sequence alone is not enough: a message published
+by hand shifts the stream by one, and the message *after* a refused one would then
+find exactly the sequence it expects and be stored, leaving a gap. Whatever happens
+in between — an ack lost with a broker killed mid-batch, a stall longer than the
+duplicate window, messages the NATS client still buffered from before the relay gave
+up and sends after a reconnect — the stream can never get a gap, a reordering or a
+second copy: such a message is refused (or, within the duplicate window, acknowledged
+as the copy already stored), and the relay starts again from what the stream holds
+(``read_stream_head``).
 
 Publishing is pipelined: ``publish`` returns once the messages are handed to the
 client, acks settle in order as they arrive, and ``acked_position`` tells the relay
@@ -48,6 +52,7 @@ from libs.telemetry.propagation import context_from_traceparent, inject_context
 
 _tracer = trace.get_tracer(__name__)
 _EXPECTED_LAST_SEQUENCE = Header.EXPECTED_LAST_SEQUENCE.value
+_EXPECTED_LAST_MSG_ID = Header.EXPECTED_LAST_MSG_ID.value
 _EXPECTED_STREAM = Header.EXPECTED_STREAM.value
 _STATUS = Header.STATUS.value
 # How far back from the stream's last message to look for the last relayed event
@@ -130,6 +135,9 @@ class OrderedPublisher:
         self._max_in_flight = max_in_flight
         self._on_settled = on_settled
         self._sent_sequence = head.last_sequence
+        # The event id of the last message handed over in this term (None: none yet, so
+        # the first message is checked by sequence alone — the head may be a foreign one).
+        self._sent_msg_id: str | None = None
         self._outstanding: deque[_Outstanding] = deque()
         self._by_reply: dict[str, _Outstanding] = {}
         self._inbox = nc.new_inbox()
@@ -233,6 +241,8 @@ class OrderedPublisher:
         headers = EventHeaders.encode(event, traceparent=carrier.get("traceparent", ""))
         headers[_EXPECTED_STREAM] = self._names.stream
         headers[_EXPECTED_LAST_SEQUENCE] = str(self._sent_sequence)
+        if self._sent_msg_id is not None:
+            headers[_EXPECTED_LAST_MSG_ID] = self._sent_msg_id
         pending = _Outstanding(event.global_position, self._sent_sequence + 1, span, deadline)
         reply = f"{self._inbox}.{pending.sequence}"
         try:
@@ -244,6 +254,7 @@ class OrderedPublisher:
                 raise PublishFailed(str(self._failure)) from exc
             raise
         self._sent_sequence += 1
+        self._sent_msg_id = str(event.event_id)
         self._outstanding.append(pending)
         self._by_reply[reply] = pending
 

@@ -5,27 +5,45 @@ normalisation, categorical vocabularies) and ``PreprocessingSpec.to_json`` write
 the versioned ``preprocessing.json`` that travels with a model version. ``Preprocessor``
 applies it (compiled once per spec; ``transform`` for one-off calls). The trainer
 (evaluation, ONNX parity) and the inference service import this one implementation, so
-training and serving cannot disagree on what a model sees.
+training and serving cannot disagree on what a model sees. Sequences of events (list
+features, oldest first) are fitted and encoded here too: padded, masked, newest N kept.
 """
 
-from libs.preprocessing.apply import EncodedBatch, Preprocessor, transform
-from libs.preprocessing.fit import fit
+from libs.preprocessing.apply import (
+    CATEGORICAL_INPUT,
+    NUMERIC_INPUT,
+    EncodedBatch,
+    EncodedSequence,
+    Preprocessor,
+    sequence_inputs,
+    transform,
+)
+from libs.preprocessing.fit import SequenceColumns, fit
 from libs.preprocessing.spec import (
     FORMAT,
     FORMAT_VERSION,
+    PADDINGS,
     CategoricalFeature,
     NumericFeature,
     PreprocessingSpec,
+    SequenceFeature,
 )
 
 __all__ = [
+    "CATEGORICAL_INPUT",
     "FORMAT",
     "FORMAT_VERSION",
+    "NUMERIC_INPUT",
+    "PADDINGS",
     "CategoricalFeature",
     "EncodedBatch",
+    "EncodedSequence",
     "NumericFeature",
     "PreprocessingSpec",
     "Preprocessor",
+    "SequenceColumns",
+    "SequenceFeature",
     "fit",
+    "sequence_inputs",
     "transform",
 ]

@@ -7,6 +7,11 @@ service holds one per loaded model version, where re-deriving the knots on every
 cost more than the model itself (~120 us of a batch of one row, 2-core machine).
 ``transform`` is the same thing for one-off callers (``Preprocessor(spec).apply``), so
 there is one implementation and its output is the same bits whichever way it is called.
+
+Sequences (spec version 2) encode each kept event's fields with the same compiled code
+as scalar features (``SequenceFeature.fields``), then scatter them into padded
+[rows, N, fields] arrays with a mask (``libs/preprocessing/sequences.py`` keeps the
+newest N). ``EncodedBatch.arrays`` names every array as the exported model's inputs do.
 """
 
 from __future__ import annotations
@@ -19,12 +24,34 @@ import numpy as np
 import pyarrow as pa
 from scipy.special import ndtri
 
-from libs.preprocessing.spec import NumericFeature, PreprocessingSpec
+from libs.preprocessing.sequences import newest_events
+from libs.preprocessing.spec import NumericFeature, PreprocessingSpec, SequenceFeature
 
 _EDGE = 1e-4
 """Quantile levels are clipped to [_EDGE, 1 - _EDGE] before the inverse normal CDF (±3.7)."""
 
 Column = Sequence[object] | np.ndarray | pa.Array | pa.ChunkedArray
+
+NUMERIC_INPUT = "numeric"
+CATEGORICAL_INPUT = "categorical"
+
+
+def sequence_inputs(name: str) -> tuple[str, str, str]:
+    """The model input names of sequence ``name``: its values, codes and mask."""
+    return f"{name}.values", f"{name}.codes", f"{name}.mask"
+
+
+@dataclass(frozen=True)
+class EncodedSequence:
+    """One sequence's events for a batch of rows, padded to N slots."""
+
+    name: str
+    values: np.ndarray
+    """float32 [rows, N, numeric fields]; 0 in padding slots."""
+    codes: np.ndarray
+    """int64 [rows, N, categorical fields]; 0 in padding slots (and for missing/unseen)."""
+    mask: np.ndarray
+    """bool [rows, N]: True where an event is, False in padding slots."""
 
 
 @dataclass(frozen=True)
@@ -35,10 +62,21 @@ class EncodedBatch:
     """float32 [rows, numeric features], every value finite."""
     categorical: np.ndarray
     """int64 [rows, categorical features]; 0 is missing or unseen."""
+    sequences: tuple[EncodedSequence, ...] = ()
+    """One per sequence of the spec, in its order."""
 
     @property
     def rows(self) -> int:
         return int(self.numeric.shape[0])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every array by its model input name (``numeric``, ``categorical``, then
+        ``<sequence>.values`` / ``.codes`` / ``.mask``); an exported graph takes those
+        whose width is not 0, so callers feed the ones their graph names."""
+        out = {NUMERIC_INPUT: self.numeric, CATEGORICAL_INPUT: self.categorical}
+        for s in self.sequences:
+            out.update(zip(sequence_inputs(s.name), (s.values, s.codes, s.mask), strict=True))
+        return out
 
 
 @dataclass(frozen=True)
@@ -72,6 +110,7 @@ class Preprocessor:
         self._vocabularies = tuple(
             {value: i + 1 for i, value in enumerate(c.vocabulary)} for c in spec.categorical
         )
+        self._sequences = tuple((s, Preprocessor(s.fields)) for s in spec.sequences)
 
     def apply(self, columns: Mapping[str, Column]) -> EncodedBatch:
         """Encode ``columns`` (feature name -> values, None for missing) as the spec says."""
@@ -86,15 +125,24 @@ class Preprocessor:
         for j, feature in enumerate(spec.numeric):
             numeric[:, j] = as_float64(columns[feature.name])
         categorical = [as_strings(columns[c.name]) for c in spec.categorical]
-        return self.encode(numeric, categorical)
+        sequences = [[columns[name] for name in s.feature_names] for s in spec.sequences]
+        return self.encode(numeric, categorical, sequences)
 
     def encode(
-        self, numeric: np.ndarray, categorical: Sequence[Sequence[str | None]]
+        self,
+        numeric: np.ndarray,
+        categorical: Sequence[Sequence[str | None]],
+        sequences: Sequence[Sequence[Column]] = (),
     ) -> EncodedBatch:
         """Encode rows given as arrays: ``numeric`` float64 [rows, numeric features] in the
         spec's order with NaN for missing (not modified), ``categorical`` one sequence of
-        strings (None for missing) per categorical feature."""
+        strings (None for missing) per categorical feature, ``sequences`` per sequence of
+        the spec one list column per field (``SequenceFeature.feature_names`` order)."""
         rows = int(numeric.shape[0])
+        if len(sequences) != len(self._sequences):
+            raise ValueError(
+                f"the spec has {len(self._sequences)} sequences, got values for {len(sequences)}"
+            )
         filled = np.where(np.isnan(numeric), self._fill, numeric)
         out = np.empty((rows, self._width), dtype=np.float32)
         if self._standard is not None:
@@ -113,7 +161,42 @@ class Preprocessor:
         for j, index in enumerate(self._vocabularies):
             # None and unseen values are both absent from the vocabulary: code 0.
             codes[:, j] = np.fromiter(map(index.get, categorical[j], repeat(0)), np.int64, rows)
-        return EncodedBatch(out, codes)
+        encoded = tuple(
+            _encode_sequence(seq, fields, rows, dict(zip(seq.feature_names, given, strict=True)))
+            for (seq, fields), given in zip(self._sequences, sequences, strict=True)
+        )
+        return EncodedBatch(out, codes, encoded)
+
+
+def _encode_sequence(
+    spec: SequenceFeature, fields: Preprocessor, rows: int, columns: Mapping[str, Column]
+) -> EncodedSequence:
+    """The newest N events of each row, each event encoded like a row of scalar features."""
+    events = newest_events(
+        columns,
+        spec.feature_names,
+        max_length=spec.max_length,
+        padding=spec.padding,
+        sequence=spec.name,
+    )
+    if events.rows != rows:
+        raise ValueError(
+            f"sequence {spec.name!r} has {events.rows} rows, the other features {rows}"
+        )
+    kept = len(events.row)
+    numeric = np.empty((kept, len(spec.numeric)), dtype=np.float64)
+    for j, feature in enumerate(spec.numeric):
+        numeric[:, j] = _event_numbers(events.fields[feature.name], kept)
+    categorical = [as_strings(events.fields[c.name]) for c in spec.categorical]
+    step = fields.encode(numeric, categorical)
+    n = spec.max_length
+    values = np.zeros((rows, n, len(spec.numeric)), dtype=np.float32)
+    codes = np.zeros((rows, n, len(spec.categorical)), dtype=np.int64)
+    mask = np.zeros((rows, n), dtype=np.bool_)
+    values[events.row, events.slot] = step.numeric
+    codes[events.row, events.slot] = step.categorical
+    mask[events.row, events.slot] = True
+    return EncodedSequence(spec.name, values, codes, mask)
 
 
 def transform(spec: PreprocessingSpec, columns: Mapping[str, Column]) -> EncodedBatch:
@@ -122,6 +205,17 @@ def transform(spec: PreprocessingSpec, columns: Mapping[str, Column]) -> Encoded
     Callers that encode many batches with one spec keep a ``Preprocessor`` instead.
     """
     return Preprocessor(spec).apply(columns)
+
+
+def _event_numbers(values: pa.Array | list[object], count: int) -> np.ndarray:
+    """Events' numbers as float64 (None: NaN); Python lists without a trip through Arrow
+    (the same values: bools as 1/0, ints exactly below 2**53)."""
+    if isinstance(values, list):
+        return np.fromiter((_NAN if v is None else v for v in values), np.float64, count)
+    return as_float64(values)
+
+
+_NAN = float("nan")
 
 
 def _columns(columns: list[int], width: int) -> slice | np.ndarray | None:

@@ -1,24 +1,48 @@
-"""Fitting the preprocessing on the training split only (validation rows never leak in)."""
+"""Fitting the preprocessing on the training split only (validation rows never leak in).
+
+A sequence's fields are fitted over the events the model will see (each row's newest
+``max_length``, through the same ``newest_events`` the encoder uses): a numeric field's
+fill, normalisation and quantiles over those events' values, a categorical field's
+vocabulary over their categories.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from libs.preprocessing.apply import Column, as_float64, as_strings
+from libs.preprocessing.sequences import is_text_list, newest_events
 from libs.preprocessing.spec import (
     NORMALIZATIONS,
+    PADDINGS,
     CategoricalFeature,
     NumericFeature,
     PreprocessingSpec,
+    SequenceFeature,
 )
 
 QUANTILE_KNOTS = 101
 MAX_VOCABULARY = 1000
+
+
+@dataclass(frozen=True)
+class SequenceColumns:
+    """Which list features form one sequence, as a job spec names them."""
+
+    name: str
+    """The sequence's name (its model inputs are ``<name>.values`` / ``.codes`` / ``.mask``)."""
+    features: tuple[str, ...]
+    """Its list features (one per event field), each a list per row, oldest event first."""
+    max_length: int
+    """N: how many of the newest events the model reads."""
+    padding: str = "left"
+    """``left`` (newest event in the last slot) or ``right``."""
 
 
 def fit(
@@ -28,25 +52,73 @@ def fit(
     categorical: Sequence[str] = (),
     normalization: str = "quantile",
     extra: Mapping[str, Any] | None = None,
+    sequences: Sequence[SequenceColumns] = (),
 ) -> PreprocessingSpec:
     """Fit on ``columns`` (training rows only); ``categorical`` names the category features.
 
     Numeric features keep the order of ``features``, as do categorical ones. A string
-    column is categorical whether or not it is named in ``categorical``.
+    column is categorical whether or not it is named in ``categorical``. Features named
+    by one of ``sequences`` are list columns fitted as that sequence's fields (also when
+    ``features`` lists them), in the order the sequence names them.
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    in_sequences = [f for s in sequences for f in s.features]
+    if len(set(in_sequences)) != len(in_sequences):
+        raise ValueError("a feature can belong to one sequence only")
     numeric_specs, categorical_specs = [], []
     rows = 0
-    for name in features:
+    for name in (f for f in features if f not in in_sequences):
         values = columns[name]
         rows = len(values)
+        if _is_list(values):
+            raise ValueError(
+                f"feature {name!r} holds a list per row; name it in a sequence (sequences=...)"
+            )
         if name in categorical or _is_text(values):
             categorical_specs.append(_fit_categorical(name, as_strings(values)))
         else:
             numeric_specs.append(_fit_numeric(name, as_float64(values), normalization))
+    fitted = tuple(_fit_sequence(s, columns, normalization, categorical) for s in sequences)
+    if sequences and not numeric_specs and not categorical_specs:
+        rows = len(columns[sequences[0].features[0]])
     return PreprocessingSpec(
-        tuple(numeric_specs), tuple(categorical_specs), rows, dict(extra or {})
+        tuple(numeric_specs), tuple(categorical_specs), rows, dict(extra or {}), fitted
+    )
+
+
+def _fit_sequence(
+    sequence: SequenceColumns,
+    columns: Mapping[str, Column],
+    normalization: str,
+    categorical: Sequence[str],
+) -> SequenceFeature:
+    if not sequence.features:
+        raise ValueError(f"sequence {sequence.name!r} names no features")
+    if sequence.max_length < 1:
+        raise ValueError(f"sequence {sequence.name!r}: max_length must be >= 1")
+    if sequence.padding not in PADDINGS:
+        raise ValueError(f"sequence {sequence.name!r}: padding must be one of {PADDINGS}")
+    events = newest_events(
+        columns,
+        sequence.features,
+        max_length=sequence.max_length,
+        padding=sequence.padding,
+        sequence=sequence.name,
+    )
+    numeric_specs, categorical_specs = [], []
+    for name in sequence.features:
+        values = events.fields[name]
+        if name in categorical or is_text_list(columns[name]):
+            categorical_specs.append(_fit_categorical(name, as_strings(values)))
+        else:
+            numeric_specs.append(_fit_numeric(name, as_float64(values), normalization))
+    return SequenceFeature(
+        sequence.name,
+        sequence.max_length,
+        sequence.padding,
+        tuple(numeric_specs),
+        tuple(categorical_specs),
     )
 
 
@@ -72,6 +144,14 @@ def _fit_categorical(name: str, values: list[str | None]) -> CategoricalFeature:
     counts = Counter(v for v in values if v is not None)
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:MAX_VOCABULARY]
     return CategoricalFeature(name, tuple(value for value, _ in ranked))
+
+
+def _is_list(values: Column) -> bool:
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        kind = values.type
+        return pa.types.is_list(kind) or pa.types.is_large_list(kind)
+    sample = values[:100] if isinstance(values, np.ndarray) else list(values)[:100]
+    return any(isinstance(v, list | tuple | np.ndarray) for v in sample)
 
 
 def _is_text(values: Column) -> bool:

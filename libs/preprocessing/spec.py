@@ -2,8 +2,12 @@
 
 Version 1 holds, in model input order, each numeric feature (its fill for missing values
 and its normalisation) and each categorical feature (its vocabulary; index 0 stands for
-missing or unseen values). Readers refuse a format or version they do not know rather
-than guess.
+missing or unseen values). Version 2 adds ``sequences``: an entity's ordered recent
+events (several list features of equal length per row, oldest first), each with its
+maximum length N, its padding side and per-field numeric/categorical specs of the same
+shape as version 1's (ADR 0026). A spec without sequences is still written as version 1,
+byte for byte as before, so existing digests and older readers are unaffected; this
+reader reads both. Readers refuse a format or version they do not know rather than guess.
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FORMAT = "lathe.preprocessing"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest version this code reads and writes (it writes 1 when a spec has no sequences)."""
+READABLE_VERSIONS = (1, 2)
 NORMALIZATIONS = ("quantile", "standard")
+PADDINGS = ("left", "right")
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,38 @@ class CategoricalFeature:
 
 
 @dataclass(frozen=True)
+class SequenceFeature:
+    """An entity's recent events: list features of equal length per row, oldest first.
+
+    The model reads it as three inputs (``<name>.values`` float32 [rows, N, numeric
+    fields], ``<name>.codes`` int64 [rows, N, categorical fields], ``<name>.mask`` bool
+    [rows, N], True where an event is); only the newest ``max_length`` events are kept.
+    """
+
+    name: str
+    """The sequence's name in the job spec (the model's input names derive from it)."""
+    max_length: int
+    """N: the newest N events are kept, older ones dropped."""
+    padding: str
+    """``left``: the newest event in slot N-1, padding first; ``right``: events from slot 0."""
+    numeric: tuple[NumericFeature, ...]
+    """Per-event numbers (list<double>, list<int64>, list<bool> features), fitted over the
+    training split's kept events; in the order of ``values``' last axis."""
+    categorical: tuple[CategoricalFeature, ...]
+    """Per-event categories (list<string> features); in the order of ``codes``' last axis."""
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Its list features: numeric fields, then categorical ones."""
+        return tuple(f.name for f in self.numeric) + tuple(f.name for f in self.categorical)
+
+    @property
+    def fields(self) -> PreprocessingSpec:
+        """Its fields as a flat spec: how one event's values are encoded."""
+        return PreprocessingSpec(self.numeric, self.categorical)
+
+
+@dataclass(frozen=True)
 class PreprocessingSpec:
     """Everything needed to turn feature values into the model's input tensors."""
 
@@ -62,37 +101,50 @@ class PreprocessingSpec:
     """Training rows it was fitted on."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form provenance (e.g. the dataset snapshot id); ignored by ``transform``."""
+    sequences: tuple[SequenceFeature, ...] = ()
+    """Event sequences, in the order of the model's sequence inputs (version 2)."""
 
     @property
     def feature_names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.numeric) + tuple(f.name for f in self.categorical)
+        """Every feature the model reads: scalar numbers, categories, then sequence fields."""
+        return (
+            tuple(f.name for f in self.numeric)
+            + tuple(f.name for f in self.categorical)
+            + tuple(name for s in self.sequences for name in s.feature_names)
+        )
+
+    @property
+    def version(self) -> int:
+        """The lowest format version that can hold this spec (what ``to_json`` writes)."""
+        return 2 if self.sequences else 1
 
     def to_json(self) -> bytes:
         """Canonical JSON (sorted keys): equal specs give equal bytes, hence equal digests."""
-        document = {
+        inputs: dict[str, Any] = {
+            "numeric": [f.name for f in self.numeric],
+            "categorical": [f.name for f in self.categorical],
+        }
+        document: dict[str, Any] = {
             "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "inputs": {
-                "numeric": [f.name for f in self.numeric],
-                "categorical": [f.name for f in self.categorical],
-            },
-            "numeric": [
-                {
-                    "name": f.name,
-                    "fill": f.fill,
-                    "normalization": f.normalization,
-                    "mean": f.mean,
-                    "std": f.std,
-                    "quantiles": list(f.quantiles),
-                }
-                for f in self.numeric
-            ],
-            "categorical": [
-                {"name": f.name, "vocabulary": list(f.vocabulary)} for f in self.categorical
-            ],
+            "version": self.version,
+            "inputs": inputs,
+            "numeric": [_numeric_json(f) for f in self.numeric],
+            "categorical": [_categorical_json(f) for f in self.categorical],
             "fitted_rows": self.fitted_rows,
             "extra": self.extra,
         }
+        if self.sequences:
+            inputs["sequences"] = {s.name: list(s.feature_names) for s in self.sequences}
+            document["sequences"] = [
+                {
+                    "name": s.name,
+                    "max_length": s.max_length,
+                    "padding": s.padding,
+                    "numeric": [_numeric_json(f) for f in s.numeric],
+                    "categorical": [_categorical_json(f) for f in s.categorical],
+                }
+                for s in self.sequences
+            ]
         return json.dumps(document, sort_keys=True, indent=1).encode()
 
     @classmethod
@@ -100,27 +152,70 @@ class PreprocessingSpec:
         document = json.loads(data)
         if document.get("format") != FORMAT:
             raise ValueError(f"not a preprocessing spec: format is {document.get('format')!r}")
-        if document.get("version") != FORMAT_VERSION:
+        if document.get("version") not in READABLE_VERSIONS:
             raise ValueError(
                 f"preprocessing spec version {document.get('version')} is not supported by this "
-                f"code (it reads version {FORMAT_VERSION}); upgrade the reader"
+                f"code (it reads versions {list(READABLE_VERSIONS)}); upgrade the reader"
             )
-        numeric = tuple(
-            NumericFeature(
-                name=f["name"],
-                fill=float(f["fill"]),
-                normalization=f["normalization"],
-                mean=float(f["mean"]),
-                std=float(f["std"]),
-                quantiles=tuple(float(q) for q in f["quantiles"]),
-            )
-            for f in document["numeric"]
+        sequences = tuple(_sequence_from(s) for s in document.get("sequences", ()))
+        return cls(
+            _numeric_from(document["numeric"]),
+            _categorical_from(document["categorical"]),
+            int(document["fitted_rows"]),
+            dict(document["extra"]),
+            sequences,
         )
-        for feature in numeric:
-            if feature.normalization not in NORMALIZATIONS:
-                raise ValueError(f"{feature.name}: unknown normalization {feature.normalization!r}")
-        categorical = tuple(
-            CategoricalFeature(name=f["name"], vocabulary=tuple(f["vocabulary"]))
-            for f in document["categorical"]
+
+
+def _numeric_json(f: NumericFeature) -> dict[str, Any]:
+    return {
+        "name": f.name,
+        "fill": f.fill,
+        "normalization": f.normalization,
+        "mean": f.mean,
+        "std": f.std,
+        "quantiles": list(f.quantiles),
+    }
+
+
+def _categorical_json(f: CategoricalFeature) -> dict[str, Any]:
+    return {"name": f.name, "vocabulary": list(f.vocabulary)}
+
+
+def _numeric_from(items: list[dict[str, Any]]) -> tuple[NumericFeature, ...]:
+    numeric = tuple(
+        NumericFeature(
+            name=f["name"],
+            fill=float(f["fill"]),
+            normalization=f["normalization"],
+            mean=float(f["mean"]),
+            std=float(f["std"]),
+            quantiles=tuple(float(q) for q in f["quantiles"]),
         )
-        return cls(numeric, categorical, int(document["fitted_rows"]), dict(document["extra"]))
+        for f in items
+    )
+    for feature in numeric:
+        if feature.normalization not in NORMALIZATIONS:
+            raise ValueError(f"{feature.name}: unknown normalization {feature.normalization!r}")
+    return numeric
+
+
+def _categorical_from(items: list[dict[str, Any]]) -> tuple[CategoricalFeature, ...]:
+    return tuple(
+        CategoricalFeature(name=f["name"], vocabulary=tuple(f["vocabulary"])) for f in items
+    )
+
+
+def _sequence_from(item: dict[str, Any]) -> SequenceFeature:
+    sequence = SequenceFeature(
+        name=item["name"],
+        max_length=int(item["max_length"]),
+        padding=item["padding"],
+        numeric=_numeric_from(item["numeric"]),
+        categorical=_categorical_from(item["categorical"]),
+    )
+    if sequence.padding not in PADDINGS:
+        raise ValueError(f"sequence {sequence.name}: unknown padding {sequence.padding!r}")
+    if sequence.max_length < 1:
+        raise ValueError(f"sequence {sequence.name}: max_length must be >= 1")
+    return sequence

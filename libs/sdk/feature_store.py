@@ -74,8 +74,10 @@ class LabelTable:
 
     table: str
     """``table`` or ``schema.table``."""
-    entity_column: str
-    """The column holding the entity's key (the feature services' one join key)."""
+    entity_column: str | Mapping[str, str]
+    """The column holding the entity's key (the selection's one join key); with several
+    join keys (a composite key), join key -> column, e.g. ``{"card_id": "card",
+    "merchant_id": "merchant"}`` (a key left out: the column of its own name)."""
     event_time_column: str
     """The column holding each label's time (features are as of it)."""
     columns: Sequence[str] = ()
@@ -84,7 +86,8 @@ class LabelTable:
     def to_proto(self) -> rr.LabelSource:
         return rr.LabelSource(
             table=self.table,
-            entity_column=self.entity_column,
+            entity_column=self.entity_column if isinstance(self.entity_column, str) else "",
+            entity_columns={} if isinstance(self.entity_column, str) else dict(self.entity_column),
             event_time_column=self.event_time_column,
             columns=list(self.columns),
         )
@@ -128,8 +131,9 @@ class FeatureStoreClient:
         *,
         request_id: str = "",
     ) -> rr.PushFeaturesResponse:
-        """Write rows into a push-source view: columns by name (the join key,
-        ``event_time`` and features), one value per row; rows written and quarantined."""
+        """Write rows into a push-source view: columns by name (the join key, or each
+        part of a composite key, ``event_time`` and features), one value per row; rows
+        written and quarantined."""
         request = rr.PushFeaturesRequest(
             feature_view=view,
             columns={name: to_column(values) for name, values in columns.items()},

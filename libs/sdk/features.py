@@ -175,17 +175,34 @@ class Field:
 
 @dataclass(frozen=True)
 class Entity:
+    """What features describe, keyed by one join key (``Entity("loan", "loan_id")``) or by
+    several, a composite key::
+
+        card_merchant = Entity("card_merchant", join_keys=("card_id", "merchant_id"))
+
+    Reads and writes of a composite key's views name every part: ``entities={"card_id":
+    [...], "merchant_id": [...]}`` online, one column per part in pushes and label rows.
+    """
+
     name: str
-    join_key: str
+    join_key: str = ""
+    """The one join key (or set ``join_keys``)."""
     key_type: int = String
+    """String or Int64: the key's type (every part's, unless ``key_types`` says)."""
     description: str = ""
+    join_keys: Sequence[str] = ()
+    """A composite key: its parts' names, in order."""
+    key_types: Sequence[int] = ()
+    """Each part's type, one per ``join_keys`` entry (empty: ``key_type`` for all)."""
 
     def to_proto(self) -> m.Entity:
         return m.Entity(
             name=self.name,
             join_key=self.join_key,
-            key_type=self.key_type,
-            description=self.description,  # type: ignore[arg-type]
+            key_type=self.key_type,  # type: ignore[arg-type]
+            description=self.description,
+            join_keys=list(self.join_keys),
+            key_types=list(self.key_types),  # type: ignore[arg-type]
         )
 
 
@@ -223,6 +240,9 @@ class BatchSource:
     """Instead of ``table``: one read-only SELECT whose result plays the table's part."""
     field_mapping: dict[str, str] = field(default_factory=dict)
     """Source column -> feature name, for features whose column is named differently."""
+    entity_columns: Sequence[str] = ()
+    """A composite key: the column of each part, in join-key order (empty: the join keys'
+    own names)."""
 
 
 @dataclass(frozen=True)
@@ -231,6 +251,10 @@ class StreamSource:
     """Events arrive on the NATS subject lathe.ingest.<source>, as JSON objects."""
     event_time_field: str
     entity_field: str = ""
+    """The field holding the entity key (empty: the entity's join key)."""
+    entity_fields: Sequence[str] = ()
+    """A composite key: the field of each part, in join-key order (empty: the join keys'
+    own names)."""
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@
             [PredictRow({"loan_id": "LC1"}, {"requested_amount": 12000.0})],
         )
         result.rows[0].scores["probability"], result.rows[0].model_version
+        decided = await inference.decide("credit-line", [PredictRow({"loan_id": "LC1"})])
+        decided.rows[0].action, decided.rows[0].propensity, decided.rows[0].probabilities
         for deployment in (await inference.list_deployments()).deployments: ...
 
 Deadlines: every call has one (``timeout_s``; the channel's default is none at all),
@@ -85,6 +87,28 @@ class Predictions:
     """One per request row, in order."""
     trace_id: str
     """The request's trace, for ``lathe trace``."""
+
+
+@dataclass(frozen=True)
+class RowDecision:
+    """One row's decision by a policy (``InferenceClient.decide``)."""
+
+    action: str
+    propensity: float
+    """P(the policy chooses ``action`` | this row): what off-policy evaluation divides by."""
+    probabilities: dict[str, float]
+    """The whole distribution, by action (0 where ineligible)."""
+    model_version: int
+    arm: str
+    decision_id: str
+    """Rewards join on it (publish them on lathe.ingest.outcomes)."""
+    logged: bool
+
+
+@dataclass(frozen=True)
+class Decisions:
+    rows: list[RowDecision]
+    trace_id: str
 
 
 @dataclass(frozen=True)
@@ -182,6 +206,51 @@ class InferenceClient:
 
         response = await _retrying(self._retry, deadline, attempt)
         return _predictions(response)
+
+    async def decide(
+        self,
+        model_name: str,
+        rows: Sequence[PredictRow],
+        *,
+        alias: str = "",
+        disable_canary: bool = False,
+        allow_unknown_entities: bool = False,
+        timeout_s: float | None = None,
+    ) -> Decisions:
+        """Decide for ``rows`` with the policy's ``alias`` (default production), retried
+        as ``predict`` is: the decision ids are made before the first try, so a retry draws
+        the same actions (and logs the same decisions; the first log of an id counts)."""
+        request = rr.DecideRequest(
+            model_name=model_name,
+            alias=alias,
+            rows=[_row(r) for r in rows],
+            disable_canary=disable_canary,
+            allow_unknown_entities=allow_unknown_entities,
+        )
+        deadline = time.monotonic() + (self._timeout_s if timeout_s is None else timeout_s)
+
+        async def attempt(remaining_s: float) -> rr.DecideResponse:
+            return await self.stub.Decide(  # type: ignore[no-any-return]
+                request, timeout=remaining_s, metadata=self._metadata
+            )
+
+        response = await _retrying(self._retry, deadline, attempt)
+        names = list(response.action_names)
+        return Decisions(
+            [
+                RowDecision(
+                    action=d.action,
+                    propensity=d.propensity,
+                    probabilities=dict(zip(names, d.probabilities, strict=True)),
+                    model_version=d.model_version,
+                    arm=m.Arm.Name(d.arm).removeprefix("ARM_").lower(),
+                    decision_id=d.decision_id,
+                    logged=d.logged,
+                )
+                for d in response.decisions
+            ],
+            response.trace_id,
+        )
 
     async def list_deployments(
         self, model_name: str = "", *, timeout_s: float | None = None

@@ -9,6 +9,7 @@ their work among them as among any replicas.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -21,37 +22,18 @@ from services.inference.service import SPEC
 _CHILD = "LATHE_INFERENCE_CHILD"
 
 
-def _share_the_port() -> None:
-    """Listen with SO_REUSEPORT.
-
-    Workaround until ``libs.grpckit.GrpcServer`` takes a ``reuse_port`` argument (it
-    pins ``grpc.so_reuseport`` to 0, so a second process could not bind): only in this
-    process, gRPC servers are created with the option set to 1.
-    """
-    import grpc
-
-    create = grpc.aio.server
-
-    def server(*args, options=(), **kwargs):  # type: ignore[no-untyped-def]
-        shared = [(k, 1 if k == "grpc.so_reuseport" else v) for k, v in options or ()]
-        return create(*args, options=shared, **kwargs)
-
-    grpc.aio.server = server
-
-
 def main() -> None:
     processes = InferenceSettings().processes
     children: list[subprocess.Popen[bytes]] = []
-    if processes > 1:
-        _share_the_port()
-        if not os.environ.get(_CHILD):
-            env = {**os.environ, _CHILD: "1"}
-            children = [
-                subprocess.Popen([sys.executable, "-m", "services.inference"], env=env)
-                for _ in range(processes - 1)
-            ]
+    if processes > 1 and not os.environ.get(_CHILD):
+        env = {**os.environ, _CHILD: "1"}
+        children = [
+            subprocess.Popen([sys.executable, "-m", "services.inference"], env=env)
+            for _ in range(processes - 1)
+        ]
     try:
-        run_service(SPEC)  # returns on SIGTERM/SIGINT; the children are told next
+        # Returns on SIGTERM/SIGINT; the children are told next.
+        run_service(dataclasses.replace(SPEC, reuse_port=processes > 1))
     finally:
         for child in children:
             if child.poll() is None:

@@ -69,6 +69,24 @@ class InferenceSettings(BaseSettings):
     log_sample_rate: float = Field(
         default=0.01, ge=0, le=1, description="Share of decisions logged (hash of decision id)."
     )
+    decision_log_sample_rate: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Share of Decide's decisions logged (hash of decision id); off-policy "
+        "evaluation weighs each logged decision by 1 / this rate.",
+    )
+    reward_windows: str = Field(
+        default="",
+        description="Censoring window per reward definition, comma-separated "
+        "'<definition>@<version>=<seconds>' (e.g. 'repaid_margin@1=7776000'); a reward later "
+        "than decide time + window is refused as past_window and the decision is censored.",
+    )
+    default_reward_window_s: float = Field(
+        default=30 * 86400.0,
+        gt=0,
+        description="Censoring window of reward definitions not in reward_windows.",
+    )
     log_buffer: int = Field(
         default=20_000, ge=1, description="Prediction logs held for writing; past it, dropped."
     )
@@ -91,6 +109,26 @@ class InferenceSettings(BaseSettings):
 
     def model_set(self) -> frozenset[str]:
         return frozenset(m.strip() for m in self.models.split(",") if m.strip())
+
+    def reward_window_map(self) -> dict[tuple[str, int], float]:
+        """``reward_windows`` parsed; ValueError says which entry is malformed."""
+        out: dict[tuple[str, int], float] = {}
+        for entry in (e.strip() for e in self.reward_windows.split(",")):
+            if not entry:
+                continue
+            try:
+                key, seconds = entry.split("=")
+                name, version = key.rsplit("@", 1)
+                window = float(seconds)
+                if not name or window <= 0:
+                    raise ValueError
+                out[(name.strip(), int(version))] = window
+            except ValueError:
+                raise ValueError(
+                    f"LATHE_INFERENCE_REWARD_WINDOWS entry {entry!r}: write "
+                    "'<definition>@<version>=<seconds>', seconds > 0"
+                ) from None
+        return out
 
     def executor_count(self) -> int:
         return self.executors or max(1, _cores() // self.processes)

@@ -2,7 +2,9 @@
 
 Subjects are ``lathe.inference.<aggregate>.<event>``. Streams: one per followed alias
 (``deployment-<model>/<alias>``: requests, outcomes, removal) and one per flushed batch
-of prediction logs (``predictions-<uuid>``, written once, so log writers never contend).
+of prediction logs (``predictions-<uuid>``, written once, so log writers never contend);
+one per joined reward (``reward-<decision>/<definition>@<version>``, written once) and one
+per batch of refused outcomes (``rewards-refused-<uuid>``).
 """
 
 from lathe.inference.v1 import events_pb2
@@ -16,6 +18,8 @@ CATALOG = EventCatalog(
         EventSpec(events_pb2.DeploymentFailed, aggregate="deployment", name="failed"),
         EventSpec(events_pb2.DeploymentRemoved, aggregate="deployment", name="removed"),
         EventSpec(events_pb2.PredictionLogged, aggregate="prediction", name="logged"),
+        EventSpec(events_pb2.RewardJoined, aggregate="reward", name="joined"),
+        EventSpec(events_pb2.RewardRefused, aggregate="reward", name="refused"),
     ]
 )
 

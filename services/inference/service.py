@@ -19,11 +19,13 @@ from libs.eventstore import ConsumerSpec, DurableConsumer
 from libs.messaging import EventStreamNames
 from libs.runtime import ServiceComponents, ServiceContext, ServiceSpec
 from services.inference.api.servicer import InferenceServicer
+from services.inference.app.decision_log import DecisionLog
 from services.inference.app.deployments import DeploymentRecorder
 from services.inference.app.follower import AliasFollower
 from services.inference.app.loader import DeploymentLoader
 from services.inference.app.predict import Predictor
 from services.inference.app.prediction_log import PredictionLogger
+from services.inference.app.rewards import RewardJoiner, run_outcome_consumer
 from services.inference.app.serving import ServingTable
 from services.inference.batching import Batcher
 from services.inference.config import InferenceSettings
@@ -104,9 +106,22 @@ def build_spec(inference: InferenceSettings | None = None) -> ServiceSpec:
             gpu_probe=settings.gpu_probe,
             engine_cache=lambda loop: RegistryEngineCache(registry, context.pool, loop),
         )
-        predictor = Predictor(table, features, batcher, logger)
+        predictor = Predictor(
+            table, features, batcher, logger, decision_sample_rate=settings.decision_log_sample_rate
+        )
         batcher.incoming = predictor.incoming  # type: ignore[assignment]
-        servicer = InferenceServicer(predictor, table, max_rows=settings.max_request_rows)
+        joiner = RewardJoiner(
+            context.store, settings.reward_window_map(), settings.default_reward_window_s
+        )
+        servicer = InferenceServicer(
+            predictor,
+            table,
+            max_rows=settings.max_request_rows,
+            decisions=DecisionLog(context.pool, joiner.window_s),
+        )
+
+        async def join_rewards(stop: asyncio.Event) -> None:
+            await run_outcome_consumer(context, joiner, stop)
 
         async def close_clients(stop: asyncio.Event) -> None:
             await stop.wait()
@@ -123,8 +138,10 @@ def build_spec(inference: InferenceSettings | None = None) -> ServiceSpec:
                 consumer.run,
                 follower.run_reconcile,
                 loader.run,
+                join_rewards,
                 close_clients,
             ],
+            readiness=table.not_ready_because,
         )
 
     return ServiceSpec(

@@ -25,6 +25,7 @@ from services.trainer.domain.families import load_plugins
 from services.trainer.events import CATALOG
 from services.trainer.launch.kubernetes import KubernetesLauncher
 from services.trainer.launch.local import LocalLauncher
+from services.trainer.policies.jobs import PolicyJobs
 from services.trainer.store.blobs import BlobStore
 from services.trainer.store.feature_catalog import FeatureCatalog
 from services.trainer.store.features import FeatureStoreGateway
@@ -85,7 +86,13 @@ def build(context: ServiceContext) -> ServiceComponents:
         on_queued=supervisor.wake,
     )
     canceller = Canceller(context.pool, jobs, requests, on_cancel=supervisor.cancel)
-    servicer = TrainerServicer(submitter, canceller, JobQueries(jobs))
+    policies = PolicyJobs(
+        shared.model_registry_addr,
+        shared.service_addr(ServiceName.INFERENCE),
+        token,
+        work_root=(settings.artifact_root or shared.home / "trainer") / "policy-jobs",
+    )
+    servicer = TrainerServicer(submitter, canceller, JobQueries(jobs), policies)
     return ServiceComponents(
         registrations=[
             lambda server: service_pb2_grpc.add_TrainerServicer_to_server(servicer, server)

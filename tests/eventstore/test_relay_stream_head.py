@@ -10,8 +10,8 @@ import asyncpg
 from nats.js import JetStreamContext
 
 from libs.db import quote_ident
-from libs.eventstore import NO_STREAM, EventRelay, EventStore
-from libs.eventstore.publisher import read_stream_head
+from libs.eventstore import NO_STREAM, EventRelay, EventStore, EventTailer
+from libs.eventstore.publisher import OrderedPublisher, PublishFailed, read_stream_head
 from libs.messaging import EventStreamNames, ensure_stream
 from tests.eventstore.events import note
 from tests.support.infra import InfraEndpoints
@@ -92,3 +92,44 @@ async def test_a_stale_checkpoint_and_a_foreign_message_neither_duplicate_nor_re
     positions = [int(h["Lathe-Position"]) for h in relayed]
     assert all(a < b for a, b in itertools.pairwise(positions))
     assert await event_store.load_checkpoint("relay") == positions[-1]
+
+
+async def test_after_a_refused_message_no_later_one_of_the_batch_is_stored(
+    event_store: EventStore, js: JetStreamContext, infra: InfraEndpoints
+) -> None:
+    """A foreign message shifts the stream by one: the event after the refused one then
+    finds the sequence it expects, and must still be refused (else the stream has a gap)."""
+    names = EventStreamNames(infra.namespace, event_store.schema)
+    await ensure_stream(js, names.stream, [names.all_subjects], duplicate_window_s=0.5)
+    await _append(event_store, "d", 8)
+    async with event_store.pool.acquire() as conn:
+        events = (await EventTailer(event_store.schema).read(conn, 100)).events
+    assert len(events) == 8
+    failures: list[int] = []
+    publisher = await OrderedPublisher.open(
+        js,
+        names,
+        await read_stream_head(js, names.stream),
+        position=0,
+        ack_timeout_s=5.0,
+        max_in_flight=100,
+        on_settled=lambda n: failures.append(n) if n == 0 else None,
+    )
+    try:
+        await publisher.publish(events[:3])
+        await publisher.drain(5.0)
+        await js.publish(names.subject("manual.note"), b"not a Lathe event")
+        # Pipelined: all five are handed over before any answer comes back.
+        await publisher.publish(events[3:])
+        await publisher.drain(5.0)
+    except PublishFailed as refused:
+        assert "position 4" in str(refused)
+    else:
+        raise AssertionError("the publish after the foreign message was not refused")
+    finally:
+        await publisher.close()
+
+    assert publisher.acked_position == events[2].global_position
+    assert failures
+    stored = await _contents(js, names.stream)
+    assert [h.get("Lathe-Position") for h in stored] == ["1", "2", "3", None]

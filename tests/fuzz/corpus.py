@@ -36,6 +36,7 @@ from libs.sdk.features import (
     PushSource,
     Range,
     StreamSource,
+    String,
     on_demand_feature_view,
     repository_of,
 )
@@ -448,6 +449,46 @@ async def seed_feature_store(platform: FuzzPlatform) -> None:
         FEATURES,
         "DeleteDefinition",
         frr.DeleteDefinitionRequest(kind="feature_view", name="fuzz_doomed", reason="fuzz"),
+    )
+    await _seed_composite_keys(platform)
+
+
+async def _seed_composite_keys(platform: FuzzPlatform) -> None:
+    """A composite entity (ADR 0023): pushes, online reads and a training set keyed by two
+    parts, one of them holding the separator and the escape."""
+    card = Entity(
+        "fuzz_card_merchant", join_keys=("card_id", "merchant_id"), key_types=(Int64, String)
+    )
+    spend = FeatureView(
+        "fuzz_card_spend", entity=card, source=PushSource(), features=[Field("amount", Float64)]
+    )
+    seed = platform.seed
+    repository = repository_of([card, spend])
+    await seed(FEATURES, "ApplyDefinitions", frr.ApplyDefinitionsRequest(repository=repository))
+    keys = {"card_id": to_column([4111, 4111]), "merchant_id": to_column(["m|1", "m\\2"])}
+    columns = {**keys, "event_time": to_column([T0, T0]), "amount": to_column([1.0, 2.0])}
+    await seed(
+        FEATURES,
+        "PushFeatures",
+        frr.PushFeaturesRequest(feature_view="fuzz_card_spend", columns=columns),
+    )
+    selection = frr.FeatureList(features=["fuzz_card_spend:*"])
+    await seed(
+        FEATURES,
+        "GetOnlineFeatures",
+        frr.GetOnlineFeaturesRequest(feature_list=selection, entities=keys),
+    )
+    rows = pa.table(
+        {
+            "card_id": pa.array([4111, 4111], pa.int64()),
+            "merchant_id": ["m|1", "m\\2"],
+            "event_time": pa.array([T0 + timedelta(days=3)] * 2, pa.timestamp("us", tz="UTC")),
+        }
+    )
+    await seed(
+        FEATURES,
+        "GetHistoricalFeatures",
+        frr.GetHistoricalFeaturesRequest(feature_list=selection, entity_rows_arrow=_arrow(rows)),
     )
 
 

@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from libs.config import ServiceName
+from libs.grpckit.server import LIVENESS_SERVICE
 from tests.fuzz.descriptor_strategies import Hints
 from tests.fuzz.findings import Findings, finding_type
 from tests.fuzz.harvest import harvest
@@ -186,8 +187,10 @@ class FuzzPlatform:
         )
 
     async def _health(self, target: FuzzTarget) -> str:
+        # Liveness, not readiness: inference's readiness follows its production
+        # deployments, which the registry corpus points at artifacts that are no model.
         stub = health_pb2_grpc.HealthStub(self.channels[target.service])
-        request = health_pb2.HealthCheckRequest(service=target.method.containing_service.full_name)
+        request = health_pb2.HealthCheckRequest(service=LIVENESS_SERVICE)
         try:
             reply = await stub.Check(request, timeout=CALL_DEADLINE_S)
         except grpc.aio.AioRpcError as error:

@@ -7,15 +7,49 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from libs.preprocessing import fit, transform
+from libs.preprocessing import SequenceColumns, fit, transform
 from services.inference.domain.parity import compare, tolerance
 from services.inference.runtimes.fp16 import to_fp16
 from services.inference.runtimes.onnx_to_torch import OnnxModule
+from services.trainer.domain.families import family as family_named
 from services.trainer.training.export import export_onnx
-from services.trainer.training.models import ModelInputs, build_ft_transformer, build_mlp
+from services.trainer.training.models import ModelInputs, build, build_ft_transformer, build_mlp
+
+
+def _sequence_exported() -> tuple[bytes, dict[str, np.ndarray]]:
+    """A sequence transformer's graph (scalar and event inputs, masks; 1 row in 4 without
+    events) and its feeds."""
+    rng = np.random.default_rng(1)
+    lengths = [0 if i % 4 == 0 else int(rng.integers(1, 12)) for i in range(200)]
+    columns = {
+        "a:x": rng.normal(size=200).tolist(),
+        "p:amount": [rng.lognormal(size=n).tolist() for n in lengths],
+        "p:kind": [rng.choice(["A", "B", "C"], n).tolist() for n in lengths],
+    }
+    sequences = [SequenceColumns("p", ("p:amount", "p:kind"), max_length=8)]
+    spec = fit(columns, ["a:x"], sequences=sequences)
+    torch.manual_seed(0)
+    model = build(
+        "sequence_transformer",
+        ModelInputs.of(spec),
+        family_named("sequence_transformer").resolve({"d_token": 16, "n_heads": 2}),
+    )
+    encoded = transform(spec, columns)
+    (s,) = encoded.sequences
+    exported = export_onnx(
+        model,
+        torch.from_numpy(encoded.numeric),
+        torch.from_numpy(encoded.categorical),
+        opset=17,
+        sequences=[("p", *(torch.from_numpy(a) for a in (s.values, s.codes, s.mask)))],
+    )
+    feeds = {n: a for n, a in encoded.arrays().items() if n in exported.input_names}
+    return exported.onnx_bytes, feeds
 
 
 def _exported(family: str) -> tuple[bytes, dict[str, np.ndarray]]:
+    if family == "sequence_transformer":
+        return _sequence_exported()
     rng = np.random.default_rng(0)
     columns = {
         "a:x": rng.normal(size=300).tolist(),
@@ -45,7 +79,7 @@ def _exported(family: str) -> tuple[bytes, dict[str, np.ndarray]]:
     return exported.onnx_bytes, {"numeric": encoded.numeric, "categorical": encoded.categorical}
 
 
-@pytest.mark.parametrize("family", ["mlp", "ft_transformer"])
+@pytest.mark.parametrize("family", ["mlp", "ft_transformer", "sequence_transformer"])
 def test_the_graph_as_a_torch_module_matches_onnx_runtime(family: str) -> None:
     onnx_bytes, feeds = _exported(family)
     reference = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
@@ -59,7 +93,7 @@ def test_the_graph_as_a_torch_module_matches_onnx_runtime(family: str) -> None:
         assert result.ok, result.explain(f"{family} at batch {rows}")
 
 
-@pytest.mark.parametrize("family", ["mlp", "ft_transformer"])
+@pytest.mark.parametrize("family", ["mlp", "ft_transformer", "sequence_transformer"])
 def test_the_fp16_graph_stays_within_the_fp16_tolerance(family: str) -> None:
     onnx_bytes, feeds = _exported(family)
     reference = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +32,7 @@ from services.feature_store.domain.definitions.read_plan import (
     ReadPlan,
     StoredColumn,
 )
+from services.feature_store.domain.keys import encode_key_column, key_column
 from services.feature_store.domain.quality import profile_of_array
 from services.feature_store.domain.times import MAX_TIME, MIN_TIME, to_us
 from services.feature_store.domain.values import to_python, value_of
@@ -67,9 +68,11 @@ class Labels:
     ``_row`` (0, 1, ...)."""
 
 
-def labels_from_arrow(data: bytes, join_keys: list[str]) -> Labels:
+def labels_from_arrow(
+    data: bytes, join_keys: list[str], composites: Sequence[tuple[str, ...]] = ()
+) -> Labels:
     """The caller's entity rows (an Arrow IPC stream), checked; InvalidArgument naming
-    the column for anything the join cannot read."""
+    the column for anything the join cannot read. ``composites``: see ``label_keys``."""
     if not data:
         raise InvalidArgument("set label_source or entity_rows_arrow (an Arrow IPC stream)")
     try:
@@ -78,12 +81,19 @@ def labels_from_arrow(data: bytes, join_keys: list[str]) -> Labels:
         raise InvalidArgument(f"entity_rows_arrow is not an Arrow IPC stream: {exc}") from exc
     if table.num_rows > MAX_LABEL_ROWS:
         raise InvalidArgument(f"at most {MAX_LABEL_ROWS} entity rows per call")
-    return Labels(table, label_keys(table, join_keys, "entity_rows_arrow"))
+    return Labels(table, label_keys(table, join_keys, "entity_rows_arrow", composites))
 
 
-def label_keys(table: pa.Table, join_keys: list[str], where: str) -> pa.Table:
-    """What the join reads of ``table``: its join keys as text, its ``event_time`` as
-    naive UTC microseconds, and a row number."""
+def label_keys(
+    table: pa.Table,
+    join_keys: list[str],
+    where: str,
+    composites: Sequence[tuple[str, ...]] = (),
+) -> pa.Table:
+    """What the join reads of ``table``: its join keys as text, each composite key of
+    ``composites`` as its stored text (``keys.encode_key_column``, named by
+    ``keys.key_column``), its ``event_time`` as naive UTC microseconds, and a row
+    number."""
     seen: set[str] = set()
     for name in table.column_names:
         if name in seen:
@@ -104,6 +114,8 @@ def label_keys(table: pa.Table, join_keys: list[str], where: str) -> pa.Table:
                 f"{where}.{key} holds entity keys: send strings or integers, not {column.type}"
             )
         columns[key] = pc.cast(column, pa.string())
+    for parts in composites:
+        columns[key_column(parts)] = encode_key_column([columns[key] for key in parts])
     columns[EVENT_TIME] = _label_times(table.column(EVENT_TIME), where)
     columns[ROW_NUMBER] = pa.array(range(table.num_rows), pa.int64())
     return pa.table(columns)

@@ -17,11 +17,11 @@ from typing import Any
 
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.errors import FailedPrecondition, InvalidArgument
+from services.feature_store.domain.keys import encode_key, request_keys
 from services.feature_store.domain.times import utc
 from services.feature_store.domain.values import (
     coerce,
     describe,
-    entity_key,
     from_python,
     violated,
 )
@@ -121,24 +121,28 @@ def online_rows(rows: Sequence[IngestRow], created_time: datetime) -> OnlineRows
 
 
 def push_rows(
-    view: m.FeatureView, join_key: str, columns: Mapping[str, m.RepeatedValue]
+    view: m.FeatureView, join_keys: str | Sequence[str], columns: Mapping[str, m.RepeatedValue]
 ) -> list[IngestRow]:
-    """PushFeatures columns as rows of the view: typed, one per row, checked."""
+    """PushFeatures columns as rows of the view: typed, one per row, checked.
+    ``join_keys``: the view's entity's join key, or keys (a composite key: a column per
+    part, ADR 0023)."""
+    keys = (join_keys,) if isinstance(join_keys, str) else tuple(join_keys)
     features = {f.name: (i, f.type) for i, f in enumerate(view.features)}
-    unknown = set(columns) - set(features) - {join_key, "event_time"}
+    unknown = set(columns) - set(features) - {*keys, "event_time"}
     if unknown:
         raise InvalidArgument(
-            f"columns {sorted(unknown)} are not features of {view.name!r}; "
-            f"it has {sorted(features)}"
+            f"columns {sorted(unknown)} are not features of {view.name!r} nor its join keys "
+            f"{list(keys)}; it has {sorted(features)}"
         )
-    for required in (join_key, "event_time"):
+    for required in (*keys, "event_time"):
         if required not in columns:
             raise InvalidArgument(f"columns needs {required!r}")
-    count = len(columns[join_key].values)
+    count = len(columns[keys[0]].values)
     if any(len(c.values) != count for c in columns.values()):
         raise InvalidArgument("every column needs the same number of values (one per row)")
     if not 0 < count <= MAX_PUSH_ROWS:
         raise InvalidArgument(f"push 1 to {MAX_PUSH_ROWS} rows per call, not {count}")
+    stored_keys = request_keys(columns, keys)
     rows = []
     for r in range(count):
         stamp = columns["event_time"].values[r]
@@ -150,7 +154,7 @@ def push_rows(
                 values[index] = coerce(columns[name].values[r], value_type, f"{name} of row {r}")
         rows.append(
             IngestRow(
-                entity_key=entity_key(columns[join_key].values[r], join_key),
+                entity_key=stored_keys[r],
                 event_time=stamp.timestamp_value.ToDatetime(tzinfo=UTC),
                 values=values,
             )
@@ -172,8 +176,9 @@ def row_from_source(view: m.FeatureView, record: Mapping[str, Any]) -> IngestRow
             raise FailedPrecondition(
                 f"the batch source of {view.name!r} does not match its definition: {exc}"
             ) from exc
+    key = record["entity_key"]  # text, or a composite key's parts (store/sources.py)
     return IngestRow(
-        entity_key=record["entity_key"],
+        entity_key=key if isinstance(key, str) else encode_key(key),
         event_time=utc(record["event_time"]),
         values=values,
         created_time=utc(record["created_time"]),

@@ -5,9 +5,11 @@ string with '' and 'true' kept, double precision with NaN and infinities, timest
 as timestamp[us, UTC], numeric(p, s) as decimal128(p, s), ...), in a deterministic
 order (by time, key, then each column), so the same table gives the same training set
 and snapshot id however Postgres stores it. The entity column is returned under the join
-key's name with its own type (the join reads it as text). Identifiers are checked as
-names and quoted; time bounds travel as bind parameters. (It used to go through CSV and
-DuckDB's type inference: a bigint key came back as text, '' as null, 'true' as a bool.)
+key's name with its own type (the join reads it as text); with several join keys (a
+composite key, or views of several entities) each key's column is, under its join key's
+name (``entity_columns``, ADR 0023). Identifiers are checked as names and quoted; time
+bounds travel as bind parameters. (It used to go through CSV and DuckDB's type
+inference: a bigint key came back as text, '' as null, 'true' as a bool.)
 """
 
 from __future__ import annotations
@@ -72,32 +74,60 @@ def _table_name(source: rr.LabelSource) -> str:
     return ".".join(quote_ident(check_name(p, "label_source.table")) for p in parts)
 
 
-async def read_label_table(pool: asyncpg.Pool, source: rr.LabelSource, join_key: str) -> pa.Table:
-    """The label table's rows: ``join_key`` (the entity column, its own type),
+def key_columns(source: rr.LabelSource, join_keys: Sequence[str]) -> dict[str, str]:
+    """Join key -> the label table's column holding it: ``entity_column`` for a selection
+    of one join key, else ``entity_columns`` (a key left out: the column of its name);
+    InvalidArgument naming a join key the selection does not have."""
+    if source.entity_column and source.entity_columns:
+        raise InvalidArgument("set label_source.entity_column or entity_columns, not both")
+    if source.entity_column:
+        if len(join_keys) != 1:
+            raise InvalidArgument(
+                f"the selection's entities have the join keys {list(join_keys)}: name the "
+                "column of each in label_source.entity_columns (join key -> column)"
+            )
+        return {join_keys[0]: check_name(source.entity_column, "label_source.entity_column")}
+    extra = sorted(set(source.entity_columns) - set(join_keys))
+    if extra:
+        raise InvalidArgument(
+            f"label_source.entity_columns names {extra[0]!r}, which is not a join key of the "
+            f"selection (its keys are {list(join_keys)})"
+        )
+    return {
+        key: check_name(source.entity_columns.get(key, key), "label_source.entity_columns")
+        for key in join_keys
+    }
+
+
+async def read_label_table(
+    pool: asyncpg.Pool, source: rr.LabelSource, join_keys: Sequence[str]
+) -> pa.Table:
+    """The label table's rows: each join key (its column, its own type, ``key_columns``),
     ``event_time`` (timestamp[us, UTC]) and the extra columns, typed; InvalidArgument
     when the table cannot be read as described."""
     table = _table_name(source)
-    entity = check_name(source.entity_column, "label_source.entity_column")
+    keys = key_columns(source, join_keys)
     time_column = check_name(source.event_time_column, "label_source.event_time_column")
     extras = [check_name(c, "label_source.columns") for c in source.columns]
-    names = [join_key, "event_time", *extras]
+    names = [*keys, "event_time", *extras]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate is not None:
         raise InvalidArgument(
-            f"label_source.columns names {duplicate!r} twice (the entity column is returned "
-            f"as {join_key!r}, the time as 'event_time')"
+            f"label_source.columns names {duplicate!r} twice (entity columns are returned "
+            f"as their join keys {list(keys)}, the time as 'event_time')"
         )
     async with pool.acquire() as conn:
         try:
             found = {r["name"]: r for r in await conn.fetch(_COLUMNS, table)}
         except asyncpg.PostgresError as exc:
             raise InvalidArgument(f"cannot read label_source {source.table!r}: {exc}") from exc
+        key_field = f"label_source.entity_column{'' if source.entity_column else 's'}"
         types = [
-            _column_type(found, entity, "label_source.entity_column", _KEY_TYPES),
+            *(_column_type(found, c, key_field, _KEY_TYPES) for c in keys.values()),
             _column_type(found, time_column, "label_source.event_time_column", _TIME_TYPES),
             *(_column_type(found, c, "label_source.columns", None) for c in extras),
         ]
-        query = _query(table, [entity, time_column, *extras], types)
+        query = _query(table, [*keys.values(), time_column, *extras], types, len(keys))
         bounds = [_bound(source, "start_time"), _bound(source, "end_time")]
         try:
             async with conn.transaction(readonly=True):
@@ -110,7 +140,7 @@ async def read_label_table(pool: asyncpg.Pool, source: rr.LabelSource, join_key:
     schema = pa.schema([(n, t.arrow) for n, t in zip(names, types, strict=True)])
     rows = pa.Table.from_batches(batches, schema=schema)
     event_time = rows.column("event_time").cast(pa.timestamp("us", tz="UTC"))
-    return rows.set_column(1, "event_time", event_time)
+    return rows.set_column(len(keys), "event_time", event_time)
 
 
 def _column_type(
@@ -131,16 +161,17 @@ def _column_type(
     return _TYPES[kind]
 
 
-def _query(table: str, columns: list[str], types: list[_Type]) -> str:
-    """Each column (text forms where needed), in a deterministic order: time, key, the
-    rest (text by its bytes, not the database's collation)."""
-    time_column = quote_ident(columns[1])
+def _query(table: str, columns: list[str], types: list[_Type], keys: int) -> str:
+    """Each column (text forms where needed; ``keys`` key columns, then the time, then
+    the rest), in a deterministic order: time, keys, the rest (text by its bytes, not the
+    database's collation)."""
+    time_column = quote_ident(columns[keys])
     selected, order = [], []
     for index, (column, kind) in enumerate(zip(columns, types, strict=True)):
         cast = "::text" if kind.text else ""
         selected.append(f"{quote_ident(column)}{cast} AS c{index}")
         order.append(f'c{index} COLLATE "C"' if kind.text else f"c{index}")
-    order[0], order[1] = order[1], order[0]
+    order.insert(0, order.pop(keys))
     return (
         f"SELECT * FROM (SELECT {', '.join(selected)} FROM {table} "
         f"WHERE ($1::timestamptz IS NULL OR {time_column} >= $1) "

@@ -30,6 +30,7 @@ from services.feature_store.domain.definitions.sources import (
     QUERY_PROBE_TIMEOUT_S,
     QUERY_TIMEOUT_S,
     SourceColumn,
+    entity_columns,
     feature_columns,
     plan_problems,
     query_refusal,
@@ -156,13 +157,23 @@ class BatchReader:
     a range of an index on the watermark column, if the table has one. Only a run that
     widens the event bound also reads older rows whose event time was outside it."""
 
-    def __init__(self, view: m.FeatureView, join_key: str) -> None:
+    def __init__(self, view: m.FeatureView, join_keys: str | Sequence[str]) -> None:
         source = view.batch_source
         self._view, self._table_name = view.name, source_label(source)
         self._query = bool(source.query)
         self.watermark_column = source.created_time_column or source.event_time_column
         self._source = _from(source)
-        self._entity = quote_ident(source.entity_column or join_key, what="column")
+        keys = (join_keys,) if isinstance(join_keys, str) else tuple(join_keys)
+        self._entities = [
+            quote_ident(column, what="column") for column in entity_columns(source, keys)
+        ]
+        # A composite key's parts come as one text[] (domain/writes.row_from_source
+        # encodes them, ADR 0023).
+        entity = (
+            f"{self._entities[0]}::text"
+            if len(self._entities) == 1
+            else "ARRAY[" + ", ".join(f"{c}::text" for c in self._entities) + "]"
+        )
         self._event = quote_ident(source.event_time_column, what="column")
         created = (
             quote_ident(source.created_time_column, what="column")
@@ -175,7 +186,7 @@ class BatchReader:
             for feature, column in feature_columns(view).items()
         )
         self._select = (
-            f"SELECT {self._entity}::text AS entity_key, {self._event} AS event_time, "
+            f"SELECT {entity} AS entity_key, {self._event} AS event_time, "
             f"{created} AS created_time, {self._mark} AS watermark{features} FROM {self._source}"
         )
 
@@ -186,7 +197,8 @@ class BatchReader:
         (or equal to ``at``), and its arguments."""
         event_until = MAX_TIME if scope.event_until is None else scope.event_until  # infinity
         args: list[object] = [scope.known_until, event_until]
-        where = [f"{self._entity} IS NOT NULL", f"{self._mark} <= $1", f"{self._event} <= $2"]
+        where = [f"{c} IS NOT NULL" for c in self._entities]
+        where += [f"{self._mark} <= $1", f"{self._event} <= $2"]
         lower = after
         if scope.read_through is not None:
             if scope.read_events == scope.event_until:  # the same bound: only newer rows

@@ -1,4 +1,5 @@
-"""``lathe.inference.v1.Inference``: Predict, ListDeployments, GetDeployment.
+"""``lathe.inference.v1.Inference``: Predict, Decide, ListDecisions, ListDeployments,
+GetDeployment.
 
 Errors keep precise codes: the domain's through the kit's interceptor, and the
 batcher's own here — a full queue is RESOURCE_EXHAUSTED, a deadline that passes before
@@ -8,30 +9,81 @@ costs nothing).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import grpc
 from opentelemetry import trace
 
 from lathe.inference.v1 import message_pb2 as m
 from lathe.inference.v1 import request_response_pb2 as rr
 from lathe.inference.v1 import service_pb2_grpc
-from libs.errors import NotFound
+from libs.errors import InvalidArgument, NotFound
 from libs.grpckit import validation
 from services.inference.api import validate
+from services.inference.app.decision_log import EPOCH, DecisionLog, DecisionQuery
 from services.inference.app.predict import Predictor, PredictResult
 from services.inference.app.serving import ServingTable, Slot
 from services.inference.batching import DeadlinePassed, QueueFull
 from services.inference.domain.errors import FeatureDeadline
 
+_PAGE_DEFAULT = 1000
+_PAGE_MAX = 10_000
+
 
 class InferenceServicer(service_pb2_grpc.InferenceServicer):
-    def __init__(self, predictor: Predictor, table: ServingTable, *, max_rows: int) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        table: ServingTable,
+        *,
+        max_rows: int,
+        decisions: DecisionLog | None = None,
+    ) -> None:
         self._predictor = predictor
         self._table = table
         self._max_rows = max_rows
+        self._decisions = decisions
 
     async def Predict(
         self, request: rr.PredictRequest, context: grpc.aio.ServicerContext
     ) -> rr.PredictResponse:
+        result, trace_id = await self._run(request, context, decide=False)
+        return _response(result, trace_id)
+
+    async def Decide(
+        self, request: rr.DecideRequest, context: grpc.aio.ServicerContext
+    ) -> rr.DecideResponse:
+        result, trace_id = await self._run(request, context, decide=True)
+        return _decide_response(result, trace_id)
+
+    async def ListDecisions(
+        self, request: rr.ListDecisionsRequest, context: grpc.aio.ServicerContext
+    ) -> rr.ListDecisionsResponse:
+        name = validation.require(request.model_name, "model_name")
+        definition = validation.require(request.reward_definition, "reward_definition")
+        version = request.reward_definition_version
+        if version < 1:
+            raise InvalidArgument("reward_definition_version must be >= 1 (as in the outcomes)")
+        size = request.page_size or _PAGE_DEFAULT
+        if not 0 < size <= _PAGE_MAX:
+            raise InvalidArgument(f"page_size must be within [1, {_PAGE_MAX}], got {size}")
+        start = _time(request, "start_time") or EPOCH
+        end = _time(request, "end_time")
+        if end is not None and end < start:
+            raise InvalidArgument("end_time is before start_time")
+        after = _page_token(request.page_token)
+        assert self._decisions is not None
+        return await self._decisions.page(
+            DecisionQuery(name, definition, version, start, end, after, size)
+        )
+
+    async def _run(
+        self,
+        request: rr.PredictRequest | rr.DecideRequest,
+        context: grpc.aio.ServicerContext,
+        *,
+        decide: bool,
+    ) -> tuple[PredictResult, str]:
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             await context.abort(
@@ -43,6 +95,7 @@ class InferenceServicer(service_pb2_grpc.InferenceServicer):
             max_rows=self._max_rows,
             time_remaining_s=remaining,
             trace_id=f"{span.trace_id:032x}" if span.trace_id else "",
+            decide=decide,
         )
         try:
             result = await self._predictor.predict(call)
@@ -53,7 +106,7 @@ class InferenceServicer(service_pb2_grpc.InferenceServicer):
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"the deadline passed before the rows were scored ({exc})",
             )
-        return _response(result, call.trace_id)
+        return result, call.trace_id
 
     async def ListDeployments(
         self, request: rr.ListDeploymentsRequest, context: grpc.aio.ServicerContext
@@ -102,6 +155,55 @@ def _response(result: PredictResult, trace_id: str) -> rr.PredictResponse:
         times = vector.event_times
         prediction.feature_event_times.extend([times[s] for s in slots])
     return response
+
+
+def _decide_response(result: PredictResult, trace_id: str) -> rr.DecideResponse:
+    response = rr.DecideResponse(
+        action_names=result.action_names, trace_id=trace_id, log_sample_rate=result.sample_rate
+    )
+    actions, propensities = result.chosen_actions, result.propensities
+    probabilities, scores = result.probabilities, result.action_scores
+    assert actions is not None and propensities is not None  # Decide checked every arm
+    assert probabilities is not None and scores is not None
+    add = response.decisions.add
+    logged = result.logged
+    for i, decision_id in enumerate(result.decision_ids):
+        add(
+            decision_id=decision_id,
+            action=actions[i],
+            propensity=propensities[i],
+            probabilities=probabilities[i],
+            model_version=result.versions[i],
+            arm=result.arms[i],
+            scores=scores[i],
+            missing_features=result.missing[i],
+            logged=i in logged,
+        )
+    return response
+
+
+def _time(request: rr.ListDecisionsRequest, field: str) -> datetime | None:
+    if not request.HasField(field):
+        return None
+    stamp = getattr(request, field)
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)  # type: ignore[no-any-return]
+    except (ValueError, OverflowError):
+        raise InvalidArgument(f"{field} is not a valid time") from None
+
+
+def _page_token(token: str) -> tuple[datetime, str]:
+    if not token:
+        return EPOCH, ""
+    micros, sep, decision_id = token.partition(":")
+    try:
+        if not sep or not micros.isdigit():
+            raise ValueError
+        return EPOCH + timedelta(microseconds=int(micros)), decision_id
+    except (ValueError, OverflowError, OSError):
+        raise InvalidArgument(
+            "page_token is not one this service gave; pass next_page_token as returned"
+        ) from None
 
 
 def deployment(slot: Slot) -> m.Deployment:

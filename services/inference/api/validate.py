@@ -20,12 +20,14 @@ _NULL = fs.Value()
 
 
 def predict_call(
-    request: rr.PredictRequest,
+    request: rr.PredictRequest | rr.DecideRequest,
     *,
     max_rows: int,
     time_remaining_s: float | None,
     trace_id: str,
+    decide: bool = False,
 ) -> PredictCall:
+    """A Predict request, or a Decide request (the same fields), by column."""
     model_name = validation.require(request.model_name, "model_name")
     alias = request.alias or DEFAULT_ALIAS
     rows = request.rows
@@ -80,6 +82,7 @@ def predict_call(
         trace_id=trace_id,
         disable_canary=request.disable_canary,
         allow_unknown_entities=request.allow_unknown_entities,
+        decide=decide,
     )
 
 

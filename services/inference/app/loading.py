@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from libs.decisioning.spec import PolicySpec, PolicySpecError
 from libs.errors import NotFound
-from libs.preprocessing import PreprocessingSpec
+from libs.preprocessing import PreprocessingSpec, sequence_inputs
 from services.inference.app.model import (
     CATEGORICAL_INPUT,
     NUMERIC_INPUT,
@@ -32,7 +33,7 @@ from services.inference.app.model import (
 )
 from services.inference.domain.fixed_rows import representative_columns
 from services.inference.domain.parity import ParityResult, compare, tolerance
-from services.inference.domain.policy import Policy
+from services.inference.domain.policies import ServedPolicy, decide, locate
 from services.inference.runtimes.base import ONNXRUNTIME_CPU, RuntimeUnavailable
 from services.inference.runtimes.build import BuildOptions, EngineCache, build_runtime
 from services.inference.runtimes.onnx_cpu import reference_session
@@ -42,6 +43,7 @@ from services.inference.store.registry import ArtifactRefused, RegistryGateway
 _log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
 PREPROCESSING_FILE = "preprocessing.json"
+POLICY_FILE = "policy.json"
 PARITY_ROWS = 64
 SINGLE_ROW_CHECKS = 8
 WARM_BATCHES = (1, 8, 64)
@@ -92,6 +94,9 @@ async def download(registry: RegistryGateway, model_name: str, version: int) -> 
     try:
         onnx_bytes = await registry.download(model_name, version, artifacts[MODEL_FILE])
         spec_bytes = await registry.download(model_name, version, artifacts[PREPROCESSING_FILE])
+        policy_bytes = b""
+        if POLICY_FILE in artifacts:
+            policy_bytes = await registry.download(model_name, version, artifacts[POLICY_FILE])
     except ArtifactRefused as exc:
         raise LoadFailure(exc.stage, str(exc)) from None
     try:
@@ -107,6 +112,7 @@ async def download(registry: RegistryGateway, model_name: str, version: int) -> 
         feature_service=meta.lineage.feature_service,
         feature_service_version=meta.lineage.feature_service_version,
         tags=dict(meta.tags),
+        policy_json=policy_bytes,
     )
 
 
@@ -120,7 +126,6 @@ def build(
     started = time.perf_counter()
     output_graph_names = _check_graph(files)
     try:
-        policy = Policy.from_tags(dict(files.tags))
         reference = reference_session(files.onnx)
     except Exception as exc:  # an ONNX Runtime refusal: the graph does not load
         raise LoadFailure("load", f"{MODEL_FILE} does not load in ONNX Runtime: {exc}") from None
@@ -131,6 +136,7 @@ def build(
         reference.run(probe.feeds(rows.slice(i, i + 1))) for i in range(SINGLE_ROW_CHECKS)
     ]
     output_names = _output_names(output_graph_names, flatten_outputs(expected, rows.rows))
+    policy = _policy(files, output_graph_names, expected, rows.rows)
     plan = plan_runtimes(preference, options.caps)
     notes: list[str] = list(plan.skipped)
     for candidate in plan.candidates:
@@ -176,29 +182,69 @@ def build(
     raise LoadFailure("build", "no runtime could serve it: " + "; ".join(notes))
 
 
+def _policy(
+    files: VersionFiles, graph_outputs: tuple[str, ...], expected: list[np.ndarray], rows: int
+) -> ServedPolicy | None:
+    """The version's policy (``policy.json``, else the older ``policy.*`` tags), checked on
+    the fixed rows: every row's distribution must be one (sums to 1)."""
+    version = f"{files.model_name} v{files.version}"
+    try:
+        if files.policy_json:
+            spec: PolicySpec | None = PolicySpec.from_json(files.policy_json)
+        else:
+            spec = PolicySpec.from_tags(files.model_name, files.tags)
+    except PolicySpecError as exc:
+        raise LoadFailure("load", f"{POLICY_FILE} of {version} does not load: {exc}") from None
+    if spec is None:
+        return None
+    widths = [int(np.asarray(o).reshape(rows, -1).shape[1]) for o in expected]
+    try:
+        policy = locate(spec, graph_outputs, widths, version)
+        flat = flatten_outputs(expected, rows)
+        decide(policy, flat, [()] * rows, [f"load-check-{i}" for i in range(rows)])
+    except ValueError as exc:  # PolicyRefused included
+        raise LoadFailure("load", f"{version} is not a usable policy: {exc}") from None
+    return policy
+
+
 def _check_graph(files: VersionFiles) -> tuple[str, ...]:
     try:
         graph = onnx.load_from_string(files.onnx).graph
     except Exception as exc:
         raise LoadFailure("load", f"{MODEL_FILE} is not an ONNX model: {exc}") from None
     spec = files.preprocessing
-    widths = {NUMERIC_INPUT: len(spec.numeric), CATEGORICAL_INPUT: len(spec.categorical)}
+    shapes: dict[str, tuple[int, ...]] = {
+        NUMERIC_INPUT: (len(spec.numeric),),
+        CATEGORICAL_INPUT: (len(spec.categorical),),
+    }
+    for s in spec.sequences:
+        values, codes, mask = sequence_inputs(s.name)
+        shapes[values] = (s.max_length, len(s.numeric))
+        shapes[codes] = (s.max_length, len(s.categorical))
+        shapes[mask] = (s.max_length,)
     for graph_input in graph.input:
-        if graph_input.name not in widths:
+        if graph_input.name not in shapes:
             raise LoadFailure(
                 "load",
                 f"{MODEL_FILE} input {graph_input.name!r} is not one preprocessing.json "
-                f"produces ({NUMERIC_INPUT}, {CATEGORICAL_INPUT})",
+                f"produces ({', '.join(shapes)})",
             )
-        dims = graph_input.type.tensor_type.shape.dim
-        fixed = len(dims) == 2 and dims[1].HasField("dim_value")
-        if fixed and dims[1].dim_value != widths[graph_input.name]:
+        dims = graph_input.type.tensor_type.shape.dim[1:]  # past the batch axis
+        fixed = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
+        wanted = shapes[graph_input.name]
+        if len(fixed) != len(wanted) or any(
+            f not in (-1, w) for f, w in zip(fixed, wanted, strict=False)
+        ):
             raise LoadFailure(
                 "load",
-                f"{MODEL_FILE} input {graph_input.name!r} has {dims[1].dim_value} columns "
-                f"but preprocessing.json produces {widths[graph_input.name]}",
+                f"{MODEL_FILE} input {graph_input.name!r} is [batch, {_dims(fixed)}] but "
+                f"preprocessing.json produces [batch, {_dims(wanted)}]",
             )
     return tuple(o.name for o in graph.output)
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return ", ".join("?" if d < 0 else str(d) for d in shape)
 
 
 def _output_names(graph_outputs: tuple[str, ...], flat: np.ndarray) -> tuple[str, ...]:

@@ -1,7 +1,8 @@
 """A loaded model version: its files, preprocessing and runtime, as the batcher runs it.
 
 Rows reach it as ``RawRows`` (numbers as float64 with NaN for missing, categories as
-strings or None), built per request from the feature store's reply. A batch concatenates
+strings or None, sequence features as one list per row, oldest event first, None for no
+events), built per request from the feature store's reply. A batch concatenates
 the requests' rows, encodes them once with the version's ``Preprocessor`` (compiled from
 ``preprocessing.json`` at load by ``libs.preprocessing``, the trainer's own
 implementation) and runs the runtime once; each request gets its rows of the outputs
@@ -17,13 +18,12 @@ import numpy as np
 
 from lathe.feature_store.v1 import message_pb2 as fs
 from libs.errors import FailedPrecondition
-from libs.preprocessing import PreprocessingSpec, Preprocessor
+from libs.preprocessing import CATEGORICAL_INPUT, NUMERIC_INPUT, PreprocessingSpec, Preprocessor
 from services.inference.batching import CostModel
-from services.inference.domain.policy import Policy
+from services.inference.domain.policies import ServedPolicy
 from services.inference.runtimes.base import Runtime
 
-NUMERIC_INPUT = "numeric"
-CATEGORICAL_INPUT = "categorical"
+__all__ = ["CATEGORICAL_INPUT", "NUMERIC_INPUT", "LoadedModel", "RawRows", "VersionFiles"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class VersionFiles:
     """From the version's lineage; "" when it names none (features are then listed)."""
     feature_service_version: str
     tags: Mapping[str, str]
+    policy_json: bytes = b""
+    """``policy.json`` when the version carries one (a policy, ADR 0020/0024)."""
 
 
 @dataclass(frozen=True)
@@ -49,13 +51,20 @@ class RawRows:
     """float64 [rows, numeric features]; NaN where missing."""
     categorical: tuple[list[str | None], ...]
     """One list per categorical feature."""
+    sequences: tuple[tuple[list[object], ...], ...] = ()
+    """Per sequence of the spec, per field (``SequenceFeature.feature_names`` order), one
+    value per row: a list of the row's events (oldest first) or None (no events)."""
 
     @property
     def rows(self) -> int:
         return int(self.numeric.shape[0])
 
     def slice(self, start: int, stop: int) -> RawRows:
-        return RawRows(self.numeric[start:stop], tuple(c[start:stop] for c in self.categorical))
+        return RawRows(
+            self.numeric[start:stop],
+            tuple(c[start:stop] for c in self.categorical),
+            tuple(tuple(f[start:stop] for f in s) for s in self.sequences),
+        )
 
 
 @dataclass(eq=False)
@@ -66,17 +75,19 @@ class LoadedModel:
     runtime: Runtime
     output_names: tuple[str, ...]
     """One per flattened output column."""
-    policy: Policy | None = None
+    policy: ServedPolicy | None = None
+    """For a policy version: its spec and where its scores are (``domain.policies``)."""
     priority: int = 0
     cost: CostModel = field(default_factory=CostModel)
-    _slots: dict[tuple[str, ...], tuple[list[int], list[int]]] = field(default_factory=dict)
+    _slots: dict[tuple[str, ...], tuple[list[int], list[int], list[list[int]]]] = field(
+        default_factory=dict
+    )
     _shadow: LoadedModel | None = None
     preprocessor: Preprocessor = field(init=False)
     """``preprocessing.json`` compiled once for this version."""
 
     def __post_init__(self) -> None:
         self.preprocessor = Preprocessor(self.files.preprocessing)
-        self._inputs = tuple(name == NUMERIC_INPUT for name in self.runtime.input_names)
 
     @property
     def version(self) -> int:
@@ -101,7 +112,7 @@ class LoadedModel:
         self, feature_names: Sequence[str], vectors: Sequence[fs.FeatureVector]
     ) -> RawRows:
         """This model's features of ``vectors`` (a GetOnlineFeatures reply's rows)."""
-        numeric_at, categorical_at = self._slots_for(tuple(feature_names))
+        numeric_at, categorical_at, sequence_at = self._slots_for(tuple(feature_names))
         values: list[float] = []
         add = values.append
         categorical: tuple[list[str | None], ...] = tuple([] for _ in categorical_at)
@@ -121,7 +132,25 @@ class LoadedModel:
                 kind = value.WhichOneof("kind")
                 categorical[j].append(None if kind is None else _text(value, kind))
         numeric = np.array(values, dtype=np.float64).reshape(len(vectors), len(numeric_at))
-        return RawRows(numeric, categorical)
+        sequences = tuple(
+            tuple([self._events(vector.values[at], at) for vector in vectors] for at in fields)
+            for fields in sequence_at
+        )
+        return RawRows(numeric, categorical, sequences)
+
+    def _events(self, value: fs.Value, at: int) -> list[object] | None:
+        """A sequence feature's events from the online reply; an absent value is none.
+
+        The online reply carries lists once the feature store's LAST_N features land
+        (issue 6); until then only "no events" can arrive this way, and callers that
+        have the lists pass them as columns (``rows_from_columns``)."""
+        kind = value.WhichOneof("kind")
+        if kind is None:
+            return None
+        raise FailedPrecondition(
+            f"{self.files.model_name} v{self.version} reads a sequence feature that arrived as "
+            f"{kind}, not as a list of events; serve it as a LAST_N (list) feature"
+        )
 
     def _number(self, value: fs.Value, kind: str, at: int, numeric_at: list[int]) -> float:
         if kind == "int64_value":
@@ -146,9 +175,12 @@ class LoadedModel:
         categorical = tuple(
             [None if v is None else str(v) for v in columns[cat.name]] for cat in spec.categorical
         )
-        return RawRows(numeric, categorical)
+        sequences = tuple(
+            tuple(list(columns[name]) for name in s.feature_names) for s in spec.sequences
+        )
+        return RawRows(numeric, categorical, sequences)
 
-    def _slots_for(self, names: tuple[str, ...]) -> tuple[list[int], list[int]]:
+    def _slots_for(self, names: tuple[str, ...]) -> tuple[list[int], list[int], list[list[int]]]:
         known = self._slots.get(names)
         if known is None:
             index = {name: i for i, name in enumerate(names)}
@@ -162,6 +194,7 @@ class LoadedModel:
             known = (
                 [index[f.name] for f in spec.numeric],
                 [index[c.name] for c in spec.categorical],
+                [[index[name] for name in s.feature_names] for s in spec.sequences],
             )
             self._slots[names] = known
         return known
@@ -185,11 +218,9 @@ class LoadedModel:
         return flatten_outputs(outputs, rows.rows)
 
     def feeds(self, rows: RawRows) -> dict[str, np.ndarray]:
-        encoded = self.preprocessor.encode(rows.numeric, rows.categorical)
-        return {
-            name: encoded.numeric if numeric else encoded.categorical
-            for name, numeric in zip(self.runtime.input_names, self._inputs, strict=True)
-        }
+        """The graph's inputs, by name (``numeric``, ``categorical``, ``<seq>.values`` ...)."""
+        arrays = self.preprocessor.encode(rows.numeric, rows.categorical, rows.sequences).arrays()
+        return {name: arrays[name] for name in self.runtime.input_names}
 
 
 def flatten_outputs(outputs: Sequence[np.ndarray], rows: int) -> np.ndarray:
@@ -202,7 +233,11 @@ def _concat(parts: Sequence[RawRows]) -> RawRows:
     numeric = np.concatenate([p.numeric for p in parts], axis=0)
     width = len(parts[0].categorical)
     categorical = tuple([v for p in parts for v in p.categorical[j]] for j in range(width))
-    return RawRows(numeric, categorical)
+    sequences = tuple(
+        tuple([v for p in parts for v in p.sequences[i][j]] for j in range(len(fields)))
+        for i, fields in enumerate(parts[0].sequences)
+    )
+    return RawRows(numeric, categorical, sequences)
 
 
 _NAN = float("nan")

@@ -26,17 +26,18 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 from lathe.feature_store.v1 import message_pb2 as fs
 from lathe.inference.v1 import events_pb2 as ev
 from lathe.inference.v1 import message_pb2 as m
-from libs.errors import NotFound, Unavailable
+from libs.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.inference.app.model import LoadedModel
 from services.inference.app.prediction_log import PredictionLogger
 from services.inference.app.serving import CANARY, PRODUCTION, SHADOW, ServingTable, Slot
 from services.inference.batching import Batcher
 from services.inference.domain.decision_ids import new_decision_ids
-from services.inference.domain.policy import choose
+from services.inference.domain.policies import PolicyRefused, decide
 from services.inference.domain.routing import goes_to_canary, sampled
 from services.inference.store.features import FeatureQuery, FeatureRows, OnlineFeatures
 
@@ -67,6 +68,8 @@ class PredictCall:
     trace_id: str
     disable_canary: bool = False
     allow_unknown_entities: bool = False
+    decide: bool = False
+    """Decide: every arm must be a policy; logged at the decision sample rate."""
 
     def entity(self, row: int) -> dict[str, fs.Value]:
         """Row ``row``'s entity keys."""
@@ -96,6 +99,10 @@ class PredictResult:
     chosen_actions: list[str] | None
     """For policies, per row (None: no arm is a policy)."""
     propensities: list[float] | None
+    probabilities: list[list[float]] | None
+    """For policies, per row: the whole distribution (``action_names`` order)."""
+    action_scores: list[list[float]] | None
+    action_names: tuple[str, ...]
     output_names: tuple[str, ...]
     feature_names: tuple[str, ...]
     feature_slots: tuple[int, ...]
@@ -104,6 +111,8 @@ class PredictResult:
     """Every feature in the vectors, in their order."""
     sample_rate: float
     """The share of decisions logged when this call was served."""
+    logged: frozenset[int] = frozenset()
+    """The rows whose decision is logged."""
 
     @property
     def rows(self) -> int:
@@ -129,7 +138,10 @@ class Predictor:
         features: OnlineFeatures,
         batcher: Batcher,
         logger: PredictionLogger,
+        *,
+        decision_sample_rate: float = 1.0,
     ) -> None:
+        self._decision_rate = decision_sample_rate
         self._table = table
         self._features = features
         self._batcher = batcher
@@ -148,6 +160,8 @@ class Predictor:
         if primary is None:
             raise Unavailable(_not_warm(primary_slot))
         arms = self._arms(call, primary)
+        if call.decide:
+            _check_policies(call, arms)
         for arm in arms:
             if arm.rows:
                 arm.incoming = True
@@ -173,7 +187,7 @@ class Predictor:
         if not all(decision_ids):
             fresh = iter(new_decision_ids(decision_ids.count("")))
             decision_ids = [d or next(fresh) for d in decision_ids]
-        rate = self._logger.sample_rate
+        rate = self._decision_rate if call.decide else self._logger.sample_rate
         logged = [i for i, d in enumerate(decision_ids) if sampled(d, rate)] if rate > 0 else []
         shadow = self._shadow(call) if logged else None
         models = [arm.model for arm in arms] + ([shadow] if shadow else [])
@@ -207,7 +221,10 @@ class Predictor:
             for arm, arm_scores in zip(live, scored, strict=True):
                 for i, row_scores in zip(arm.rows, arm_scores.tolist(), strict=True):
                     scores[i], versions[i], kinds[i] = row_scores, arm.model.version, arm.kind
-        chosen, propensities = self._choices(call, live, scores, decision_ids)
+        chosen, propensities, probabilities, action_scores = self._choices(
+            call, live, scores, decision_ids
+        )
+        policy = arms[0].model.policy
         result = PredictResult(
             scores,
             versions,
@@ -217,20 +234,28 @@ class Predictor:
             missing,
             chosen,
             propensities,
+            probabilities,
+            action_scores,
+            policy.actions if policy is not None else (),
             arms[0].model.output_names,
             tuple(names[i] for i in slots),
             slots,
             names,
             rate,
+            frozenset(logged),
         )
         if logged:
             now = datetime.now(UTC)
             arm_of = {i: arm for arm in live for i in arm.rows}
             for i in logged:
                 arm = arm_of[i]
+                # Built at the flush, off the response's path.
                 self._logger.offer(
-                    _log_message(call, i, (arm.alias, arm.kind, arm.share), arm.model, result, now)
-                )
+                    partial(
+                        _log_message, call, i, (arm.alias, arm.kind, arm.share), arm.model,
+                        result, now,
+                    )
+                )  # fmt: skip
             if shadow is not None:
                 self._shadow_later(call, shadow, logged, result, features, now)
         return result
@@ -332,18 +357,39 @@ class Predictor:
         arms: Sequence[_Arm],
         scores: list[list[float]],
         decision_ids: list[str],
-    ) -> tuple[list[str] | None, list[float] | None]:
+    ) -> tuple[
+        list[str] | None, list[float] | None, list[list[float]] | None, list[list[float]] | None
+    ]:
         if all(arm.model.policy is None for arm in arms):
-            return None, None
-        actions, propensities = [""] * call.rows, [0.0] * call.rows
+            return None, None, None, None
+        n = call.rows
+        actions, propensities = [""] * n, [0.0] * n
+        probabilities: list[list[float]] = [[]] * n
+        action_scores: list[list[float]] = [[]] * n
         for arm in arms:
             policy = arm.model.policy
             if policy is None:
                 continue
-            for i in arm.rows:
-                choice = choose(policy, scores[i], call.eligible_actions[i], decision_ids[i])
-                actions[i], propensities[i] = choice.action, choice.propensity
-        return actions, propensities
+            rows = arm.rows
+            whole = isinstance(rows, range) and len(rows) == n
+            try:
+                made = decide(
+                    policy,
+                    scores if whole else [scores[i] for i in rows],
+                    call.eligible_actions if whole else [call.eligible_actions[i] for i in rows],
+                    decision_ids if whole else [decision_ids[i] for i in rows],
+                )
+            except PolicyRefused as exc:
+                message = f"{call.model_name} v{arm.model.version}: {exc}"
+                if "unknown action" in str(exc) or "no eligible action" in str(exc):
+                    raise InvalidArgument(message) from None
+                raise FailedPrecondition(message) from None
+            if whole:
+                return made.actions, made.propensities, made.probabilities, made.scores
+            for k, i in enumerate(rows):
+                actions[i], propensities[i] = made.actions[k], made.propensities[k]
+                probabilities[i], action_scores[i] = made.probabilities[k], made.scores[k]
+        return actions, propensities, probabilities, action_scores
 
     # -- logs ------------------------------------------------------------------------------
 
@@ -421,8 +467,34 @@ def _log_message(
         trace_id=call.trace_id,
         runtime=model.runtime.info.kind,
     )
+    policy = model.policy
+    if served and policy is not None and result.probabilities is not None:
+        message.action_names.extend(policy.actions)
+        message.action_probabilities.extend(result.probabilities[i])
+        message.policy_name = policy.spec.name
+        message.policy_spec_sha256 = policy.spec_sha256
+        message.policy_salt = policy.spec.salt
+        message.exploration_json = policy.exploration_json
     message.predict_time.FromDatetime(now)
     return message
+
+
+def _check_policies(call: PredictCall, arms: Sequence[_Arm]) -> None:
+    """Decide needs a policy on every arm, all with the same actions."""
+    names = None
+    for arm in arms:
+        policy = arm.model.policy
+        if policy is None:
+            raise FailedPrecondition(
+                f"{call.model_name} v{arm.model.version} ({arm.alias}) is not a policy: register "
+                "a version with policy.json (docs/decisioning.md), or call Predict"
+            )
+        if names is not None and policy.actions != names:
+            raise FailedPrecondition(
+                f"{call.model_name}: the {arm.alias} version has actions {list(policy.actions)} "
+                f"but production has {list(names)}; a canary of a policy needs the same actions"
+            )
+        names = policy.actions
 
 
 def _common_service(models: Sequence[LoadedModel]) -> str:

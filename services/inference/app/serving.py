@@ -76,8 +76,20 @@ class ServingTable:
 
     def ready(self) -> bool:
         """The service's health: every production deployment it follows is warm."""
-        return all(
-            slot.warm
-            for slot in self._slots.values()
-            if slot.alias == PRODUCTION and not slot.removed
-        )
+        return self.not_ready_because() is None
+
+    def not_ready_because(self) -> str | None:
+        """None when every production deployment this process follows is warm (or there
+        is none), else which one is not and why: the service's readiness check, so a
+        load balancer sends no traffic to a replica still loading its models."""
+        cold = [
+            slot
+            for slot in self.slots()
+            if slot.alias == PRODUCTION and not slot.removed and not slot.warm
+        ]
+        if not cold:
+            return None
+        first = cold[0]
+        why = f"failed: {first.failure.reason}" if first.failure else "still loading"
+        more = f" (and {len(cold) - 1} more)" if len(cold) > 1 else ""
+        return f"production of {first.model_name!r} is not warm yet, {why}{more}"

@@ -5,7 +5,9 @@ is needed and the rows are the same wherever the version loads: each numeric fea
 walks its training quantiles (or mean +- 3 standard deviations) with a missing value
 every eighth row, and each categorical feature cycles through its vocabulary, a missing
 value and one it never saw. Rows are deterministic; features are offset from one another
-so rows are not all "low" or all "high" at once.
+so rows are not all "low" or all "high" at once. Sequence features get histories of every
+length from none (None, and []) to a few past N (so truncation is exercised), with their
+fields' values walked the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from libs.preprocessing import PreprocessingSpec
+from libs.preprocessing.spec import CategoricalFeature, NumericFeature
 
 UNSEEN = "\x00lathe-unseen"
 
@@ -21,18 +24,39 @@ def representative_columns(spec: PreprocessingSpec, rows: int = 64) -> dict[str,
     """Feature name -> ``rows`` raw values (None for missing), as the feature store gives them."""
     columns: dict[str, list[object]] = {}
     for j, feature in enumerate(spec.numeric):
-        if feature.quantiles:
-            knots = np.asarray(feature.quantiles, dtype=np.float64)
-        else:
-            knots = feature.mean + feature.std * np.linspace(-3.0, 3.0, 13)
-        values: list[object] = []
-        for i in range(rows):
-            if (i + j) % 8 == 7:
-                values.append(None)
-            else:
-                values.append(float(knots[(i * 7 + j * 3) % len(knots)]))
-        columns[feature.name] = values
+        columns[feature.name] = [_number(feature, j, i) for i in range(rows)]
     for j, cat in enumerate(spec.categorical):
-        choices: list[object] = [*cat.vocabulary, None, UNSEEN]
-        columns[cat.name] = [choices[(i + j) % len(choices)] for i in range(rows)]
+        columns[cat.name] = [_category(cat, j, i) for i in range(rows)]
+    for k, sequence in enumerate(spec.sequences):
+        lengths = [(i * 5 + k) % (sequence.max_length + 3) for i in range(rows)]
+        for j, feature in enumerate(sequence.numeric):
+            columns[feature.name] = [
+                None if _no_list(i) else [_number(feature, j, i * 3 + e, 11) for e in range(n)]
+                for i, n in enumerate(lengths)
+            ]
+        for j, cat in enumerate(sequence.categorical):
+            columns[cat.name] = [
+                None if _no_list(i) else [_category(cat, j, i + e) for e in range(n)]
+                for i, n in enumerate(lengths)
+            ]
     return columns
+
+
+def _number(feature: NumericFeature, j: int, i: int, every: int = 8) -> float | None:
+    if (i + j) % every == every - 1:
+        return None
+    if feature.quantiles:
+        knots = np.asarray(feature.quantiles, dtype=np.float64)
+    else:
+        knots = feature.mean + feature.std * np.linspace(-3.0, 3.0, 13)
+    return float(knots[(i * 7 + j * 3) % len(knots)])
+
+
+def _category(cat: CategoricalFeature, j: int, i: int) -> str | None:
+    choices: list[str | None] = [*cat.vocabulary, None, UNSEEN]
+    return choices[(i + j) % len(choices)]
+
+
+def _no_list(row: int) -> bool:
+    """Every ninth row's history is None rather than a (possibly empty) list."""
+    return row % 9 == 4

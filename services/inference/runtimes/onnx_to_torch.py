@@ -7,7 +7,8 @@ node becomes the equivalent torch call, initializers become buffers. Shape arith
 batch) is kept as Python lists of (symbolic) ints rather than tensors, so
 ``torch.export`` and AOTInductor see a dynamic batch dimension instead of
 data-dependent values. The op set is what the trainer's families export (MLP,
-FT-Transformer at opset 17); an unknown op is refused at load with its name.
+FT-Transformer, sequence transformer at opset 17); an unknown op is refused at load with
+its name.
 """
 
 from __future__ import annotations
@@ -243,6 +244,19 @@ def _cast(args: list[Value], attrs: dict[str, Any]) -> Value:
     return args[0].to(_CAST[attrs["to"]])
 
 
+def _reduce_sum(args: list[Value], attrs: dict[str, Any]) -> Value:
+    """ReduceSum at opset 13+: the axes are an optional input, not an attribute."""
+    data = _tensor(args[0])
+    given = args[1] if len(args) > 1 else None
+    axes = _as_list(given) if given is not None else attrs.get("axes", [])
+    keep = bool(attrs.get("keepdims", 1))
+    if not axes:
+        if attrs.get("noop_with_empty_axes", 0):
+            return data
+        return data.sum().reshape([1] * data.dim()) if keep else data.sum()
+    return data.sum(dim=list(axes), keepdim=keep)
+
+
 _OPS: dict[str, Callable[[list[Value], dict[str, Any]], Value]] = {
     "Add": _binary(lambda a, b: a + b),
     "Sub": _binary(lambda a, b: a - b),
@@ -274,6 +288,8 @@ _OPS: dict[str, Callable[[list[Value], dict[str, Any]], Value]] = {
     "Where": _where,
     "Expand": _expand,
     "Cast": _cast,
+    "Not": lambda a, _: torch.logical_not(_tensor(a[0])),
+    "ReduceSum": _reduce_sum,
     "ReduceMean": lambda a, attrs: a[0].mean(
         dim=attrs.get("axes"), keepdim=bool(attrs.get("keepdims", 1))
     ),

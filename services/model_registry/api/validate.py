@@ -61,6 +61,11 @@ def policy(value: message_pb2.PromotionPolicy) -> message_pb2.PromotionPolicy:
                     f"{', '.join(_COMPARISONS.values())}; got {gate.comparison}"
                 )
             validation.finite(gate.threshold, f"{field}.gates[{j}].threshold")
+        for j, policy_gate in enumerate(protected.policy_value_gates):
+            where = f"{field}.policy_value_gates[{j}]"
+            validation.finite(policy_gate.margin, f"{where}.margin")
+            if policy_gate.prefix:
+                validation.resource_name(policy_gate.prefix, f"{where}.prefix")
     return value
 
 

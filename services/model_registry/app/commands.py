@@ -261,7 +261,12 @@ class RegistryCommands:
                 move.model_name, move.version, move.alias, conn
             )
             check_promotion(
-                model.policy, move.alias, target, approvers=approvers, actor=metadata.actor
+                model.policy,
+                move.alias,
+                target,
+                approvers=approvers,
+                actor=metadata.actor,
+                current_version=current,
             )
             event: events_pb2.AliasSet | events_pb2.AliasDeleted = events_pb2.AliasSet(
                 model_name=move.model_name,

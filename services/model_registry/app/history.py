@@ -5,7 +5,7 @@ from __future__ import annotations
 from google.protobuf.message import Message
 
 from lathe.model_registry.v1 import events_pb2
-from services.model_registry.app.policy import describe_gate
+from services.model_registry.app.policy import describe_gate, describe_policy_gate
 
 
 def summarize(message: Message) -> str:
@@ -16,6 +16,7 @@ def summarize(message: Message) -> str:
             parts = []
             for protected in message.policy.protected_aliases:
                 rules = [describe_gate(g) for g in protected.gates]
+                rules += [describe_policy_gate(g) for g in protected.policy_value_gates]
                 if protected.require_approval:
                     rules.append("approval")
                 parts.append(f"{protected.alias} ({', '.join(rules) or 'no rules'})")

@@ -7,6 +7,7 @@ from datetime import datetime
 
 import grpc
 
+from lathe.inference.v1 import request_response_pb2 as irr
 from lathe.trainer.v1 import events_pb2 as ev
 from lathe.trainer.v1 import message_pb2, service_pb2_grpc
 from lathe.trainer.v1 import request_response_pb2 as rr
@@ -19,6 +20,7 @@ from services.trainer.api.validate import job_spec
 from services.trainer.app.cancel import Canceller
 from services.trainer.app.queries import JobQueries
 from services.trainer.app.submit import Submitter
+from services.trainer.policies.jobs import PolicyJobs
 
 _ONEOF = {
     descriptor.message_type.full_name: descriptor.name
@@ -40,13 +42,55 @@ def _metadata(
 
 
 _LIST_JOBS = "trainer.ListTrainingJobs"
+_MIN_S, _MAX_S = -62135596800, 253402300799  # 0001-01-01 .. 9999-12-31
 
 
 class TrainerServicer(service_pb2_grpc.TrainerServicer):
-    def __init__(self, submitter: Submitter, canceller: Canceller, queries: JobQueries) -> None:
+    def __init__(
+        self,
+        submitter: Submitter,
+        canceller: Canceller,
+        queries: JobQueries,
+        policies: PolicyJobs | None = None,
+    ) -> None:
         self._submitter = submitter
         self._canceller = canceller
         self._queries = queries
+        self._policies = policies
+
+    async def EvaluatePolicy(
+        self, request: rr.EvaluatePolicyRequest, context: grpc.aio.ServicerContext
+    ) -> rr.EvaluatePolicyResponse:
+        name = validation.resource_name(request.model_name, "model_name")
+        if request.version < 0:
+            raise InvalidArgument("version must be >= 0 (0: the latest)")
+        window = _window(name, request.logs if request.HasField("logs") else None)
+        assert self._policies is not None
+        version, evaluation = await self._policies.evaluate(name, request.version, window)
+        return rr.EvaluatePolicyResponse(version=version, evaluation=evaluation)
+
+    async def LearnPolicy(
+        self, request: rr.LearnPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> rr.LearnPolicyResponse:
+        name = validation.resource_name(request.model_name, "model_name")
+        window = _window(name, request.logs if request.HasField("logs") else None)
+        holdout = request.holdout or 0.3
+        if not 0.05 <= holdout <= 0.9:
+            raise InvalidArgument(
+                f"holdout must be within [0.05, 0.9] (default 0.3), got {holdout}"
+            )
+        ClientRequest.of("LearnPolicy", request)  # a malformed id is INVALID_ARGUMENT
+        assert self._policies is not None
+        version, evaluation = await self._policies.learn(
+            name,
+            window,
+            policy_json=request.policy_json,
+            holdout=holdout,
+            seed=request.seed,
+            request_id=request.request_id,
+            description=request.description,
+        )
+        return rr.LearnPolicyResponse(version=version, evaluation=evaluation)
 
     async def SubmitTrainingJob(
         self, request: rr.SubmitTrainingJobRequest, context: grpc.aio.ServicerContext
@@ -119,6 +163,36 @@ class TrainerServicer(service_pb2_grpc.TrainerServicer):
             reply.record_time.FromDatetime(change.recorded_at)
             getattr(reply, _ONEOF[change.event.DESCRIPTOR.full_name]).CopyFrom(change.event)
             yield reply
+
+
+def _window(
+    model_name: str, logs: message_pb2.DecisionLogWindow | None
+) -> irr.ListDecisionsRequest:
+    """The ListDecisions request for a job's window of logs."""
+    if logs is None or not logs.reward_definition:
+        raise InvalidArgument(
+            "logs.reward_definition is required: the reward (as in lathe.ingest.outcomes) "
+            "joined to the decisions"
+        )
+    if logs.reward_definition_version < 1:
+        raise InvalidArgument("logs.reward_definition_version must be >= 1")
+    request = irr.ListDecisionsRequest(
+        model_name=model_name,
+        reward_definition=logs.reward_definition,
+        reward_definition_version=logs.reward_definition_version,
+    )
+    for field in ("start_time", "end_time"):
+        if logs.HasField(field):
+            stamp = getattr(logs, field)
+            valid = 0 <= stamp.nanos < 1_000_000_000 and _MIN_S <= stamp.seconds <= _MAX_S
+            if not valid:
+                raise InvalidArgument(f"logs.{field} is not a valid time")
+            getattr(request, field).CopyFrom(stamp)
+    both = request.HasField("start_time") and request.HasField("end_time")
+    start, end = request.start_time, request.end_time
+    if both and (end.seconds, end.nanos) < (start.seconds, start.nanos):
+        raise InvalidArgument("logs.end_time is before logs.start_time")
+    return request
 
 
 assert ev.JobSubmitted  # the event messages are the oneof's members

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from datetime import UTC
 
 from google.protobuf.json_format import MessageToDict
@@ -16,7 +17,8 @@ from google.protobuf.json_format import MessageToDict
 from lathe.trainer.v1 import message_pb2
 from libs.errors import InvalidArgument
 from libs.grpckit import validation
-from services.trainer.domain.families import family
+from libs.preprocessing import PADDINGS, SequenceColumns
+from services.trainer.domain.families import ModelFamily, families, family
 from services.trainer.domain.label_query import check_label_query
 from services.trainer.domain.spec import LabelQuery, Split, ValidSpec
 
@@ -27,6 +29,8 @@ MAX_PROCESSES = 64
 DEVICES = ("cpu", "cuda")
 LAUNCHERS = ("local", "kubernetes")
 NORMALIZATIONS = ("quantile", "standard")
+MAX_SEQUENCE_LENGTH = 1024
+_SEQUENCE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
 def job_spec(spec: message_pb2.TrainingJobSpec) -> ValidSpec:
@@ -39,6 +43,7 @@ def job_spec(spec: message_pb2.TrainingJobSpec) -> ValidSpec:
     labels = _labels(spec.label_source, proto.label_source)
     split = _split(spec.split)
     family_name, hyperparameters, normalization = _model(spec.model, proto.model)
+    sequences = _sequences(spec.model, proto.model, family(family_name))
     opt = proto.optimization
     if spec.optimization.epochs < 1:
         raise InvalidArgument(
@@ -120,6 +125,7 @@ def job_spec(spec: message_pb2.TrainingJobSpec) -> ValidSpec:
         threads_per_process=res.threads_per_process,
         launcher=res.launcher,
         timeout_s=float(res.timeout.seconds),
+        sequences=sequences,
     )
 
 
@@ -174,7 +180,8 @@ def _model(model: message_pb2.ModelSpec, out: message_pb2.ModelSpec) -> tuple[st
         resolved = chosen.resolve(MessageToDict(model.hyperparameters))
     except ValueError as error:
         raise InvalidArgument(f"spec.{error}") from None
-    if chosen.name == "ft_transformer" and resolved["d_token"] % resolved["n_heads"]:
+    attention = chosen.name in ("ft_transformer", "sequence_transformer")
+    if attention and resolved["d_token"] % resolved["n_heads"]:
         raise InvalidArgument(
             f"spec.model.hyperparameters.d_token ({resolved['d_token']}) must be a multiple of "
             f"n_heads ({resolved['n_heads']})"
@@ -185,3 +192,56 @@ def _model(model: message_pb2.ModelSpec, out: message_pb2.ModelSpec) -> tuple[st
     if out.normalization not in NORMALIZATIONS:
         raise InvalidArgument(f"spec.model.normalization must be one of {list(NORMALIZATIONS)}")
     return chosen.name, resolved, out.normalization
+
+
+def _sequences(
+    model: message_pb2.ModelSpec, out: message_pb2.ModelSpec, chosen: ModelFamily
+) -> tuple[SequenceColumns, ...]:
+    """The spec's event sequences, checked; the family must read them (and needs one)."""
+    if model.sequences and not chosen.reads_sequences:
+        readers = sorted(f.name for f in families() if f.reads_sequences)
+        raise InvalidArgument(
+            f"spec.model.sequences: family {chosen.name!r} does not read sequences; use one "
+            f"that does ({readers}) or remove them"
+        )
+    if chosen.reads_sequences and not model.sequences:
+        raise InvalidArgument(
+            f"spec.model.sequences: family {chosen.name!r} reads event sequences; name at least "
+            "one (name, features: the list features of one sequence, max_length: N)"
+        )
+    seen_names: set[str] = set()
+    seen_features: dict[str, str] = {}
+    result = []
+    for i, (given, written) in enumerate(zip(model.sequences, out.sequences, strict=True)):
+        where = f"spec.model.sequences[{i}]"
+        if not _SEQUENCE_NAME.fullmatch(given.name):
+            raise InvalidArgument(
+                f"{where}.name must be lower case letters, digits and underscores starting with "
+                f"a letter (at most 63), got {given.name!r}"
+            )
+        if given.name in seen_names:
+            raise InvalidArgument(f"{where}.name {given.name!r} is used twice")
+        seen_names.add(given.name)
+        if not given.features:
+            raise InvalidArgument(f"{where}.features must name the sequence's list features")
+        for feature in given.features:
+            if feature in seen_features:
+                raise InvalidArgument(
+                    f"{where}.features: {feature!r} is already in sequence "
+                    f"{seen_features[feature]!r}; a feature belongs to one sequence"
+                )
+            seen_features[feature] = given.name
+        if not 1 <= given.max_length <= MAX_SEQUENCE_LENGTH:
+            raise InvalidArgument(
+                f"{where}.max_length must be in [1, {MAX_SEQUENCE_LENGTH}] (N: the newest N "
+                f"events are kept), got {given.max_length}"
+            )
+        written.padding = given.padding or "left"
+        if written.padding not in PADDINGS:
+            raise InvalidArgument(
+                f"{where}.padding must be one of {list(PADDINGS)}, got {given.padding!r}"
+            )
+        result.append(
+            SequenceColumns(given.name, tuple(given.features), given.max_length, written.padding)
+        )
+    return tuple(result)

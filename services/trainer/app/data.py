@@ -17,8 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lathe.trainer.v1 import events_pb2 as ev
+from lathe.trainer.v1 import message_pb2
 from libs.errors import FailedPrecondition
-from libs.preprocessing import fit
+from libs.preprocessing import SequenceColumns, fit
 from services.trainer.app.ports import Catalog, Features
 from services.trainer.app.submit import _ipc
 from services.trainer.domain.job import Job
@@ -45,12 +46,14 @@ async def prepare(
         SPLIT, labels.column(SPLIT)
     )
     train = table.filter(pc.equal(table.column(SPLIT), 0))
+    sequences = sequence_columns(job.spec.model, table.schema)
     spec = await asyncio.to_thread(
         fit,
         {name: train.column(name) for name in training.feature_names},
         training.feature_names,
         normalization=job.spec.model.normalization,
         extra={"dataset_snapshot_id": training.snapshot_id, "job_id": job.job_id},
+        sequences=sequences,
     )
     dataset_sha = await asyncio.to_thread(blobs.put_bytes, _ipc(table))
     preprocessing_sha = await asyncio.to_thread(blobs.put_bytes, spec.to_json())
@@ -66,3 +69,43 @@ async def prepare(
         validation_rows=table.num_rows - train.num_rows,
         feature_names=training.feature_names,
     )
+
+
+def sequence_columns(model: message_pb2.ModelSpec, schema: pa.Schema) -> list[SequenceColumns]:
+    """The spec's sequences, checked against the training set: each feature is there and
+    holds a list per row (the feature store's LAST_N features); FailedPrecondition if not."""
+    out = []
+    for i, given in enumerate(model.sequences):
+        for feature in given.features:
+            where = f"spec.model.sequences[{i}] ({given.name!r})"
+            if feature not in schema.names:
+                raise FailedPrecondition(
+                    f"{where} names {feature!r}, which the training set does not have; its "
+                    f"features are {[n for n in schema.names if n not in (LABEL, SPLIT)]}"
+                )
+            kind = schema.field(feature).type
+            if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
+                raise FailedPrecondition(
+                    f"{where}: feature {feature!r} is {kind}, not a list per row; a sequence is "
+                    "made of list features (e.g. the feature store's LAST_N)"
+                )
+        out.append(
+            SequenceColumns(
+                given.name, tuple(given.features), given.max_length, given.padding or "left"
+            )
+        )
+    named = {f for s in out for f in s.features}
+    unnamed = [
+        f.name
+        for f in schema
+        if f.name not in named
+        and f.name not in (LABEL, SPLIT)
+        and (pa.types.is_list(f.type) or pa.types.is_large_list(f.type))
+    ]
+    if unnamed:
+        raise FailedPrecondition(
+            f"the feature service serves list features {unnamed} that spec.model.sequences does "
+            "not name; a sequence family (sequence_transformer) reads them when they are named "
+            "there, other families cannot read lists: train on a feature service without them"
+        )
+    return out

@@ -29,7 +29,7 @@ from uuid6 import uuid7
 from lathe.trainer.v1 import events_pb2 as ev
 from lathe.trainer.v1 import message_pb2
 from libs.db import transaction
-from libs.errors import FailedPrecondition, NotFound, Unavailable
+from libs.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from libs.eventstore import ClientRequest, EventMetadata, RequestLog
 from services.trainer.app.ports import Catalog, Labels, Registry
 from services.trainer.domain.job import to_proto
@@ -85,6 +85,7 @@ class Submitter:
                 f"training sets are built from the latest version; set feature_service_version "
                 f"to {service.version} (or 0 for the latest)"
             )
+        _check_sequence_views(spec, service.features)
         if not await self._registry.model_exists(spec.model_name):
             raise NotFound(
                 f"no model named {spec.model_name!r} in the model registry; create it first "
@@ -138,3 +139,17 @@ def _ipc(table: pa.Table) -> bytes:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
+
+
+def _check_sequence_views(spec: ValidSpec, references: tuple[str, ...]) -> None:
+    """Each sequence feature's view must be one the feature service reads (whether the
+    feature is a list is known once the training set is built: app/data.py)."""
+    views = {r.split(":", 1)[0].split("@", 1)[0] for r in references}
+    for i, sequence in enumerate(spec.sequences):
+        for feature in sequence.features:
+            if feature.split(":", 1)[0].split("@", 1)[0] not in views:
+                raise InvalidArgument(
+                    f"spec.model.sequences[{i}].features: {feature!r} is not served by feature "
+                    f"service {spec.feature_service!r} (it reads {list(references)}); name its "
+                    "list features as 'view:feature'"
+                )

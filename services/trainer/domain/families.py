@@ -17,7 +17,10 @@ their own ``nn.Module`` factory by registering a family from a module listed in
 
 The builder returns a module whose ``forward(numeric, categorical)`` takes float32
 [batch, numeric features] and int64 [batch, categorical features] and returns logits
-[batch]. A sequence family (issue 6's ``LAST_N`` features) registers here the same way.
+[batch]. A family with ``reads_sequences=True`` (``sequence_transformer``, ADR 0026) also
+takes, per sequence named in the spec's ``model.sequences``, ``values`` float32
+[batch, N, numeric fields], ``codes`` int64 [batch, N, categorical fields] and ``mask``
+bool [batch, N] (True where an event is): ``forward(numeric, categorical, *sequences)``.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ class ModelFamily:
     """``module:function``; ``function(inputs, **hyperparameters) -> nn.Module``."""
     hyperparameters: tuple[Hyperparameter, ...] = field(default_factory=tuple)
     description: str = ""
+    reads_sequences: bool = False
+    """Whether it takes sequence inputs (then a spec must name at least one, else none)."""
 
     def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """``given`` checked against the knobs, with defaults filled in; ValueError says why."""
@@ -155,6 +160,24 @@ register_family(
             Hyperparameter("n_heads", int, 8, 1, 64),
             Hyperparameter("ffn_factor", float, 4 / 3, 0.5, 8.0, doc="ReGLU hidden = factor x d"),
             Hyperparameter("attention_dropout", float, 0.2, 0.0, 0.9),
+            Hyperparameter("ffn_dropout", float, 0.1, 0.0, 0.9),
+            Hyperparameter("residual_dropout", float, 0.0, 0.0, 0.9),
+        ),
+    )
+)
+register_family(
+    ModelFamily(
+        name="sequence_transformer",
+        builder="services.trainer.training.sequence_model:build_sequence_transformer",
+        description="a transformer over an entity's recent events (spec.model.sequences: "
+        "list features, padded and masked) and its scalar feature tokens, the head on [CLS]",
+        reads_sequences=True,
+        hyperparameters=(
+            Hyperparameter("d_token", int, 32, 8, 1024, doc="a multiple of n_heads"),
+            Hyperparameter("n_blocks", int, 2, 1, 12),
+            Hyperparameter("n_heads", int, 4, 1, 64),
+            Hyperparameter("ffn_factor", float, 4 / 3, 0.5, 8.0, doc="ReGLU hidden = factor x d"),
+            Hyperparameter("attention_dropout", float, 0.1, 0.0, 0.9),
             Hyperparameter("ffn_dropout", float, 0.1, 0.0, 0.9),
             Hyperparameter("residual_dropout", float, 0.0, 0.0, 0.9),
         ),

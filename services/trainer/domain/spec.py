@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from lathe.trainer.v1 import message_pb2
+from libs.preprocessing import SequenceColumns
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class ValidSpec:
     threads_per_process: int
     launcher: str
     timeout_s: float
+    sequences: tuple[SequenceColumns, ...] = ()
+    """Event sequences the model reads (list features, oldest first), as the spec names them."""
 
     @property
     def digest(self) -> str:

@@ -49,13 +49,15 @@ class FeatureCatalog:
         self._streams = streams
 
     async def feature_service(self, name: str) -> FeatureServiceInfo | None:
-        entities: dict[str, str] = {}
+        entities: dict[str, tuple[str, ...]] = {}
         views: dict[str, str] = {}
         service: fs.FeatureServiceDefined | None = None
         for message in await self._read(self._streams.subject("*.defined")):
             match message:
                 case fs.EntityDefined():
-                    entities[message.entity.name] = message.entity.join_key
+                    # A composite key (join_keys) has a column per part (ADR 0023).
+                    entity = message.entity
+                    entities[entity.name] = tuple(entity.join_keys) or (entity.join_key,)
                 case fs.FeatureViewDefined():
                     views[message.feature_view.name] = message.feature_view.entity
                 case fs.FeatureServiceDefined() if message.feature_service.name == name:
@@ -69,9 +71,9 @@ class FeatureCatalog:
         keys = []
         for reference in service.feature_service.features:
             view = reference.split(":", 1)[0].split("@", 1)[0]
-            key = entities.get(views.get(view, ""), "")
-            if key and key not in keys:
-                keys.append(key)
+            for key in entities.get(views.get(view, ""), ()):
+                if key and key not in keys:
+                    keys.append(key)
         return FeatureServiceInfo(
             name,
             service.feature_service.version,

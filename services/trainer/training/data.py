@@ -14,6 +14,19 @@ from services.trainer.training_columns import LABEL, SPLIT
 
 
 @dataclass(frozen=True)
+class SequenceTensors:
+    """One sequence input for every row (libs/preprocessing's ``EncodedSequence``)."""
+
+    name: str
+    values: torch.Tensor
+    """float32 [rows, N, numeric fields]."""
+    codes: torch.Tensor
+    """int64 [rows, N, categorical fields]."""
+    mask: torch.Tensor
+    """bool [rows, N]: True where an event is."""
+
+
+@dataclass(frozen=True)
 class Tensors:
     """Every row of the training set, encoded; splits are index tensors into them."""
 
@@ -29,6 +42,16 @@ class Tensors:
     """int64 row indices of the validation split."""
     feature_types: dict[str, str]
     """Arrow type of each raw feature column (for the signature)."""
+    sequences: tuple[SequenceTensors, ...] = ()
+    """Event sequences, in the spec's order."""
+
+    def inputs(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The model's arguments for ``rows``: numeric, categorical, then per sequence its
+        values, codes and mask."""
+        parts = [self.numeric[rows], self.categorical[rows]]
+        for s in self.sequences:
+            parts += [s.values[rows], s.codes[rows], s.mask[rows]]
+        return tuple(parts)
 
 
 def load(
@@ -50,4 +73,13 @@ def encode(table: pa.Table, spec: PreprocessingSpec) -> Tensors:
         train=torch.from_numpy(np.flatnonzero(split == 0)),
         validation=torch.from_numpy(np.flatnonzero(split == 1)),
         feature_types={name: str(table.schema.field(name).type) for name in spec.feature_names},
+        sequences=tuple(
+            SequenceTensors(
+                s.name,
+                torch.from_numpy(s.values),
+                torch.from_numpy(s.codes),
+                torch.from_numpy(s.mask),
+            )
+            for s in encoded.sequences
+        ),
     )

@@ -6,20 +6,25 @@ not ship, and writes large weights to a sidecar ``.onnx.data`` unless given
 data only past 2 GB, which is refused below). Opset 17 keeps attention as plain
 MatMul/Softmax (ONNX Runtime's CPU ``Attention`` op at opset 23 rejects padding masks).
 ONNX Runtime then scores the validation rows; more than ``PARITY_TOLERANCE`` away from
-torch anywhere fails the job with the numbers.
+torch anywhere fails the job with the numbers. Sequence inputs (``<name>.values`` /
+``.codes`` / ``.mask``) keep a dynamic batch axis and their fixed N slots.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime
 import torch
 from torch import Tensor, nn
+
+from libs.preprocessing import CATEGORICAL_INPUT, NUMERIC_INPUT, sequence_inputs
 
 PARITY_TOLERANCE = 1e-5
 OUTPUT = "probability"
@@ -30,22 +35,35 @@ class ParityError(Exception):
 
 
 class Scorer(nn.Module):
-    """The exported graph: the model's inputs (those it has) in, probabilities out."""
+    """The exported graph: the model's inputs (those with a width) in, probabilities out.
 
-    def __init__(self, model: nn.Module, n_numeric: int, n_categorical: int) -> None:
+    ``arguments`` names every argument of the model's forward in order; those not in
+    ``present`` (a zero-width block: no numeric features, a sequence without categorical
+    fields, ...) are not graph inputs and are rebuilt inside the graph as empty tensors.
+    """
+
+    def __init__(
+        self, model: nn.Module, arguments: tuple[tuple[str, torch.dtype], ...], present: set[str]
+    ) -> None:
         super().__init__()
-        self.model, self.n_numeric, self.n_categorical = model, n_numeric, n_categorical
+        self.model, self.arguments = model, arguments
+        self.present = tuple(name for name, _ in arguments if name in present)
 
     def forward(self, *inputs: Tensor) -> Tensor:
-        if self.n_numeric and self.n_categorical:
-            numeric, categorical = inputs
-        elif self.n_numeric:
-            (numeric,) = inputs
-            categorical = numeric[:, :0].long()
-        else:
-            (categorical,) = inputs
-            numeric = categorical[:, :0].float()
-        return torch.sigmoid(self.model(numeric, categorical))
+        given = dict(zip(self.present, inputs, strict=True))
+        # A 2-D input ([batch, width]: numeric, categorical or a mask, one of which any
+        # model has) gives an absent scalar block its [batch, 0] shape by slicing alone.
+        reference = next(t for t in inputs if t.dim() == 2)
+        args = []
+        for name, dtype in self.arguments:
+            if name in given:
+                args.append(given[name])
+            elif name.endswith((".values", ".codes")):
+                mask = given[name.rsplit(".", 1)[0] + ".mask"]
+                args.append(mask.unsqueeze(-1)[:, :, :0].to(dtype))
+            else:
+                args.append(reference[:, :0].to(dtype))
+        return torch.sigmoid(self.model(*args))
 
 
 @dataclass(frozen=True)
@@ -53,20 +71,32 @@ class Exported:
     onnx_bytes: bytes
     input_names: tuple[str, ...]
     parity_max_abs_diff: float
+    onnx_inputs: tuple[dict[str, Any], ...] = ()
+    """Each graph input: name, dtype and shape (-1: the dynamic batch axis)."""
 
 
-def export_onnx(model: nn.Module, numeric: Tensor, categorical: Tensor, *, opset: int) -> Exported:
-    """Export ``model`` (eval mode) and check it on these rows (the validation split)."""
+def export_onnx(
+    model: nn.Module,
+    numeric: Tensor,
+    categorical: Tensor,
+    *,
+    opset: int,
+    sequences: Sequence[tuple[str, Tensor, Tensor, Tensor]] = (),
+) -> Exported:
+    """Export ``model`` (eval mode) and check it on these rows (the validation split).
+
+    ``sequences``: per sequence input (name, values, codes, mask) as libs/preprocessing
+    encodes them; the graph's inputs are named as ``EncodedBatch.arrays`` names them.
+    """
     model.eval()
-    scorer = Scorer(model, numeric.shape[1], categorical.shape[1]).eval()
-    names = tuple(
-        name
-        for name, width in (("numeric", numeric.shape[1]), ("categorical", categorical.shape[1]))
-        if width
-    )
-    example = tuple(
-        t for t, name in ((numeric, "numeric"), (categorical, "categorical")) if name in names
-    )
+    named: dict[str, Tensor] = {NUMERIC_INPUT: numeric, CATEGORICAL_INPUT: categorical}
+    for name, values, codes, mask in sequences:
+        named.update(zip(sequence_inputs(name), (values, codes, mask), strict=True))
+    present = {n for n, t in named.items() if n.endswith(".mask") or t.shape[-1]}
+    arguments = tuple((n, t.dtype) for n, t in named.items())
+    scorer = Scorer(model, arguments, present).eval()
+    names = scorer.present
+    example = tuple(named[n] for n in names)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -97,4 +127,12 @@ def export_onnx(model: nn.Module, numeric: Tensor, categorical: Tensor, *, opset
             f"ONNX Runtime and torch disagree on the validation rows: max |p_onnx - p_torch| = "
             f"{diff:.3g} > {PARITY_TOLERANCE:g} over {len(expected)} rows (opset {opset})"
         )
-    return Exported(data, names, diff)
+    onnx_inputs = tuple(
+        {
+            "name": n,
+            "dtype": str(t.dtype).removeprefix("torch."),
+            "shape": [-1, *t.shape[1:]],
+        }
+        for n, t in zip(names, example, strict=True)
+    )
+    return Exported(data, names, diff, onnx_inputs)

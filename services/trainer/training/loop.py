@@ -21,7 +21,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
-from libs.preprocessing import PreprocessingSpec
+from libs.preprocessing import PreprocessingSpec, sequence_inputs
 from services.trainer.domain.plan import WorkerPlan
 from services.trainer.store.blobs import BlobStore
 from services.trainer.training import checkpoint, data
@@ -30,6 +30,7 @@ from services.trainer.training.export import OUTPUT, export_onnx
 from services.trainer.training.metrics import all_metrics
 from services.trainer.training.models import ModelInputs, build
 from services.trainer.training.progress import Progress
+from services.trainer.training.summaries import baseline_numeric
 
 EVAL_BATCH = 4096
 
@@ -56,7 +57,7 @@ def run(plan: WorkerPlan, world: World, progress: Progress) -> None:
     blobs = BlobStore(plan.artifact_root)
     numpy_rng = seed_everything(plan.seed, world.rank, plan.threads_per_process)
     tensors, spec = data.load(blobs, plan.dataset_sha256, plan.preprocessing_sha256)
-    inputs = ModelInputs(len(spec.numeric), tuple(c.cardinality for c in spec.categorical))
+    inputs = ModelInputs.of(spec)
     torch.manual_seed(plan.seed)  # identical initial weights on every rank
     model = build(plan.family, inputs, plan.hyperparameters)
     _start_at_the_base_rate(model, tensors.labels[tensors.train])
@@ -132,9 +133,7 @@ def run(plan: WorkerPlan, world: World, progress: Progress) -> None:
         for b in range(skip, batches_per_epoch):
             rows = order[b * per_rank_batch : (b + 1) * per_rank_batch]
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(
-                trained(tensors.numeric[rows], tensors.categorical[rows]), tensors.labels[rows]
-            )
+            loss = loss_fn(trained(*tensors.inputs(rows)), tensors.labels[rows])
             loss.backward()
             optimizer.step()
             scheduler.step()
@@ -191,7 +190,7 @@ def score(model: nn.Module, tensors: data.Tensors, rows: torch.Tensor) -> np.nda
     with torch.no_grad():
         for start in range(0, len(rows), EVAL_BATCH):
             index = rows[start : start + EVAL_BATCH]
-            out.append(torch.sigmoid(model(tensors.numeric[index], tensors.categorical[index])))
+            out.append(torch.sigmoid(model(*tensors.inputs(index))))
     model.train()
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
@@ -221,37 +220,45 @@ def _finish(
     train = tensors.train
     baseline = lightgbm_baseline(
         (
-            tensors.numeric[train].numpy(),
+            baseline_numeric(tensors, train),
             tensors.categorical[train].numpy(),
             tensors.labels[train].numpy(),
         ),
-        (tensors.numeric[validation].numpy(), tensors.categorical[validation].numpy(), labels),
+        (baseline_numeric(tensors, validation), tensors.categorical[validation].numpy(), labels),
         seed=plan.seed,
         threads=plan.threads_per_process,
     )
     started = time.time()
     exported = export_onnx(
-        model, tensors.numeric[validation], tensors.categorical[validation], opset=plan.opset
+        model,
+        tensors.numeric[validation],
+        tensors.categorical[validation],
+        opset=plan.opset,
+        sequences=[
+            (s.name, s.values[validation], s.codes[validation], s.mask[validation])
+            for s in tensors.sequences
+        ],
     )
     weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    signature = {
+    signature: dict[str, Any] = {
         "inputs": [{"name": n, "arrow_type": tensors.feature_types[n]} for n in spec.feature_names],
-        "onnx_inputs": [
-            {
-                "name": name,
-                "dtype": "float32" if name == "numeric" else "int64",
-                "shape": [-1, width],
-            }
-            for name, width in (
-                ("numeric", len(spec.numeric)),
-                ("categorical", len(spec.categorical)),
-            )
-            if name in exported.input_names
-        ],
+        "onnx_inputs": list(exported.onnx_inputs),
         "outputs": [{"name": OUTPUT, "dtype": "float32", "shape": [-1]}],
         "family": plan.family,
         "hyperparameters": plan.hyperparameters,
     }
+    if spec.sequences:  # absent otherwise: tabular signatures keep their bytes
+        signature["sequences"] = [
+            {
+                "name": s.name,
+                "features": list(s.feature_names),
+                "max_length": s.max_length,
+                "padding": s.padding,
+                "order": "oldest first",
+                "inputs": list(sequence_inputs(s.name)),
+            }
+            for s in spec.sequences
+        ]
     progress.report(
         "result",
         metrics=metrics,

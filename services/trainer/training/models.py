@@ -4,7 +4,9 @@ Both take ``forward(numeric, categorical)``: float32 [batch, numeric features] (
 filled and normalised by libs/preprocessing) and int64 [batch, categorical features]
 (0 = missing or unseen), and return logits [batch]. Attention is written out (matmul,
 softmax, matmul) rather than through a fused kernel, so it exports to plain ONNX ops at
-opset 17 and runs deterministically.
+opset 17 and runs deterministically; it takes an optional key mask (the sequence
+transformer's padding, ``sequence_model.py``). Families that read sequences take
+``forward(numeric, categorical, *per sequence (values, codes, mask))``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from libs.preprocessing import PreprocessingSpec
+
+
+@dataclass(frozen=True)
+class SequenceInputs:
+    """What one sequence input looks like (from its fitted ``SequenceFeature``)."""
+
+    name: str
+    max_length: int
+    """N: slots per row."""
+    n_numeric: int
+    """Numeric fields per event (``values``' last axis)."""
+    cardinalities: tuple[int, ...]
+    """Embedding rows per categorical field (vocabulary + the missing/unseen index)."""
+
 
 @dataclass(frozen=True)
 class ModelInputs:
@@ -23,6 +40,25 @@ class ModelInputs:
     n_numeric: int
     cardinalities: tuple[int, ...]
     """Embedding rows per categorical feature (vocabulary + the missing/unseen index)."""
+    sequences: tuple[SequenceInputs, ...] = ()
+    """Event sequences, in the order of the model's sequence arguments."""
+
+    @classmethod
+    def of(cls, spec: PreprocessingSpec) -> ModelInputs:
+        """The inputs a model trained on ``spec``'s encoding takes."""
+        return cls(
+            len(spec.numeric),
+            tuple(c.cardinality for c in spec.categorical),
+            tuple(
+                SequenceInputs(
+                    s.name,
+                    s.max_length,
+                    len(s.numeric),
+                    tuple(c.cardinality for c in s.categorical),
+                )
+                for s in spec.sequences
+            ),
+        )
 
 
 class MLP(nn.Module):
@@ -47,30 +83,41 @@ class MLP(nn.Module):
 
 
 class FeatureTokenizer(nn.Module):
-    """One d_token vector per feature: x_j * w_j + b_j for numbers, a table row for categories."""
+    """One d_token vector per feature: x_j * w_j + b_j for numbers, a table row for categories.
+
+    Only the parameters some feature uses are created: DDP waits for a gradient of every
+    parameter, so an unused one (e.g. category tables without categorical features) fails
+    a multi-process job at its second step.
+    """
 
     def __init__(self, inputs: ModelInputs, d_token: int) -> None:
         super().__init__()
         bound = 1 / math.sqrt(d_token)
         self.n_numeric = inputs.n_numeric
         self.n_categorical = len(inputs.cardinalities)
-        self.numeric_weight = nn.Parameter(torch.empty(inputs.n_numeric, d_token))
-        self.numeric_bias = nn.Parameter(torch.empty(inputs.n_numeric, d_token))
-        for parameter in (self.numeric_weight, self.numeric_bias):
-            nn.init.uniform_(parameter, -bound, bound)
+        self.numeric_weight: nn.Parameter | None = None
+        self.numeric_bias: nn.Parameter | None = None
+        if self.n_numeric:
+            self.numeric_weight = nn.Parameter(torch.empty(inputs.n_numeric, d_token))
+            self.numeric_bias = nn.Parameter(torch.empty(inputs.n_numeric, d_token))
+            for parameter in (self.numeric_weight, self.numeric_bias):
+                nn.init.uniform_(parameter, -bound, bound)
         cards = inputs.cardinalities
-        self.categorical = nn.Embedding(max(sum(cards), 1), d_token)
-        nn.init.uniform_(self.categorical.weight, -bound, bound)
-        self.categorical_bias = nn.Parameter(torch.empty(len(cards), d_token))
-        nn.init.uniform_(self.categorical_bias, -bound, bound)
+        self.categorical: nn.Embedding | None = None
+        self.categorical_bias: nn.Parameter | None = None
+        if cards:
+            self.categorical = nn.Embedding(sum(cards), d_token)
+            nn.init.uniform_(self.categorical.weight, -bound, bound)
+            self.categorical_bias = nn.Parameter(torch.empty(len(cards), d_token))
+            nn.init.uniform_(self.categorical_bias, -bound, bound)
         offsets = torch.tensor([0, *cards[:-1]], dtype=torch.long).cumsum(0) if cards else None
         self.register_buffer("offsets", offsets if offsets is not None else torch.zeros(0))
 
     def forward(self, numeric: Tensor, categorical: Tensor) -> Tensor:
         tokens = []
-        if self.n_numeric:
+        if self.numeric_weight is not None and self.numeric_bias is not None:
             tokens.append(numeric.unsqueeze(-1) * self.numeric_weight + self.numeric_bias)
-        if self.n_categorical:
+        if self.categorical is not None and self.categorical_bias is not None:
             tokens.append(self.categorical(categorical + self.offsets) + self.categorical_bias)
         return torch.cat(tokens, dim=1)
 
@@ -85,11 +132,19 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(d, d)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """``keep``: bool [batch, tokens], False for keys no token may attend to (padding);
+        every row must keep at least one key (the sequence model's [CLS] always is)."""
         batch, tokens, d = x.shape
         q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.n_heads, self.d_head).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, heads, tokens, d_head]
-        weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.d_head), dim=-1)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_head)
+        if keep is not None:
+            # The lowest finite float, not -inf: exp(min - max) is exactly 0, so a masked
+            # key's value has no effect at all, and a (never built) all-masked row would
+            # average instead of turning into NaN.
+            scores = scores.masked_fill(~keep[:, None, None, :], torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=-1)
         mixed = self.dropout(weights) @ v
         return self.out(mixed.transpose(1, 2).reshape(batch, tokens, d))
 
@@ -116,8 +171,8 @@ class Block(nn.Module):
         self.ffn_dropout = nn.Dropout(ffn_drop)
         self.residual_dropout = nn.Dropout(res_drop)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.residual_dropout(self.attention(self.attention_norm(x)))
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        x = x + self.residual_dropout(self.attention(self.attention_norm(x), keep))
         a, b = self.ffn_in(self.ffn_norm(x)).chunk(2, dim=-1)
         return x + self.residual_dropout(self.ffn_out(self.ffn_dropout(a * torch.relu(b))))
 
@@ -190,6 +245,12 @@ def build(family_name: str, inputs: ModelInputs, hyperparameters: dict[str, obje
 
     from services.trainer.domain.families import family
 
-    module_name, function = family(family_name).builder.split(":")
+    chosen = family(family_name)
+    if inputs.sequences and not chosen.reads_sequences:
+        raise ValueError(
+            f"model family {family_name!r} does not read sequence inputs "
+            f"({[s.name for s in inputs.sequences]}); use sequence_transformer"
+        )
+    module_name, function = chosen.builder.split(":")
     builder = getattr(importlib.import_module(module_name), function)
     return builder(inputs, **hyperparameters)  # type: ignore[no-any-return]

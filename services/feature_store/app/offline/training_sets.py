@@ -20,7 +20,6 @@ import pyarrow as pa
 from lathe.feature_store.v1 import events_pb2
 from lathe.feature_store.v1 import request_response_pb2 as rr
 from libs.db import transaction
-from libs.errors import InvalidArgument
 from libs.eventstore import ANY_VERSION, ClientRequest, EventMetadata, EventStore, RequestLog
 from services.feature_store.app.definitions.cache import DefinitionsCache
 from services.feature_store.app.streaming.history import stream_aggregates_as_of
@@ -68,11 +67,12 @@ class HistoricalReader:
         ``request`` id: once, unless a retry's content differs from the first's)."""
         recorded = await self._requests.replay(request, rr.DatasetSnapshot)
         plan = await self._cache.plan(feature_service, references)
-        join_keys = sorted({read.join_key for read in plan.views})
+        join_keys = sorted({key for read in plan.views for key in read.join_keys})
+        composites = sorted({read.join_keys for read in plan.views if len(read.join_keys) > 1})
         if label_source is not None:
-            labels = await self._labels_from_table(label_source, join_keys)
+            labels = await self._labels_from_table(label_source, join_keys, composites)
         else:
-            labels = training.labels_from_arrow(entity_rows_arrow, join_keys)
+            labels = training.labels_from_arrow(entity_rows_arrow, join_keys, composites)
         stored = [i for i, read in enumerate(plan.views) if read.stored]
         # Side by side: Postgres exports one view's new rows while DuckDB loads another's.
         synced = await asyncio.gather(*(self._mirror.sync(plan.views[i].view) for i in stored))
@@ -103,7 +103,7 @@ class HistoricalReader:
         values = await stream_aggregates_as_of(
             self._pool,
             read.view,
-            read.join_key,
+            read.join_keys,
             joined.column(read.join_key),
             joined.column("event_time").cast(pa.timestamp("us", tz="UTC")),
         )
@@ -114,15 +114,12 @@ class HistoricalReader:
         return joined
 
     async def _labels_from_table(
-        self, source: rr.LabelSource, join_keys: list[str]
+        self, source: rr.LabelSource, join_keys: list[str], composites: list[tuple[str, ...]]
     ) -> training.Labels:
-        if len(join_keys) != 1:
-            raise InvalidArgument(
-                f"these features need several entity keys ({join_keys}); pass entity_rows_arrow "
-                "with a column per key instead of a label table"
-            )
-        rows = await read_label_table(self._pool, source, join_keys[0])
-        return training.Labels(rows, training.label_keys(rows, join_keys, "label_source"))
+        rows = await read_label_table(self._pool, source, join_keys)
+        return training.Labels(
+            rows, training.label_keys(rows, join_keys, "label_source", composites)
+        )
 
     async def _record(
         self,

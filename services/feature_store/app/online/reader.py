@@ -15,9 +15,9 @@ from services.feature_store.app.online import reply
 from services.feature_store.app.online.replica import OnlineReplica
 from services.feature_store.app.online.vectors import VectorIndex
 from services.feature_store.app.online.windows import WindowReader
-from services.feature_store.domain.definitions.read_plan import ReadPlan
+from services.feature_store.domain.definitions.read_plan import Definitions, ReadPlan
+from services.feature_store.domain.keys import check_key_columns, join_keys_of, request_keys
 from services.feature_store.domain.serving.rows import ServingRow, ViewTables, epoch_us, merged
-from services.feature_store.domain.values import entity_keys
 from services.feature_store.store import online
 
 
@@ -39,16 +39,11 @@ class OnlineReader:
         """A GetOnlineFeaturesResponse, serialized (see ``wire``)."""
         plan = await self._cache.plan(feature_service, references)
         rows = _row_count(entities, request_data)
+        _check_entities(plan, entities, self._cache.definitions)
         keys_of: dict[str, list[str]] = {}  # views of one entity share its keys
         for read in plan.views:
-            if read.join_key in keys_of:
-                continue
-            column = entities.get(read.join_key)
-            if column is None:
-                raise InvalidArgument(
-                    f"entities lacks {read.join_key!r}, the join key of {read.view.name!r}"
-                )
-            keys_of[read.join_key] = entity_keys(column, read.join_key)
+            if read.join_key not in keys_of:
+                keys_of[read.join_key] = request_keys(entities, read.join_keys)
         keys_by_view = [keys_of[read.join_key] for read in plan.views]
         now = datetime.now(UTC)
         # Where rows come from is decided once, before any await: entries built from rows
@@ -82,7 +77,7 @@ class OnlineReader:
         stored_views, aggregated = [], []  # stream views: window values computed from tiles
         for read, keys in zip(plan.views, keys_by_view, strict=True):
             if not read.stored:
-                spec = self._windows.spec(read.view, read.join_key)
+                spec = self._windows.spec(read.view, read.join_keys)
                 aggregated.extend((spec, key) for key in dict.fromkeys(keys))
             else:
                 stored_views.append(read.key)
@@ -116,6 +111,31 @@ class OnlineReader:
                     )
                 table[key] = head  # type: ignore[assignment]  # every key has a row
         return tables
+
+
+def _check_entities(
+    plan: ReadPlan, entities: Mapping[str, m.RepeatedValue], definitions: Definitions
+) -> None:
+    """``entities`` has a column for each join key the plan's views read (INVALID_ARGUMENT
+    naming a missing one) and none that is no entity's join key (INVALID_ARGUMENT naming
+    it: a mistyped or invented key part). A join key of another entity is let through: a
+    caller scoring several models at once (inference's arms and sampled shadows) sends the
+    keys of all of them while one call reads some (ADR 0023). The key sets are worked out
+    once per cached plan; the usual request costs one set comparison."""
+    needed = plan.memo.get("join_keys")
+    if needed is None:
+        needed = plan.memo["join_keys"] = frozenset(
+            key for read in plan.views for key in read.join_keys
+        )
+    if not plan.views or set(entities) == needed:
+        return
+    others = plan.memo.get("other_join_keys")
+    if others is None:
+        others = plan.memo["other_join_keys"] = frozenset(
+            key for entity in definitions.entities.values() for key in join_keys_of(entity)
+        )
+    in_order = dict.fromkeys(key for read in plan.views for key in read.join_keys)
+    check_key_columns(entities, in_order, "entities", others=others)
 
 
 def _row_count(

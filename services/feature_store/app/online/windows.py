@@ -51,11 +51,11 @@ class WindowReader:
         """Versions whose rollups are complete (they stay so: only backfill rewrites them)."""
         self._unrolled_checked: dict[tuple[str, int], float] = {}
 
-    def spec(self, view: m.FeatureView, join_key: str) -> StreamViewSpec:
+    def spec(self, view: m.FeatureView, join_keys: tuple[str, ...]) -> StreamViewSpec:
         """The spec of a cached definition (a refreshed cache brings new objects)."""
         cached = self._specs.get((view.name, view.version))
         if cached is None or cached[0] is not view:
-            cached = (view, spec_of(view, join_key))
+            cached = (view, spec_of(view, join_keys))
             self._specs[(view.name, view.version)] = cached
         return cached[1]
 

@@ -19,6 +19,7 @@ from libs.db import transaction
 from libs.errors import FailedPrecondition, InvalidArgument, NotFound
 from libs.eventstore import ANY_VERSION, ClientRequest, EventMetadata, EventStore, RequestLog
 from services.feature_store.app.definitions.cache import DefinitionsCache
+from services.feature_store.domain.keys import join_keys_of
 from services.feature_store.domain.names import check_name
 from services.feature_store.domain.streaming.aggregation import (
     StreamViewSpec,
@@ -138,7 +139,7 @@ class Backfiller:
                 f"feature view {view_name!r} has a {view.WhichOneof('source')}; only stream "
                 "views have tiles to backfill (batch views use Materialize)"
             )
-        spec = spec_of(view, self._cache.definitions.entities[view.entity].join_key)
+        spec = spec_of(view, join_keys_of(self._cache.definitions.entities[view.entity]))
 
         async def record(conn: asyncpg.Connection, result: BackfillResult) -> None:
             event = events_pb2.StreamViewBackfilled(

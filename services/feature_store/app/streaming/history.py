@@ -38,15 +38,16 @@ __all__ = ["EVENT_TIME", "stream_aggregates_as_of"]
 async def stream_aggregates_as_of(
     pool: asyncpg.Pool,
     view: m.FeatureView,
-    join_key: str,
+    join_keys: str | Sequence[str],
     entity_keys: Sequence[str | int] | pa.Array | pa.ChunkedArray,
     as_of: Sequence[datetime] | pa.Array | pa.ChunkedArray,
 ) -> pa.Table:
     """A stream view's features for each label row (entity key, time), in label order.
 
-    ``view`` is one applied stream view version and ``join_key`` its entity's join key
-    (``ViewRead.view`` / ``ViewRead.join_key`` of a read plan). Entity keys are strings or
-    int64 (compared by decimal text, as online); times are aware datetimes or an Arrow
+    ``view`` is one applied stream view version and ``join_keys`` its entity's join key or
+    keys (``ViewRead.view`` / ``ViewRead.join_keys`` of a read plan). Entity keys are strings
+    or int64 (compared by decimal text, as online; a composite key as its stored text,
+    ``keys.encode_key``); times are aware datetimes or an Arrow
     timestamp array (a timezone-less one is read as UTC).
 
     Returns one column per feature, named as the feature (int64 for count and
@@ -68,7 +69,7 @@ async def stream_aggregates_as_of(
     """
     if view.WhichOneof("source") != "stream_source":
         raise InvalidArgument(f"feature view {view.name!r} is not a stream view")
-    spec = spec_of(view, join_key)
+    spec = spec_of(view, join_keys)
     keys = label_keys(entity_keys)
     times = label_times_us(as_of)
     if len(keys) != len(times):

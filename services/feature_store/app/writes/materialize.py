@@ -31,6 +31,7 @@ from libs.eventstore import ANY_VERSION, ClientRequest, EventMetadata, EventStor
 from services.feature_store.app.definitions.cache import DefinitionsCache
 from services.feature_store.app.writes.writer import FeatureWriter
 from services.feature_store.domain.definitions.sources import source_problems
+from services.feature_store.domain.keys import join_keys_of
 from services.feature_store.domain.materialization import (
     Loaded,
     RunScope,
@@ -101,7 +102,7 @@ class Materializer:
         if (done := await self._requests.replay(request, rr.MaterializeProgress)) is not None:
             yield done
             return
-        reader = BatchReader(view, self._cache.definitions.entities[view.entity].join_key)
+        reader = BatchReader(view, join_keys_of(self._cache.definitions.entities[view.entity]))
         lock = lock_name("materialize", view.name, view.version)
         async with (
             self._pool.acquire() as conn,

@@ -14,6 +14,7 @@ from libs.errors import FailedPrecondition
 from libs.eventstore import ClientRequest, EventMetadata, RequestLog
 from services.feature_store.app.definitions.cache import DefinitionsCache
 from services.feature_store.app.writes.writer import FeatureWriter
+from services.feature_store.domain.keys import join_keys_of
 from services.feature_store.domain.writes import push_rows
 
 
@@ -45,8 +46,7 @@ class Pusher:
                 f"feature view {view_name!r} has a {view.WhichOneof('source')}; only push-source "
                 "views accept PushFeatures (batch views are filled by Materialize)"
             )
-        join_key = self._cache.definitions.entities[view.entity].join_key
-        rows = push_rows(view, join_key, columns)
+        rows = push_rows(view, join_keys_of(self._cache.definitions.entities[view.entity]), columns)
 
         async def write(conn: asyncpg.Connection) -> rr.PushFeaturesResponse:
             result = await self._writer.write(

@@ -14,6 +14,7 @@ from services.feature_store.domain.definitions.rules import (
     check_service_references,
     validate_repository,
 )
+from services.feature_store.domain.keys import join_keys_of, key_types_of
 from services.feature_store.domain.names import FeatureRef
 
 D = TypeVar("D", bound=Message)
@@ -130,17 +131,35 @@ def _entity_change(entity: m.Entity, old: m.Entity | None) -> PlannedChange:
         change.action = m.CHANGE_ACTION_CREATE
     elif old == entity:
         change.action = m.CHANGE_ACTION_UNCHANGED
-    elif (old.join_key, old.key_type) != (entity.join_key, entity.key_type):
+    elif _keys(old) != _keys(entity):
         change.action = m.CHANGE_ACTION_UPDATE
         change.blocked = True
         change.details.append(
-            "an entity's join key and key type never change (stored keys depend on them): "
-            "define a new entity instead"
+            f"join keys {_shown(old)} -> {_shown(entity)} (breaking): an entity's join keys "
+            "and their types never change (stored keys depend on them): define a new entity "
+            "instead, and new versions of its views"
         )
     else:
         change.action = m.CHANGE_ACTION_UPDATE
         change.details.append("description")
     return PlannedChange(change, entity)
+
+
+def _keys(entity: m.Entity) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """What an entity's stored keys depend on: its join keys and their types, in order."""
+    return join_keys_of(entity), key_types_of(entity)
+
+
+def _shown(entity: m.Entity) -> str:
+    names, types = _keys(entity)
+    return (
+        "("
+        + ", ".join(
+            f"{name} {m.ValueType.Name(t).removeprefix('VALUE_TYPE_').lower()}"
+            for name, t in zip(names, types, strict=True)
+        )
+        + ")"
+    )
 
 
 def _versioned(

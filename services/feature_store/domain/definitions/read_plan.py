@@ -9,10 +9,12 @@ does no definition parsing at all.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.errors import InvalidArgument, NotFound
 from services.feature_store.domain.definitions.rules import seconds
+from services.feature_store.domain.keys import join_keys_of, key_column
 from services.feature_store.domain.names import FeatureRef
 from services.feature_store.domain.on_demand.runner import OnDemandFunction, compile_on_demand
 
@@ -22,9 +24,16 @@ class ViewRead:
     """One view version to read per entity row."""
 
     view: m.FeatureView
-    join_key: str
+    join_keys: tuple[str, ...]
+    """Its entity's join keys, in order (several: a composite key, ADR 0023)."""
     ttl_s: float
     """0: values never expire."""
+
+    @cached_property
+    def join_key(self) -> str:
+        """The name its (encoded) entity key goes by: the join key, or for a composite key
+        its names joined by ':' (``keys.key_column``)."""
+        return key_column(self.join_keys)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -116,7 +125,7 @@ class Definitions:
             if key not in view_slots:
                 entity = self.entities[view.entity]
                 view_slots[key] = len(plan.views)
-                plan.views.append(ViewRead(view, entity.join_key, seconds(view.ttl)))
+                plan.views.append(ViewRead(view, join_keys_of(entity), seconds(view.ttl)))
             return view_slots[key]
 
         def stored(ref: FeatureRef, view: m.FeatureView) -> StoredColumn:

@@ -13,6 +13,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.errors import InvalidArgument
+from services.feature_store.domain.keys import join_keys_of
 from services.feature_store.domain.names import FeatureRef, check_name
 from services.feature_store.domain.on_demand.runner import compile_on_demand
 from services.feature_store.domain.streaming.aggregation import (
@@ -109,9 +110,48 @@ def _unique(names: list[str], what: str) -> None:
 
 def _check_entity(entity: m.Entity) -> None:
     check_name(entity.name, "entity")
-    check_name(entity.join_key, f"entity {entity.name!r} join_key")
-    if entity.key_type not in (m.VALUE_TYPE_STRING, m.VALUE_TYPE_INT64):
-        raise InvalidArgument(f"entity {entity.name!r}: key_type must be STRING or INT64")
+    where = f"entity {entity.name!r}"
+    if entity.join_keys:
+        _check_composite_key(entity, where)
+    else:
+        check_name(entity.join_key, f"{where} join_key")
+        if entity.key_types:
+            raise InvalidArgument(
+                f"{where}: key_types types the parts of join_keys; a single join_key's type "
+                "is key_type"
+            )
+    if entity.key_types and entity.key_type == m.VALUE_TYPE_UNSPECIFIED:
+        entity.key_type = entity.key_types[0]
+    for key_type in (entity.key_type, *entity.key_types):
+        if key_type not in (m.VALUE_TYPE_STRING, m.VALUE_TYPE_INT64):
+            raise InvalidArgument(f"{where}: key_type and key_types must be STRING or INT64")
+
+
+def _check_composite_key(entity: m.Entity, where: str) -> None:
+    """join_keys: distinct names, exclusive with join_key; one name is normalized to
+    join_key (one form per key, so an unchanged key plans as unchanged); key_types, if
+    given, one per key."""
+    if entity.join_key:
+        raise InvalidArgument(
+            f"{where}: set join_key (one key) or join_keys (a composite key), not both"
+        )
+    for name in entity.join_keys:
+        check_name(name, f"{where} join_keys")
+    _unique(list(entity.join_keys), f"{where} join key")
+    if entity.key_types and len(entity.key_types) != len(entity.join_keys):
+        raise InvalidArgument(
+            f"{where}: key_types has {len(entity.key_types)} types for "
+            f"{len(entity.join_keys)} join_keys; give one per key, or none (key_type for all)"
+        )
+    if len(entity.join_keys) == 1:
+        entity.join_key = entity.join_keys[0]
+        if entity.key_types:
+            entity.key_type = entity.key_types[0]
+        del entity.join_keys[:]
+        del entity.key_types[:]
+    elif entity.key_types and len(set(entity.key_types)) == 1:
+        entity.key_type = entity.key_types[0]  # one type for every part: key_type says it
+        del entity.key_types[:]
 
 
 def _check_fields(fields: Iterable[m.Field], where: str) -> None:
@@ -197,8 +237,42 @@ def _check_view(view: m.FeatureView, entities: dict[str, m.Entity]) -> None:
         raise InvalidArgument(f"{where}: {reserved!r} is reserved; name the feature differently")
     if source == "batch_source":
         _check_batch_source(view, where)
+    _check_key_sources(view, entities[view.entity], where)
     if view.on_violation == m.VIOLATION_POLICY_UNSPECIFIED:
         view.on_violation = m.VIOLATION_POLICY_KEEP
+
+
+def _check_key_sources(view: m.FeatureView, entity: m.Entity, where: str) -> None:
+    """A batch source's entity_columns and a stream source's entity_fields: one per join
+    key of the entity (names; exclusive with the single-key form)."""
+    source = view.WhichOneof("source")
+    if source not in ("batch_source", "stream_source"):
+        return
+    given = getattr(view, source)
+    plural, single = (
+        ("entity_columns", "entity_column")
+        if source == "batch_source"
+        else ("entity_fields", "entity_field")
+    )
+    names, join_keys = list(getattr(given, plural)), join_keys_of(entity)
+    if not names:
+        if len(join_keys) > 1 and getattr(given, single):
+            raise InvalidArgument(
+                f"{where}: entity {entity.name!r} has the composite key {list(join_keys)}; "
+                f"name one per key in {source}.{plural} instead of {source}.{single}"
+            )
+        return
+    if getattr(given, single):
+        raise InvalidArgument(f"{where}: set {source}.{single} or {source}.{plural}, not both")
+    if len(names) != len(join_keys):
+        raise InvalidArgument(
+            f"{where}: {source}.{plural} names {len(names)} {plural.split('_')[1]} for the "
+            f"{len(join_keys)} join keys {list(join_keys)} of entity {entity.name!r}; name one "
+            "per key, in order"
+        )
+    for name in names:
+        check_name(name, f"{where} {source}.{plural}")
+    _unique(names, f"{where} {source}.{plural} entry")
 
 
 MAX_QUERY_CHARS = 16_384

@@ -15,10 +15,11 @@ asks it, ``query_refusal`` and ``plan_problems`` say what it answered), ADR 0022
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from lathe.feature_store.v1 import message_pb2 as m
+from services.feature_store.domain.keys import join_keys_of, key_types_of
 
 _INTEGERS = frozenset({"int2", "int4", "int8"})
 _TEXT = frozenset({"text", "varchar", "bpchar"})
@@ -92,17 +93,23 @@ def source_problems(
     if columns is None:
         return [f"batch source table {source.table} does not exist (or cannot be seen)"]
     problems = []
-    integer_keys = entity.key_type == m.VALUE_TYPE_INT64
-    keys = _INTEGERS if integer_keys else _INTEGERS | _TEXT | {"uuid"}
-    roles = [
-        (
-            source.entity_column or entity.join_key,
-            "the entity column",
-            keys,
-            "integers" if integer_keys else "text or integers",
-        ),
-        (source.event_time_column, "the event-time column", _INSTANT, "timestamp with time zone"),
-    ]
+    join_keys = join_keys_of(entity)
+    roles = []
+    for column, join_key, key_type in zip(
+        entity_columns(source, join_keys), join_keys, key_types_of(entity), strict=True
+    ):
+        integer_keys = key_type == m.VALUE_TYPE_INT64
+        roles.append(
+            (
+                column,
+                "the entity column" if len(join_keys) == 1 else f"join key {join_key!r}",
+                _INTEGERS if integer_keys else _INTEGERS | _TEXT | {"uuid"},
+                "integers" if integer_keys else "text or integers",
+            )
+        )
+    roles.append(
+        (source.event_time_column, "the event-time column", _INSTANT, "timestamp with time zone")
+    )
     if source.created_time_column:
         roles.append(
             (
@@ -134,6 +141,16 @@ def source_problems(
                 f"use {_ADVICE[feature.type]} (cast it in a view), or declare another type"
             )
     return problems
+
+
+def entity_columns(source: m.BatchSource, join_keys: Sequence[str]) -> tuple[str, ...]:
+    """The source columns holding the entity key's parts, one per join key in order:
+    ``entity_columns``, else ``entity_column`` (one key), else the join keys' names."""
+    if source.entity_columns:
+        return tuple(source.entity_columns)
+    if source.entity_column:
+        return (source.entity_column,)
+    return tuple(join_keys)
 
 
 def source_label(source: m.BatchSource) -> str:

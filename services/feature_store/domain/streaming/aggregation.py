@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, Inexact, Overflow
@@ -49,7 +49,7 @@ from services.feature_store.domain.streaming.sequences import (
     EARLIEST,
     LATEST,
     ORDER_KEY,
-    Sequence,
+    EventSequence,
     sequence_key,
 )
 from services.feature_store.domain.streaming.sketches import Distinct, Quantiles
@@ -93,7 +93,7 @@ _PART_KINDS = {
     COUNT_DISTINCT: DISTINCT,
     PERCENTILE: QUANTILES,
 }
-Part = Moments | Distinct | Quantiles | Sequence
+Part = Moments | Distinct | Quantiles | EventSequence
 _PART_TYPES: dict[str, type[Moments | Distinct | Quantiles]] = {
     MOMENTS: Moments,
     DISTINCT: Distinct,
@@ -111,14 +111,14 @@ def part_key(function: str, column: str) -> str | None:
 def new_part(key: str) -> Part:
     kind = key.split(":", 1)[0]
     if kind in SEQUENCE_KINDS:
-        return Sequence.of_key(key)
+        return EventSequence.of_key(key)
     return _PART_TYPES[kind]()
 
 
 def decode_part(key: str, raw: object) -> Part:
     kind = key.split(":", 1)[0]
     if kind in SEQUENCE_KINDS:
-        return Sequence.decode(key, raw)  # type: ignore[arg-type]
+        return EventSequence.decode(key, raw)  # type: ignore[arg-type]
     return _PART_TYPES[kind].decode(raw)  # type: ignore[arg-type]
 
 
@@ -326,6 +326,7 @@ class StreamViewSpec:
     source: str
     """The <source> of the subject <namespace>.ingest.<source>."""
     entity_field: str
+    """The event field holding the entity key (the first part's, for a composite key)."""
     event_time_field: str
     tile_us: int
     lateness_us: int
@@ -333,6 +334,9 @@ class StreamViewSpec:
     aggregations: tuple[WindowAggregation, ...]
     ttl_us: int = 0
     """0: never expire (applied to the latest event time, as for stored views)."""
+    entity_fields: tuple[str, ...] = ()
+    """A composite key's fields, one per join key in order (ADR 0023); empty: the one
+    ``entity_field``."""
 
     @cached_property
     def columns(self) -> tuple[str, ...]:
@@ -399,14 +403,20 @@ class StreamViewSpec:
         return self.max_window_us > ROLLUP_MIN_WINDOW_TILES * self.tile_us
 
 
-def spec_of(view: m.FeatureView, join_key: str) -> StreamViewSpec:
-    """The spec of a validated stream view (its rules: domain/definitions/rules.py)."""
+def spec_of(view: m.FeatureView, join_keys: str | Sequence[str]) -> StreamViewSpec:
+    """The spec of a validated stream view (its rules: domain/definitions/rules.py);
+    ``join_keys``: its entity's join key, or keys (``keys.join_keys_of``)."""
     stream = view.stream_source
+    keys = (join_keys,) if isinstance(join_keys, str) else tuple(join_keys)
+    fields = tuple(stream.entity_fields) or (
+        (stream.entity_field,) if stream.entity_field else keys
+    )
     return StreamViewSpec(
         view=view.name,
         version=view.version,
         source=stream.source,
-        entity_field=stream.entity_field or join_key,
+        entity_field=fields[0],
+        entity_fields=fields if len(fields) > 1 else (),
         event_time_field=stream.event_time_field,
         tile_us=duration_us(view.tile_size),
         lateness_us=duration_us(view.allowed_lateness),
@@ -685,7 +695,7 @@ def value_of(aggregation: WindowAggregation, state: TileState) -> object:
 def sequence_value(aggregation: WindowAggregation, part: Part | None) -> object:
     """FIRST: the earliest event's value (None: none); LAST_N / FIRST_N: the kept events'
     values of the feature's column, or their event times in epoch seconds, oldest first."""
-    kept = part.kept() if isinstance(part, Sequence) else []
+    kept = part.kept() if isinstance(part, EventSequence) else []
     if aggregation.function == FIRST:
         return kept[0][ORDER_KEY] if kept else None
     if aggregation.output == EVENT_TIME_OUTPUT:

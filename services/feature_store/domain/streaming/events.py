@@ -16,6 +16,7 @@ from decimal import Decimal
 from uuid import UUID
 
 from lathe.feature_store.v1 import message_pb2 as m
+from services.feature_store.domain.keys import encode_key
 from services.feature_store.domain.streaming.aggregation import (
     DISTINCT,
     EXACT,
@@ -88,7 +89,10 @@ def parse_event(
     spec: StreamViewSpec, payload: dict[str, object], *, arrival_us: int, sequence: int
 ) -> StreamEvent:
     """The event as ``spec`` reads it, or EventRejected saying why it cannot count."""
-    entity = _entity_key(payload.get(spec.entity_field), spec.entity_field)
+    if spec.entity_fields:  # a composite key: each part, then the one stored text
+        entity = encode_key([_entity_key(payload.get(f), f) for f in spec.entity_fields])
+    else:
+        entity = _entity_key(payload.get(spec.entity_field), spec.entity_field)
     event_us = _event_time_us(payload.get(spec.event_time_field), spec.event_time_field)
     delay = arrival_us - event_us
     if delay > spec.lateness_us:

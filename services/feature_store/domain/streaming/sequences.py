@@ -42,7 +42,7 @@ def parse_key(key: str) -> tuple[bool, int, tuple[str, ...]]:
 
 
 @dataclass
-class Sequence:
+class EventSequence:
     """The n latest (``latest``) or earliest events merged in, with their values."""
 
     latest: bool
@@ -51,7 +51,7 @@ class Sequence:
     """Unordered and possibly more than n until ``kept`` trims them (merges only collect)."""
 
     @classmethod
-    def of_key(cls, key: str) -> Sequence:
+    def of_key(cls, key: str) -> EventSequence:
         latest, n, _ = parse_key(key)
         return cls(latest, n)
 
@@ -61,7 +61,7 @@ class Sequence:
         if len(self.items) > 4 * self.n + 16:
             self.items = self.kept()
 
-    def merge(self, other: Sequence) -> None:
+    def merge(self, other: EventSequence) -> None:
         self.items.extend(other.items)
         if len(self.items) > 4 * self.n + 16:
             self.items = self.kept()
@@ -77,6 +77,6 @@ class Sequence:
         return self.items
 
     @classmethod
-    def decode(cls, key: str, raw: list[Item]) -> Sequence:
+    def decode(cls, key: str, raw: list[Item]) -> EventSequence:
         latest, n, _ = parse_key(key)
         return cls(latest, n, raw)

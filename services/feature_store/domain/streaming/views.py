@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import TypeVar
 
 from services.feature_store.domain.definitions.read_plan import Definitions
+from services.feature_store.domain.keys import join_keys_of
 from services.feature_store.domain.streaming.aggregation import (
     StreamEvent,
     StreamViewSpec,
@@ -30,8 +31,8 @@ def stream_views(definitions: Definitions) -> dict[str, list[StreamViewSpec]]:
     for key in sorted(definitions.views):
         view = definitions.views[key]
         if view.WhichOneof("source") == "stream_source":
-            join_key = definitions.entities[view.entity].join_key
-            by_source.setdefault(view.stream_source.source, []).append(spec_of(view, join_key))
+            join_keys = join_keys_of(definitions.entities[view.entity])
+            by_source.setdefault(view.stream_source.source, []).append(spec_of(view, join_keys))
     return by_source
 
 

@@ -1,0 +1,152 @@
+"""Logged decisions and their rewards (``inference.decisions``, ``.rewards``,
+``.reward_refusals``): written with the events they fold, read by ListDecisions.
+
+A decision row is written in the same transaction as its ``PredictionLogged`` event (the
+logger's flush); a reward row, or a refusal row, in the same transaction as the
+outcome consumer's processed-message record and its ``RewardJoined``/``RewardRefused``
+event. ``rewards``' key (decision, definition, version) is what makes a second reward
+for the same decision a duplicate, whichever process sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+
+from lathe.inference.v1 import events_pb2 as ev
+from lathe.inference.v1 import message_pb2 as m
+
+_INSERT_DECISIONS = """
+    INSERT INTO inference.decisions (decision_id, model_name, model_version, decide_time, payload)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bytea[])
+    ON CONFLICT (decision_id) DO NOTHING"""
+_DECISION = """
+    SELECT model_name, model_version, decide_time FROM inference.decisions
+    WHERE decision_id = $1"""
+_INSERT_REWARD = """
+    INSERT INTO inference.rewards
+        (decision_id, definition, definition_version, reward, reward_time, outcome_id)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (decision_id, definition, definition_version) DO NOTHING
+    RETURNING decision_id"""
+_INSERT_REFUSAL = """
+    INSERT INTO inference.reward_refusals
+        (outcome_id, decision_id, definition, definition_version, reason, detail)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (outcome_id) DO NOTHING"""
+_PAGE = """
+    SELECT d.decision_id, d.decide_time, d.payload, r.reward, r.reward_time
+    FROM inference.decisions d
+    LEFT JOIN inference.rewards r
+        ON r.decision_id = d.decision_id AND r.definition = $2 AND r.definition_version = $3
+    WHERE d.model_name = $1 AND d.decide_time >= $4 AND d.decide_time < $5
+      AND (d.decide_time, d.decision_id) > ($6, $7)
+    ORDER BY d.decide_time, d.decision_id
+    LIMIT $8"""
+_COUNT_REFUSALS = """
+    SELECT reason, count(*) AS n FROM inference.reward_refusals
+    WHERE ($1 = '' OR definition = $1) GROUP BY reason"""
+
+
+async def insert_decisions(
+    conn: asyncpg.Connection, logs: Sequence[ev.PredictionLogged], payloads: Sequence[bytes]
+) -> int:
+    """Rows for the logs that are a policy's served decision (not shadow), with their
+    events' payloads (the same message, already serialised); how many."""
+    rows = [
+        (log, payload)
+        for log, payload in zip(logs, payloads, strict=True)
+        if log.chosen_action and log.action_probabilities and log.arm != m.ARM_SHADOW
+    ]
+    if not rows:
+        return 0
+    await conn.execute(
+        _INSERT_DECISIONS,
+        [log.decision_id for log, _ in rows],
+        [log.model_name for log, _ in rows],
+        [log.model_version for log, _ in rows],
+        [log.predict_time.ToDatetime(tzinfo=UTC) for log, _ in rows],
+        [payload for _, payload in rows],
+    )
+    return len(rows)
+
+
+@dataclass(frozen=True)
+class DecisionRef:
+    model_name: str
+    model_version: int
+    decide_time: datetime
+
+
+async def decision(conn: asyncpg.Connection, decision_id: str) -> DecisionRef | None:
+    row = await conn.fetchrow(_DECISION, decision_id)
+    if row is None:
+        return None
+    return DecisionRef(row["model_name"], row["model_version"], row["decide_time"])
+
+
+async def insert_reward(
+    conn: asyncpg.Connection,
+    decision_id: str,
+    definition: str,
+    version: int,
+    reward: float,
+    reward_time: datetime,
+    outcome_id: str,
+) -> bool:
+    """False when the decision already has a reward of this definition (a duplicate)."""
+    row = await conn.fetchval(
+        _INSERT_REWARD, decision_id, definition, version, reward, reward_time, outcome_id
+    )
+    return row is not None
+
+
+async def insert_refusal(conn: asyncpg.Connection, refused: ev.RewardRefused) -> None:
+    await conn.execute(
+        _INSERT_REFUSAL,
+        refused.outcome_id,
+        refused.decision_id,
+        refused.reward_definition,
+        refused.reward_definition_version,
+        refused.reason,
+        refused.detail,
+    )
+
+
+async def refusal_counts(pool: asyncpg.Pool, definition: str = "") -> dict[str, int]:
+    """Refused outcomes by reason (of one definition, or all)."""
+    rows = await pool.fetch(_COUNT_REFUSALS, definition)
+    return {row["reason"]: int(row["n"]) for row in rows}
+
+
+@dataclass(frozen=True)
+class DecisionRow:
+    decision_id: str
+    decide_time: datetime
+    payload: bytes
+    reward: float | None
+    reward_time: datetime | None
+
+
+async def page(
+    pool: asyncpg.Pool,
+    model_name: str,
+    definition: str,
+    version: int,
+    start: datetime,
+    end: datetime,
+    after: tuple[datetime, str],
+    limit: int,
+) -> list[DecisionRow]:
+    rows = await pool.fetch(
+        _PAGE, model_name, definition, version, start, end, after[0], after[1], limit
+    )
+    return [
+        DecisionRow(
+            r["decision_id"], r["decide_time"], bytes(r["payload"]), r["reward"], r["reward_time"]
+        )
+        for r in rows
+    ]
