@@ -425,3 +425,22 @@ def test_training_set_ids_of_list_columns_depend_on_content_only() -> None:
     split = pa.array([[1.0], [2.0], [], [3.0]], pa.list_(pa.float64()))
     assert content_id(pa.table({"a": moved})) not in ids
     assert content_id(pa.table({"a": split})) not in ids
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "\ud800", "ok\udfff"])
+def test_text_a_state_cannot_hold_rejects_the_event(text: str) -> None:
+    spec = agg.spec_of(_standard_view(), "loan_id")
+    body = {"loan_id": "a", "at": 1, "amount": 1.0, "merchant": text}
+    with pytest.raises(EventRejected) as caught:
+        parse_event(spec, body, arrival_us=SECOND, sequence=1)
+    assert caught.value.reason == "bad_text:merchant"
+    body["merchant"] = "ünïcode ✓"
+    assert parse_event(spec, body, arrival_us=SECOND, sequence=1).parts
+
+
+def test_string_lists_refuse_nul() -> None:
+    with pytest.raises(InvalidArgument, match="NUL"):
+        from_python(["a", "b\x00"], m.VALUE_TYPE_STRING_LIST, "x")
+    pushed = m.Value(string_list_value=m.StringList(values=["\x00"]))
+    with pytest.raises(InvalidArgument, match="NUL"):
+        coerce(pushed, m.VALUE_TYPE_STRING_LIST, "x")

@@ -126,7 +126,9 @@ def _list_from_python(obj: object, list_type: int, where: str) -> m.Value:
                 "or null the whole value"
             )
         checked.append(to_python(from_python(item, element, f"{where}[{index}]")))
-    return list_value(checked, list_type)
+    value = list_value(checked, list_type)
+    _check_list(value, list_type, where)
+    return value
 
 
 def value_of(obj: object, where: str) -> m.Value:
@@ -210,6 +212,8 @@ def _check_list(value: m.Value, list_type: int, where: str) -> None:
         )
     if list_type == m.VALUE_TYPE_FLOAT64_LIST and not all(map(math.isfinite, elements)):
         raise InvalidArgument(f"{where}: the list holds a number that is not finite")
+    if list_type == m.VALUE_TYPE_STRING_LIST and any("\x00" in text for text in elements):
+        raise InvalidArgument(f"{where}: the list holds a NUL character, which text cannot")
 
 
 def violated(expectation: m.Expectation, value: m.Value) -> bool:

@@ -42,6 +42,9 @@ NOT_NUMERIC = "not_numeric"
 NOT_SCALAR = "not_scalar"
 WRONG_TYPE = "wrong_type"
 """A sequence column's value is not of its declared type ("wrong_type:<field>")."""
+BAD_TEXT = "bad_text"
+"""A sequence column's string holds a NUL or an unpaired surrogate ("bad_text:<field>"):
+states are jsonb, which refuses the first, and UTF-8 cannot carry the second."""
 LATE = "late"
 FUTURE = "future"
 
@@ -159,8 +162,24 @@ def _sequence_values(
                 f"{WRONG_TYPE}:{column}",
                 f"{column!r} must be a {_TYPE_NAMES.get(kind, kind)}, not {raw!r}",
             )
+        if isinstance(value, str) and not _storable(value):
+            raise EventRejected(
+                f"{BAD_TEXT}:{column}",
+                f"{column!r} holds a NUL character or an unpaired surrogate; send UTF-8 text",
+            )
         values.append(value)
     return tuple(values)
+
+
+def _storable(text: str) -> bool:
+    """Whether ``text`` can live in a jsonb state and a protobuf string."""
+    if text.isascii():
+        return "\x00" not in text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
 
 
 def _typed(raw: object, kind: int) -> object:
