@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Annotated
 
+import grpc
 import typer
 from rich.console import Console
 
@@ -114,14 +116,34 @@ def show_trace(
 @app.command()
 def demo(
     stop: Annotated[bool, typer.Option("--down", help="Stop the platform afterwards.")] = False,
+    loans: Annotated[int, typer.Option(help="How many of the 10,000 loans to use.", min=200)] = (
+        10_000
+    ),
+    epochs: Annotated[int, typer.Option(help="Training epochs per model.", min=1)] = 4,
+    latency_calls: Annotated[int, typer.Option(help="Predict calls timed one by one.", min=1)] = (
+        300
+    ),
+    report: Annotated[
+        Path | None, typer.Option(help="Also write what the demo measured as JSON here.")
+    ] = None,
 ) -> None:
-    """The main job: boot the platform and drive the real workflow end to end."""
-    from libs.cli.demo import run_demo
+    """The main job: boot the platform and drive an underwriting model's life end to end."""
+    from libs.cli.demo.context import DemoOptions
+    from libs.cli.demo.plan import run_demo
 
+    options = DemoOptions(
+        loans=loans, epochs=epochs, latency_calls=latency_calls, report_path=report
+    )
     try:
-        asyncio.run(run_demo(LatheSettings(), console))
-    except PlatformError as exc:
+        asyncio.run(run_demo(LatheSettings(), console, options))
+    except (PlatformError, RuntimeError) as exc:
         console.print(f"[red]demo failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    except grpc.aio.AioRpcError as exc:
+        console.print(
+            f"[red]demo failed:[/red] {exc.code().name}: {exc.details()} "
+            "(`lathe status`, `lathe logs <service>`)"
+        )
         raise typer.Exit(1) from exc
     finally:
         if stop:

@@ -120,7 +120,7 @@ async def _follow(client: TrainerClient, job_id: str, epochs: int) -> int:
         async for event in client.watch(job_id):
             state = event.state
             progress.update(bar, description=state_name(state))
-            line = _describe(event)
+            line = describe_event(event)
             if event.HasField("epoch_completed"):
                 e = event.epoch_completed
                 progress.update(
@@ -134,7 +134,8 @@ async def _follow(client: TrainerClient, job_id: str, epochs: int) -> int:
     return state
 
 
-def _describe(event: rr.WatchTrainingJobResponse) -> str:
+def describe_event(event: rr.WatchTrainingJobResponse) -> str:
+    """One readable line for a job event worth a line of its own ("" for the rest)."""
     kind = event.WhichOneof("event")
     match kind:
         case "dataset_prepared":

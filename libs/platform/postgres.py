@@ -27,6 +27,7 @@ with warnings.catch_warnings():
 
 _SYSTEM_USER_WHEN_ROOT = "pgserver"
 DATABASE = "lathe"
+_AUTOVACUUM_NAPTIME_S = 5
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,13 @@ class EmbeddedPostgres:
                 pgdata=self.data_dir,
                 user=self._run_as(),
             )
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
+        # Autovacuum looks every 5 s instead of every minute: a development database is
+        # filled in bursts (the demo writes 30,000 stream tiles in seconds), and until a
+        # fresh table is analyzed its reads run on plans made for an empty one.
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
+            f"-c autovacuum_naptime={_AUTOVACUUM_NAPTIME_S}"
+        )
         try:
             pgserver.pg_ctl(
                 ["-w", "-t", "60", "-o", options, "-l", str(self.log_path), "start"],

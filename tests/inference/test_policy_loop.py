@@ -147,15 +147,17 @@ async def test_a_learned_policy_is_gated_on_its_estimates_and_beats_the_logging_
 
         # 3. Learn a better policy and a worse one from the logs; both registered.
         logs = tm.DecisionLogWindow(reward_definition=DEFINITION, reward_definition_version=1)
-        better = await trainer.LearnPolicy(
-            trr.LearnPolicyRequest(
-                model_name=name,
-                logs=logs,
-                policy_json=spec(name, EpsilonGreedy(0.05), f"{name}-v2").to_json().decode(),
-                seed=1,
-            ),
-            timeout=300,
+        learn_better = trr.LearnPolicyRequest(
+            model_name=name,
+            logs=logs,
+            policy_json=spec(name, EpsilonGreedy(0.05), f"{name}-v2").to_json().decode(),
+            seed=1,
+            request_id=f"learn-{name}",
         )
+        better = await trainer.LearnPolicy(learn_better, timeout=300)
+        # A retry (its reply lost) registers nothing more: it gets the first call's version.
+        retried = await trainer.LearnPolicy(learn_better, timeout=300)
+        assert retried.version == better.version
         worse = await trainer.LearnPolicy(
             trr.LearnPolicyRequest(
                 model_name=name,

@@ -32,6 +32,7 @@ from lathe.feature_store.v1 import message_pb2 as fs
 from lathe.inference.v1 import events_pb2 as ev
 from lathe.inference.v1 import message_pb2 as m
 from libs.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from libs.telemetry import current_traceparent
 from services.inference.app.model import LoadedModel
 from services.inference.app.prediction_log import PredictionLogger
 from services.inference.app.serving import CANARY, PRODUCTION, SHADOW, ServingTable, Slot
@@ -247,6 +248,7 @@ class Predictor:
         if logged:
             now = datetime.now(UTC)
             arm_of = {i: arm for arm in live for i in arm.rows}
+            traceparent = current_traceparent()
             for i in logged:
                 arm = arm_of[i]
                 # Built at the flush, off the response's path.
@@ -254,7 +256,8 @@ class Predictor:
                     partial(
                         _log_message, call, i, (arm.alias, arm.kind, arm.share), arm.model,
                         result, now,
-                    )
+                    ),
+                    traceparent,
                 )  # fmt: skip
             if shadow is not None:
                 self._shadow_later(call, shadow, logged, result, features, now)
@@ -402,6 +405,8 @@ class Predictor:
         features: FeatureRows,
         now: datetime,
     ) -> None:
+        traceparent = current_traceparent()
+
         async def score_and_log() -> None:
             try:
                 vectors = [features.vectors[i] for i in logged]
@@ -413,7 +418,8 @@ class Predictor:
             arm = (SHADOW, m.ARM_SHADOW, 1.0)
             for k, i in enumerate(logged):
                 self._logger.offer(
-                    _log_message(call, i, arm, shadow, served, now, scores=scores[k].tolist())
+                    _log_message(call, i, arm, shadow, served, now, scores=scores[k].tolist()),
+                    traceparent,
                 )
 
         task = asyncio.create_task(score_and_log())

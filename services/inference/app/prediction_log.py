@@ -13,6 +13,9 @@ its score.
 A policy's served decisions (a chosen action and its distribution) are also written to
 ``inference.decisions`` in the same transaction as their events, so the outcome
 consumer can join rewards to them and ListDecisions can read them (ADR 0024).
+
+Each log carries the W3C trace context of the request that made it, so the relay's
+publish and whoever consumes the log continue that request's trace.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ _log = logging.getLogger(__name__)
 _BUILD_SLICE = 16
 """Logs built per turn of the event loop at a flush (~20-40 us each)."""
 
+LogSource = ev.PredictionLogged | Callable[[], ev.PredictionLogged]
+"""A log, or its builder (called at the flush, off the response's path)."""
+
 
 class PredictionLogger:
     def __init__(
@@ -51,28 +57,28 @@ class PredictionLogger:
         self._capacity = capacity
         self._flush_rows = flush_rows
         self._interval_s = flush_interval_s
-        self._buffer: deque[ev.PredictionLogged | Callable[[], ev.PredictionLogged]] = deque()
+        self._buffer: deque[tuple[LogSource, str]] = deque()
         self._wake = asyncio.Event()
         self.dropped = 0
         self.written = 0
 
-    def offer(self, message: ev.PredictionLogged | Callable[[], ev.PredictionLogged]) -> bool:
-        """Buffer a log (or its builder, called at the flush); False when dropped."""
+    def offer(self, message: LogSource, traceparent: str = "") -> bool:
+        """Buffer a log (or its builder) with the trace of the request that made it;
+        False when dropped."""
         if len(self._buffer) >= self._capacity:
             self.dropped += 1
             return False
-        self._buffer.append(message)
+        self._buffer.append((message, traceparent))
         if len(self._buffer) >= self._flush_rows:
             self._wake.set()
         return True
 
-    def _built(
-        self, item: ev.PredictionLogged | Callable[[], ev.PredictionLogged]
-    ) -> ev.PredictionLogged | None:
-        if isinstance(item, ev.PredictionLogged):
-            return item
+    def _built(self, item: tuple[LogSource, str]) -> tuple[ev.PredictionLogged, str] | None:
+        source, traceparent = item
+        if isinstance(source, ev.PredictionLogged):
+            return source, traceparent
         try:
-            return item()
+            return source(), traceparent
         except Exception:  # a log that cannot be built is dropped, never fails the flush
             self.dropped += 1
             _log.exception("could not build a prediction log; dropped")
@@ -93,7 +99,7 @@ class PredictionLogger:
     async def flush(self) -> None:
         while self._buffer:
             taken = [self._buffer.popleft() for _ in range(min(len(self._buffer), 1000))]
-            batch: list[ev.PredictionLogged] = []
+            batch: list[tuple[ev.PredictionLogged, str]] = []
             for start in range(0, len(taken), _BUILD_SLICE):
                 if start:
                     await asyncio.sleep(0)  # let requests in between slices: no long stall
@@ -103,9 +109,14 @@ class PredictionLogger:
                 continue
             events = [
                 CATALOG.new_event(
-                    message, EventMetadata(actor="inference", correlation_id=message.decision_id)
+                    message,
+                    EventMetadata(
+                        actor="inference",
+                        correlation_id=message.decision_id,
+                        traceparent=traceparent,
+                    ),
                 )
-                for message in batch
+                for message, traceparent in batch
             ]
             try:
                 async with transaction(self._store.pool) as conn:
@@ -115,7 +126,9 @@ class PredictionLogger:
                         expected_version=NO_STREAM,
                         conn=conn,
                     )
-                    await insert_decisions(conn, batch, [e.payload for e in events])
+                    await insert_decisions(
+                        conn, [message for message, _ in batch], [e.payload for e in events]
+                    )
             except Exception as exc:  # Postgres away: keep what fits, try again next tick
                 room = self._capacity - len(self._buffer)
                 self._buffer.extendleft(reversed(batch[:room]))

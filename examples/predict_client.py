@@ -1,0 +1,114 @@
+"""A service calling Predict: the loan-servicing backend scoring loans with the model
+the underwriting team has in production.
+
+It needs nothing of Lathe but the published protos (``gen/python``) and ``grpcio``:
+
+    PYTHONPATH=gen/python .venv/bin/python examples/predict_client.py LC00001 LC00002
+
+Without ``--model`` it scores with the most recent model the inference service serves in
+production (after `lathe demo`: the demo's ``credit-default-...``). Every call sets a
+deadline; UNAVAILABLE (a version still loading, a replica restarting) is retried briefly
+with the same decision ids, so a retry is the same decision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import uuid
+from dataclasses import dataclass
+
+import grpc
+
+from lathe.feature_store.v1 import message_pb2 as fs
+from lathe.inference.v1 import message_pb2 as m
+from lathe.inference.v1 import request_response_pb2 as rr
+from lathe.inference.v1.service_pb2_grpc import InferenceStub
+
+DEADLINE_S = 2.0
+
+
+@dataclass(frozen=True)
+class Score:
+    loan_id: str
+    probability: float
+    model_version: int
+    arm: str
+    decision_id: str
+
+
+async def production_model(stub: InferenceStub) -> str:
+    """The most recently named model with a warm production deployment."""
+    reply = await stub.ListDeployments(rr.ListDeploymentsRequest(), timeout=DEADLINE_S)
+    served = sorted(
+        d.model_name
+        for d in reply.deployments
+        if d.alias == "production" and d.warm and d.serving_version
+    )
+    if not served:
+        raise SystemExit("no model is in production yet: run `lathe demo` (or promote one)")
+    return served[-1]
+
+
+async def score(stub: InferenceStub, model: str, loans: list[str]) -> tuple[list[Score], str]:
+    """Scores of ``loans`` and the request's trace id (for `lathe trace`)."""
+    request = rr.PredictRequest(
+        model_name=model,
+        rows=[
+            m.PredictionInput(
+                entity_keys={"loan_id": fs.Value(string_value=loan)},
+                decision_id=str(uuid.uuid4()),  # fixed before the first try
+            )
+            for loan in loans
+        ],
+    )
+    for attempt in range(3):
+        try:
+            reply = await stub.Predict(request, timeout=DEADLINE_S)
+            break
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == 2:
+                raise
+            await asyncio.sleep(0.1 * 2**attempt)
+    scores = [
+        Score(
+            loan,
+            p.scores[0],
+            p.model_version,
+            m.Arm.Name(p.arm).removeprefix("ARM_").lower(),
+            p.decision_id,
+        )
+        for loan, p in zip(loans, reply.predictions, strict=True)
+    ]
+    return scores, reply.trace_id
+
+
+async def run(address: str, model: str, loans: list[str]) -> tuple[list[Score], str]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = InferenceStub(channel)
+        return await score(stub, model or await production_model(stub), loans)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("loans", nargs="+", help="loan ids, e.g. LC00001")
+    parser.add_argument("--model", default="", help="default: the newest model in production")
+    parser.add_argument(
+        "--address", default=os.environ.get("LATHE_INFERENCE_ADDR", "127.0.0.1:50054")
+    )
+    args = parser.parse_args()
+    try:
+        scores, trace_id = asyncio.run(run(args.address, args.model, args.loans))
+    except grpc.aio.AioRpcError as error:
+        raise SystemExit(f"{error.code().name}: {error.details()}") from None
+    for s in scores:
+        print(
+            f"{s.loan_id}: p(bad) {s.probability:.4f} "
+            f"(v{s.model_version}, {s.arm}, decision {s.decision_id})"
+        )
+    print(f"trace {trace_id}")
+
+
+if __name__ == "__main__":
+    main()
