@@ -36,7 +36,10 @@ from lathe.feature_store.v1 import request_response_pb2 as rr
 from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
 from libs.sdk.retries import DEFAULT_RETRY, RetryPolicy, new_request_id, with_retries
 
-Scalar = bool | int | float | str | datetime | None
+Scalar = (
+    bool | int | float | str | datetime | list[bool] | list[int] | list[float] | list[str] | None
+)
+"""A feature value in Python: a scalar, a list (list features, ADR 0021) or None."""
 DEPRECATION_HEADER = "lathe-deprecation"
 """Trailing metadata the feature store answers a read of deprecated definitions with."""
 
@@ -330,7 +333,31 @@ def to_value(obj: Scalar) -> m.Value:
         value = m.Value()
         value.timestamp_value.FromDatetime(obj if obj.tzinfo else obj.replace(tzinfo=UTC))
         return value
+    if isinstance(obj, list | tuple):
+        return _list_value(obj)
     return m.Value(string_value=str(obj))
+
+
+def _list_value(items: list[object] | tuple[object, ...]) -> m.Value:
+    """A list typed by its elements (all bools, all ints, numbers, or strings); an empty
+    list is sent as an empty int64 list, which the server takes as the declared list type."""
+    value = m.Value()
+    if all(isinstance(x, bool) for x in items) and items:
+        holder = value.bool_list_value
+    elif all(isinstance(x, int) and not isinstance(x, bool) for x in items):
+        holder = value.int64_list_value
+    elif all(isinstance(x, int | float) and not isinstance(x, bool) for x in items):
+        holder = value.float64_list_value
+        items = [float(x) for x in items]  # type: ignore[arg-type]
+    elif all(isinstance(x, str) for x in items):
+        holder = value.string_list_value
+    else:
+        raise ValueError(
+            "a list feature value holds booleans, integers, floats or strings (never None)"
+        )
+    holder.SetInParent()
+    holder.values.extend(items)  # type: ignore[attr-defined]
+    return value
 
 
 def from_value(value: m.Value) -> Scalar:
@@ -340,4 +367,6 @@ def from_value(value: m.Value) -> Scalar:
         return None
     if kind == "timestamp_value":
         return value.timestamp_value.ToDatetime(tzinfo=UTC)
+    if kind.endswith("_list_value"):
+        return list(getattr(value, kind).values)
     return getattr(value, kind)  # type: ignore[no-any-return]

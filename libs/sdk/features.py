@@ -48,6 +48,11 @@ Int64 = m.VALUE_TYPE_INT64
 Float64 = m.VALUE_TYPE_FLOAT64
 String = m.VALUE_TYPE_STRING
 Timestamp = m.VALUE_TYPE_TIMESTAMP
+Int64List = m.VALUE_TYPE_INT64_LIST
+Float64List = m.VALUE_TYPE_FLOAT64_LIST
+"""Also the type of embeddings."""
+StringList = m.VALUE_TYPE_STRING_LIST
+BoolList = m.VALUE_TYPE_BOOL_LIST
 
 _FUNCTIONS = {
     "count": m.AGGREGATION_FUNCTION_COUNT,
@@ -62,6 +67,9 @@ _FUNCTIONS = {
     "variance_pop": m.AGGREGATION_FUNCTION_VARIANCE_POP,
     "count_distinct": m.AGGREGATION_FUNCTION_COUNT_DISTINCT,
     "percentile": m.AGGREGATION_FUNCTION_PERCENTILE,
+    "first": m.AGGREGATION_FUNCTION_FIRST,
+    "last_n": m.AGGREGATION_FUNCTION_LAST_N,
+    "first_n": m.AGGREGATION_FUNCTION_FIRST_N,
 }
 
 __all__ = [
@@ -69,17 +77,22 @@ __all__ = [
     "AllowedValues",
     "BatchSource",
     "Bool",
+    "BoolList",
     "Entity",
     "FeatureService",
     "FeatureView",
     "Field",
     "Float64",
+    "Float64List",
     "Int64",
+    "Int64List",
+    "Length",
     "NotNull",
     "PushSource",
     "Range",
     "StreamSource",
     "String",
+    "StringList",
     "Timestamp",
     "load_repository",
     "on_demand_feature_view",
@@ -107,6 +120,17 @@ class Range:
 
     def to_proto(self) -> m.Expectation:
         return m.Expectation(range=m.Range(min=self.min, max=self.max))
+
+
+@dataclass(frozen=True)
+class Length:
+    """Bounds (inclusive) on a list feature's length; None is open. Null lists pass."""
+
+    min: int | None = None
+    max: int | None = None
+
+    def to_proto(self) -> m.Expectation:
+        return m.Expectation(length=m.LengthBounds(min=self.min, max=self.max))
 
 
 @dataclass(frozen=True)
@@ -254,7 +278,8 @@ class Aggregation:
     """count, sum, mean, min, max, last; stddev and variance (sample, n - 1), stddev_pop
     and variance_pop (population, n); count_distinct (exact up to 128 values, then a CPC
     sketch: ~1.5% relative standard error); percentile (exact up to 64 values, then
-    within 1% of the exact value)."""
+    within 1% of the exact value); first, last_n, first_n (sequences, ADR 0021: lists
+    oldest first)."""
     window: timedelta | None
     """A multiple of the view's tile size; None for a lifetime aggregation."""
     name: str
@@ -265,6 +290,14 @@ class Aggregation:
     """The window ends this long before the read time (a multiple of the tile size)."""
     lifetime: bool = False
     """Every event up to the read time (no window, no offset)."""
+    n: int = 0
+    """last_n / first_n: how many events (1 to 1000)."""
+    value_type: int = 0
+    """first / last_n / first_n over ``column``: the field's type (Int64, Float64, String
+    or Bool; default Float64)."""
+    columns: dict[str, int] = field(default_factory=dict)
+    """last_n / first_n over several fields as parallel lists: field -> type, in order
+    (``column`` empty). Features ``<name>__<field>`` and ``<name>__event_time``."""
 
     def to_proto(self) -> m.Aggregation:
         if self.function not in _FUNCTIONS:
@@ -279,6 +312,10 @@ class Aggregation:
             percentile=self.percentile,
             offset=_duration(self.offset),
             lifetime=self.lifetime,
+            n=self.n,
+            value_type=self.value_type,  # type: ignore[arg-type]
+            columns=list(self.columns),
+            column_types=list(self.columns.values()),  # type: ignore[arg-type]
         )
 
 

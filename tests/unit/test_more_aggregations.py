@@ -8,6 +8,7 @@ same bits.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -239,7 +240,7 @@ def test_any_order_batching_and_grouping_give_identical_states_and_values(
     assert {k: agg.encode_state(s) for k, s in backfilled.items()} == streamed
 
     # Rollups over 5 tiles, merged in shuffled order, equal the merge of their tiles.
-    rollup_spec = agg.StreamViewSpec(**{**spec.__dict__, "tile_us": SECOND})
+    rollup_spec = dataclasses.replace(spec, tile_us=SECOND)
     shuffled = list(backfilled.items())
     random.Random(len(events)).shuffle(shuffled)
     rollups = agg.build_rollups(rollup_spec, dict(shuffled))

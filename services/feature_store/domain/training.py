@@ -47,6 +47,10 @@ ARROW_TYPES = {
     m.VALUE_TYPE_FLOAT64: pa.float64(),
     m.VALUE_TYPE_STRING: pa.string(),
     m.VALUE_TYPE_TIMESTAMP: pa.timestamp("us", tz="UTC"),
+    m.VALUE_TYPE_INT64_LIST: pa.list_(pa.int64()),
+    m.VALUE_TYPE_FLOAT64_LIST: pa.list_(pa.float64()),
+    m.VALUE_TYPE_STRING_LIST: pa.list_(pa.string()),
+    m.VALUE_TYPE_BOOL_LIST: pa.list_(pa.bool_()),
 }
 """How each feature type is returned."""
 _UTC_US = pa.timestamp("us", tz="UTC")
@@ -222,8 +226,10 @@ def _canonical(array: pa.Array) -> Iterator[bytes | memoryview]:
     valid = np.asarray(array.is_valid(), dtype=bool) if array.null_count else None
     yield b"" if valid is None else np.packbits(valid).tobytes()
     if pa.types.is_floating(kind):
-        values = array.fill_null(0).to_numpy(zero_copy_only=False)
-        yield np.where(np.isnan(values), np.nan, values).tobytes()  # one NaN
+        values = (array.fill_null(0) if array.null_count else array).to_numpy(zero_copy_only=False)
+        nans = np.isnan(values)
+        # one NaN (the same bytes as before when there is none, without the copy)
+        yield np.where(nans, np.nan, values).tobytes() if nans.any() else values.tobytes()
     elif pa.types.is_boolean(kind):
         yield array.fill_null(False).to_numpy(zero_copy_only=False).tobytes()
     elif pa.types.is_integer(kind) or pa.types.is_temporal(kind):
@@ -242,8 +248,15 @@ def _canonical(array: pa.Array) -> Iterator[bytes | memoryview]:
         yield np.diff(offsets).tobytes()
         data = filled.buffers()[2]
         yield b"" if data is None else memoryview(data)[offsets[0] : offsets[-1]]
+    elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        # Lists (list features, ADR 0021): each slot's length (0 under a null), then the
+        # elements of the non-null slots, canonical as an array of their type. Rebuilding
+        # a million lists as Python objects (below) took ~6 s a column.
+        lengths = array.value_lengths().fill_null(0).cast(pa.int64())
+        yield lengths.to_numpy(zero_copy_only=False).tobytes()
+        yield from _canonical(array.flatten())
     else:
-        # Anything else (decimals, lists, structs...): rebuilt from its values, so the
+        # Anything else (decimals, structs...): rebuilt from its values, so the
         # bytes under null slots are fresh, then written as Arrow IPC.
         rebuilt = pa.array(array.to_pylist(), kind)
         sink = pa.BufferOutputStream()

@@ -200,10 +200,11 @@ class RunningStats:
     """The largest value (-inf before the first)."""
 
     def add(self, value: object) -> None:
+        """A number, or a list (counted by its length, ADR 0021)."""
         if value is None:
             self.nulls += 1
             return
-        number = float(value)  # type: ignore[arg-type]
+        number = float(len(value)) if isinstance(value, list) else float(value)  # type: ignore[arg-type]
         self.count += 1
         self.total += number
         self.low, self.high = min(self.low, number), max(self.high, number)

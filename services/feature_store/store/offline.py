@@ -23,6 +23,10 @@ SQL_TYPES = {
     m.VALUE_TYPE_FLOAT64: "double precision",
     m.VALUE_TYPE_STRING: "text",
     m.VALUE_TYPE_TIMESTAMP: "timestamptz",
+    m.VALUE_TYPE_INT64_LIST: "bigint[]",
+    m.VALUE_TYPE_FLOAT64_LIST: "double precision[]",
+    m.VALUE_TYPE_STRING_LIST: "text[]",
+    m.VALUE_TYPE_BOOL_LIST: "boolean[]",
 }
 SCHEMA = "feature_store"
 

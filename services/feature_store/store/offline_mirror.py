@@ -46,7 +46,21 @@ DUCK_TYPES = {
     m.VALUE_TYPE_FLOAT64: "DOUBLE",
     m.VALUE_TYPE_STRING: "VARCHAR",
     m.VALUE_TYPE_TIMESTAMP: "TIMESTAMP",
+    m.VALUE_TYPE_INT64_LIST: "BIGINT[]",
+    m.VALUE_TYPE_FLOAT64_LIST: "DOUBLE[]",
+    m.VALUE_TYPE_STRING_LIST: "VARCHAR[]",
+    m.VALUE_TYPE_BOOL_LIST: "BOOLEAN[]",
 }
+_LISTS = frozenset(
+    {
+        m.VALUE_TYPE_INT64_LIST,
+        m.VALUE_TYPE_FLOAT64_LIST,
+        m.VALUE_TYPE_STRING_LIST,
+        m.VALUE_TYPE_BOOL_LIST,
+    }
+)
+"""List features leave Postgres as JSON text (one unambiguous quoting of strings) and
+are cast back to DuckDB lists as they load (ADR 0021)."""
 
 _STATE = "lathe_mirrored_logs"
 """The mirror's bookkeeping: one row per mirrored log."""
@@ -188,12 +202,7 @@ class OfflineMirror:
 
     async def _export(self, view: m.FeatureView, after: int, path: Path) -> int:
         """COPY the rows past ``after`` to a CSV file; returns how many."""
-        features = "".join(
-            f", {utc_wall_clock(q(f.name))}"
-            if f.type == m.VALUE_TYPE_TIMESTAMP
-            else f", {q(f.name)}"
-            for f in view.features
-        )
+        features = "".join(f", {_exported(f)}" for f in view.features)
         # Timestamps leave as UTC wall-clock time, so no session time zone is involved
         # (and the first and last instants as themselves, not as infinities); every
         # non-null value is quoted, so an unquoted empty field is a NULL.
@@ -226,12 +235,14 @@ class OfflineMirror:
             "entity_key": "VARCHAR",
             "event_time": "TIMESTAMP",
             "created_time": "TIMESTAMP",
-            **columns,
+            **{name: "VARCHAR" if kind.endswith("[]") else kind for name, kind in columns.items()},
         }
+        selected = ", ".join(_loaded(name, kind) for name, kind in columns.items())
         with self._writing, _transaction(self.db) as db:
             # Rows the copy already has are skipped, so a repeated export adds nothing twice.
             db.execute(
-                f"INSERT INTO {q(table)} SELECT * FROM read_csv(?, header = false, "
+                f"INSERT INTO {q(table)} SELECT seq, entity_key, event_time, created_time"
+                f"{''.join(', ' + c for c in [selected] if c)} FROM read_csv(?, header = false, "
                 f"columns = {_duck_struct(types)}, allow_quoted_nulls = false) "
                 f"WHERE seq > (SELECT coalesce(max(seq), 0) FROM {q(table)})",
                 [str(path)],
@@ -262,6 +273,29 @@ class OfflineMirror:
                 mirrored.timeline_seq,
             ],
         )
+
+
+def _exported(feature: m.Field) -> str:
+    """How a feature column leaves Postgres for the CSV: timestamps as UTC wall-clock
+    time, lists as JSON text, anything else as itself."""
+    if feature.type == m.VALUE_TYPE_TIMESTAMP:
+        return utc_wall_clock(q(feature.name))
+    if feature.type == m.VALUE_TYPE_FLOAT64_LIST:
+        # Not JSON: DuckDB reads JSON's "-0" as an integer (0.0). Postgres writes doubles
+        # shortest-exact, and "[...]" of them casts to DOUBLE[] bit for bit.
+        return f"'[' || array_to_string({q(feature.name)}, ',') || ']'"
+    if feature.type in _LISTS:
+        return f"to_json({q(feature.name)})::text"
+    return q(feature.name)
+
+
+def _loaded(name: str, kind: str) -> str:
+    """A feature column as it is read from the CSV: lists cast back from their text."""
+    if kind == "DOUBLE[]":
+        return f"CAST({q(name)} AS DOUBLE[])"
+    if kind.endswith("[]"):
+        return f"CAST(CAST({q(name)} AS JSON) AS {kind})"
+    return q(name)
 
 
 def _open(database: Path | None) -> duckdb.DuckDBPyConnection:

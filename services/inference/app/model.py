@@ -139,14 +139,13 @@ class LoadedModel:
         return RawRows(numeric, categorical, sequences)
 
     def _events(self, value: fs.Value, at: int) -> list[object] | None:
-        """A sequence feature's events from the online reply; an absent value is none.
-
-        The online reply carries lists once the feature store's LAST_N features land
-        (issue 6); until then only "no events" can arrive this way, and callers that
-        have the lists pass them as columns (``rows_from_columns``)."""
+        """A sequence feature's events from the online reply (a list value: the feature
+        store's LAST_N features, oldest first, ADR 0021); an absent value is none."""
         kind = value.WhichOneof("kind")
         if kind is None:
             return None
+        if kind.endswith("_list_value"):
+            return list(getattr(value, kind).values)
         raise FailedPrecondition(
             f"{self.files.model_name} v{self.version} reads a sequence feature that arrived as "
             f"{kind}, not as a list of events; serve it as a LAST_N (list) feature"

@@ -14,10 +14,17 @@ from lathe.feature_store.v1 import request_response_pb2 as rr
 from libs.errors import InvalidArgument, NotFound
 from services.feature_store.app.definitions.cache import DefinitionsCache
 from services.feature_store.domain.quality import histogram, psi, summarize
-from services.feature_store.domain.values import to_python
+from services.feature_store.domain.values import is_list, to_python
 from services.feature_store.store import online, quality
 
 _NUMERIC = {m.VALUE_TYPE_INT64, m.VALUE_TYPE_FLOAT64}
+
+
+def _number(value: object) -> float | None:
+    """A numeric value as a float; a list by its length (ADR 0021)."""
+    if value is None:
+        return None
+    return float(len(value)) if isinstance(value, list) else float(value)  # type: ignore[arg-type]
 
 
 class StatisticsReader:
@@ -27,14 +34,16 @@ class StatisticsReader:
 
     async def statistics(self, view_name: str, snapshot_id: str) -> rr.GetFeatureStatisticsResponse:
         view = await self._cache.view(view_name)
-        numeric = [(i, f) for i, f in enumerate(view.features) if f.type in _NUMERIC]
+        numeric = [
+            (i, f) for i, f in enumerate(view.features) if f.type in _NUMERIC or is_list(f.type)
+        ]
         rows = await online.view_rows(self._pool, view.name, view.version, datetime.now(UTC))
         columns: dict[str, list[float | None]] = {f.name: [] for _, f in numeric}
         for row in rows:
             values = m.FeatureRow.FromString(row).values
             for index, feature in numeric:
                 value = to_python(values[index]) if index < len(values) else None
-                columns[feature.name].append(None if value is None else float(value))  # type: ignore[arg-type]
+                columns[feature.name].append(_number(value))
         profiles = await self._profiles(snapshot_id) if snapshot_id else {}
         response = rr.GetFeatureStatisticsResponse(violations=await self._violations(view))
         for _, feature in numeric:

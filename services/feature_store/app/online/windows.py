@@ -100,7 +100,7 @@ class WindowReader:
             result = combine(spec, entity_tiles, read_us, lifetime)
             if result.latest_us is None:
                 continue
-            row = result.feature_row()
+            row = result.feature_row(spec)
             rows[(view, version)][key] = ServingRow(
                 row.SerializeToString(), from_us(result.latest_us), len(result.values)
             )

@@ -23,6 +23,7 @@ from services.feature_store.domain.streaming.as_of import (
     compute_as_of,
     label_keys,
     label_times_us,
+    sequence_keys,
 )
 from services.feature_store.domain.streaming.events import (
     EventRejected,
@@ -50,7 +51,8 @@ async def stream_aggregates_as_of(
     timestamp array (a timezone-less one is read as UTC).
 
     Returns one column per feature, named as the feature (int64 for count and
-    count_distinct, float64 for the other functions), plus ``event_time``
+    count_distinct, lists for LAST_N / FIRST_N, the column's type for FIRST, float64 for
+    the other functions), plus ``event_time``
     (timestamp[us, UTC]): the greatest event time in the view's windows known at t. A row
     is all null when no event of its entity in any window was known at t (online:
     NOT_FOUND) or when that event time is older than the view's TTL (online: EXPIRED). In
@@ -75,6 +77,7 @@ async def stream_aggregates_as_of(
     events = EventColumns.empty(spec)
     if len(keys):
         wanted = set(keys)
+        sequences = sequence_keys(spec)
         first_start = int(times.min()) - int(times.min()) % spec.tile_us - spec.max_window_us
         async with pool.acquire() as conn, conn.transaction(readonly=True):
             async for raw in stream_events.read_events(
@@ -95,5 +98,5 @@ async def stream_aggregates_as_of(
                 except EventRejected:
                     continue
                 if event.entity_key in wanted:
-                    events.append(event, spec.columns, spec.distinct_columns)
+                    events.append(event, spec.columns, spec.distinct_columns, sequences)
     return compute_as_of(spec, events, keys, times).to_arrow(spec)

@@ -41,7 +41,7 @@ from services.feature_store.domain.materialization import (
     unwritten,
 )
 from services.feature_store.domain.times import MIN_TIME, utc
-from services.feature_store.domain.values import to_python
+from services.feature_store.domain.values import is_list, to_python
 from services.feature_store.domain.writes import IngestRow, RunningStats, row_from_source
 from services.feature_store.events import CATALOG
 from services.feature_store.store import materializations, offline
@@ -50,6 +50,7 @@ from services.feature_store.store.sources import BatchReader, describe
 PAGE_ROWS = 5000
 _LOCK_POLL_S = 0.1
 _NUMERIC = {m.VALUE_TYPE_INT64, m.VALUE_TYPE_FLOAT64}
+"""Features with running statistics (list features: of their lengths, ADR 0021)."""
 
 
 @dataclass
@@ -151,7 +152,13 @@ class Materializer:
             )
             return
         await self._record(conn, view, events_pb2.MaterializationStarted, scope, metadata)
-        run = _Run(stats={f.name: RunningStats() for f in view.features if f.type in _NUMERIC})
+        run = _Run(
+            stats={
+                f.name: RunningStats()
+                for f in view.features
+                if f.type in _NUMERIC or is_list(f.type)
+            }
+        )
         after: datetime | None = None
         while True:
             rows, mark = await reader.page(conn, scope, after, PAGE_ROWS)

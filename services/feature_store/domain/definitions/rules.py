@@ -16,9 +16,19 @@ from libs.errors import InvalidArgument
 from services.feature_store.domain.keys import join_keys_of
 from services.feature_store.domain.names import FeatureRef, check_name
 from services.feature_store.domain.on_demand.runner import compile_on_demand
-from services.feature_store.domain.values import value_type_of
+from services.feature_store.domain.streaming.aggregation import (
+    MAX_SEQUENCE,
+    aggregation_features,
+)
+from services.feature_store.domain.values import is_list, value_type_of
 
-_NUMERIC = {m.VALUE_TYPE_INT64, m.VALUE_TYPE_FLOAT64}
+_NUMERIC = {
+    m.VALUE_TYPE_INT64,
+    m.VALUE_TYPE_FLOAT64,
+    m.VALUE_TYPE_INT64_LIST,
+    m.VALUE_TYPE_FLOAT64_LIST,
+}
+"""Types a range applies to (to every element of a list)."""
 _DEFAULT_TILE_S = 60
 _DEFAULT_LATENESS_S = 600
 
@@ -151,6 +161,8 @@ def _check_fields(fields: Iterable[m.Field], where: str) -> None:
         names.append(field.name)
         if field.type == m.VALUE_TYPE_UNSPECIFIED:
             raise InvalidArgument(f"{where} field {field.name!r} needs a type")
+        if field.type not in m.ValueType.values():
+            raise InvalidArgument(f"{where} field {field.name!r}: unknown type {field.type}")
         for expectation in field.expectations:
             _check_expectation(expectation, field, where)
     _unique(names, f"{where} field")
@@ -169,7 +181,20 @@ def _check_expectation(expectation: m.Expectation, field: m.Field, where: str) -
         both = expectation.range.HasField("min") and expectation.range.HasField("max")
         if both and expectation.range.min > expectation.range.max:
             raise InvalidArgument(f"{where} field {field.name!r}: range min exceeds max")
+    if rule == "length":
+        if not is_list(field.type):
+            raise InvalidArgument(f"{where} field {field.name!r}: a length needs a list type")
+        limits = expectation.length
+        if any(limits.HasField(bound) and getattr(limits, bound) < 0 for bound in ("min", "max")):
+            raise InvalidArgument(f"{where} field {field.name!r}: length bounds must be >= 0")
+        if limits.HasField("min") and limits.HasField("max") and limits.min > limits.max:
+            raise InvalidArgument(f"{where} field {field.name!r}: length min exceeds max")
     if rule == "allowed_values":
+        if is_list(field.type):
+            raise InvalidArgument(
+                f"{where} field {field.name!r}: allowed_values is for scalar fields; a list "
+                "field takes length and (numeric lists) range"
+            )
         for value in expectation.allowed_values.values:
             if value_type_of(value) != field.type:
                 raise InvalidArgument(
@@ -334,16 +359,20 @@ def _complete_stream_view(view: m.FeatureView, where: str) -> None:
         raise InvalidArgument(f"{where}: tile_size must be a positive whole number of seconds")
     for aggregation in view.aggregations:
         _check_aggregation(aggregation, tile, where)
-        result_type = (
-            m.VALUE_TYPE_INT64 if aggregation.function in _INTEGER_RESULTS else m.VALUE_TYPE_FLOAT64
-        )
-        view.features.add(name=aggregation.name, type=result_type)
+        for name, result_type in aggregation_features(aggregation):
+            view.features.add(name=name, type=result_type)
 
 
 MAX_REACH_S = 36_525 * 86_400
 """How far back a window (with its offset) may reach: 100 years of days, so every tile
 start a read computes stays within the years 1-9999."""
-_INTEGER_RESULTS = {m.AGGREGATION_FUNCTION_COUNT, m.AGGREGATION_FUNCTION_COUNT_DISTINCT}
+_SEQUENCES = {m.AGGREGATION_FUNCTION_LAST_N, m.AGGREGATION_FUNCTION_FIRST_N}
+_ELEMENT_TYPES = {
+    m.VALUE_TYPE_INT64,
+    m.VALUE_TYPE_FLOAT64,
+    m.VALUE_TYPE_STRING,
+    m.VALUE_TYPE_BOOL,
+}
 
 
 def _check_aggregation(aggregation: m.Aggregation, tile: float, where: str) -> None:
@@ -353,7 +382,8 @@ def _check_aggregation(aggregation: m.Aggregation, tile: float, where: str) -> N
         raise InvalidArgument(f"{what} needs a function")
     if aggregation.function not in m.AggregationFunction.values():
         raise InvalidArgument(f"{what}: unknown function {aggregation.function}")
-    if aggregation.function != m.AGGREGATION_FUNCTION_COUNT:
+    _check_sequence(aggregation, what)
+    if aggregation.function != m.AGGREGATION_FUNCTION_COUNT and not aggregation.columns:
         check_name(aggregation.column, f"{what} column")
     percentile = aggregation.percentile
     if aggregation.function == m.AGGREGATION_FUNCTION_PERCENTILE:
@@ -387,6 +417,47 @@ def _check_aggregation(aggregation: m.Aggregation, tile: float, where: str) -> N
         )
 
 
+def _check_sequence(aggregation: m.Aggregation, what: str) -> None:
+    """n, columns and types: set for the sequence functions (ADR 0021), unset otherwise."""
+    function = aggregation.function
+    if function not in _SEQUENCES:
+        if aggregation.n or aggregation.columns or aggregation.column_types:
+            raise InvalidArgument(f"{what}: n and columns are only for LAST_N and FIRST_N")
+    elif not 1 <= aggregation.n <= MAX_SEQUENCE:
+        raise InvalidArgument(f"{what}: n must be from 1 to {MAX_SEQUENCE}, not {aggregation.n}")
+    if aggregation.value_type and function not in (*_SEQUENCES, m.AGGREGATION_FUNCTION_FIRST):
+        raise InvalidArgument(f"{what}: value_type is only for FIRST, LAST_N and FIRST_N")
+    if aggregation.value_type and aggregation.value_type not in _ELEMENT_TYPES:
+        raise InvalidArgument(
+            f"{what}: value_type must be INT64, FLOAT64, STRING or BOOL (the event field's type)"
+        )
+    if not aggregation.columns:
+        if aggregation.column_types:
+            raise InvalidArgument(f"{what}: column_types goes with columns; use value_type")
+        return
+    if aggregation.column or aggregation.value_type:
+        raise InvalidArgument(
+            f"{what}: set column (and value_type) for one list, or columns (and column_types) "
+            "for parallel lists, not both"
+        )
+    for column in aggregation.columns:
+        check_name(column, f"{what} columns")
+    _unique(list(aggregation.columns), f"{what} column")
+    types = list(aggregation.column_types)
+    if types and len(types) != len(aggregation.columns):
+        raise InvalidArgument(
+            f"{what}: column_types needs one type per column ({len(aggregation.columns)}), or "
+            "none (all FLOAT64)"
+        )
+    if any(kind not in _ELEMENT_TYPES for kind in types):
+        raise InvalidArgument(f"{what}: column_types must be INT64, FLOAT64, STRING or BOOL")
+
+
+_SCALARS_ONLY = (
+    "on-demand views read and produce scalars (list features are served as they are, ADR 0021)"
+)
+
+
 def _check_on_demand(view: m.OnDemandFeatureView, views: dict[str, m.FeatureView]) -> None:
     check_name(view.name, "on-demand view")
     where = f"on-demand view {view.name!r}"
@@ -399,10 +470,15 @@ def _check_on_demand(view: m.OnDemandFeatureView, views: dict[str, m.FeatureView
             raise InvalidArgument(
                 f"{where}: input {text!r} must name one feature of a feature view"
             )
+        if is_list(fields[ref.feature].type):
+            raise InvalidArgument(f"{where}: input {text!r} is a list; {_SCALARS_ONLY}")
     _check_fields(view.request_fields, f"{where} request")
     if not view.features:
         raise InvalidArgument(f"{where} declares no features")
     _check_fields(view.features, where)
+    for field in [*view.request_fields, *view.features]:
+        if is_list(field.type):
+            raise InvalidArgument(f"{where} field {field.name!r} is a list; {_SCALARS_ONLY}")
     compile_on_demand(view)  # raises InvalidArgument if the code does not compile
 
 

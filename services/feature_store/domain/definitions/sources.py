@@ -30,7 +30,19 @@ _DECLARED = {
     m.VALUE_TYPE_FLOAT64: "Float64",
     m.VALUE_TYPE_STRING: "String",
     m.VALUE_TYPE_TIMESTAMP: "Timestamp",
+    m.VALUE_TYPE_INT64_LIST: "Int64List",
+    m.VALUE_TYPE_FLOAT64_LIST: "Float64List",
+    m.VALUE_TYPE_STRING_LIST: "StringList",
+    m.VALUE_TYPE_BOOL_LIST: "BoolList",
 }
+_ARRAY_ELEMENTS = {
+    m.VALUE_TYPE_INT64_LIST: frozenset({"_int2", "_int4", "_int8"}),
+    m.VALUE_TYPE_FLOAT64_LIST: frozenset({"_int2", "_int4", "_float4", "_float8"}),
+    m.VALUE_TYPE_STRING_LIST: frozenset({"_text", "_varchar", "_bpchar"}),
+    m.VALUE_TYPE_BOOL_LIST: frozenset({"_bool"}),
+}
+"""Postgres array types (``pg_type.typname``) each list type reads exactly (ADR 0021;
+an array holding a NULL element, or of more than one dimension, fails the row)."""
 _EXACT_DIGITS_INT64 = 18
 """numeric(p, 0) with p <= 18 always fits an int64."""
 _EXACT_DIGITS_FLOAT64 = 15
@@ -46,6 +58,10 @@ _ADVICE = {
     ),
     m.VALUE_TYPE_STRING: "text, varchar or char",
     m.VALUE_TYPE_TIMESTAMP: "timestamp with time zone",
+    m.VALUE_TYPE_INT64_LIST: "smallint[], integer[] or bigint[]",
+    m.VALUE_TYPE_FLOAT64_LIST: "smallint[], integer[], real[] or double precision[]",
+    m.VALUE_TYPE_STRING_LIST: "text[], varchar[] or char[]",
+    m.VALUE_TYPE_BOOL_LIST: "boolean[]",
 }
 
 
@@ -232,4 +248,4 @@ def lossless(column: SourceColumn, value_type: int) -> bool:
         return kind == "bool"
     if value_type == m.VALUE_TYPE_TIMESTAMP:
         return kind == "timestamptz"
-    return False
+    return kind in _ARRAY_ELEMENTS.get(value_type, ())

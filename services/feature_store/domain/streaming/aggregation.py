@@ -21,6 +21,11 @@ and quantile states for PERCENTILE (sketches.py). Each is a function of the mult
 values it holds, so the guarantee above holds for them too. A window may end before the
 read time (``offset``) or have no start (``lifetime``: every event up to the read time,
 read from one running state per entity instead of tiles).
+
+Sequence aggregations (FIRST, LAST_N, FIRST_N, ADR 0021) keep the n latest or earliest
+events of a window with their values (sequences.py), a part like the others; their
+features are list values served oldest first, one per column with ``columns``, plus
+``<name>__event_time`` (epoch seconds).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, Inexact, Overflow
+from functools import cached_property
 from itertools import pairwise
 
 from lathe.feature_store.v1 import message_pb2 as m
@@ -39,11 +45,20 @@ from services.feature_store.domain.streaming.moments import (
     spread,
     variance_ratio,
 )
+from services.feature_store.domain.streaming.sequences import (
+    EARLIEST,
+    LATEST,
+    ORDER_KEY,
+    EventSequence,
+    sequence_key,
+)
 from services.feature_store.domain.streaming.sketches import Distinct, Quantiles
+from services.feature_store.domain.values import LIST_OF, list_value
 
 COUNT, SUM, MEAN, MIN, MAX, LAST = "count", "sum", "mean", "min", "max", "last"
 STDDEV, VARIANCE, STDDEV_POP, VARIANCE_POP = "stddev", "variance", "stddev_pop", "variance_pop"
 COUNT_DISTINCT, PERCENTILE = "count_distinct", "percentile"
+FIRST, LAST_N, FIRST_N = "first", "last_n", "first_n"
 FUNCTIONS = {
     m.AGGREGATION_FUNCTION_COUNT: COUNT,
     m.AGGREGATION_FUNCTION_SUM: SUM,
@@ -57,10 +72,19 @@ FUNCTIONS = {
     m.AGGREGATION_FUNCTION_VARIANCE_POP: VARIANCE_POP,
     m.AGGREGATION_FUNCTION_COUNT_DISTINCT: COUNT_DISTINCT,
     m.AGGREGATION_FUNCTION_PERCENTILE: PERCENTILE,
+    m.AGGREGATION_FUNCTION_FIRST: FIRST,
+    m.AGGREGATION_FUNCTION_LAST_N: LAST_N,
+    m.AGGREGATION_FUNCTION_FIRST_N: FIRST_N,
 }
 INTEGER_FUNCTIONS = frozenset({COUNT, COUNT_DISTINCT})
 """Functions whose feature is INT64 (the others are FLOAT64)."""
 _MOMENT_FUNCTIONS = frozenset({STDDEV, VARIANCE, STDDEV_POP, VARIANCE_POP})
+SEQUENCE_FUNCTIONS = frozenset({FIRST, LAST_N, FIRST_N})
+"""Functions keeping events in order (ADR 0021): any column type, no column partials."""
+EVENT_TIME_OUTPUT = -1
+"""``WindowAggregation.output`` of a sequence's ``<name>__event_time`` feature."""
+MAX_SEQUENCE = 1000
+"""The largest n of LAST_N / FIRST_N."""
 
 # Parts: partial states beside the columns', keyed "<kind>:<column>" (ADR 0022).
 MOMENTS, DISTINCT, QUANTILES = "m", "d", "q"
@@ -69,8 +93,13 @@ _PART_KINDS = {
     COUNT_DISTINCT: DISTINCT,
     PERCENTILE: QUANTILES,
 }
-Part = Moments | Distinct | Quantiles
-_PART_TYPES: dict[str, type[Part]] = {MOMENTS: Moments, DISTINCT: Distinct, QUANTILES: Quantiles}
+Part = Moments | Distinct | Quantiles | EventSequence
+_PART_TYPES: dict[str, type[Moments | Distinct | Quantiles]] = {
+    MOMENTS: Moments,
+    DISTINCT: Distinct,
+    QUANTILES: Quantiles,
+}
+SEQUENCE_KINDS = frozenset({LATEST, EARLIEST})
 
 
 def part_key(function: str, column: str) -> str | None:
@@ -80,7 +109,45 @@ def part_key(function: str, column: str) -> str | None:
 
 
 def new_part(key: str) -> Part:
-    return _PART_TYPES[key.split(":", 1)[0]]()
+    kind = key.split(":", 1)[0]
+    if kind in SEQUENCE_KINDS:
+        return EventSequence.of_key(key)
+    return _PART_TYPES[kind]()
+
+
+def decode_part(key: str, raw: object) -> Part:
+    kind = key.split(":", 1)[0]
+    if kind in SEQUENCE_KINDS:
+        return EventSequence.decode(key, raw)  # type: ignore[arg-type]
+    return _PART_TYPES[kind].decode(raw)  # type: ignore[arg-type]
+
+
+def aggregation_features(aggregation: m.Aggregation) -> list[tuple[str, int]]:
+    """The features (name, type) one aggregation of a stream view gives, in order.
+
+    COUNT / COUNT_DISTINCT: INT64; FIRST: its ``value_type``; LAST_N / FIRST_N over
+    ``column``: a list of its ``value_type``; over ``columns``: ``<name>__<column>`` lists
+    of each column's type, then ``<name>__event_time`` (FLOAT64_LIST, epoch seconds);
+    the others FLOAT64.
+    """
+    function = aggregation.function
+    if function in (m.AGGREGATION_FUNCTION_COUNT, m.AGGREGATION_FUNCTION_COUNT_DISTINCT):
+        return [(aggregation.name, m.VALUE_TYPE_INT64)]
+    element = aggregation.value_type or m.VALUE_TYPE_FLOAT64
+    if function == m.AGGREGATION_FUNCTION_FIRST:
+        return [(aggregation.name, element)]
+    if function in (m.AGGREGATION_FUNCTION_LAST_N, m.AGGREGATION_FUNCTION_FIRST_N):
+        if not aggregation.columns:
+            return [(aggregation.name, LIST_OF[element])]
+        types = list(aggregation.column_types) or [m.VALUE_TYPE_FLOAT64] * len(aggregation.columns)
+        return [
+            *(
+                (f"{aggregation.name}__{column}", LIST_OF[kind])
+                for column, kind in zip(aggregation.columns, types, strict=True)
+            ),
+            (f"{aggregation.name}__event_time", m.VALUE_TYPE_FLOAT64_LIST),
+        ]
+    return [(aggregation.name, m.VALUE_TYPE_FLOAT64)]
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -220,14 +287,33 @@ class WindowAggregation:
     """The window ends this long before the read time."""
     lifetime: bool = False
     """No start: every event up to the read time (read from the lifetime state)."""
+    value_type: int = m.VALUE_TYPE_UNSPECIFIED
+    """The feature's ValueType (unset: INT64 for count and count_distinct, else FLOAT64)."""
+    n: int = 0
+    """Sequences: how many events (1 for FIRST)."""
+    columns: tuple[str, ...] = ()
+    """Sequences: the event fields kept (parallel lists)."""
+    column_types: tuple[int, ...] = ()
+    """Sequences: each column's element ValueType."""
+    output: int = 0
+    """Sequences: which column this feature is (``EVENT_TIME_OUTPUT``: the event times)."""
+
+    def __post_init__(self) -> None:
+        if not self.value_type:
+            integer = self.function in INTEGER_FUNCTIONS
+            kind = m.VALUE_TYPE_INT64 if integer else m.VALUE_TYPE_FLOAT64
+            object.__setattr__(self, "value_type", kind)
 
     @property
     def window(self) -> WindowKey:
         return self.window_us, self.offset_us
 
-    @property
+    @cached_property
     def part(self) -> str | None:
-        """The part of a state it reads (None: the column partials)."""
+        """The part of a state it reads (None: the column partials); computed once (ingest
+        asks for it per event)."""
+        if self.function in SEQUENCE_FUNCTIONS:
+            return sequence_key(self.function == LAST_N, self.n, self.columns, self.column_types)
         return part_key(self.function, self.column)
 
 
@@ -252,23 +338,39 @@ class StreamViewSpec:
     """A composite key's fields, one per join key in order (ADR 0023); empty: the one
     ``entity_field``."""
 
-    @property
+    @cached_property
     def columns(self) -> tuple[str, ...]:
-        """Numeric event fields some aggregation reads, each once, in first-use order."""
+        """Numeric event fields some aggregation reads, each once, in first-use order.
+        (This and the other cached properties are asked for per event; a copy with other
+        fields is ``dataclasses.replace(spec, ...)``, which recomputes them.)"""
         return tuple(
             dict.fromkeys(
-                a.column for a in self.aggregations if a.function not in (COUNT, COUNT_DISTINCT)
+                a.column
+                for a in self.aggregations
+                if a.function not in (COUNT, COUNT_DISTINCT)
+                and a.function not in SEQUENCE_FUNCTIONS
             )
         )
 
-    @property
+    @cached_property
+    def sequences(self) -> tuple[tuple[str, tuple[str, ...], tuple[int, ...]], ...]:
+        """Sequence parts, each once: (part key, columns, element types)."""
+        return tuple(
+            dict.fromkeys(
+                (a.part, a.columns, a.column_types)  # type: ignore[misc]
+                for a in self.aggregations
+                if a.function in SEQUENCE_FUNCTIONS
+            )
+        )
+
+    @cached_property
     def distinct_columns(self) -> tuple[str, ...]:
         """Event fields COUNT_DISTINCT reads (any scalar), each once."""
         return tuple(
             dict.fromkeys(a.column for a in self.aggregations if a.function == COUNT_DISTINCT)
         )
 
-    @property
+    @cached_property
     def parts(self) -> tuple[str, ...]:
         """The parts (beside the column partials) its states keep, each once."""
         return tuple(dict.fromkeys(a.part for a in self.aggregations if a.part is not None))
@@ -319,19 +421,47 @@ def spec_of(view: m.FeatureView, join_keys: str | Sequence[str]) -> StreamViewSp
         tile_us=duration_us(view.tile_size),
         lateness_us=duration_us(view.allowed_lateness),
         aggregations=tuple(
-            WindowAggregation(
-                name=a.name,
-                function=FUNCTIONS[a.function],
-                column="" if a.function == m.AGGREGATION_FUNCTION_COUNT else a.column,
-                window_us=0 if a.lifetime else duration_us(a.window),
-                percentile=a.percentile,
-                offset_us=0 if a.lifetime else duration_us(a.offset),
-                lifetime=a.lifetime,
-            )
+            window_aggregation
             for a in view.aggregations
+            for window_aggregation in _window_aggregations(a)
         ),
         ttl_us=duration_us(view.ttl),
     )
+
+
+def _window_aggregations(a: m.Aggregation) -> list[WindowAggregation]:
+    """One per feature of the aggregation (several for a sequence over ``columns``)."""
+    function = FUNCTIONS[a.function]
+    common = {
+        "function": function,
+        "column": "" if a.function == m.AGGREGATION_FUNCTION_COUNT else a.column,
+        "window_us": 0 if a.lifetime else duration_us(a.window),
+        "percentile": a.percentile,
+        "offset_us": 0 if a.lifetime else duration_us(a.offset),
+        "lifetime": a.lifetime,
+    }
+    features = aggregation_features(a)
+    if function not in SEQUENCE_FUNCTIONS:
+        ((name, value_type),) = features
+        return [WindowAggregation(name=name, value_type=value_type, **common)]  # type: ignore[arg-type]
+    if a.columns:
+        columns = tuple(a.columns)
+        types = tuple(a.column_types) or (m.VALUE_TYPE_FLOAT64,) * len(columns)
+    else:
+        columns, types = (a.column,), (a.value_type or m.VALUE_TYPE_FLOAT64,)
+    outputs = [*range(len(columns)), EVENT_TIME_OUTPUT] if a.columns else [0]
+    return [
+        WindowAggregation(
+            name=name,
+            value_type=value_type,
+            n=1 if function == FIRST else a.n,
+            columns=columns,
+            column_types=types,
+            output=output,
+            **common,  # type: ignore[arg-type]
+        )
+        for (name, value_type), output in zip(features, outputs, strict=True)
+    ]
 
 
 @dataclass(frozen=True)
@@ -501,33 +631,49 @@ def _float(value: Decimal) -> float:
 class WindowValues:
     """A view's feature values for one entity read at one time."""
 
-    values: tuple[int | float | None, ...]
-    """In aggregation (= feature) order: int for count and count_distinct, float
-    otherwise, None when empty."""
+    values: tuple[object, ...]
+    """In aggregation (= feature) order: int for count and count_distinct, a list for
+    LAST_N / FIRST_N (oldest first), the column's type for FIRST, float otherwise, None
+    when empty."""
     latest_us: int | None
     """Greatest event time in the largest window; None: no event in any window."""
 
-    def feature_row(self) -> m.FeatureRow:
+    def feature_row(self, spec: StreamViewSpec) -> m.FeatureRow:
         """The values as a stored view's row (what online reads serve)."""
-        return m.FeatureRow(values=[_typed(value) for value in self.values])
+        return m.FeatureRow(
+            values=[
+                _typed(value, a.value_type)
+                for value, a in zip(self.values, spec.aggregations, strict=True)
+            ]
+        )
 
 
-def _typed(value: int | float | None) -> m.Value:
+_SCALAR_FIELDS = {
+    m.VALUE_TYPE_INT64: "int64_value",
+    m.VALUE_TYPE_FLOAT64: "float64_value",
+    m.VALUE_TYPE_STRING: "string_value",
+    m.VALUE_TYPE_BOOL: "bool_value",
+}
+
+
+def _typed(value: object, value_type: int) -> m.Value:
     if value is None:
         return m.Value()
-    if isinstance(value, int):
-        return m.Value(int64_value=value)
-    return m.Value(float64_value=value)
+    if isinstance(value, list):
+        return list_value(value, value_type)
+    return m.Value(**{_SCALAR_FIELDS[value_type]: value})
 
 
-def value_of(aggregation: WindowAggregation, state: TileState) -> int | float | None:
+def value_of(aggregation: WindowAggregation, state: TileState) -> object:
     """One aggregation's value over the merged tiles of its window.
 
-    Empty windows: count, count_distinct and sum are 0; the others are None (no value),
-    as are sample variances of one value.
+    Empty windows: count, count_distinct and sum are 0, LAST_N and FIRST_N the empty
+    list; the others are None (no value), as are sample variances of one value.
     """
     if aggregation.function == COUNT:
         return state.count
+    if aggregation.function in SEQUENCE_FUNCTIONS:
+        return sequence_value(aggregation, state.parts.get(aggregation.part))  # type: ignore[arg-type]
     if aggregation.part is not None:
         return _part_value(aggregation, state.parts.get(aggregation.part))
     partial = state.columns.get(aggregation.column)
@@ -544,6 +690,18 @@ def value_of(aggregation: WindowAggregation, state: TileState) -> int | float | 
     if aggregation.function == MAX:
         return _float(partial.high)
     return _float(partial.last)
+
+
+def sequence_value(aggregation: WindowAggregation, part: Part | None) -> object:
+    """FIRST: the earliest event's value (None: none); LAST_N / FIRST_N: the kept events'
+    values of the feature's column, or their event times in epoch seconds, oldest first."""
+    kept = part.kept() if isinstance(part, EventSequence) else []
+    if aggregation.function == FIRST:
+        return kept[0][ORDER_KEY] if kept else None
+    if aggregation.output == EVENT_TIME_OUTPUT:
+        return [exact_ratio(item[0], 1_000_000) for item in kept]  # type: ignore[arg-type]
+    index = ORDER_KEY + aggregation.output
+    return [item[index] for item in kept]
 
 
 def _part_value(aggregation: WindowAggregation, part: Part | None) -> int | float | None:
@@ -670,7 +828,7 @@ def decode_state(text: str) -> TileState:
         )
     state = TileState(count=raw["n"], latest_us=raw["t"])
     for key, part in raw.get("p", {}).items():
-        state.parts[key] = _PART_TYPES[key.split(":", 1)[0]].decode(part)
+        state.parts[key] = decode_part(key, part)
     for name, (count, total, low, high, last, event_us, arrival_us, sequence) in raw["c"].items():
         state.columns[name] = ColumnPartial(
             count=count,

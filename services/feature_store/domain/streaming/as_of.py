@@ -18,6 +18,12 @@ functions (sketches.py), in time proportional to the events in it.
 
 Windows may end before t (``offset``) or have no start (``lifetime``); a lifetime window
 is every event known at t whose tile had started by t, as the lifetime state online.
+
+Sequences (FIRST, LAST_N, FIRST_N; ADR 0021): positions order events by (event time,
+arrival, sequence), exactly the tile path's order key, so a label's n latest known events
+in a window are the last n of its known range — taken with vectorized index arithmetic
+where every event of the window is surely known, and gathered per label only for labels
+with events inside the lateness tail. They come back as Arrow list columns.
 """
 
 from __future__ import annotations
@@ -30,17 +36,21 @@ from decimal import Decimal
 import numpy as np
 import pyarrow as pa
 
+from lathe.feature_store.v1 import message_pb2 as m
 from libs.errors import InvalidArgument
 from services.feature_store.domain.streaming.aggregation import (
     COUNT,
     COUNT_DISTINCT,
     DISTINCT,
-    INTEGER_FUNCTIONS,
+    EVENT_TIME_OUTPUT,
+    FIRST,
     LAST,
+    LAST_N,
     MAX,
     MEAN,
     MIN,
     PERCENTILE,
+    SEQUENCE_FUNCTIONS,
     STDDEV,
     STDDEV_POP,
     SUM,
@@ -60,6 +70,13 @@ EVENT_TIME = "event_time"
 """Output column: the greatest event time in the largest window (null: none known)."""
 
 _ratio = np.frompyfunc(exact_ratio, 2, 1)
+ELEMENT_ARROW = {
+    m.VALUE_TYPE_BOOL: pa.bool_(),
+    m.VALUE_TYPE_INT64: pa.int64(),
+    m.VALUE_TYPE_FLOAT64: pa.float64(),
+    m.VALUE_TYPE_STRING: pa.string(),
+}
+"""Arrow types of sequence elements (and of FIRST's values)."""
 
 
 @dataclass
@@ -73,9 +90,15 @@ class EventColumns:
     values: dict[str, list[Decimal | None]] = field(default_factory=dict)
     hashes: dict[str, list[int | None]] = field(default_factory=dict)
     """COUNT_DISTINCT columns: each event's value hash (None: absent)."""
+    sequences: dict[str, list[tuple[object, ...] | None]] = field(default_factory=dict)
+    """Sequence parts (by key): each event's values of their columns (None: left out)."""
 
     def append(
-        self, event: StreamEvent, columns: Sequence[str], distinct: Sequence[str] = ()
+        self,
+        event: StreamEvent,
+        columns: Sequence[str],
+        distinct: Sequence[str] = (),
+        sequences: Sequence[str] = (),
     ) -> None:
         self.entity_keys.append(event.entity_key)
         self.event_us.append(event.event_us)
@@ -87,19 +110,32 @@ class EventColumns:
             self.hashes.setdefault(column, []).append(
                 event.parts.get(f"{DISTINCT}:{column}")  # type: ignore[arg-type]
             )
+        for key in sequences:
+            item = event.parts.get(key)
+            self.sequences.setdefault(key, []).append(
+                None if item is None else item[1]  # type: ignore[index]
+            )
 
     @classmethod
     def empty(cls, spec: StreamViewSpec) -> EventColumns:
         return cls(
-            values={c: [] for c in spec.columns}, hashes={c: [] for c in spec.distinct_columns}
+            values={c: [] for c in spec.columns},
+            hashes={c: [] for c in spec.distinct_columns},
+            sequences={key: [] for key, _, _ in spec.sequences},
         )
 
     @classmethod
     def of(cls, spec: StreamViewSpec, events: Iterable[StreamEvent]) -> EventColumns:
         columns = cls.empty(spec)
+        keys = sequence_keys(spec)
         for event in events:
-            columns.append(event, spec.columns, spec.distinct_columns)
+            columns.append(event, spec.columns, spec.distinct_columns, keys)
         return columns
+
+
+def sequence_keys(spec: StreamViewSpec) -> tuple[str, ...]:
+    """The sequence parts ``EventColumns.append`` keeps for ``spec``."""
+    return tuple(key for key, _, _ in spec.sequences)
 
 
 @dataclass(frozen=True)
@@ -113,12 +149,18 @@ class AsOf:
     latest_us: np.ndarray
     found: np.ndarray
     """Whether any event is known in the largest window (else every value is null)."""
+    arrays: dict[str, pa.Array] = field(default_factory=dict)
+    """Aggregation name -> its column, built whole (sequences: lists, FIRST: any type)."""
 
     def to_arrow(self, spec: StreamViewSpec) -> pa.Table:
-        """One column per aggregation (int64 count, float64 others) + ``event_time``."""
+        """One column per feature (int64 count, lists for LAST_N / FIRST_N, float64 for
+        most others) + ``event_time``."""
         arrays = {}
         for aggregation in spec.aggregations:
-            kind = pa.int64() if aggregation.function in INTEGER_FUNCTIONS else pa.float64()
+            if aggregation.name in self.arrays:
+                arrays[aggregation.name] = self.arrays[aggregation.name]
+                continue
+            kind = pa.int64() if aggregation.value_type == m.VALUE_TYPE_INT64 else pa.float64()
             arrays[aggregation.name] = pa.array(
                 self.values[aggregation.name], type=kind, mask=~self.valid[aggregation.name]
             )
@@ -339,9 +381,22 @@ def compute_as_of(
     result = AsOf(values={}, valid={}, latest_us=latest_us, found=found)
     columns = {c: _Column.of(events.values[c], order, windows_of) for c in spec.columns}
     distinct = {c: _Distinct.of(events.hashes[c], order, windows_of) for c in spec.distinct_columns}
+
+    def sequence_windows(mask: np.ndarray) -> dict[WindowKey, _Window]:
+        # Where every event carries the sequence's columns (the common case), its windows
+        # are those of all events.
+        return all_events if mask.all() else windows_of(mask)
+
+    sequences = {
+        part: _Sequences.of(events.sequences[part], order, event_us, sequence_windows)
+        for part, _, _ in spec.sequences
+    }
     for aggregation in spec.aggregations:
         name, key = aggregation.name, _key(aggregation)
-        if aggregation.function == COUNT:
+        if aggregation.function in SEQUENCE_FUNCTIONS:
+            sequence = sequences[aggregation.part]  # type: ignore[index]
+            result.arrays[name] = sequence.column(aggregation, key, live)
+        elif aggregation.function == COUNT:
             result.values[name] = all_events[key].count.astype(np.int64)
             result.valid[name] = live
         elif aggregation.function == COUNT_DISTINCT:
@@ -493,6 +548,99 @@ class _Distinct:
         for label, positions in window.gathered(live & (window.count > 0)):
             out[label] = count_distinct(np.unique(self.hashes[positions]))
         return out
+
+
+@dataclass
+class _Sequences:
+    """The events carrying one sequence part (all its columns present), in position order
+    — (event time, arrival, sequence), the tile path's order key — and their windows."""
+
+    items: list[tuple[object, ...]]
+    event_us: np.ndarray
+    windows: dict[WindowKey, _Window]
+    _elements: dict[int, pa.Array] = field(default_factory=dict)
+    _chosen: dict[tuple[WindowKey, bool, int], tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict
+    )
+
+    @classmethod
+    def of(
+        cls,
+        raw: list[tuple[object, ...] | None],
+        order: np.ndarray,
+        event_us: np.ndarray,
+        windows_of: Callable[[np.ndarray], dict[WindowKey, _Window]],
+    ) -> _Sequences:
+        present = np.fromiter((raw[i] is not None for i in order), bool, len(order))
+        items = [raw[i] for i in order[present]]
+        return cls(items, event_us[present], windows_of(present))  # type: ignore[arg-type]
+
+    def chosen(
+        self, key: WindowKey, latest: bool, n: int, live: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets, positions): label i's kept events are positions[offsets[i]:offsets[i +
+        1]], ascending (oldest first); none where not ``live``."""
+        cached = self._chosen.get((key, latest, n))
+        if cached is not None:
+            return cached
+        window = self.windows[key]
+        lo, end = window.lo, window.safe_end
+        starts = np.maximum(lo, end - n) if latest else lo
+        lengths = np.where(live, (end - starts) if latest else np.minimum(end - lo, n), 0)
+        tailed = np.zeros(len(live), dtype=bool)
+        tailed[window.tail_label] = True
+        tailed &= live
+        gathered = {}
+        for label, positions in window.gathered(tailed):
+            gathered[label] = positions[-n:] if latest else positions[:n]
+            lengths[label] = len(gathered[label])
+        offsets = np.zeros(len(live) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        positions = np.empty(int(offsets[-1]), dtype=np.int64)
+        fast = np.flatnonzero(~tailed & (lengths > 0))
+        counts = lengths[fast]
+        within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        positions[np.repeat(offsets[fast], counts) + within] = (
+            np.repeat(starts[fast], counts) + within
+        )
+        for label, found in gathered.items():
+            positions[offsets[label] : offsets[label + 1]] = found
+        self._chosen[(key, latest, n)] = offsets, positions
+        return offsets, positions
+
+    def elements(self, output: int, value_type: int) -> pa.Array:
+        """Every event's value of one column (or its event time in epoch seconds)."""
+        if output not in self._elements:
+            if output == EVENT_TIME_OUTPUT:
+                self._elements[output] = pa.array(self.event_us / 1e6, pa.float64())
+            else:
+                self._elements[output] = pa.array(
+                    [item[output] for item in self.items], ELEMENT_ARROW[value_type]
+                )
+        return self._elements[output]
+
+    def column(self, aggregation: WindowAggregation, key: WindowKey, live: np.ndarray) -> pa.Array:
+        """The feature per label: FIRST's value, or LAST_N / FIRST_N's list."""
+        latest = aggregation.function == LAST_N
+        offsets, positions = self.chosen(key, latest, aggregation.n, live)
+        if aggregation.function == FIRST:
+            elements = self.elements(aggregation.output, aggregation.value_type)
+            has = offsets[1:] > offsets[:-1]
+            picks = np.zeros(len(has), dtype=np.int64)
+            picks[has] = positions[offsets[:-1][has]]
+            return elements.take(pa.array(picks, pa.int64(), mask=~has))
+        element_type = (
+            m.VALUE_TYPE_FLOAT64
+            if aggregation.output == EVENT_TIME_OUTPUT
+            else aggregation.column_types[aggregation.output]
+        )
+        values = self.elements(aggregation.output, element_type).take(pa.array(positions))
+        return pa.ListArray.from_arrays(
+            pa.array(offsets.astype(np.int32)),
+            values,
+            type=pa.list_(ELEMENT_ARROW[element_type]),
+            mask=pa.array(~live),
+        )
 
 
 def _python(values: object) -> list[object]:

@@ -15,17 +15,20 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
+from lathe.feature_store.v1 import message_pb2 as m
 from services.feature_store.domain.keys import encode_key
 from services.feature_store.domain.streaming.aggregation import (
     DISTINCT,
     EXACT,
     MOMENTS,
     QUANTILES,
+    SEQUENCE_KINDS,
     StreamEvent,
     StreamViewSpec,
     to_us,
 )
 from services.feature_store.domain.streaming.sketches import distinct_key
+from services.feature_store.domain.values import ELEMENT_TYPES
 
 # Rejection reasons (the ``reason`` column of feature_store.stream_rejections).
 NOT_JSON = "not_json"
@@ -37,6 +40,11 @@ MISSING_EVENT_TIME = "missing_event_time"
 BAD_EVENT_TIME = "bad_event_time"
 NOT_NUMERIC = "not_numeric"
 NOT_SCALAR = "not_scalar"
+WRONG_TYPE = "wrong_type"
+"""A sequence column's value is not of its declared type ("wrong_type:<field>")."""
+BAD_TEXT = "bad_text"
+"""A sequence column's string holds a NUL or an unpaired surrogate ("bad_text:<field>"):
+states are jsonb, which refuses the first, and UTF-8 cannot carry the second."""
 LATE = "late"
 FUTURE = "future"
 
@@ -105,6 +113,8 @@ def parse_event(
     parts: dict[str, object] = {}
     for key in spec.parts:
         kind, column = key.split(":", 1)
+        if kind in SEQUENCE_KINDS:
+            continue
         if kind == DISTINCT:
             raw = payload.get(column)
             if raw is None:
@@ -120,7 +130,80 @@ def parse_event(
             number = values[column]
             parts[key] = number if kind == MOMENTS else float(number) + 0.0
             assert kind in (MOMENTS, QUANTILES)
+    for key, columns, types in spec.sequences:
+        kept = _sequence_values(payload, columns, types)
+        if kept is not None:
+            parts[key] = ((event_us, arrival_us, sequence), kept)
     return StreamEvent(entity, event_us, arrival_us, sequence, values, parts)
+
+
+_TYPE_NAMES = {
+    m.VALUE_TYPE_BOOL: "bool",
+    m.VALUE_TYPE_INT64: "int64",
+    m.VALUE_TYPE_FLOAT64: "float64",
+    m.VALUE_TYPE_STRING: "string",
+}
+
+
+def _sequence_values(
+    payload: dict[str, object], columns: tuple[str, ...], types: tuple[int, ...]
+) -> tuple[object, ...] | None:
+    """The event's values of a sequence's columns, each of its declared type; None when
+    one is absent or null (the event is left out of that sequence: parallel lists stay
+    of one length, and lists hold no nulls). A value of another type rejects the event."""
+    values = []
+    for column, kind in zip(columns, types, strict=True):
+        raw = payload.get(column)
+        if raw is None:
+            return None
+        value = _typed(raw, kind)
+        if value is None:
+            raise EventRejected(
+                f"{WRONG_TYPE}:{column}",
+                f"{column!r} must be a {_TYPE_NAMES.get(kind, kind)}, not {raw!r}",
+            )
+        if isinstance(value, str) and not _storable(value):
+            raise EventRejected(
+                f"{BAD_TEXT}:{column}",
+                f"{column!r} holds a NUL character or an unpaired surrogate; send UTF-8 text",
+            )
+        values.append(value)
+    return tuple(values)
+
+
+def _storable(text: str) -> bool:
+    """Whether ``text`` can live in a jsonb state and a protobuf string."""
+    if text.isascii():
+        return "\x00" not in text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
+def _typed(raw: object, kind: int) -> object:
+    """``raw`` as the element type ``kind`` (ValueType number), canonical; None if it is not
+    one: integers for INT64 (integral floats too), finite numbers for FLOAT64 (-0.0 is 0.0),
+    strings for STRING, booleans for BOOL."""
+    if isinstance(raw, bool):
+        return raw if kind == m.VALUE_TYPE_BOOL else None
+    if kind == m.VALUE_TYPE_INT64:
+        if isinstance(raw, int) and -(2**63) <= raw < 2**63:
+            return raw
+        if isinstance(raw, float) and raw.is_integer() and -(2.0**63) <= raw < 2.0**63:
+            return int(raw)
+        return None
+    if kind == m.VALUE_TYPE_FLOAT64:
+        if isinstance(raw, int) and abs(raw) < 2**1023:
+            return float(raw) + 0.0
+        if isinstance(raw, float) and math.isfinite(raw):
+            return raw + 0.0
+        return None
+    if kind == m.VALUE_TYPE_STRING:
+        return raw if isinstance(raw, str) else None
+    assert kind in ELEMENT_TYPES.values()
+    return None
 
 
 def _entity_key(raw: object, name: str) -> str:
