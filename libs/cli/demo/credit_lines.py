@@ -25,11 +25,10 @@ from collections.abc import Sequence
 
 import asyncpg
 import numpy as np
-import torch
-from torch import nn
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from libs.cli.demo.data import BAD_STATUSES
-from libs.decisioning.export import export_scorer
 from libs.decisioning.simulator import ACTIONS, CreditWorld, build_world
 
 VIEW = "loan_origination"
@@ -106,35 +105,40 @@ def best_value(world: CreditWorld) -> float:
 def legacy_onnx(world: CreditWorld) -> bytes:
     """The legacy scorecard as a policy's ``model.onnx``: each grade's expected reward per
     tier per $1,000 asked (decline for a grade it never saw), so the served greedy choice
-    among the eligible tiers is exactly the world's legacy one."""
+    among the eligible tiers is exactly the world's legacy one. A table lookup (two
+    ``Gather`` nodes) over the policy's inputs, ``numeric`` and ``categorical``."""
     spec = world.preprocessing
-    grade_column = next(i for i, c in enumerate(spec.categorical) if c.name == feature(LEGACY[0]))
+    grade = next(i for i, c in enumerate(spec.categorical) if c.name == feature(LEGACY[0]))
     amount = world.exposure[:, ACTION_NAMES.index("line_100")]
-    table = torch.full((spec.categorical[grade_column].cardinality, len(ACTIONS)), -1.0)
+    table = np.full((spec.categorical[grade].cardinality, len(ACTIONS)), -1.0, np.float32)
     table[:, 0] = 0.0
-    codes = world.categorical[:, grade_column]
+    codes = world.categorical[:, grade]
     for code in np.unique(codes):
         row = int(np.flatnonzero(codes == code)[0])
-        per_dollar = world.legacy_scores[row] / amount[row]
-        table[int(code)] = torch.as_tensor(per_dollar, dtype=torch.float32)
-    return export_scorer(
-        _Scorecard(table, grade_column),
-        world.numeric[:64],
-        world.categorical[:64],
-        output="scores",
-    ).onnx_bytes
-
-
-class _Scorecard(nn.Module):
-    """Scores by one categorical column alone: a table of scores per code."""
-
-    def __init__(self, table: torch.Tensor, column: int) -> None:
-        super().__init__()
-        self.register_buffer("table", table)
-        self.column = column
-
-    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-        return self.table[categorical[:, self.column]] + 0.0 * numeric[:, :1]  # type: ignore[index]
+        table[int(code)] = world.legacy_scores[row] / amount[row]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["categorical", "grade_column"], ["grade"], axis=1),
+            helper.make_node("Gather", ["table", "grade"], ["scores"], axis=0),
+        ],
+        "legacy_scorecard",
+        [
+            helper.make_tensor_value_info(
+                "numeric", TensorProto.FLOAT, ["batch", len(spec.numeric)]
+            ),
+            helper.make_tensor_value_info(
+                "categorical", TensorProto.INT64, ["batch", len(spec.categorical)]
+            ),
+        ],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", len(ACTIONS)])],
+        [
+            numpy_helper.from_array(np.array(grade, dtype=np.int64), "grade_column"),
+            numpy_helper.from_array(table, "table"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
 
 
 def rewards(world: CreditWorld, rows: np.ndarray, actions: np.ndarray, seed: int) -> np.ndarray:
