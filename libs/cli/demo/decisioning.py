@@ -62,6 +62,7 @@ _PATIENCE_S = 60.0
 
 async def decisioning(run: DemoRun) -> None:
     assert run.state is not None
+    clock = _Clock()
     name = f"credit-line-{run.run_id}"
     loans = run.loans[: run.options.decisions]
     conn = await asyncpg.connect(run.state.database_url)
@@ -109,6 +110,7 @@ async def decisioning(run: DemoRun) -> None:
     with run.progress("inference follows the policy's alias event", None) as bar:
         await wait_for_deployment(run, "production", v1, bar, model_name=name)
 
+    clock.lap("world_and_deploy")
     # 2. Decisions through Decide, logged with their propensities.
     started = datetime.now(UTC) - timedelta(seconds=1)
     decided = await _decide(
@@ -132,7 +134,9 @@ async def decisioning(run: DemoRun) -> None:
             f"{np.mean(chosen):.3f}" if chosen else "-",
         )
     run.console.print(table)
-    logged = await _wait_for(run, name, "inference logs the decisions", len(decided), _any)
+    # Every decision, where the platform logs them all (LATHE_INFERENCE_DECISION_LOG_SAMPLE_RATE).
+    sampled = [i for i, d in enumerate(decided) if d.logged]
+    logged = await _wait_for(run, name, "inference logs the decisions", len(sampled), _any)
     with_propensity = sum(
         1
         for d in logged.values()
@@ -143,24 +147,26 @@ async def decisioning(run: DemoRun) -> None:
         "propensity and whole distribution (plus the features, the policy's digest and salt)"
     )
 
+    clock.lap("decide_and_log")
     # 3. Rewards published as events, joined once.
     assert run.state is not None
-    published = rewards(world, np.arange(len(decided)) % len(loans), actions, seed=14)
-    ids = [d.decision_id for d in decided]
+    rows = np.arange(len(decided)) % len(loans)
+    published = rewards(world, rows[sampled], actions[sampled], seed=14)
+    ids = [decided[i].decision_id for i in sampled]
     await _publish_rewards(run, ids, published)
-    joined = await _wait_for(run, name, "inference joins the rewards", len(decided), _joined)
+    joined = await _wait_for(run, name, "inference joins the rewards", len(ids), _joined)
     refused = await _duplicates_refused(run, ids[:DUPLICATES])
     first_stands = all(
-        abs(joined[d.decision_id].reward - r) < 1e-9
-        for d, r in zip(decided[:DUPLICATES], published, strict=False)
+        abs(joined[i].reward - r) < 1e-9 for i, r in zip(ids[:DUPLICATES], published, strict=False)
     )
     run.console.print(
-        f"{len(decided):,} rewards published on {run.state.namespace}.ingest.outcomes, "
+        f"{len(ids):,} rewards published on {run.state.namespace}.ingest.outcomes, "
         f"{len(joined):,} joined; {DUPLICATES} published again with other values: "
         f"{refused} refused as duplicate, the first "
         + ("stands" if first_stands else "[red]was replaced[/red]")
     )
 
+    clock.lap("rewards")
     # 4. Learn from the logs: the better policy and a worse one, each evaluated and registered.
     window = LogWindow(started, None, DEFINITION, 1)
     policies = PolicyClient(run.c.trainer.stub, actor=ACTOR)
@@ -194,6 +200,7 @@ async def decisioning(run: DemoRun) -> None:
         f"{version.metrics['opl.logging_version']:.0f}"
     )
 
+    clock.lap("learn")
     # 5. The gate: the worse one refused, the learned one accepted; inference serves it.
     gain = {e.estimator: e for e in worse_evaluation.estimates}["dr_gain"]
     run.console.print(
@@ -230,8 +237,8 @@ async def decisioning(run: DemoRun) -> None:
     versions = sorted({d.model_version for d in served})
     learned_probabilities = np.array([[d.probabilities[a] for a in ACTION_NAMES] for d in served])
 
+    clock.lap("gate_and_serve")
     # 6. What only a simulator can say: the true values.
-    rows = np.arange(len(decided)) % len(loans)
     truth = {
         "logging": _true_value(world, rows, logging_probabilities),
         "learned": _true_value(world, np.arange(len(loans)), learned_probabilities),
@@ -260,6 +267,7 @@ async def decisioning(run: DemoRun) -> None:
         f"{truth['learned'] * 1000:+,.0f} $ vs {truth['logging'] * 1000:+,.0f} $ per decision "
         f"(best possible {truth['best'] * 1000:+,.0f} $)"
     )
+    clock.lap("true_values")
     run.report["decisioning"] = {
         "model": name,
         "loans": len(loans),
@@ -267,7 +275,7 @@ async def decisioning(run: DemoRun) -> None:
         "decisions_by_action": dict(counts),
         "logged": len(logged),
         "logged_with_propensity": with_propensity,
-        "rewards_published": len(decided),
+        "rewards_published": len(ids),
         "rewards_joined": len(joined),
         "duplicates_published": DUPLICATES,
         "duplicates_refused": refused,
@@ -283,7 +291,21 @@ async def decisioning(run: DemoRun) -> None:
         "gate": {"worse": worse_verdict, "learned": learned_verdict, "margin": GATE_MARGIN},
         "serving_versions": versions,
         "true_value": truth,
+        "seconds": clock.laps,
     }
+
+
+class _Clock:
+    """Seconds per phase of the step, for the report."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.laps[name] = round(now - self._last, 2)
+        self._last = now
 
 
 def _spec(name: str, epsilon: float, version: int) -> PolicySpec:
