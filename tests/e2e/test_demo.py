@@ -190,20 +190,25 @@ async def _the_policy_loop_held(env: dict[str, str], d: dict) -> None:
     assert d["decisions"] == d["logged"] == d["logged_with_propensity"] == decisions
     async with grpc.aio.insecure_channel(env["LATHE_INFERENCE_ADDR"]) as channel:
         inference = InferenceStub(channel)
-        page = await inference.ListDecisions(
-            irr.ListDecisionsRequest(
-                model_name=name,
-                reward_definition="expected_margin",
-                reward_definition_version=1,
-                page_size=10_000,
-            )
+        request = irr.ListDecisionsRequest(
+            model_name=name,
+            reward_definition="expected_margin",
+            reward_definition_version=1,
+            page_size=500,
         )
+        listed = []
+        while True:
+            page = await inference.ListDecisions(request)
+            listed.extend(page.decisions)
+            if not page.next_page_token:
+                break
+            request.page_token = page.next_page_token
         deployment = (
             await inference.GetDeployment(
                 irr.GetDeploymentRequest(model_name=name, alias="production")
             )
         ).deployment
-    made = [x for x in page.decisions if x.decision.decision_id.startswith("decide-")]
+    made = [x for x in listed if x.decision.decision_id.startswith("decide-")]
     assert len(made) == decisions
     for x in made:
         logged = x.decision

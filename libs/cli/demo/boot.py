@@ -71,10 +71,8 @@ async def boot(run: DemoRun) -> None:
     run.cleanups.append(nats_client.close)
     run.downstream = await Downstream.start(nats_client, run.state.namespace)
     run.cleanups.append(run.downstream.stop)
-    run.console.print(
-        "a downstream team subscribes to "
-        + " and ".join(f"[bold]{s}[/bold]" for s in run.downstream.subjects(run.state.namespace))
-    )
+    *others, last = [f"[bold]{s}[/bold]" for s in run.downstream.subjects(run.state.namespace)]
+    run.console.print(f"a downstream team subscribes to {', '.join(others)} and {last}")
 
 
 @contextmanager

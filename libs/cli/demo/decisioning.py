@@ -136,7 +136,17 @@ async def decisioning(run: DemoRun) -> None:
     run.console.print(table)
     # Every decision, where the platform logs them all (LATHE_INFERENCE_DECISION_LOG_SAMPLE_RATE).
     sampled = [i for i, d in enumerate(decided) if d.logged]
-    logged = await _wait_for(run, name, "inference logs the decisions", len(sampled), _any)
+    ids = [decided[i].decision_id for i in sampled]
+    wanted = set(ids)
+    downstream = run.downstream
+    assert downstream is not None
+    await _wait_until(
+        run,
+        "the downstream subscriber receives the decision logs",
+        len(ids),
+        lambda: sum(1 for r in downstream.predictions if r.message.decision_id in wanted),
+    )
+    logged = {k: d for k, d in (await _list_decisions(run, name)).items() if k in wanted}
     with_propensity = sum(
         1
         for d in logged.values()
@@ -152,17 +162,37 @@ async def decisioning(run: DemoRun) -> None:
     assert run.state is not None
     rows = np.arange(len(decided)) % len(loans)
     published = rewards(world, rows[sampled], actions[sampled], seed=14)
-    ids = [decided[i].decision_id for i in sampled]
+    again = set(ids[:DUPLICATES])
     await _publish_rewards(run, ids, published)
-    joined = await _wait_for(run, name, "inference joins the rewards", len(ids), _joined)
-    refused = await _duplicates_refused(run, ids[:DUPLICATES])
+    await _wait_until(
+        run,
+        "inference joins them (lathe.inference.reward.joined)",
+        len(ids) + len(again),
+        lambda: sum(
+            1
+            for r in downstream.rewards
+            if (r.event_type == "RewardJoined" and r.message.model_name == name)
+            or (r.message.decision_id in again and getattr(r.message, "reason", "") == "duplicate")
+        ),
+    )
+    refused = sum(
+        1
+        for r in downstream.rewards
+        if r.event_type == "RewardRefused" and r.message.decision_id in again
+    )
+    listed = await _list_decisions(run, name)
+    joined = {
+        k: d
+        for k, d in listed.items()
+        if k in wanted and d.reward_status == im.REWARD_STATUS_JOINED
+    }
     first_stands = all(
         abs(joined[i].reward - r) < 1e-9 for i, r in zip(ids[:DUPLICATES], published, strict=False)
     )
     run.console.print(
         f"{len(ids):,} rewards published on {run.state.namespace}.ingest.outcomes, "
-        f"{len(joined):,} joined; {DUPLICATES} published again with other values: "
-        f"{refused} refused as duplicate, the first "
+        f"{len(joined):,} joined (ListDecisions); {DUPLICATES} published again with other "
+        f"values: {refused} refused as duplicate (lathe.inference.reward.refused), the first "
         + ("stands" if first_stands else "[red]was replaced[/red]")
     )
 
@@ -378,36 +408,21 @@ async def _decide(
     return out
 
 
-def _any(decision: irr.LoggedDecision) -> bool:
-    return True
-
-
-def _joined(decision: irr.LoggedDecision) -> bool:
-    return decision.reward_status == im.REWARD_STATUS_JOINED
-
-
-async def _wait_for(
-    run: DemoRun,
-    name: str,
-    description: str,
-    expected: int,
-    counted: Callable[[irr.LoggedDecision], bool],
-) -> dict[str, irr.LoggedDecision]:
-    """Until ``expected`` of the policy's logged decisions are ``counted`` (ListDecisions,
-    with the demo's reward definition); those decisions by id."""
+async def _wait_until(
+    run: DemoRun, description: str, expected: int, count: Callable[[], int]
+) -> None:
+    """Until ``count()`` reaches ``expected`` (a live bar), or fail after _PATIENCE_S."""
     deadline = time.monotonic() + _PATIENCE_S
     with run.progress(description, expected) as bar:
-        while True:
-            found = {k: d for k, d in (await _list_decisions(run, name)).items() if counted(d)}
-            bar.update(len(found))
-            if len(found) >= expected:
-                return found
+        while (done := count()) < expected:
+            bar.update(done)
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"{description}: {len(found):,} of {expected:,} after {_PATIENCE_S:.0f}s; "
+                    f"{description}: {done:,} of {expected:,} after {_PATIENCE_S:.0f}s; "
                     "see `lathe logs inference`"
                 )
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.1)
+        bar.update(done)
 
 
 async def _list_decisions(run: DemoRun, name: str) -> dict[str, irr.LoggedDecision]:
@@ -461,27 +476,6 @@ async def _publish_rewards(run: DemoRun, ids: list[str], values: np.ndarray) -> 
                 bar.advance(len(chunk))
     finally:
         await nats_client.close()
-
-
-async def _duplicates_refused(run: DemoRun, ids: list[str]) -> int:
-    """How many outcomes for ``ids`` inference refused as duplicates (waits for all)."""
-    assert run.state is not None
-    deadline = time.monotonic() + _PATIENCE_S
-    conn = await asyncpg.connect(run.state.database_url)
-    try:
-        while True:
-            refused = int(
-                await conn.fetchval(
-                    "SELECT count(*) FROM inference.reward_refusals "
-                    "WHERE reason = 'duplicate' AND decision_id = ANY($1::text[])",
-                    ids,
-                )
-            )
-            if refused >= len(ids) or time.monotonic() > deadline:
-                return refused
-            await asyncio.sleep(0.2)
-    finally:
-        await conn.close()
 
 
 STEP = Step("Decisioning: a credit-line policy learned from its own logs", decisioning)

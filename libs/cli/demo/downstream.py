@@ -42,10 +42,13 @@ class Received:
 
 @dataclass
 class Downstream:
-    """Collects every registry event and prediction log published while it runs."""
+    """Collects every registry event, prediction (and decision) log and reward outcome
+    published while it runs."""
 
     registry: list[Received] = field(default_factory=list)
     predictions: list[Received] = field(default_factory=list)
+    rewards: list[Received] = field(default_factory=list)
+    """``RewardJoined`` and ``RewardRefused`` (outcomes on ``<ns>.ingest.outcomes``)."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _subscriptions: list[object] = field(default_factory=list)
 
@@ -58,6 +61,7 @@ class Downstream:
         for subject, sink in (
             (registry.all_subjects, downstream.registry),
             (inference.subject("prediction.logged"), downstream.predictions),
+            (inference.subject("reward.*"), downstream.rewards),
         ):
             subscription = await js.subscribe(
                 subject, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW
@@ -70,6 +74,7 @@ class Downstream:
         return [
             EventStreamNames(namespace, "model_registry").all_subjects,
             EventStreamNames(namespace, "inference").subject("prediction.logged"),
+            EventStreamNames(namespace, "inference").subject("reward.*"),
         ]
 
     async def stop(self) -> None:
