@@ -294,8 +294,8 @@ async def decisioning(run: DemoRun) -> None:
     verdict = "beats" if truth["learned"] > truth["logging"] else "[red]does not beat[/red]"
     run.console.print(
         f"the learned policy's true value {verdict} the logging policy's: "
-        f"{truth['learned'] * 1000:+,.0f} $ vs {truth['logging'] * 1000:+,.0f} $ per decision "
-        f"(best possible {truth['best'] * 1000:+,.0f} $)"
+        f"{_dollars(truth['learned'])} vs {_dollars(truth['logging'])} per decision "
+        f"(best possible {_dollars(truth['best'])})"
     )
     clock.lap("true_values")
     run.report["decisioning"] = {
@@ -336,6 +336,10 @@ class _Clock:
         now = time.monotonic()
         self.laps[name] = round(now - self._last, 2)
         self._last = now
+
+
+def _dollars(thousands: float) -> str:
+    return f"{'-' if thousands < 0 else ''}${abs(thousands) * 1000:,.0f}"
 
 
 def _spec(name: str, epsilon: float, version: int) -> PolicySpec:
