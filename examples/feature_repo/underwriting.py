@@ -10,9 +10,13 @@ loans (`public.lending_club_applications`):
 - ``loan_origination``: a batch view of what the application said at origination.
 - ``repayments``: a stream view of the repayment events published as JSON on
   ``lathe.ingest.payments`` (``{"loan_id": ..., "paid_at": ..., "amount": ...,
-  "days_late": ..., "shortfall": ...}``), aggregated over 30- and 90-day windows.
+  "days_late": ..., "shortfall": ...}``), aggregated over 30- and 90-day windows, and the
+  last 12 payments as a sequence (``LAST_N``: amount and days late, oldest first, with
+  their event times) for a sequence model.
 - ``affordability``: an on-demand view computed at read time, online and offline alike.
-- ``underwriting``: the feature service the models are trained on and served from.
+- ``underwriting``: the feature service the tabular models are trained on and served from.
+- ``underwriting_sequences``: the same plus the payment sequence, for the
+  ``sequence_transformer`` (tabular models cannot read lists).
 """
 
 from datetime import timedelta
@@ -73,6 +77,14 @@ repayments = FeatureView(
         Aggregation("shortfall", "sum", timedelta(days=90), "shortfall_90d"),
         Aggregation("days_late", "mean", timedelta(days=90), "days_late_mean_90d"),
         Aggregation("days_late", "max", timedelta(days=90), "days_late_max_90d"),
+        Aggregation(  # -> last_payments__amount, __days_late, __event_time (lists)
+            "",
+            "last_n",
+            timedelta(days=90),
+            "last_payments",
+            n=12,
+            columns={"amount": Float64, "days_late": Int64},
+        ),
     ],
     owner="underwriting-ml",
     description="How the loan has been repaid: windowed aggregates of repayment events",
@@ -91,9 +103,31 @@ def affordability(row):  # type: ignore[no-untyped-def]
     return {"payment_to_income": 12 * installment / income}
 
 
+REPAYMENT_SUMMARIES = [
+    "repayments:payments_90d",
+    "repayments:paid_30d",
+    "repayments:shortfall_90d",
+    "repayments:days_late_mean_90d",
+    "repayments:days_late_max_90d",
+]
+
 underwriting = FeatureService(
     "underwriting",
-    features=["loan_origination:*", "repayments:*", "affordability:*"],
+    features=["loan_origination:*", *REPAYMENT_SUMMARIES, "affordability:*"],
     owner="underwriting-ml",
     description="Origination facts, repayment behaviour and affordability",
+)
+
+underwriting_sequences = FeatureService(
+    "underwriting_sequences",
+    features=[
+        "loan_origination:*",
+        *REPAYMENT_SUMMARIES,
+        "repayments:last_payments__amount",
+        "repayments:last_payments__days_late",
+        "repayments:last_payments__event_time",
+        "affordability:*",
+    ],
+    owner="underwriting-ml",
+    description="The underwriting features plus each loan's last 12 payments, oldest first",
 )

@@ -4,7 +4,7 @@ Vectorised over a batch: ``scores`` is ``[rows, actions]`` in the spec's action 
 ``eligible`` a boolean mask of the same shape. Each row's probabilities are zero outside
 its eligible actions and sum to 1 over them (to float rounding, ~1e-16; the checks here
 allow 1e-9). The best action is the highest-scoring eligible one, ties going to the
-lowest column, as in ``services/inference/domain/policy.py``.
+lowest column (as the first inference policy did).
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ class PolicySpec:
     def from_tags(cls, name: str, tags: Mapping[str, str]) -> PolicySpec | None:
         """The first inference policy's tags (``policy.actions``, ``policy.epsilon``) as a spec.
 
-        Same distribution and propensities as ``services/inference/domain/policy.py``;
+        Same distribution and propensities as the first inference policy (since removed);
         the draw differs (one hash and the inverse CDF instead of two hashes).
         """
         actions = [a.strip() for a in tags.get("policy.actions", "").split(",") if a.strip()]

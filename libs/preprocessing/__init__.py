@@ -19,6 +19,7 @@ from libs.preprocessing.apply import (
     transform,
 )
 from libs.preprocessing.fit import SequenceColumns, fit
+from libs.preprocessing.sequences import epoch_seconds, seconds_from_micros
 from libs.preprocessing.spec import (
     FORMAT,
     FORMAT_VERSION,
@@ -43,7 +44,9 @@ __all__ = [
     "Preprocessor",
     "SequenceColumns",
     "SequenceFeature",
+    "epoch_seconds",
     "fit",
+    "seconds_from_micros",
     "sequence_inputs",
     "transform",
 ]

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 from scipy.special import ndtri
 
-from libs.preprocessing.sequences import newest_events
+from libs.preprocessing.sequences import epoch_seconds, event_ages, newest_events
 from libs.preprocessing.spec import NumericFeature, PreprocessingSpec, SequenceFeature
 
 _EDGE = 1e-4
@@ -112,8 +112,14 @@ class Preprocessor:
         )
         self._sequences = tuple((s, Preprocessor(s.fields)) for s in spec.sequences)
 
-    def apply(self, columns: Mapping[str, Column]) -> EncodedBatch:
-        """Encode ``columns`` (feature name -> values, None for missing) as the spec says."""
+    def apply(
+        self, columns: Mapping[str, Column], *, reference_times: Column | None = None
+    ) -> EncodedBatch:
+        """Encode ``columns`` (feature name -> values, None for missing) as the spec says.
+
+        ``reference_times`` (one per row: epoch seconds, or timestamps) is when each row
+        is scored — its label time offline, when its features were read online; needed
+        when a sequence reads its events' ages (``SequenceFeature.event_time``)."""
         spec = self.spec
         missing = [name for name in spec.feature_names if name not in columns]
         if missing:
@@ -126,18 +132,21 @@ class Preprocessor:
             numeric[:, j] = as_float64(columns[feature.name])
         categorical = [as_strings(columns[c.name]) for c in spec.categorical]
         sequences = [[columns[name] for name in s.feature_names] for s in spec.sequences]
-        return self.encode(numeric, categorical, sequences)
+        references = None if reference_times is None else epoch_seconds(reference_times)
+        return self.encode(numeric, categorical, sequences, references)
 
     def encode(
         self,
         numeric: np.ndarray,
         categorical: Sequence[Sequence[str | None]],
         sequences: Sequence[Sequence[Column]] = (),
+        reference_times: np.ndarray | None = None,
     ) -> EncodedBatch:
         """Encode rows given as arrays: ``numeric`` float64 [rows, numeric features] in the
         spec's order with NaN for missing (not modified), ``categorical`` one sequence of
         strings (None for missing) per categorical feature, ``sequences`` per sequence of
-        the spec one list column per field (``SequenceFeature.feature_names`` order)."""
+        the spec one list column per field (``SequenceFeature.feature_names`` order),
+        ``reference_times`` float64 epoch seconds per row (see ``apply``)."""
         rows = int(numeric.shape[0])
         if len(sequences) != len(self._sequences):
             raise ValueError(
@@ -162,16 +171,23 @@ class Preprocessor:
             # None and unseen values are both absent from the vocabulary: code 0.
             codes[:, j] = np.fromiter(map(index.get, categorical[j], repeat(0)), np.int64, rows)
         encoded = tuple(
-            _encode_sequence(seq, fields, rows, dict(zip(seq.feature_names, given, strict=True)))
+            _encode_sequence(
+                seq, fields, rows, dict(zip(seq.feature_names, given, strict=True)), reference_times
+            )
             for (seq, fields), given in zip(self._sequences, sequences, strict=True)
         )
         return EncodedBatch(out, codes, encoded)
 
 
 def _encode_sequence(
-    spec: SequenceFeature, fields: Preprocessor, rows: int, columns: Mapping[str, Column]
+    spec: SequenceFeature,
+    fields: Preprocessor,
+    rows: int,
+    columns: Mapping[str, Column],
+    reference_times: np.ndarray | None,
 ) -> EncodedSequence:
-    """The newest N events of each row, each event encoded like a row of scalar features."""
+    """The newest N events of each row, each event encoded like a row of scalar features
+    (its event time as its age at the row's reference time)."""
     events = newest_events(
         columns,
         spec.feature_names,
@@ -187,6 +203,8 @@ def _encode_sequence(
     numeric = np.empty((kept, len(spec.numeric)), dtype=np.float64)
     for j, feature in enumerate(spec.numeric):
         numeric[:, j] = _event_numbers(events.fields[feature.name], kept)
+        if feature.name == spec.event_time:
+            numeric[:, j] = event_ages(numeric[:, j], events.row, reference_times)
     categorical = [as_strings(events.fields[c.name]) for c in spec.categorical]
     step = fields.encode(numeric, categorical)
     n = spec.max_length
@@ -199,12 +217,18 @@ def _encode_sequence(
     return EncodedSequence(spec.name, values, codes, mask)
 
 
-def transform(spec: PreprocessingSpec, columns: Mapping[str, Column]) -> EncodedBatch:
-    """Encode ``columns`` (feature name -> values, None for missing) as ``spec`` says.
+def transform(
+    spec: PreprocessingSpec,
+    columns: Mapping[str, Column],
+    *,
+    reference_times: Column | None = None,
+) -> EncodedBatch:
+    """Encode ``columns`` (feature name -> values, None for missing) as ``spec`` says
+    (``reference_times``: see ``Preprocessor.apply``).
 
     Callers that encode many batches with one spec keep a ``Preprocessor`` instead.
     """
-    return Preprocessor(spec).apply(columns)
+    return Preprocessor(spec).apply(columns, reference_times=reference_times)
 
 
 def _event_numbers(values: pa.Array | list[object], count: int) -> np.ndarray:

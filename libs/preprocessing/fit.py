@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from libs.preprocessing.apply import Column, as_float64, as_strings
-from libs.preprocessing.sequences import is_text_list, newest_events
+from libs.preprocessing.sequences import epoch_seconds, event_ages, is_text_list, newest_events
 from libs.preprocessing.spec import (
     NORMALIZATIONS,
     PADDINGS,
@@ -43,6 +43,9 @@ class SequenceColumns:
     """N: how many of the newest events the model reads."""
     padding: str = "left"
     """``left`` (newest event in the last slot) or ``right``."""
+    event_time: str = ""
+    """The feature (one of ``features``) holding the events' times in epoch seconds (the
+    feature store's ``<name>__event_time``); the model reads their ages. "" for none."""
 
 
 def fit(
@@ -53,13 +56,16 @@ def fit(
     normalization: str = "quantile",
     extra: Mapping[str, Any] | None = None,
     sequences: Sequence[SequenceColumns] = (),
+    reference_times: Column | None = None,
 ) -> PreprocessingSpec:
     """Fit on ``columns`` (training rows only); ``categorical`` names the category features.
 
     Numeric features keep the order of ``features``, as do categorical ones. A string
     column is categorical whether or not it is named in ``categorical``. Features named
     by one of ``sequences`` are list columns fitted as that sequence's fields (also when
-    ``features`` lists them), in the order the sequence names them.
+    ``features`` lists them), in the order the sequence names them. A sequence's
+    ``event_time`` field is fitted on the events' ages at ``reference_times`` (each
+    training row's label time: epoch seconds or timestamps).
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
@@ -79,7 +85,10 @@ def fit(
             categorical_specs.append(_fit_categorical(name, as_strings(values)))
         else:
             numeric_specs.append(_fit_numeric(name, as_float64(values), normalization))
-    fitted = tuple(_fit_sequence(s, columns, normalization, categorical) for s in sequences)
+    references = None if reference_times is None else epoch_seconds(reference_times)
+    fitted = tuple(
+        _fit_sequence(s, columns, normalization, categorical, references) for s in sequences
+    )
     if sequences and not numeric_specs and not categorical_specs:
         rows = len(columns[sequences[0].features[0]])
     return PreprocessingSpec(
@@ -92,6 +101,7 @@ def _fit_sequence(
     columns: Mapping[str, Column],
     normalization: str,
     categorical: Sequence[str],
+    reference_times: np.ndarray | None,
 ) -> SequenceFeature:
     if not sequence.features:
         raise ValueError(f"sequence {sequence.name!r} names no features")
@@ -106,10 +116,20 @@ def _fit_sequence(
         padding=sequence.padding,
         sequence=sequence.name,
     )
+    if sequence.event_time and sequence.event_time not in sequence.features:
+        raise ValueError(
+            f"sequence {sequence.name!r}: event_time {sequence.event_time!r} is not one of its "
+            "features"
+        )
     numeric_specs, categorical_specs = [], []
     for name in sequence.features:
         values = events.fields[name]
-        if name in categorical or is_text_list(columns[name]):
+        if name == sequence.event_time:
+            if is_text_list(columns[name]):
+                raise ValueError(f"sequence {sequence.name!r}: event times {name!r} are text")
+            ages = event_ages(as_float64(values), events.row, reference_times)
+            numeric_specs.append(_fit_numeric(name, ages, normalization))
+        elif name in categorical or is_text_list(columns[name]):
             categorical_specs.append(_fit_categorical(name, as_strings(values)))
         else:
             numeric_specs.append(_fit_numeric(name, as_float64(values), normalization))
@@ -119,6 +139,7 @@ def _fit_sequence(
         sequence.padding,
         tuple(numeric_specs),
         tuple(categorical_specs),
+        sequence.event_time,
     )
 
 

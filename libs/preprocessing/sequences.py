@@ -146,3 +146,40 @@ def is_text_list(values: Column) -> bool:
     array = as_list_array(values, "?")
     value_type = array.type.value_type
     return pa.types.is_string(value_type) or pa.types.is_large_string(value_type)
+
+
+def epoch_seconds(values: Column) -> np.ndarray:
+    """Reference times as float64 epoch seconds, one per row: floats (already seconds),
+    pyarrow timestamps or numpy datetime64 (whole microseconds, divided by 1e6 exactly as
+    ``seconds_from_micros`` does, so a label time offline and a read time online that are
+    the same microsecond give the same bits)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks else pa.array([], pa.float64())
+    if isinstance(values, pa.Array):
+        if pa.types.is_timestamp(values.type):
+            micros = values.cast(pa.timestamp("us", tz=values.type.tz)).cast(pa.int64())
+            return seconds_from_micros(micros.to_numpy(zero_copy_only=False))
+        return np.asarray(values.cast(pa.float64()).to_numpy(zero_copy_only=False), np.float64)
+    array = np.asarray(values)
+    if array.dtype.kind == "M":
+        return seconds_from_micros(array.astype("datetime64[us]").astype(np.int64))
+    return array.astype(np.float64)
+
+
+def seconds_from_micros(micros: np.ndarray | int) -> np.ndarray:
+    """Whole epoch microseconds as float64 epoch seconds (the one conversion used)."""
+    return np.asarray(micros, dtype=np.int64).astype(np.float64) / 1e6
+
+
+def event_ages(
+    times: np.ndarray, row: np.ndarray, reference_times: np.ndarray | None
+) -> np.ndarray:
+    """Each kept event's age in seconds: its row's reference time minus its event time
+    (NaN stays NaN). ``reference_times`` is float64 epoch seconds per row (label time
+    offline, the time the features were read online)."""
+    if reference_times is None:
+        raise ValueError(
+            "this preprocessing reads the events' ages: pass reference_times (each row's "
+            "label time offline, the time its features were read online)"
+        )
+    return np.asarray(reference_times, dtype=np.float64)[row] - times

@@ -5,7 +5,11 @@ and its normalisation) and each categorical feature (its vocabulary; index 0 sta
 missing or unseen values). Version 2 adds ``sequences``: an entity's ordered recent
 events (several list features of equal length per row, oldest first), each with its
 maximum length N, its padding side and per-field numeric/categorical specs of the same
-shape as version 1's (ADR 0026). A spec without sequences is still written as version 1,
+shape as version 1's (ADR 0026). Version 3 adds a sequence's ``event_time``: the field
+holding its events' times (the feature store's ``<name>__event_time``, epoch seconds),
+which the model reads as the events' *ages* at the row's reference time (label time
+offline, the time the features were read online). A spec is written at the lowest
+version that holds it; a spec without sequences is still written as version 1,
 byte for byte as before, so existing digests and older readers are unaffected; this
 reader reads both. Readers refuse a format or version they do not know rather than guess.
 """
@@ -17,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FORMAT = "lathe.preprocessing"
-FORMAT_VERSION = 2
-"""The newest version this code reads and writes (it writes 1 when a spec has no sequences)."""
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+"""The newest version this code reads and writes (it writes the lowest that holds a spec)."""
+READABLE_VERSIONS = (1, 2, 3)
 NORMALIZATIONS = ("quantile", "standard")
 PADDINGS = ("left", "right")
 
@@ -77,6 +81,10 @@ class SequenceFeature:
     training split's kept events; in the order of ``values``' last axis."""
     categorical: tuple[CategoricalFeature, ...]
     """Per-event categories (list<string> features); in the order of ``codes``' last axis."""
+    event_time: str = ""
+    """The numeric field holding the events' times (epoch seconds; "" for none): the model
+    reads ``reference time - event time``, the event's age in seconds, and that field's
+    fill and normalisation were fitted on ages (version 3)."""
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -116,7 +124,14 @@ class PreprocessingSpec:
     @property
     def version(self) -> int:
         """The lowest format version that can hold this spec (what ``to_json`` writes)."""
+        if any(s.event_time for s in self.sequences):
+            return 3
         return 2 if self.sequences else 1
+
+    @property
+    def reads_event_ages(self) -> bool:
+        """Whether encoding needs each row's reference time (a sequence has an event time)."""
+        return any(s.event_time for s in self.sequences)
 
     def to_json(self) -> bytes:
         """Canonical JSON (sorted keys): equal specs give equal bytes, hence equal digests."""
@@ -135,16 +150,7 @@ class PreprocessingSpec:
         }
         if self.sequences:
             inputs["sequences"] = {s.name: list(s.feature_names) for s in self.sequences}
-            document["sequences"] = [
-                {
-                    "name": s.name,
-                    "max_length": s.max_length,
-                    "padding": s.padding,
-                    "numeric": [_numeric_json(f) for f in s.numeric],
-                    "categorical": [_categorical_json(f) for f in s.categorical],
-                }
-                for s in self.sequences
-            ]
+            document["sequences"] = [_sequence_json(s) for s in self.sequences]
         return json.dumps(document, sort_keys=True, indent=1).encode()
 
     @classmethod
@@ -165,6 +171,19 @@ class PreprocessingSpec:
             dict(document["extra"]),
             sequences,
         )
+
+
+def _sequence_json(s: SequenceFeature) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "name": s.name,
+        "max_length": s.max_length,
+        "padding": s.padding,
+        "numeric": [_numeric_json(f) for f in s.numeric],
+        "categorical": [_categorical_json(f) for f in s.categorical],
+    }
+    if s.event_time:  # version 3 only: earlier documents stay byte for byte the same
+        item["event_time"] = s.event_time
+    return item
 
 
 def _numeric_json(f: NumericFeature) -> dict[str, Any]:
@@ -213,7 +232,13 @@ def _sequence_from(item: dict[str, Any]) -> SequenceFeature:
         padding=item["padding"],
         numeric=_numeric_from(item["numeric"]),
         categorical=_categorical_from(item["categorical"]),
+        event_time=str(item.get("event_time", "")),
     )
+    if sequence.event_time and sequence.event_time not in (f.name for f in sequence.numeric):
+        raise ValueError(
+            f"sequence {sequence.name}: event_time {sequence.event_time!r} is not one of its "
+            "numeric fields"
+        )
     if sequence.padding not in PADDINGS:
         raise ValueError(f"sequence {sequence.name}: unknown padding {sequence.padding!r}")
     if sequence.max_length < 1:

@@ -87,6 +87,9 @@ class Predictions:
     """One per request row, in order."""
     trace_id: str
     """The request's trace, for ``lathe trace``."""
+    features_read_at: datetime | None = None
+    """When the features were read: the rows' reference time (a sequence model's event
+    ages are taken at it); score offline at this label time to get the same scores."""
 
 
 @dataclass(frozen=True)
@@ -325,7 +328,12 @@ def _predictions(response: rr.PredictResponse) -> Predictions:
                 propensity=p.propensity,
             )
         )
-    return Predictions(rows, response.trace_id)
+    read_at = (
+        response.features_read_at.ToDatetime(tzinfo=UTC)
+        if response.HasField("features_read_at")
+        else None
+    )
+    return Predictions(rows, response.trace_id, read_at)
 
 
 def _deployment(d: m.Deployment) -> DeploymentInfo:

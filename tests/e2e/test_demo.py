@@ -319,6 +319,20 @@ def test_the_example_job_specs_parse(name: str) -> None:
     assert spec.split.HasField("validation_start")
 
 
+def test_the_sequence_job_spec_reads_the_repositorys_last_n_sequence() -> None:
+    from libs.sdk.features import load_repository
+
+    spec = load_spec(EXAMPLES / "jobs" / "underwriting_sequence_transformer.yaml")
+    assert spec.model.family == "sequence_transformer"
+    repository = load_repository(EXAMPLES / "feature_repo" / "underwriting.py")
+    services = {s.name: s for s in repository.feature_services}
+    served = services[spec.feature_service].features
+    (sequence,) = spec.model.sequences
+    assert all(feature in served for feature in sequence.features)
+    assert "repayments:last_payments__event_time" in served  # read as ages, not named
+    assert not any("last_payments" in f for f in services["underwriting"].features)
+
+
 def test_the_traced_decision_is_logged_at_any_sample_rate_down_to_a_tenth_of_a_percent() -> None:
     from libs.cli.demo.tracing import logged_decision_id
     from services.inference.domain.routing import sampled

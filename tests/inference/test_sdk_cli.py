@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import grpc
 import pytest
@@ -65,6 +66,8 @@ async def test_the_sdk_scores_rows_and_shows_deployments(
         assert set(first.feature_event_times) == set(credit.features)
         assert first.feature_event_times[credit.features[0]] is not None
         assert result.trace_id
+        assert result.features_read_at is not None  # the rows' reference time
+        assert abs((datetime.now(UTC) - result.features_read_at).total_seconds()) < 60
         listed = await client.list_deployments(name)
         assert listed.ready and [d.alias for d in listed.deployments] == ["production"]
         deployment = await client.get_deployment(name)

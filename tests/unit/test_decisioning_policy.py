@@ -9,7 +9,6 @@ import pytest
 from libs.decisioning.distribution import check_distribution, distribution, eligible_mask
 from libs.decisioning.draw import draw, pick, unit_hash, unit_hashes
 from libs.decisioning.spec import Action, Band, EpsilonGreedy, PolicySpec, PolicySpecError, Softmax
-from services.inference.domain.policy import Policy, choose
 
 ACTIONS = tuple(Action(a) for a in ("decline", "small", "medium", "large"))
 EXPLORATIONS = [
@@ -56,16 +55,19 @@ def test_distributions_sum_to_one_over_eligible_actions_only(
     assert (p[np.arange(len(p)), best][:, None] >= p - 1e-15).all()
 
 
-def test_epsilon_greedy_matches_the_first_inference_policys_propensities() -> None:
+def test_policies_tagged_the_first_way_keep_their_exact_propensities() -> None:
+    # Versions registered with tags (policy.actions, policy.epsilon) before policy.json:
+    # the best eligible action gets 1 - eps + eps/k, every other eligible one eps/k.
     spec = PolicySpec.from_tags("offers", {"policy.actions": "a,b,c,d", "policy.epsilon": "0.2"})
-    assert spec is not None
-    legacy = Policy(("a", "b", "c", "d"), 0.2)
+    assert spec is not None and PolicySpec.from_tags("offers", {}) is None
     scores, eligible = _batch(300, seed=3)
     p = distribution(spec, scores, eligible)
     for i in range(len(scores)):
-        names = [n for n, ok in zip(spec.action_names, eligible[i], strict=True) if ok]
-        choice = choose(legacy, scores[i], names, f"d{i}")
-        assert p[i, spec.index(choice.action)] == pytest.approx(choice.propensity, abs=1e-12)
+        k = int(eligible[i].sum())
+        best = int(np.argmax(np.where(eligible[i], scores[i], -np.inf)))
+        expected = np.where(eligible[i], 0.2 / k, 0.0)
+        expected[best] += 0.8
+        assert p[i].tolist() == pytest.approx(expected.tolist(), abs=1e-12)
 
 
 def test_a_band_explores_inside_it_and_exploits_outside() -> None:

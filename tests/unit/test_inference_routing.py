@@ -1,17 +1,13 @@
-"""Canary hashing, log sampling, the deployment state machine and policy propensities."""
+"""Canary hashing, log sampling and the deployment state machine."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import numpy as np
-import pytest
-
 from lathe.feature_store.v1 import message_pb2 as fs
 from lathe.inference.v1 import events_pb2 as ev
 from lathe.inference.v1 import message_pb2 as m
 from services.inference.domain import deployment as d
-from services.inference.domain.policy import Policy, choose
 from services.inference.domain.routing import canary_bucket, goes_to_canary, sampled
 
 
@@ -89,21 +85,3 @@ def test_outcomes_count_only_for_the_current_request() -> None:
     late = ev.DeploymentFailed(model_name="credit", alias="production", version=4, stage="verify")
     after = _fold(moved, d.decide_outcome(moved, moved.request_revision, late))
     assert after.state == m.DEPLOYMENT_STATE_FAILED and after.serving_version == 3
-
-
-def test_policy_propensities_are_exact() -> None:
-    policy = Policy(("approve", "review", "decline"), epsilon=0.3)
-    scores = np.array([0.2, 0.9, 0.1])
-    chosen = [choose(policy, scores, (), f"d{i}") for i in range(6000)]
-    best = [c for c in chosen if c.action == "review"]
-    assert best[0].propensity == pytest.approx(0.7 + 0.1)
-    others = [c for c in chosen if c.action != "review"]
-    assert others[0].propensity == pytest.approx(0.1)
-    assert abs(len(best) / len(chosen) - 0.8) < 0.03
-    limited = choose(policy, scores, ("approve", "decline"), "x")
-    assert limited.action in ("approve", "decline")
-    assert choose(Policy(("a", "b")), np.array([0.1, 0.2]), (), "y").propensity == 1.0
-    assert Policy.from_tags({"policy.actions": "a, b", "policy.epsilon": "0.1"}) == Policy(
-        ("a", "b"), 0.1
-    )
-    assert Policy.from_tags({}) is None

@@ -5,14 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from google.protobuf import json_format
 
 from lathe.trainer.v1 import message_pb2
-from libs.errors import InvalidArgument
+from libs.errors import FailedPrecondition, InvalidArgument
 from libs.preprocessing import SequenceColumns
 from libs.sdk.trainer import load_spec
 from services.trainer.api.validate import job_spec
+from services.trainer.app.data import sequence_columns
 
 PAYMENTS = {"name": "payments", "features": ["pay:amount", "pay:days_late"], "maxLength": 20}
 
@@ -125,3 +127,37 @@ optimization: {epochs: 5}
             "payments", ("payments:amount", "payments:days_late", "payments:kind"), 20, "left"
         ),
     )
+
+
+def _schema(*lists: str, times: str = "list<double>") -> pa.Schema:
+    types = {"list<double>": pa.list_(pa.float64()), "double": pa.float64()}
+    return pa.schema(
+        [("app:rate", pa.float64())]
+        + [
+            (n, types[times] if n.endswith("__event_time") else pa.list_(pa.float64()))
+            for n in lists
+        ]
+    )
+
+
+def test_the_event_times_of_the_named_columns_join_their_sequence() -> None:
+    model = parse(
+        {
+            "family": "sequence_transformer",
+            "sequences": [{**PAYMENTS, "features": ["pay:recent__amount", "pay:recent__late"]}],
+        }
+    ).model
+    lists = ("pay:recent__amount", "pay:recent__late", "pay:recent__event_time")
+    (sequence,) = sequence_columns(model, _schema(*lists))
+    assert sequence.features == lists and sequence.event_time == "pay:recent__event_time"
+    # Named explicitly, it is the sequence's time too (read as ages, never epoch seconds).
+    model.sequences[0].features.append("pay:recent__event_time")
+    (named,) = sequence_columns(model, _schema(*lists))
+    assert named.features == lists and named.event_time == "pay:recent__event_time"
+    # A LAST_N over one column has no event times: nothing is added.
+    model.sequences[0].features[:] = ["pay:amounts"]
+    (single,) = sequence_columns(model, _schema("pay:amounts"))
+    assert single.features == ("pay:amounts",) and single.event_time == ""
+    # Another aggregation's event times are not this sequence's: left unnamed, refused.
+    with pytest.raises(FailedPrecondition, match="pay:other__event_time"):
+        sequence_columns(model, _schema("pay:amounts", "pay:other__event_time"))

@@ -3,10 +3,8 @@
 To add a step, write a module with ``STEP = Step(title, run)`` and put it in ``STEPS``;
 what earlier steps made is on ``DemoRun`` (the loans, the labels, the trained versions
 by role, the clients), and what the summary should show goes into ``run.report``.
-One step is foreseen:
-- sequences: a ``LAST_N`` view over the ``payments`` source goes into
-  ``examples/feature_repo/underwriting.py`` (applied and fed by the steps here already)
-  and a sequence model is one more ``JobPlan`` in ``training.JOBS``.
+Another model is one more ``JobPlan`` in ``training.JOBS`` (as the sequence model is),
+not a step.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 (WatchTrainingJob), and registers exactly one version per job with its lineage.
 
 ``JOBS`` lists what a run trains, by role: the FT-Transformer ``champion`` goes to
-production, the MLP ``challenger`` becomes the canary. Another model (e.g. a sequence
-model over ``LAST_N`` features) is one more ``JobPlan`` here, with its spec file under
-``examples/jobs/``; later steps find it in ``DemoRun.trained`` by its role.
+production, the MLP ``challenger`` becomes the canary, the ``sequence`` model (a
+sequence transformer over each loan's last payments, the feature store's ``LAST_N``) is
+trained and registered beside them. Another model is one more ``JobPlan`` here, with its
+spec file under ``examples/jobs/``; later steps find it in ``DemoRun.trained`` by its role.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class JobPlan:
 JOBS: tuple[JobPlan, ...] = (
     JobPlan("champion", "underwriting_ft_transformer.yaml"),
     JobPlan("challenger", "underwriting_mlp.yaml"),
+    JobPlan("sequence", "underwriting_sequence_transformer.yaml"),
 )
 
 POLICY = reg.PromotionPolicy(

@@ -137,6 +137,8 @@ def _response(result: PredictResult, trace_id: str) -> rr.PredictResponse:
     response = rr.PredictResponse(
         output_names=result.output_names, feature_names=result.feature_names, trace_id=trace_id
     )
+    if result.read_at_us:
+        response.features_read_at.FromMicroseconds(result.read_at_us)
     slots = result.feature_slots
     add = response.predictions.add
     chosen, propensities = result.chosen_actions, result.propensities

@@ -31,7 +31,7 @@ from services.inference.app.model import (
     VersionFiles,
     flatten_outputs,
 )
-from services.inference.domain.fixed_rows import representative_columns
+from services.inference.domain.fixed_rows import reference_times, representative_columns
 from services.inference.domain.parity import ParityResult, compare, tolerance
 from services.inference.domain.policies import ServedPolicy, decide, locate
 from services.inference.runtimes.base import ONNXRUNTIME_CPU, RuntimeUnavailable
@@ -130,7 +130,10 @@ def build(
     except Exception as exc:  # an ONNX Runtime refusal: the graph does not load
         raise LoadFailure("load", f"{MODEL_FILE} does not load in ONNX Runtime: {exc}") from None
     probe = LoadedModel(files, reference, ())
-    rows = probe.rows_from_columns(representative_columns(files.preprocessing, PARITY_ROWS))
+    rows = probe.rows_from_columns(
+        representative_columns(files.preprocessing, PARITY_ROWS),
+        reference_times(files.preprocessing, PARITY_ROWS),
+    )
     expected = reference.run(probe.feeds(rows))
     expected_single = [
         reference.run(probe.feeds(rows.slice(i, i + 1))) for i in range(SINGLE_ROW_CHECKS)

@@ -2,7 +2,9 @@
 
 Rows reach it as ``RawRows`` (numbers as float64 with NaN for missing, categories as
 strings or None, sequence features as one list per row, oldest event first, None for no
-events), built per request from the feature store's reply. A batch concatenates
+events) and each row's reference time (when its features were read: a sequence model
+reads its events' ages at it), built per request from the feature store's reply. A
+batch concatenates
 the requests' rows, encodes them once with the version's ``Preprocessor`` (compiled from
 ``preprocessing.json`` at load by ``libs.preprocessing``, the trainer's own
 implementation) and runs the runtime once; each request gets its rows of the outputs
@@ -18,7 +20,13 @@ import numpy as np
 
 from lathe.feature_store.v1 import message_pb2 as fs
 from libs.errors import FailedPrecondition
-from libs.preprocessing import CATEGORICAL_INPUT, NUMERIC_INPUT, PreprocessingSpec, Preprocessor
+from libs.preprocessing import (
+    CATEGORICAL_INPUT,
+    NUMERIC_INPUT,
+    PreprocessingSpec,
+    Preprocessor,
+    seconds_from_micros,
+)
 from services.inference.batching import CostModel
 from services.inference.domain.policies import ServedPolicy
 from services.inference.runtimes.base import Runtime
@@ -54,6 +62,9 @@ class RawRows:
     sequences: tuple[tuple[list[object], ...], ...] = ()
     """Per sequence of the spec, per field (``SequenceFeature.feature_names`` order), one
     value per row: a list of the row's events (oldest first) or None (no events)."""
+    reference_times: np.ndarray | None = None
+    """float64 [rows] epoch seconds: when each row's features were read (the reference
+    time of its events' ages); None when the model reads no ages."""
 
     @property
     def rows(self) -> int:
@@ -64,6 +75,7 @@ class RawRows:
             self.numeric[start:stop],
             tuple(c[start:stop] for c in self.categorical),
             tuple(tuple(f[start:stop] for f in s) for s in self.sequences),
+            None if self.reference_times is None else self.reference_times[start:stop],
         )
 
 
@@ -109,9 +121,13 @@ class LoadedModel:
     # -- rows in ---------------------------------------------------------------------------
 
     def rows_from_reply(
-        self, feature_names: Sequence[str], vectors: Sequence[fs.FeatureVector]
+        self,
+        feature_names: Sequence[str],
+        vectors: Sequence[fs.FeatureVector],
+        read_at_us: int = 0,
     ) -> RawRows:
-        """This model's features of ``vectors`` (a GetOnlineFeatures reply's rows)."""
+        """This model's features of ``vectors`` (a GetOnlineFeatures reply's rows), read at
+        ``read_at_us`` (epoch microseconds: the rows' reference time)."""
         numeric_at, categorical_at, sequence_at = self._slots_for(tuple(feature_names))
         values: list[float] = []
         add = values.append
@@ -136,7 +152,17 @@ class LoadedModel:
             tuple([self._events(vector.values[at], at) for vector in vectors] for at in fields)
             for fields in sequence_at
         )
-        return RawRows(numeric, categorical, sequences)
+        return RawRows(numeric, categorical, sequences, self._references(read_at_us, len(vectors)))
+
+    def _references(self, read_at_us: int, rows: int) -> np.ndarray | None:
+        if not self.files.preprocessing.reads_event_ages:
+            return None
+        if read_at_us <= 0:
+            raise FailedPrecondition(
+                f"{self.files.model_name} v{self.version} reads its events' ages and needs the "
+                "time its features were read"
+            )
+        return np.full(rows, seconds_from_micros(read_at_us), dtype=np.float64)
 
     def _events(self, value: fs.Value, at: int) -> list[object] | None:
         """A sequence feature's events from the online reply (a list value: the feature
@@ -162,8 +188,13 @@ class LoadedModel:
             f"{self.files.model_name} v{self.version} was trained on it as a number"
         )
 
-    def rows_from_columns(self, columns: Mapping[str, Sequence[object]]) -> RawRows:
-        """Rows from plain columns (feature name -> values, None for missing)."""
+    def rows_from_columns(
+        self,
+        columns: Mapping[str, Sequence[object]],
+        reference_times: np.ndarray | None = None,
+    ) -> RawRows:
+        """Rows from plain columns (feature name -> values, None for missing), with each
+        row's reference time (float64 epoch seconds) when the model reads event ages."""
         spec = self.files.preprocessing
         rows = len(next(iter(columns.values()))) if columns else 0
         numeric = np.full((rows, len(spec.numeric)), np.nan, dtype=np.float64)
@@ -177,7 +208,8 @@ class LoadedModel:
         sequences = tuple(
             tuple(list(columns[name]) for name in s.feature_names) for s in spec.sequences
         )
-        return RawRows(numeric, categorical, sequences)
+        references = None if reference_times is None else np.asarray(reference_times, np.float64)
+        return RawRows(numeric, categorical, sequences, references)
 
     def _slots_for(self, names: tuple[str, ...]) -> tuple[list[int], list[int], list[list[int]]]:
         known = self._slots.get(names)
@@ -218,7 +250,9 @@ class LoadedModel:
 
     def feeds(self, rows: RawRows) -> dict[str, np.ndarray]:
         """The graph's inputs, by name (``numeric``, ``categorical``, ``<seq>.values`` ...)."""
-        arrays = self.preprocessor.encode(rows.numeric, rows.categorical, rows.sequences).arrays()
+        arrays = self.preprocessor.encode(
+            rows.numeric, rows.categorical, rows.sequences, rows.reference_times
+        ).arrays()
         return {name: arrays[name] for name in self.runtime.input_names}
 
 
@@ -236,7 +270,11 @@ def _concat(parts: Sequence[RawRows]) -> RawRows:
         tuple([v for p in parts for v in p.sequences[i][j]] for j in range(len(fields)))
         for i, fields in enumerate(parts[0].sequences)
     )
-    return RawRows(numeric, categorical, sequences)
+    references = [p.reference_times for p in parts]
+    reference_times = (
+        None if any(r is None for r in references) else np.concatenate(references)  # type: ignore[arg-type]
+    )
+    return RawRows(numeric, categorical, sequences, reference_times)
 
 
 _NAN = float("nan")

@@ -113,6 +113,8 @@ class PredictResult:
     sample_rate: float
     """The share of decisions logged when this call was served."""
     logged: frozenset[int] = frozenset()
+    read_at_us: int = 0
+    """When the features were read (epoch microseconds): the rows' reference time."""
     """The rows whose decision is logged."""
 
     @property
@@ -244,6 +246,7 @@ class Predictor:
             names,
             rate,
             frozenset(logged),
+            features.read_at_us,
         )
         if logged:
             now = datetime.now(UTC)
@@ -350,7 +353,7 @@ class Predictor:
         vectors = features.vectors
         if not isinstance(arm.rows, range):
             vectors = [vectors[i] for i in arm.rows]
-        rows = arm.model.rows_from_reply(features.names, vectors)
+        rows = arm.model.rows_from_reply(features.names, vectors, features.read_at_us)
         self._arrived(arm)
         return await self._batcher.submit(arm.model, rows, len(vectors), deadline)
 
@@ -410,7 +413,7 @@ class Predictor:
         async def score_and_log() -> None:
             try:
                 vectors = [features.vectors[i] for i in logged]
-                rows = shadow.rows_from_reply(features.names, vectors)
+                rows = shadow.rows_from_reply(features.names, vectors, features.read_at_us)
                 scores = await self._batcher.submit(shadow.shadow_target, rows, len(vectors), None)
             except Exception as exc:  # a shadow never fails a request; it only logs
                 _log.debug("shadow scoring skipped: %s", exc)
@@ -482,6 +485,8 @@ def _log_message(
         message.policy_salt = policy.spec.salt
         message.exploration_json = policy.exploration_json
     message.predict_time.FromDatetime(now)
+    if result.read_at_us:
+        message.features_read_at.FromMicroseconds(result.read_at_us)
     return message
 
 

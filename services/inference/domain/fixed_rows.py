@@ -7,7 +7,8 @@ every eighth row, and each categorical feature cycles through its vocabulary, a 
 value and one it never saw. Rows are deterministic; features are offset from one another
 so rows are not all "low" or all "high" at once. Sequence features get histories of every
 length from none (None, and []) to a few past N (so truncation is exercised), with their
-fields' values walked the same way.
+fields' values walked the same way; a sequence's event times are the fixed reference time
+(``REFERENCE_TIME``) minus ages walked through the fitted ages' quantiles.
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ from libs.preprocessing import PreprocessingSpec
 from libs.preprocessing.spec import CategoricalFeature, NumericFeature
 
 UNSEEN = "\x00lathe-unseen"
+REFERENCE_TIME = 1_800_000_000.0
+"""The rows' reference time (epoch seconds, 2027-01-15) when a model reads event ages."""
+
+
+def reference_times(spec: PreprocessingSpec, rows: int = 64) -> np.ndarray | None:
+    """Each representative row's reference time; None when the model reads no ages."""
+    return np.full(rows, REFERENCE_TIME) if spec.reads_event_ages else None
 
 
 def representative_columns(spec: PreprocessingSpec, rows: int = 64) -> dict[str, list[object]]:
@@ -34,6 +42,11 @@ def representative_columns(spec: PreprocessingSpec, rows: int = 64) -> dict[str,
                 None if _no_list(i) else [_number(feature, j, i * 3 + e, 11) for e in range(n)]
                 for i, n in enumerate(lengths)
             ]
+            if feature.name == sequence.event_time:  # ages -> event times at the reference
+                columns[feature.name] = [
+                    None if v is None else [None if a is None else REFERENCE_TIME - a for a in v]
+                    for v in columns[feature.name]
+                ]
         for j, cat in enumerate(sequence.categorical):
             columns[cat.name] = [
                 None if _no_list(i) else [_category(cat, j, i + e) for e in range(n)]

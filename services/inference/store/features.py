@@ -82,6 +82,8 @@ class FeatureRows:
     names: tuple[str, ...]
     """``view:feature`` of every value in a vector."""
     vectors: Sequence[fs.FeatureVector]
+    read_at_us: int = 0
+    """When the call was sent (epoch microseconds): the rows' reference time."""
 
 
 @dataclass(eq=False)
@@ -198,7 +200,9 @@ class OnlineFeatures:
             for w in live:
                 end = start + w.query.rows
                 if not w.future.done():
-                    w.future.set_result(FeatureRows(rows.names, rows.vectors[start:end]))
+                    w.future.set_result(
+                        FeatureRows(rows.names, rows.vectors[start:end], rows.read_at_us)
+                    )
                 start = end
         except Exception as exc:  # every waiter hears what happened to its call
             for w in group.waiting:
@@ -239,6 +243,7 @@ class OnlineFeatures:
         else:
             request.feature_list.features.extend(first.features)
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        read_at_us = time.time_ns() // 1000
         self.stats.calls += 1
         if len(queries) > 1:
             self.stats.shared_calls += 1
@@ -251,7 +256,7 @@ class OnlineFeatures:
                 span.set_attribute("lathe.rows", sum(q.rows for q in queries))
                 span.set_attribute("lathe.requests", len(queries))
                 reply = await self._send(request, timeout)
-        return FeatureRows(tuple(reply.feature_names), reply.results)
+        return FeatureRows(tuple(reply.feature_names), reply.results, read_at_us)
 
     async def _send(
         self, request: fsr.GetOnlineFeaturesRequest, timeout_s: float | None

@@ -24,7 +24,11 @@ from services.trainer.app.ports import Catalog, Features
 from services.trainer.app.submit import _ipc
 from services.trainer.domain.job import Job
 from services.trainer.store.blobs import BlobStore
-from services.trainer.training_columns import LABEL, SPLIT
+from services.trainer.store.labels import EVENT_TIME
+from services.trainer.training_columns import LABEL, LABEL_TIME, SPLIT
+
+EVENT_TIME_SUFFIX = "__event_time"
+"""The feature store's companion list of a multi-column LAST_N: the events' epoch seconds."""
 
 
 async def prepare(
@@ -42,8 +46,10 @@ async def prepare(
             f"{labels.num_rows} labels"
         )
     table = training.table.select(list(training.feature_names))
-    table = table.append_column(LABEL, labels.column(LABEL)).append_column(
-        SPLIT, labels.column(SPLIT)
+    table = (
+        table.append_column(LABEL, labels.column(LABEL))
+        .append_column(SPLIT, labels.column(SPLIT))
+        .append_column(LABEL_TIME, labels.column(EVENT_TIME))
     )
     train = table.filter(pc.equal(table.column(SPLIT), 0))
     sequences = sequence_columns(job.spec.model, table.schema)
@@ -54,6 +60,7 @@ async def prepare(
         normalization=job.spec.model.normalization,
         extra={"dataset_snapshot_id": training.snapshot_id, "job_id": job.job_id},
         sequences=sequences,
+        reference_times=train.column(LABEL_TIME),
     )
     dataset_sha = await asyncio.to_thread(blobs.put_bytes, _ipc(table))
     preprocessing_sha = await asyncio.to_thread(blobs.put_bytes, spec.to_json())
@@ -73,15 +80,21 @@ async def prepare(
 
 def sequence_columns(model: message_pb2.ModelSpec, schema: pa.Schema) -> list[SequenceColumns]:
     """The spec's sequences, checked against the training set: each feature is there and
-    holds a list per row (the feature store's LAST_N features); FailedPrecondition if not."""
+    holds a list per row (the feature store's LAST_N features); FailedPrecondition if not.
+
+    A sequence's event times are read as ages (``SequenceColumns.event_time``): the
+    ``<agg>__event_time`` list the feature store serves beside the ``<agg>__<column>``
+    lists the spec names is added to the sequence when the training set has it, and a
+    ``__event_time`` feature the spec names itself is taken as that sequence's time."""
     out = []
+    internal = (LABEL, SPLIT, LABEL_TIME)
     for i, given in enumerate(model.sequences):
         for feature in given.features:
             where = f"spec.model.sequences[{i}] ({given.name!r})"
             if feature not in schema.names:
                 raise FailedPrecondition(
                     f"{where} names {feature!r}, which the training set does not have; its "
-                    f"features are {[n for n in schema.names if n not in (LABEL, SPLIT)]}"
+                    f"features are {[n for n in schema.names if n not in internal]}"
                 )
             kind = schema.field(feature).type
             if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
@@ -89,9 +102,14 @@ def sequence_columns(model: message_pb2.ModelSpec, schema: pa.Schema) -> list[Se
                     f"{where}: feature {feature!r} is {kind}, not a list per row; a sequence is "
                     "made of list features (e.g. the feature store's LAST_N)"
                 )
+        features, event_time = _with_event_time(list(given.features), schema, f"{where}")
         out.append(
             SequenceColumns(
-                given.name, tuple(given.features), given.max_length, given.padding or "left"
+                given.name,
+                tuple(features),
+                given.max_length,
+                given.padding or "left",
+                event_time,
             )
         )
     named = {f for s in out for f in s.features}
@@ -99,7 +117,7 @@ def sequence_columns(model: message_pb2.ModelSpec, schema: pa.Schema) -> list[Se
         f.name
         for f in schema
         if f.name not in named
-        and f.name not in (LABEL, SPLIT)
+        and f.name not in internal
         and (pa.types.is_list(f.type) or pa.types.is_large_list(f.type))
     ]
     if unnamed:
@@ -109,3 +127,33 @@ def sequence_columns(model: message_pb2.ModelSpec, schema: pa.Schema) -> list[Se
             "there, other families cannot read lists: train on a feature service without them"
         )
     return out
+
+
+def _with_event_time(features: list[str], schema: pa.Schema, where: str) -> tuple[list[str], str]:
+    """The sequence's features with its event-time list, and that list's name ("" when the
+    training set has none: e.g. a LAST_N over one ``column``)."""
+    named = [f for f in features if f.endswith(EVENT_TIME_SUFFIX)]
+    if len(named) > 1:
+        raise FailedPrecondition(
+            f"{where} names several event-time lists {named}; a sequence has one event time "
+            "(name the columns of one LAST_N aggregation)"
+        )
+    if named:
+        time = named[0]
+    else:
+        stem = len(EVENT_TIME_SUFFIX) - 2  # "<agg>__" of "<agg>__event_time"
+        present = [
+            n
+            for n in schema.names
+            if n.endswith(EVENT_TIME_SUFFIX) and all(f.startswith(n[:-stem]) for f in features)
+        ]
+        if len(present) != 1:
+            return features, ""  # none, or lists of several aggregations: no single clock
+        time = present[0]
+        features = [*features, time]
+    kind = schema.field(time).type
+    if not (pa.types.is_list(kind) and pa.types.is_floating(kind.value_type)):
+        raise FailedPrecondition(
+            f"{where}: event times {time!r} are {kind}, not list<double> of epoch seconds"
+        )
+    return features, time

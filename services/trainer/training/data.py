@@ -10,7 +10,7 @@ import torch
 
 from libs.preprocessing import PreprocessingSpec, transform
 from services.trainer.store.blobs import BlobStore
-from services.trainer.training_columns import LABEL, SPLIT
+from services.trainer.training_columns import LABEL, LABEL_TIME, SPLIT
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,12 @@ def load(
 
 
 def encode(table: pa.Table, spec: PreprocessingSpec) -> Tensors:
-    encoded = transform(spec, {name: table.column(name) for name in spec.feature_names})
+    references = table.column(LABEL_TIME) if LABEL_TIME in table.column_names else None
+    encoded = transform(
+        spec,
+        {name: table.column(name) for name in spec.feature_names},
+        reference_times=references,  # the events' ages are taken at each row's label time
+    )
     split = np.asarray(table.column(SPLIT).to_numpy(), dtype=np.int64)
     labels = np.asarray(table.column(LABEL).to_numpy(), dtype=np.float32)
     return Tensors(

@@ -256,6 +256,11 @@ def _finish(
                 "padding": s.padding,
                 "order": "oldest first",
                 "inputs": list(sequence_inputs(s.name)),
+                **(
+                    {"event_time": s.event_time, "event_time_reads": "age in seconds"}
+                    if s.event_time
+                    else {}
+                ),
             }
             for s in spec.sequences
         ]
