@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -78,9 +79,17 @@ async def test_corrupted_and_mismatching_versions_are_refused_and_the_previous_k
             assert failure is not None and failure.stage == stage, failure
             answer = (await predict(inference, name, [row("L00003")])).predictions[0]
             assert answer.model_version == v1 and answer.scores[0] == before
-        events = [
-            e for e in await inference_events(db_pool, "DeploymentFailed") if e.model_name == name
-        ]
+
+        # The slot shows a refusal before its event is appended: wait for both events.
+        async def failed_events() -> list[Any]:
+            found = await inference_events(db_pool, "DeploymentFailed")
+            return [e for e in found if e.model_name == name]
+
+        async def both_recorded() -> bool:
+            return len(await failed_events()) >= 2
+
+        await eventually(both_recorded, what="both refusals recorded")
+        events = await failed_events()
         assert [(e.version, e.stage, e.serving_version) for e in events] == [
             (corrupted, "verify", v1),
             (noisy, "parity", v1),
