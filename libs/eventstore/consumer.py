@@ -193,6 +193,12 @@ class DurableConsumer(Generic[D]):
         self._batch_handler = batch_handler
         self._catalog = catalog
         self._decoder = decoder or self._lathe_event  # type: ignore[assignment]
+        self._held: _Held | None = None
+
+    def delivered_at(self, msg: Msg) -> float | None:
+        """When ``msg`` reached this process (monotonic s), while it is held; for
+        benchmarks' stage breakdowns (the time is taken anyway, for in-progress signals)."""
+        return self._held.since(msg) if self._held is not None else None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch and handle messages until ``stop`` is set, surviving outages."""
@@ -268,7 +274,7 @@ class DurableConsumer(Generic[D]):
     async def _consume(self, stop: asyncio.Event) -> None:
         spec = self._spec
         inbox: asyncio.Queue[Msg] = asyncio.Queue()
-        held = _Held()
+        held = self._held = _Held()
 
         async def deliver(msg: Msg) -> None:
             held.add(msg)
@@ -479,6 +485,10 @@ class _Held:
 
     def add(self, msg: Msg) -> None:
         self._since[id(msg)] = (msg, time.monotonic())
+
+    def since(self, msg: Msg) -> float | None:
+        entry = self._since.get(id(msg))
+        return entry[1] if entry is not None else None
 
     def discard(self, messages: list[Msg]) -> None:
         for msg in messages:
