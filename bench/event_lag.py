@@ -576,6 +576,13 @@ async def run(context: BenchContext, params: LagParams) -> FamilyResult:
             + (f", consumer process {_cores(receipts)}" if params.consumer_process else "")
             + f", whole machine {trace.machine_busy_pct:.0f}% busy"
             for name, trace, receipts in phases
+        ]
+        + [
+            f"relay {name}: {len(trace.relay.batches):,} tail reads that found events, "
+            f"{len(trace.ids) / max(len(trace.relay.batches), 1):.1f} events per read; "
+            f"{len(trace.relay.acks):,} ack settlements"
+            for name, trace, _ in phases
+            if trace.relay is not None
         ],
     )
 
