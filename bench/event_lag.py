@@ -2,7 +2,7 @@
 
 Lathe's path: ``EventStore.append`` (one event per call) commits to Postgres; the
 ``EventRelay``, running in the same process and event loop as the appends, as
-``ServiceHost`` runs it, wakes on NOTIFY, tails the log and publishes to
+``ServiceHost`` runs it, wakes on the append's in-process signal, tails the log and publishes to
 JetStream; a downstream process receives the event through Lathe's
 ``DurableConsumer`` (exactly-once: each event's processed_events row commits in
 the same transaction as the handler's effect, before the ack) and, for
