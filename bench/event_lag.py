@@ -2,7 +2,7 @@
 
 Lathe's path: ``EventStore.append`` (one event per call) commits to Postgres; the
 ``EventRelay``, running in the same process and event loop as the appends, as
-``ServiceHost`` runs it, wakes on NOTIFY, tails the log and publishes to
+``ServiceHost`` runs it, wakes on the append's in-process signal, tails the log and publishes to
 JetStream; a downstream process receives the event through Lathe's
 ``DurableConsumer`` (exactly-once: each event's processed_events row commits in
 the same transaction as the handler's effect, before the ack) and, for
@@ -19,10 +19,11 @@ The first ``warmup_s`` seconds are sent but not counted.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 from bench.events import SUBJECT_TAIL, new_event
@@ -42,7 +43,7 @@ from bench.harness import (
 from bench.lag_consumer import ConsumerPlan, Receipts, running_consumers
 from bench.results import Comparison, FamilyResult, Goal, Measurement, Role, Value
 from libs.config import LatheSettings
-from libs.eventstore import ANY_VERSION, EventRelay, NewEvent
+from libs.eventstore import ANY_VERSION, EventRelay, NewEvent, RecordedEvent
 from libs.eventstore.headers import MSG_ID
 from libs.messaging import ensure_stream
 
@@ -74,6 +75,8 @@ class LagParams:
     """Also run the Lathe path with only the plain consumer, isolating the relay."""
     producer_pool_size: int = 20
     """ServiceHost's pool size."""
+    acquire_timeout_s: float = 120.0
+    """The producer pool's wait for a connection (services: 10 s)."""
     min_payload_bytes: int = 100
     max_payload_bytes: int = 200
     seed: int = 11
@@ -94,6 +97,39 @@ class Trace:
     """Producer process CPU while pacing (appends, relay, NATS client), in cores."""
     machine_busy_pct: float = 0.0
     """The whole machine's CPU use while pacing (every process, ours and others')."""
+    positions: list[int] = field(default_factory=list)
+    """Lathe paths: the global position each append got."""
+    relay: RelayTimes | None = None
+
+
+class RelayTimes:
+    """The relay's stage timestamps (``EventRelay.probe``): per batch and per ack."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, int, int, int]] = []
+        """(last position, loop woke, read returned, handed to the client), monotonic ns."""
+        self._read: tuple[int, int, int] | None = None
+        self.acks: list[tuple[int, int]] = []
+        """(acknowledged position, when the ack was settled)."""
+
+    def read(self, events: Sequence[RecordedEvent], woke_ns: int) -> None:
+        self._read = (events[-1].global_position, woke_ns, time.monotonic_ns())
+
+    def handed(self, events: Sequence[RecordedEvent]) -> None:
+        assert self._read is not None
+        self.batches.append((*self._read, time.monotonic_ns()))
+
+    def acked(self, position: int) -> None:
+        self.acks.append((position, time.monotonic_ns()))
+
+    def of(self, position: int) -> tuple[int, int, int, int] | None:
+        """(woke, read, handed, acked) for the event at ``position``."""
+        i = bisect.bisect_left(self.batches, (position,))
+        j = bisect.bisect_left(self.acks, (position,))
+        if i == len(self.batches) or j == len(self.acks):
+            return None
+        _, woke, read, handed = self.batches[i]
+        return woke, read, handed, self.acks[j][1]
 
 
 @contextlib.contextmanager
@@ -145,7 +181,13 @@ async def _lathe_path(
     count, events = _events(params)
     names = context.stream_names("lagsvc" if durable else "lagsvc_plain")
     async with (
-        context.pool(max_size=params.producer_pool_size, name="bench-lagsvc") as pool,
+        context.pool(
+            max_size=params.producer_pool_size,
+            name="bench-lagsvc",
+            # Open-loop load on a busy machine queues appends for the pool: show that as
+            # lag, not as failed calls that abort the run.
+            acquire_timeout_s=params.acquire_timeout_s,
+        ) as pool,
         context.nats(name="bench-lagsvc") as client,
     ):
         js = client.jetstream()
@@ -161,6 +203,7 @@ async def _lathe_path(
             batch_size=params.relay_batch_size,
             poll_interval_s=params.relay_poll_interval_s,
         )
+        relay.probe = RelayTimes()
         stop_relay = asyncio.Event()
         relay_task = asyncio.create_task(relay.run(stop_relay))
         plan = ConsumerPlan(
@@ -175,12 +218,15 @@ async def _lathe_path(
             fetch_batch=params.fetch_batch,
         )
         trace = Trace([str(e.event_id) for e in events], [0] * count, [0] * count)
+        trace.positions = [0] * count
+        trace.relay = relay.probe
 
         async def append(k: int) -> None:
             stream_id = f"agg-{k % params.streams}"
             trace.sent_ns[k] = time.monotonic_ns()
-            await store.append(stream_id, [events[k]], expected_version=ANY_VERSION)
+            result = await store.append(stream_id, [events[k]], expected_version=ANY_VERSION)
             trace.returned_ns[k] = time.monotonic_ns()
+            trace.positions[k] = result.events[0].global_position
 
         try:
             async with running_consumers(plan, in_process=not params.consumer_process) as consumers:
@@ -282,6 +328,75 @@ def _consumer_hop(trace: Trace, receipts: Receipts, measured: range) -> Measurem
     )
 
 
+def _stages(tag: str, trace: Trace, receipts: Receipts, measured: range) -> list[Measurement]:
+    """Where each event's time goes, stage by stage (ADR 0013, "Where the lag goes").
+
+    Every timestamp is CLOCK_MONOTONIC on this machine: the append's return (its
+    commit), the relay's per-batch probe (loop woke, tail read returned, batch handed to
+    the NATS client, ack settled), JetStream's own store time (the delivered message's
+    ack subject, wall clock converted in the consumer process), and the consumers'
+    receipts. A stage that starts before its predecessor ended (the relay read a row
+    before the append call returned) counts as 0.
+    """
+    samples: dict[str, list[int]] = {}
+    labels = {
+        "commit_to_relay_woke": "commit (append returned) -> relay loop woke for it",
+        "relay_woke_to_read": "relay woke -> tail read returned",
+        "relay_read_to_handed": "tail read -> publish handed to the NATS client",
+        "handed_to_stored": "handed -> stored by JetStream",
+        "stored_to_relay_ack": "stored -> JetStream ack settled in the relay",
+        "stored_to_plain_fetch": "stored -> plain consumer's fetch returned",
+        "stored_to_durable_delivered": "stored -> delivered to DurableConsumer's process",
+        "durable_delivered_to_batch": "delivered -> its batch taken up (queue wait)",
+        "durable_batch_to_handler": "batch taken up -> handler called (BEGIN + dedupe INSERT)",
+        "durable_handler_to_acked": "handler -> committed and acked",
+    }
+    for key in labels:
+        samples[key] = []
+
+    def add(key: str, start: int, end: int) -> None:
+        samples[key].append(max(end - start, 0))
+
+    assert trace.relay is not None
+    for k in measured:
+        event_id = trace.ids[k]
+        relay = trace.relay.of(trace.positions[k])
+        plain = receipts.plain_stages.get(event_id)
+        durable = receipts.lathe_stages.get(event_id)
+        stored = plain[0] if plain else durable[0] if durable else None
+        if relay is not None:
+            woke, read, handed, acked = relay
+            add("commit_to_relay_woke", trace.returned_ns[k], woke)
+            add("relay_woke_to_read", woke, read)
+            add("relay_read_to_handed", read, handed)
+            if stored is not None:
+                add("handed_to_stored", handed, stored)
+                add("stored_to_relay_ack", stored, acked)
+        if plain:
+            add("stored_to_plain_fetch", plain[0], plain[1])
+        if durable and event_id in receipts.lathe:
+            stored_at, delivered, batch, _, done = durable
+            handler = receipts.lathe[event_id]
+            add("stored_to_durable_delivered", stored_at, delivered)
+            add("durable_delivered_to_batch", delivered, batch)
+            add("durable_batch_to_handler", batch, handler)
+            add("durable_handler_to_acked", handler, done)
+    measurements = []
+    for key, label in labels.items():
+        if samples[key]:
+            stats = LatencyStats.from_ns(samples[key])
+            measurements.append(
+                Measurement(
+                    f"{tag}_{key}",
+                    f"[{tag.upper()}] {label}",
+                    Role.DIAGNOSTIC,
+                    stats.metrics(),
+                    {"latency_ms": asdict(stats)},
+                )
+            )
+    return measurements
+
+
 async def run(context: BenchContext, params: LagParams) -> FamilyResult:
     raw, raw_receipts = await _raw_path(context, params)
     both, both_receipts = await _lathe_path(context, params, durable=True)
@@ -363,6 +478,49 @@ async def run(context: BenchContext, params: LagParams) -> FamilyResult:
                 measured,
             ),
         ]
+    raw_fetch = [
+        stages[1] - stages[0]
+        for k in measured
+        if (stages := raw_receipts.plain_stages.get(raw.ids[k])) is not None
+    ]
+    raw_publish = [
+        stages[0] - raw.sent_ns[k]
+        for k in measured
+        if (stages := raw_receipts.plain_stages.get(raw.ids[k])) is not None
+    ]
+    stage_variants = [
+        Measurement(
+            "raw_stored_to_plain_fetch",
+            "raw: stored by JetStream -> plain consumer's fetch returned",
+            Role.BASELINE,
+            LatencyStats.from_ns(raw_fetch).metrics(),
+            {"latency_ms": asdict(LatencyStats.from_ns(raw_fetch))},
+        ),
+        Measurement(
+            "raw_publish_to_stored",
+            "raw: js.publish called -> stored by JetStream",
+            Role.DIAGNOSTIC,
+            LatencyStats.from_ns(raw_publish).metrics(),
+            {"latency_ms": asdict(LatencyStats.from_ns(raw_publish))},
+        ),
+        *_stages("a", both, both_receipts, measured),
+    ]
+    if params.relay_only_phase:
+        stage_variants += _stages("b", plain, plain_receipts, measured)
+    stages = Comparison(
+        key="lag_stages",
+        title="Where the lag goes: each event's time per stage, commit to handler",
+        headline="p99",
+        higher_is_better=False,
+        columns=["p50", "p90", "p99", "max", "mean"],
+        variants=stage_variants,
+        notes=[
+            "Timestamps the code takes anyway or per batch (EventRelay.probe, "
+            "DurableConsumer.delivered_at), JetStream's store time, the consumers' receipts; "
+            "all CLOCK_MONOTONIC on one machine. p99s of stages do not add up to the "
+            "end-to-end p99 (different events are slow in different stages)."
+        ],
+    )
     where = "a separate process" if params.consumer_process else "the producer's event loop"
     phase_note = (
         "[A]: DurableConsumer and a plain pull consumer read the same stream at once. "
@@ -411,13 +569,20 @@ async def run(context: BenchContext, params: LagParams) -> FamilyResult:
         name=FAMILY.name,
         summary=FAMILY.summary,
         parameters=asdict(params),
-        comparisons=[lag, calls],
+        comparisons=[lag, calls, stages],
         goals=goals,
         notes=[
             f"pacing {name}: {_pacing(trace)}; CPU: producer {trace.cpu_cores:.2f} cores"
             + (f", consumer process {_cores(receipts)}" if params.consumer_process else "")
             + f", whole machine {trace.machine_busy_pct:.0f}% busy"
             for name, trace, receipts in phases
+        ]
+        + [
+            f"relay {name}: {len(trace.relay.batches):,} tail reads that found events, "
+            f"{len(trace.ids) / max(len(trace.relay.batches), 1):.1f} events per read; "
+            f"{len(trace.relay.acks):,} ack settlements"
+            for name, trace, _ in phases
+            if trace.relay is not None
         ],
     )
 

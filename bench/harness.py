@@ -31,6 +31,7 @@ from nats.aio.client import Client as NatsClient
 
 from bench.results import Report, Value, to_json
 from libs.db import apply_migrations, connect_pool, validate_identifier
+from libs.db.pool import DEFAULT_ACQUIRE_TIMEOUT_S
 from libs.eventstore import EventStore
 from libs.messaging import EventStreamNames, connect_nats
 from libs.platform.scratch import ScratchServers, scratch_servers
@@ -90,11 +91,19 @@ class BenchContext:
 
     @asynccontextmanager
     async def pool(
-        self, *, max_size: int = 10, name: str = "lathe-bench"
+        self,
+        *,
+        max_size: int = 10,
+        name: str = "lathe-bench",
+        acquire_timeout_s: float = DEFAULT_ACQUIRE_TIMEOUT_S,
     ) -> AsyncIterator[asyncpg.Pool]:
         """A pool made the way the services make theirs (``libs.db.connect_pool``)."""
         pool = await connect_pool(
-            self.database_url, min_size=1, max_size=max_size, application_name=name
+            self.database_url,
+            min_size=1,
+            max_size=max_size,
+            application_name=name,
+            acquire_timeout_s=acquire_timeout_s,
         )
         try:
             yield pool

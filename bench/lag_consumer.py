@@ -22,7 +22,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+import asyncpg
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -64,6 +67,11 @@ class Receipts:
 
     plain: dict[str, int] = field(default_factory=dict)
     lathe: dict[str, int] = field(default_factory=dict)
+    plain_stages: dict[str, list[int]] = field(default_factory=dict)
+    """Per message, monotonic ns: [stored by JetStream, fetch returned, ack sent]."""
+    lathe_stages: dict[str, list[int]] = field(default_factory=dict)
+    """Per message, monotonic ns: [stored by JetStream, delivered to the process, its
+    batch taken up, handler called, batch committed and acked]."""
     cpu_s: float = 0.0
     """CPU time this process spent from ready to done (meaningful in the process form)."""
     wall_s: float = 0.0
@@ -85,7 +93,11 @@ async def consume(
             if all(len(r) >= plan.expected for r in wanted):
                 done.set()
 
-        tasks = [asyncio.create_task(_plain(js, plan, receipts.plain, check_done, done))]
+        tasks = [
+            asyncio.create_task(
+                _plain(js, plan, receipts.plain, receipts.plain_stages, check_done, done)
+            )
+        ]
         if plan.lathe_durable:
             assert plan.database_url and plan.lathe_schema, "DurableConsumer needs a database"
             pool = await connect_pool(plan.database_url, max_size=4, application_name="bench")
@@ -97,7 +109,8 @@ async def consume(
                 receipts.lathe.setdefault(str(delivered.event.event_id), time.monotonic_ns())
                 check_done()
 
-            consumer = DurableConsumer(
+            consumer = _TimedConsumer(
+                receipts.lathe_stages,
                 ConsumerSpec(plan.lathe_durable, plan.stream, plan.filter_subject),
                 js=js,
                 store=store,
@@ -128,6 +141,7 @@ async def _plain(
     js: JetStreamContext,
     plan: ConsumerPlan,
     receipts: dict[str, int],
+    stages: dict[str, list[int]],
     check_done: Callable[[], None],
     done: asyncio.Event,
 ) -> None:
@@ -144,12 +158,44 @@ async def _plain(
                 messages = await subscription.fetch(plan.fetch_batch, timeout=plan.fetch_timeout_s)
             except TimeoutError:
                 continue
+            fetched = time.monotonic_ns()
             for message in messages:
-                receipts.setdefault((message.headers or {})[MSG_ID], time.monotonic_ns())
+                event_id = (message.headers or {})[MSG_ID]
+                receipts.setdefault(event_id, fetched)
                 await message.ack()
+                stages.setdefault(event_id, [stored_ns(message), fetched, time.monotonic_ns()])
             check_done()
     finally:
         await subscription.unsubscribe()
+
+
+_WALL_MINUS_MONOTONIC_NS = time.time_ns() - time.monotonic_ns()
+
+
+def stored_ns(msg: Msg) -> int:
+    """When JetStream stored ``msg`` (its ack subject's timestamp, the server's wall
+    clock on this machine), as CLOCK_MONOTONIC ns like every other timestamp here."""
+    return round(msg.metadata.timestamp.timestamp() * 1e9) - _WALL_MINUS_MONOTONIC_NS
+
+
+class _TimedConsumer(DurableConsumer[DeliveredEvent]):
+    """Lathe's DurableConsumer, unchanged, with each batch's start and end timed."""
+
+    def __init__(self, stages: dict[str, list[int]], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stages = stages
+
+    async def handle_batch(self, messages: list[Msg], conn: asyncpg.Connection) -> None:
+        started = time.monotonic_ns()
+        rows = []
+        for msg in messages:
+            delivered = self.delivered_at(msg)
+            delivered_ns = round(delivered * 1e9) if delivered is not None else started
+            rows.append(((msg.headers or {})[MSG_ID], [stored_ns(msg), delivered_ns, started]))
+        await super().handle_batch(messages, conn)
+        done = time.monotonic_ns()
+        for event_id, row in rows:
+            self._stages.setdefault(event_id, [*row, 0, done])
 
 
 async def _wait_for_consumer(js: JetStreamContext, stream: str, durable: str) -> None:

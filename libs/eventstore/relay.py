@@ -30,7 +30,8 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import asyncpg
 from nats.js import JetStreamContext
@@ -38,6 +39,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from libs.db import quote_ident
+from libs.eventstore.model import RecordedEvent
 from libs.eventstore.publisher import OrderedPublisher, PublishFailed, read_stream_head
 from libs.eventstore.store import EventStore
 from libs.eventstore.tailer import EventTailer
@@ -72,6 +74,20 @@ _meter.create_observable_gauge(
     unit="{event}",
     description="Latest committed event position minus the relay's checkpoint",
 )
+
+
+class RelayProbe(Protocol):
+    """Timestamps for a benchmark's stage breakdown; called per batch and per ack, never
+    per event, so a relay without a probe pays one ``is None`` test per batch."""
+
+    def read(self, events: Sequence[RecordedEvent], woke_ns: int) -> None:
+        """A tail read returned ``events``; the relay loop woke at ``woke_ns`` for it."""
+
+    def handed(self, events: Sequence[RecordedEvent]) -> None:
+        """``events`` are with the NATS client (``publish`` returned)."""
+
+    def acked(self, position: int) -> None:
+        """JetStream acknowledged every event up to ``position``."""
 
 
 class EventRelay:
@@ -120,6 +136,8 @@ class EventRelay:
         """Monotonic time this relay was last known to work (see the module docstring)."""
         self.backlog: int | None = None
         """Latest committed position - checkpoint, as last measured (None: not yet)."""
+        self.probe: RelayProbe | None = None
+        """Benchmarks only: told when batches are read, handed over and acknowledged."""
         _relays.add(self)
 
     @property
@@ -221,9 +239,14 @@ class EventRelay:
             while not stop.is_set():
                 publisher.check()
                 wake.clear()
+                probe, woke_ns = self.probe, time.monotonic_ns()
                 batch = await tailer.read(conn, self._batch_size)
                 if batch.events:
+                    if probe is not None:
+                        probe.read(batch.events, woke_ns)
                     await publisher.publish(batch.events)
+                    if probe is not None:
+                        probe.handed(batch.events)
                     if len(batch.events) == self._batch_size:
                         continue  # more is waiting
                 elif publisher.in_flight == 0:
@@ -257,6 +280,8 @@ class EventRelay:
             _published.add(count, {"service": self.service})
             self.healthy_at = time.monotonic()  # acks advance
             self._acked.set()
+            if self.probe is not None and self._publisher is not None:
+                self.probe.acked(self._publisher.acked_position)
         else:
             wake.set()  # a failure: the loop raises it
 

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import asyncpg
 from google.protobuf.wrappers_pb2 import Int64Value
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from libs.db import apply_migrations
@@ -145,3 +146,53 @@ async def test_processed_records_past_their_retention_are_pruned(
     assert {(r["consumer"], r["event_id"]) for r in kept} == {
         (c, e) for c, e, age in rows if c == "another" or age < timedelta(days=7)
     }
+
+
+async def test_a_batch_holding_processed_events_applies_only_the_new_ones(
+    event_store: EventStore, db_pool: asyncpg.Pool, js: JetStreamContext, infra: InfraEndpoints
+) -> None:
+    """The one-round-trip ``BEGIN; INSERT`` path and its fallbacks: a batch of new events,
+    the same batch again (all processed), a mix, and a consumer name that may not be
+    written as a literal; a handler's own ``conn.transaction()`` is a savepoint in each."""
+    names = EventStreamNames(infra.namespace, f"mix_{event_store.schema}")
+    await ensure_stream(js, names.stream, [names.all_subjects], duplicate_window_s=120)
+    for i in range(8):
+        await js.publish(names.subject("payments"), str(i).encode())
+    table = f'"{event_store.schema}".mixed_seen'
+    await db_pool.execute(f"CREATE TABLE {table} (consumer text, n int)")
+
+    def consumer_named(name: str) -> DurableConsumer[RawDelivery]:
+        async def record(delivery: RawDelivery, conn: asyncpg.Connection) -> None:
+            async with conn.transaction():  # nested: a savepoint inside the batch's
+                await conn.execute(f"INSERT INTO {table} VALUES ($1, $2)", name, int(delivery.data))
+
+        return DurableConsumer(
+            ConsumerSpec(name, names.stream, names.all_subjects),
+            js=js,
+            store=event_store,
+            handler=record,
+            decoder=raw_decoder,
+        )
+
+    fetches = 0
+
+    async def deliveries(first: int, last: int) -> list[Msg]:
+        """Stream messages first..last (0-based), as a fresh delivery each time."""
+        nonlocal fetches
+        fetches += 1
+        subscription = await js.pull_subscribe(
+            names.all_subjects, durable=f"reader{fetches}", stream=names.stream
+        )
+        messages = await subscription.fetch(8, timeout=5)
+        assert len(messages) == 8
+        return messages[first : last + 1]
+
+    for name in ("plain_name", "name with 'quotes'"):
+        consumer = consumer_named(name)
+        async with db_pool.acquire() as conn:
+            await consumer.handle_batch(await deliveries(0, 2), conn)  # all new
+            await consumer.handle_batch(await deliveries(0, 2), conn)  # all processed
+            await consumer.handle_batch(await deliveries(1, 7), conn)  # 2 processed, 5 new
+            assert not conn.is_in_transaction()
+        rows = await db_pool.fetch(f"SELECT n FROM {table} WHERE consumer = $1 ORDER BY n", name)
+        assert [r["n"] for r in rows] == list(range(8))
