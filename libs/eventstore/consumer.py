@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ from typing import Generic, Protocol, TypeVar
 from uuid import UUID, uuid5
 
 import asyncpg
-from asyncpg.transaction import Transaction, TransactionState
 from google.protobuf.message import Message
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -406,55 +404,35 @@ class DurableConsumer(Generic[D]):
             await msg.ack()
 
     async def _apply(self, conn: asyncpg.Connection, ready: list[tuple[Msg, D]]) -> None:
-        """In one transaction: record the events as processed, run handlers for the new ones.
-
-        The usual batch (every event new) opens its transaction and records the events
-        in one round trip (``_begin_and_mark``); a batch holding an event processed
-        before (a redelivery) is rolled back and redone with the ids the insert returns.
-        """
-        event_ids = [delivered.event_id for _, delivered in ready]
-        transaction = await _begin_and_mark(conn, self._store, self._spec.name, event_ids)
-        if transaction is not None:
-            try:
-                await self._run_handlers(conn, ready, set(event_ids))
-                await transaction.commit()
-            except BaseException:
-                if conn.is_in_transaction():
-                    with contextlib.suppress(Exception):
-                        await transaction.rollback()
-                raise
-            return
+        """In one transaction: record the events as processed, run handlers for the new ones."""
         async with conn.transaction():
             new = {
                 row["event_id"]
                 for row in await conn.fetch(
-                    self._store.sql.mark_processed_many, self._spec.name, event_ids
+                    self._store.sql.mark_processed_many,
+                    self._spec.name,
+                    [delivered.event_id for _, delivered in ready],
                 )
             }
-            await self._run_handlers(conn, ready, new)
-
-    async def _run_handlers(
-        self, conn: asyncpg.Connection, ready: list[tuple[Msg, D]], new: set[UUID]
-    ) -> None:
-        for msg, delivered in ready:
-            with _tracer.start_as_current_span(
-                f"{msg.subject} process",
-                context=extract_context(msg.headers or {}),
-                kind=SpanKind.CONSUMER,
-                attributes={
-                    "messaging.system": "nats",
-                    "messaging.destination.name": msg.subject,
-                    "messaging.consumer.group.name": self._spec.name,
-                    "messaging.message.id": str(delivered.event_id),
-                    "lathe.duplicate": delivered.event_id not in new,
-                },
-            ):
-                if delivered.event_id in new and self._handler is not None:
-                    await self._handler(delivered, conn)
-        if self._batch_handler is not None:
-            fresh = [delivered for _, delivered in ready if delivered.event_id in new]
-            if fresh:
-                await self._batch_handler(fresh, conn)
+            for msg, delivered in ready:
+                with _tracer.start_as_current_span(
+                    f"{msg.subject} process",
+                    context=extract_context(msg.headers or {}),
+                    kind=SpanKind.CONSUMER,
+                    attributes={
+                        "messaging.system": "nats",
+                        "messaging.destination.name": msg.subject,
+                        "messaging.consumer.group.name": self._spec.name,
+                        "messaging.message.id": str(delivered.event_id),
+                        "lathe.duplicate": delivered.event_id not in new,
+                    },
+                ):
+                    if delivered.event_id in new and self._handler is not None:
+                        await self._handler(delivered, conn)
+            if self._batch_handler is not None:
+                fresh = [delivered for _, delivered in ready if delivered.event_id in new]
+                if fresh:
+                    await self._batch_handler(fresh, conn)
 
     async def _decode(self, msg: Msg) -> D | None:
         """The decoded message, or None after acking/terminating what cannot be handled."""
@@ -496,47 +474,6 @@ class DurableConsumer(Generic[D]):
             delay,
         )
         await msg.nak(delay=delay)
-
-
-_SAFE_CONSUMER_NAME = re.compile(r"[A-Za-z0-9_:-]{1,200}")
-
-
-async def _begin_and_mark(
-    conn: asyncpg.Connection, store: EventStore, consumer: str, event_ids: list[UUID]
-) -> Transaction | None:
-    """Open a transaction and record ``event_ids`` as processed by ``consumer``, in one
-    round trip; None (nothing open, nothing recorded) when an id was recorded before.
-
-    One simple-protocol query ``BEGIN; INSERT ...``: the extended protocol allows one
-    statement per round trip, and a separate ``BEGIN`` cost every batch a round trip
-    (ADR 0013, "Where the lag goes"). The values are literals, so only names that
-    cannot carry SQL take this path (UUIDs print as hex and dashes; consumer names are
-    checked); the caller falls back to ``BEGIN`` + ``INSERT ... RETURNING`` otherwise.
-    The open transaction is handed to asyncpg as its own, so the handler's nested
-    ``conn.transaction()`` blocks become savepoints as before.
-    """
-    if not _SAFE_CONSUMER_NAME.fullmatch(consumer) or conn.is_in_transaction():
-        return None
-    if not all(isinstance(event_id, UUID) for event_id in event_ids):
-        return None
-    ids = ",".join(f"'{event_id}'" for event_id in event_ids)
-    statement = store.sql.mark_processed_literal.format(consumer=consumer, ids=ids)
-    transaction = conn.transaction()
-    try:
-        status = await conn.execute(f"BEGIN; {statement}")
-        # asyncpg tracks the block it opened itself; adopt this one (asyncpg 0.30+;
-        # `_connection` is the connection itself, also when `conn` is a pool's proxy).
-        transaction._state = TransactionState.STARTED
-        transaction._connection._top_xact = transaction
-    except BaseException:
-        if conn.is_in_transaction():
-            with contextlib.suppress(Exception):
-                await conn.execute("ROLLBACK")
-        raise
-    if status == f"INSERT 0 {len(event_ids)}":
-        return transaction
-    await transaction.rollback()  # a redelivery: let RETURNING say which ids are new
-    return None
 
 
 class _Held:

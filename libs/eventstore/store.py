@@ -100,12 +100,6 @@ class _Statements:
             INSERT INTO {s}.processed_events (consumer, event_id)
             SELECT $1, unnest($2::uuid[])
             ON CONFLICT DO NOTHING RETURNING event_id"""
-        # The same with literal values, for a simple-protocol "BEGIN; INSERT" (see
-        # libs/eventstore/consumer.py): {consumer} and {ids} are checked by the caller.
-        self.mark_processed_literal = (
-            f"INSERT INTO {s}.processed_events (consumer, event_id) "
-            "SELECT '{consumer}', unnest(ARRAY[{ids}]::uuid[]) ON CONFLICT DO NOTHING"
-        )
         # A bounded slice per statement: short transactions, no long lock on the table.
         self.prune_processed = f"""
             DELETE FROM {s}.processed_events WHERE (consumer, event_id) IN (
