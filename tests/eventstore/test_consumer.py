@@ -151,9 +151,8 @@ async def test_processed_records_past_their_retention_are_pruned(
 async def test_a_batch_holding_processed_events_applies_only_the_new_ones(
     event_store: EventStore, db_pool: asyncpg.Pool, js: JetStreamContext, infra: InfraEndpoints
 ) -> None:
-    """The one-round-trip ``BEGIN; INSERT`` path and its fallbacks: a batch of new events,
-    the same batch again (all processed), a mix, and a consumer name that may not be
-    written as a literal; a handler's own ``conn.transaction()`` is a savepoint in each."""
+    """A batch of new events, the same batch again (all processed), a mix, and a consumer
+    name with quotes; a handler's own ``conn.transaction()`` is a savepoint in each."""
     names = EventStreamNames(infra.namespace, f"mix_{event_store.schema}")
     await ensure_stream(js, names.stream, [names.all_subjects], duplicate_window_s=120)
     for i in range(8):
