@@ -1,6 +1,7 @@
 """Not a test: cProfile of Predict in process (feature store, registry, inference and the
 client in one event loop). Run explicitly:
-``PROFILE_ROWS=256 PYTHONPATH=gen/python:. .venv/bin/python -m pytest tests/inference/profile_predict.py -q -s``
+``PROFILE_ROWS=256 PYTHONPATH=gen/python:. .venv/bin/python -m pytest -q -s
+tests/inference/profile_predict.py``
 It prints the top functions by cumulative and own time over ``PROFILE_CALLS`` calls."""
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ async def test_profile_predict(
             await inference.Predict(request)
         profile.disable()
         wall = (time.perf_counter() - started) / calls
-        print(f"\n{rows} rows, {family}: {wall * 1e6:.0f} us per call (profiled), "
-              f"{rows / wall:.0f} rows/s")
+        print(
+            f"\n{rows} rows, {family}: {wall * 1e6:.0f} us per call (profiled), "
+            f"{rows / wall:.0f} rows/s"
+        )
         stats = pstats.Stats(profile)
         stats.sort_stats("tottime").print_stats(35)
         stats.sort_stats("cumulative").print_stats(60)
