@@ -8,11 +8,14 @@ the bench exports them) with a synthetic feature-store reply of the shape the fe
 store sends, and prints the median µs per request (and per row) of each stage as JSON:
 
 - ``request_decode``: ``PredictRequest.FromString`` of the request's bytes;
+- ``request_check``: the kit's decode-time checks of it (``libs.grpckit.request_checks``:
+  no NUL in text, timestamps in range), which every server runs on every request;
 - ``validate``: ``validate.predict_call`` (rows -> columns);
 - ``decision_ids_and_sampling``: generated decision ids and the log-sampling hash;
 - ``fs_request_encode`` / ``fs_reply_decode``: the GetOnlineFeatures request built and
   serialized, its reply parsed (the feature store's own server time is not here: the
-  bench's ``GetOnlineFeatures`` row measures it over gRPC);
+  bench's ``GetOnlineFeatures`` row measures it over gRPC; ``fs_request_check`` is the
+  kit's check of that request in the feature store);
 - ``missing``: the per-row missing-feature check;
 - ``model_inputs``: ``LoadedModel.rows_from_reply`` (values -> float64 / strings);
 - ``preprocess``: the compiled ``Preprocessor``; ``runtime``: ONNX Runtime;
@@ -37,6 +40,7 @@ import numpy as np
 from lathe.feature_store.v1 import message_pb2 as fs
 from lathe.feature_store.v1 import request_response_pb2 as fsr
 from lathe.inference.v1 import request_response_pb2 as rr
+from libs.grpckit.request_checks import checks_for
 from libs.preprocessing import PreprocessingSpec
 from services.inference.api import validate
 from services.inference.api.servicer import _response
@@ -142,13 +146,20 @@ def stages(family: str, n: int, repeat: int) -> dict[str, float]:
             add(scores=result.scores[i], model_version=1, arm=1, decision_id=ids[i])
         return response.SerializeToString()  # type: ignore[no-any-return]
 
+    predict_checks = checks_for(rr.PredictRequest.DESCRIPTOR)
+    fs_checks = checks_for(fsr.GetOnlineFeaturesRequest.DESCRIPTOR)
+    fs_bytes = fs_request()
+    fs_message = fsr.GetOnlineFeaturesRequest.FromString(fs_bytes)
+    assert predict_checks is not None and fs_checks is not None
     timed = {
         "request_decode": lambda: rr.PredictRequest.FromString(request_bytes),
+        "request_check": lambda: predict_checks.problem(request, request_bytes),
         "validate": lambda: validate.predict_call(
             request, max_rows=1024, time_remaining_s=5.0, trace_id=""
         ),
         "decision_ids_and_sampling": ids_and_sampling,
         "fs_request_encode": fs_request,
+        "fs_request_check": lambda: fs_checks.problem(fs_message, fs_bytes),
         "fs_reply_decode": lambda: fsr.GetOnlineFeaturesResponse.FromString(reply_bytes),
         "missing": lambda: Predictor._missing(None, call, vectors, slots, names),  # type: ignore[arg-type]
         "model_inputs": lambda: model.rows_from_reply(names, vectors, 0),
