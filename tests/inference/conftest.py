@@ -38,13 +38,13 @@ async def start_inference(
 
     @asynccontextmanager
     async def start(*models: str, **overrides: object) -> AsyncIterator[InferenceStub]:
-        settings = InferenceSettings(
-            models=",".join(models),
-            log_sample_rate=1.0,
-            gpu_probe=False,
-            poll_interval_s=0.05,
-            **overrides,  # type: ignore[arg-type]
-        )
+        given: dict[str, object] = {
+            "log_sample_rate": 1.0,
+            "gpu_probe": False,
+            "poll_interval_s": 0.05,
+            **overrides,
+        }
+        settings = InferenceSettings(models=",".join(models), **given)  # type: ignore[arg-type]
         async with hosted(build_spec(settings), test_settings):
             address = test_settings.service_addr(ServiceName.INFERENCE)
             async with grpc.aio.insecure_channel(address) as channel:

@@ -11,6 +11,7 @@ from services.inference.domain.decision_ids import new_decision_ids
 def test_decision_ids_are_distinct_uuid7_of_now() -> None:
     before = time.time_ns() // 1_000_000
     ids = new_decision_ids(1000)
+    assert len(set(new_decision_ids(3))) == 3 and new_decision_ids(0) == []
     after = time.time_ns() // 1_000_000
     assert len(set(ids)) == 1000
     for text in ids[:50]:

@@ -8,7 +8,12 @@ from lathe.feature_store.v1 import message_pb2 as fs
 from lathe.inference.v1 import events_pb2 as ev
 from lathe.inference.v1 import message_pb2 as m
 from services.inference.domain import deployment as d
-from services.inference.domain.routing import canary_bucket, goes_to_canary, sampled
+from services.inference.domain.routing import (
+    canary_bucket,
+    goes_to_canary,
+    sampled,
+    sampled_rows,
+)
 
 
 def _keys(loan: str) -> dict[str, fs.Value]:
@@ -40,6 +45,8 @@ def test_sampling_depends_on_the_decision_id_only() -> None:
     assert picked == [sampled(i, 0.05) for i in ids]
     assert abs(sum(picked) / len(ids) - 0.05) < 4 * (0.05 * 0.95 / len(ids)) ** 0.5
     assert all(sampled(i, 1.0) for i in ids[:10]) and not any(sampled(i, 0.0) for i in ids[:10])
+    for rate in (0.0, 0.05, 0.5, 1.0):  # the batched form picks exactly the same rows
+        assert sampled_rows(ids, rate) == [k for k, i in enumerate(ids) if sampled(i, rate)]
 
 
 T = datetime(2026, 5, 1, tzinfo=UTC)

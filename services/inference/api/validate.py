@@ -45,15 +45,20 @@ def predict_call(
     decision_ids: list[str] = []
     actions: list[Sequence[str]] = []
     width = len(join_keys)
+    only = join_keys[0] if width == 1 else None
+    columns = list(keys.items())
+    add_id, add_actions = decision_ids.append, actions.append
     for i, row in enumerate(rows):
         entity = row.entity_keys
         # ``name in`` before ``entity[name]``: reading a missing key of a map would add it.
-        if len(entity) != width or not all(name in entity for name in join_keys):
+        if len(entity) != width or (
+            only not in entity if only is not None else not all(n in entity for n in join_keys)
+        ):
             raise InvalidArgument(
                 f"rows[{i}].entity_keys has {sorted(entity)} but rows[0] has {list(join_keys)}: "
                 "every row of a request names the same entity keys"
             )
-        for name, column in keys.items():
+        for name, column in columns:
             value = entity[name]
             kind = value.WhichOneof("kind")
             if kind != "int64_value" and (kind != "string_value" or not value.string_value):
@@ -64,8 +69,8 @@ def predict_call(
         given = row.request_features
         if given or features:
             _request_features(i, given, features)
-        decision_ids.append(row.decision_id)
-        actions.append(row.eligible_actions)
+        add_id(row.decision_id)
+        add_actions(row.eligible_actions)
     deadline = None
     if time_remaining_s is not None:
         deadline = time.monotonic() + time_remaining_s

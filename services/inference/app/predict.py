@@ -39,7 +39,7 @@ from services.inference.app.serving import CANARY, PRODUCTION, SHADOW, ServingTa
 from services.inference.batching import Batcher
 from services.inference.domain.decision_ids import new_decision_ids
 from services.inference.domain.policies import PolicyRefused, decide
-from services.inference.domain.routing import goes_to_canary, sampled
+from services.inference.domain.routing import goes_to_canary, sampled_rows
 from services.inference.store.features import FeatureQuery, FeatureRows, OnlineFeatures
 
 _log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ class Predictor:
             fresh = iter(new_decision_ids(decision_ids.count("")))
             decision_ids = [d or next(fresh) for d in decision_ids]
         rate = self._decision_rate if call.decide else self._logger.sample_rate
-        logged = [i for i, d in enumerate(decision_ids) if sampled(d, rate)] if rate > 0 else []
+        logged = sampled_rows(decision_ids, rate)
         shadow = self._shadow(call) if logged else None
         models = [arm.model for arm in arms] + ([shadow] if shadow else [])
         features = await self._features.get(
@@ -323,9 +323,10 @@ class Predictor:
         out: list[tuple[str, ...]] = []
         unknown: list[str] = []
         present = fs.FEATURE_STATUS_PRESENT
+        every = [present] * len(names)  # compared in C: half the cost of isdisjoint
         for i, vector in enumerate(vectors):
             statuses = vector.statuses
-            if _ABSENT.isdisjoint(statuses):
+            if statuses == every or _ABSENT.isdisjoint(statuses):
                 out.append(())
                 continue
             absent = tuple(names[s] for s in slots if statuses[s] in _ABSENT)

@@ -10,7 +10,7 @@ computed, so the logged decisions are an unbiased sample whose weight is 1 / rat
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from lathe.feature_store.v1 import message_pb2 as fs
 
@@ -45,6 +45,26 @@ def canary_bucket(model_name: str, keys: Mapping[str, fs.Value]) -> float:
 def goes_to_canary(model_name: str, keys: Mapping[str, fs.Value], share: float) -> bool:
     """True for the ``share`` of entities (sticky per entity) that the canary scores."""
     return share > 0.0 and canary_bucket(model_name, keys) < share
+
+
+def sampled_rows(decision_ids: Sequence[str], rate: float) -> list[int]:
+    """The indices of ``decision_ids`` that ``sampled`` picks at ``rate`` (the same
+    hash, with the prefix's BLAKE2b state made once and copied per id)."""
+    if rate <= 0.0:
+        return []
+    if rate >= 1.0:
+        return list(range(len(decision_ids)))
+    prefix = hashlib.blake2b(_LOG_PREFIX, digest_size=8)
+    out = []
+    for i, decision_id in enumerate(decision_ids):
+        digest = prefix.copy()
+        digest.update(decision_id.encode())
+        if int.from_bytes(digest.digest(), "big") / _SCALE < rate:
+            out.append(i)
+    return out
+
+
+_LOG_PREFIX = b"log\x1e"
 
 
 def sampled(decision_id: str, rate: float) -> bool:
