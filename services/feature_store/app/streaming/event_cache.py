@@ -39,7 +39,11 @@ from services.feature_store.domain.streaming.aggregation import (
     from_us,
     to_us,
 )
-from services.feature_store.domain.streaming.as_of import EventColumns, sequence_keys
+from services.feature_store.domain.streaming.as_of import (
+    EventArrays,
+    EventColumns,
+    sequence_keys,
+)
 from services.feature_store.domain.streaming.events import (
     EventRejected,
     RawEvent,
@@ -78,12 +82,10 @@ class _Copy:
     """The accepted events of one view version that arrived at or after ``arrived_from``
     (µs; None: all), as of ``snapshot``, with ``deleted`` the source's deletion count."""
 
-    events: EventColumns
+    events: EventArrays
     arrived_from: int | None
     snapshot: str
     deleted: int
-    _arrival: np.ndarray | None = None
-    _entities: pa.Array | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def covers(self, arrived_from: int | None) -> bool:
@@ -91,30 +93,15 @@ class _Copy:
             arrived_from is not None and arrived_from >= self.arrived_from
         )
 
-    def extend(self, events: EventColumns) -> None:
-        if len(events):
-            self.events.extend(events)
-            self.reset()
-
-    def reset(self) -> None:
-        """Forget the arrays derived from ``events`` (they changed)."""
-        self._arrival = self._entities = None
-
-    def select(
-        self, arrived_from: int | None, arrived_until: int, wanted: Collection[str]
-    ) -> EventColumns:
+    def select(self, arrived_from: int | None, arrived_until: int, wanted: pa.Array) -> EventArrays:
         """The events a plain read would return: arrived in [from, until], of ``wanted``."""
-        if self._arrival is None:
-            self._arrival = np.asarray(self.events.arrival_us, dtype=np.int64)
-            self._entities = pa.array(self.events.entity_keys, pa.string())
-        mask = self._arrival <= arrived_until
+        arrival = self.events.arrival_us
+        mask = arrival <= arrived_until
         if arrived_from is not None:
-            mask &= self._arrival >= arrived_from
-        mask &= pc.is_in(self._entities, value_set=pa.array(list(wanted), pa.string())).to_numpy(
-            zero_copy_only=False
-        )
+            mask &= arrival >= arrived_from
+        mask &= pc.is_in(self.events.entity_keys, value_set=wanted).to_numpy(zero_copy_only=False)
         if mask.all():
-            return self.events  # read only: the computation copies what it keeps
+            return self.events  # arrays are never changed in place: concat makes new ones
         return self.events.take(np.flatnonzero(mask))
 
 
@@ -133,11 +120,11 @@ class ParsedEventCache:
         *,
         arrived_from: int | None,
         arrived_until: int,
-        wanted: Collection[str],
-    ) -> EventColumns:
+        wanted: pa.Array,
+    ) -> EventArrays:
         """The accepted events of ``spec``'s source (``identity``: the view version) that
         arrived in ``[arrived_from, arrived_until]`` (µs; from None: from the start), of
-        the ``wanted`` entities, as of now."""
+        the ``wanted`` entities (a string array), as of now."""
         copy = self._copies.get(identity)
         lock = copy.lock if copy is not None else asyncio.Lock()
         async with lock:
@@ -148,16 +135,11 @@ class ParsedEventCache:
             ):
                 snapshot, deleted = await stream_events.log_state(conn, spec.source)
                 if copy is None or copy.deleted != deleted:
+                    read = stream_events.read_events(
+                        conn, spec.source, arrived_from=_at(arrived_from)
+                    )
                     copy = _Copy(
-                        await parse_all(
-                            spec,
-                            stream_events.read_events(
-                                conn,
-                                spec.source,
-                                arrived_from=_at(arrived_from),
-                            ),
-                            None,
-                        ),
+                        EventArrays.of(spec, await parse_all(spec, read, None)),
                         arrived_from,
                         snapshot,
                         deleted,
@@ -166,28 +148,20 @@ class ParsedEventCache:
                 else:
                     # What the copy's snapshot did not see, of the range it holds; then,
                     # when this call reaches further back, the older events as of now.
-                    unseen = await parse_all(
-                        spec,
-                        stream_events.read_unseen_events(
-                            conn, spec.source, copy.snapshot, arrived_from=_at(copy.arrived_from)
-                        ),
-                        None,
+                    read = stream_events.read_unseen_events(
+                        conn, spec.source, copy.snapshot, arrived_from=_at(copy.arrived_from)
                     )
+                    unseen = EventArrays.of(spec, await parse_all(spec, read, None))
                     if not copy.covers(arrived_from):
-                        older = await parse_all(
-                            spec,
-                            stream_events.read_events(
-                                conn,
-                                spec.source,
-                                arrived_from=_at(arrived_from),
-                                arrived_before=_at(copy.arrived_from),
-                            ),
-                            None,
+                        read = stream_events.read_events(
+                            conn,
+                            spec.source,
+                            arrived_from=_at(arrived_from),
+                            arrived_before=_at(copy.arrived_from),
                         )
-                        older.extend(copy.events)
-                        copy.events, copy.arrived_from = older, arrived_from
-                        copy.reset()
-                    copy.extend(unseen)
+                        older = EventArrays.of(spec, await parse_all(spec, read, None))
+                        copy.events, copy.arrived_from = older.concat(copy.events), arrived_from
+                    copy.events = copy.events.concat(unseen)
                     copy.snapshot = snapshot
             self._keep(identity, copy)
             return copy.select(arrived_from, arrived_until, wanted)

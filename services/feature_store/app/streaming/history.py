@@ -13,6 +13,7 @@ from datetime import datetime
 
 import asyncpg
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.errors import InvalidArgument
@@ -20,9 +21,10 @@ from services.feature_store.app.streaming.event_cache import ParsedEventCache, p
 from services.feature_store.domain.streaming.aggregation import from_us, spec_of
 from services.feature_store.domain.streaming.as_of import (
     EVENT_TIME,
+    EventArrays,
     EventColumns,
     compute_as_of,
-    label_keys,
+    label_key_array,
     label_times_us,
 )
 from services.feature_store.store import stream_events
@@ -71,13 +73,12 @@ async def stream_aggregates_as_of(
     if view.WhichOneof("source") != "stream_source":
         raise InvalidArgument(f"feature view {view.name!r} is not a stream view")
     spec = spec_of(view, join_keys)
-    keys = label_keys(entity_keys)
+    keys = label_key_array(entity_keys)
     times = label_times_us(as_of)
     if len(keys) != len(times):
         raise InvalidArgument("entity_keys and as_of need one value per label row")
-    events = EventColumns.empty(spec)
+    events: EventColumns | EventArrays = EventColumns.empty(spec)
     if len(keys):
-        wanted = set(keys)
         first_start = int(times.min()) - int(times.min()) % spec.tile_us - spec.max_window_us
         # Accepted events arrive within lateness of their event time; a lifetime
         # aggregation reads every event there is.
@@ -95,7 +96,7 @@ async def stream_aggregates_as_of(
                 identity,
                 arrived_from=arrived_from,
                 arrived_until=arrived_until,
-                wanted=wanted,
+                wanted=pc.unique(keys),
             )
         else:
             async with pool.acquire() as conn, conn.transaction(readonly=True):
@@ -107,6 +108,6 @@ async def stream_aggregates_as_of(
                         arrived_from=None if arrived_from is None else from_us(arrived_from),
                         arrived_until=from_us(arrived_until),
                     ),
-                    wanted,
+                    set(pc.unique(keys).to_pylist()),
                 )
     return compute_as_of(spec, events, keys, times).to_arrow(spec)

@@ -35,6 +35,7 @@ from decimal import Decimal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.errors import InvalidArgument
@@ -165,6 +166,96 @@ class EventColumns:
         for event in events:
             columns.append(event, spec.columns, spec.distinct_columns, keys)
         return columns
+
+
+@dataclass(frozen=True)
+class EventArrays:
+    """Accepted events of one view as arrays: what the computation reads, built from
+    ``EventColumns`` once and then concatenated and taken from in C (the parsed-event
+    cache keeps these). Events keep their order."""
+
+    entity_keys: pa.Array
+    """Each event's entity key (string)."""
+    event_us: np.ndarray
+    arrival_us: np.ndarray
+    sequence: np.ndarray
+    values: dict[str, list[Decimal | None]]
+    """Numeric columns as exact decimals (None: absent); Python objects, as summed."""
+    hashes: dict[str, list[int | None]]
+    sequences: dict[str, tuple[np.ndarray, tuple[pa.Array, ...]]]
+    """Sequence part -> (which events carry it, its columns' values of those events)."""
+
+    def __len__(self) -> int:
+        return len(self.event_us)
+
+    @classmethod
+    def of(cls, spec: StreamViewSpec, columns: EventColumns) -> EventArrays:
+        sequences = {}
+        for key, names, types in spec.sequences:
+            items = columns.sequences[key]
+            present = np.fromiter((i is not None for i in items), bool, len(items))
+            kept = [i for i in items if i is not None]
+            sequences[key] = (
+                present,
+                tuple(
+                    pa.array([item[j] for item in kept], ELEMENT_ARROW[kind])  # type: ignore[index]
+                    for j, kind in enumerate(types)
+                ),
+            )
+            assert len(names) == len(types)
+        return cls(
+            entity_keys=pa.array(columns.entity_keys, pa.string()),
+            event_us=np.asarray(columns.event_us, dtype=np.int64),
+            arrival_us=np.asarray(columns.arrival_us, dtype=np.int64),
+            sequence=np.asarray(columns.sequence, dtype=np.int64),
+            values=columns.values,
+            hashes=columns.hashes,
+            sequences=sequences,
+        )
+
+    def concat(self, other: EventArrays) -> EventArrays:
+        """These events, then ``other``'s (of the same view)."""
+        if not len(other):
+            return self
+        if not len(self):
+            return other
+        return EventArrays(
+            entity_keys=pa.concat_arrays([self.entity_keys, other.entity_keys]),
+            event_us=np.concatenate([self.event_us, other.event_us]),
+            arrival_us=np.concatenate([self.arrival_us, other.arrival_us]),
+            sequence=np.concatenate([self.sequence, other.sequence]),
+            values={k: v + other.values[k] for k, v in self.values.items()},
+            hashes={k: v + other.hashes[k] for k, v in self.hashes.items()},
+            sequences={
+                key: (
+                    np.concatenate([present, other.sequences[key][0]]),
+                    tuple(
+                        pa.concat_arrays([mine, theirs])
+                        for mine, theirs in zip(arrays, other.sequences[key][1], strict=True)
+                    ),
+                )
+                for key, (present, arrays) in self.sequences.items()
+            },
+        )
+
+    def take(self, positions: np.ndarray) -> EventArrays:
+        """The events at ``positions`` (ascending)."""
+        chosen = positions.tolist() if self.values or self.hashes else []
+        indices = pa.array(positions, pa.int64())
+        sequences = {}
+        for key, (present, arrays) in self.sequences.items():
+            rank = np.cumsum(present) - 1  # an event's index among those carrying the part
+            kept = positions[present[positions]]
+            sequences[key] = present[positions], tuple(a.take(pa.array(rank[kept])) for a in arrays)
+        return EventArrays(
+            entity_keys=self.entity_keys.take(indices),
+            event_us=self.event_us[positions],
+            arrival_us=self.arrival_us[positions],
+            sequence=self.sequence[positions],
+            values={k: [v[i] for i in chosen] for k, v in self.values.items()},
+            hashes={k: [v[i] for i in chosen] for k, v in self.hashes.items()},
+            sequences=sequences,
+        )
 
 
 def sequence_keys(spec: StreamViewSpec) -> tuple[str, ...]:
@@ -354,24 +445,28 @@ def _scaled(ratios: Sequence[tuple[int, int]]) -> tuple[np.ndarray, int]:
 
 
 def compute_as_of(
-    spec: StreamViewSpec, events: EventColumns, label_keys: Sequence[str], label_us: np.ndarray
+    spec: StreamViewSpec,
+    events: EventColumns | EventArrays,
+    label_keys: Sequence[str] | pa.Array,
+    label_us: np.ndarray,
 ) -> AsOf:
     """Every aggregation of ``spec`` per label (entity key, time in µs), in label order.
 
     ``events`` are the view's accepted events (parsed and within lateness) from any
     time range that covers the labels' windows; events of other entities are ignored.
+    Label keys are stored keys (``label_keys``); "" or null matches no entity.
     """
+    if isinstance(events, EventColumns):
+        events = EventArrays.of(spec, events)
     n = len(label_keys)
     t = np.asarray(label_us, dtype=np.int64)
-    codes: dict[str, int] = {}
-    entity = np.fromiter(
-        (codes.setdefault(k, len(codes)) for k in events.entity_keys),
-        np.int64,
-        len(events.event_us),
+    encoded = events.entity_keys.dictionary_encode()
+    entity = encoded.indices.to_numpy().astype(np.int64)
+    event_us, arrival_us, sequence = events.event_us, events.arrival_us, events.sequence
+    label_codes = pc.index_in(
+        label_keys if isinstance(label_keys, pa.Array) else pa.array(label_keys, pa.string()),
+        value_set=encoded.dictionary,
     )
-    event_us = np.asarray(events.event_us, dtype=np.int64)
-    arrival_us = np.asarray(events.arrival_us, dtype=np.int64)
-    sequence = np.asarray(events.sequence, dtype=np.int64)
     # Within an entity, position order is (event time, arrival time, sequence) order: the
     # last known event of a range is the one with the highest position.
     order = np.lexsort((sequence, arrival_us, event_us, entity))
@@ -379,7 +474,7 @@ def compute_as_of(
 
     floor = t - np.mod(t, spec.tile_us)
     labels = _Labels(
-        code=np.fromiter((codes.get(k, -1) for k in label_keys), np.int64, n),
+        code=label_codes.fill_null(-1).to_numpy().astype(np.int64),
         t=t,
         tail_from=t - int(max(0, (arrival_us - event_us).max(initial=0))),
     )
@@ -422,7 +517,7 @@ def compute_as_of(
         return all_events if mask.all() else windows_of(mask)
 
     sequences = {
-        part: _Sequences.of(events.sequences[part], order, event_us, sequence_windows)
+        part: _Sequences.of(*events.sequences[part], order, event_us, sequence_windows)
         for part, _, _ in spec.sequences
     }
     for aggregation in spec.aggregations:
@@ -589,7 +684,10 @@ class _Sequences:
     """The events carrying one sequence part (all its columns present), in position order
     — (event time, arrival, sequence), the tile path's order key — and their windows."""
 
-    items: list[tuple[object, ...]]
+    columns: tuple[pa.Array, ...]
+    """Each column's values, in the events' original order (``rank`` maps to them)."""
+    rank: pa.Array
+    """Position i's index into ``columns``."""
     event_us: np.ndarray
     windows: dict[WindowKey, _Window]
     _elements: dict[int, pa.Array] = field(default_factory=dict)
@@ -600,14 +698,15 @@ class _Sequences:
     @classmethod
     def of(
         cls,
-        raw: list[tuple[object, ...] | None],
+        carried: np.ndarray,
+        columns: tuple[pa.Array, ...],
         order: np.ndarray,
         event_us: np.ndarray,
         windows_of: Callable[[np.ndarray], dict[WindowKey, _Window]],
     ) -> _Sequences:
-        present = np.fromiter((raw[i] is not None for i in order), bool, len(order))
-        items = [raw[i] for i in order[present]]
-        return cls(items, event_us[present], windows_of(present))  # type: ignore[arg-type]
+        present = carried[order]
+        rank = (np.cumsum(carried) - 1)[order[present]]
+        return cls(columns, pa.array(rank, pa.int64()), event_us[present], windows_of(present))
 
     def chosen(
         self, key: WindowKey, latest: bool, n: int, live: np.ndarray
@@ -648,9 +747,9 @@ class _Sequences:
             if output == EVENT_TIME_OUTPUT:
                 self._elements[output] = pa.array(self.event_us / 1e6, pa.float64())
             else:
-                self._elements[output] = pa.array(
-                    [item[output] for item in self.items], ELEMENT_ARROW[value_type]
-                )
+                column = self.columns[output]
+                assert column.type == ELEMENT_ARROW[value_type]
+                self._elements[output] = column.take(self.rank)
         return self._elements[output]
 
     def column(self, aggregation: WindowAggregation, key: WindowKey, live: np.ndarray) -> pa.Array:
@@ -695,6 +794,20 @@ def label_keys(entity_keys: object) -> list[str]:
     """Label rows' entity keys as stored keys: int64 by decimal text; anything else
     (null included) as "", which matches no entity (the row comes back null)."""
     return [_key_text(k) for k in _python(entity_keys)]
+
+
+def label_key_array(entity_keys: object) -> pa.Array:
+    """``label_keys`` as an Arrow string array, converted in C where the keys come as
+    Arrow strings or integers (nulls stay null: they match no entity either)."""
+    if isinstance(entity_keys, pa.ChunkedArray):
+        entity_keys = entity_keys.combine_chunks()
+    if isinstance(entity_keys, pa.Array):
+        if pa.types.is_dictionary(entity_keys.type):
+            entity_keys = entity_keys.dictionary_decode()
+        kind = entity_keys.type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind):
+            return pc.cast(entity_keys, pa.string())
+    return pa.array(label_keys(entity_keys), pa.string())
 
 
 def label_times_us(as_of: object) -> np.ndarray:
