@@ -302,6 +302,10 @@ class _Labels:
     t: np.ndarray
     tail_from: np.ndarray
     """Events after this may be unknown at t; events at or before it are surely known."""
+    by_time: np.ndarray
+    """Labels ordered by t; every bound searched is non-decreasing in t."""
+    by_key: np.ndarray
+    """Labels ordered by (entity code, t): the order of their (entity, bound) queries."""
 
 
 class _Series:
@@ -313,9 +317,13 @@ class _Series:
         self._ranks = ranks
 
     def bounds(self, labels: _Labels, times: np.ndarray, side: str) -> np.ndarray:
-        query = labels.code * self._ranks.size + np.searchsorted(self._ranks.times, times)
-        order = np.argsort(query, kind="stable")  # sorted needles search much faster
+        # Sorted needles search much faster; a bound is a non-decreasing function of t, so
+        # the labels' two orders (by t; by entity, t) sort every bound's needles.
+        ranks = np.empty(len(times), dtype=np.int64)
+        ranks[labels.by_time] = np.searchsorted(self._ranks.times, times[labels.by_time])
+        query = labels.code * self._ranks.size + ranks
         found = np.empty(len(query), dtype=np.int64)
+        order = labels.by_key
         found[order] = np.searchsorted(self.keys, query[order], side=side)  # type: ignore[call-overload]
         return np.where(labels.code >= 0, found, 0)
 
@@ -473,10 +481,13 @@ def compute_as_of(
     entity, event_us, arrival_us = entity[order], event_us[order], arrival_us[order]
 
     floor = t - np.mod(t, spec.tile_us)
+    code = label_codes.fill_null(-1).to_numpy().astype(np.int64)
     labels = _Labels(
-        code=label_codes.fill_null(-1).to_numpy().astype(np.int64),
+        code=code,
         t=t,
         tail_from=t - int(max(0, (arrival_us - event_us).max(initial=0))),
+        by_time=np.argsort(t, kind="stable"),
+        by_key=np.lexsort((t, code)),
     )
     # Each window's event-time bounds [start, upper) per label; lifetime: no start.
     bounds: dict[WindowKey, tuple[np.ndarray, np.ndarray]] = {
