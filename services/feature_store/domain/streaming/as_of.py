@@ -424,7 +424,8 @@ def _range_reduce(
 
 
 def _sorted_unique(*arrays: np.ndarray) -> np.ndarray:
-    values = np.sort(np.concatenate(arrays))
+    # A stable sort (timsort) merges runs: the arrays come sorted or nearly so.
+    values = np.sort(np.concatenate(arrays), kind="stable")
     keep = np.ones(len(values), dtype=bool)
     keep[1:] = values[1:] != values[:-1]
     return values[keep]
@@ -478,6 +479,7 @@ def compute_as_of(
     # Within an entity, position order is (event time, arrival time, sequence) order: the
     # last known event of a range is the one with the highest position.
     order = np.lexsort((sequence, arrival_us, event_us, entity))
+    logged_us = event_us  # in log order: nearly sorted by time, quick to search
     entity, event_us, arrival_us = entity[order], event_us[order], arrival_us[order]
 
     floor = t - np.mod(t, spec.tile_us)
@@ -496,9 +498,15 @@ def compute_as_of(
     if spec.lifetime:
         bounds[_LIFETIME] = (np.full(n, np.iinfo(np.int64).min), floor + spec.tile_us)
     ranks = _Ranks(
-        _sorted_unique(event_us, labels.tail_from, *(e for pair in bounds.values() for e in pair))
+        _sorted_unique(
+            logged_us,
+            *(
+                e[labels.by_time]
+                for e in (labels.tail_from, *(e for pair in bounds.values() for e in pair))
+            ),
+        )
     )
-    keys = entity * ranks.size + np.searchsorted(ranks.times, event_us)
+    keys = entity * ranks.size + np.searchsorted(ranks.times, logged_us)[order]
 
     def windows_of(mask: np.ndarray | None) -> dict[WindowKey, _Window]:
         series = _Series(
