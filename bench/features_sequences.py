@@ -19,8 +19,12 @@ Four comparisons, each against the scalar figure of the same run on the same mac
   ``LAST_N(20)`` of (amount, merchant) per label as Arrow list columns, the snapshot id,
   Arrow back; ``stream_aggregates_as_of`` in process and the computation alone as
   diagnostics) next to DuckDB's ``ASOF LEFT JOIN`` of the same events' scalar columns
-  (tables already loaded; the join alone). Goal: <= 3x.
-  The full run is 1M labels; ``--quick`` a small smoke size.
+  (tables already loaded; the join alone). Goal: <= 3x, judged on the best call after the
+  process's first (``historical_runs``), as ``features.serving`` judges a warm call: the
+  first reads and parses the raw-event log, later ones extend the parsed-event cache
+  (ADR 0021); the first call is reported beside it.
+  The full run is 1M labels; ``--quick`` a small smoke size. ``comparisons`` selects
+  comparisons, e.g. ``--set features.sequences.comparisons=training_set``.
 """
 
 from __future__ import annotations
@@ -75,7 +79,11 @@ from services.feature_store.app.streaming.history import stream_aggregates_as_of
 from services.feature_store.app.streaming.ingest import ingest_streams
 from services.feature_store.domain.definitions.rules import validate_repository
 from services.feature_store.domain.streaming import aggregation as agg
-from services.feature_store.domain.streaming.as_of import EventColumns, compute_as_of
+from services.feature_store.domain.streaming.as_of import (
+    EventArrays,
+    EventColumns,
+    compute_as_of,
+)
 from services.feature_store.domain.streaming.events import parse_event
 from services.feature_store.service import SPEC
 from services.feature_store.store import tiles
@@ -553,21 +561,23 @@ async def _training_set(context: BenchContext, params: SequencesParams) -> tuple
     service_s = min(calls[1:]) if len(calls) > 1 else first_s
 
     spec = agg.spec_of(view, "loan_id")
-    events = EventColumns.of(
+    events = EventArrays.of(
         spec,
-        (
-            parse_event(
-                spec,
-                json.loads(r.payload),
-                arrival_us=agg.to_us(r.arrival_time),
-                sequence=r.stream_sequence,
-            )
-            for r in raw
+        EventColumns.of(
+            spec,
+            (
+                parse_event(
+                    spec,
+                    json.loads(r.payload),
+                    arrival_us=agg.to_us(r.arrival_time),
+                    sequence=r.stream_sequence,
+                )
+                for r in raw
+            ),
         ),
     )
-    keys = label_keys.to_pylist()
     started = time.perf_counter()
-    compute_as_of(spec, events, keys, label_us).to_arrow(spec)
+    compute_as_of(spec, events, label_keys, label_us).to_arrow(spec)
     compute_s = time.perf_counter() - started
 
     db = duckdb.connect()
@@ -629,7 +639,8 @@ async def _training_set(context: BenchContext, params: SequencesParams) -> tuple
         ),
         Measurement(
             "compute_only",
-            "the as-of computation alone (events already parsed)",
+            "the as-of computation alone (events already parsed into arrays, as the cache "
+            "keeps them)",
             Role.DIAGNOSTIC,
             {"seconds": Value(round(compute_s, 3), "s")},
         ),
