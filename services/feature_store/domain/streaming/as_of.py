@@ -184,9 +184,23 @@ class EventArrays:
     hashes: dict[str, list[int | None]]
     sequences: dict[str, tuple[np.ndarray, tuple[pa.Array, ...]]]
     """Sequence part -> (which events carry it, its columns' values of those events)."""
+    _sorted: list[tuple[np.ndarray, pa.Array, np.ndarray]] = field(
+        default_factory=list, compare=False, repr=False
+    )
 
     def __len__(self) -> int:
         return len(self.event_us)
+
+    def sorted(self) -> tuple[np.ndarray, pa.Array, np.ndarray]:
+        """(entity code per event, the keys the codes index, the events' position order:
+        by entity, then (event time, arrival, sequence)), computed once per instance (a
+        cached copy is read by call after call)."""
+        if not self._sorted:
+            encoded = self.entity_keys.dictionary_encode()
+            entity = encoded.indices.to_numpy().astype(np.int64)
+            order = np.lexsort((self.sequence, self.arrival_us, self.event_us, entity))
+            self._sorted.append((entity, encoded.dictionary, order))
+        return self._sorted[0]
 
     @classmethod
     def of(cls, spec: StreamViewSpec, columns: EventColumns) -> EventArrays:
@@ -469,16 +483,14 @@ def compute_as_of(
         events = EventArrays.of(spec, events)
     n = len(label_keys)
     t = np.asarray(label_us, dtype=np.int64)
-    encoded = events.entity_keys.dictionary_encode()
-    entity = encoded.indices.to_numpy().astype(np.int64)
-    event_us, arrival_us, sequence = events.event_us, events.arrival_us, events.sequence
+    entity, dictionary, order = events.sorted()
+    event_us, arrival_us = events.event_us, events.arrival_us
     label_codes = pc.index_in(
         label_keys if isinstance(label_keys, pa.Array) else pa.array(label_keys, pa.string()),
-        value_set=encoded.dictionary,
+        value_set=dictionary,
     )
     # Within an entity, position order is (event time, arrival time, sequence) order: the
     # last known event of a range is the one with the highest position.
-    order = np.lexsort((sequence, arrival_us, event_us, entity))
     logged_us = event_us  # in log order: nearly sorted by time, quick to search
     entity, event_us, arrival_us = entity[order], event_us[order], arrival_us[order]
 
