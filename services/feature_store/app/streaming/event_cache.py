@@ -102,6 +102,7 @@ class _Copy:
         mask &= pc.is_in(self.events.entity_keys, value_set=wanted).to_numpy(zero_copy_only=False)
         if mask.all():
             return self.events  # arrays are never changed in place: concat makes new ones
+        self.events.sorted()  # once per copy; the selection's order is derived from it
         return self.events.take(np.flatnonzero(mask))
 
 

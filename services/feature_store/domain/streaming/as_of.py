@@ -261,7 +261,7 @@ class EventArrays:
             rank = np.cumsum(present) - 1  # an event's index among those carrying the part
             kept = positions[present[positions]]
             sequences[key] = present[positions], tuple(a.take(pa.array(rank[kept])) for a in arrays)
-        return EventArrays(
+        taken = EventArrays(
             entity_keys=self.entity_keys.take(indices),
             event_us=self.event_us[positions],
             arrival_us=self.arrival_us[positions],
@@ -270,6 +270,15 @@ class EventArrays:
             hashes={k: [v[i] for i in chosen] for k, v in self.hashes.items()},
             sequences=sequences,
         )
+        if self._sorted:
+            # The order of a subset is the whole's order restricted to it (a stable sort:
+            # ties stay in index order either way), so it needs no sort of its own.
+            entity, dictionary, order = self._sorted[0]
+            keep = np.zeros(len(self), dtype=bool)
+            keep[positions] = True
+            index = np.cumsum(keep) - 1
+            taken._sorted.append((entity[positions], dictionary, index[order[keep[order]]]))
+        return taken
 
 
 def sequence_keys(spec: StreamViewSpec) -> tuple[str, ...]:
