@@ -1,10 +1,10 @@
 """Parsed raw events per stream view version, kept between training sets (ADR 0021).
 
 Point-in-time stream aggregates read a source's raw-event log and parse every event as
-the view sees it (``parse_event``): at ~5-20 µs an event that is most of a training
+the view sees it (``parse_event``): at ~5-45 µs an event that was most of a training
 set's cost. This cache keeps, per view version, the accepted events of the log from some
-arrival time on, already parsed (``EventColumns``), with the Postgres snapshot they were
-read at. A later call reads only what changed since:
+arrival time on, already parsed into arrays (``EventArrays``), with the Postgres snapshot
+they were read at. A later call reads only what changed since:
 
 - events logged by transactions that snapshot did not see (``written_xid``, one index
   range scan of the recent rows: late events, backfill imports of old history alike);
@@ -14,12 +14,12 @@ read at. A later call reads only what changed since:
 
 All reads of one call run in one REPEATABLE READ transaction, whose snapshot becomes the
 copy's: the copy is exactly what a plain read in that transaction would return, parsed
-by the same function, so answers do not change (the property tests compare it with the
-tile path and brute force). The selection handed to the computation is that of a plain
-read: the same arrival range, the labels' entities only.
+by the same function, so answers do not change (tests/feature_store/test_event_cache.py
+compares cached and plain answers). The selection handed to the computation is that of a
+plain read: the same arrival range, the labels' entities only.
 
 One process's memory: bounded by ``max_events`` over all views (least recently used
-copies go first; a view larger than the bound is read without a copy).
+copies go first; a view larger than the bound is used once and dropped).
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ from services.feature_store.domain.streaming.events import (
 from services.feature_store.store import stream_events
 
 DEFAULT_MAX_EVENTS = 20_000_000
-"""Parsed events kept over all views (~100-300 bytes each, by the view's columns)."""
+"""Parsed events kept over all views (arrays: ~60-100 bytes an event; scalar columns
+are kept as Python decimals, more)."""
 
 
 async def parse_all(
