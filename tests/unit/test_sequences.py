@@ -17,7 +17,11 @@ from lathe.feature_store.v1 import message_pb2 as m
 from libs.errors import InvalidArgument
 from services.feature_store.domain.definitions.rules import validate_repository
 from services.feature_store.domain.streaming import aggregation as agg
-from services.feature_store.domain.streaming.as_of import EventColumns, compute_as_of
+from services.feature_store.domain.streaming.as_of import (
+    EventArrays,
+    EventColumns,
+    compute_as_of,
+)
 from services.feature_store.domain.streaming.events import EventRejected, parse_event
 from services.feature_store.domain.training import content_id
 from services.feature_store.domain.values import coerce, from_python, to_python, value_of, violated
@@ -444,3 +448,27 @@ def test_string_lists_refuse_nul() -> None:
     pushed = m.Value(string_list_value=m.StringList(values=["\x00"]))
     with pytest.raises(InvalidArgument, match="NUL"):
         coerce(pushed, m.VALUE_TYPE_STRING_LIST, "x")
+
+
+def test_a_subset_of_cached_events_is_ordered_as_if_sorted_afresh() -> None:
+    """EventArrays.take derives a subset's order from the whole's (the parsed-event cache
+    sorts once per copy); it must be exactly the subset's own stable sort, ties included."""
+    rng = np.random.default_rng(3)
+    count = 2_000
+    whole = EventArrays(
+        entity_keys=pa.array([f"e{k}" for k in rng.integers(0, 30, count)]),
+        event_us=rng.integers(0, 50, count),
+        arrival_us=rng.integers(0, 5, count),
+        sequence=rng.integers(0, 3, count),  # many exact ties
+        values={},
+        hashes={},
+        sequences={},
+    )
+    whole.sorted()
+    for _ in range(5):
+        positions = np.flatnonzero(rng.random(count) < 0.4)
+        subset = whole.take(positions)
+        codes, dictionary, order = subset.sorted()
+        assert dictionary.take(pa.array(codes)).equals(subset.entity_keys)
+        fresh = np.lexsort((subset.sequence, subset.arrival_us, subset.event_us, codes))
+        assert np.array_equal(order, fresh)

@@ -93,9 +93,11 @@ async def read_events(
     *,
     arrived_from: datetime | None = None,
     arrived_until: datetime | None = None,
+    arrived_before: datetime | None = None,
     prefetch: int = 10_000,
 ) -> AsyncIterator[RawEvent]:
-    """The source's logged events (optionally by arrival time), streamed with a cursor.
+    """The source's logged events (optionally by arrival time: ``arrived_before``
+    excludes its bound), streamed with a cursor.
 
     Needs a transaction on ``conn`` (cursors live in one).
     """
@@ -103,8 +105,49 @@ async def read_events(
                FROM feature_store.stream_events
                WHERE source = $1
                  AND ($2::timestamptz IS NULL OR arrival_time >= $2)
-                 AND ($3::timestamptz IS NULL OR arrival_time <= $3)"""
-    async for record in conn.cursor(query, source, arrived_from, arrived_until, prefetch=prefetch):
+                 AND ($3::timestamptz IS NULL OR arrival_time <= $3)
+                 AND ($4::timestamptz IS NULL OR arrival_time < $4)"""
+    async for record in conn.cursor(
+        query, source, arrived_from, arrived_until, arrived_before, prefetch=prefetch
+    ):
+        yield RawEvent(record[0], record[1], record[2], record[3])
+
+
+async def log_state(conn: asyncpg.Connection, source: str) -> tuple[str, int]:
+    """(the snapshot of the caller's transaction as text, rows of ``source`` ever deleted).
+
+    In a REPEATABLE READ transaction, call it first: every later read of the transaction
+    sees exactly what this snapshot saw, so ``read_events(..., unseen_by=snapshot)`` in a
+    later transaction returns the rows it could not see (ADR 0021's parsed-event cache).
+    """
+    record = await conn.fetchrow(
+        """SELECT pg_current_snapshot()::text,
+                  coalesce((SELECT deleted FROM feature_store.stream_event_deletions
+                            WHERE source = $1), 0)""",
+        source,
+    )
+    assert record is not None
+    return record[0], record[1]
+
+
+async def read_unseen_events(
+    conn: asyncpg.Connection,
+    source: str,
+    snapshot: str,
+    *,
+    arrived_from: datetime | None = None,
+    prefetch: int = 10_000,
+) -> AsyncIterator[RawEvent]:
+    """The source's events (arrived at or after ``arrived_from``, if given) that a
+    transaction with ``snapshot`` (``log_state``) did not see: logged by a transaction
+    that had not committed then. Streamed with a cursor (needs a transaction)."""
+    query = """SELECT event_id, stream_sequence, arrival_time, payload
+               FROM feature_store.stream_events
+               WHERE source = $1
+                 AND written_xid >= pg_snapshot_xmin($2::text::pg_snapshot)
+                 AND NOT pg_visible_in_snapshot(written_xid, $2::text::pg_snapshot)
+                 AND ($3::timestamptz IS NULL OR arrival_time >= $3)"""
+    async for record in conn.cursor(query, source, snapshot, arrived_from, prefetch=prefetch):
         yield RawEvent(record[0], record[1], record[2], record[3])
 
 

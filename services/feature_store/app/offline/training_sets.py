@@ -22,6 +22,7 @@ from lathe.feature_store.v1 import request_response_pb2 as rr
 from libs.db import transaction
 from libs.eventstore import ANY_VERSION, ClientRequest, EventMetadata, EventStore, RequestLog
 from services.feature_store.app.definitions.cache import DefinitionsCache
+from services.feature_store.app.streaming.event_cache import ParsedEventCache
 from services.feature_store.app.streaming.history import stream_aggregates_as_of
 from services.feature_store.domain import training
 from services.feature_store.domain.definitions.read_plan import ReadPlan, StoredColumn
@@ -46,8 +47,10 @@ class HistoricalReader:
         cache: DefinitionsCache,
         mirror: OfflineMirror,
         requests: RequestLog,
+        events: ParsedEventCache | None = None,
     ) -> None:
         self._pool = pool
+        self._events = ParsedEventCache() if events is None else events
         self._store = store
         self._cache = cache
         self._mirror = mirror
@@ -106,6 +109,7 @@ class HistoricalReader:
             read.join_keys,
             joined.column(read.join_key),
             joined.column("event_time").cast(pa.timestamp("us", tz="UTC")),
+            cache=self._events,
         )
         for i, feature in enumerate(read.view.features):
             joined = joined.append_column(

@@ -13,22 +13,19 @@ from datetime import datetime
 
 import asyncpg
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.errors import InvalidArgument
-from services.feature_store.domain.streaming.aggregation import from_us, spec_of, to_us
+from services.feature_store.app.streaming.event_cache import ParsedEventCache, parse_all
+from services.feature_store.domain.streaming.aggregation import from_us, spec_of
 from services.feature_store.domain.streaming.as_of import (
     EVENT_TIME,
+    EventArrays,
     EventColumns,
     compute_as_of,
-    label_keys,
+    label_key_array,
     label_times_us,
-    sequence_keys,
-)
-from services.feature_store.domain.streaming.events import (
-    EventRejected,
-    decode_payload,
-    parse_event,
 )
 from services.feature_store.store import stream_events
 
@@ -41,6 +38,8 @@ async def stream_aggregates_as_of(
     join_keys: str | Sequence[str],
     entity_keys: Sequence[str | int] | pa.Array | pa.ChunkedArray,
     as_of: Sequence[datetime] | pa.Array | pa.ChunkedArray,
+    *,
+    cache: ParsedEventCache | None = None,
 ) -> pa.Table:
     """A stream view's features for each label row (entity key, time), in label order.
 
@@ -66,37 +65,49 @@ async def stream_aggregates_as_of(
     then the computation is vectorized (roughly 4 s for 1M events x 100k labels x 24
     aggregations on a 2-core machine); PERCENTILE and COUNT_DISTINCT add work per label
     proportional to the events in its window.
+
+    With a ``cache`` (one per process), the parsed events are kept per view version and
+    a later call reads and parses only the events logged since (event_cache.py): the
+    same events, so the same answers.
     """
     if view.WhichOneof("source") != "stream_source":
         raise InvalidArgument(f"feature view {view.name!r} is not a stream view")
     spec = spec_of(view, join_keys)
-    keys = label_keys(entity_keys)
+    keys = label_key_array(entity_keys)
     times = label_times_us(as_of)
     if len(keys) != len(times):
         raise InvalidArgument("entity_keys and as_of need one value per label row")
-    events = EventColumns.empty(spec)
+    events: EventColumns | EventArrays = EventColumns.empty(spec)
     if len(keys):
-        wanted = set(keys)
-        sequences = sequence_keys(spec)
         first_start = int(times.min()) - int(times.min()) % spec.tile_us - spec.max_window_us
-        async with pool.acquire() as conn, conn.transaction(readonly=True):
-            async for raw in stream_events.read_events(
-                conn,
-                spec.source,
-                # Accepted events arrive within lateness of their event time; a lifetime
-                # aggregation reads every event there is.
-                arrived_from=None if spec.lifetime else from_us(first_start - spec.lateness_us),
-                arrived_until=from_us(int(times.max())),
-            ):
-                try:
-                    event = parse_event(
-                        spec,
-                        decode_payload(raw.payload),
-                        arrival_us=to_us(raw.arrival_time),
-                        sequence=raw.stream_sequence,
-                    )
-                except EventRejected:
-                    continue
-                if event.entity_key in wanted:
-                    events.append(event, spec.columns, spec.distinct_columns, sequences)
+        # Accepted events arrive within lateness of their event time; a lifetime
+        # aggregation reads every event there is.
+        arrived_from = None if spec.lifetime else first_start - spec.lateness_us
+        arrived_until = int(times.max())
+        if cache is not None:
+            identity = (
+                view.SerializeToString(deterministic=True),
+                spec.entity_field,
+                spec.entity_fields,
+            )
+            events = await cache.events(
+                pool,
+                spec,
+                identity,
+                arrived_from=arrived_from,
+                arrived_until=arrived_until,
+                wanted=pc.unique(keys),
+            )
+        else:
+            async with pool.acquire() as conn, conn.transaction(readonly=True):
+                events = await parse_all(
+                    spec,
+                    stream_events.read_events(
+                        conn,
+                        spec.source,
+                        arrived_from=None if arrived_from is None else from_us(arrived_from),
+                        arrived_until=from_us(arrived_until),
+                    ),
+                    set(pc.unique(keys).to_pylist()),
+                )
     return compute_as_of(spec, events, keys, times).to_arrow(spec)

@@ -35,6 +35,7 @@ from decimal import Decimal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lathe.feature_store.v1 import message_pb2 as m
 from libs.errors import InvalidArgument
@@ -116,6 +117,40 @@ class EventColumns:
                 None if item is None else item[1]  # type: ignore[index]
             )
 
+    def __len__(self) -> int:
+        return len(self.event_us)
+
+    def extend(self, other: EventColumns) -> None:
+        """Append ``other``'s events (of the same spec) after these."""
+        self.entity_keys.extend(other.entity_keys)
+        self.event_us.extend(other.event_us)
+        self.arrival_us.extend(other.arrival_us)
+        self.sequence.extend(other.sequence)
+        for mine, theirs in (
+            (self.values, other.values),
+            (self.hashes, other.hashes),
+            (self.sequences, other.sequences),
+        ):
+            for name, items in theirs.items():
+                mine.setdefault(name, []).extend(items)  # type: ignore[arg-type]
+
+    def take(self, positions: np.ndarray) -> EventColumns:
+        """The events at ``positions`` (ascending), as a new EventColumns."""
+        chosen = positions.tolist()
+
+        def pick(items: list[object]) -> list[object]:
+            return [items[i] for i in chosen]
+
+        return EventColumns(
+            entity_keys=pick(self.entity_keys),  # type: ignore[arg-type]
+            event_us=pick(self.event_us),  # type: ignore[arg-type]
+            arrival_us=pick(self.arrival_us),  # type: ignore[arg-type]
+            sequence=pick(self.sequence),  # type: ignore[arg-type]
+            values={k: pick(v) for k, v in self.values.items()},  # type: ignore[arg-type]
+            hashes={k: pick(v) for k, v in self.hashes.items()},  # type: ignore[arg-type]
+            sequences={k: pick(v) for k, v in self.sequences.items()},  # type: ignore[arg-type]
+        )
+
     @classmethod
     def empty(cls, spec: StreamViewSpec) -> EventColumns:
         return cls(
@@ -131,6 +166,119 @@ class EventColumns:
         for event in events:
             columns.append(event, spec.columns, spec.distinct_columns, keys)
         return columns
+
+
+@dataclass(frozen=True)
+class EventArrays:
+    """Accepted events of one view as arrays: what the computation reads, built from
+    ``EventColumns`` once and then concatenated and taken from in C (the parsed-event
+    cache keeps these). Events keep their order."""
+
+    entity_keys: pa.Array
+    """Each event's entity key (string)."""
+    event_us: np.ndarray
+    arrival_us: np.ndarray
+    sequence: np.ndarray
+    values: dict[str, list[Decimal | None]]
+    """Numeric columns as exact decimals (None: absent); Python objects, as summed."""
+    hashes: dict[str, list[int | None]]
+    sequences: dict[str, tuple[np.ndarray, tuple[pa.Array, ...]]]
+    """Sequence part -> (which events carry it, its columns' values of those events)."""
+    _sorted: list[tuple[np.ndarray, pa.Array, np.ndarray]] = field(
+        default_factory=list, compare=False, repr=False
+    )
+
+    def __len__(self) -> int:
+        return len(self.event_us)
+
+    def sorted(self) -> tuple[np.ndarray, pa.Array, np.ndarray]:
+        """(entity code per event, the keys the codes index, the events' position order:
+        by entity, then (event time, arrival, sequence)), computed once per instance (a
+        cached copy is read by call after call)."""
+        if not self._sorted:
+            encoded = self.entity_keys.dictionary_encode()
+            entity = encoded.indices.to_numpy().astype(np.int64)
+            order = np.lexsort((self.sequence, self.arrival_us, self.event_us, entity))
+            self._sorted.append((entity, encoded.dictionary, order))
+        return self._sorted[0]
+
+    @classmethod
+    def of(cls, spec: StreamViewSpec, columns: EventColumns) -> EventArrays:
+        sequences = {}
+        for key, names, types in spec.sequences:
+            items = columns.sequences[key]
+            present = np.fromiter((i is not None for i in items), bool, len(items))
+            kept = [i for i in items if i is not None]
+            sequences[key] = (
+                present,
+                tuple(
+                    pa.array([item[j] for item in kept], ELEMENT_ARROW[kind])  # type: ignore[index]
+                    for j, kind in enumerate(types)
+                ),
+            )
+            assert len(names) == len(types)
+        return cls(
+            entity_keys=pa.array(columns.entity_keys, pa.string()),
+            event_us=np.asarray(columns.event_us, dtype=np.int64),
+            arrival_us=np.asarray(columns.arrival_us, dtype=np.int64),
+            sequence=np.asarray(columns.sequence, dtype=np.int64),
+            values=columns.values,
+            hashes=columns.hashes,
+            sequences=sequences,
+        )
+
+    def concat(self, other: EventArrays) -> EventArrays:
+        """These events, then ``other``'s (of the same view)."""
+        if not len(other):
+            return self
+        if not len(self):
+            return other
+        return EventArrays(
+            entity_keys=pa.concat_arrays([self.entity_keys, other.entity_keys]),
+            event_us=np.concatenate([self.event_us, other.event_us]),
+            arrival_us=np.concatenate([self.arrival_us, other.arrival_us]),
+            sequence=np.concatenate([self.sequence, other.sequence]),
+            values={k: v + other.values[k] for k, v in self.values.items()},
+            hashes={k: v + other.hashes[k] for k, v in self.hashes.items()},
+            sequences={
+                key: (
+                    np.concatenate([present, other.sequences[key][0]]),
+                    tuple(
+                        pa.concat_arrays([mine, theirs])
+                        for mine, theirs in zip(arrays, other.sequences[key][1], strict=True)
+                    ),
+                )
+                for key, (present, arrays) in self.sequences.items()
+            },
+        )
+
+    def take(self, positions: np.ndarray) -> EventArrays:
+        """The events at ``positions`` (ascending)."""
+        chosen = positions.tolist() if self.values or self.hashes else []
+        indices = pa.array(positions, pa.int64())
+        sequences = {}
+        for key, (present, arrays) in self.sequences.items():
+            rank = np.cumsum(present) - 1  # an event's index among those carrying the part
+            kept = positions[present[positions]]
+            sequences[key] = present[positions], tuple(a.take(pa.array(rank[kept])) for a in arrays)
+        taken = EventArrays(
+            entity_keys=self.entity_keys.take(indices),
+            event_us=self.event_us[positions],
+            arrival_us=self.arrival_us[positions],
+            sequence=self.sequence[positions],
+            values={k: [v[i] for i in chosen] for k, v in self.values.items()},
+            hashes={k: [v[i] for i in chosen] for k, v in self.hashes.items()},
+            sequences=sequences,
+        )
+        if self._sorted:
+            # The order of a subset is the whole's order restricted to it (a stable sort:
+            # ties stay in index order either way), so it needs no sort of its own.
+            entity, dictionary, order = self._sorted[0]
+            keep = np.zeros(len(self), dtype=bool)
+            keep[positions] = True
+            index = np.cumsum(keep) - 1
+            taken._sorted.append((entity[positions], dictionary, index[order[keep[order]]]))
+        return taken
 
 
 def sequence_keys(spec: StreamViewSpec) -> tuple[str, ...]:
@@ -177,6 +325,10 @@ class _Labels:
     t: np.ndarray
     tail_from: np.ndarray
     """Events after this may be unknown at t; events at or before it are surely known."""
+    by_time: np.ndarray
+    """Labels ordered by t; every bound searched is non-decreasing in t."""
+    by_key: np.ndarray
+    """Labels ordered by (entity code, t): the order of their (entity, bound) queries."""
 
 
 class _Series:
@@ -188,9 +340,13 @@ class _Series:
         self._ranks = ranks
 
     def bounds(self, labels: _Labels, times: np.ndarray, side: str) -> np.ndarray:
-        query = labels.code * self._ranks.size + np.searchsorted(self._ranks.times, times)
-        order = np.argsort(query, kind="stable")  # sorted needles search much faster
+        # Sorted needles search much faster; a bound is a non-decreasing function of t, so
+        # the labels' two orders (by t; by entity, t) sort every bound's needles.
+        ranks = np.empty(len(times), dtype=np.int64)
+        ranks[labels.by_time] = np.searchsorted(self._ranks.times, times[labels.by_time])
+        query = labels.code * self._ranks.size + ranks
         found = np.empty(len(query), dtype=np.int64)
+        order = labels.by_key
         found[order] = np.searchsorted(self.keys, query[order], side=side)  # type: ignore[call-overload]
         return np.where(labels.code >= 0, found, 0)
 
@@ -291,7 +447,8 @@ def _range_reduce(
 
 
 def _sorted_unique(*arrays: np.ndarray) -> np.ndarray:
-    values = np.sort(np.concatenate(arrays))
+    # A stable sort (timsort) merges runs: the arrays come sorted or nearly so.
+    values = np.sort(np.concatenate(arrays), kind="stable")
     keep = np.ones(len(values), dtype=bool)
     keep[1:] = values[1:] != values[:-1]
     return values[keep]
@@ -320,34 +477,40 @@ def _scaled(ratios: Sequence[tuple[int, int]]) -> tuple[np.ndarray, int]:
 
 
 def compute_as_of(
-    spec: StreamViewSpec, events: EventColumns, label_keys: Sequence[str], label_us: np.ndarray
+    spec: StreamViewSpec,
+    events: EventColumns | EventArrays,
+    label_keys: Sequence[str] | pa.Array,
+    label_us: np.ndarray,
 ) -> AsOf:
     """Every aggregation of ``spec`` per label (entity key, time in µs), in label order.
 
     ``events`` are the view's accepted events (parsed and within lateness) from any
     time range that covers the labels' windows; events of other entities are ignored.
+    Label keys are stored keys (``label_keys``); "" or null matches no entity.
     """
+    if isinstance(events, EventColumns):
+        events = EventArrays.of(spec, events)
     n = len(label_keys)
     t = np.asarray(label_us, dtype=np.int64)
-    codes: dict[str, int] = {}
-    entity = np.fromiter(
-        (codes.setdefault(k, len(codes)) for k in events.entity_keys),
-        np.int64,
-        len(events.event_us),
+    entity, dictionary, order = events.sorted()
+    event_us, arrival_us = events.event_us, events.arrival_us
+    label_codes = pc.index_in(
+        label_keys if isinstance(label_keys, pa.Array) else pa.array(label_keys, pa.string()),
+        value_set=dictionary,
     )
-    event_us = np.asarray(events.event_us, dtype=np.int64)
-    arrival_us = np.asarray(events.arrival_us, dtype=np.int64)
-    sequence = np.asarray(events.sequence, dtype=np.int64)
     # Within an entity, position order is (event time, arrival time, sequence) order: the
     # last known event of a range is the one with the highest position.
-    order = np.lexsort((sequence, arrival_us, event_us, entity))
+    logged_us = event_us  # in log order: nearly sorted by time, quick to search
     entity, event_us, arrival_us = entity[order], event_us[order], arrival_us[order]
 
     floor = t - np.mod(t, spec.tile_us)
+    code = label_codes.fill_null(-1).to_numpy().astype(np.int64)
     labels = _Labels(
-        code=np.fromiter((codes.get(k, -1) for k in label_keys), np.int64, n),
+        code=code,
         t=t,
         tail_from=t - int(max(0, (arrival_us - event_us).max(initial=0))),
+        by_time=np.argsort(t, kind="stable"),
+        by_key=np.lexsort((t, code)),
     )
     # Each window's event-time bounds [start, upper) per label; lifetime: no start.
     bounds: dict[WindowKey, tuple[np.ndarray, np.ndarray]] = {
@@ -356,9 +519,15 @@ def compute_as_of(
     if spec.lifetime:
         bounds[_LIFETIME] = (np.full(n, np.iinfo(np.int64).min), floor + spec.tile_us)
     ranks = _Ranks(
-        _sorted_unique(event_us, labels.tail_from, *(e for pair in bounds.values() for e in pair))
+        _sorted_unique(
+            logged_us,
+            *(
+                e[labels.by_time]
+                for e in (labels.tail_from, *(e for pair in bounds.values() for e in pair))
+            ),
+        )
     )
-    keys = entity * ranks.size + np.searchsorted(ranks.times, event_us)
+    keys = entity * ranks.size + np.searchsorted(ranks.times, logged_us)[order]
 
     def windows_of(mask: np.ndarray | None) -> dict[WindowKey, _Window]:
         series = _Series(
@@ -388,7 +557,7 @@ def compute_as_of(
         return all_events if mask.all() else windows_of(mask)
 
     sequences = {
-        part: _Sequences.of(events.sequences[part], order, event_us, sequence_windows)
+        part: _Sequences.of(*events.sequences[part], order, event_us, sequence_windows)
         for part, _, _ in spec.sequences
     }
     for aggregation in spec.aggregations:
@@ -555,7 +724,10 @@ class _Sequences:
     """The events carrying one sequence part (all its columns present), in position order
     — (event time, arrival, sequence), the tile path's order key — and their windows."""
 
-    items: list[tuple[object, ...]]
+    columns: tuple[pa.Array, ...]
+    """Each column's values, in the events' original order (``rank`` maps to them)."""
+    rank: pa.Array
+    """Position i's index into ``columns``."""
     event_us: np.ndarray
     windows: dict[WindowKey, _Window]
     _elements: dict[int, pa.Array] = field(default_factory=dict)
@@ -566,14 +738,15 @@ class _Sequences:
     @classmethod
     def of(
         cls,
-        raw: list[tuple[object, ...] | None],
+        carried: np.ndarray,
+        columns: tuple[pa.Array, ...],
         order: np.ndarray,
         event_us: np.ndarray,
         windows_of: Callable[[np.ndarray], dict[WindowKey, _Window]],
     ) -> _Sequences:
-        present = np.fromiter((raw[i] is not None for i in order), bool, len(order))
-        items = [raw[i] for i in order[present]]
-        return cls(items, event_us[present], windows_of(present))  # type: ignore[arg-type]
+        present = carried[order]
+        rank = (np.cumsum(carried) - 1)[order[present]]
+        return cls(columns, pa.array(rank, pa.int64()), event_us[present], windows_of(present))
 
     def chosen(
         self, key: WindowKey, latest: bool, n: int, live: np.ndarray
@@ -614,9 +787,9 @@ class _Sequences:
             if output == EVENT_TIME_OUTPUT:
                 self._elements[output] = pa.array(self.event_us / 1e6, pa.float64())
             else:
-                self._elements[output] = pa.array(
-                    [item[output] for item in self.items], ELEMENT_ARROW[value_type]
-                )
+                column = self.columns[output]
+                assert column.type == ELEMENT_ARROW[value_type]
+                self._elements[output] = column.take(self.rank)
         return self._elements[output]
 
     def column(self, aggregation: WindowAggregation, key: WindowKey, live: np.ndarray) -> pa.Array:
@@ -661,6 +834,20 @@ def label_keys(entity_keys: object) -> list[str]:
     """Label rows' entity keys as stored keys: int64 by decimal text; anything else
     (null included) as "", which matches no entity (the row comes back null)."""
     return [_key_text(k) for k in _python(entity_keys)]
+
+
+def label_key_array(entity_keys: object) -> pa.Array:
+    """``label_keys`` as an Arrow string array, converted in C where the keys come as
+    Arrow strings or integers (nulls stay null: they match no entity either)."""
+    if isinstance(entity_keys, pa.ChunkedArray):
+        entity_keys = entity_keys.combine_chunks()
+    if isinstance(entity_keys, pa.Array):
+        if pa.types.is_dictionary(entity_keys.type):
+            entity_keys = entity_keys.dictionary_decode()
+        kind = entity_keys.type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind):
+            return pc.cast(entity_keys, pa.string())
+    return pa.array(label_keys(entity_keys), pa.string())
 
 
 def label_times_us(as_of: object) -> np.ndarray:
