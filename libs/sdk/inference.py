@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -200,15 +200,17 @@ class InferenceClient:
             disable_canary=disable_canary,
             allow_unknown_entities=allow_unknown_entities,
         )
+        response: rr.PredictResponse = await self._call(self.stub.Predict, request, timeout_s)
+        return _predictions(response)
+
+    async def _call(self, rpc: Any, request: Any, timeout_s: float | None) -> Any:
+        """``rpc(request)`` within the deadline, retried where safe (module docstring)."""
         deadline = time.monotonic() + (self._timeout_s if timeout_s is None else timeout_s)
 
-        async def attempt(remaining_s: float) -> rr.PredictResponse:
-            return await self.stub.Predict(  # type: ignore[no-any-return]
-                request, timeout=remaining_s, metadata=self._metadata
-            )
+        async def attempt(remaining_s: float) -> Any:
+            return await rpc(request, timeout=remaining_s, metadata=self._metadata)
 
-        response = await _retrying(self._retry, deadline, attempt)
-        return _predictions(response)
+        return await _retrying(self._retry, deadline, attempt)
 
     async def decide(
         self,
@@ -230,14 +232,7 @@ class InferenceClient:
             disable_canary=disable_canary,
             allow_unknown_entities=allow_unknown_entities,
         )
-        deadline = time.monotonic() + (self._timeout_s if timeout_s is None else timeout_s)
-
-        async def attempt(remaining_s: float) -> rr.DecideResponse:
-            return await self.stub.Decide(  # type: ignore[no-any-return]
-                request, timeout=remaining_s, metadata=self._metadata
-            )
-
-        response = await _retrying(self._retry, deadline, attempt)
+        response: rr.DecideResponse = await self._call(self.stub.Decide, request, timeout_s)
         names = list(response.action_names)
         return Decisions(
             [
