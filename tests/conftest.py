@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,14 +24,9 @@ from libs.eventstore import EventStore
 from libs.telemetry.asyncpg_spans import RecordedTraceAsyncPGInstrumentor
 from libs.telemetry.sampling import SkipUntracedClientCalls
 from tests.support.infra import InfraEndpoints, provide_infra
+from tests.support.ports import free_port
 
 pytest_plugins = ["tests.support.registry_fixtures", "tests.support.feature_store_fixtures"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

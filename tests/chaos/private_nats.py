@@ -15,19 +15,14 @@ from pathlib import Path
 
 from libs.platform.nats import EmbeddedNats
 from libs.platform.processes import is_alive, stop_process_tree
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.support.ports import free_port
 
 
 class PrivateNats:
     """One nats-server process at a time on a fixed port and store directory."""
 
     def __init__(self, directory: Path) -> None:
-        self._server = EmbeddedNats(directory / "store", _free_port())
+        self._server = EmbeddedNats(directory / "store", free_port())
         self.pid: int | None = None
 
     @property

@@ -8,7 +8,6 @@ keeps what the fuzz creates out of the other tests' way. Both are removed after 
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -29,14 +28,9 @@ from tests.fuzz.server_log import ErrorLog
 from tests.fuzz.targets import discover_targets, spec_of
 from tests.support.hosting import hosted
 from tests.support.infra import InfraEndpoints
+from tests.support.ports import free_port
 
 TOKEN = "fuzz-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -70,7 +64,7 @@ async def fuzz_platform(
         auth_token=SecretStr(TOKEN),
         shutdown_grace_s=1.0,
         relay_poll_interval_s=0.2,
-        **{f"{name.value}_addr": f"127.0.0.1:{_free_port()}" for name in ServiceName},
+        **{f"{name.value}_addr": f"127.0.0.1:{free_port()}" for name in ServiceName},
     )
     async with AsyncExitStack() as stack:
         pool = await connect_pool(fuzz_database, min_size=1, max_size=4)

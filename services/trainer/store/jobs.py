@@ -68,6 +68,10 @@ class JobStore:
         """Decide on the job as ``conn`` reads it and record that, in the caller's
         transaction; WrongExpectedVersion if another writer got there first (decide again
         in a new transaction)."""
+        # Writers of one job queue on its row rather than race: with optimistic concurrency
+        # alone, a cancel could lose every try to a worker recording progress many times a
+        # second. Read committed: the load below sees what the previous holder committed.
+        await conn.execute("SELECT 1 FROM trainer.jobs WHERE job_id = $1 FOR UPDATE", job_id)
         job = await self.load(job_id, conn)
         events = decide(job)
         if not events:
