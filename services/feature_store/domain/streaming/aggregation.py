@@ -375,17 +375,17 @@ class StreamViewSpec:
         """The parts (beside the column partials) its states keep, each once."""
         return tuple(dict.fromkeys(a.part for a in self.aggregations if a.part is not None))
 
-    @property
+    @cached_property
     def windows(self) -> tuple[WindowKey, ...]:
         """Its distinct (window, offset) pairs, lifetime aggregations left out."""
         return tuple(sorted({a.window for a in self.aggregations if not a.lifetime}))
 
-    @property
+    @cached_property
     def lifetime(self) -> bool:
         """Whether some aggregation has no start (ingestion keeps a lifetime state)."""
         return any(a.lifetime for a in self.aggregations)
 
-    @property
+    @cached_property
     def max_window_us(self) -> int:
         """How far back before the read's tile its windows reach (window + offset; 0 when
         every aggregation is lifetime): what reads fetch and pruning keeps."""
@@ -396,7 +396,7 @@ class StreamViewSpec:
         """The span of a rollup (ADR 0011)."""
         return self.tile_us * ROLLUP_TILES
 
-    @property
+    @cached_property
     def rolls_up(self) -> bool:
         """Whether ingestion and backfill keep rollups: only where a window is long enough
         for them to pay for their writes (about a third of the ingest rate)."""
