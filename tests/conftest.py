@@ -61,11 +61,7 @@ async def db_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def nats_client(infra: InfraEndpoints) -> AsyncIterator[NatsClient]:
     client = await nats.connect(infra.nats_url)
-    yield client
-    js = client.jetstream()
-    for name in await js.streams_info():
-        if name.config.name.lower().startswith(infra.namespace):
-            await js.delete_stream(name.config.name)
+    yield client  # the run's streams are deleted with ``infra`` (tests/support/infra.py)
     await client.close()
 
 

@@ -9,13 +9,17 @@ JetStream namespace, removed at the end.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
+
+import nats
 
 from libs.platform.scratch import scratch_servers
 
@@ -47,10 +51,38 @@ class InfraEndpoints:
 
 @contextmanager
 def provide_infra(scratch: Path) -> Iterator[InfraEndpoints]:
-    """Yield URLs of a real Postgres and NATS, starting embedded ones if needed."""
+    """Yield URLs of a real Postgres and NATS, starting embedded ones if needed; at the end,
+    delete the run's JetStream streams (the services the tests host create their own, so
+    this cannot depend on which fixtures a run happened to use)."""
     with scratch_servers(
         os.environ.get("LATHE_TEST_DATABASE_URL", DEFAULT_DATABASE_URL),
         os.environ.get("LATHE_TEST_NATS_URL", DEFAULT_NATS_URL),
         scratch,
     ) as servers:
-        yield InfraEndpoints(servers.admin_database_url, servers.nats_url, uuid.uuid4().hex[:10])
+        endpoints = InfraEndpoints(
+            servers.admin_database_url, servers.nats_url, uuid.uuid4().hex[:10]
+        )
+        try:
+            yield endpoints
+        finally:
+            # A thread of its own: the session's event loop may exist (not running) here.
+            cleanup = threading.Thread(
+                target=asyncio.run, args=(delete_streams(endpoints.nats_url, endpoints.namespace),)
+            )
+            cleanup.start()
+            cleanup.join()
+
+
+async def delete_streams(nats_url: str, namespace: str) -> list[str]:
+    """Delete every JetStream stream of ``namespace`` (names start with it, any case)."""
+    client = await nats.connect(nats_url)
+    deleted = []
+    try:
+        js = client.jetstream()
+        for info in await js.streams_info():
+            if info.config.name.lower().startswith(namespace):
+                await js.delete_stream(info.config.name)
+                deleted.append(info.config.name)
+    finally:
+        await client.close()
+    return deleted

@@ -5,9 +5,10 @@ that fails in between (a digest mismatch, a lost connection, a crash) leaves blo
 points to, and a crashed upload leaves its partial file. Versions are never deleted, so a
 blob that some version references is never collected. A blob written within the grace
 period is kept: its registration may still be on its way to recording the version, and a
-registration marks its blobs as just written when it records the version (failing with
-ABORTED if one was collected meanwhile), so the grace only has to outlast the gap between
-that mark and a collector's listing. Registries sharing an artifact root must share one
+registration marks its blobs as just written right before the transaction that records
+the version (failing with ABORTED if one was collected meanwhile), so the grace only has to
+outlast the gap between that mark and the commit (the wait for the model's lock included)
+and a collector's listing. Registries sharing an artifact root must share one
 database (a blob only another database's versions reference would look orphaned here): the
 first collection claims the root for its database and any other database's collector
 refuses to run on it.

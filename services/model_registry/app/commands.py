@@ -43,7 +43,7 @@ from services.model_registry.store.artifacts import (
     BlobMissing,
     BlobRef,
 )
-from services.model_registry.store.projection import RegistryProjection
+from services.model_registry.store.projection import RegistryProjection, version_of
 from services.model_registry.store.queries import LockedModel, RegistryQueries
 
 
@@ -168,6 +168,15 @@ class RegistryCommands:
         if self._upload_lease is not None:
             await self._upload_lease.held()
         artifacts = await receive_artifacts(self._artifacts, new.artifacts, chunks)
+        for artifact in artifacts:
+            # Spares the blobs from orphan collection from here on (app/blob_collection.py);
+            # before the transaction, so the file system is not waited on under the lock.
+            if not await self._artifacts.keep(artifact.sha256):
+                raise Conflict(
+                    f"artifact {artifact.name!r} was collected as an orphan before this "
+                    "version was recorded (the upload took longer than the grace period?); "
+                    "register the version again"
+                )
         async with transaction(self._pool) as conn:
             return await self._requests.once(
                 conn,
@@ -184,14 +193,6 @@ class RegistryCommands:
         metadata: EventMetadata,
     ) -> message_pb2.ModelVersion:
         locked = await self._lock(conn, new.model_name)
-        for artifact in artifacts:
-            # Spares the blobs from orphan collection from here on (app/blob_collection.py).
-            if not await self._artifacts.keep(artifact.sha256):
-                raise Conflict(
-                    f"artifact {artifact.name!r} was collected as an orphan before this "
-                    "version was recorded (the upload took longer than the grace period?); "
-                    "register the version again"
-                )
         version = locked.latest_version + 1
         registered = events_pb2.ModelVersionRegistered(
             model_name=new.model_name,
@@ -203,8 +204,8 @@ class RegistryCommands:
             lineage=new.lineage,
             artifacts=artifacts,
         )
-        await self._record_on_model(conn, new.model_name, registered, metadata)
-        return await self._require_version(conn, new.model_name, version)
+        recorded = await self._record_on_model(conn, new.model_name, registered, metadata)
+        return version_of(recorded.events[-1], registered)
 
     async def approve(
         self,
@@ -375,11 +376,11 @@ class RegistryCommands:
 
     async def _record_on_model(
         self, conn: asyncpg.Connection, model_name: str, event: Message, metadata: EventMetadata
-    ) -> None:
+    ) -> AppendResult:
         # The model row is locked, so the stream version read here is the one we append after.
         stream = model_stream(model_name)
         current = await self._store.stream_version(stream, conn=conn)
-        await self._recorder.record(
+        return await self._recorder.record(
             conn, stream, [event], expected_version=current, metadata=metadata
         )
 

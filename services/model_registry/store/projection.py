@@ -15,6 +15,25 @@ from lathe.model_registry.v1 import events_pb2, message_pb2
 from libs.eventstore import RecordedEvent
 
 
+def version_of(
+    event: RecordedEvent, message: events_pb2.ModelVersionRegistered
+) -> message_pb2.ModelVersion:
+    """The version as its recorded registration makes it (the row the projection writes)."""
+    version = message_pb2.ModelVersion(
+        model_name=message.model_name,
+        version=message.version,
+        description=message.description,
+        signature=message.signature,
+        metrics=message.metrics,
+        tags=message.tags,
+        lineage=message.lineage,
+        artifacts=message.artifacts,
+        created_by=event.metadata.actor,
+    )
+    version.create_time.FromDatetime(event.recorded_at)
+    return version
+
+
 class RegistryProjection:
     """Maintains models, model_versions, aliases and approvals."""
 
@@ -88,18 +107,7 @@ class RegistryProjection:
         event: RecordedEvent,
         message: events_pb2.ModelVersionRegistered,
     ) -> None:
-        version = message_pb2.ModelVersion(
-            model_name=message.model_name,
-            version=message.version,
-            description=message.description,
-            signature=message.signature,
-            metrics=message.metrics,
-            tags=message.tags,
-            lineage=message.lineage,
-            artifacts=message.artifacts,
-            created_by=event.metadata.actor,
-        )
-        version.create_time.FromDatetime(event.recorded_at)
+        version = version_of(event, message)
         await conn.execute(
             """INSERT INTO model_registry.model_versions (model_name, version, body, created_at)
                VALUES ($1, $2, $3, $4)""",
