@@ -30,7 +30,7 @@ from services.inference.app.serving import ServingTable
 from services.inference.batching import Batcher
 from services.inference.config import InferenceSettings
 from services.inference.events import CATALOG, REGISTRY_ALIAS_EVENTS
-from services.inference.runtimes.build import BuildOptions
+from services.inference.runtimes.build import RuntimeSettings
 from services.inference.runtimes.keys import BatchProfile
 from services.inference.runtimes.selection import parse_preference
 from services.inference.store.engines import RegistryEngineCache
@@ -86,11 +86,10 @@ def build_spec(inference: InferenceSettings | None = None) -> ServiceSpec:
             handler=follower.handle,
             catalog=REGISTRY_ALIAS_EVENTS,
         )
-        options = BuildOptions(
+        runtime = RuntimeSettings(
             threads=settings.runtime_threads,
             precision=settings.tensorrt_precision,
             profile=BatchProfile(1, min(64, settings.max_batch_rows), settings.max_batch_rows),
-            caps=None,  # type: ignore[arg-type]  # probed by the loader before its first load
         )
         loader = DeploymentLoader(
             pool=context.pool,
@@ -100,8 +99,7 @@ def build_spec(inference: InferenceSettings | None = None) -> ServiceSpec:
             batcher=batcher,
             follows=follower.follows,
             preference=parse_preference(settings.runtime_preference),
-            options=options,
-            engines=None,
+            runtime=runtime,
             poll_interval_s=settings.poll_interval_s,
             gpu_probe=settings.gpu_probe,
             engine_cache=lambda loop: RegistryEngineCache(registry, context.pool, loop),

@@ -18,7 +18,6 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import UTC, datetime
 
 import asyncpg
@@ -35,7 +34,7 @@ from services.inference.batching import Batcher
 from services.inference.domain.deployment import Deployment, Failure
 from services.inference.domain.parity import ParityResult
 from services.inference.runtimes.base import ONNXRUNTIME_CPU
-from services.inference.runtimes.build import BuildOptions, EngineCache
+from services.inference.runtimes.build import BuildOptions, EngineCache, RuntimeSettings
 from services.inference.runtimes.probe import Capabilities, no_nvidia_device, probe_gpu
 from services.inference.store import deployments as table
 from services.inference.store.registry import RegistryGateway
@@ -55,8 +54,7 @@ class DeploymentLoader:
         batcher: Batcher,
         follows: Callable[[str, str], bool],
         preference: tuple[str, ...],
-        options: BuildOptions,
-        engines: EngineCache | None,
+        runtime: RuntimeSettings,
         poll_interval_s: float,
         gpu_probe: bool = True,
         engine_cache: Callable[[asyncio.AbstractEventLoop], EngineCache] | None = None,
@@ -68,8 +66,10 @@ class DeploymentLoader:
         self._batcher = batcher
         self._follows = follows
         self._preference = preference
-        self._options = options
-        self._engines = engines
+        self._runtime = runtime
+        self._options: BuildOptions | None = None
+        """Set by ``run`` once the GPU probe has answered, before any load."""
+        self._engines: EngineCache | None = None
         self._poll_s = poll_interval_s
         self._gpu_probe = gpu_probe
         self._engine_cache = engine_cache
@@ -80,7 +80,7 @@ class DeploymentLoader:
     async def run(self, stop: asyncio.Event) -> None:
         tasks: set[asyncio.Task[None]] = set()
         caps = await self._capabilities()
-        self._options = replace(self._options, caps=caps)
+        self._options = self._runtime.with_caps(caps)
         if caps.cuda and self._engine_cache is not None:
             self._engines = self._engine_cache(asyncio.get_running_loop())
         while not stop.is_set():
@@ -146,6 +146,7 @@ class DeploymentLoader:
             _log.info("%s/%s rolled back to v%d (kept loaded)", *key, version)
             await self._report_activation(slot, state, slot.current, reused=True)  # type: ignore[arg-type]
             return
+        assert self._options is not None, "run() probes the GPU before it schedules a load"
         slot.loading = True
         try:
             async with self._one_load_at_a_time:

@@ -26,6 +26,20 @@ class EngineCache(Protocol):
 
 
 @dataclass(frozen=True)
+class RuntimeSettings:
+    """How runtimes are built, as configured; the machine's capabilities come from a probe."""
+
+    threads: int
+    """Intra-op threads of a CPU runtime."""
+    precision: str
+    """GPU runtimes: fp32, or fp16 (the graph converted to half precision)."""
+    profile: BatchProfile
+
+    def with_caps(self, caps: Capabilities) -> BuildOptions:
+        return BuildOptions(self.threads, self.precision, self.profile, caps)
+
+
+@dataclass(frozen=True)
 class BuildOptions:
     threads: int
     """Intra-op threads of a CPU runtime."""
