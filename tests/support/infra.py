@@ -13,6 +13,7 @@ import asyncio
 import os
 import threading
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,17 +66,34 @@ def provide_infra(scratch: Path) -> Iterator[InfraEndpoints]:
         try:
             yield endpoints
         finally:
-            # A thread of its own: the session's event loop may exist (not running) here.
-            cleanup = threading.Thread(
-                target=asyncio.run, args=(delete_streams(endpoints.nats_url, endpoints.namespace),)
-            )
-            cleanup.start()
-            cleanup.join()
+            _delete_streams_of_the_run(endpoints)
+
+
+def _delete_streams_of_the_run(endpoints: InfraEndpoints) -> None:
+    failures: list[Exception] = []
+
+    def delete() -> None:
+        try:
+            asyncio.run(delete_streams(endpoints.nats_url, endpoints.namespace))
+        except Exception as exc:  # NATS gone at the end: say so, do not fail the run
+            failures.append(exc)
+
+    # A thread of its own: the session's event loop may exist (not running) here.
+    cleanup = threading.Thread(target=delete)
+    cleanup.start()
+    cleanup.join()
+    for exc in failures:
+        warnings.warn(
+            f"could not delete this run's JetStream streams ({endpoints.namespace}_*): {exc!r}",
+            stacklevel=1,
+        )
 
 
 async def delete_streams(nats_url: str, namespace: str) -> list[str]:
     """Delete every JetStream stream of ``namespace`` (names start with it, any case)."""
-    client = await nats.connect(nats_url)
+    client = await nats.connect(
+        nats_url, allow_reconnect=False, max_reconnect_attempts=1, connect_timeout=5
+    )
     deleted = []
     try:
         js = client.jetstream()
