@@ -42,6 +42,7 @@ from bench.harness import (
 )
 from bench.lag_consumer import ConsumerPlan, Receipts, running_consumers
 from bench.results import Comparison, FamilyResult, Goal, Measurement, Role, Value
+from bench.service_process import measurement
 from libs.config import LatheSettings
 from libs.eventstore import ANY_VERSION, EventRelay, NewEvent, RecordedEvent
 from libs.eventstore.headers import MSG_ID
@@ -381,20 +382,11 @@ def _stages(tag: str, trace: Trace, receipts: Receipts, measured: range) -> list
             add("durable_delivered_to_batch", delivered, batch)
             add("durable_batch_to_handler", batch, handler)
             add("durable_handler_to_acked", handler, done)
-    measurements = []
-    for key, label in labels.items():
-        if samples[key]:
-            stats = LatencyStats.from_ns(samples[key])
-            measurements.append(
-                Measurement(
-                    f"{tag}_{key}",
-                    f"[{tag.upper()}] {label}",
-                    Role.DIAGNOSTIC,
-                    stats.metrics(),
-                    {"latency_ms": asdict(stats)},
-                )
-            )
-    return measurements
+    return [
+        measurement(f"{tag}_{key}", f"[{tag.upper()}] {label}", Role.DIAGNOSTIC, samples[key])
+        for key, label in labels.items()
+        if samples[key]
+    ]
 
 
 async def run(context: BenchContext, params: LagParams) -> FamilyResult:
@@ -489,19 +481,17 @@ async def run(context: BenchContext, params: LagParams) -> FamilyResult:
         if (stages := raw_receipts.plain_stages.get(raw.ids[k])) is not None
     ]
     stage_variants = [
-        Measurement(
+        measurement(
             "raw_stored_to_plain_fetch",
             "raw: stored by JetStream -> plain consumer's fetch returned",
             Role.BASELINE,
-            LatencyStats.from_ns(raw_fetch).metrics(),
-            {"latency_ms": asdict(LatencyStats.from_ns(raw_fetch))},
+            raw_fetch,
         ),
-        Measurement(
+        measurement(
             "raw_publish_to_stored",
             "raw: js.publish called -> stored by JetStream",
             Role.DIAGNOSTIC,
-            LatencyStats.from_ns(raw_publish).metrics(),
-            {"latency_ms": asdict(LatencyStats.from_ns(raw_publish))},
+            raw_publish,
         ),
         *_stages("a", both, both_receipts, measured),
     ]

@@ -117,8 +117,8 @@ async def log_state(conn: asyncpg.Connection, source: str) -> tuple[str, int]:
     """(the snapshot of the caller's transaction as text, rows of ``source`` ever deleted).
 
     In a REPEATABLE READ transaction, call it first: every later read of the transaction
-    sees exactly what this snapshot saw, so ``read_events(..., unseen_by=snapshot)`` in a
-    later transaction returns the rows it could not see (ADR 0021's parsed-event cache).
+    sees exactly what this snapshot saw, so ``read_unseen_events(conn, source, snapshot)``
+    in a later transaction returns the rows it could not see (ADR 0021's parsed-event cache).
     """
     record = await conn.fetchrow(
         """SELECT pg_current_snapshot()::text,

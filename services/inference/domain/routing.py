@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from lathe.feature_store.v1 import message_pb2 as fs
 
 _SCALE = float(2**64)
+_LOG_PREFIX = "log\x1e"
+"""What the log-sampling hash puts before the decision id."""
 
 
 def unit_hash(text: str) -> float:
@@ -54,7 +56,7 @@ def sampled_rows(decision_ids: Sequence[str], rate: float) -> list[int]:
         return []
     if rate >= 1.0:
         return list(range(len(decision_ids)))
-    prefix = hashlib.blake2b(_LOG_PREFIX, digest_size=8)
+    prefix = hashlib.blake2b(_LOG_PREFIX.encode(), digest_size=8)
     out = []
     for i, decision_id in enumerate(decision_ids):
         digest = prefix.copy()
@@ -64,9 +66,6 @@ def sampled_rows(decision_ids: Sequence[str], rate: float) -> list[int]:
     return out
 
 
-_LOG_PREFIX = b"log\x1e"
-
-
 def sampled(decision_id: str, rate: float) -> bool:
     """Whether the decision's prediction is logged (the same answer for every arm)."""
-    return rate >= 1.0 or (rate > 0.0 and unit_hash(f"log\x1e{decision_id}") < rate)
+    return rate >= 1.0 or (rate > 0.0 and unit_hash(_LOG_PREFIX + decision_id) < rate)

@@ -120,37 +120,6 @@ class EventColumns:
     def __len__(self) -> int:
         return len(self.event_us)
 
-    def extend(self, other: EventColumns) -> None:
-        """Append ``other``'s events (of the same spec) after these."""
-        self.entity_keys.extend(other.entity_keys)
-        self.event_us.extend(other.event_us)
-        self.arrival_us.extend(other.arrival_us)
-        self.sequence.extend(other.sequence)
-        for mine, theirs in (
-            (self.values, other.values),
-            (self.hashes, other.hashes),
-            (self.sequences, other.sequences),
-        ):
-            for name, items in theirs.items():
-                mine.setdefault(name, []).extend(items)  # type: ignore[arg-type]
-
-    def take(self, positions: np.ndarray) -> EventColumns:
-        """The events at ``positions`` (ascending), as a new EventColumns."""
-        chosen = positions.tolist()
-
-        def pick(items: list[object]) -> list[object]:
-            return [items[i] for i in chosen]
-
-        return EventColumns(
-            entity_keys=pick(self.entity_keys),  # type: ignore[arg-type]
-            event_us=pick(self.event_us),  # type: ignore[arg-type]
-            arrival_us=pick(self.arrival_us),  # type: ignore[arg-type]
-            sequence=pick(self.sequence),  # type: ignore[arg-type]
-            values={k: pick(v) for k, v in self.values.items()},  # type: ignore[arg-type]
-            hashes={k: pick(v) for k, v in self.hashes.items()},  # type: ignore[arg-type]
-            sequences={k: pick(v) for k, v in self.sequences.items()},  # type: ignore[arg-type]
-        )
-
     @classmethod
     def empty(cls, spec: StreamViewSpec) -> EventColumns:
         return cls(
