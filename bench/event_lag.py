@@ -69,9 +69,9 @@ class LagParams:
     relay_batch_size: int = _SETTINGS["relay_batch_size"].default
     relay_poll_interval_s: float = _SETTINGS["relay_poll_interval_s"].default
     duplicate_window_s: float = _SETTINGS["duplicate_window_s"].default
-    gc_freeze: bool = False
-    """gc.freeze() in the producer after set-up (what-if: ServiceHost freezing its start-up
-    heap); default: the collector as a service runs it today."""
+    gc_freeze: bool = True
+    """gc.freeze() after set-up in the producer and the consumer process, as ``ServiceHost``
+    freezes a service's start-up heap (false: every collection scans the whole heap)."""
     relay_only_phase: bool = True
     """Also run the Lathe path with only the plain consumer, isolating the relay."""
     producer_pool_size: int = 20
@@ -160,6 +160,7 @@ async def _raw_path(context: BenchContext, params: LagParams) -> tuple[Trace, Re
             expected=count,
             plain_durable="bench_plain",
             fetch_batch=params.fetch_batch,
+            gc_freeze=params.gc_freeze,
         )
         trace = Trace([str(e.event_id) for e in events], [0] * count, [0] * count)
 
@@ -217,6 +218,7 @@ async def _lathe_path(
             database_url=context.database_url,
             lathe_schema=downstream.schema if downstream else None,
             fetch_batch=params.fetch_batch,
+            gc_freeze=params.gc_freeze,
         )
         trace = Trace([str(e.event_id) for e in events], [0] * count, [0] * count)
         trace.positions = [0] * count

@@ -31,6 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from bench.events import CATALOG
+from bench.harness import frozen_heap
 from libs.db import connect_pool
 from libs.eventstore import ConsumerSpec, DeliveredEvent, DurableConsumer, EventStore
 from libs.eventstore.headers import MSG_ID
@@ -59,6 +60,8 @@ class ConsumerPlan:
     """...recording processed events in this (already migrated) schema."""
     fetch_batch: int = 64
     fetch_timeout_s: float = 0.5
+    gc_freeze: bool = False
+    """gc.freeze() once the consumers exist, as ``ServiceHost`` does after start-up."""
 
 
 @dataclass
@@ -120,10 +123,11 @@ async def consume(
             tasks.append(asyncio.create_task(consumer.run(done)))
             await _wait_for_consumer(js, plan.stream, plan.lathe_durable)
         await _wait_for_consumer(js, plan.stream, plan.plain_durable)
-        ready()
-        cpu, wall = time.process_time(), time.monotonic()
-        waiters = [asyncio.ensure_future(done.wait()), asyncio.ensure_future(stop.wait())]
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        with frozen_heap(plan.gc_freeze):
+            ready()
+            cpu, wall = time.process_time(), time.monotonic()
+            waiters = [asyncio.ensure_future(done.wait()), asyncio.ensure_future(stop.wait())]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         receipts.cpu_s = time.process_time() - cpu
         receipts.wall_s = time.monotonic() - wall
         for waiter in waiters:
