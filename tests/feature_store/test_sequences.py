@@ -407,3 +407,85 @@ async def test_sequence_features_are_served_as_list_types(features: FeatureStore
         ("seqs_ever", "VALUE_TYPE_INT64_LIST"),
     ]
     await asyncio.sleep(0)
+
+
+def _newest_first_view(name: str, source: str, loan: Entity) -> FeatureView:
+    """LAST_N windows only, one long enough that any other view would keep rollups."""
+    return FeatureView(
+        name,
+        entity=loan,
+        source=StreamSource(source, event_time_field="at"),
+        aggregations=[
+            Aggregation(
+                "",
+                "last_n",
+                timedelta(days=1),
+                "recent",
+                n=3,
+                columns={"amount": Float64, "merchant": String},
+            ),
+            Aggregation("amount", "last_n", timedelta(hours=2), "amounts_2h", n=5),
+        ],
+        allowed_lateness=timedelta(days=2),
+    )
+
+
+# Minutes ago, one event per tile. L1: 40 events, the newest 8 without a merchant, so its
+# 5 newest tiles hold no (amount, merchant) event and the read must go further back. L2:
+# fewer tiles than the read's n. L3: 12 complete events, more tiles than n.
+_NEWEST_HISTORY = (
+    [{"loan_id": "L1", "minutes": 7 + 10 * i, "amount": i * 1.5} for i in range(40)]
+    + [{"loan_id": "L2", "minutes": 30 + 50 * i, "amount": -i, "merchant": "m"} for i in range(3)]
+    + [{"loan_id": "L3", "minutes": 3 + 9 * i, "amount": i, "merchant": f"m{i}"} for i in range(12)]
+)
+for _event in _NEWEST_HISTORY[8:40]:
+    _event["merchant"] = f"shop{_event['amount']}"
+
+
+async def test_last_n_views_read_their_newest_tiles_and_keep_no_rollups(
+    features: FeatureStoreStub,
+    js: JetStreamContext,
+    test_settings: LatheSettings,
+    db_pool: asyncpg.Pool,
+) -> None:
+    s = suffix()
+    loan = Entity(f"loan_{s}", join_key="loan_id")
+    view = _newest_first_view(f"newest_{s}", f"src_{s}", loan)
+    await _apply(features, loan, view)
+    subject = ingest_streams(test_settings.namespace).subject(f"src_{s}")
+    now = datetime.now(UTC)
+    shuffled = list(_NEWEST_HISTORY)
+    random.Random(3).shuffle(shuffled)
+    for event in shuffled:
+        body = {k: v for k, v in event.items() if k != "minutes"}
+        body["at"] = (now - timedelta(minutes=event["minutes"])).isoformat()  # type: ignore[arg-type]
+        await _publish(js, subject, body)
+    await _wait_for_events(db_pool, f"newest_{s}", len(_NEWEST_HISTORY))
+    assert not await tiles.all_rollups(db_pool, f"newest_{s}", 1)
+
+    keys = ["L1", "L2", "L3", "L9"]
+    names, online, statuses = await _online(features, [f"newest_{s}:*"], keys)
+    applied = (
+        await features.GetFeatureView(rr.GetFeatureViewRequest(name=f"newest_{s}"))
+    ).feature_view
+    offline = await stream_aggregates_as_of(
+        db_pool, applied, "loan_id", keys, [datetime.now(UTC)] * len(keys)
+    )
+    features_of = [n.split(":")[1] for n in names]
+    for i, key in enumerate(keys):
+        got = dict(zip(features_of, online[i], strict=True))
+        if key == "L9":
+            assert set(statuses[i]) == {m.FEATURE_STATUS_NOT_FOUND}
+            continue
+        as_of = offline.slice(i, 1).to_pylist()[0]
+        for name, value in got.items():
+            assert repr(as_of[name]) == repr(value), (key, name)
+        mine = sorted(
+            (e for e in _NEWEST_HISTORY if e["loan_id"] == key), key=lambda e: -e["minutes"]
+        )
+        complete = [e for e in mine if "merchant" in e][-3:]
+        assert got["recent__amount"] == [e["amount"] + 0.0 for e in complete]
+        assert got["recent__merchant"] == [e["merchant"] for e in complete]
+        within = [e["amount"] + 0.0 for e in mine if e["minutes"] < 120][-5:]
+        assert got["amounts_2h"] == within, key
+        assert len(got["recent__amount"]) == 3  # type: ignore[arg-type]

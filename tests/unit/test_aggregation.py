@@ -421,3 +421,23 @@ def test_only_views_with_a_window_past_240_tiles_keep_rollups() -> None:
     assert not _spec((10 * MINUTE, 4 * HOUR)).rolls_up  # 240 one-minute tiles: cheap to read
     assert _spec((10 * MINUTE, 4 * HOUR + MINUTE)).rolls_up
     assert not _spec((HOUR, 20 * HOUR), tile=5 * MINUTE).rolls_up
+
+
+def test_views_of_last_n_windows_only_read_newest_tiles_and_keep_no_rollups() -> None:
+    def last_n(window: int, n: int, *, offset: int = 0) -> agg.WindowAggregation:
+        return agg.WindowAggregation(
+            f"last_{n}_{window}", agg.LAST_N, "amount", window, n=n, offset_us=offset
+        )
+
+    def spec(*aggregations: agg.WindowAggregation) -> agg.StreamViewSpec:
+        return agg.StreamViewSpec("v", 1, "s", "loan_id", "at", MINUTE, MINUTE, aggregations)
+
+    sequences = spec(last_n(24 * HOUR, 50), last_n(HOUR, 70))
+    assert sequences.newest_tiles == 70 and not sequences.rolls_up
+    lifetime = agg.WindowAggregation("ever", agg.LAST_N, "amount", 0, n=9, lifetime=True)
+    assert spec(last_n(24 * HOUR, 5), lifetime).newest_tiles == 5  # lifetime reads its own state
+    # An offset window's newest tiles are not the read's; any other function needs them all.
+    assert spec(last_n(24 * HOUR, 5, offset=HOUR)).newest_tiles == 0
+    assert spec(last_n(24 * HOUR, 5, offset=HOUR)).rolls_up
+    mixed = spec(last_n(24 * HOUR, 5), agg.WindowAggregation("n", agg.COUNT, "", 24 * HOUR))
+    assert mixed.newest_tiles == 0 and mixed.rolls_up

@@ -72,6 +72,19 @@ _READ_WINDOWS = """
       ON r.view = k.view AND r.version = k.version AND r.entity_key = k.entity_key
      AND r.rollup_start BETWEEN k.since AND k.until"""
 
+_NEWEST_TILES = """
+    SELECT k.view, k.version, k.entity_key, t.tile_start, t.state::text
+    FROM unnest(${0}::text[], ${1}::int[], ${2}::text[], ${3}::timestamptz[],
+                ${4}::timestamptz[], ${5}::int[]) AS k(view, version, entity_key, since, until, n)
+    CROSS JOIN LATERAL (
+        SELECT tile_start, state FROM feature_store.stream_tiles
+        WHERE view = k.view AND version = k.version AND entity_key = k.entity_key
+          AND tile_start BETWEEN k.since AND k.until
+        ORDER BY tile_start DESC LIMIT k.n) t"""
+_READ_NEWEST = _NEWEST_TILES.format(*range(1, 7))
+_READ_WINDOWS_AND_NEWEST = _READ_WINDOWS + "\n    UNION ALL" + _NEWEST_TILES.format(*range(11, 17))
+"""Reads without newest ranges keep the two-branch statement (no third branch to plan)."""
+
 _COLUMNS = ["view", "version", "entity_key", "start", "state"]
 
 
@@ -220,22 +233,34 @@ Range = tuple[str, int, str, int, int]
 """(view, version, entity key, first start µs, last start µs), both inclusive."""
 
 
+NewestRange = tuple[str, int, str, int, int, int]
+"""A ``Range`` and how many of its newest tiles to read."""
+
+
 async def read_windows(
     executor: asyncpg.Pool | asyncpg.Connection,
     tile_ranges: Sequence[Range],
     rollup_ranges: Sequence[Range] = (),
+    newest_ranges: Sequence[NewestRange] = (),
 ) -> list[tuple[TileRef, str]]:
-    """The tiles and the rollups starting in the given ranges, in one query."""
+    """The tiles and the rollups starting in the given ranges, and the newest tiles of
+    each newest range (as many as it says), in one query."""
+    newest = (*_range_columns(newest_ranges), [r[5] for r in newest_ranges])
     if not tile_ranges and not rollup_ranges:
-        return []
-    records = await executor.fetch(
-        _READ_WINDOWS, *_range_columns(tile_ranges), *_range_columns(rollup_ranges)
-    )
+        if not newest_ranges:
+            return []
+        records = await executor.fetch(_READ_NEWEST, *newest)
+    else:
+        both = _range_columns(tile_ranges) + _range_columns(rollup_ranges)
+        if newest_ranges:
+            records = await executor.fetch(_READ_WINDOWS_AND_NEWEST, *both, *newest)
+        else:
+            records = await executor.fetch(_READ_WINDOWS, *both)
     return [(_ref(r), r[4]) for r in records]
 
 
 def _range_columns(
-    ranges: Sequence[Range],
+    ranges: Sequence[Range] | Sequence[NewestRange],
 ) -> tuple[list[str], list[int], list[str], list[datetime], list[datetime]]:
     return (
         [r[0] for r in ranges],

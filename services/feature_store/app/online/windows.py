@@ -2,7 +2,9 @@
 
 One query fetches, for every requested (view version, entity), what covers its largest
 window: rollups of 60 tiles wherever one fits inside a window's band, and tiles at the
-edges (ADR 0011; tiles only for versions whose rollups are not complete). Each window's
+edges (ADR 0011; tiles only for versions whose rollups are not complete), or, for a view
+of LAST_N windows only, its n newest tiles (``StreamViewSpec.newest_tiles``; the whole
+window again in the rare case they hold fewer than n events). Each window's
 value is then computed for the read time, so a 1-hour count read at 10:30 leaves out
 events before 9:30 even if nothing arrived since. The result has the
 online store's shape (a FeatureRow and an event time per entity), so the online reader
@@ -26,10 +28,12 @@ from services.feature_store.domain.serving.rows import ServingRow, ViewTables
 from services.feature_store.domain.streaming.aggregation import (
     StreamViewSpec,
     TileState,
+    WindowValues,
     combine,
     decode_state,
     floor_tile,
     from_us,
+    holds_every_newest,
     read_spans,
     spec_of,
     to_us,
@@ -68,9 +72,15 @@ class WindowReader:
         rolled = await self._rolled_up([view for view, spec in specs.items() if spec.rolls_up])
         tile_ranges: list[tiles.Range] = []
         rollup_ranges: list[tiles.Range] = []
+        newest_ranges: list[tiles.NewestRange] = []
         for spec, key in dict.fromkeys(wanted):
             use_rollups = (spec.view, spec.version) in rolled
             tile_spans, rollup_spans = read_spans(spec, read_us, use_rollups)
+            if spec.newest_tiles:
+                newest_ranges.extend(
+                    (spec.view, spec.version, key, *span, spec.newest_tiles) for span in tile_spans
+                )
+                continue
             tile_ranges.extend((spec.view, spec.version, key, *span) for span in tile_spans)
             rollup_ranges.extend((spec.view, spec.version, key, *span) for span in rollup_spans)
         lifetime_refs = [
@@ -78,13 +88,13 @@ class WindowReader:
             for spec, key in dict.fromkeys(wanted)
             if spec.lifetime
         ]
+        windows = tiles.read_windows(self._pool, tile_ranges, rollup_ranges, newest_ranges)
         if lifetime_refs:
             found, whole = await asyncio.gather(
-                tiles.read_windows(self._pool, tile_ranges, rollup_ranges),
-                tiles.read_lifetimes(self._pool, lifetime_refs),
+                windows, tiles.read_lifetimes(self._pool, lifetime_refs)
             )
         else:
-            found, whole = await tiles.read_windows(self._pool, tile_ranges, rollup_ranges), []
+            found, whole = await windows, []
         by_entity: dict[ViewKey, list[tuple[int, TileState]]] = defaultdict(list)
         for (view, version, key, start), state in found:
             by_entity[(view, version, key)].append((start, decode_state(state)))
@@ -93,17 +103,34 @@ class WindowReader:
             merged = lifetimes.setdefault(ref, TileState())
             merged.merge(decode_state(state))
             by_entity.setdefault(ref, [])
+        newest = {(view, version, key): limit for view, version, key, *_, limit in newest_ranges}
         rows: ViewTables = {view: {} for view in specs}
-        for (view, version, key), entity_tiles in by_entity.items():
-            spec = specs[(view, version)]
-            lifetime = lifetimes.get((view, version, key), TileState()) if spec.lifetime else None
+        short: list[ViewKey] = []
+        for ref, entity_tiles in by_entity.items():
+            spec = specs[(ref[0], ref[1])]
+            lifetime = lifetimes.get(ref, TileState()) if spec.lifetime else None
             result = combine(spec, entity_tiles, read_us, lifetime)
-            if result.latest_us is None:
+            limit = newest.get(ref)
+            if (
+                limit is not None
+                and len(entity_tiles) >= limit
+                and not holds_every_newest(spec, result)
+            ):
+                short.append(ref)  # its newest tiles' events lacked some LAST_N's columns
                 continue
-            row = result.feature_row(spec)
-            rows[(view, version)][key] = ServingRow(
-                row.SerializeToString(), from_us(result.latest_us), len(result.values)
-            )
+            _serve(rows, spec, ref, result)
+        if short:
+            # Rare, and exact: the whole window of the entities whose n newest tiles held
+            # fewer than n events of some LAST_N.
+            wanted_again = set(short)
+            ranges = [r[:5] for r in newest_ranges if r[:3] in wanted_again]
+            again: dict[ViewKey, list[tuple[int, TileState]]] = defaultdict(list)
+            for (view, version, key, start), state in await tiles.read_windows(self._pool, ranges):
+                again[(view, version, key)].append((start, decode_state(state)))
+            for ref in short:
+                spec = specs[(ref[0], ref[1])]
+                lifetime = lifetimes.get(ref, TileState()) if spec.lifetime else None
+                _serve(rows, spec, ref, combine(spec, again[ref], read_us, lifetime))
         return rows
 
     async def _rolled_up(self, views: list[tuple[str, int]]) -> set[tuple[str, int]]:
@@ -123,3 +150,13 @@ class WindowReader:
                 if view not in complete:
                     self._unrolled_checked[view] = now
         return self._rolled
+
+
+def _serve(rows: ViewTables, spec: StreamViewSpec, ref: ViewKey, result: WindowValues) -> None:
+    """Add an entity's values to ``rows`` (left out when no event is in any window)."""
+    if result.latest_us is None:
+        return
+    row = result.feature_row(spec)
+    rows[(ref[0], ref[1])][ref[2]] = ServingRow(
+        row.SerializeToString(), from_us(result.latest_us), len(result.values)
+    )

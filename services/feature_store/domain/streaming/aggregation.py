@@ -397,9 +397,23 @@ class StreamViewSpec:
         return self.tile_us * ROLLUP_TILES
 
     @cached_property
+    def newest_tiles(self) -> int:
+        """For a view whose windowed aggregations are all LAST_N over windows that end at
+        the read time: the largest n, else 0. Such a view's answer lies in the newest
+        tiles of its window (every older tile's events are older than theirs), so its
+        reads fetch those first (``WindowReader``) and it needs no rollups."""
+        windowed = [a for a in self.aggregations if not a.lifetime]
+        if not windowed or any(a.function != LAST_N or a.offset_us for a in windowed):
+            return 0
+        return max(a.n for a in windowed)
+
+    @cached_property
     def rolls_up(self) -> bool:
         """Whether ingestion and backfill keep rollups: only where a window is long enough
-        for them to pay for their writes (about a third of the ingest rate)."""
+        for them to pay for their writes (about a third of the ingest rate), and never for
+        views read newest tiles first (``newest_tiles``)."""
+        if self.newest_tiles:
+            return False
         return self.max_window_us > ROLLUP_MIN_WINDOW_TILES * self.tile_us
 
 
@@ -646,6 +660,16 @@ class WindowValues:
                 for value, a in zip(self.values, spec.aggregations, strict=True)
             ]
         )
+
+
+def holds_every_newest(spec: StreamViewSpec, values: WindowValues) -> bool:
+    """Whether a read of ``spec``'s newest tiles only (``newest_tiles``) is its whole
+    answer: every LAST_N holds its n events, so no older tile can change it."""
+    return all(
+        len(value) >= a.n  # type: ignore[arg-type]
+        for value, a in zip(values.values, spec.aggregations, strict=True)
+        if not a.lifetime
+    )
 
 
 _SCALAR_FIELDS = {
