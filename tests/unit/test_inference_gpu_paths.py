@@ -114,3 +114,72 @@ def test_an_unknown_op_is_refused_by_name() -> None:
     )
     with pytest.raises(NotImplementedError, match="Hardmax"):
         OnnxModule(helper.make_model(graph).SerializeToString())
+
+
+def test_fp16_keeps_a_fully_masked_attention_row_finite() -> None:
+    """PyTorch exports masking as Where(mask, scores, finfo(float32).min); rounded to -inf
+    in float16, a row with every position masked (a sequence without events) is NaN."""
+    from onnx import TensorProto, helper
+
+    lowest = helper.make_tensor("lowest", TensorProto.FLOAT, [1], [-3.4028235e38])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["min"], value=lowest),
+            helper.make_node("Where", ["keep", "scores", "min"], ["masked"]),
+            helper.make_node("Softmax", ["masked"], ["weights"], axis=-1),
+        ],
+        "attention",
+        [
+            helper.make_tensor_value_info("keep", TensorProto.BOOL, [None, 3]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [None, 3]),
+        ],
+        [helper.make_tensor_value_info("weights", TensorProto.FLOAT, [None, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {
+        "keep": np.array([[True, True, False], [False, False, False]]),
+        "scores": np.array([[0.5, -1.0, 2.0], [0.1, 0.2, 0.3]], dtype=np.float32),
+    }
+    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    half = ort.InferenceSession(
+        to_fp16(model.SerializeToString()), providers=["CPUExecutionProvider"]
+    )
+    (expected,) = reference.run(None, feeds)
+    (got,) = half.run(None, feeds)
+    assert np.allclose(expected[1], 1 / 3)  # float32: the masked row is uniform
+    assert np.isfinite(got).all(), got
+    result = compare([expected], [got], tolerance("fp16"))
+    assert result.ok, result.explain("masked attention")
+
+
+def test_torch_half_buffers_keep_a_fully_masked_attention_row_finite() -> None:
+    """The torch-CUDA runtime's fp16 (buffers cast to half), on CPU."""
+    from onnx import TensorProto, helper
+
+    from services.inference.runtimes.torch_cuda import half_buffers
+
+    # An initializer (a buffer of the torch module), as exporters write large constants.
+    lowest = helper.make_tensor("min", TensorProto.FLOAT, [1, 3], [-3.4028235e38] * 3)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Where", ["keep", "scores", "min"], ["masked"]),
+            helper.make_node("Softmax", ["masked"], ["weights"], axis=-1),
+        ],
+        "attention",
+        [
+            helper.make_tensor_value_info("keep", TensorProto.BOOL, [None, 3]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [None, 3]),
+        ],
+        [helper.make_tensor_value_info("weights", TensorProto.FLOAT, [None, 3])],
+        initializer=[lowest],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    module = OnnxModule(model.SerializeToString()).eval()
+    half_buffers(module)
+    assert [b.dtype for b in module.buffers()] == [torch.float16]
+    keep = torch.tensor([[True, True, False], [False, False, False]])
+    scores = torch.tensor([[0.5, -1.0, 2.0], [0.1, 0.2, 0.3]], dtype=torch.float16)
+    with torch.no_grad():
+        (weights,) = module(keep, scores)
+    assert torch.isfinite(weights).all(), weights
+    assert torch.allclose(weights[1].float(), torch.full((3,), 1 / 3), atol=1e-3)

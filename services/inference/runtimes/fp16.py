@@ -4,6 +4,11 @@ Float32 initializers and constants become float16, float32 graph inputs are cast
 float16 right after they enter, float32 outputs are cast back before they leave, and
 ``Cast(to=FLOAT)`` nodes inside become ``Cast(to=FLOAT16)``. Integer tensors (category
 indices, shapes) are untouched. The parity check then holds the result to 5e-3.
+
+Finite constants beyond float16's range are clamped to its largest finite value, not
+rounded to infinity: PyTorch exports attention masks as ``Where(mask, scores,
+finfo(float32).min)``, and as -inf a row whose every position is masked (a sequence with
+no events) would turn softmax into NaN where float32 gives a uniform row.
 """
 
 from __future__ import annotations
@@ -12,15 +17,21 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+_FP16_MAX = float(np.finfo(np.float16).max)
+
+
+def _half(values: np.ndarray) -> np.ndarray:
+    """``values`` as float16, finite ones clamped into its range (infinities stay)."""
+    clamped = np.where(np.isfinite(values), np.clip(values, -_FP16_MAX, _FP16_MAX), values)
+    return clamped.astype(np.float16)
+
 
 def to_fp16(onnx_bytes: bytes) -> bytes:
     model = onnx.load_from_string(onnx_bytes)
     graph = model.graph
     for i, init in enumerate(graph.initializer):
         if init.data_type == TensorProto.FLOAT:
-            half = numpy_helper.from_array(
-                numpy_helper.to_array(init).astype(np.float16), init.name
-            )
+            half = numpy_helper.from_array(_half(numpy_helper.to_array(init)), init.name)
             graph.initializer[i].CopyFrom(half)
     for node in graph.node:
         for attribute in node.attribute:
@@ -30,7 +41,7 @@ def to_fp16(onnx_bytes: bytes) -> bytes:
             ):
                 attribute.t.CopyFrom(
                     numpy_helper.from_array(
-                        numpy_helper.to_array(attribute.t).astype(np.float16), attribute.t.name
+                        _half(numpy_helper.to_array(attribute.t)), attribute.t.name
                     )
                 )
             if (

@@ -36,11 +36,24 @@ def _module(onnx_bytes: bytes, precision: str) -> Any:
 
     module = OnnxModule(onnx_bytes).eval().cuda()
     if precision == "fp16":
-        for name, buffer in list(module.named_buffers()):
-            if buffer.is_floating_point():
-                setattr(module, name, buffer.half())
+        half_buffers(module)
     torch.set_grad_enabled(False)
     return module
+
+
+def half_buffers(module: Any) -> None:
+    """The module's floating buffers (the graph's initializers) in half precision, finite
+    values clamped into its range rather than rounded to infinity, as ``fp16.to_fp16``
+    does for graphs: an attention mask's ``finfo(float32).min`` as -inf makes a fully
+    masked row NaN. ``Constant`` nodes stay float32 tensors and meet half ones under
+    torch's type promotion; the parity check against ONNX Runtime guards the result."""
+    import torch
+
+    largest = torch.finfo(torch.float16).max
+    for name, buffer in list(module.named_buffers()):
+        if buffer.is_floating_point():
+            clamped = torch.where(buffer.isfinite(), buffer.clamp(-largest, largest), buffer)
+            setattr(module, name, clamped.half())
 
 
 def compile_package(onnx_bytes: bytes, key: EngineKey) -> bytes:
