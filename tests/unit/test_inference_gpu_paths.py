@@ -152,16 +152,24 @@ def test_fp16_keeps_a_fully_masked_attention_row_finite() -> None:
     assert result.ok, result.explain("masked attention")
 
 
-def test_torch_half_buffers_keep_a_fully_masked_attention_row_finite() -> None:
-    """The torch-CUDA runtime's fp16 (buffers cast to half), on CPU."""
+@pytest.mark.parametrize("held_as", ["initializer", "constant"])
+def test_the_torch_half_module_keeps_a_fully_masked_attention_row_finite(held_as: str) -> None:
+    """The torch-CUDA runtime's fp16 module, on CPU: the mask's lowest value held as an
+    initializer (a buffer cast to half) or as a 0-d ``Constant`` (float32, promoted to
+    half by ``Where`` beside half scores)."""
     from onnx import TensorProto, helper
 
-    from services.inference.runtimes.torch_cuda import half_buffers
+    from services.inference.runtimes.torch_cuda import half_module
 
-    # An initializer (a buffer of the torch module), as exporters write large constants.
-    lowest = helper.make_tensor("min", TensorProto.FLOAT, [1, 3], [-3.4028235e38] * 3)
+    if held_as == "initializer":
+        lowest = helper.make_tensor("min", TensorProto.FLOAT, [1, 3], [-3.4028235e38] * 3)
+        nodes, initializers = [], [lowest]
+    else:
+        lowest = helper.make_tensor("lowest", TensorProto.FLOAT, [], [-3.4028235e38])
+        nodes, initializers = [helper.make_node("Constant", [], ["min"], value=lowest)], []
     graph = helper.make_graph(
         [
+            *nodes,
             helper.make_node("Where", ["keep", "scores", "min"], ["masked"]),
             helper.make_node("Softmax", ["masked"], ["weights"], axis=-1),
         ],
@@ -171,15 +179,14 @@ def test_torch_half_buffers_keep_a_fully_masked_attention_row_finite() -> None:
             helper.make_tensor_value_info("scores", TensorProto.FLOAT, [None, 3]),
         ],
         [helper.make_tensor_value_info("weights", TensorProto.FLOAT, [None, 3])],
-        initializer=[lowest],
+        initializer=initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    module = OnnxModule(model.SerializeToString()).eval()
-    half_buffers(module)
-    assert [b.dtype for b in module.buffers()] == [torch.float16]
+    module = half_module(model.SerializeToString())
     keep = torch.tensor([[True, True, False], [False, False, False]])
     scores = torch.tensor([[0.5, -1.0, 2.0], [0.1, 0.2, 0.3]], dtype=torch.float16)
     with torch.no_grad():
         (weights,) = module(keep, scores)
+    assert weights.dtype == torch.float16  # computed in half, as on the GPU
     assert torch.isfinite(weights).all(), weights
     assert torch.allclose(weights[1].float(), torch.full((3,), 1 / 3), atol=1e-3)

@@ -13,6 +13,8 @@ no events) would turn softmax into NaN where float32 gives a uniform row.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -20,30 +22,47 @@ from onnx import TensorProto, helper, numpy_helper
 _FP16_MAX = float(np.finfo(np.float16).max)
 
 
+def _in_half_range(values: np.ndarray) -> np.ndarray:
+    """Finite values clamped into float16's range (infinities stay), still float32."""
+    return np.where(np.isfinite(values), np.clip(values, -_FP16_MAX, _FP16_MAX), values)
+
+
 def _half(values: np.ndarray) -> np.ndarray:
-    """``values`` as float16, finite ones clamped into its range (infinities stay)."""
-    clamped = np.where(np.isfinite(values), np.clip(values, -_FP16_MAX, _FP16_MAX), values)
-    return clamped.astype(np.float16)
+    return _in_half_range(values).astype(np.float16)
 
 
-def to_fp16(onnx_bytes: bytes) -> bytes:
-    model = onnx.load_from_string(onnx_bytes)
-    graph = model.graph
+def _convert_float_constants(
+    graph: onnx.GraphProto, convert: Callable[[np.ndarray], np.ndarray]
+) -> None:
+    """Every float32 initializer and tensor attribute (``Constant`` values) through ``convert``."""
     for i, init in enumerate(graph.initializer):
         if init.data_type == TensorProto.FLOAT:
-            half = numpy_helper.from_array(_half(numpy_helper.to_array(init)), init.name)
-            graph.initializer[i].CopyFrom(half)
+            converted = numpy_helper.from_array(convert(numpy_helper.to_array(init)), init.name)
+            graph.initializer[i].CopyFrom(converted)
     for node in graph.node:
         for attribute in node.attribute:
             if (
                 attribute.type == onnx.AttributeProto.TENSOR
                 and attribute.t.data_type == TensorProto.FLOAT
             ):
-                attribute.t.CopyFrom(
-                    numpy_helper.from_array(
-                        _half(numpy_helper.to_array(attribute.t)), attribute.t.name
-                    )
-                )
+                values = convert(numpy_helper.to_array(attribute.t))
+                attribute.t.CopyFrom(numpy_helper.from_array(values, attribute.t.name))
+
+
+def within_half_range(onnx_bytes: bytes) -> bytes:
+    """The graph with its finite float constants clamped into float16's range, types
+    unchanged: for a runtime that casts the graph's tensors to half itself (torch_cuda)."""
+    model = onnx.load_from_string(onnx_bytes)
+    _convert_float_constants(model.graph, _in_half_range)
+    return model.SerializeToString()
+
+
+def to_fp16(onnx_bytes: bytes) -> bytes:
+    model = onnx.load_from_string(onnx_bytes)
+    graph = model.graph
+    _convert_float_constants(graph, _half)
+    for node in graph.node:
+        for attribute in node.attribute:
             if (
                 node.op_type == "Cast"
                 and attribute.name == "to"

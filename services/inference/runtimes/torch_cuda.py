@@ -34,26 +34,27 @@ def _module(onnx_bytes: bytes, precision: str) -> Any:
 
     from services.inference.runtimes.onnx_to_torch import OnnxModule
 
-    module = OnnxModule(onnx_bytes).eval().cuda()
     if precision == "fp16":
-        half_buffers(module)
+        module = half_module(onnx_bytes).cuda()
+    else:
+        module = OnnxModule(onnx_bytes).eval().cuda()
     torch.set_grad_enabled(False)
     return module
 
 
-def half_buffers(module: Any) -> None:
-    """The module's floating buffers (the graph's initializers) in half precision, finite
-    values clamped into its range rather than rounded to infinity, as ``fp16.to_fp16``
-    does for graphs: an attention mask's ``finfo(float32).min`` as -inf makes a fully
-    masked row NaN. ``Constant`` nodes stay float32 tensors and meet half ones under
-    torch's type promotion; the parity check against ONNX Runtime guards the result."""
-    import torch
+def half_module(onnx_bytes: bytes) -> Any:
+    """The graph as a torch module for half-precision inputs: its float constants clamped
+    into float16's range first (``fp16.within_half_range``), then its floating buffers
+    cast to half. Rounded to -inf instead, an exported attention mask's
+    ``finfo(float32).min`` makes a fully masked row (a sequence without events) NaN."""
+    from services.inference.runtimes.fp16 import within_half_range
+    from services.inference.runtimes.onnx_to_torch import OnnxModule
 
-    largest = torch.finfo(torch.float16).max
+    module = OnnxModule(within_half_range(onnx_bytes)).eval()
     for name, buffer in list(module.named_buffers()):
         if buffer.is_floating_point():
-            clamped = torch.where(buffer.isfinite(), buffer.clamp(-largest, largest), buffer)
-            setattr(module, name, clamped.half())
+            setattr(module, name, buffer.half())
+    return module
 
 
 def compile_package(onnx_bytes: bytes, key: EngineKey) -> bytes:
