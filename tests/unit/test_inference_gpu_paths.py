@@ -190,3 +190,32 @@ def test_the_torch_half_module_keeps_a_fully_masked_attention_row_finite(held_as
     assert weights.dtype == torch.float16  # computed in half, as on the GPU
     assert torch.isfinite(weights).all(), weights
     assert torch.allclose(weights[1].float(), torch.full((3,), 1 / 3), atol=1e-3)
+
+
+def test_the_torch_cuda_export_runs_on_cpu_with_a_dynamic_batch() -> None:
+    """What AOTInductor compiles on the GPU, exported on CPU: the varargs' shapes are one
+    tuple (a flat tuple made every export fail, so AOTInductor never ran)."""
+    from services.inference.runtimes.keys import BatchProfile
+    from services.inference.runtimes.torch_cuda import export_program
+
+    onnx_bytes, feeds = _exported("mlp")
+    program = export_program(onnx_bytes, "fp32", BatchProfile(1, 64, 1024), "cpu")
+    reference = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    for rows in (2, 7, 300):  # any batch within the profile, not only the example's
+        part = {k: v[:rows] for k, v in feeds.items()}
+        got = program.module()(*(torch.from_numpy(part[n]) for n in ("numeric", "categorical")))
+        result = compare(reference.run(None, part), [t.numpy() for t in got], tolerance("fp32"))
+        assert result.ok, result.explain(f"exported mlp at batch {rows}")
+
+
+def test_torch_cuda_examples_follow_the_graph_inputs() -> None:
+    """Sequence inputs are 3-d floats, integer codes and boolean masks, not 2-d floats."""
+    from services.inference.runtimes.torch_cuda import example_inputs
+
+    onnx_bytes, feeds = _exported("sequence_transformer")
+    examples = example_inputs(onnx_bytes, 5, "fp16", "cpu")
+    names = [i.name for i in ort.InferenceSession(onnx_bytes).get_inputs()]
+    for name, example in zip(names, examples, strict=True):
+        assert tuple(example.shape) == (5, *feeds[name].shape[1:]), name
+        expected = torch.from_numpy(feeds[name]).dtype
+        assert example.dtype == (torch.float16 if expected == torch.float32 else expected), name

@@ -4,7 +4,8 @@
 with a dynamic batch dimension over the key's profile, and AOTInductor compiles it into a
 ``.pt2`` package (CUDA kernels for this GPU architecture) that is stored in the engine
 cache under its ``EngineKey`` like a TensorRT plan, so replicas load it instead of
-compiling. fp16 casts the module's floating buffers and the numeric input to half.
+compiling. fp16 clamps the graph's float constants into half range, then casts the module's
+floating buffers and the float inputs to half.
 When AOTInductor cannot compile the graph, ``torch.compile`` with CUDA graphs
 (``mode="reduce-overhead"``) serves it, compiled in this process and not cached.
 
@@ -24,20 +25,20 @@ from typing import Any
 import numpy as np
 
 from services.inference.runtimes.base import TORCH_CUDA, RuntimeInfo, RuntimeUnavailable
-from services.inference.runtimes.keys import EngineKey
+from services.inference.runtimes.keys import BatchProfile, EngineKey
 
 _log = logging.getLogger(__name__)
 
 
-def _module(onnx_bytes: bytes, precision: str) -> Any:
+def _module(onnx_bytes: bytes, precision: str, device: str = "cuda") -> Any:
     import torch
 
     from services.inference.runtimes.onnx_to_torch import OnnxModule
 
     if precision == "fp16":
-        module = half_module(onnx_bytes).cuda()
+        module = half_module(onnx_bytes).to(device)
     else:
-        module = OnnxModule(onnx_bytes).eval().cuda()
+        module = OnnxModule(onnx_bytes).eval().to(device)
     torch.set_grad_enabled(False)
     return module
 
@@ -61,24 +62,52 @@ def compile_package(onnx_bytes: bytes, key: EngineKey) -> bytes:
     """An AOTInductor ``.pt2`` package of the graph for ``key``."""
     import torch
 
-    module = _module(onnx_bytes, key.precision)
-    rows = key.profile.opt_rows
-    examples = []
-    for graph_input in module.input_names:
-        width = _width(onnx_bytes, graph_input)
-        if graph_input == "categorical":
-            examples.append(torch.zeros((rows, width), dtype=torch.int64, device="cuda"))
-        else:
-            dtype = torch.float16 if key.precision == "fp16" else torch.float32
-            examples.append(torch.zeros((rows, width), dtype=dtype, device="cuda"))
-    batch = torch.export.Dim("batch", min=max(2, key.profile.min_rows), max=key.profile.max_rows)
-    program = torch.export.export(
-        module, tuple(examples), dynamic_shapes=tuple({0: batch} for _ in examples)
-    )
+    program = export_program(onnx_bytes, key.precision, key.profile, "cuda")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.pt2"
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
         return path.read_bytes()
+
+
+def export_program(onnx_bytes: bytes, precision: str, profile: BatchProfile, device: str) -> Any:
+    """``torch.export`` of the graph's module with a dynamic batch dimension over
+    ``profile`` (what AOTInductor compiles; on CPU too, for tests)."""
+    import torch
+
+    module = _module(onnx_bytes, precision, device)
+    examples = example_inputs(onnx_bytes, profile.opt_rows, precision, device)
+    batch = torch.export.Dim("batch", min=max(2, profile.min_rows), max=profile.max_rows)
+    # forward(*inputs): the varargs are one argument, so their shapes are one tuple.
+    shapes = (tuple({0: batch} for _ in examples),)
+    return torch.export.export(module, tuple(examples), dynamic_shapes=shapes)
+
+
+def example_inputs(onnx_bytes: bytes, rows: int, precision: str, device: str) -> list[Any]:
+    """Zeros of each graph input's type and shape, ``rows`` long: float inputs in the
+    runtime's precision, integer and boolean ones (category codes, sequence masks) as
+    declared, every dimension but the batch as the graph fixes it."""
+    import onnx
+    import torch
+
+    float_type = torch.float16 if precision == "fp16" else torch.float32
+    types = {
+        onnx.TensorProto.FLOAT: float_type,
+        onnx.TensorProto.INT64: torch.int64,
+        onnx.TensorProto.INT32: torch.int32,
+        onnx.TensorProto.BOOL: torch.bool,
+    }
+    examples = []
+    for graph_input in onnx.load_from_string(onnx_bytes).graph.input:
+        tensor_type = graph_input.type.tensor_type
+        dims = [d.dim_value for d in tensor_type.shape.dim[1:]]
+        if tensor_type.elem_type not in types or not all(dims):
+            raise RuntimeUnavailable(
+                f"graph input {graph_input.name!r} has a type or shape torch_cuda cannot "
+                "compile ahead of time (it needs fixed dimensions after the batch)"
+            )
+        dtype = types[tensor_type.elem_type]
+        examples.append(torch.zeros((rows, *dims), dtype=dtype, device=device))
+    return examples
 
 
 class TorchCudaRuntime:
@@ -143,12 +172,3 @@ class TorchCudaRuntime:
 
     def close(self) -> None:
         self._call = None
-
-
-def _width(onnx_bytes: bytes, name: str) -> int:
-    import onnx
-
-    for graph_input in onnx.load_from_string(onnx_bytes).graph.input:
-        if graph_input.name == name:
-            return int(graph_input.type.tensor_type.shape.dim[1].dim_value)
-    raise RuntimeUnavailable(f"the graph has no input {name!r}")
