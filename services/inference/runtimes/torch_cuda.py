@@ -31,16 +31,11 @@ _log = logging.getLogger(__name__)
 
 
 def _module(onnx_bytes: bytes, precision: str, device: str = "cuda") -> Any:
-    import torch
-
     from services.inference.runtimes.onnx_to_torch import OnnxModule
 
     if precision == "fp16":
-        module = half_module(onnx_bytes).to(device)
-    else:
-        module = OnnxModule(onnx_bytes).eval().to(device)
-    torch.set_grad_enabled(False)
-    return module
+        return half_module(onnx_bytes).to(device)
+    return OnnxModule(onnx_bytes).eval().to(device)
 
 
 def half_module(onnx_bytes: bytes) -> Any:
@@ -79,7 +74,8 @@ def export_program(onnx_bytes: bytes, precision: str, profile: BatchProfile, dev
     batch = torch.export.Dim("batch", min=max(2, profile.min_rows), max=profile.max_rows)
     # forward(*inputs): the varargs are one argument, so their shapes are one tuple.
     shapes = (tuple({0: batch} for _ in examples),)
-    return torch.export.export(module, tuple(examples), dynamic_shapes=shapes)
+    with torch.no_grad():  # not process-wide: a service (or a test run) may train too
+        return torch.export.export(module, tuple(examples), dynamic_shapes=shapes)
 
 
 def example_inputs(onnx_bytes: bytes, rows: int, precision: str, device: str) -> list[Any]:
