@@ -192,20 +192,30 @@ def test_the_torch_half_module_keeps_a_fully_masked_attention_row_finite(held_as
     assert torch.allclose(weights[1].float(), torch.full((3,), 1 / 3), atol=1e-3)
 
 
-def test_the_torch_cuda_export_runs_on_cpu_with_a_dynamic_batch() -> None:
-    """What AOTInductor compiles on the GPU, exported on CPU: the varargs' shapes are one
-    tuple (a flat tuple made every export fail, so AOTInductor never ran)."""
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("family", ["mlp", "ft_transformer", "sequence_transformer"])
+def test_the_torch_cuda_export_runs_on_cpu_with_a_dynamic_batch(
+    family: str, precision: str
+) -> None:
+    """What AOTInductor compiles on the GPU, exported on CPU. It caught: the varargs'
+    dynamic shapes given flat (every export failed, so AOTInductor never ran), and shape
+    arithmetic read back out of tensors (not traceable), in the transformers' graphs."""
     from services.inference.runtimes.keys import BatchProfile
     from services.inference.runtimes.torch_cuda import export_program
 
-    onnx_bytes, feeds = _exported("mlp")
-    program = export_program(onnx_bytes, "fp32", BatchProfile(1, 64, 1024), "cpu")
+    onnx_bytes, feeds = _exported(family)
+    program = export_program(onnx_bytes, precision, BatchProfile(1, 64, 1024), "cpu")
     reference = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    for rows in (2, 7, 300):  # any batch within the profile, not only the example's
+    names = [i.name for i in reference.get_inputs()]
+    for rows in (2, 7, 200):  # any batch within the profile, not only the example's
         part = {k: v[:rows] for k, v in feeds.items()}
-        got = program.module()(*(torch.from_numpy(part[n]) for n in ("numeric", "categorical")))
-        result = compare(reference.run(None, part), [t.numpy() for t in got], tolerance("fp32"))
-        assert result.ok, result.explain(f"exported mlp at batch {rows}")
+        inputs = [torch.from_numpy(part[n]) for n in names]
+        if precision == "fp16":  # as TorchCudaRuntime.run feeds a half module
+            inputs = [t.half() if t.is_floating_point() else t for t in inputs]
+        with torch.no_grad():
+            got = [t.float().numpy() for t in program.module()(*inputs)]
+        result = compare(reference.run(None, part), got, tolerance(precision))
+        assert result.ok, result.explain(f"exported {family} ({precision}) at batch {rows}")
 
 
 def test_torch_cuda_examples_follow_the_graph_inputs() -> None:

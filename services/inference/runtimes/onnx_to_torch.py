@@ -67,16 +67,25 @@ class OnnxModule(nn.Module):
             raise NotImplementedError(f"ONNX ops without a torch equivalent here: {unknown}")
         self.input_names = [i.name for i in graph.input]
         self.output_names = [o.name for o in graph.output]
-        self._constants: dict[str, Value] = {}
-        for i, init in enumerate(graph.initializer):
-            array = numpy_helper.to_array(init)
+        # Initializers and Constant nodes, made once: small int64 ones (shapes, axes) as
+        # Python values, the rest as buffers. Made in forward instead, each call would
+        # build tensors and read ints out of them, which torch.export cannot trace.
+        held = [(init.name, numpy_helper.to_array(init)) for init in graph.initializer]
+        held += [
+            (node.output[0], numpy_helper.to_array(_attrs(node)["value"]))
+            for node in self._nodes
+            if node.op_type == "Constant"
+        ]
+        self._nodes = [node for node in self._nodes if node.op_type != "Constant"]
+        self._constants: dict[str, Value | str] = {}
+        for i, (value_name, array) in enumerate(held):
             tensor = torch.from_numpy(np.array(array))
             if _small_int(tensor) and tensor.dim() <= 1:
-                self._constants[init.name] = _shape_constant(tensor)
+                self._constants[value_name] = _shape_constant(tensor)
             else:
                 name = f"c{i}"
                 self.register_buffer(name, tensor)
-                self._constants[init.name] = name
+                self._constants[value_name] = name
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         env: dict[str, Value] = {}
@@ -137,8 +146,10 @@ def _concat(args: list[Value], attrs: dict[str, Any]) -> Value:
 
 
 def _reshape(args: list[Value], _: dict[str, Any]) -> Value:
-    data, shape = _tensor(args[0]), args[1]
-    target = _as_list(shape)
+    target = _as_list(args[1])
+    if _is_shape(args[0]) and len(target) == 1 and target[0] in (-1, len(args[0])):
+        return args[0]  # a shape flattened to itself stays a shape (see _constant_of_shape)
+    data = _tensor(args[0])
     target = [data.shape[i] if s == 0 else s for i, s in enumerate(target)]
     return data.reshape(target)
 
@@ -209,9 +220,13 @@ def _gemm(args: list[Value], attrs: dict[str, Any]) -> Value:
 def _constant_of_shape(args: list[Value], attrs: dict[str, Any]) -> Value:
     value = attrs.get("value")
     fill = np.array(numpy_helper.to_array(value)) if value is not None else np.zeros(1, np.float32)
-    return torch.full(
-        _as_list(args[0]), float(fill.reshape(-1)[0]), dtype=torch.from_numpy(fill).dtype
-    )
+    shape = _as_list(args[0])
+    if fill.dtype == np.int64 and _is_shape(args[0]) and len(shape) == 1 and shape[0] <= 8:
+        # A short int64 vector from a shape (e.g. torch's expand: Where(shape == -1,
+        # ones, shape)) stays a shape, as the ops around it expect; as a tensor its
+        # values would have to be read back, which torch.export cannot trace.
+        return [int(fill.reshape(-1)[0])] * int(shape[0])
+    return torch.full(shape, float(fill.reshape(-1)[0]), dtype=torch.from_numpy(fill).dtype)
 
 
 def _where(args: list[Value], _: dict[str, Any]) -> Value:
@@ -282,7 +297,7 @@ _OPS: dict[str, Callable[[list[Value], dict[str, Any]], Value]] = {
     "Slice": _slice,
     "Split": _split,
     "Transpose": lambda a, attrs: a[0].permute(*attrs["perm"]),
-    "Shape": lambda a, _: list(a[0].shape),
+    "Shape": lambda a, _: [len(a[0])] if _is_shape(a[0]) else list(a[0].shape),
     "LayerNormalization": _layer_norm,
     "ConstantOfShape": _constant_of_shape,
     "Where": _where,
