@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -229,3 +232,32 @@ def test_torch_cuda_examples_follow_the_graph_inputs() -> None:
         assert tuple(example.shape) == (5, *feeds[name].shape[1:]), name
         expected = torch.from_numpy(feeds[name]).dtype
         assert example.dtype == (torch.float16 if expected == torch.float32 else expected), name
+
+
+@pytest.mark.skipif(
+    shutil.which("g++") is None, reason="AOTInductor on CPU needs a C++ compiler (g++)"
+)
+def test_the_torch_cuda_package_compiles_loads_and_matches_on_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``compile_package`` end to end (export, AOTInductor, ``.pt2``, load, run) with C++
+    kernels instead of CUDA ones: everything of the GPU path but the device."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    from services.inference.runtimes.base import TORCH_CUDA
+    from services.inference.runtimes.keys import BatchProfile, EngineKey
+    from services.inference.runtimes.torch_cuda import compile_package
+
+    onnx_bytes, feeds = _exported("mlp")
+    key = EngineKey(TORCH_CUDA, "test", "cpu", "none", "fp32", BatchProfile(1, 64, 1024))
+    package = compile_package(onnx_bytes, key, device="cpu")
+    reference = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    path = tmp_path / "model.pt2"
+    path.write_bytes(package)
+    call = torch._inductor.aoti_load_package(str(path))
+    for rows in (2, 33):
+        part = {k: v[:rows] for k, v in feeds.items()}
+        with torch.no_grad():
+            got = call(*(torch.from_numpy(part[n]) for n in ("numeric", "categorical")))
+        outputs = [t.numpy() for t in (got if isinstance(got, list | tuple) else [got])]
+        result = compare(reference.run(None, part), outputs, tolerance("fp32"))
+        assert result.ok, result.explain(f"AOTInductor package at batch {rows}")

@@ -53,11 +53,12 @@ def half_module(onnx_bytes: bytes) -> Any:
     return module
 
 
-def compile_package(onnx_bytes: bytes, key: EngineKey) -> bytes:
-    """An AOTInductor ``.pt2`` package of the graph for ``key``."""
+def compile_package(onnx_bytes: bytes, key: EngineKey, device: str = "cuda") -> bytes:
+    """An AOTInductor ``.pt2`` package of the graph for ``key`` (``device="cpu"``: the
+    same pipeline with C++ kernels, for tests on machines without a GPU)."""
     import torch
 
-    program = export_program(onnx_bytes, key.precision, key.profile, "cuda")
+    program = export_program(onnx_bytes, key.precision, key.profile, device)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.pt2"
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
