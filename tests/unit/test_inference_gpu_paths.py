@@ -1,4 +1,4 @@
-"""The GPU runtimes' graph work, checked on CPU: ONNX -> torch, and fp16 graph conversion."""
+"""The GPU runtimes' work on CPU: ONNX -> torch, fp16 conversion, export and AOTInductor."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ from services.inference.runtimes.onnx_to_torch import OnnxModule
 from services.trainer.domain.families import family as family_named
 from services.trainer.training.export import export_onnx
 from services.trainer.training.models import ModelInputs, build, build_ft_transformer, build_mlp
+
+# torch.export and AOTInductor warn about torch's own internals (torch 2.13), not ours.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated"),
+]
 
 
 def _sequence_exported() -> tuple[bytes, dict[str, np.ndarray]]:
