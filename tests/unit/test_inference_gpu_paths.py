@@ -243,27 +243,42 @@ def test_torch_cuda_examples_follow_the_graph_inputs() -> None:
 @pytest.mark.skipif(
     shutil.which("g++") is None, reason="AOTInductor on CPU needs a C++ compiler (g++)"
 )
-def test_the_torch_cuda_package_compiles_loads_and_matches_on_cpu(
+def test_the_torch_cuda_runtime_compiles_once_caches_pads_and_matches_on_cpu(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``compile_package`` end to end (export, AOTInductor, ``.pt2``, load, run) with C++
-    kernels instead of CUDA ones: everything of the GPU path but the device."""
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    """``TorchCudaRuntime`` end to end with C++ kernels instead of CUDA ones (everything of
+    the GPU path but the device): export, AOTInductor, the ``.pt2`` stored in the engine
+    cache and loaded from it by a second replica, a 1-row batch padded to the exported
+    minimum of 2, too many rows refused, outputs equal to ONNX Runtime's."""
     from services.inference.runtimes.base import TORCH_CUDA
     from services.inference.runtimes.keys import BatchProfile, EngineKey
-    from services.inference.runtimes.torch_cuda import compile_package
+    from services.inference.runtimes.torch_cuda import TorchCudaRuntime
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+
+    class Engines:  # the engine cache's interface (the registry-backed one: store/engines.py)
+        def __init__(self) -> None:
+            self.packages: dict[str, bytes] = {}
+            self.puts = 0
+
+        def get(self, key: EngineKey) -> bytes | None:
+            return self.packages.get(key.text)
+
+        def put(self, key: EngineKey, package: bytes) -> None:
+            self.puts += 1
+            self.packages[key.text] = package
 
     onnx_bytes, feeds = _exported("mlp")
-    key = EngineKey(TORCH_CUDA, "test", "cpu", "none", "fp32", BatchProfile(1, 64, 1024))
-    package = compile_package(onnx_bytes, key, device="cpu")
+    key = EngineKey(TORCH_CUDA, "ab" * 32, "cpu", "none", "fp32", BatchProfile(1, 64, 128))
+    engines = Engines()
+    first = TorchCudaRuntime.create(onnx_bytes, key, engines, "test", device="cpu")
+    second = TorchCudaRuntime.create(onnx_bytes, key, engines, "test", device="cpu")
+    assert engines.puts == 1 and "AOTInductor" in second.info.selection_reason
     reference = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    path = tmp_path / "model.pt2"
-    path.write_bytes(package)
-    call = torch._inductor.aoti_load_package(str(path))
-    for rows in (2, 33):
-        part = {k: v[:rows] for k, v in feeds.items()}
-        with torch.no_grad():
-            got = call(*(torch.from_numpy(part[n]) for n in ("numeric", "categorical")))
-        outputs = [t.numpy() for t in (got if isinstance(got, list | tuple) else [got])]
-        result = compare(reference.run(None, part), outputs, tolerance("fp32"))
-        assert result.ok, result.explain(f"AOTInductor package at batch {rows}")
+    for runtime in (first, second):
+        for rows in (1, 2, 33, 128):
+            part = {k: v[:rows] for k, v in feeds.items()}
+            result = compare(reference.run(None, part), runtime.run(part), tolerance("fp32"))
+            assert result.ok, result.explain(f"AOTInductor runtime at batch {rows}")
+    with pytest.raises(ValueError, match="exceed the compiled profile"):
+        first.run({k: v[:129] for k, v in feeds.items()})

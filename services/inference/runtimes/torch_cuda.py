@@ -108,11 +108,19 @@ def example_inputs(onnx_bytes: bytes, rows: int, precision: str, device: str) ->
 
 
 class TorchCudaRuntime:
-    def __init__(self, call: Any, input_names: tuple[str, ...], info: RuntimeInfo, key: EngineKey):
+    def __init__(
+        self,
+        call: Any,
+        input_names: tuple[str, ...],
+        info: RuntimeInfo,
+        key: EngineKey,
+        device: str = "cuda",
+    ):
         import torch
 
         self._torch = torch
         self._call = call
+        self._device = device
         self._lock = threading.Lock()
         self._half = key.precision == "fp16"
         self._max_rows = key.profile.max_rows
@@ -122,8 +130,10 @@ class TorchCudaRuntime:
 
     @classmethod
     def create(
-        cls, onnx_bytes: bytes, key: EngineKey, engines: Any, reason: str
+        cls, onnx_bytes: bytes, key: EngineKey, engines: Any, reason: str, device: str = "cuda"
     ) -> TorchCudaRuntime:
+        """Load ``key``'s package from ``engines`` or compile (and store) it; ``device``
+        "cpu" runs the same code with C++ kernels (tests on machines without a GPU)."""
         import onnx
         import torch
 
@@ -131,7 +141,7 @@ class TorchCudaRuntime:
         package = engines.get(key) if engines is not None else None
         try:
             if package is None:
-                package = compile_package(onnx_bytes, key)
+                package = compile_package(onnx_bytes, key, device)
                 if engines is not None:
                     engines.put(key, package)
             folder = Path(tempfile.mkdtemp(prefix="lathe-aoti-"))
@@ -142,17 +152,19 @@ class TorchCudaRuntime:
         except Exception as exc:  # AOTInductor could not: torch.compile with CUDA graphs
             _log.warning("AOTInductor failed (%s); using torch.compile with CUDA graphs", exc)
             try:
-                call = torch.compile(_module(onnx_bytes, key.precision), mode="reduce-overhead")
+                module = _module(onnx_bytes, key.precision, device)
+                call = torch.compile(module, mode="reduce-overhead")
             except Exception as inner:
                 raise RuntimeUnavailable(f"torch could not compile the graph: {inner}") from inner
             info = RuntimeInfo(TORCH_CUDA, key.precision, 0, "", reason + " (torch.compile)")
-        return cls(call, names, info, key)
+        return cls(call, names, info, key, device)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         torch = self._torch
         inputs = []
         for name in self.input_names:
-            tensor = torch.from_numpy(np.ascontiguousarray(feeds[name])).cuda(non_blocking=True)
+            tensor = torch.from_numpy(np.ascontiguousarray(feeds[name]))
+            tensor = tensor.to(self._device, non_blocking=True)
             if self._half and tensor.is_floating_point():
                 tensor = tensor.half()
             inputs.append(tensor)
