@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -255,6 +256,9 @@ def test_the_torch_cuda_runtime_compiles_once_caches_pads_and_matches_on_cpu(
     from services.inference.runtimes.torch_cuda import TorchCudaRuntime
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
 
     class Engines:  # the engine cache's interface (the registry-backed one: store/engines.py)
         def __init__(self) -> None:
@@ -274,6 +278,7 @@ def test_the_torch_cuda_runtime_compiles_once_caches_pads_and_matches_on_cpu(
     first = TorchCudaRuntime.create(onnx_bytes, key, engines, "test", device="cpu")
     second = TorchCudaRuntime.create(onnx_bytes, key, engines, "test", device="cpu")
     assert engines.puts == 1 and "AOTInductor" in second.info.selection_reason
+    assert not list(scratch.glob("lathe-aoti-*"))  # no package copy left behind per load
     reference = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     for runtime in (first, second):
         for rows in (1, 2, 33, 128):

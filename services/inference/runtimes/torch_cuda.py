@@ -144,10 +144,12 @@ class TorchCudaRuntime:
                 package = compile_package(onnx_bytes, key, device)
                 if engines is not None:
                     engines.put(key, package)
-            folder = Path(tempfile.mkdtemp(prefix="lathe-aoti-"))
-            path = folder / "model.pt2"
-            path.write_bytes(package)
-            call = torch._inductor.aoti_load_package(str(path))
+            # The loaded package needs its file no longer (checked on CPU): one copy per
+            # load would otherwise pile up in /tmp for every version ever deployed.
+            with tempfile.TemporaryDirectory(prefix="lathe-aoti-") as folder:
+                path = Path(folder) / "model.pt2"
+                path.write_bytes(package)
+                call = torch._inductor.aoti_load_package(str(path))
             info = RuntimeInfo(TORCH_CUDA, key.precision, 0, key.text, reason + " (AOTInductor)")
         except Exception as exc:  # AOTInductor could not: torch.compile with CUDA graphs
             _log.warning("AOTInductor failed (%s); using torch.compile with CUDA graphs", exc)
