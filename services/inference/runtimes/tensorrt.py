@@ -102,23 +102,28 @@ class TensorRtRuntime:
         rows = next(iter(feeds.values())).shape[0]
         if rows > self._max_rows:
             raise ValueError(f"{rows} rows exceed the engine's profile ({self._max_rows})")
-        keep = []
-        for name in self.input_names:
-            tensor = torch.from_numpy(np.ascontiguousarray(feeds[name])).cuda(non_blocking=True)
-            keep.append(tensor)
-            context.set_input_shape(name, tuple(tensor.shape))
-            context.set_tensor_address(name, tensor.data_ptr())
-        outputs = []
-        for name in self.output_names:
-            shape = tuple(context.get_tensor_shape(name))
-            dtype = _torch_dtype(torch, self._engine.get_tensor_dtype(name), self._trt)
-            out = torch.empty(shape, dtype=dtype, device="cuda")
-            context.set_tensor_address(name, out.data_ptr())
-            outputs.append(out)
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed")
-        stream.synchronize()
-        return [o.float().cpu().numpy() for o in outputs]
+        # Copies in, buffers and the engine all on this thread's stream: torch's side
+        # streams do not wait for the default one, so inputs copied there could still be
+        # in flight when the engine reads them, and buffers would be freed under it.
+        with torch.cuda.stream(stream):
+            keep = []
+            for name in self.input_names:
+                host = torch.from_numpy(np.ascontiguousarray(feeds[name]))
+                tensor = host.cuda(non_blocking=True)
+                keep.append(tensor)
+                context.set_input_shape(name, tuple(tensor.shape))
+                context.set_tensor_address(name, tensor.data_ptr())
+            outputs = []
+            for name in self.output_names:
+                shape = tuple(context.get_tensor_shape(name))
+                dtype = _torch_dtype(torch, self._engine.get_tensor_dtype(name), self._trt)
+                out = torch.empty(shape, dtype=dtype, device="cuda")
+                context.set_tensor_address(name, out.data_ptr())
+                outputs.append(out)
+            if not context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError("TensorRT execution failed")
+            stream.synchronize()
+            return [o.float().cpu().numpy() for o in outputs]
 
     def _context(self):  # type: ignore[no-untyped-def]
         if not hasattr(self._local, "context"):
