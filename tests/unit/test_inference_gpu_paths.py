@@ -287,3 +287,20 @@ def test_the_torch_cuda_runtime_compiles_once_caches_pads_and_matches_on_cpu(
             assert result.ok, result.explain(f"AOTInductor runtime at batch {rows}")
     with pytest.raises(ValueError, match="exceed the compiled profile"):
         first.run({k: v[:129] for k, v in feeds.items()})
+
+
+def test_constants_in_number_form_are_read() -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["two"], value_float=2.0),
+            helper.make_node("Mul", ["x", "two"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
+    )
+    module = OnnxModule(helper.make_model(graph).SerializeToString())
+    (y,) = module(torch.tensor([[1.0, -3.0]]))
+    assert y.tolist() == [[2.0, -6.0]]

@@ -62,7 +62,7 @@ class OnnxModule(nn.Module):
         model = onnx.load_from_string(onnx_bytes)
         graph = model.graph
         self._nodes = list(graph.node)
-        unknown = sorted({n.op_type for n in self._nodes} - set(_OPS))
+        unknown = sorted({n.op_type for n in self._nodes} - set(_OPS) - {"Constant"})
         if unknown:
             raise NotImplementedError(f"ONNX ops without a torch equivalent here: {unknown}")
         self.input_names = [i.name for i in graph.input]
@@ -72,7 +72,7 @@ class OnnxModule(nn.Module):
         # build tensors and read ints out of them, which torch.export cannot trace.
         held = [(init.name, numpy_helper.to_array(init)) for init in graph.initializer]
         held += [
-            (node.output[0], numpy_helper.to_array(_attrs(node)["value"]))
+            (node.output[0], _constant_value(node))
             for node in self._nodes
             if node.op_type == "Constant"
         ]
@@ -122,8 +122,25 @@ def _binary(fn: Callable[[Any, Any], Any]) -> Callable[[list[Value], dict[str, A
     return op
 
 
-def _constant(_: list[Value], attrs: dict[str, Any]) -> Value:
-    return _shape_constant(torch.from_numpy(np.array(numpy_helper.to_array(attrs["value"]))))
+def _constant_value(node: onnx.NodeProto) -> np.ndarray:
+    """A ``Constant`` node's value (a tensor, or one of the number forms)."""
+    attrs = _attrs(node)
+    if "value" in attrs:
+        return numpy_helper.to_array(attrs["value"])
+    for name, dtype in _NUMBER_CONSTANTS:
+        if name in attrs:
+            return np.array(attrs[name], dtype=dtype)
+    raise NotImplementedError(
+        f"Constant {node.name!r} holds {sorted(attrs)}; only tensors and numbers are supported"
+    )
+
+
+_NUMBER_CONSTANTS = (
+    ("value_float", np.float32),
+    ("value_floats", np.float32),
+    ("value_int", np.int64),
+    ("value_ints", np.int64),
+)
 
 
 def _gather(args: list[Value], attrs: dict[str, Any]) -> Value:
@@ -288,7 +305,6 @@ _OPS: dict[str, Callable[[list[Value], dict[str, Any]], Value]] = {
     "Sqrt": lambda a, _: torch.sqrt(a[0]),
     "Softmax": lambda a, attrs: torch.softmax(a[0], dim=attrs.get("axis", -1)),
     "Identity": lambda a, _: a[0],
-    "Constant": _constant,
     "Gather": _gather,
     "Concat": _concat,
     "Reshape": _reshape,
