@@ -126,56 +126,21 @@ def test_an_unknown_op_is_refused_by_name() -> None:
         OnnxModule(helper.make_model(graph).SerializeToString())
 
 
-def test_fp16_keeps_a_fully_masked_attention_row_finite() -> None:
-    """PyTorch exports masking as Where(mask, scores, finfo(float32).min); rounded to -inf
-    in float16, a row with every position masked (a sequence without events) is NaN."""
+_LOWEST = -3.4028235e38  # finfo(float32).min, what PyTorch's masked_fill exports
+_KEEP = np.array([[True, True, False], [False, False, False]])  # row 2: all masked
+_SCORES = np.array([[0.5, -1.0, 2.0], [0.1, 0.2, 0.3]], dtype=np.float32)
+
+
+def _masked_attention(held_as: str) -> bytes:
+    """``Softmax(Where(keep, scores, lowest))``, the lowest value held as an initializer
+    or as a 0-d ``Constant`` node (both forms occur in exported graphs)."""
     from onnx import TensorProto, helper
-
-    lowest = helper.make_tensor("lowest", TensorProto.FLOAT, [1], [-3.4028235e38])
-    graph = helper.make_graph(
-        [
-            helper.make_node("Constant", [], ["min"], value=lowest),
-            helper.make_node("Where", ["keep", "scores", "min"], ["masked"]),
-            helper.make_node("Softmax", ["masked"], ["weights"], axis=-1),
-        ],
-        "attention",
-        [
-            helper.make_tensor_value_info("keep", TensorProto.BOOL, [None, 3]),
-            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [None, 3]),
-        ],
-        [helper.make_tensor_value_info("weights", TensorProto.FLOAT, [None, 3])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    feeds = {
-        "keep": np.array([[True, True, False], [False, False, False]]),
-        "scores": np.array([[0.5, -1.0, 2.0], [0.1, 0.2, 0.3]], dtype=np.float32),
-    }
-    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    half = ort.InferenceSession(
-        to_fp16(model.SerializeToString()), providers=["CPUExecutionProvider"]
-    )
-    (expected,) = reference.run(None, feeds)
-    (got,) = half.run(None, feeds)
-    assert np.allclose(expected[1], 1 / 3)  # float32: the masked row is uniform
-    assert np.isfinite(got).all(), got
-    result = compare([expected], [got], tolerance("fp16"))
-    assert result.ok, result.explain("masked attention")
-
-
-@pytest.mark.parametrize("held_as", ["initializer", "constant"])
-def test_the_torch_half_module_keeps_a_fully_masked_attention_row_finite(held_as: str) -> None:
-    """The torch-CUDA runtime's fp16 module, on CPU: the mask's lowest value held as an
-    initializer (a buffer cast to half) or as a 0-d ``Constant`` (float32, promoted to
-    half by ``Where`` beside half scores)."""
-    from onnx import TensorProto, helper
-
-    from services.inference.runtimes.torch_cuda import half_module
 
     if held_as == "initializer":
-        lowest = helper.make_tensor("min", TensorProto.FLOAT, [1, 3], [-3.4028235e38] * 3)
+        lowest = helper.make_tensor("min", TensorProto.FLOAT, [1, 3], [_LOWEST] * 3)
         nodes, initializers = [], [lowest]
     else:
-        lowest = helper.make_tensor("lowest", TensorProto.FLOAT, [], [-3.4028235e38])
+        lowest = helper.make_tensor("lowest", TensorProto.FLOAT, [], [_LOWEST])
         nodes, initializers = [helper.make_node("Constant", [], ["min"], value=lowest)], []
     graph = helper.make_graph(
         [
@@ -192,11 +157,34 @@ def test_the_torch_half_module_keeps_a_fully_masked_attention_row_finite(held_as
         initializer=initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    module = half_module(model.SerializeToString())
-    keep = torch.tensor([[True, True, False], [False, False, False]])
-    scores = torch.tensor([[0.5, -1.0, 2.0], [0.1, 0.2, 0.3]], dtype=torch.float16)
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("held_as", ["initializer", "constant"])
+def test_fp16_keeps_a_fully_masked_attention_row_finite(held_as: str) -> None:
+    """TensorRT's fp16 graph, run by ONNX Runtime: rounded to -inf in float16, the mask's
+    lowest value makes a row with every position masked (a sequence without events) NaN."""
+    onnx_bytes = _masked_attention(held_as)
+    feeds = {"keep": _KEEP, "scores": _SCORES}
+    reference = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    half = ort.InferenceSession(to_fp16(onnx_bytes), providers=["CPUExecutionProvider"])
+    (expected,) = reference.run(None, feeds)
+    (got,) = half.run(None, feeds)
+    assert np.allclose(expected[1], 1 / 3)  # float32: the masked row is uniform
+    assert np.isfinite(got).all(), got
+    result = compare([expected], [got], tolerance("fp16"))
+    assert result.ok, result.explain("masked attention")
+
+
+@pytest.mark.parametrize("held_as", ["initializer", "constant"])
+def test_the_torch_half_module_keeps_a_fully_masked_attention_row_finite(held_as: str) -> None:
+    """The torch-CUDA runtime's fp16 module, on CPU (a buffer cast to half, or a Constant
+    promoted to half by ``Where`` beside half scores)."""
+    from services.inference.runtimes.torch_cuda import half_module
+
+    module = half_module(_masked_attention(held_as))
     with torch.no_grad():
-        (weights,) = module(keep, scores)
+        (weights,) = module(torch.from_numpy(_KEEP), torch.from_numpy(_SCORES).half())
     assert weights.dtype == torch.float16  # computed in half, as on the GPU
     assert torch.isfinite(weights).all(), weights
     assert torch.allclose(weights[1].float(), torch.full((3,), 1 / 3), atol=1e-3)
