@@ -260,7 +260,8 @@ def _expand(args: list[Value], _: dict[str, Any]) -> Value:
     return data.reshape(*([1] * lead), *data.shape).expand(*shape)
 
 
-_CAST = {
+TORCH_DTYPES = {
+    # ONNX TensorProto element type -> torch dtype
     1: torch.float32,
     7: torch.int64,
     6: torch.int32,
@@ -273,7 +274,7 @@ _CAST = {
 def _cast(args: list[Value], attrs: dict[str, Any]) -> Value:
     if not isinstance(args[0], torch.Tensor):
         return args[0]
-    return args[0].to(_CAST[attrs["to"]])
+    return args[0].to(TORCH_DTYPES[attrs["to"]])
 
 
 def _reduce_sum(args: list[Value], attrs: dict[str, Any]) -> Value:

@@ -86,13 +86,11 @@ def example_inputs(onnx_bytes: bytes, rows: int, precision: str, device: str) ->
     import onnx
     import torch
 
-    float_type = torch.float16 if precision == "fp16" else torch.float32
-    types = {
-        onnx.TensorProto.FLOAT: float_type,
-        onnx.TensorProto.INT64: torch.int64,
-        onnx.TensorProto.INT32: torch.int32,
-        onnx.TensorProto.BOOL: torch.bool,
-    }
+    from services.inference.runtimes.onnx_to_torch import TORCH_DTYPES
+
+    types = dict(TORCH_DTYPES)
+    if precision == "fp16":
+        types[onnx.TensorProto.FLOAT] = torch.float16
     examples = []
     for graph_input in onnx.load_from_string(onnx_bytes).graph.input:
         tensor_type = graph_input.type.tensor_type
