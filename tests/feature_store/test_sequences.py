@@ -240,6 +240,23 @@ async def _drain(stream: object) -> None:
         pass
 
 
+async def _publish_history(
+    js: JetStreamContext,
+    subject: str,
+    history: list[dict[str, object]],
+    order: random.Random,
+    now: datetime,
+) -> None:
+    """Each event with ``at`` = ``now`` - its ``age`` (seconds), in a shuffled order: old
+    events arrive late, after newer ones."""
+    shuffled = list(history)
+    order.shuffle(shuffled)
+    for event in shuffled:
+        body = {k: v for k, v in event.items() if k != "age"}
+        body["at"] = (now - timedelta(seconds=event["age"])).isoformat()  # type: ignore[arg-type]
+        await _publish(js, subject, body)
+
+
 def _sequence_view(name: str, source: str, loan: Entity) -> FeatureView:
     return FeatureView(
         name,
@@ -343,12 +360,7 @@ async def test_sequences_streamed_equal_backfilled_online_offline_and_brute_forc
     await _apply(features, loan, _sequence_view(f"live_{s}", f"src_{s}", loan))
     subject = ingest_streams(test_settings.namespace).subject(f"src_{s}")
     now = datetime.now(UTC)
-    shuffled = list(history)
-    order.shuffle(shuffled)  # any arrival order: old events arrive late, after newer ones
-    for event in shuffled:
-        body = {k: v for k, v in event.items() if k != "age"}
-        body["at"] = (now - timedelta(seconds=event["age"])).isoformat()  # type: ignore[arg-type]
-        await _publish(js, subject, body)
+    await _publish_history(js, subject, history, order, now)
     await _wait_for_events(db_pool, f"live_{s}", len(history))
 
     await _apply(features, _sequence_view(f"back_{s}", f"src_{s}", loan))
@@ -430,16 +442,24 @@ def _newest_first_view(name: str, source: str, loan: Entity) -> FeatureView:
     )
 
 
-# Minutes ago, one event per tile. L1: 40 events, the newest 8 without a merchant, so its
-# 5 newest tiles hold no (amount, merchant) event and the read must go further back. L2:
-# fewer tiles than the read's n. L3: 12 complete events, more tiles than n.
-_NEWEST_HISTORY = (
-    [{"loan_id": "L1", "minutes": 7 + 10 * i, "amount": i * 1.5} for i in range(40)]
-    + [{"loan_id": "L2", "minutes": 30 + 50 * i, "amount": -i, "merchant": "m"} for i in range(3)]
-    + [{"loan_id": "L3", "minutes": 3 + 9 * i, "amount": i, "merchant": f"m{i}"} for i in range(12)]
-)
-for _event in _NEWEST_HISTORY[8:40]:
-    _event["merchant"] = f"shop{_event['amount']}"
+# Ages in seconds, one event per tile. L1: 40 events, the newest 8 without a merchant, so
+# its 5 newest tiles hold no (amount, merchant) event and the read must go further back.
+# L2: fewer tiles than the read's n. L3: 12 complete events, more tiles than n.
+_NEWEST_HISTORY: list[dict[str, object]] = [
+    *(
+        {"loan_id": "L1", "age": 60 * (7 + 10 * i), "amount": i * 1.5}
+        | ({"merchant": f"shop{i}"} if i >= 8 else {})
+        for i in range(40)
+    ),
+    *(
+        {"loan_id": "L2", "age": 60 * (30 + 50 * i), "amount": -i, "merchant": "m"}
+        for i in range(3)
+    ),
+    *(
+        {"loan_id": "L3", "age": 60 * (3 + 9 * i), "amount": i, "merchant": f"m{i}"}
+        for i in range(12)
+    ),
+]
 
 
 async def test_last_n_views_read_their_newest_tiles_and_keep_no_rollups(
@@ -453,13 +473,7 @@ async def test_last_n_views_read_their_newest_tiles_and_keep_no_rollups(
     view = _newest_first_view(f"newest_{s}", f"src_{s}", loan)
     await _apply(features, loan, view)
     subject = ingest_streams(test_settings.namespace).subject(f"src_{s}")
-    now = datetime.now(UTC)
-    shuffled = list(_NEWEST_HISTORY)
-    random.Random(3).shuffle(shuffled)
-    for event in shuffled:
-        body = {k: v for k, v in event.items() if k != "minutes"}
-        body["at"] = (now - timedelta(minutes=event["minutes"])).isoformat()  # type: ignore[arg-type]
-        await _publish(js, subject, body)
+    await _publish_history(js, subject, _NEWEST_HISTORY, random.Random(3), datetime.now(UTC))
     await _wait_for_events(db_pool, f"newest_{s}", len(_NEWEST_HISTORY))
     assert not await tiles.all_rollups(db_pool, f"newest_{s}", 1)
 
@@ -481,11 +495,12 @@ async def test_last_n_views_read_their_newest_tiles_and_keep_no_rollups(
         for name, value in got.items():
             assert repr(as_of[name]) == repr(value), (key, name)
         mine = sorted(
-            (e for e in _NEWEST_HISTORY if e["loan_id"] == key), key=lambda e: -e["minutes"]
+            (e for e in _NEWEST_HISTORY if e["loan_id"] == key),
+            key=lambda e: -e["age"],  # type: ignore[operator]
         )
         complete = [e for e in mine if "merchant" in e][-3:]
-        assert got["recent__amount"] == [e["amount"] + 0.0 for e in complete]
+        assert got["recent__amount"] == [e["amount"] + 0.0 for e in complete]  # type: ignore[operator]
         assert got["recent__merchant"] == [e["merchant"] for e in complete]
-        within = [e["amount"] + 0.0 for e in mine if e["minutes"] < 120][-5:]
+        within = [e["amount"] + 0.0 for e in mine if e["age"] < 2 * 3600][-5:]  # type: ignore[operator]
         assert got["amounts_2h"] == within, key
         assert len(got["recent__amount"]) == 3  # type: ignore[arg-type]
