@@ -22,6 +22,7 @@ from services.feature_store.domain.streaming.events import (
     parse_event,
 )
 from services.feature_store.store.stream_events import RawEvent
+from tests.support.time_axes import AXES, time_axis
 
 MINUTE = 60_000_000
 HOUR = 60 * MINUTE
@@ -304,8 +305,9 @@ def _brute_force(spec: agg.StreamViewSpec, events, key: str, at: int) -> agg.Win
     return agg.combine(spec, [(s, t) for (_, s), t in agg.build_tiles(spec, known).items()], at)
 
 
+@pytest.mark.parametrize("axis", AXES)
 @pytest.mark.parametrize("seed", range(12))
-def test_point_in_time_values_equal_an_online_read_at_each_label_time(seed: int) -> None:
+def test_point_in_time_values_equal_an_online_read_at_each_label_time(seed: int, axis: str) -> None:
     rng = random.Random(seed)
     tile = rng.choice([1, 7, 60]) * 1_000_000
     lateness = rng.choice([0, 5, 600]) * 1_000_000
@@ -320,7 +322,8 @@ def test_point_in_time_values_equal_an_online_read_at_each_label_time(seed: int)
     keys = [rng.choice("abcd") for _ in range(300)]
     times = [rng.randrange(-10, 3100) * 1_000_000 + rng.randrange(1_000_000) for _ in keys]
 
-    result = compute_as_of(spec, EventColumns.of(spec, events), keys, np.array(times))
+    with time_axis(axis):
+        result = compute_as_of(spec, EventColumns.of(spec, events), keys, np.array(times))
 
     for i, (key, at) in enumerate(zip(keys, times, strict=True)):
         expected = _brute_force(spec, events, key, at)

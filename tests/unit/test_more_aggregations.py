@@ -30,6 +30,7 @@ from services.feature_store.domain.streaming import aggregation as agg
 from services.feature_store.domain.streaming import sketches
 from services.feature_store.domain.streaming.as_of import EventColumns, compute_as_of
 from services.feature_store.domain.streaming.events import EventRejected, parse_event
+from tests.support.time_axes import AXES, time_axis
 
 SECOND = 1_000_000
 A = agg.WindowAggregation
@@ -250,7 +251,8 @@ def test_any_order_batching_and_grouping_give_identical_states_and_values(
 
     times = [data.draw(st.integers(0, 175)) * SECOND + 1 for _ in range(6)]
     keys = [data.draw(st.sampled_from("abz")) for _ in times]
-    offline = compute_as_of(spec, EventColumns.of(spec, events), keys, np.array(times))
+    with time_axis(data.draw(st.sampled_from(AXES), label="time axis")):
+        offline = compute_as_of(spec, EventColumns.of(spec, events), keys, np.array(times))
     for i, (key, at) in enumerate(zip(keys, times, strict=True)):
         known = agg.build_tiles(spec, [e for e in events if e.arrival_us <= at])
         online = _read(spec, known, key, at)

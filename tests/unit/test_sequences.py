@@ -25,6 +25,7 @@ from services.feature_store.domain.streaming.as_of import (
 from services.feature_store.domain.streaming.events import EventRejected, parse_event
 from services.feature_store.domain.training import content_id
 from services.feature_store.domain.values import coerce, from_python, to_python, value_of, violated
+from tests.support.time_axes import AXES, time_axis
 
 SECOND = 1_000_000
 FIXED = settings(
@@ -246,9 +247,9 @@ def test_streamed_backfilled_rolled_up_and_offline_sequences_are_identical(
         data.draw(st.integers(0, 175)) * SECOND + data.draw(st.integers(0, 3)) for _ in range(8)
     ]
     keys = [data.draw(st.sampled_from("abz")) for _ in times]
-    offline = compute_as_of(spec, EventColumns.of(spec, events), keys, np.array(times)).to_arrow(
-        spec
-    )
+    with time_axis(data.draw(st.sampled_from(AXES), label="time axis")):
+        offline = compute_as_of(spec, EventColumns.of(spec, events), keys, np.array(times))
+    offline = offline.to_arrow(spec)
     for i, (key, at) in enumerate(zip(keys, times, strict=True)):
         known = [e for e in events if e.arrival_us <= at]
         lifetime = agg.TileState()

@@ -303,17 +303,15 @@ class _Labels:
 class _Series:
     """Sorted events (all, or those carrying one column) and range queries over them."""
 
-    def __init__(self, keys: np.ndarray, arrival_us: np.ndarray, ranks: _Ranks) -> None:
+    def __init__(self, keys: np.ndarray, arrival_us: np.ndarray, axis: _TimeAxis) -> None:
         self.keys = keys
         self.arrival_us = arrival_us
-        self._ranks = ranks
+        self._axis = axis
 
     def bounds(self, labels: _Labels, times: np.ndarray, side: str) -> np.ndarray:
+        query = labels.code * self._axis.size + self._axis.positions(times, labels.by_time)
         # Sorted needles search much faster; a bound is a non-decreasing function of t, so
-        # the labels' two orders (by t; by entity, t) sort every bound's needles.
-        ranks = np.empty(len(times), dtype=np.int64)
-        ranks[labels.by_time] = np.searchsorted(self._ranks.times, times[labels.by_time])
-        query = labels.code * self._ranks.size + ranks
+        # the labels' order by (entity, t) sorts every bound's needles.
         found = np.empty(len(query), dtype=np.int64)
         order = labels.by_key
         found[order] = np.searchsorted(self.keys, query[order], side=side)  # type: ignore[call-overload]
@@ -321,14 +319,51 @@ class _Series:
 
 
 @dataclass(frozen=True)
-class _Ranks:
-    """Every event and query time, sorted: entity code * size + rank orders (entity, time)."""
+class _TimeAxis:
+    """Times as integers in the same order, so that (entity code, time) packs into one
+    int64 key: entity code * size + position. Event times and every bound searched map
+    exactly (equal times to equal positions), so searches on keys are searches on times.
 
-    times: np.ndarray
+    Direct (``ranked`` None): position = time - base, clipped to [0, size - 1]; base lies
+    below every event time and size - 1 above, so a clipped bound still compares right
+    with every event. Where entities x the events' time span overflow int64, the
+    positions are ranks among ``ranked``: every event and bound time, sorted.
+    """
 
-    @property
-    def size(self) -> int:
-        return len(self.times) + 1
+    size: int
+    base: int = 0
+    ranked: np.ndarray | None = None
+
+    @classmethod
+    def of(
+        cls, event_us: np.ndarray, entities: int, bounds: Callable[[], Iterable[np.ndarray]]
+    ) -> _TimeAxis:
+        """The axis for these events; ``bounds()``: every time a search will use, each
+        ordered by label time (asked only when ranks are needed)."""
+        if not len(event_us):
+            return cls(size=2)
+        base = int(event_us.min()) - 1
+        size = int(event_us.max()) - base + 2
+        if size <= _MAX_KEY // max(entities, 1):
+            return cls(size=size, base=base)
+        ranked = _sorted_unique(event_us, *bounds())
+        return cls(size=len(ranked) + 1, ranked=ranked)
+
+    def positions(self, times: np.ndarray, by_time: np.ndarray | None = None) -> np.ndarray:
+        """Each time's position; ``by_time`` orders ``times`` (searches run faster on
+        sorted needles)."""
+        if self.ranked is None:
+            # Clipped before subtracting: a lifetime's start is int64's least value.
+            return np.clip(times, self.base, self.base + self.size - 1) - self.base
+        if by_time is None:  # event times in log order: nearly sorted already
+            return np.searchsorted(self.ranked, times)
+        ranks = np.empty(len(times), dtype=np.int64)
+        ranks[by_time] = np.searchsorted(self.ranked, times[by_time])
+        return ranks
+
+
+_MAX_KEY = np.iinfo(np.int64).max // 2
+"""Keys stay below this: entity code * size + position, with room for the -1 code."""
 
 
 @dataclass(frozen=True)
@@ -474,12 +509,16 @@ def compute_as_of(
 
     floor = t - np.mod(t, spec.tile_us)
     code = label_codes.fill_null(-1).to_numpy().astype(np.int64)
+    by_time = np.argsort(t)
+    time_rank = np.empty(n, dtype=np.int64)
+    time_rank[by_time] = np.arange(n)
     labels = _Labels(
         code=code,
         t=t,
         tail_from=t - int(max(0, (arrival_us - event_us).max(initial=0))),
-        by_time=np.argsort(t, kind="stable"),
-        by_key=np.lexsort((t, code)),
+        by_time=by_time,
+        # One int64 sort instead of a lexsort of (code, t): codes start at -1.
+        by_key=np.argsort((code + 1) * n + time_rank),
     )
     # Each window's event-time bounds [start, upper) per label; lifetime: no start.
     bounds: dict[WindowKey, tuple[np.ndarray, np.ndarray]] = {
@@ -487,22 +526,21 @@ def compute_as_of(
     }
     if spec.lifetime:
         bounds[_LIFETIME] = (np.full(n, np.iinfo(np.int64).min), floor + spec.tile_us)
-    ranks = _Ranks(
-        _sorted_unique(
-            logged_us,
-            *(
-                e[labels.by_time]
-                for e in (labels.tail_from, *(e for pair in bounds.values() for e in pair))
-            ),
-        )
+    axis = _TimeAxis.of(
+        logged_us,
+        len(dictionary),
+        lambda: (
+            e[labels.by_time]
+            for e in (labels.tail_from, *(e for pair in bounds.values() for e in pair))
+        ),
     )
-    keys = entity * ranks.size + np.searchsorted(ranks.times, logged_us)[order]
+    keys = entity * axis.size + axis.positions(logged_us)[order]
 
     def windows_of(mask: np.ndarray | None) -> dict[WindowKey, _Window]:
         series = _Series(
             keys if mask is None else keys[mask],
             arrival_us if mask is None else arrival_us[mask],
-            ranks,
+            axis,
         )
         return {
             window: _window(series, labels, series.bounds(labels, start, "left"), upper)
@@ -699,7 +737,6 @@ class _Sequences:
     """Position i's index into ``columns``."""
     event_us: np.ndarray
     windows: dict[WindowKey, _Window]
-    _elements: dict[int, pa.Array] = field(default_factory=dict)
     _chosen: dict[tuple[WindowKey, bool, int], tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict
     )
@@ -750,33 +787,33 @@ class _Sequences:
         self._chosen[(key, latest, n)] = offsets, positions
         return offsets, positions
 
-    def elements(self, output: int, value_type: int) -> pa.Array:
-        """Every event's value of one column (or its event time in epoch seconds)."""
-        if output not in self._elements:
-            if output == EVENT_TIME_OUTPUT:
-                self._elements[output] = pa.array(self.event_us / 1e6, pa.float64())
-            else:
-                column = self.columns[output]
-                assert column.type == ELEMENT_ARROW[value_type]
-                self._elements[output] = column.take(self.rank)
-        return self._elements[output]
+    def elements(self, output: int, value_type: int, positions: pa.Array) -> pa.Array:
+        """The values of one column (or the event times in epoch seconds) of the events at
+        ``positions`` (nulls stay null)."""
+        if output == EVENT_TIME_OUTPUT:
+            return pa.array(self.event_us / 1e6, pa.float64()).take(positions)
+        column = self.columns[output]
+        assert column.type == ELEMENT_ARROW[value_type]
+        # One take through the composed index, not a take into position order first.
+        return column.take(self.rank.take(positions))
 
     def column(self, aggregation: WindowAggregation, key: WindowKey, live: np.ndarray) -> pa.Array:
         """The feature per label: FIRST's value, or LAST_N / FIRST_N's list."""
         latest = aggregation.function == LAST_N
         offsets, positions = self.chosen(key, latest, aggregation.n, live)
         if aggregation.function == FIRST:
-            elements = self.elements(aggregation.output, aggregation.value_type)
             has = offsets[1:] > offsets[:-1]
             picks = np.zeros(len(has), dtype=np.int64)
             picks[has] = positions[offsets[:-1][has]]
-            return elements.take(pa.array(picks, pa.int64(), mask=~has))
+            return self.elements(
+                aggregation.output, aggregation.value_type, pa.array(picks, mask=~has)
+            )
         element_type = (
             m.VALUE_TYPE_FLOAT64
             if aggregation.output == EVENT_TIME_OUTPUT
             else aggregation.column_types[aggregation.output]
         )
-        values = self.elements(aggregation.output, element_type).take(pa.array(positions))
+        values = self.elements(aggregation.output, element_type, pa.array(positions))
         return pa.ListArray.from_arrays(
             pa.array(offsets.astype(np.int32)),
             values,
