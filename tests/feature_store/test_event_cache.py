@@ -118,6 +118,8 @@ async def test_cached_events_answer_as_a_plain_read_does(db_pool: asyncpg.Pool) 
     early, early_times = _labels(rng, 100, _T0, 12)
     await _same(db_pool, cache, view, early, early_times)
     await _same(db_pool, cache, view, keys[:50], times[:50])
+    # Labels of one entity: its events are copied out of the copy (the others are most).
+    await _same(db_pool, cache, view, ["L1"] * 20, times[:20])
 
     # A transaction that logged events before a later one committed, still open when the
     # cache extends its copy: its events count once it commits.

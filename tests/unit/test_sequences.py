@@ -17,6 +17,7 @@ from lathe.feature_store.v1 import message_pb2 as m
 from libs.errors import InvalidArgument
 from services.feature_store.domain.definitions.rules import validate_repository
 from services.feature_store.domain.streaming import aggregation as agg
+from services.feature_store.domain.streaming import as_of
 from services.feature_store.domain.streaming.as_of import (
     EventArrays,
     EventColumns,
@@ -305,6 +306,39 @@ def test_long_sequences_keep_n_and_serve_oldest_first() -> None:
         online = _read(spec, agg.build_tiles(spec, known), "a", int(at))
         expected = online.values[0] if online.latest_us is not None else None
         assert offline.column("last")[i].as_py() == expected, at
+
+
+def test_few_distinct_strings_are_taken_through_a_dictionary_with_the_same_answer() -> None:
+    """Past 1,024 events a string column with few distinct values is dictionary-encoded
+    for the computation (as_of._compact); lists, FIRST's nulls and the rest stay equal
+    to taking the plain strings, and a column of mostly distinct strings stays plain."""
+    spec = agg.spec_of(_standard_view(), "loan_id")
+    rng = random.Random(7)
+    events = []
+    for sequence in range(3000):
+        at = rng.randrange(200) * SECOND + rng.randrange(SECOND)
+        body: dict[str, object] = {"loan_id": rng.choice("abcdefgh"), "at": at / SECOND}
+        if rng.random() < 0.9:  # some events lack the columns: FIRST and lists skip them
+            body |= {"amount": rng.uniform(-5, 5), "merchant": f"m{rng.randrange(12)}"}
+        body |= {"flag": rng.random() < 0.5, "cnt": rng.randrange(9)}
+        events.append(
+            parse_event(spec, body, arrival_us=at + rng.randrange(5 * SECOND), sequence=sequence)
+        )
+    keys = [rng.choice("abcdefghz") for _ in range(500)]
+    times = np.array([rng.randrange(-5, 210) * SECOND for _ in keys])
+    arrays = EventArrays.of(spec, EventColumns.of(spec, events))
+    part = next(key for key, names, _ in spec.sequences if "merchant" in names)
+    assert any(isinstance(c, pa.DictionaryArray) for c in arrays.sequence_columns(part))
+    compacted = compute_as_of(spec, arrays, keys, times).to_arrow(spec)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(as_of, "_compact", lambda column: column)
+        plain = compute_as_of(
+            spec, EventArrays.of(spec, EventColumns.of(spec, events)), keys, times
+        )
+    assert compacted.equals(plain.to_arrow(spec))
+    assert compacted.column("first_merchant").null_count > 0
+    distinct = pa.array([f"id-{i}" for i in range(3000)])
+    assert as_of._compact(distinct) is distinct
 
 
 def test_list_values_round_trip_through_python() -> None:

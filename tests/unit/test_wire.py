@@ -113,3 +113,14 @@ def test_result_headers_of_every_length_class() -> None:
         reply = rr.GetOnlineFeaturesResponse()
         reply.MergeFromString(wire.result_header(len(body)) + body)
         assert list(reply.results) == [vector], length
+
+
+def test_arrow_ipc_parts_match_the_library() -> None:
+    for size in (0, 1, 127, 128, 16_383, 16_384, 4 * 1024 * 1024 - 64 * 1024):
+        chunk = bytes(random.Random(size).getrandbits(8) for _ in range(min(size, 256))) * (
+            size // 256 + 1
+        )
+        chunk = chunk[:size]
+        part = wire.arrow_ipc_part(memoryview(chunk))
+        assert part == rr.GetHistoricalFeaturesResponse(arrow_ipc=chunk).SerializeToString()
+        assert rr.GetHistoricalFeaturesResponse.FromString(part).arrow_ipc == chunk

@@ -26,6 +26,7 @@ from services.feature_store.app.writes.materialize import Materializer
 from services.feature_store.app.writes.push import Pusher
 from services.feature_store.domain.definitions.changes import DELETABLE
 from services.feature_store.domain.names import check_name
+from services.feature_store.domain.serving import wire
 
 _ARROW_CHUNK = 4 * 1024 * 1024 - 64 * 1024
 """Arrow bytes per message: with the message's framing, under gRPC's default 4 MiB receive
@@ -218,9 +219,7 @@ class FeatureStoreServicer(service_pb2_grpc.FeatureStoreServicer):
         yield rr.GetHistoricalFeaturesResponse(snapshot=training.snapshot)
         view = memoryview(training.arrow_ipc)
         for start in range(0, len(view), _ARROW_CHUNK):
-            yield rr.GetHistoricalFeaturesResponse(
-                arrow_ipc=bytes(view[start : start + _ARROW_CHUNK])
-            )
+            yield Encoded(wire.arrow_ipc_part(view[start : start + _ARROW_CHUNK]))
 
     async def DeleteDefinition(
         self, request: rr.DeleteDefinitionRequest, context: grpc.aio.ServicerContext

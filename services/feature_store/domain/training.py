@@ -117,7 +117,7 @@ def label_keys(
     for parts in composites:
         columns[key_column(parts)] = encode_key_column([columns[key] for key in parts])
     columns[EVENT_TIME] = _label_times(table.column(EVENT_TIME), where)
-    columns[ROW_NUMBER] = pa.array(range(table.num_rows), pa.int64())
+    columns[ROW_NUMBER] = pa.array(np.arange(table.num_rows, dtype=np.int64))
     return pa.table(columns)
 
 

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 import asyncpg
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from services.feature_store.domain.streaming.aggregation import (
     StreamViewSpec,
@@ -94,17 +93,33 @@ class _Copy:
             arrived_from is not None and arrived_from >= self.arrived_from
         )
 
-    def select(self, arrived_from: int | None, arrived_until: int, wanted: pa.Array) -> EventArrays:
-        """The events a plain read would return: arrived in [from, until], of ``wanted``."""
+    def select(
+        self, arrived_from: int | None, arrived_until: int, label_keys: pa.Array
+    ) -> tuple[EventArrays, np.ndarray]:
+        """The events the computation needs for these labels, and each label's entity
+        code in them (``EventArrays.label_codes``).
+
+        A plain read returns those that arrived in [from, until] of the labels' entities.
+        Events of other entities, and events that arrived after every label's time,
+        change no answer (the computation matches entities and checks each event's
+        arrival against each label's time), so when they are under half of the copy
+        the whole copy is used rather than a subset copied out; events that arrived
+        before ``arrived_from`` are always left out, as a plain read leaves them.
+        """
+        # Labels matched through the copy's entity dictionary (sorted once per copy): the
+        # label strings are hashed once, and the events' not at all.
+        entity, dictionary, _ = self.events.sorted()
+        codes = self.events.label_codes(label_keys)
+        held = np.zeros(len(dictionary), dtype=bool)
+        held[codes[codes >= 0]] = True
         arrival = self.events.arrival_us
-        mask = arrival <= arrived_until
-        if arrived_from is not None:
-            mask &= arrival >= arrived_from
-        mask &= pc.is_in(self.events.entity_keys, value_set=wanted).to_numpy(zero_copy_only=False)
-        if mask.all():
-            return self.events  # arrays are never changed in place: concat makes new ones
-        self.events.sorted()  # once per copy; the selection's order is derived from it
-        return self.events.take(np.flatnonzero(mask))
+        needed = (arrival <= arrived_until) & held[entity]
+        if arrived_from is None or arrival.min(initial=arrived_from) >= arrived_from:
+            if 2 * np.count_nonzero(needed) >= len(needed):
+                return self.events, codes  # arrays are never changed in place
+        else:
+            needed &= arrival >= arrived_from
+        return self.events.take(np.flatnonzero(needed)), codes
 
 
 class ParsedEventCache:
@@ -122,11 +137,12 @@ class ParsedEventCache:
         *,
         arrived_from: int | None,
         arrived_until: int,
-        wanted: pa.Array,
-    ) -> EventArrays:
+        label_keys: pa.Array,
+    ) -> tuple[EventArrays, np.ndarray]:
         """The accepted events of ``spec``'s source (``identity``: the view version) that
         arrived in ``[arrived_from, arrived_until]`` (µs; from None: from the start), of
-        the ``wanted`` entities (a string array), as of now."""
+        the entities of ``label_keys`` (a string array), as of now; and each label's
+        entity code in them (for ``compute_as_of``)."""
         copy = self._copies.get(identity)
         lock = copy.lock if copy is not None else asyncio.Lock()
         async with lock:
@@ -166,7 +182,8 @@ class ParsedEventCache:
                     copy.events = copy.events.concat(unseen)
                     copy.snapshot = snapshot
             self._keep(identity, copy)
-            return copy.select(arrived_from, arrived_until, wanted)
+            selected = copy.select(arrived_from, arrived_until, label_keys)
+            return selected
 
     def _keep(self, identity: tuple[object, ...], copy: _Copy) -> None:
         self._copies[identity] = copy

@@ -8,6 +8,7 @@ the exact semantics and the cost.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -78,6 +79,7 @@ async def stream_aggregates_as_of(
     if len(keys) != len(times):
         raise InvalidArgument("entity_keys and as_of need one value per label row")
     events: EventColumns | EventArrays = EventColumns.empty(spec)
+    codes = None
     if len(keys):
         first_start = int(times.min()) - int(times.min()) % spec.tile_us - spec.max_window_us
         # Accepted events arrive within lateness of their event time; a lifetime
@@ -90,13 +92,13 @@ async def stream_aggregates_as_of(
                 spec.entity_field,
                 spec.entity_fields,
             )
-            events = await cache.events(
+            events, codes = await cache.events(
                 pool,
                 spec,
                 identity,
                 arrived_from=arrived_from,
                 arrived_until=arrived_until,
-                wanted=pc.unique(keys),
+                label_keys=keys,
             )
         else:
             async with pool.acquire() as conn, conn.transaction(readonly=True):
@@ -110,4 +112,6 @@ async def stream_aggregates_as_of(
                     ),
                     set(pc.unique(keys).to_pylist()),
                 )
-    return compute_as_of(spec, events, keys, times).to_arrow(spec)
+    # Seconds of numpy at a million labels: off the event loop, which keeps serving.
+    computed = await asyncio.to_thread(compute_as_of, spec, events, keys, times, label_codes=codes)
+    return computed.to_arrow(spec)

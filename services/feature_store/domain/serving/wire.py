@@ -1,4 +1,4 @@
-"""Online responses assembled as protobuf wire bytes instead of message objects.
+"""Responses assembled as protobuf wire bytes instead of message objects.
 
 A GetOnlineFeatures reply for 100 entities x 20 features holds 2,000 values,
 statuses and event times. Appending them one by one to Python protobuf messages
@@ -6,6 +6,10 @@ costs ~2 µs each (~4 ms per call); joining their encoded bytes and parsing the
 reply once in C costs ~0.3 ms. Stored FeatureRows are already encoded Values, so
 their bytes are reused as they are. Only the three FeatureVector fields are
 written here; tests check the bytes against the protobuf library.
+
+Training sets leave as ~4 MiB ``arrow_ipc`` parts: a message object would copy each
+part in and serialize it out again (~0.15 s for a 1M-row set); the wire bytes take one
+copy from Arrow's buffer.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ _VALUES = 0x0A  # FeatureVector.values = 1, length-delimited (same tag as Featur
 _STATUSES = 0x12  # FeatureVector.statuses = 2, packed varints
 _EVENT_TIMES = 0x1A  # FeatureVector.event_times = 3, length-delimited
 _RESULTS = 0x12  # GetOnlineFeaturesResponse.results = 2
+_ARROW_IPC = 0x12  # GetHistoricalFeaturesResponse.arrow_ipc = 2, length-delimited
 NULL_VALUE = b"\x0a\x00"
 """An empty Value (null) as a ``values`` element."""
 NO_TIME = b"\x1a\x00"
@@ -119,3 +124,8 @@ def result_field(values: Sequence[bytes], statuses: Sequence[int], times: Sequen
         (b"".join(values), bytes([_STATUSES]), varint(len(packed)), packed, b"".join(times))
     )
     return bytes([_RESULTS]) + varint(len(vector)) + vector
+
+
+def arrow_ipc_part(chunk: bytes | memoryview) -> bytes:
+    """A GetHistoricalFeaturesResponse holding ``chunk`` as its ``arrow_ipc``."""
+    return b"".join((bytes([_ARROW_IPC]), varint(len(chunk)), chunk))

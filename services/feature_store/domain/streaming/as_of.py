@@ -28,6 +28,7 @@ with events inside the lateness tail. They come back as Arrow list columns.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -156,6 +157,9 @@ class EventArrays:
     _sorted: list[tuple[np.ndarray, pa.Array, np.ndarray]] = field(
         default_factory=list, compare=False, repr=False
     )
+    _compact: dict[str, tuple[pa.Array, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def __len__(self) -> int:
         return len(self.event_us)
@@ -170,6 +174,22 @@ class EventArrays:
             order = np.lexsort((self.sequence, self.arrival_us, self.event_us, entity))
             self._sorted.append((entity, encoded.dictionary, order))
         return self._sorted[0]
+
+    def sequence_columns(self, part: str) -> tuple[pa.Array, ...]:
+        """A sequence part's columns, those of strings with few distinct values (a
+        merchant, a channel) dictionary-encoded, once per instance: a million values
+        taken through a small dictionary read it from cache, ~4x faster than gathering
+        scattered strings. Other columns as they are."""
+        if part not in self._compact:
+            self._compact[part] = tuple(_compact(c) for c in self.sequences[part][1])
+        return self._compact[part]
+
+    def label_codes(self, label_keys: Sequence[str] | pa.Array) -> np.ndarray:
+        """Each label key's entity code (``sorted()``'s; -1: no event of that entity).
+        A subset taken from these events keeps their codes."""
+        keys = label_keys if isinstance(label_keys, pa.Array) else pa.array(label_keys, pa.string())
+        found = pc.index_in(keys, value_set=self.sorted()[1])
+        return found.fill_null(-1).to_numpy().astype(np.int64)
 
     @classmethod
     def of(cls, spec: StreamViewSpec, columns: EventColumns) -> EventArrays:
@@ -294,10 +314,27 @@ class _Labels:
     t: np.ndarray
     tail_from: np.ndarray
     """Events after this may be unknown at t; events at or before it are surely known."""
-    by_time: np.ndarray
-    """Labels ordered by t; every bound searched is non-decreasing in t."""
-    by_key: np.ndarray
-    """Labels ordered by (entity code, t): the order of their (entity, bound) queries."""
+
+    @functools.cached_property
+    def by_time(self) -> np.ndarray:
+        """Labels ordered by t; every bound searched is non-decreasing in t."""
+        return np.argsort(self.t)
+
+    @functools.cached_property
+    def by_key(self) -> np.ndarray:
+        """Labels ordered by (entity code, t): the order of their (entity, bound) queries."""
+        n, t = len(self.t), self.t
+        if not n:
+            return np.zeros(0, dtype=np.int64)
+        low = int(t.min())
+        span = int(t.max()) - low + 1
+        # One int64 sort instead of a lexsort of (code, t) (codes start at -1): of t
+        # itself where it fits, else of t's rank.
+        if span <= _MAX_KEY // (int(self.code.max()) + 2):
+            return np.argsort((self.code + 1) * span + (t - low))
+        time_rank = np.empty(n, dtype=np.int64)
+        time_rank[self.by_time] = np.arange(n)
+        return np.argsort((self.code + 1) * n + time_rank)
 
 
 class _Series:
@@ -309,7 +346,8 @@ class _Series:
         self._axis = axis
 
     def bounds(self, labels: _Labels, times: np.ndarray, side: str) -> np.ndarray:
-        query = labels.code * self._axis.size + self._axis.positions(times, labels.by_time)
+        by_time = None if self._axis.ranked is None else labels.by_time
+        query = labels.code * self._axis.size + self._axis.positions(times, by_time)
         # Sorted needles search much faster; a bound is a non-decreasing function of t, so
         # the labels' order by (entity, t) sorts every bound's needles.
         found = np.empty(len(query), dtype=np.int64)
@@ -450,6 +488,15 @@ def _range_reduce(
     return out
 
 
+def _compact(column: pa.Array) -> pa.Array:
+    """A string column dictionary-encoded where it has at most a quarter as many
+    distinct values as values; any other column as it is."""
+    if not pa.types.is_string(column.type) or len(column) < 1024:
+        return column
+    encoded = column.dictionary_encode()
+    return encoded if 4 * len(encoded.dictionary) <= len(column) else column
+
+
 def _sorted_unique(*arrays: np.ndarray) -> np.ndarray:
     # A stable sort (timsort) merges runs: the arrays come sorted or nearly so.
     values = np.sort(np.concatenate(arrays), kind="stable")
@@ -485,12 +532,15 @@ def compute_as_of(
     events: EventColumns | EventArrays,
     label_keys: Sequence[str] | pa.Array,
     label_us: np.ndarray,
+    *,
+    label_codes: np.ndarray | None = None,
 ) -> AsOf:
     """Every aggregation of ``spec`` per label (entity key, time in µs), in label order.
 
     ``events`` are the view's accepted events (parsed and within lateness) from any
     time range that covers the labels' windows; events of other entities are ignored.
     Label keys are stored keys (``label_keys``); "" or null matches no entity.
+    ``label_codes``: ``events.label_codes(label_keys)``, where the caller has them.
     """
     if isinstance(events, EventColumns):
         events = EventArrays.of(spec, events)
@@ -498,27 +548,15 @@ def compute_as_of(
     t = np.asarray(label_us, dtype=np.int64)
     entity, dictionary, order = events.sorted()
     event_us, arrival_us = events.event_us, events.arrival_us
-    label_codes = pc.index_in(
-        label_keys if isinstance(label_keys, pa.Array) else pa.array(label_keys, pa.string()),
-        value_set=dictionary,
-    )
+    code = events.label_codes(label_keys) if label_codes is None else label_codes
     # Within an entity, position order is (event time, arrival time, sequence) order: the
     # last known event of a range is the one with the highest position.
     logged_us = event_us  # in log order: nearly sorted by time, quick to search
     entity, event_us, arrival_us = entity[order], event_us[order], arrival_us[order]
 
     floor = t - np.mod(t, spec.tile_us)
-    code = label_codes.fill_null(-1).to_numpy().astype(np.int64)
-    by_time = np.argsort(t)
-    time_rank = np.empty(n, dtype=np.int64)
-    time_rank[by_time] = np.arange(n)
     labels = _Labels(
-        code=code,
-        t=t,
-        tail_from=t - int(max(0, (arrival_us - event_us).max(initial=0))),
-        by_time=by_time,
-        # One int64 sort instead of a lexsort of (code, t): codes start at -1.
-        by_key=np.argsort((code + 1) * n + time_rank),
+        code=code, t=t, tail_from=t - int(max(0, (arrival_us - event_us).max(initial=0)))
     )
     # Each window's event-time bounds [start, upper) per label; lifetime: no start.
     bounds: dict[WindowKey, tuple[np.ndarray, np.ndarray]] = {
@@ -564,7 +602,13 @@ def compute_as_of(
         return all_events if mask.all() else windows_of(mask)
 
     sequences = {
-        part: _Sequences.of(*events.sequences[part], order, event_us, sequence_windows)
+        part: _Sequences.of(
+            events.sequences[part][0],
+            events.sequence_columns(part),
+            order,
+            event_us,
+            sequence_windows,
+        )
         for part, _, _ in spec.sequences
     }
     for aggregation in spec.aggregations:
@@ -732,8 +776,9 @@ class _Sequences:
     — (event time, arrival, sequence), the tile path's order key — and their windows."""
 
     columns: tuple[pa.Array, ...]
-    """Each column's values, in the events' original order (``rank`` maps to them)."""
-    rank: pa.Array
+    """Each column's values, in the events' original order (``rank`` maps to them); a
+    string column may come dictionary-encoded (``EventArrays.sequence_columns``)."""
+    rank: np.ndarray
     """Position i's index into ``columns``."""
     event_us: np.ndarray
     windows: dict[WindowKey, _Window]
@@ -752,7 +797,7 @@ class _Sequences:
     ) -> _Sequences:
         present = carried[order]
         rank = (np.cumsum(carried) - 1)[order[present]]
-        return cls(columns, pa.array(rank, pa.int64()), event_us[present], windows_of(present))
+        return cls(columns, rank, event_us[present], windows_of(present))
 
     def chosen(
         self, key: WindowKey, latest: bool, n: int, live: np.ndarray
@@ -775,27 +820,34 @@ class _Sequences:
             lengths[label] = len(gathered[label])
         offsets = np.zeros(len(live) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        positions = np.empty(int(offsets[-1]), dtype=np.int64)
-        fast = np.flatnonzero(~tailed & (lengths > 0))
-        counts = lengths[fast]
-        within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-        positions[np.repeat(offsets[fast], counts) + within] = (
-            np.repeat(starts[fast], counts) + within
-        )
+        # Each label's run start, start + 1, ...: one repeat for all labels; the labels
+        # with tail events then get theirs written over.
+        positions = np.repeat(starts - offsets[:-1], lengths) + np.arange(int(offsets[-1]))
         for label, found in gathered.items():
             positions[offsets[label] : offsets[label + 1]] = found
         self._chosen[(key, latest, n)] = offsets, positions
         return offsets, positions
 
-    def elements(self, output: int, value_type: int, positions: pa.Array) -> pa.Array:
+    def elements(self, output: int, value_type: int, positions: np.ndarray) -> pa.Array:
         """The values of one column (or the event times in epoch seconds) of the events at
-        ``positions`` (nulls stay null)."""
+        ``positions`` (-1: null)."""
+        element = pa.float64() if output == EVENT_TIME_OUTPUT else ELEMENT_ARROW[value_type]
+        missing = positions < 0
+        if missing.all():
+            return pa.nulls(len(positions), element)
+        mask = missing if missing.any() else None
+        if mask is not None:
+            positions = np.where(missing, 0, positions)
         if output == EVENT_TIME_OUTPUT:
-            return pa.array(self.event_us / 1e6, pa.float64()).take(positions)
+            return pa.array(self.event_us[positions] / 1e6, element, mask=mask)
         column = self.columns[output]
-        assert column.type == ELEMENT_ARROW[value_type]
         # One take through the composed index, not a take into position order first.
-        return column.take(self.rank.take(positions))
+        index = pa.array(self.rank[positions], pa.int64(), mask=mask)
+        if isinstance(column, pa.DictionaryArray):
+            assert column.dictionary.type == element
+            return column.dictionary.take(column.indices.take(index))
+        assert column.type == element
+        return column.take(index)
 
     def column(self, aggregation: WindowAggregation, key: WindowKey, live: np.ndarray) -> pa.Array:
         """The feature per label: FIRST's value, or LAST_N / FIRST_N's list."""
@@ -803,17 +855,15 @@ class _Sequences:
         offsets, positions = self.chosen(key, latest, aggregation.n, live)
         if aggregation.function == FIRST:
             has = offsets[1:] > offsets[:-1]
-            picks = np.zeros(len(has), dtype=np.int64)
+            picks = np.full(len(has), -1, dtype=np.int64)
             picks[has] = positions[offsets[:-1][has]]
-            return self.elements(
-                aggregation.output, aggregation.value_type, pa.array(picks, mask=~has)
-            )
+            return self.elements(aggregation.output, aggregation.value_type, picks)
         element_type = (
             m.VALUE_TYPE_FLOAT64
             if aggregation.output == EVENT_TIME_OUTPUT
             else aggregation.column_types[aggregation.output]
         )
-        values = self.elements(aggregation.output, element_type, pa.array(positions))
+        values = self.elements(aggregation.output, element_type, positions)
         return pa.ListArray.from_arrays(
             pa.array(offsets.astype(np.int32)),
             values,
