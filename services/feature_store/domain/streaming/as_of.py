@@ -160,6 +160,10 @@ class EventArrays:
     _compact: dict[str, tuple[pa.Array, ...]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _ordered: list[_Ordered] = field(default_factory=list, compare=False, repr=False)
+    _sequence_order: dict[str, tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def __len__(self) -> int:
         return len(self.event_us)
@@ -174,6 +178,29 @@ class EventArrays:
             order = np.lexsort((self.sequence, self.arrival_us, self.event_us, entity))
             self._sorted.append((entity, encoded.dictionary, order))
         return self._sorted[0]
+
+    def ordered(self) -> _Ordered:
+        """The events in position order and what the computation derives from them
+        alone, once per instance (a cached copy is read by call after call)."""
+        if not self._ordered:
+            entity, dictionary, order = self.sorted()
+            entity, event_us = entity[order], self.event_us[order]
+            arrival_us = self.arrival_us[order]
+            axis = _TimeAxis.direct(self.event_us, len(dictionary))
+            keys = None if axis is None else entity * axis.size + axis.positions(event_us)
+            delay = int(max(0, (arrival_us - event_us).max(initial=0)))
+            self._ordered.append(_Ordered(entity, event_us, arrival_us, delay, axis, keys))
+        return self._ordered[0]
+
+    def sequence_order(self, part: str) -> tuple[np.ndarray, np.ndarray]:
+        """(whether the event at each position carries the part, each carrying
+        position's index into the part's columns), once per instance."""
+        if part not in self._sequence_order:
+            order = self.sorted()[2]
+            carried = self.sequences[part][0]
+            present = carried[order]
+            self._sequence_order[part] = present, (np.cumsum(carried) - 1)[order[present]]
+        return self._sequence_order[part]
 
     def sequence_columns(self, part: str) -> tuple[pa.Array, ...]:
         """A sequence part's columns, those of strings with few distinct values (a
@@ -308,6 +335,21 @@ class AsOf:
 
 
 @dataclass(frozen=True)
+class _Ordered:
+    """Events in position order, with what depends on them alone (``EventArrays.ordered``)."""
+
+    entity: np.ndarray
+    event_us: np.ndarray
+    arrival_us: np.ndarray
+    max_delay: int
+    """The largest arrival - event time: events older than t - this are known at t."""
+    axis: _TimeAxis | None
+    """The direct time axis; None where the span overflows (ranks are then per call)."""
+    keys: np.ndarray | None
+    """Entity code * axis.size + position, on the direct axis."""
+
+
+@dataclass(frozen=True)
 class _Labels:
     code: np.ndarray
     """Entity code per label (-1: no events for that entity)."""
@@ -373,18 +415,19 @@ class _TimeAxis:
     ranked: np.ndarray | None = None
 
     @classmethod
-    def of(
-        cls, event_us: np.ndarray, entities: int, bounds: Callable[[], Iterable[np.ndarray]]
-    ) -> _TimeAxis:
-        """The axis for these events; ``bounds()``: every time a search will use, each
-        ordered by label time (asked only when ranks are needed)."""
+    def direct(cls, event_us: np.ndarray, entities: int) -> _TimeAxis | None:
+        """The direct axis for these events; None where it would overflow."""
         if not len(event_us):
             return cls(size=2)
         base = int(event_us.min()) - 1
         size = int(event_us.max()) - base + 2
-        if size <= _MAX_KEY // max(entities, 1):
-            return cls(size=size, base=base)
-        ranked = _sorted_unique(event_us, *bounds())
+        return cls(size=size, base=base) if size <= _MAX_KEY // max(entities, 1) else None
+
+    @classmethod
+    def ranks(cls, event_us: np.ndarray, bounds: Iterable[np.ndarray]) -> _TimeAxis:
+        """Ranks among the events' times and ``bounds`` (every time a search will use,
+        each ordered by label time)."""
+        ranked = _sorted_unique(event_us, *bounds)
         return cls(size=len(ranked) + 1, ranked=ranked)
 
     def positions(self, times: np.ndarray, by_time: np.ndarray | None = None) -> np.ndarray:
@@ -546,33 +589,32 @@ def compute_as_of(
         events = EventArrays.of(spec, events)
     n = len(label_keys)
     t = np.asarray(label_us, dtype=np.int64)
-    entity, dictionary, order = events.sorted()
-    event_us, arrival_us = events.event_us, events.arrival_us
+    order, ordered = events.sorted()[2], events.ordered()
     code = events.label_codes(label_keys) if label_codes is None else label_codes
     # Within an entity, position order is (event time, arrival time, sequence) order: the
     # last known event of a range is the one with the highest position.
-    logged_us = event_us  # in log order: nearly sorted by time, quick to search
-    entity, event_us, arrival_us = entity[order], event_us[order], arrival_us[order]
+    entity, event_us, arrival_us = ordered.entity, ordered.event_us, ordered.arrival_us
 
     floor = t - np.mod(t, spec.tile_us)
-    labels = _Labels(
-        code=code, t=t, tail_from=t - int(max(0, (arrival_us - event_us).max(initial=0)))
-    )
+    labels = _Labels(code=code, t=t, tail_from=t - ordered.max_delay)
     # Each window's event-time bounds [start, upper) per label; lifetime: no start.
     bounds: dict[WindowKey, tuple[np.ndarray, np.ndarray]] = {
         (w, o): (floor - o - w + spec.tile_us, floor - o + spec.tile_us) for w, o in spec.windows
     }
     if spec.lifetime:
         bounds[_LIFETIME] = (np.full(n, np.iinfo(np.int64).min), floor + spec.tile_us)
-    axis = _TimeAxis.of(
-        logged_us,
-        len(dictionary),
-        lambda: (
-            e[labels.by_time]
-            for e in (labels.tail_from, *(e for pair in bounds.values() for e in pair))
-        ),
-    )
-    keys = entity * axis.size + axis.positions(logged_us)[order]
+    if ordered.axis is not None and ordered.keys is not None:
+        axis, keys = ordered.axis, ordered.keys
+    else:
+        axis = _TimeAxis.ranks(
+            events.event_us,
+            (
+                e[labels.by_time]
+                for e in (labels.tail_from, *(e for pair in bounds.values() for e in pair))
+            ),
+        )
+        # Event times in log order are nearly sorted: quick to search.
+        keys = entity * axis.size + axis.positions(events.event_us)[order]
 
     def windows_of(mask: np.ndarray | None) -> dict[WindowKey, _Window]:
         series = _Series(
@@ -603,11 +645,7 @@ def compute_as_of(
 
     sequences = {
         part: _Sequences.of(
-            events.sequences[part][0],
-            events.sequence_columns(part),
-            order,
-            event_us,
-            sequence_windows,
+            *events.sequence_order(part), events.sequence_columns(part), event_us, sequence_windows
         )
         for part, _, _ in spec.sequences
     }
@@ -789,14 +827,13 @@ class _Sequences:
     @classmethod
     def of(
         cls,
-        carried: np.ndarray,
+        present: np.ndarray,
+        rank: np.ndarray,
         columns: tuple[pa.Array, ...],
-        order: np.ndarray,
         event_us: np.ndarray,
         windows_of: Callable[[np.ndarray], dict[WindowKey, _Window]],
     ) -> _Sequences:
-        present = carried[order]
-        rank = (np.cumsum(carried) - 1)[order[present]]
+        """``present`` and ``rank``: ``EventArrays.sequence_order``; ``event_us`` per position."""
         return cls(columns, rank, event_us[present], windows_of(present))
 
     def chosen(
@@ -808,23 +845,25 @@ class _Sequences:
         if cached is not None:
             return cached
         window = self.windows[key]
-        lo, end = window.lo, window.safe_end
-        starts = np.maximum(lo, end - n) if latest else lo
-        lengths = np.where(live, (end - starts) if latest else np.minimum(end - lo, n), 0)
-        tailed = np.zeros(len(live), dtype=bool)
-        tailed[window.tail_label] = True
-        tailed &= live
-        gathered = {}
-        for label, positions in window.gathered(tailed):
-            gathered[label] = positions[-n:] if latest else positions[:n]
-            lengths[label] = len(gathered[label])
+        # Per label: the surely known run [lo, safe_end), then its tail events known at
+        # t (all past safe_end, ascending, grouped by label): take the last (LAST_N) or
+        # first n of run + tail, as counts from each part.
+        run = window.safe_end - window.lo
+        tails = np.bincount(window.tail_label, minlength=len(live))
+        kept = np.where(live, np.minimum(n, run + tails), 0)
+        from_tail = np.minimum(tails, kept) if latest else kept - np.minimum(run, kept)
+        from_run = kept - from_tail
+        run_start = window.safe_end - from_run if latest else window.lo
         offsets = np.zeros(len(live) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        # Each label's run start, start + 1, ...: one repeat for all labels; the labels
-        # with tail events then get theirs written over.
-        positions = np.repeat(starts - offsets[:-1], lengths) + np.arange(int(offsets[-1]))
-        for label, found in gathered.items():
-            positions[offsets[label] : offsets[label + 1]] = found
+        np.cumsum(kept, out=offsets[1:])
+        # Each label's run part from one repeat; its tail part written over the rest.
+        positions = np.repeat(run_start - offsets[:-1], kept) + np.arange(int(offsets[-1]))
+        label = window.tail_label
+        rank = np.arange(len(label)) - (np.cumsum(tails) - tails)[label]
+        skipped = (tails - from_tail)[label] if latest else 0
+        chosen = (rank >= skipped) & (rank < skipped + from_tail[label])
+        label, rank = label[chosen], (rank - skipped)[chosen]
+        positions[offsets[label] + from_run[label] + rank] = window.tail_pos[chosen]
         self._chosen[(key, latest, n)] = offsets, positions
         return offsets, positions
 
