@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -486,10 +487,12 @@ class _Window:
             yield int(label), np.concatenate([known, tail])
 
 
-def _window(series: _Series, labels: _Labels, lo: np.ndarray, upper: np.ndarray) -> _Window:
-    """The window ``[lo, upper)`` (event-time bounds as positions and times) per label."""
-    hi = series.bounds(labels, upper, "left")
-    tail_start = np.maximum(lo, series.bounds(labels, labels.tail_from, "right"))
+def _window(
+    lo: np.ndarray, hi: np.ndarray, tail_from: np.ndarray, series: _Series, labels: _Labels
+) -> _Window:
+    """The window ``[lo, hi)`` (positions) per label; ``tail_from``: the position after
+    the labels' ``tail_from`` times."""
+    tail_start = np.maximum(lo, tail_from)
     lengths = np.maximum(hi - tail_start, 0)
     pair_label = np.repeat(np.arange(len(hi)), lengths)
     offsets = np.cumsum(lengths) - lengths
@@ -587,6 +590,19 @@ def compute_as_of(
     """
     if isinstance(events, EventColumns):
         events = EventArrays.of(spec, events)
+    # Searches and takes release the GIL: two threads use both cores of a small machine.
+    with ThreadPoolExecutor(max_workers=2) as threads:
+        return _compute_as_of(spec, events, label_keys, label_us, label_codes, threads)
+
+
+def _compute_as_of(
+    spec: StreamViewSpec,
+    events: EventArrays,
+    label_keys: Sequence[str] | pa.Array,
+    label_us: np.ndarray,
+    label_codes: np.ndarray | None,
+    threads: ThreadPoolExecutor,
+) -> AsOf:
     n = len(label_keys)
     t = np.asarray(label_us, dtype=np.int64)
     order, ordered = events.sorted()[2], events.ordered()
@@ -616,15 +632,22 @@ def compute_as_of(
         # Event times in log order are nearly sorted: quick to search.
         keys = entity * axis.size + axis.positions(events.event_us)[order]
 
+    # The labels' orders, once, before threads read them.
+    _ = labels.by_key if axis.ranked is None else (labels.by_key, labels.by_time)
+
     def windows_of(mask: np.ndarray | None) -> dict[WindowKey, _Window]:
         series = _Series(
             keys if mask is None else keys[mask],
             arrival_us if mask is None else arrival_us[mask],
             axis,
         )
+        # The searches are most of a window's cost and release the GIL: side by side.
+        searches = [(labels.tail_from, "right")]
+        searches += [(times, "left") for pair in bounds.values() for times in pair]
+        found = list(threads.map(lambda search: series.bounds(labels, *search), searches))
         return {
-            window: _window(series, labels, series.bounds(labels, start, "left"), upper)
-            for window, (start, upper) in bounds.items()
+            window: _window(found[1 + 2 * i], found[2 + 2 * i], found[0], series, labels)
+            for i, window in enumerate(bounds)
         }
 
     all_events = windows_of(None)
@@ -649,11 +672,18 @@ def compute_as_of(
         )
         for part, _, _ in spec.sequences
     }
+    listed = [a for a in spec.aggregations if a.function in SEQUENCE_FUNCTIONS]
+    for aggregation in listed:  # the picks each part's columns share, before the threads
+        sequences[aggregation.part].picks(aggregation, _key(aggregation), live)  # type: ignore[index]
+    columns_built = threads.map(
+        lambda a: sequences[a.part].column(a, _key(a), live),  # type: ignore[index]
+        listed,
+    )
+    result.arrays.update(zip((a.name for a in listed), columns_built, strict=True))
     for aggregation in spec.aggregations:
         name, key = aggregation.name, _key(aggregation)
         if aggregation.function in SEQUENCE_FUNCTIONS:
-            sequence = sequences[aggregation.part]  # type: ignore[index]
-            result.arrays[name] = sequence.column(aggregation, key, live)
+            continue
         elif aggregation.function == COUNT:
             result.values[name] = all_events[key].count.astype(np.int64)
             result.valid[name] = live
@@ -888,15 +918,20 @@ class _Sequences:
         assert column.type == element
         return column.take(index)
 
+    def picks(
+        self, aggregation: WindowAggregation, key: WindowKey, live: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``chosen`` for this aggregation's direction and n."""
+        return self.chosen(key, aggregation.function == LAST_N, aggregation.n, live)
+
     def column(self, aggregation: WindowAggregation, key: WindowKey, live: np.ndarray) -> pa.Array:
         """The feature per label: FIRST's value, or LAST_N / FIRST_N's list."""
-        latest = aggregation.function == LAST_N
-        offsets, positions = self.chosen(key, latest, aggregation.n, live)
+        offsets, positions = self.picks(aggregation, key, live)
         if aggregation.function == FIRST:
             has = offsets[1:] > offsets[:-1]
-            picks = np.full(len(has), -1, dtype=np.int64)
-            picks[has] = positions[offsets[:-1][has]]
-            return self.elements(aggregation.output, aggregation.value_type, picks)
+            first = np.full(len(has), -1, dtype=np.int64)
+            first[has] = positions[offsets[:-1][has]]
+            return self.elements(aggregation.output, aggregation.value_type, first)
         element_type = (
             m.VALUE_TYPE_FLOAT64
             if aggregation.output == EVENT_TIME_OUTPUT
