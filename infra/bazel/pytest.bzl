@@ -21,7 +21,7 @@ def pytest_test(name, tests, srcs = [], deps = [], data = [], args = [], **kwarg
         **kwargs
     )
 
-def pytest_suite(name, tests = None, srcs = None, deps = [], data = [], size = "small", **kwargs):
+def pytest_suite(name, tests = None, srcs = None, deps = [], data = [], size = "small", sizes = {}, **kwargs):
     """One pytest_test per test file, and a test_suite `name` over them.
 
     Args:
@@ -33,6 +33,7 @@ def pytest_suite(name, tests = None, srcs = None, deps = [], data = [], size = "
       deps: what the tests import (strict: an import not declared here fails).
       data: files the tests read.
       size: Bazel's test size (small: 60 s timeout).
+      sizes: per test (file name without .py), a size other than `size`.
       **kwargs: passed to every pytest_test.
     """
     if tests == None:
@@ -48,7 +49,7 @@ def pytest_suite(name, tests = None, srcs = None, deps = [], data = [], size = "
             srcs = srcs,
             deps = deps,
             data = data,
-            size = size,
+            size = sizes.get(test_name, size),
             **kwargs
         )
         names.append(":" + test_name)
