@@ -16,7 +16,9 @@ All reads of one call run in one REPEATABLE READ transaction, whose snapshot bec
 copy's: the copy is exactly what a plain read in that transaction would return, parsed
 by the same function, so answers do not change (tests/feature_store/test_event_cache.py
 compares cached and plain answers). The selection handed to the computation is that of a
-plain read: the same arrival range, the labels' entities only.
+plain read (the same arrival range, the labels' entities only), or the whole copy when
+what a plain read leaves out is under half of it and changes no answer
+(``_Copy.select``).
 
 One process's memory: bounded by ``max_events`` over all views (least recently used
 copies go first; a view larger than the bound is used once and dropped).
@@ -141,8 +143,9 @@ class ParsedEventCache:
     ) -> tuple[EventArrays, np.ndarray]:
         """The accepted events of ``spec``'s source (``identity``: the view version) that
         arrived in ``[arrived_from, arrived_until]`` (µs; from None: from the start), of
-        the entities of ``label_keys`` (a string array), as of now; and each label's
-        entity code in them (for ``compute_as_of``)."""
+        the entities of ``label_keys`` (a string array), as of now — or a superset that
+        gives the same answers (``_Copy.select``); and each label's entity code in them
+        (for ``compute_as_of``)."""
         copy = self._copies.get(identity)
         lock = copy.lock if copy is not None else asyncio.Lock()
         async with lock:
@@ -182,8 +185,7 @@ class ParsedEventCache:
                     copy.events = copy.events.concat(unseen)
                     copy.snapshot = snapshot
             self._keep(identity, copy)
-            selected = copy.select(arrived_from, arrived_until, label_keys)
-            return selected
+            return copy.select(arrived_from, arrived_until, label_keys)
 
     def _keep(self, identity: tuple[object, ...], copy: _Copy) -> None:
         self._copies[identity] = copy
