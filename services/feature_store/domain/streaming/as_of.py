@@ -364,26 +364,28 @@ class _Labels:
     tail_from: np.ndarray
     """Events after this may be unknown at t; events at or before it are surely known."""
 
-    @functools.cached_property
-    def by_time(self) -> np.ndarray:
-        """Labels ordered by t; every bound searched is non-decreasing in t."""
-        return np.argsort(self.t)
+    by_key: np.ndarray
+    """Labels ordered by (entity code, t): the order of their (entity, bound) queries."""
 
     @functools.cached_property
-    def by_key(self) -> np.ndarray:
-        """Labels ordered by (entity code, t): the order of their (entity, bound) queries."""
-        n, t = len(self.t), self.t
-        if not n:
-            return np.zeros(0, dtype=np.int64)
-        low = int(t.min())
-        span = int(t.max()) - low + 1
-        # One int64 sort instead of a lexsort of (code, t) (codes start at -1): of t
-        # itself where it fits, else of t's rank.
-        if span <= _MAX_KEY // (int(self.code.max()) + 2):
-            return np.argsort((self.code + 1) * span + (t - low))
-        time_rank = np.empty(n, dtype=np.int64)
-        time_rank[self.by_time] = np.arange(n)
-        return np.argsort((self.code + 1) * n + time_rank)
+    def by_time(self) -> np.ndarray:
+        """Labels ordered by t (every bound searched is non-decreasing in t): for the
+        ranked time axis only."""
+        return np.argsort(self.t)
+
+
+def _label_order(code: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Labels ordered by (entity code, t): one int64 argsort instead of a lexsort (codes
+    start at -1), of t itself where the packed key fits, else of t's rank."""
+    if not len(t):
+        return np.zeros(0, dtype=np.int64)
+    low = int(t.min())
+    span = int(t.max()) - low + 1
+    if _packs(span, int(code.max()) + 2):
+        return np.argsort((code + 1) * span + (t - low))
+    rank = np.empty(len(t), dtype=np.int64)
+    rank[np.argsort(t)] = np.arange(len(t))
+    return np.argsort((code + 1) * len(t) + rank)
 
 
 class _Series:
@@ -428,7 +430,7 @@ class _TimeAxis:
             return cls(size=2)
         base = int(event_us.min()) - 1
         size = int(event_us.max()) - base + 2
-        return cls(size=size, base=base) if size <= _MAX_KEY // max(entities, 1) else None
+        return cls(size=size, base=base) if _packs(size, entities) else None
 
     @classmethod
     def ranks(cls, event_us: np.ndarray, bounds: Iterable[np.ndarray]) -> _TimeAxis:
@@ -452,6 +454,11 @@ class _TimeAxis:
 
 _MAX_KEY = np.iinfo(np.int64).max // 2
 """Keys stay below this: entity code * size + position, with room for the -1 code."""
+
+
+def _packs(size: int, groups: int) -> bool:
+    """Whether group * size + position (position < size) fits in a key for every group."""
+    return size <= _MAX_KEY // max(groups, 1)
 
 
 @dataclass(frozen=True)
@@ -618,7 +625,7 @@ def _compute_as_of(
     entity, event_us, arrival_us = ordered.entity, ordered.event_us, ordered.arrival_us
 
     floor = t - np.mod(t, spec.tile_us)
-    labels = _Labels(code=code, t=t, tail_from=t - ordered.max_delay)
+    labels = _Labels(code=code, t=t, tail_from=t - ordered.max_delay, by_key=_label_order(code, t))
     # Each window's event-time bounds [start, upper) per label; lifetime: no start.
     bounds: dict[WindowKey, tuple[np.ndarray, np.ndarray]] = {
         (w, o): (floor - o - w + spec.tile_us, floor - o + spec.tile_us) for w, o in spec.windows
@@ -638,9 +645,6 @@ def _compute_as_of(
         # Event times in log order are nearly sorted: quick to search.
         keys = entity * axis.size + axis.positions(events.event_us)[order]
 
-    # The labels' orders, once, before threads read them.
-    _ = labels.by_key if axis.ranked is None else (labels.by_key, labels.by_time)
-
     def windows_of(mask: np.ndarray | None) -> dict[WindowKey, _Window]:
         series = _Series(
             keys if mask is None else keys[mask],
@@ -650,10 +654,10 @@ def _compute_as_of(
         # The searches are most of a window's cost and release the GIL: side by side.
         searches = [(labels.tail_from, "right")]
         searches += [(times, "left") for pair in bounds.values() for times in pair]
-        found = list(threads.map(lambda search: series.bounds(labels, *search), searches))
+        tail_from, *edges = threads.map(lambda search: series.bounds(labels, *search), searches)
         return {
-            window: _window(found[1 + 2 * i], found[2 + 2 * i], found[0], series, labels)
-            for i, window in enumerate(bounds)
+            window: _window(lo, hi, tail_from, series, labels)
+            for window, lo, hi in zip(bounds, edges[0::2], edges[1::2], strict=True)
         }
 
     all_events = windows_of(None)
@@ -689,8 +693,8 @@ def _compute_as_of(
     for aggregation in spec.aggregations:
         name, key = aggregation.name, _key(aggregation)
         if aggregation.function in SEQUENCE_FUNCTIONS:
-            continue
-        elif aggregation.function == COUNT:
+            continue  # built above
+        if aggregation.function == COUNT:
             result.values[name] = all_events[key].count.astype(np.int64)
             result.valid[name] = live
         elif aggregation.function == COUNT_DISTINCT:
