@@ -9,6 +9,7 @@ from libs.db.errors import (
 )
 from libs.db.identifiers import quote_ident, validate_identifier
 from libs.db.migrations import Migration, apply_migrations, load_migrations
+from libs.db.opened_transactions import transaction_opened_with
 from libs.db.pool import BoundedConnection, BoundedPool, connect_pool, on_commit, transaction
 from libs.db.slices import delete_in_slices
 
@@ -28,5 +29,6 @@ __all__ = [
     "on_commit",
     "quote_ident",
     "transaction",
+    "transaction_opened_with",
     "validate_identifier",
 ]

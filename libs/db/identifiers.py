@@ -1,7 +1,8 @@
 """SQL identifiers: validated and quoted, never interpolated raw.
 
-Values always travel as bind parameters; only identifiers (schema and table
-names) are ever part of SQL text, and only after passing through here.
+Values travel as bind parameters; identifiers (schema and table names) are part of
+SQL text only after passing through here. The one exception, a statement sent with its
+transaction's ``BEGIN``, renders its values through ``libs.db.literals``.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from libs.db.errors import (
     OutageLog,
     database_failure,
 )
+from libs.db.opened_transactions import OpenedTransactionState, Savepoint
 from libs.deadlines import remaining_time_s
 from libs.errors import LatheError
 
@@ -104,6 +105,26 @@ class BoundedConnection(asyncpg.Connection):
 
     outage: OutageLog | None = None
     """The outage log of the pool the connection belongs to (set when it is opened)."""
+    opened_transaction: OpenedTransactionState | None = None
+    """Whether ``transaction_opened_with`` has a transaction open here (set when opened)."""
+
+    def transaction(
+        self, *, isolation: str | None = None, readonly: bool = False, deferrable: bool = False
+    ) -> Any:
+        """asyncpg's transaction, or a savepoint inside ``transaction_opened_with``."""
+        state = self.opened_transaction
+        if state is None or not state.open:
+            return super().transaction(
+                isolation=isolation, readonly=readonly, deferrable=deferrable
+            )
+        state.savepoints_taken += 1
+        return Savepoint(
+            self,
+            f"lathe_savepoint_{state.savepoints_taken}",
+            isolation=isolation,
+            readonly=readonly,
+            deferrable=deferrable,
+        )
 
     async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
         return await self._bounded(super().execute, query, *args, **kwargs)
@@ -171,6 +192,7 @@ class BoundedPool(asyncpg.Pool):
     async def _open(self, *args: Any, **kwargs: Any) -> asyncpg.Connection:
         connection = await asyncpg.connect(*args, **kwargs)
         connection.outage = self.outage
+        connection.opened_transaction = OpenedTransactionState()
         return connection
 
     async def _acquire(self, requested_s: float | None) -> Any:

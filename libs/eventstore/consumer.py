@@ -39,6 +39,7 @@ from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
+from libs.db import transaction_opened_with
 from libs.db.slices import DELETE_SLICE_ROWS, delete_in_slices
 from libs.eventstore.catalog import EventCatalog
 from libs.eventstore.headers import EventHeaders
@@ -404,16 +405,22 @@ class DurableConsumer(Generic[D]):
             await msg.ack()
 
     async def _apply(self, conn: asyncpg.Connection, ready: list[tuple[Msg, D]]) -> None:
-        """In one transaction: record the events as processed, run handlers for the new ones."""
-        async with conn.transaction():
-            new = {
-                row["event_id"]
-                for row in await conn.fetch(
-                    self._store.sql.mark_processed_many,
-                    self._spec.name,
-                    [delivered.event_id for _, delivered in ready],
-                )
-            }
+        """In one transaction: record the events as processed, run handlers for the new ones.
+
+        The transaction opens with the recording statement in one round trip (ADR 0013);
+        only a batch holding an event recorded before (a redelivery) asks which are new.
+        """
+        event_ids = [delivered.event_id for _, delivered in ready]
+        sql = self._store.sql
+        recording = sql.mark_processed(self._spec.name, event_ids)
+        async with transaction_opened_with(conn, recording) as status:
+            if _rows_affected(status) == len(event_ids):
+                new = set(event_ids)
+            else:
+                new = {
+                    row["event_id"]
+                    for row in await conn.fetch(sql.processed_here, self._spec.name, event_ids)
+                }
             for msg, delivered in ready:
                 with _tracer.start_as_current_span(
                     f"{msg.subject} process",
@@ -474,6 +481,11 @@ class DurableConsumer(Generic[D]):
             delay,
         )
         await msg.nak(delay=delay)
+
+
+def _rows_affected(status: str) -> int:
+    """The row count of a command status such as ``INSERT 0 3``."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 class _Held:

@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from uuid import UUID
 
 import asyncpg
 from opentelemetry import trace
 
 from libs.db import Migration, load_migrations, on_commit, quote_ident
+from libs.db.literals import text_literal, uuid_array_literal
 from libs.errors import Conflict, InvalidArgument
 from libs.eventstore.model import (
     ANY_VERSION,
@@ -96,15 +98,30 @@ class _Statements:
         self.save_checkpoint = f"""
             INSERT INTO {s}.checkpoints (name, position) VALUES ($1, $2)
             ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()"""
-        self.mark_processed_many = f"""
-            INSERT INTO {s}.processed_events (consumer, event_id)
-            SELECT $1, unnest($2::uuid[])
-            ON CONFLICT DO NOTHING RETURNING event_id"""
+        self._processed_events = f"{s}.processed_events"
+        # Rows this transaction inserted carry its id as xmin; rows recorded earlier an
+        # older (or frozen) one.
+        self.processed_here = f"""
+            SELECT event_id FROM {s}.processed_events
+            WHERE consumer = $1 AND event_id = ANY($2::uuid[])
+              AND xmin = pg_current_xact_id()::xid"""
         # A bounded slice per statement: short transactions, no long lock on the table.
         self.prune_processed = f"""
             DELETE FROM {s}.processed_events WHERE (consumer, event_id) IN (
                 SELECT consumer, event_id FROM {s}.processed_events
                 WHERE consumer = $1 AND processed_at < now() - $2::interval LIMIT $3)"""
+
+    def mark_processed(self, consumer: str, event_ids: Sequence[UUID]) -> str:
+        """Record ``event_ids`` as processed by ``consumer``, skipping those recorded before.
+
+        Parameterless SQL text (values rendered by ``libs.db.literals``): it opens the
+        consumer's transaction in the same round trip as ``BEGIN``.
+        """
+        return (
+            f"INSERT INTO {self._processed_events} (consumer, event_id) "
+            f"SELECT {text_literal(consumer)}, unnest({uuid_array_literal(event_ids)}) "
+            "ON CONFLICT DO NOTHING"
+        )
 
 
 def record_from_row(row: asyncpg.Record) -> RecordedEvent:
