@@ -39,7 +39,7 @@ from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from libs.db import transaction_opened_with
+from libs.db import BoundedPool, transaction_opened_with
 from libs.db.slices import DELETE_SLICE_ROWS, delete_in_slices
 from libs.eventstore.catalog import EventCatalog
 from libs.eventstore.headers import EventHeaders
@@ -187,6 +187,11 @@ class DurableConsumer(Generic[D]):
             raise TypeError("DurableConsumer needs a catalog (Lathe events) or a decoder")
         if (handler is None) == (batch_handler is None):
             raise TypeError("DurableConsumer needs exactly one of handler and batch_handler")
+        if not isinstance(store.pool, BoundedPool):
+            raise TypeError(
+                "DurableConsumer needs an event store on a pool from libs.db.connect_pool: "
+                "its connections open a batch's transaction in one round trip"
+            )
         self._spec = spec
         self._js = js
         self._store = store

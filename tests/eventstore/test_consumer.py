@@ -7,6 +7,7 @@ import uuid
 from datetime import timedelta
 
 import asyncpg
+import pytest
 from google.protobuf.wrappers_pb2 import Int64Value
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -195,3 +196,22 @@ async def test_a_batch_holding_processed_events_applies_only_the_new_ones(
             assert not conn.is_in_transaction()
         rows = await db_pool.fetch(f"SELECT n FROM {table} WHERE consumer = $1 ORDER BY n", name)
         assert [r["n"] for r in rows] == list(range(8))
+
+
+async def test_a_consumer_refuses_a_pool_that_cannot_open_its_batches(
+    database_url: str, js: JetStreamContext, unique_name: str
+) -> None:
+    """A plain asyncpg pool would fail each batch (no one-round-trip transaction there), so
+    every message would be retried into the dead letters: refused at construction."""
+    plain = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        with pytest.raises(TypeError, match=r"libs\.db\.connect_pool"):
+            DurableConsumer(
+                ConsumerSpec("plain", "stream", "subject.>"),
+                js=js,
+                store=EventStore(plain, unique_name),
+                handler=lambda delivered, conn: asyncio.sleep(0),
+                catalog=CATALOG,
+            )
+    finally:
+        await plain.close()
