@@ -15,6 +15,8 @@ than per call, keep the per-call overhead to a single wrapper.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import inspect
 import logging
@@ -77,12 +79,13 @@ class LatheServerInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         needs_auth = self._expected_auth is not None and method in self._mutating
         spans = MethodSpans(self._tracer, method)
+        drains = handler.request_streaming
         if handler.unary_unary or handler.stream_unary:
             behavior = handler.unary_unary or handler.stream_unary
-            wrapped: Behavior = self._wrap_unary(behavior, method, spans, needs_auth)
+            wrapped: Behavior = self._wrap_unary(behavior, method, spans, needs_auth, drains)
         else:
             behavior = handler.unary_stream or handler.stream_stream
-            wrapped = self._wrap_streaming(behavior, method, spans, needs_auth)
+            wrapped = self._wrap_streaming(behavior, method, spans, needs_auth, drains)
         factory = {
             (False, False): grpc.unary_unary_rpc_method_handler,
             (False, True): grpc.unary_stream_rpc_method_handler,
@@ -99,7 +102,7 @@ class LatheServerInterceptor(grpc.aio.ServerInterceptor):
         )
 
     def _wrap_unary(
-        self, behavior: Behavior, method: str, spans: MethodSpans, needs_auth: bool
+        self, behavior: Behavior, method: str, spans: MethodSpans, needs_auth: bool, drains: bool
     ) -> Behavior:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             span = spans.open(context)
@@ -111,6 +114,8 @@ class LatheServerInterceptor(grpc.aio.ServerInterceptor):
                     raise InvalidArgument(request.message)
                 return await behavior(request, context)
             except Exception as exc:
+                if drains:
+                    await _read_what_is_still_coming(exc, context)
                 await _abort_for(exc, context, method)
             finally:
                 reset_deadline(token)
@@ -119,11 +124,11 @@ class LatheServerInterceptor(grpc.aio.ServerInterceptor):
         return unary
 
     def _wrap_streaming(
-        self, behavior: Behavior, method: str, spans: MethodSpans, needs_auth: bool
+        self, behavior: Behavior, method: str, spans: MethodSpans, needs_auth: bool, drains: bool
     ) -> Behavior:
         if not inspect.isasyncgenfunction(behavior):
             # Handlers that write with context.write() are plain coroutines.
-            return self._wrap_unary(behavior, method, spans, needs_auth)
+            return self._wrap_unary(behavior, method, spans, needs_auth, drains)
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             span = spans.open(context)
@@ -136,6 +141,8 @@ class LatheServerInterceptor(grpc.aio.ServerInterceptor):
                 async for response in behavior(request, context):
                     yield response
             except Exception as exc:
+                if drains:
+                    await _read_what_is_still_coming(exc, context)
                 await _abort_for(exc, context, method)
             finally:
                 reset_deadline(token)
@@ -175,6 +182,33 @@ def status_message(text: str) -> str:
     if len(text) <= MAX_STATUS_MESSAGE_CHARS:
         return text
     return text[: MAX_STATUS_MESSAGE_CHARS - 40] + f"... ({len(text):,} characters in all)"
+
+
+_DRAIN_S = 1.0
+_DRAIN_MESSAGES = 256
+
+
+async def _read_what_is_still_coming(exc: Exception, context: grpc.aio.ServicerContext) -> None:
+    """Before refusing a request stream, read what the client is still sending.
+
+    grpcio's asyncio client reports a status that arrives while it is still writing as
+    INTERNAL "Internal error from Core" when one of its writes then fails (grpc/grpc#36066,
+    open): a caller that sent a bad first message would see INTERNAL instead of why. A
+    client that has finished sending gets the real status. Bounded (1 s, 256 messages, the
+    call's deadline), so a large upload is not read in full only to be refused.
+    """
+    if isinstance(exc, grpc.aio.AbortError):
+        return  # the status is out already
+    remaining = context.time_remaining()
+    budget = _DRAIN_S if remaining is None else min(_DRAIN_S, remaining)
+    # context.read(), not the handler's iterator: a message that failed to decode ended
+    # that generator, with the rest of the stream still unread.
+    with contextlib.suppress(Exception):  # a broken or cut-off stream: nothing to wait for
+        async with asyncio.timeout(budget):
+            for _ in range(_DRAIN_MESSAGES):
+                with contextlib.suppress(InvalidArgument):  # another undecodable message
+                    if await context.read() is grpc.aio.EOF:
+                        return
 
 
 async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:

@@ -226,3 +226,21 @@ async def test_timestamps_outside_protobufs_range_are_rejected(
         assert f"{path} is outside the range of a google.protobuf.Timestamp" in details
 
     assert handled.calls == []
+
+
+async def test_a_refusal_reaches_a_client_still_streaming_as_sent(
+    channel: grpc.aio.Channel, handled: Handled
+) -> None:
+    """A stream refused at its first message while the client still writes the rest:
+    grpcio's asyncio client would report INTERNAL 'Internal error from Core' whenever a
+    write failed after the status arrived (grpc/grpc#36066); the server reads what is
+    still coming (bounded) before it answers, so the client sees the real status."""
+    register = channel.stream_unary(f"/{REGISTRY.full_name}/RegisterModelVersion")
+    chunk = rr.RegisterModelVersionRequest(chunk=rr.ArtifactChunk(name="a", data=b"x" * 65536))
+    stream = [b"\xff\xff\xff", *[chunk.SerializeToString()] * 63]
+
+    outcomes = [await _status(register(iter(stream))) for _ in range(20)]
+
+    assert {code for code, _ in outcomes} == {INVALID}, outcomes
+    assert handled.calls == []
+    assert await _serving(channel)
