@@ -81,6 +81,12 @@ class LatheSettings(BaseSettings):
     metrics_host: str = Field(
         default="127.0.0.1", description="Interface for /metrics; 0.0.0.0 in a cluster."
     )
+    process_index: int = Field(
+        default=0,
+        ge=0,
+        description="This process's index among one service's processes in a pod (set by "
+        "the first, index 0, for the ones it starts; libs.runtime.processes).",
+    )
     trace_sample_ratio: float = Field(
         default=1.0,
         ge=0.0,

@@ -20,7 +20,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from libs.config import LatheSettings
 from libs.db import apply_migrations, connect_pool
@@ -151,19 +151,27 @@ class ServiceHost:
             await pool.close()
 
 
-def run_service(spec: ServiceSpec) -> None:
-    """Entry point of a service process: run until SIGTERM/SIGINT."""
+def run_service(spec: ServiceSpec, *, sibling_metrics: Mapping[str, str] | None = None) -> None:
+    """Entry point of a service process: run until SIGTERM/SIGINT.
+
+    ``sibling_metrics``: in the first of several processes of the service in one pod
+    (``libs.runtime.processes``), the other processes' /metrics URLs by process index; its
+    metrics port then serves them all.
+    """
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     return_large_buffers_to_os()
     settings = LatheSettings()
+    several = bool(sibling_metrics) or settings.process_index > 0
     telemetry = configure_telemetry(
         spec.name.display_name,
         traces_dir=settings.home / "traces",
         metrics_port=settings.metrics_port,
         metrics_host=settings.metrics_host,
         sample_ratio=settings.trace_sample_ratio,
+        process_label=str(settings.process_index) if several else None,
+        sibling_metrics=sibling_metrics,
     )
     host = ServiceHost(spec, settings)
 

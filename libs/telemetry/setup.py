@@ -8,6 +8,8 @@ stay inspectable. Metrics are served for Prometheus on ``metrics_port``.
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,9 +43,23 @@ def configure_telemetry(
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
     sample_ratio: float = 1.0,
+    process_label: str | None = None,
+    sibling_metrics: Mapping[str, str] | None = None,
 ) -> Telemetry:
-    """Install this process's tracer and meter providers (once, at start-up)."""
-    resource = Resource.create({"service.name": service_name})
+    """Install this process's tracer and meter providers (once, at start-up).
+
+    ``process_label`` names this process among the processes of one service in a pod
+    (its span file is ``<service>-<label>.jsonl``); ``sibling_metrics`` (label -> URL),
+    given to the pod's first process, makes ``metrics_port`` serve every process's
+    metrics as one, each sample labelled with its process (``pod_metrics``).
+    """
+    resource = Resource.create(
+        # service.instance.id tells apart processes exporting with the same service name.
+        {
+            "service.name": service_name,
+            "service.instance.id": f"{socket.gethostname()}/{os.getpid()}",
+        }
+    )
     otlp = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
 
     tracer_provider = TracerProvider(
@@ -54,7 +70,8 @@ def configure_telemetry(
 
         tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     elif traces_dir is not None:
-        exporter = JsonLinesSpanExporter(traces_dir / f"{service_name}.jsonl")
+        file_name = service_name if process_label is None else f"{service_name}-{process_label}"
+        exporter = JsonLinesSpanExporter(traces_dir / f"{file_name}.jsonl")
         tracer_provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
     trace.set_tracer_provider(tracer_provider)
 
@@ -63,7 +80,16 @@ def configure_telemetry(
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import start_http_server
 
-        start_http_server(metrics_port, addr=metrics_host)
+        if sibling_metrics:
+            from prometheus_client import REGISTRY, CollectorRegistry
+
+            from libs.telemetry.pod_metrics import PodMetrics
+
+            pod = CollectorRegistry(auto_describe=False)
+            pod.register(PodMetrics(REGISTRY, sibling_metrics, own_label=process_label or "0"))
+            start_http_server(metrics_port, addr=metrics_host, registry=pod)
+        else:
+            start_http_server(metrics_port, addr=metrics_host)
         readers.append(PrometheusMetricReader())
     if otlp:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
