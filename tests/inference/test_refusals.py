@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 from nats.js import JetStreamContext
+from opentelemetry.metrics import CallbackOptions
 
 from lathe.inference.v1 import message_pb2 as m
 from lathe.inference.v1 import request_response_pb2 as rr
@@ -16,6 +17,7 @@ from lathe.model_registry.v1 import request_response_pb2 as reg_rr
 from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
 from libs.config import LatheSettings
 from libs.messaging import EventStreamNames
+from services.inference.app import metrics
 from tests.inference.conftest import InferenceFactory
 from tests.inference.helpers import (
     Credit,
@@ -39,6 +41,16 @@ async def _failure(inference, name: str) -> m.DeploymentFailure | None:  # type:
         await inference.GetDeployment(rr.GetDeploymentRequest(model_name=name))
     ).deployment
     return deployment.failure if deployment.state == m.DEPLOYMENT_STATE_FAILED else None
+
+
+def _deployment_metric(callback, model: str, alias: str = "production") -> float:  # type: ignore[no-untyped-def]
+    """The inference service's metric (hosted in this process) for one deployment."""
+    (value,) = [
+        o.value
+        for o in callback(CallbackOptions())
+        if o.attributes == {"model": model, "alias": alias}
+    ]
+    return float(value)
 
 
 async def test_corrupted_and_mismatching_versions_are_refused_and_the_previous_keeps_serving(
@@ -66,6 +78,8 @@ async def test_corrupted_and_mismatching_versions_are_refused_and_the_previous_k
     async with start_inference(name) as inference:
         await eventually(lambda: _is(inference, name, v1), what="v1 serves")
         before = (await predict(inference, name, [row("L00003")])).predictions[0].scores[0]
+        assert _deployment_metric(metrics.refused, name) == 0
+        assert _deployment_metric(metrics.warm, name) == 1
 
         for bad, stage in ((corrupted, "verify"), (noisy, "parity")):
             await set_alias(registry, name, "production", bad)
@@ -79,6 +93,10 @@ async def test_corrupted_and_mismatching_versions_are_refused_and_the_previous_k
             assert failure is not None and failure.stage == stage, failure
             answer = (await predict(inference, name, [row("L00003")])).predictions[0]
             assert answer.model_version == v1 and answer.scores[0] == before
+            # What on-call sees (LatheInferenceVersionRefused watches the first).
+            assert _deployment_metric(metrics.refused, name) == 1
+            assert _deployment_metric(metrics.serving_versions, name) == v1
+            assert _deployment_metric(metrics.requested_versions, name) == bad
 
         # The slot shows a refusal before its event is appended: wait for both events.
         async def failed_events() -> list[Any]:

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from libs.config import LatheSettings, ServiceName
 from libs.platform.runner import _METRICS_PORTS
+from services.inference.app import metrics as inference_metrics
 from tests.infra.manifests import (
     BASE,
     INFRA,
@@ -164,6 +165,23 @@ def test_relay_alerts_watch_the_backlog_gauge_the_relay_exports() -> None:
     assert {rule["alert"] for rule in relay_alerts} == {"LatheRelayStalled", "LatheRelayBehind"}
     for rule in relay_alerts:
         assert exported in rule["expr"], f"{rule['alert']}: the relay exports {exported}"
+
+
+def test_inference_alerts_watch_metrics_the_inference_service_exports() -> None:
+    exported = {
+        _prometheus_name(i.name, i.unit, gauge=not i.counter) for i in inference_metrics.INSTRUMENTS
+    }
+    inference_alerts = [r for r in _alert_rules() if r["alert"].startswith("LatheInference")]
+
+    assert {r["alert"] for r in inference_alerts} == {
+        "LatheInferenceVersionRefused",
+        "LatheInferencePredictionLogsDropped",
+        "LatheInferenceQueueFull",
+    }
+    for rule in inference_alerts:
+        watched = set(re.findall(r"\blathe_inference_[a-z_]+", rule["expr"]))
+        assert watched, rule["alert"]
+        assert watched <= exported, f"{rule['alert']}: inference exports {sorted(exported)}"
 
 
 def test_missing_service_alert_covers_every_service() -> None:

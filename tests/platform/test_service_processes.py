@@ -118,13 +118,14 @@ async def test_both_processes_run_and_the_pod_serves_their_metrics_as_one(
         text = _metrics(metrics_port)
         type_lines = [line for line in text.splitlines() if line.startswith("# TYPE ")]
         assert len(type_lines) == len(set(type_lines))
-        cpu = {
-            s.labels["process"]
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name == "process_cpu_seconds_total"
-        }
-        assert cpu == {"0", "1"}
+        for name in ("process_cpu_seconds_total", "lathe_inference_batches_total"):
+            processes = {
+                s.labels["process"]
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name == name
+            }
+            assert processes == {"0", "1"}, name
         up = {
             s.labels["process"]: s.value
             for family in text_string_to_metric_families(text)

@@ -221,7 +221,7 @@ def deployment(slot: Slot) -> m.Deployment:
     )
     if slot.removed:
         out.state = m.DEPLOYMENT_STATE_REMOVED
-    elif slot.failure is not None and slot.failure.version == slot.requested_version:
+    elif slot.refused:
         out.state = m.DEPLOYMENT_STATE_FAILED
     elif current is not None and current.version == slot.requested_version:
         out.state = m.DEPLOYMENT_STATE_SERVING

@@ -51,6 +51,11 @@ class Slot:
     def warm(self) -> bool:
         return self.current is not None
 
+    @property
+    def refused(self) -> bool:
+        """The version the alias asks for was refused (the previous one, if any, serves)."""
+        return self.failure is not None and self.failure.version == self.requested_version
+
 
 class ServingTable:
     """Every slot of this process, by (model, alias)."""
