@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -93,6 +93,7 @@ class GrpcServer:
             (*self._service_names, _HEALTH_SERVICE, reflection.SERVICE_NAME), self.server
         )
         self.port: int | None = None
+        self._parts: set[str] = set()
 
     async def start(self) -> int:
         """Listen (health NOT_SERVING until ``bind`` and ``set_serving``); returns the port."""
@@ -118,6 +119,15 @@ class GrpcServer:
     async def set_serving(self, serving: bool) -> None:
         await self._set_all(_SERVING if serving else _NOT_SERVING)
 
+    async def set_parts(self, statuses: Mapping[str, bool]) -> None:
+        """Health of named parts of a service (``<gRPC service>/<part>``: serving or not);
+        every one turns NOT_SERVING when the server stops."""
+        for name, serving in statuses.items():
+            if not name.startswith(tuple(f"{service}/" for service in self._service_names)):
+                raise ValueError(f"{name!r} is not a part of {self._service_names}")
+            self._parts.add(name)
+            await self._health.set(name, _SERVING if serving else _NOT_SERVING)
+
     async def set_live(self, live: bool) -> None:
         """Liveness (``LIVENESS_SERVICE``): False asks the orchestrator for a restart."""
         await self._health.set(LIVENESS_SERVICE, _SERVING if live else _NOT_SERVING)
@@ -125,6 +135,7 @@ class GrpcServer:
     async def stop(self, grace_s: float) -> None:
         """Stop accepting calls and let in-flight ones finish within ``grace_s``."""
         await self._set_all(_NOT_SERVING)
+        await self.set_parts(dict.fromkeys(self._parts, False))
         await self._health.set(LIVENESS_SERVICE, _NOT_SERVING)
         await self.server.stop(grace_s)
 

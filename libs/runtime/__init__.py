@@ -3,6 +3,7 @@
 from libs.runtime.host import ServiceHost, run_service
 from libs.runtime.spec import (
     BackgroundTask,
+    PartHealth,
     ReadinessCheck,
     ServiceComponents,
     ServiceContext,
@@ -11,6 +12,7 @@ from libs.runtime.spec import (
 
 __all__ = [
     "BackgroundTask",
+    "PartHealth",
     "ReadinessCheck",
     "ServiceComponents",
     "ServiceContext",

@@ -119,6 +119,8 @@ class ServiceHost:
                 readiness=components.readiness,
                 relay_stuck_after_s=settings.relay_stuck_after_s,
                 serving=self.serving,
+                part_health=components.part_health,
+                parts_of=spec.services[0].full_name if spec.services else "",
             )
             await watchdog.start()
             tasks.append(asyncio.create_task(watchdog.run(self._stop)))

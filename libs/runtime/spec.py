@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -28,6 +28,13 @@ then every watchdog round (2 s). It must be cheap and must not block: read state
 service keeps in memory (e.g. "every production deployment is loaded and warm"), which
 its own background tasks update. Work that needs I/O to find out belongs in such a task.
 """
+
+PartHealth = Callable[[], Mapping[str, bool]]
+"""The health of parts of a service that clients ask about by name (inference: each model
+and alias it follows): part -> whether it can serve. The host publishes each as the
+standard health service's ``<gRPC service>/<part>`` and turns a part that is no longer
+listed NOT_SERVING. Called like ``ReadinessCheck``: on the event loop, every watchdog
+round, so it must be cheap and read only what the service keeps in memory."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,8 @@ class ServiceComponents:
     """The service's own readiness, combined with Postgres's for its health (readiness
     probes): SERVING only while both say so. None: Postgres alone decides. RPCs are
     answered either way; only the health status (and so a load balancer) follows it."""
+    part_health: PartHealth | None = None
+    """Per-part health under the service's name (e.g. ``…Inference/credit-default``)."""
 
 
 @dataclass(frozen=True)

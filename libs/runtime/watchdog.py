@@ -27,7 +27,7 @@ from nats.aio.client import Client as NatsClient
 
 from libs.eventstore import EventRelay
 from libs.grpckit import GrpcServer
-from libs.runtime.spec import ReadinessCheck
+from libs.runtime.spec import PartHealth, ReadinessCheck
 
 _log = logging.getLogger(__name__)
 WATCHDOG_INTERVAL_S = 2.0
@@ -48,8 +48,11 @@ class Watchdog:
         readiness: ReadinessCheck | None,
         relay_stuck_after_s: float,
         serving: asyncio.Event,
+        part_health: PartHealth | None = None,
+        parts_of: str = "",
     ) -> None:
-        """``serving`` is set once readiness first turns SERVING."""
+        """``serving`` is set once readiness first turns SERVING; ``part_health``'s parts are
+        published as ``<parts_of>/<part>``."""
         self._name = name
         self._server = server
         self._pool = pool
@@ -65,6 +68,11 @@ class Watchdog:
         self._nats_up = True
         self._live = True
         self._both_up_since: float | None = time.monotonic()
+        self._part_health = part_health
+        self._parts_of = parts_of
+        self._parts: dict[str, bool] = {}
+        """Each part's status as last published (full health name)."""
+        self._parts_raised = False
 
     @property
     def ready(self) -> bool:
@@ -81,6 +89,7 @@ class Watchdog:
                 self._not_ready_because,
             )
         await self._publish()
+        await self._check_parts(None)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Check every ``WATCHDOG_INTERVAL_S`` until ``stop`` is set."""
@@ -94,8 +103,33 @@ class Watchdog:
     async def check(self, stop: asyncio.Event | None = None) -> None:
         """One round: readiness, NATS, liveness."""
         await self._check_readiness(stop)
+        await self._check_parts(stop)
         self._check_nats()
         await self._check_liveness(stop)
+
+    async def _check_parts(self, stop: asyncio.Event | None) -> None:
+        """Publish the parts whose health changed; a part no longer listed turns NOT_SERVING."""
+        if self._part_health is None or (stop is not None and stop.is_set()):
+            return
+        try:
+            listed = self._part_health()
+        except Exception:  # a broken check must not stop the watchdog; parts stay as they are
+            if not self._parts_raised:
+                _log.exception("%s: the service's part health check failed", self._name)
+            self._parts_raised = True
+            return
+        self._parts_raised = False
+        now = {f"{self._parts_of}/{part}": serving for part, serving in listed.items()}
+        now.update({name: False for name in self._parts if name not in now})
+        changed = {
+            name: serving for name, serving in now.items() if self._parts.get(name) != serving
+        }
+        if not changed:
+            return
+        await self._server.set_parts(changed)
+        self._parts.update(changed)
+        for name, serving in changed.items():
+            _log.info("%s: %s %s", self._name, name, "SERVING" if serving else "NOT_SERVING")
 
     async def _check_readiness(self, stop: asyncio.Event | None) -> None:
         postgres_now = await _postgres_answers(self._pool)

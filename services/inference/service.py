@@ -143,6 +143,7 @@ def build_spec(inference: InferenceSettings | None = None) -> ServiceSpec:
             ],
             closers=[watch_metrics(InferenceProcess(table, batcher, logger, features))],
             readiness=table.not_ready_because,
+            part_health=table.health_by_part,
         )
 
     return ServiceSpec(

@@ -58,13 +58,19 @@ def _spec(
     readiness: _Readiness | None = None,
     contexts: list[ServiceContext] | None = None,
     reuse_port: bool = False,
+    parts: dict[str, bool] | None = None,
 ) -> ServiceSpec:
-    """A service with no RPCs of its own, hosted as the model registry's name."""
+    """A service with no RPCs of its own, hosted as the model registry's name; ``parts``
+    (mutated by the test) is its per-part health."""
 
     def build(context: ServiceContext) -> ServiceComponents:
         if contexts is not None:
             contexts.append(context)
-        return ServiceComponents(registrations=(), readiness=readiness)
+        return ServiceComponents(
+            registrations=(),
+            readiness=readiness,
+            part_health=None if parts is None else (lambda: dict(parts)),
+        )
 
     return ServiceSpec(
         name=ServiceName.MODEL_REGISTRY,
@@ -284,3 +290,40 @@ async def test_processes_share_the_port_only_when_the_spec_asks(
         with pytest.raises(RuntimeError, match="is another process using it"):
             async with _running(_spec(), settings):
                 pass
+
+
+async def _part(port: int, name: str) -> int | None:
+    """A part's health; None while the health service does not know the name."""
+    try:
+        return await _health(port, name)
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            return None
+        raise
+
+
+async def test_parts_are_published_under_the_service_name_and_go_not_serving_when_unlisted(
+    fresh_database_url: str, settings_for: Any
+) -> None:
+    parts = {"credit": False, "credit/production": False}
+    async with _running(_spec(parts=parts), settings_for(fresh_database_url)) as host:
+        assert host.port is not None
+        credit = f"{REGISTRY.full_name}/credit"
+        assert await _part(host.port, credit) == _NOT_SERVING
+        assert await _part(host.port, f"{credit}/production") == _NOT_SERVING
+        assert await _part(host.port, f"{credit}/canary") is None
+
+        parts.update({"credit": True, "credit/production": True, "credit/canary": True})
+        deadline = time.monotonic() + 8
+        while await _part(host.port, f"{credit}/canary") != _SERVING:
+            assert time.monotonic() < deadline, "a new part was not published"
+            await asyncio.sleep(0.1)
+        assert await _part(host.port, credit) == _SERVING
+
+        del parts["credit/canary"]  # e.g. the canary alias was deleted
+        deadline = time.monotonic() + 8
+        while await _part(host.port, f"{credit}/canary") != _NOT_SERVING:
+            assert time.monotonic() < deadline, "an unlisted part stayed SERVING"
+            await asyncio.sleep(0.1)
+        assert await _part(host.port, credit) == _SERVING
+        assert await _readiness_of(host) == _SERVING  # parts do not decide readiness

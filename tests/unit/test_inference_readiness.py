@@ -39,3 +39,20 @@ def test_a_failed_load_says_why_and_counts_the_others() -> None:
     )
     table.slot("credit", "production").removed = True  # type: ignore[union-attr]
     assert table.not_ready_because() == "production of 'fraud' is not warm yet, still loading"
+
+
+def test_each_model_and_alias_has_a_health_part_serving_once_warm() -> None:
+    table = ServingTable()
+    production = table.ensure("credit", "production")
+    table.ensure("credit", "canary")
+    table.ensure("fraud", "shadow").current = _LOADED  # no production: no model-level part
+    table.ensure("old", "production").removed = True
+    assert table.health_by_part() == {
+        "credit": False,
+        "credit/production": False,
+        "credit/canary": False,
+        "fraud/shadow": True,
+    }
+    production.current = _LOADED
+    assert table.health_by_part()["credit"] is True
+    assert table.health_by_part()["credit/canary"] is False

@@ -79,6 +79,19 @@ class ServingTable:
     def aliases_of(self, model_name: str) -> list[str]:
         return sorted(a for (m, a), s in self._slots.items() if m == model_name and not s.removed)
 
+    def health_by_part(self) -> dict[str, bool]:
+        """Health names of what this process follows, each True once it serves: the model
+        (its production deployment, what Predict uses by default) and ``<model>/<alias>``
+        for every alias. Published as ``lathe.inference.v1.Inference/<part>``."""
+        parts: dict[str, bool] = {}
+        for slot in self._slots.values():
+            if slot.removed:
+                continue
+            parts[f"{slot.model_name}/{slot.alias}"] = slot.warm
+            if slot.alias == PRODUCTION:
+                parts[slot.model_name] = slot.warm
+        return parts
+
     def ready(self) -> bool:
         """The service's health: every production deployment it follows is warm."""
         return self.not_ready_because() is None
