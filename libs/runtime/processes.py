@@ -7,9 +7,10 @@ starts the others and:
 - gives each a loopback metrics port of its own and serves them all on the pod's metrics
   port, every sample labelled with its ``process`` (``libs.telemetry.pod_metrics``): two
   processes binding the pod's port would fail, and Prometheus scrapes one port a pod;
-- watches them: when one ends while the pod is not stopping, the first stops too and
-  exits non-zero, so the orchestrator restarts the pod and its restart alert sees it. A
-  pod serves with all its processes or not at all, never silently on fewer cores;
+- watches them: when one ends while the pod is not stopping, the first stops too, and
+  exits non-zero when that one failed, so the orchestrator restarts the pod and its
+  restart alert sees it. A pod serves with all its processes or not at all, never
+  silently on fewer cores;
 - passes SIGTERM on at shutdown and waits for them.
 """
 
@@ -63,7 +64,7 @@ def run_service_processes(spec: ServiceSpec, *, processes: int, module: str) -> 
     finally:
         watch.stopping.set()
         _stop(children)
-    if watch.ended is not None:
+    if watch.ended is not None and watch.ended[1] != 0:
         index, code = watch.ended
         raise SystemExit(
             f"{spec.name.display_name}: process {index} of {processes} ended with exit code "
@@ -102,8 +103,9 @@ class _ChildWatch(threading.Thread):
             for index, child in self._children.items():
                 code = child.poll()
                 if code is not None and not self.stopping.is_set():
+                    # 0: it was stopped gracefully (e.g. Ctrl-C reached the whole group).
                     self.ended = (index, code)
-                    _log.error(
+                    (_log.info if code == 0 else _log.error)(
                         "process %d (pid %d) ended with exit code %d; stopping the pod",
                         index,
                         child.pid,

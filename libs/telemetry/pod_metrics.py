@@ -53,12 +53,16 @@ class PodMetrics(Collector):
             "1 if the process's metrics were read at this scrape, else 0",
             labels=[PROCESS_LABEL],
         )
-        _merge(families, _parsed(generate_latest(self._own).decode()), self._own_label)
+        _merge(
+            families,
+            text_string_to_metric_families(generate_latest(self._own).decode()),
+            self._own_label,
+        )
         up.add_metric([self._own_label], 1.0)
         for label, url in self._siblings.items():
             text = self._read(label, url)
             if text is not None:
-                _merge(families, _parsed(text), label)
+                _merge(families, text_string_to_metric_families(text), label)
             up.add_metric([label], 0.0 if text is None else 1.0)
         yield from families.values()
         yield up
@@ -70,10 +74,6 @@ class PodMetrics(Collector):
         except OSError as exc:
             _log.warning("metrics of process %s (%s) could not be read: %s", label, url, exc)
             return None
-
-
-def _parsed(text: str) -> Iterable[Metric]:
-    return text_string_to_metric_families(text)
 
 
 def _merge(families: dict[str, Metric], incoming: Iterable[Metric], label: str) -> None:
