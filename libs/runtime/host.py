@@ -153,12 +153,18 @@ class ServiceHost:
             await pool.close()
 
 
-def run_service(spec: ServiceSpec, *, sibling_metrics: Mapping[str, str] | None = None) -> None:
+def run_service(
+    spec: ServiceSpec,
+    *,
+    sibling_metrics: Mapping[str, str] | None = None,
+    on_stop: Callable[[], None] | None = None,
+) -> None:
     """Entry point of a service process: run until SIGTERM/SIGINT.
 
     ``sibling_metrics``: in the first of several processes of the service in one pod
     (``libs.runtime.processes``), the other processes' /metrics URLs by process index; its
-    metrics port then serves them all.
+    metrics port then serves them all. ``on_stop`` is called when the stop signal arrives
+    (before draining), e.g. to pass it on to those processes.
     """
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -180,10 +186,16 @@ def run_service(spec: ServiceSpec, *, sibling_metrics: Mapping[str, str] | None 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, host.request_stop)
+            loop.add_signal_handler(sig, _stopping, host, on_stop)
         await host.run()
 
     try:
         asyncio.run(main())
     finally:
         telemetry.shutdown()
+
+
+def _stopping(host: ServiceHost, on_stop: Callable[[], None] | None) -> None:
+    if on_stop is not None:
+        on_stop()
+    host.request_stop()

@@ -11,7 +11,7 @@ starts the others and:
   exits non-zero when that one failed, so the orchestrator restarts the pod and its
   restart alert sees it. A pod serves with all its processes or not at all, never
   silently on fewer cores;
-- passes SIGTERM on at shutdown and waits for them.
+- passes its stop signal on as it arrives, so all drain side by side, and waits for them.
 """
 
 from __future__ import annotations
@@ -54,12 +54,19 @@ def run_service_processes(spec: ServiceSpec, *, processes: int, module: str) -> 
     }
     watch = _ChildWatch(children)
     watch.start()
+
+    def stop_together() -> None:
+        """The pod's stop signal reaches every process at once: they drain side by side."""
+        watch.stopping.set()
+        _signal(children)
+
     try:
         run_service(
             spec,
             sibling_metrics={
                 str(i): f"http://127.0.0.1:{port}/metrics" for i, port in metrics_ports.items()
             },
+            on_stop=stop_together,
         )
     finally:
         watch.stopping.set()
@@ -115,10 +122,14 @@ class _ChildWatch(threading.Thread):
                     return
 
 
-def _stop(children: Mapping[int, subprocess.Popen[bytes]]) -> None:
+def _signal(children: Mapping[int, subprocess.Popen[bytes]]) -> None:
     for child in children.values():
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
+
+
+def _stop(children: Mapping[int, subprocess.Popen[bytes]]) -> None:
+    _signal(children)
     deadline = time.monotonic() + _STOP_WAIT_S
     for child in children.values():
         try:
