@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 from libs.config import LatheSettings, ServiceName
+from services.inference.config import InferenceSettings
+from services.trainer.config import TrainerSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INFRA = REPO_ROOT / "infra"
@@ -116,9 +118,13 @@ def default_port(service: ServiceName) -> int:
 
 
 def settings_env_names() -> set[str]:
-    """Every environment variable LatheSettings reads (prefix + field name)."""
-    prefix = str(LatheSettings.model_config.get("env_prefix", ""))
-    return {f"{prefix}{field}".upper() for field in LatheSettings.model_fields}
+    """Every environment variable the settings read (prefix + field name): the shared
+    LatheSettings and the services' own (LATHE_INFERENCE_*, LATHE_TRAINER_*)."""
+    names: set[str] = set()
+    for settings in (LatheSettings, InferenceSettings, TrainerSettings):
+        prefix = str(settings.model_config.get("env_prefix", ""))
+        names |= {f"{prefix}{field}".upper() for field in settings.model_fields}
+    return names
 
 
 def kustomization_dirs() -> Iterator[Path]:
