@@ -53,12 +53,9 @@ def configure_telemetry(
     given to the pod's first process, makes ``metrics_port`` serve every process's
     metrics as one, each sample labelled with its process (``pod_metrics``).
     """
-    resource = Resource.create(
-        # service.instance.id tells apart processes exporting with the same service name.
-        {
-            "service.name": service_name,
-            "service.instance.id": f"{socket.gethostname()}/{os.getpid()}",
-        }
+    resource = Resource.create({"service.name": service_name})
+    resource = resource.merge(
+        Resource({"service.instance.id": _instance_id(resource, process_label)})
     )
     otlp = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
 
@@ -103,3 +100,12 @@ def configure_telemetry(
 
     RecordedTraceAsyncPGInstrumentor().instrument(tracer_provider=tracer_provider)
     return Telemetry(tracer_provider, meter_provider)
+
+
+def _instance_id(resource: Resource, process_label: str | None) -> str:
+    """The deployment's id for this instance (OTEL_RESOURCE_ATTRIBUTES, e.g. the pod's name;
+    else the host's), told apart per process when a service runs several in one pod, so
+    their metrics exported over OTLP do not overwrite each other."""
+    given = resource.attributes.get("service.instance.id")
+    instance = str(given) if given else socket.gethostname()
+    return instance if process_label is None else f"{instance}/{process_label}"
