@@ -5,6 +5,7 @@
     lathe predict card-fraud --entity card_id=4111,merchant_id=m-9   # a composite key
     lathe deployments list
     lathe deployments show credit-default --alias canary
+    lathe deployments wait credit-default --version 7   # after moving the alias
 
 Calls go through the SDK's ``InferenceClient``: a deadline on every call, Predict
 retried only where that is safe.
@@ -25,7 +26,7 @@ from lathe.inference.v1.service_pb2_grpc import InferenceStub
 from libs.config import LatheSettings
 from libs.grpckit import open_channel
 from libs.sdk.feature_store import Scalar
-from libs.sdk.inference import DeploymentInfo, InferenceClient, PredictRow
+from libs.sdk.inference import DeploymentInfo, DeploymentRefused, InferenceClient, PredictRow
 
 deployments = typer.Typer(
     no_args_is_help=True, help="What the inference service serves, and why not."
@@ -182,6 +183,32 @@ def show_deployment(
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+
+
+@deployments.command("wait")
+def wait_for_version(
+    model: str,
+    version: Annotated[int, typer.Option(help="The version that should serve.")],
+    alias: Annotated[str, typer.Option(help="Which alias.")] = "production",
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="How long to wait, in seconds.")
+    ] = 120.0,
+) -> None:
+    """Until VERSION serves as ALIAS (e.g. after a promotion); exits 1 at once when
+    inference refused that version, with the stage and the reason."""
+
+    async def wait(client: InferenceClient) -> DeploymentInfo:
+        return await client.wait_until_serving(model, version, alias=alias, timeout_s=timeout)
+
+    try:
+        d = _call(wait, 5.0)
+    except (DeploymentRefused, TimeoutError) as error:
+        console.print(f"[red]{type(error).__name__}[/red]: {error}")
+        raise typer.Exit(1) from error
+    console.print(
+        f"{d.model_name} v{d.serving_version} serves as {d.alias}: {d.runtime} {d.precision}, "
+        f"loaded in {d.load_seconds:.2f} s, parity max |Δ| {d.parity_max_abs_diff:.3g}"
+    )
 
 
 def _state(d: DeploymentInfo) -> str:

@@ -10,6 +10,7 @@
         decided = await inference.decide("credit-line", [PredictRow({"loan_id": "LC1"})])
         decided.rows[0].action, decided.rows[0].propensity, decided.rows[0].probabilities
         for deployment in (await inference.list_deployments()).deployments: ...
+        await inference.wait_until_serving("credit-default", 7)  # after moving the alias
 
 Deadlines: every call has one (``timeout_s``; the channel's default is none at all),
 and a retried Predict shares it — retries never extend it. Retries only where safe:
@@ -270,6 +271,64 @@ class InferenceClient:
             metadata=self._metadata,
         )
         return _deployment(response.deployment)
+
+    async def wait_until_serving(
+        self,
+        model_name: str,
+        version: int,
+        *,
+        alias: str = "production",
+        timeout_s: float = 120.0,
+        poll_s: float = 0.1,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> DeploymentInfo:
+        """Until the service serves ``version`` as ``alias`` of ``model_name``, warm (e.g.
+        after moving the alias in the registry). Raises ``DeploymentRefused`` as soon as
+        the service refused that version (it will not serve it: fix the model or move the
+        alias back), ``TimeoutError`` past ``timeout_s`` saying where the deployment stands.
+        ``on_progress`` hears that state each time it is read."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                deployment = await self.get_deployment(
+                    model_name, alias, timeout_s=max(0.1, min(self._timeout_s, timeout_s))
+                )
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
+                    raise
+                where = f"not deployed here yet ({error.code().name}: {error.details()})"
+            else:
+                if deployment.serving_version == version and deployment.warm:
+                    return deployment
+                if deployment.failure is not None and deployment.failure.version == version:
+                    raise DeploymentRefused(deployment)
+                where = f"{deployment.state}, requested v{deployment.requested_version}, " + (
+                    f"serving v{deployment.serving_version}"
+                    if deployment.serving_version
+                    else "nothing serving"
+                )
+            if on_progress is not None:
+                on_progress(where)
+            if time.monotonic() + poll_s > deadline:
+                raise TimeoutError(
+                    f"inference did not serve {model_name} v{version} as {alias} within "
+                    f"{timeout_s:g}s: {where}"
+                )
+            await asyncio.sleep(poll_s)
+
+
+class DeploymentRefused(Exception):
+    """The inference service refused the version it was asked to serve (download, verify,
+    build, warm-up or parity with ONNX Runtime); the previous version, if any, serves."""
+
+    def __init__(self, deployment: DeploymentInfo) -> None:
+        failure = deployment.failure
+        assert failure is not None
+        super().__init__(
+            f"inference refused {deployment.model_name} v{failure.version} as "
+            f"{deployment.alias} at {failure.stage}: {failure.reason}"
+        )
+        self.deployment = deployment
 
 
 async def _retrying(

@@ -12,7 +12,7 @@ from lathe.inference.v1 import request_response_pb2 as rr
 from lathe.inference.v1.service_pb2_grpc import InferenceStub
 from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
 from libs.config import LatheSettings
-from libs.sdk.inference import InferenceClient, PredictRow
+from libs.sdk.inference import DeploymentRefused, InferenceClient, PredictRow
 from tests.inference.conftest import InferenceFactory
 from tests.inference.helpers import (
     Credit,
@@ -23,6 +23,7 @@ from tests.inference.helpers import (
     row,
     serving_version,
     set_alias,
+    with_noise,
 )
 from tests.support.cli import run_lathe
 
@@ -124,6 +125,43 @@ async def test_lathe_predict_and_deployments(
         assert code == 1 and "NOT_FOUND" in output
         code, output = await run_lathe(test_settings, "predict", name, "-e", "loan_id")
         assert code == 2 and "not name=value" in output
+
+
+async def test_waiting_for_a_version_returns_when_it_serves_and_fails_fast_when_refused(
+    registry: ModelRegistryStub,
+    credit: Credit,
+    start_inference: InferenceFactory,
+    test_settings: LatheSettings,
+) -> None:
+    name, good = await _deployed(registry, credit, start_inference)
+    onnx_bytes, weights, prep = export(credit, seed=5)
+    noisy = await register(registry, credit, name, (with_noise(onnx_bytes), weights, prep))
+    never = await register(registry, credit, name, export(credit, seed=6))
+    async with start_inference(name) as stub:
+        client = InferenceClient(stub, timeout_s=5.0)
+        deployment = await client.wait_until_serving(name, good, timeout_s=60)
+        assert deployment.serving_version == good and deployment.warm
+
+        await set_alias(registry, name, "production", noisy)
+        with pytest.raises(DeploymentRefused) as refused:
+            await client.wait_until_serving(name, noisy, timeout_s=60)
+        assert refused.value.deployment.failure is not None
+        assert refused.value.deployment.failure.stage == "parity"
+        assert refused.value.deployment.serving_version == good  # the previous one serves
+        progress: list[str] = []
+        with pytest.raises(TimeoutError, match=rf"v{never} .*requested v{noisy}, serving v{good}"):
+            await client.wait_until_serving(name, never, timeout_s=0.5, on_progress=progress.append)
+        assert progress and all(f"serving v{good}" in where for where in progress)
+
+        code, output = await run_lathe(
+            test_settings, "deployments", "wait", name, "--version", str(noisy)
+        )
+        assert code == 1 and "DeploymentRefused" in output and "parity" in output, output
+        await set_alias(registry, name, "production", good)
+        code, output = await run_lathe(
+            test_settings, "deployments", "wait", name, "--version", str(good), "--timeout", "60"
+        )
+        assert code == 0 and f"v{good} serves as production" in output, output
 
 
 async def _serves(stub: InferenceStub, name: str, version: int) -> bool:

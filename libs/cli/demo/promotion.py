@@ -3,7 +3,6 @@ promoted version up from the registry's alias event."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import grpc
@@ -13,7 +12,7 @@ from rich.table import Table
 from lathe.model_registry.v1 import request_response_pb2 as rr
 from libs.cli.demo.context import ACTOR, REVIEWER, Bar, DemoRun, Step
 from libs.cli.demo.training import AUC_GATE
-from libs.sdk.inference import DeploymentInfo
+from libs.sdk.inference import DeploymentInfo, DeploymentRefused
 
 _DEPLOY_PATIENCE_S = 120.0
 
@@ -96,30 +95,18 @@ async def wait_for_deployment(
     """Until the inference service serves ``version`` for ``alias`` (warm) of
     ``model_name`` (default: the run's model)."""
     model_name = model_name or run.model_name
-    deadline = time.monotonic() + _DEPLOY_PATIENCE_S
-    while True:
-        try:
-            deployment = await run.c.inference.get_deployment(model_name, alias)
-        except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-            detail = "waiting for the alias event"
-        else:
-            if deployment.serving_version == version and deployment.warm:
-                return deployment
-            if deployment.failure is not None and deployment.failure.version == version:
-                raise RuntimeError(
-                    f"inference refused v{version} at {deployment.failure.stage}: "
-                    f"{deployment.failure.reason}"
-                )
-            detail = f"{deployment.state} (requested v{deployment.requested_version})"
-        bar.update(detail=detail)
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"inference did not serve {model_name} v{version} as {alias} within "
-                f"{_DEPLOY_PATIENCE_S:.0f}s ({detail}); see `lathe logs inference`"
-            )
-        await asyncio.sleep(0.1)
+    try:
+        return await run.c.inference.wait_until_serving(
+            model_name,
+            version,
+            alias=alias,
+            timeout_s=_DEPLOY_PATIENCE_S,
+            on_progress=lambda where: bar.update(detail=where),
+        )
+    except TimeoutError as late:
+        raise RuntimeError(f"{late}; see `lathe logs inference`") from late
+    except DeploymentRefused as refused:
+        raise RuntimeError(str(refused)) from refused
 
 
 async def attempt(run: DemoRun, label: str, call: object, *, required: bool = False) -> str:
