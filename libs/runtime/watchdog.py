@@ -11,6 +11,9 @@ Two signals, kept apart because they ask for different remedies (ADR 0013):
   relay has made no progress for ``relay_stuck_after_s`` while Postgres and NATS both
   answered all along; never during an outage, which a restart cannot fix.
 
+Parts of a service that clients ask about by name (``ServiceComponents.part_health``,
+e.g. inference's models) are published beside them as ``<gRPC service>/<part>``.
+
 Every change is logged once, when it happens, with its reason; nothing is logged while
 a state lasts. The checks run every 2 s (``WATCHDOG_INTERVAL_S``).
 """
@@ -101,7 +104,7 @@ class Watchdog:
             await self.check(stop)
 
     async def check(self, stop: asyncio.Event | None = None) -> None:
-        """One round: readiness, NATS, liveness."""
+        """One round: readiness, parts, NATS, liveness."""
         await self._check_readiness(stop)
         await self._check_parts(stop)
         self._check_nats()
