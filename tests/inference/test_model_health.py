@@ -10,36 +10,19 @@ from __future__ import annotations
 
 import uuid
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lathe.inference.v1 import service_pb2
 from lathe.model_registry.v1 import request_response_pb2 as reg_rr
 from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
 from libs.config import LatheSettings, ServiceName
+from libs.platform.health import health_status
 from tests.inference.conftest import InferenceFactory
 from tests.inference.helpers import Credit, create_model, eventually, export, register, set_alias
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 _INFERENCE = service_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
-_SERVING = health_pb2.HealthCheckResponse.SERVING
-_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-async def _health(address: str, name: str) -> int | None:
-    """The health of ``name``; None while the service does not know it."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=name), timeout=2
-            )
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise
-    return int(reply.status)
 
 
 async def test_a_model_and_its_aliases_are_serving_once_warm_and_not_after_removal(
@@ -57,18 +40,18 @@ async def test_a_model_and_its_aliases_are_serving_once_warm_and_not_after_remov
     model, canary = f"{_INFERENCE}/{name}", f"{_INFERENCE}/{name}/canary"
     async with start_inference(name):
 
-        async def is_(health_name: str, status: int | None) -> bool:
-            return await _health(address, health_name) == status
+        async def is_(part: str, status: str) -> bool:
+            return await health_status(address, service=part) == status
 
-        await eventually(lambda: is_(model, _SERVING), what="the model SERVING once warm")
-        assert await _health(address, f"{model}/production") == _SERVING
-        assert await _health(address, canary) is None  # no canary followed yet
+        await eventually(lambda: is_(model, "SERVING"), what="the model SERVING once warm")
+        assert await is_(f"{model}/production", "SERVING")
+        assert await is_(canary, "SERVICE_UNKNOWN")  # no canary followed yet
 
         await set_alias(registry, name, "canary", v2, share=0.2)
-        await eventually(lambda: is_(canary, _SERVING), what="the canary SERVING once warm")
+        await eventually(lambda: is_(canary, "SERVING"), what="the canary SERVING once warm")
 
         await registry.DeleteAlias(
             reg_rr.DeleteAliasRequest(model_name=name, alias="canary", expected_version=v2)
         )
-        await eventually(lambda: is_(canary, _NOT_SERVING), what="a removed alias NOT_SERVING")
-        assert await _health(address, model) == _SERVING
+        await eventually(lambda: is_(canary, "NOT_SERVING"), what="a removed alias NOT_SERVING")
+        assert await is_(model, "SERVING")

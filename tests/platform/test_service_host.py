@@ -29,6 +29,7 @@ from libs.config import LatheSettings, ServiceName
 from libs.db.errors import DatabaseTimedOut
 from libs.eventstore import EventCatalog
 from libs.grpckit.server import LIVENESS_SERVICE
+from libs.platform.health import health_status
 from libs.runtime import ServiceComponents, ServiceContext, ServiceHost, ServiceSpec
 from tests.conftest import free_port
 from tests.support.infra import InfraEndpoints
@@ -292,16 +293,6 @@ async def test_processes_share_the_port_only_when_the_spec_asks(
                 pass
 
 
-async def _part(port: int, name: str) -> int | None:
-    """A part's health; None while the health service does not know the name."""
-    try:
-        return await _health(port, name)
-    except grpc.aio.AioRpcError as error:
-        if error.code() == grpc.StatusCode.NOT_FOUND:
-            return None
-        raise
-
-
 async def test_parts_are_published_under_the_service_name_and_go_not_serving_when_unlisted(
     fresh_database_url: str, settings_for: Any
 ) -> None:
@@ -309,21 +300,26 @@ async def test_parts_are_published_under_the_service_name_and_go_not_serving_whe
     async with _running(_spec(parts=parts), settings_for(fresh_database_url)) as host:
         assert host.port is not None
         credit = f"{REGISTRY.full_name}/credit"
-        assert await _part(host.port, credit) == _NOT_SERVING
-        assert await _part(host.port, f"{credit}/production") == _NOT_SERVING
-        assert await _part(host.port, f"{credit}/canary") is None
+        address = f"127.0.0.1:{host.port}"
+
+        async def part(name: str) -> str:
+            return await health_status(address, service=name)
+
+        assert await part(credit) == "NOT_SERVING"
+        assert await part(f"{credit}/production") == "NOT_SERVING"
+        assert await part(f"{credit}/canary") == "SERVICE_UNKNOWN"
 
         parts.update({"credit": True, "credit/production": True, "credit/canary": True})
         deadline = time.monotonic() + 8
-        while await _part(host.port, f"{credit}/canary") != _SERVING:
+        while await part(f"{credit}/canary") != "SERVING":
             assert time.monotonic() < deadline, "a new part was not published"
             await asyncio.sleep(0.1)
-        assert await _part(host.port, credit) == _SERVING
+        assert await part(credit) == "SERVING"
 
         del parts["credit/canary"]  # e.g. the canary alias was deleted
         deadline = time.monotonic() + 8
-        while await _part(host.port, f"{credit}/canary") != _NOT_SERVING:
+        while await part(f"{credit}/canary") != "NOT_SERVING":
             assert time.monotonic() < deadline, "an unlisted part stayed SERVING"
             await asyncio.sleep(0.1)
-        assert await _part(host.port, credit) == _SERVING
+        assert await part(credit) == "SERVING"
         assert await _readiness_of(host) == _SERVING  # parts do not decide readiness
