@@ -23,7 +23,7 @@ from services.inference.app.decision_log import DecisionLog
 from services.inference.app.deployments import DeploymentRecorder
 from services.inference.app.follower import AliasFollower
 from services.inference.app.loader import DeploymentLoader
-from services.inference.app.metrics import InferenceProcess
+from services.inference.app.metrics import InferenceInstance
 from services.inference.app.metrics import watch as watch_metrics
 from services.inference.app.predict import Predictor
 from services.inference.app.prediction_log import PredictionLogger
@@ -141,7 +141,7 @@ def build_spec(inference: InferenceSettings | None = None) -> ServiceSpec:
                 join_rewards,
                 close_clients,
             ],
-            closers=[watch_metrics(InferenceProcess(table, batcher, logger, features))],
+            closers=[watch_metrics(InferenceInstance(table, batcher, logger, features))],
             readiness=table.not_ready_because,
             part_health=table.health_by_part,
         )

@@ -46,27 +46,27 @@ def _loaded(version: int) -> Any:
     return SimpleNamespace(version=version)
 
 
-def _process(
+def _instance(
     table: ServingTable, *, rejected: int = 0, dropped: int = 0
-) -> metrics.InferenceProcess:
+) -> metrics.InferenceInstance:
     batcher = Batcher(executors=1, max_batch_rows=8, max_queued_rows=64)
     batcher.stats.rejected_full = rejected
     batcher.stats.batches, batcher.stats.rows = 4, 10
     logger = SimpleNamespace(written=7, dropped=dropped, pending=2)
     features = SimpleNamespace(stats=SimpleNamespace(calls=3, shared_calls=1))
-    return metrics.InferenceProcess(table, batcher, logger, features)  # type: ignore[arg-type]
+    return metrics.InferenceInstance(table, batcher, logger, features)  # type: ignore[arg-type]
 
 
 @pytest.fixture
-def watched() -> Iterator[Callable[[metrics.InferenceProcess], None]]:
+def watched() -> Iterator[Callable[[metrics.InferenceInstance], None]]:
     stops: list[Callable[[], None]] = []
-    yield lambda process: stops.append(metrics.watch(process))
+    yield lambda instance: stops.append(metrics.watch(instance))
     for stop in stops:
         stop()
 
 
 def test_deployments_report_what_serves_what_is_asked_and_what_was_refused(
-    watched: Callable[[metrics.InferenceProcess], None],
+    watched: Callable[[metrics.InferenceInstance], None],
 ) -> None:
     table = ServingTable()
     serving = table.ensure("unit-credit", "production")
@@ -81,7 +81,7 @@ def test_deployments_report_what_serves_what_is_asked_and_what_was_refused(
     loading.requested_version, loading.loading = 1, True
     gone = table.ensure("unit-old", "production")
     gone.removed = True
-    watched(_process(table))
+    watched(_instance(table))
 
     assert _by_deployment(metrics.serving_versions) == {
         ("unit-credit", "production"): 3,
@@ -106,7 +106,7 @@ def test_deployments_report_what_serves_what_is_asked_and_what_was_refused(
 
 
 def test_counters_sum_over_the_instances_of_the_process_and_stop_with_them(
-    watched: Callable[[metrics.InferenceProcess], None],
+    watched: Callable[[metrics.InferenceInstance], None],
 ) -> None:
     # Deltas: the suite may host inference services in this process too.
     counters = {
@@ -118,8 +118,8 @@ def test_counters_sum_over_the_instances_of_the_process_and_stop_with_them(
         "shared": metrics.shared_feature_calls,
     }
     before = {name: _total(counter) or 0 for name, counter in counters.items()}
-    first = _process(ServingTable(), rejected=2, dropped=5)
-    second = _process(ServingTable(), rejected=1)
+    first = _instance(ServingTable(), rejected=2, dropped=5)
+    second = _instance(ServingTable(), rejected=1)
     stop_second = metrics.watch(second)
     watched(first)
 

@@ -37,7 +37,7 @@ from services.inference.store.features import OnlineFeatures
 
 
 @dataclass(frozen=True, eq=False)
-class InferenceProcess:
+class InferenceInstance:
     """What one inference service instance reports."""
 
     table: ServingTable
@@ -46,19 +46,19 @@ class InferenceProcess:
     features: OnlineFeatures
 
 
-_watched: set[InferenceProcess] = set()
+_watched: set[InferenceInstance] = set()
 """The instances of this process (one, except when tests host several)."""
 
 
-def watch(process: InferenceProcess) -> Callable[[], None]:
-    """Report ``process`` from now on; returns what stops it (call at shutdown)."""
-    _watched.add(process)
-    return lambda: _watched.discard(process)
+def watch(instance: InferenceInstance) -> Callable[[], None]:
+    """Report ``instance`` from now on; returns what stops it (call at shutdown)."""
+    _watched.add(instance)
+    return lambda: _watched.discard(instance)
 
 
 def _slots() -> Iterable[Slot]:
-    for process in list(_watched):
-        for slot in process.table.slots():
+    for instance in list(_watched):
+        for slot in instance.table.slots():
             if not slot.removed:
                 yield slot
 
@@ -88,11 +88,11 @@ def warm(_: CallbackOptions) -> Iterable[Observation]:
 
 
 def _total(
-    read: Callable[[InferenceProcess], int],
+    read: Callable[[InferenceInstance], int],
 ) -> Callable[[CallbackOptions], Iterable[Observation]]:
     def observe(_: CallbackOptions) -> Iterable[Observation]:
         if _watched:
-            yield Observation(sum(read(process) for process in list(_watched)))
+            yield Observation(sum(read(instance) for instance in list(_watched)))
 
     return observe
 
