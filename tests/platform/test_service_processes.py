@@ -12,6 +12,7 @@ metrics port, real processes on real Postgres and NATS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import urllib.request
 import uuid
@@ -75,22 +76,15 @@ async def _pod(
         "LATHE_INFERENCE_PROCESSES": "2",
         "LATHE_SHUTDOWN_GRACE_S": "1",
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # start_worker passes this process's environment on
-    try:
-        pod = await start_worker("services.inference", log_path=home / "pod.log")
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    pod = await start_worker("services.inference", log_path=home / "pod.log", env=env)
     try:
         yield pod, address
     finally:
+        children = _children_of(pod.pid)  # once the pod is gone they belong to init
         await sigkill(pod)
-        for child in _children_of(pod.pid):
-            os.kill(child, 9)
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, 9)
 
 
 async def _until(condition, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]

@@ -6,14 +6,19 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-async def start_worker(module: str, *args: str, log_path: Path) -> asyncio.subprocess.Process:
+async def start_worker(
+    module: str, *args: str, log_path: Path, env: Mapping[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """``python -m module args`` with this process's environment plus ``env``."""
     env = {
         **os.environ,
+        **(env or {}),
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "gen" / "python")]),
     }
     log = log_path.open("ab")
