@@ -192,6 +192,7 @@ def main() -> None:
                 caps.compute_capability,
                 precision,
                 PROFILE,
+                device=caps.device,
             )
             try:
                 started = time.perf_counter()

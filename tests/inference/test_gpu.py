@@ -55,6 +55,7 @@ def _check(runtime_name: str, precision: str) -> None:
         _CAPS.compute_capability,
         precision,
         BatchProfile(1, 64, 1024),
+        device=_CAPS.device,
     )
     if runtime_name == TENSORRT:
         from services.inference.runtimes.tensorrt import TensorRtRuntime

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from libs.errors import InvalidArgument
 from services.inference.domain.parity import compare, tolerance
+from services.inference.runtimes import keys
 from services.inference.runtimes.base import ONNXRUNTIME_CPU, TENSORRT, TORCH_CUDA
-from services.inference.runtimes.keys import BatchProfile, EngineKey
-from services.inference.runtimes.probe import Capabilities, parse_probe
+from services.inference.runtimes.build import RuntimeSettings, build_runtime
+from services.inference.runtimes.keys import BatchProfile, EngineKey, converter_version
+from services.inference.runtimes.probe import Capabilities, parse_probe, probe_gpu
 from services.inference.runtimes.selection import parse_preference, plan_runtimes
 
 PROFILE = BatchProfile(1, 64, 1024)
@@ -33,6 +40,7 @@ def _key(**kw: object) -> EngineKey:
         "compute_capability": "9.0",
         "precision": "fp16",
         "profile": PROFILE,
+        "device": "NVIDIA H100 80GB HBM3",
     }
     values.update(kw)
     return EngineKey(**values)  # type: ignore[arg-type]
@@ -40,22 +48,101 @@ def _key(**kw: object) -> EngineKey:
 
 def test_an_engine_key_names_everything_it_depends_on() -> None:
     key = _key()
-    assert key.text == f"tensorrt|{'ab' * 32}|10.9.0|sm90|fp16|b1-64-1024"
+    assert key.text == (
+        f"tensorrt|{'ab' * 32}|10.9.0|sm90|NVIDIA H100 80GB HBM3|fp16|b1-64-1024"
+        f"|conv-{converter_version(TENSORRT)}"
+    )
     assert key.matches(key.tags())
     for change in (
         {"onnx_sha256": "cd" * 32},
         {"runtime_version": "10.10.0"},
         {"compute_capability": "8.9"},
+        {"device": "NVIDIA H100 PCIe"},  # the same compute capability, another GPU model
         {"precision": "fp32"},
         {"profile": BatchProfile(1, 64, 2048)},
         {"runtime": TORCH_CUDA},
+        {"converter": "0" * 16},  # built by other conversion code (before a fix)
     ):
         other = _key(**change)
         assert other.digest != key.digest, change
         assert not other.matches(key.tags()), change  # a mismatched engine is never loaded
-    assert not key.matches({**key.tags(), "engine.precision": "fp32"})
+        assert not key.matches(other.tags()), change
+    for tag, value in (
+        ("engine.precision", "fp32"),
+        ("engine.device", "NVIDIA A100-SXM4-80GB"),
+        ("engine.converter", "0" * 16),
+    ):
+        assert not key.matches({**key.tags(), tag: value}), tag
+    stored_before = {  # an engine stored before the key had these components
+        k: v for k, v in key.tags().items() if k not in ("engine.device", "engine.converter")
+    }
+    assert not key.matches(stored_before)
     with pytest.raises(InvalidArgument):
         BatchProfile(64, 1, 1024)
+
+
+@pytest.fixture
+def fresh_converter_versions() -> Iterator[None]:
+    converter_version.cache_clear()
+    yield
+    converter_version.cache_clear()
+
+
+def test_the_converter_component_follows_the_conversion_code(
+    monkeypatch: pytest.MonkeyPatch, fresh_converter_versions: None
+) -> None:
+    """Derived from the source of the modules that shape each runtime's engine, so a fix
+    to ``fp16``, ``onnx_to_torch`` or a runtime's build settings changes the key."""
+    trt, torch_cuda = converter_version(TENSORRT), converter_version(TORCH_CUDA)
+    assert len(trt) == 16 and trt != torch_cuda
+    assert _key().converter == trt and _key(runtime=TORCH_CUDA).converter == torch_cuda
+    real = keys._source
+    for runtime, module in (
+        (TENSORRT, "fp16"),
+        (TENSORRT, "tensorrt"),
+        (TORCH_CUDA, "onnx_to_torch"),
+        (TORCH_CUDA, "torch_cuda"),
+    ):
+        changed = f"{keys._PACKAGE}.{module}"
+        monkeypatch.setattr(
+            keys, "_source", lambda m, c=changed: real(m) + ("# fixed" if m == c else "")
+        )
+        converter_version.cache_clear()
+        assert converter_version(runtime) != (trt if runtime == TENSORRT else torch_cuda), module
+    monkeypatch.setattr(keys, "_source", real)
+    converter_version.cache_clear()
+    assert converter_version(TENSORRT) == trt  # stable while the code is
+
+
+def test_gpu_runtimes_are_keyed_by_the_gpu_model_and_the_converter() -> None:
+    """What ``build_runtime`` asks the engine cache for (no GPU needed to get that far)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["numeric"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("numeric", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
+    )
+    onnx_bytes = helper.make_model(graph).SerializeToString()
+
+    class Asked(Exception):
+        pass
+
+    class Engines:
+        def get(self, key: EngineKey) -> bytes | None:
+            raise Asked(key)
+
+        def put(self, key: EngineKey, engine: bytes) -> None:
+            raise AssertionError("nothing is built here")
+
+    options = RuntimeSettings(1, "fp16", PROFILE).with_caps(H100)
+    for runtime in (TENSORRT, TORCH_CUDA):
+        with pytest.raises(Asked) as asked:
+            build_runtime(runtime, onnx_bytes, "ab" * 32, options, Engines(), "test")
+        key = asked.value.args[0]
+        assert key.device == H100.device and key.compute_capability == "9.0", runtime
+        assert key.converter == converter_version(runtime), runtime
 
 
 def test_without_a_gpu_only_onnx_runtime_is_planned_and_the_reasons_say_why() -> None:
@@ -82,6 +169,45 @@ def test_a_gpu_without_the_tensorrt_builder_falls_back_to_torch() -> None:
     assert plan.skipped == ("tensorrt: the tensorrt package is not installed",)
     with pytest.raises(InvalidArgument):
         parse_preference("tensorrt,cuda")
+
+
+_FAKE_TORCH = """
+__version__ = "2.9.0-fake"
+class version:
+    cuda = "12.4"
+class cuda:
+    is_available = staticmethod(lambda: True)
+    get_device_capability = staticmethod(lambda i: (12, 0))
+    get_device_name = staticmethod(lambda i: "NVIDIA Future GPU")
+class _Tensor:
+    def add_(self, value): return self
+    def cpu(self): return self
+def zeros(*shape, device="cpu"):
+    if {fail}:
+        raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
+    return _Tensor()
+"""
+
+
+@pytest.mark.parametrize("kernels_run", [False, True])
+def test_the_probe_reports_cuda_only_once_a_kernel_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernels_run: bool
+) -> None:
+    """A device torch sees but cannot run kernels on (a GPU newer than its build, a
+    broken driver): CUDA counts as absent, so the service never initialises it."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(_FAKE_TORCH.format(fail=not kernels_run))
+    path = [str(tmp_path), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in path if p))
+    caps = probe_gpu(timeout_s=60, python=sys.executable)
+    assert caps.cuda is kernels_run and caps.torch_cuda is kernels_run, caps
+    plan = plan_runtimes((TENSORRT, TORCH_CUDA, ONNXRUNTIME_CPU), caps)
+    if kernels_run:
+        assert TORCH_CUDA in [c.runtime for c in plan.candidates]
+        return
+    assert "no kernel image is available" in caps.reason
+    assert [c.runtime for c in plan.candidates] == [ONNXRUNTIME_CPU]
+    assert "torch_cuda: no CUDA device (torch/CUDA: RuntimeError" in plan.skipped[1]
 
 
 def test_the_probe_result_is_parsed_and_a_crash_is_no_gpu() -> None:

@@ -70,6 +70,7 @@ def build_runtime(
             options.caps.compute_capability,
             options.precision,
             options.profile,
+            device=options.caps.device,  # plans are only valid on the GPU model built on
         )
         return tensorrt.TensorRtRuntime.create(onnx_bytes, key, engines, reason)
     if name == TORCH_CUDA:
@@ -83,6 +84,7 @@ def build_runtime(
             options.caps.compute_capability,
             options.precision,
             options.profile,
+            device=options.caps.device,  # Inductor tunes its kernels on the GPU model
         )
         return torch_cuda.TorchCudaRuntime.create(onnx_bytes, key, engines, reason)
     raise RuntimeUnavailable(f"unknown runtime {name!r}")

@@ -30,9 +30,11 @@ try:
     found["cuda_version"] = torch.version.cuda or ""
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability(0)
-        found.update(cuda=True, torch_cuda=True, compute_capability=f"{major}.{minor}",
-                     device=torch.cuda.get_device_name(0))
+        found.update(compute_capability=f"{major}.{minor}", device=torch.cuda.get_device_name(0))
+        # CUDA counts only once a kernel ran: a device torch has no kernels for (or a
+        # broken driver) fails here, and the service must then not initialise CUDA itself.
         torch.zeros(1, device="cuda").add_(1).cpu()
+        found.update(cuda=True, torch_cuda=True)
     else:
         found["reasons"].append("torch sees no CUDA device")
 except Exception as exc:
@@ -46,7 +48,7 @@ try:
         if not found["builder"]:
             found["reasons"].append("tensorrt.Builder could not be created")
     else:
-        found["reasons"].append("tensorrt is installed but there is no CUDA device")
+        found["reasons"].append("tensorrt is installed but there is no working CUDA device")
 except Exception as exc:
     found["reasons"].append(f"tensorrt: {type(exc).__name__}: {exc}")
 print(json.dumps(found))
