@@ -98,7 +98,6 @@ def build_spec(inference: InferenceSettings | None = None) -> ServiceSpec:
             table_=table,
             recorder=recorder,
             registry=registry,
-            batcher=batcher,
             follows=follower.follows,
             preference=parse_preference(settings.runtime_preference),
             runtime=runtime,

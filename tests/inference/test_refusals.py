@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import onnx
 import pytest
 from nats.js import JetStreamContext
+from onnx import helper
 from opentelemetry.metrics import CallbackOptions
 
 from lathe.inference.v1 import message_pb2 as m
@@ -115,6 +119,64 @@ async def test_corrupted_and_mismatching_versions_are_refused_and_the_previous_k
         assert "disagrees with ONNX Runtime" in events[1].reason
 
 
+def _numeric_as_double(onnx_bytes: bytes) -> bytes:
+    """The graph with its ``numeric`` input declared double (cast to float inside): ONNX
+    Runtime loads it, then refuses the float32 rows preprocessing produces."""
+    model = onnx.load_from_string(onnx_bytes)
+    graph = model.graph
+    (numeric,) = [i for i in graph.input if i.name == "numeric"]
+    numeric.type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+    for node in graph.node:
+        node.input[:] = ["numeric_float" if n == "numeric" else n for n in node.input]
+    cast = helper.make_node("Cast", ["numeric"], ["numeric_float"], to=onnx.TensorProto.FLOAT)
+    graph.node.insert(0, cast)
+    return bytes(model.SerializeToString())
+
+
+async def test_a_version_onnx_runtime_cannot_run_is_refused_once_at_load(
+    registry: ModelRegistryStub,
+    credit: Credit,
+    start_inference: InferenceFactory,
+    db_pool: asyncpg.Pool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before, ONNX Runtime's InvalidArgument escaped the load: no refusal was recorded
+    and the version was downloaded and built again on every poll."""
+    name = f"credit-{uuid.uuid4().hex[:8]}"
+    await create_model(registry, name)
+    v1 = await register(registry, credit, name, export(credit, seed=1))
+    onnx_bytes, weights, prep = export(credit, seed=4)
+    double = await register(registry, credit, name, (_numeric_as_double(onnx_bytes), weights, prep))
+    await set_alias(registry, name, "production", v1)
+    async with start_inference(name) as inference:
+        await eventually(lambda: _is(inference, name, v1), what="v1 serves")
+        caplog.set_level(logging.WARNING, logger="services.inference.app.loader")
+        await set_alias(registry, name, "production", double)
+
+        async def failed_events() -> list[Any]:
+            found = await inference_events(db_pool, "DeploymentFailed")
+            return [e for e in found if e.model_name == name]
+
+        async def recorded() -> bool:
+            return bool(await failed_events())
+
+        await eventually(recorded, what=f"v{double} refused")
+        failure = await _failure(inference, name)
+        assert failure is not None and failure.version == double and failure.stage == "load"
+        assert "tensor(double)" in failure.reason, failure.reason
+        answer = (await predict(inference, name, [row("L00003")])).predictions[0]
+        assert answer.model_version == v1
+        assert _deployment_metric(metrics.refused, name) == 1
+
+        await asyncio.sleep(20 * 0.05)  # twenty polls: it is not loaded again
+        events = await failed_events()
+        assert [(e.version, e.stage, e.serving_version) for e in events] == [(double, "load", v1)]
+        refusals = [
+            r for r in caplog.records if f"{name}/production v{double} refused" in r.message
+        ]
+        assert len(refusals) == 1, [r.message for r in refusals]
+
+
 async def test_a_missed_alias_event_is_reconciled_at_restart(
     registry: ModelRegistryStub,
     credit: Credit,
@@ -138,8 +200,6 @@ async def test_a_missed_alias_event_is_reconciled_at_restart(
         return info.state.messages > 0
 
     await eventually(relayed, what="the registry relayed its events")
-    import asyncio
-
     await asyncio.sleep(0.5)  # the relay publishes the AliasSet, then it is purged
     await js.purge_stream(streams.stream, subject=streams.subject("alias.set"))
     async with start_inference(name) as inference:

@@ -138,7 +138,17 @@ class AliasFollower:
             delay = min(delay * 2, 10.0)
 
 
+_NO_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _after(moment: datetime | None) -> datetime:
-    """A time later than ``moment`` (a deletion the registry no longer has a time for)."""
-    now = datetime.now(UTC)
-    return now if moment is None or moment < now else moment + timedelta(microseconds=1)
+    """The time to stamp a deletion the registry no longer has a time for, ``moment``
+    being the alias time of the last move it told us about.
+
+    On the registry's clock, not this host's: one microsecond after ``moment`` is after
+    that move and before any later one the registry commits (its times are Postgres
+    commit times, microseconds). This host's clock, ahead of the registry's, would rank
+    the deletion after a later AliasSet, which ``decide_news`` would then ignore forever.
+    With no time known, the deletion ranks before every time the registry gives.
+    """
+    return _NO_TIME if moment is None else moment + timedelta(microseconds=1)

@@ -1,13 +1,22 @@
 """Each process loads what the deployments say, and reports how it went.
 
-Every ``poll_interval_s`` the loader reads the deployments read model; a deployment whose
-request revision this process has not acted on yet is handled in the background: a
-removal empties the slot (keeping the version as the rollback candidate), a version
-already loaded (current or previous) is swapped in at once, anything else is loaded
-(app/loading.py) and swapped in only once warm and checked. A refused version leaves
-the slot as it was and its failure recorded; a registry outage is retried with backoff
-and recorded as nothing. The first process to finish records the outcome event; the
-others find it recorded (``decide_outcome``).
+Every ``poll_interval_s`` the loader reads the deployments read model and acts on each
+deployment whose request revision this process has not handled yet:
+
+- what needs no load takes effect at once, even while a load runs for the alias: a
+  removal empties the slot (keeping the version as the rollback candidate), a version
+  already loaded here (current or previous) is swapped in;
+- anything else is loaded in the background (app/loading.py), one load per alias, and
+  swapped in only once warm and checked, and only if the alias still asks for it when
+  the load ends (a newer revision of the same version, a traffic share change, still
+  counts). A load the alias moved away from meanwhile is discarded; the next poll
+  handles the newest request.
+
+A refused version (any failure of loading it that is not a registry outage) leaves the
+slot as it was and its failure recorded; a registry outage is retried with backoff and
+recorded as nothing. The first process to finish records the outcome event; the others
+find it recorded (``decide_outcome``). An outcome that could not be recorded (Postgres
+away) is retried on later polls until it is, without loading anything again.
 """
 
 from __future__ import annotations
@@ -17,8 +26,10 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -27,10 +38,9 @@ from lathe.inference.v1 import message_pb2 as m
 from libs.errors import Unavailable
 from libs.eventstore import EventMetadata
 from services.inference.app.deployments import DeploymentRecorder
-from services.inference.app.loading import LoadFailure, load_version
+from services.inference.app.loading import Loaded, LoadFailure, load_version
 from services.inference.app.model import LoadedModel
 from services.inference.app.serving import Activation, ServingTable, Slot
-from services.inference.batching import Batcher
 from services.inference.domain.deployment import Deployment, Failure
 from services.inference.domain.parity import ParityResult
 from services.inference.runtimes.base import ONNXRUNTIME_CPU
@@ -41,6 +51,50 @@ from services.inference.store.registry import RegistryGateway
 
 _log = logging.getLogger(__name__)
 REPLICA = f"{socket.gethostname()}:{os.getpid()}"
+RETRY_FIRST_S = 2.0
+"""First wait before loading a version again after a registry outage; doubles per outage."""
+RETRY_MAX_S = 30.0
+_NOT_RECORDED = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, Unavailable)
+"""Postgres errors, a lost connection: an outcome recorded later, not lost."""
+
+Key = tuple[str, str]
+
+
+class LoadVersion(Protocol):
+    """``loading.load_version``'s signature (tests pass a fake)."""
+
+    async def __call__(
+        self,
+        registry: RegistryGateway,
+        model_name: str,
+        version: int,
+        *,
+        preference: tuple[str, ...],
+        options: BuildOptions,
+        engines: EngineCache | None,
+    ) -> Loaded: ...
+
+
+ReadDeployments = Callable[[asyncpg.Pool], Awaitable[list[Deployment]]]
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """How handling a request ended here, until it is recorded."""
+
+    revision: int
+    """The request revision it answers."""
+    event: ev.DeploymentActivated | ev.DeploymentFailed
+
+
+@dataclass(frozen=True)
+class _Backoff:
+    """When loading ``version`` may be tried again after a registry outage."""
+
+    version: int
+    retry_at: float
+    """Event-loop time."""
+    delay_s: float
 
 
 class DeploymentLoader:
@@ -51,19 +105,19 @@ class DeploymentLoader:
         table_: ServingTable,
         recorder: DeploymentRecorder,
         registry: RegistryGateway,
-        batcher: Batcher,
         follows: Callable[[str, str], bool],
         preference: tuple[str, ...],
         runtime: RuntimeSettings,
         poll_interval_s: float,
         gpu_probe: bool = True,
         engine_cache: Callable[[asyncio.AbstractEventLoop], EngineCache] | None = None,
+        load: LoadVersion = load_version,
+        read_deployments: ReadDeployments = table.all_deployments,
     ) -> None:
         self._pool = pool
         self._table = table_
         self._recorder = recorder
         self._registry = registry
-        self._batcher = batcher
         self._follows = follows
         self._preference = preference
         self._runtime = runtime
@@ -73,30 +127,41 @@ class DeploymentLoader:
         self._poll_s = poll_interval_s
         self._gpu_probe = gpu_probe
         self._engine_cache = engine_cache
-        self._busy: set[tuple[str, str]] = set()
+        self._load_version = load
+        self._read_deployments = read_deployments
         self._one_load_at_a_time = asyncio.Semaphore(1)
-        self._retry_after: dict[tuple[str, str], float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._latest: dict[Key, Deployment] = {}
+        """Each alias's deployment as last read: what a finished load is checked against."""
+        self._loading: dict[Key, int] = {}
+        """The version being loaded, per alias (one load per alias at a time)."""
+        self._backoff: dict[Key, _Backoff] = {}
+        self._outcomes: dict[Key, _Outcome] = {}
+        """Outcomes not recorded yet (at most one per alias: a newer one replaces it)."""
+        self._recording: set[Key] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        tasks: set[asyncio.Task[None]] = set()
         caps = await self._capabilities()
         self._options = self._runtime.with_caps(caps)
         if caps.cuda and self._engine_cache is not None:
             self._engines = self._engine_cache(asyncio.get_running_loop())
-        while not stop.is_set():
-            try:
-                for state in await table.all_deployments(self._pool):
-                    if self._follows(state.model_name, state.alias):
-                        self._consider(state, tasks)
-            except (asyncpg.PostgresError, OSError) as exc:
-                _log.warning("could not read deployments (%s); retrying", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._poll_s)
-        for task in tasks:
+        try:
+            while not stop.is_set():
+                await self._poll()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._poll_s)
+        finally:
+            await self._cancel_tasks()
+
+    async def _cancel_tasks(self) -> None:
+        """Cancel the loads and recordings in flight. A build already running in a thread
+        (an ONNX Runtime session, a TensorRT or AOTInductor compile) cannot be interrupted
+        — Python threads cannot be cancelled — so it runs to its end unobserved, and the
+        event loop's default executor waits for it when the loop closes."""
+        pending = list(self._tasks)  # a copy: done-callbacks remove tasks as they end
+        for task in pending:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _capabilities(self) -> Capabilities:
         if not self._gpu_probe:
@@ -110,47 +175,86 @@ class DeploymentLoader:
         _log.info("GPU probe: %s", caps)
         return caps
 
-    def _consider(self, state: Deployment, tasks: set[asyncio.Task[None]]) -> None:
+    async def _poll(self) -> None:
+        try:
+            states = await self._read_deployments(self._pool)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            _log.warning("could not read deployments (%s); retrying", exc)
+            return
+        for state in states:
+            if self._follows(state.model_name, state.alias):
+                self._consider(state)
+
+    def _consider(self, state: Deployment) -> None:
         key = (state.model_name, state.alias)
         slot = self._table.ensure(*key)
-        if state.request_revision == slot.handled_revision or key in self._busy:
-            return
-        loop = asyncio.get_running_loop()
-        if self._retry_after.get(key, 0.0) > loop.time():
-            return
-        self._busy.add(key)
-        task = asyncio.create_task(self._apply(slot, state))
-        tasks.add(task)
-        task.add_done_callback(lambda t: (tasks.discard(t), self._busy.discard(key)))
-
-    async def _apply(self, slot: Slot, state: Deployment) -> None:
-        key = (slot.model_name, slot.alias)
+        self._latest[key] = state
         slot.requested_version = state.requested_version
+        if state.request_revision != slot.handled_revision:
+            self._handle(slot, state)
+        self._record_later(key, state)
+
+    def _handle(self, slot: Slot, state: Deployment) -> None:
+        key = (slot.model_name, slot.alias)
         if state.removed:
-            if slot.current is not None:
-                slot.previous = slot.current
-            slot.current = None
-            slot.removed = True
-            slot.handled_revision = state.request_revision
-            _log.info("%s/%s removed", *key)
+            self._remove(slot, state)
             return
         slot.removed = False
-        version = state.requested_version
-        if slot.current is not None and slot.current.version == version:
+        if self._kept(slot, state.requested_version):
+            self._activate_kept(slot, state)
+        elif key not in self._loading and not self._backing_off(key, state.requested_version):
+            self._spawn(self._load(slot, state.requested_version))
+        # else: a load runs for this alias; when it ends it is checked against the newest
+        # request, and a poll after it handles whatever that load does not answer.
+
+    def _remove(self, slot: Slot, state: Deployment) -> None:
+        if slot.current is not None:
+            slot.previous = slot.current
+        slot.current = None
+        slot.removed = True
+        slot.handled_revision = state.request_revision
+        _log.info("%s/%s removed", slot.model_name, slot.alias)
+
+    @staticmethod
+    def _kept(slot: Slot, version: int) -> bool:
+        """Whether ``version`` is loaded here already (serving, or kept for rollback)."""
+        return any(m is not None and m.version == version for m in (slot.current, slot.previous))
+
+    def _activate_kept(self, slot: Slot, state: Deployment) -> None:
+        """Serve a version already loaded here (a share change, or a rollback) at once."""
+        if slot.current is not None and slot.current.version == state.requested_version:
             slot.traffic_share = state.traffic_share
             slot.handled_revision = state.request_revision
-            await self._report_activation(slot, state, slot.current, reused=True)
-            return
-        if slot.previous is not None and slot.previous.version == version:
+        else:
+            assert slot.previous is not None
             self._swap(slot, slot.previous, state, None, 0.0)
-            _log.info("%s/%s rolled back to v%d (kept loaded)", *key, version)
-            await self._report_activation(slot, state, slot.current, reused=True)  # type: ignore[arg-type]
-            return
-        assert self._options is not None, "run() probes the GPU before it schedules a load"
+            _log.info(
+                "%s/%s rolled back to v%d (kept loaded)",
+                slot.model_name,
+                slot.alias,
+                state.requested_version,
+            )
+        self._decided(slot, state, self._activated(slot, reused=True))
+
+    async def _load(self, slot: Slot, version: int) -> None:
+        key = (slot.model_name, slot.alias)
+        self._loading[key] = version
         slot.loading = True
         try:
+            await self._load_and_apply(slot, version)
+        finally:
+            slot.loading = False
+            del self._loading[key]
+        await self._record(key)
+
+    async def _load_and_apply(self, slot: Slot, version: int) -> None:
+        key = (slot.model_name, slot.alias)
+        assert self._options is not None, "run() probes the GPU before it schedules a load"
+        try:
             async with self._one_load_at_a_time:
-                loaded = await load_version(
+                if not _wants(self._latest[key], version):
+                    return  # the alias moved while this waited its turn
+                loaded = await self._load_version(
                     self._registry,
                     slot.model_name,
                     version,
@@ -158,37 +262,76 @@ class DeploymentLoader:
                     options=self._options,
                     engines=self._engines,
                 )
-        except LoadFailure as failure:
-            slot.failure = Failure(version, failure.stage, failure.reason, datetime.now(UTC))
-            slot.handled_revision = state.request_revision
-            _log.warning(
-                "%s/%s v%d refused at %s: %s", *key, version, failure.stage, failure.reason
-            )
-            await self._recorder.record_outcome(
-                slot.model_name,
-                slot.alias,
-                state.request_revision,
-                ev.DeploymentFailed(
-                    model_name=slot.model_name,
-                    alias=slot.alias,
-                    version=version,
-                    stage=failure.stage,
-                    reason=failure.reason,
-                    serving_version=slot.current.version if slot.current else 0,
-                    replica=REPLICA,
-                ),
-                EventMetadata(actor="inference"),
-            )
-            return
         except (Unavailable, OSError) as exc:
-            self._retry_after[key] = asyncio.get_running_loop().time() + 2.0
-            _log.warning("%s/%s v%d: registry unavailable (%s); retrying", *key, version, exc)
+            delay = self._back_off(key, version)
+            _log.warning(
+                "%s/%s v%d: registry unavailable (%s); retrying in %.0fs", *key, version, exc, delay
+            )
             return
-        finally:
-            slot.loading = False
-        self._swap(slot, loaded.model, state, loaded.parity, loaded.seconds)
-        _log.info("%s/%s now serves v%d on %s", *key, version, loaded.model.runtime.info.name)
-        await self._report_activation(slot, state, loaded.model, reused=False)
+        except LoadFailure as failure:
+            self._refuse(slot, version, failure.stage, failure.reason)
+            return
+        except Exception as exc:  # nothing mapped it to a stage: still the version's refusal,
+            # or it would be downloaded again every poll and never reported
+            _log.exception("%s/%s v%d: loading failed unexpectedly", *key, version)
+            self._refuse(slot, version, "load", f"unexpected {type(exc).__name__}: {exc}")
+            return
+        self._install(slot, loaded)
+
+    def _install(self, slot: Slot, loaded: Loaded) -> None:
+        key = (slot.model_name, slot.alias)
+        self._backoff.pop(key, None)
+        state, model = self._latest[key], loaded.model
+        if not _wants(state, model.version):
+            model.runtime.close()  # never served: nothing else holds it
+            _log.info(
+                "%s/%s v%d loaded after the alias moved on (%s): discarded",
+                *key,
+                model.version,
+                "removed" if state.removed else f"to v{state.requested_version}",
+            )
+            return
+        self._swap(slot, model, state, loaded.parity, loaded.seconds)
+        _log.info("%s/%s now serves v%d on %s", *key, model.version, model.runtime.info.name)
+        self._decided(slot, state, self._activated(slot, reused=False))
+
+    def _refuse(self, slot: Slot, version: int, stage: str, reason: str) -> None:
+        key = (slot.model_name, slot.alias)
+        self._backoff.pop(key, None)
+        state = self._latest[key]
+        if not _wants(state, version):
+            _log.info("%s/%s v%d refused at %s after the alias moved on", *key, version, stage)
+            return
+        slot.failure = Failure(version, stage, reason, datetime.now(UTC))
+        slot.handled_revision = state.request_revision
+        _log.warning("%s/%s v%d refused at %s: %s", *key, version, stage, reason)
+        failed = ev.DeploymentFailed(
+            model_name=slot.model_name,
+            alias=slot.alias,
+            version=version,
+            stage=stage,
+            reason=reason,
+            serving_version=slot.current.version if slot.current else 0,
+            replica=REPLICA,
+        )
+        self._decided(slot, state, failed)
+
+    def _back_off(self, key: Key, version: int) -> float:
+        """Wait before loading ``version`` again: doubling while the outage lasts."""
+        last = self._backoff.get(key)
+        delay = RETRY_FIRST_S
+        if last is not None and last.version == version:
+            delay = min(last.delay_s * 2, RETRY_MAX_S)
+        retry_at = asyncio.get_running_loop().time() + delay
+        self._backoff[key] = _Backoff(version, retry_at, delay)
+        return delay
+
+    def _backing_off(self, key: Key, version: int) -> bool:
+        """A request for another version is not held back by this one's outage."""
+        last = self._backoff.get(key)
+        if last is None or last.version != version:
+            return False
+        return last.retry_at > asyncio.get_running_loop().time()
 
     def _swap(
         self,
@@ -198,7 +341,6 @@ class DeploymentLoader:
         parity: ParityResult | None,
         seconds: float,
     ) -> None:
-        displaced = slot.previous if slot.previous is not model else None
         slot.previous = slot.current
         slot.current = model  # the atomic swap: Predict reads this reference once
         slot.traffic_share = state.traffic_share
@@ -208,12 +350,10 @@ class DeploymentLoader:
             slot.activation = Activation(datetime.now(UTC), parity, seconds)
         else:
             slot.activation = Activation(datetime.now(UTC), slot.activation.parity, 0.0)
-        if displaced is not None:
-            self._batcher.forget(displaced)
 
-    async def _report_activation(
-        self, slot: Slot, state: Deployment, model: LoadedModel, *, reused: bool
-    ) -> None:
+    def _activated(self, slot: Slot, *, reused: bool) -> ev.DeploymentActivated:
+        model = slot.current
+        assert model is not None
         info = model.runtime.info
         activation = slot.activation
         details = m.RuntimeDetails(
@@ -226,18 +366,66 @@ class DeploymentLoader:
         if activation is not None and activation.parity is not None:
             details.parity_max_abs_diff = activation.parity.max_abs_diff
             details.parity_tolerance = activation.parity.tolerance
-        await self._recorder.record_outcome(
-            slot.model_name,
-            slot.alias,
-            state.request_revision,
-            ev.DeploymentActivated(
-                model_name=slot.model_name,
-                alias=slot.alias,
-                version=model.version,
-                previous_version=slot.previous.version if slot.previous else 0,
-                runtime=info.kind,
-                runtime_details=details,
-                replica=REPLICA,
-            ),
-            EventMetadata(actor="inference"),
+        return ev.DeploymentActivated(
+            model_name=slot.model_name,
+            alias=slot.alias,
+            version=model.version,
+            previous_version=slot.previous.version if slot.previous else 0,
+            runtime=info.kind,
+            runtime_details=details,
+            replica=REPLICA,
         )
+
+    # -- recording outcomes ------------------------------------------------------------------
+
+    def _decided(
+        self, slot: Slot, state: Deployment, event: ev.DeploymentActivated | ev.DeploymentFailed
+    ) -> None:
+        self._outcomes[(slot.model_name, slot.alias)] = _Outcome(state.request_revision, event)
+
+    def _record_later(self, key: Key, state: Deployment) -> None:
+        outcome = self._outcomes.get(key)
+        if outcome is None or key in self._recording:
+            return
+        if outcome.revision != state.request_revision:
+            del self._outcomes[key]  # the alias moved on: no longer news (decide_outcome)
+            return
+        self._spawn(self._record(key))
+
+    async def _record(self, key: Key) -> None:
+        """Record the alias's outcome; kept for the next poll when Postgres cannot take it."""
+        outcome = self._outcomes.get(key)
+        if outcome is None or key in self._recording:
+            return
+        self._recording.add(key)
+        try:
+            await self._recorder.record_outcome(
+                *key, outcome.revision, outcome.event, EventMetadata(actor="inference")
+            )
+        except _NOT_RECORDED as exc:
+            _log.warning(
+                "%s/%s: could not record the outcome of revision %d (%s); retrying",
+                *key,
+                outcome.revision,
+                exc,
+            )
+            return
+        finally:
+            self._recording.discard(key)
+        if self._outcomes.get(key) is outcome:  # recorded, or no longer news: done either way
+            del self._outcomes[key]
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("a deployment task failed", exc_info=task.exception())
+
+
+def _wants(state: Deployment, version: int) -> bool:
+    """Whether the deployment still asks for ``version``."""
+    return not state.removed and state.requested_version == version

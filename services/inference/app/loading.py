@@ -1,12 +1,14 @@
 """Loading one version: download + verify, preprocessing, runtime, warm-up, parity.
 
 Every stage that fails raises ``LoadFailure`` naming the stage (download, verify, load,
-build, warm, parity) and why; the deployment then keeps serving what it served and
-records the failure. The runtime is the first of the selected candidates that builds
-and matches ONNX Runtime on the version's fixed rows (``domain.fixed_rows``): a GPU
-runtime that cannot be built or does not match falls back to the next, with the reason
-kept; ONNX Runtime on CPU is held to the unoptimised reference session, and failing
-that refuses the version.
+build, warm, parity) and why, whatever the error inside it was (an ONNX Runtime refusal
+of the fixed rows is ``load``, a runtime failing its parity run is ``parity``); the
+deployment then keeps serving what it served and records the failure. Only a registry
+outage (``Unavailable``) is not a refusal: the loader retries it. The runtime is the
+first of the selected candidates that builds and matches ONNX Runtime on the version's
+fixed rows (``domain.fixed_rows``): a GPU runtime that cannot be built or does not
+match falls back to the next, with the reason kept; ONNX Runtime on CPU is held to the
+unoptimised reference session, and failing that refuses the version.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from services.inference.domain.parity import ParityResult, compare, tolerance
 from services.inference.domain.policies import ServedPolicy, decide, locate
 from services.inference.runtimes.base import ONNXRUNTIME_CPU, RuntimeUnavailable
 from services.inference.runtimes.build import BuildOptions, EngineCache, build_runtime
-from services.inference.runtimes.onnx_cpu import reference_session
+from services.inference.runtimes.onnx_cpu import OnnxCpuRuntime, reference_session
 from services.inference.runtimes.selection import plan_runtimes
 from services.inference.store.registry import ArtifactRefused, RegistryGateway
 
@@ -50,6 +52,8 @@ WARM_BATCHES = (1, 8, 64)
 
 
 class LoadFailure(Exception):
+    """The version cannot serve: refused at ``stage`` because of ``reason``."""
+
     def __init__(self, stage: str, reason: str) -> None:
         super().__init__(f"{stage}: {reason}")
         self.stage = stage
@@ -129,15 +133,7 @@ def build(
         reference = reference_session(files.onnx)
     except Exception as exc:  # an ONNX Runtime refusal: the graph does not load
         raise LoadFailure("load", f"{MODEL_FILE} does not load in ONNX Runtime: {exc}") from None
-    probe = LoadedModel(files, reference, ())
-    rows = probe.rows_from_columns(
-        representative_columns(files.preprocessing, PARITY_ROWS),
-        reference_times(files.preprocessing, PARITY_ROWS),
-    )
-    expected = reference.run(probe.feeds(rows))
-    expected_single = [
-        reference.run(probe.feeds(rows.slice(i, i + 1))) for i in range(SINGLE_ROW_CHECKS)
-    ]
+    rows, expected, expected_single = _reference_run(files, reference, output_graph_names)
     output_names = _output_names(output_graph_names, flatten_outputs(expected, rows.rows))
     policy = _policy(files, output_graph_names, expected, rows.rows)
     plan = plan_runtimes(preference, options.caps)
@@ -167,7 +163,14 @@ def build(
                 raise LoadFailure("warm", f"warm-up failed: {exc}") from None
             notes.append(f"{candidate.runtime}: warm-up failed: {exc}")
             continue
-        parity = _parity(model, rows, expected, expected_single, runtime.info.precision)
+        try:
+            parity = _parity(model, rows, expected, expected_single, runtime.info.precision)
+        except Exception as exc:  # the runtime failed on a batch it had warmed up at
+            runtime.close()
+            if candidate.runtime == ONNXRUNTIME_CPU:
+                raise LoadFailure("parity", f"the parity run failed: {exc}") from None
+            notes.append(f"{candidate.runtime}: parity run failed: {exc}")
+            continue
         if parity.ok:
             _log.info(
                 "%s v%d on %s: %s (%.2fs)",
@@ -183,6 +186,40 @@ def build(
             raise LoadFailure("parity", parity.explain(f"{files.model_name} v{files.version}"))
         notes.append(f"{candidate.runtime}: {parity.explain(candidate.runtime)}")
     raise LoadFailure("build", "no runtime could serve it: " + "; ".join(notes))
+
+
+def _reference_run(
+    files: VersionFiles, reference: OnnxCpuRuntime, graph_outputs: tuple[str, ...]
+) -> tuple[RawRows, list[np.ndarray], list[list[np.ndarray]]]:
+    """The fixed rows and the reference session's outputs for them, at batch 64 and 1.
+
+    Stage ``load``: a graph that ONNX Runtime accepts can still refuse the inputs
+    preprocessing.json produces (an input declared double where it gives float32) or give
+    outputs that are not one row per input row; either way the version cannot serve.
+    """
+    try:
+        probe = LoadedModel(files, reference, ())
+        rows = probe.rows_from_columns(
+            representative_columns(files.preprocessing, PARITY_ROWS),
+            reference_times(files.preprocessing, PARITY_ROWS),
+        )
+        expected = reference.run(probe.feeds(rows))
+        expected_single = [
+            reference.run(probe.feeds(rows.slice(i, i + 1))) for i in range(SINGLE_ROW_CHECKS)
+        ]
+    except Exception as exc:
+        raise LoadFailure(
+            "load", f"{MODEL_FILE} does not run on the rows preprocessing.json produces: {exc}"
+        ) from None
+    for name, output in zip(graph_outputs, expected, strict=False):
+        shape = np.shape(output)
+        if shape[:1] != (rows.rows,):
+            raise LoadFailure(
+                "load",
+                f"{MODEL_FILE} output {name!r} has shape {list(shape)} for {rows.rows} rows: "
+                "its first axis must be the batch",
+            )
+    return rows, expected, expected_single
 
 
 def _policy(

@@ -3,6 +3,8 @@
 Downloads are hashed as they stream in and compared with the digest the version was
 registered with (``GetModelVersion``), so a blob corrupted in the registry (which then
 answers DATA_LOSS), on the wire or by a replaced file is refused: ``ArtifactRefused``.
+Only permanent answers refuse a version (``REFUSED_DOWNLOADS``); anything else the
+registry says is ``Unavailable``, which the loader retries with backoff.
 """
 
 from __future__ import annotations
@@ -21,10 +23,22 @@ from libs.errors import NotFound, Unavailable
 from libs.grpckit import open_channel
 
 ACTOR = "inference"
+REFUSED_DOWNLOADS = {
+    grpc.StatusCode.NOT_FOUND: "download",
+    grpc.StatusCode.INVALID_ARGUMENT: "download",
+    grpc.StatusCode.FAILED_PRECONDITION: "download",
+    grpc.StatusCode.OUT_OF_RANGE: "download",
+    grpc.StatusCode.DATA_LOSS: "verify",
+}
+"""The registry's answers to a download that say the version itself cannot be had, and the
+stage each refuses it at. Every other code (a deadline, CANCELLED, RESOURCE_EXHAUSTED,
+INTERNAL mid-stream ...) may pass: it is an outage, retried, so that one replica's bad
+moment is not recorded as the version's refusal while the others serve it."""
 
 
 class ArtifactRefused(Exception):
-    """A file failed its integrity check (``stage`` verify) or could not be read (download)."""
+    """A file failed its integrity check (``stage`` verify) or the registry says it cannot
+    be had (download): the version is refused, not retried."""
 
     def __init__(self, stage: str, reason: str) -> None:
         super().__init__(reason)
@@ -110,11 +124,10 @@ class RegistryGateway:
                     digest.update(part.data)
                     parts.append(part.data)
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.DATA_LOSS:
-                raise ArtifactRefused("verify", f"{artifact.name}: {error.details()}") from None
-            if error.code() == grpc.StatusCode.UNAVAILABLE:
+            stage = REFUSED_DOWNLOADS.get(error.code())
+            if stage is None:
                 raise _unavailable(error) from None
-            raise ArtifactRefused("download", f"{artifact.name}: {error.details()}") from None
+            raise ArtifactRefused(stage, f"{artifact.name}: {error.details()}") from None
         received = digest.hexdigest()
         if received != artifact.sha256:
             raise ArtifactRefused(
