@@ -71,6 +71,19 @@ async def test_bad_requests_get_clear_codes(
                 rr.PredictRequest(model_name=name, rows=[int_keyed]),
                 "INVALID_ARGUMENT",
             ),
+            "one key, two types": (
+                rr.PredictRequest(
+                    model_name=name,
+                    rows=[
+                        row("L00001"),
+                        m.PredictionInput(
+                            entity_keys={"loan_id": fs.Value(int64_value=1)},
+                            request_features=row("L00002").request_features,
+                        ),
+                    ],
+                ),
+                "INVALID_ARGUMENT",
+            ),
             "wrong feature type": (
                 rr.PredictRequest(model_name=name, rows=[wrong_type]),
                 "INVALID_ARGUMENT",

@@ -8,6 +8,7 @@ and can be held to build a queue.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 
@@ -156,4 +157,24 @@ async def test_calls_carry_the_deadline_and_the_trace(store: tuple[EchoFeatures,
     await asyncio.gather(first, *shared)
     _, remaining, _ = servicer.calls[-1]
     assert remaining is not None and 3.0 < remaining <= 4.5  # the latest of the two
+    await features.close()
+
+
+async def test_lanes_end_with_their_calls(store: tuple[EchoFeatures, str]) -> None:
+    """Lanes are keyed by request feature names the caller chose: none outlives its calls."""
+    servicer, address = store
+    features = OnlineFeatures(address, max_in_flight=1)
+    servicer.gate.clear()
+    queries = []
+    for i in range(20):
+        query = _query([f"L{i}"])
+        extra = {f"unused_{i}": [fs.Value(float64_value=0.0)], **query.request_data}
+        queries.append(dataclasses.replace(query, request_data=extra))
+    tasks = [asyncio.create_task(features.get(q)) for q in queries * 2]  # half of them wait
+    await asyncio.sleep(0.05)
+    assert features.open_lanes == 20
+    servicer.gate.set()
+    await asyncio.gather(*tasks)
+
+    assert features.open_lanes == 0
     await features.close()

@@ -47,6 +47,7 @@ def predict_call(
     width = len(join_keys)
     only = join_keys[0] if width == 1 else None
     columns = list(keys.items())
+    kinds = {name: rows[0].entity_keys[name].WhichOneof("kind") for name in join_keys}
     add_id, add_actions = decision_ids.append, actions.append
     for i, row in enumerate(rows):
         entity = row.entity_keys
@@ -64,6 +65,11 @@ def predict_call(
             if kind != "int64_value" and (kind != "string_value" or not value.string_value):
                 raise InvalidArgument(
                     f"rows[{i}].entity_keys[{name!r}] must be a non-empty string or an int64"
+                )
+            if kind != kinds[name]:
+                raise InvalidArgument(
+                    f"rows[{i}].entity_keys[{name!r}] is {_KIND_NAMES[kind]} but rows[0]'s is "
+                    f"{_KIND_NAMES[kinds[name]]}: a key has one type in every row"
                 )
             column.append(value)
         given = row.request_features
@@ -89,6 +95,9 @@ def predict_call(
         allow_unknown_entities=request.allow_unknown_entities,
         decide=decide,
     )
+
+
+_KIND_NAMES = {"int64_value": "an int64", "string_value": "a string", None: "empty"}
 
 
 def _request_features(

@@ -104,6 +104,7 @@ class _Group:
 
 @dataclass(eq=False)
 class _Lane:
+    key: tuple[object, ...]
     in_flight: int = 0
     groups: deque[_Group] = field(default_factory=deque)
 
@@ -140,6 +141,11 @@ class OnlineFeatures:
     async def close(self) -> None:
         await self._channel.close()
 
+    @property
+    def open_lanes(self) -> int:
+        """Lanes with a call out or queries waiting (idle ones are dropped)."""
+        return len(self._lanes)
+
     async def get(self, query: FeatureQuery) -> FeatureRows:
         """The online features of ``query``'s rows."""
         self.stats.requests += 1
@@ -148,7 +154,7 @@ class OnlineFeatures:
         key = query.lane()
         lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[key] = _Lane()
+            lane = self._lanes[key] = _Lane(key)
         if lane.in_flight < self._max_in_flight and not lane.groups:
             lane.in_flight += 1
             try:
@@ -166,6 +172,10 @@ class OnlineFeatures:
         return await future
 
     def _send_waiting(self, lane: _Lane) -> None:
+        """Send what waits in ``lane`` as far as calls may go out; an idle lane is dropped
+        (its key holds names the caller chose: kept, every new set of them would stay)."""
+        if not lane.groups and not lane.in_flight and self._lanes.get(lane.key) is lane:
+            del self._lanes[lane.key]
         while lane.groups and lane.in_flight < self._max_in_flight:
             group = lane.groups.popleft()
             lane.in_flight += 1
