@@ -76,6 +76,9 @@ class ServiceHost:
         )
         nats_client = None
         tasks: list[asyncio.Task[None]] = []
+        drained = asyncio.Event()
+        """Set once in-flight calls have finished: background work stops then, since the
+        calls may need it to answer (a batcher's executors, a client's channel)."""
         closers: Sequence[Callable[[], None]] = ()
         try:
             async with pool.acquire() as conn:
@@ -109,7 +112,7 @@ class ServiceHost:
             )
             self.relay = relay
             for work in (relay.run, *components.background):
-                tasks.append(asyncio.create_task(work(self._stop)))
+                tasks.append(asyncio.create_task(work(drained)))
             watchdog = Watchdog(
                 name=spec.name.display_name,
                 server=server,
@@ -135,6 +138,7 @@ class ServiceHost:
             _log.info("%s shutting down", spec.name.display_name)
             self._stop.set()
             await server.stop(settings.shutdown_grace_s)
+            drained.set()
             for task in tasks:
                 try:
                     await asyncio.wait_for(task, timeout=5)

@@ -18,7 +18,9 @@ from libs.grpckit.server import Registration
 from libs.messaging import EventStreamNames
 
 BackgroundTask = Callable[[asyncio.Event], Awaitable[None]]
-"""Runs until the event is set (consumers, schedulers)."""
+"""Runs until the event is set (consumers, schedulers). At stop the host sets it only once
+in-flight RPCs have drained (or the grace period ran out), so work that RPCs depend on (a
+batcher, a client of another service) keeps answering them until then."""
 
 ReadinessCheck = Callable[[], str | None]
 """Whether a service can serve, beyond Postgres: None if it can, else why not (one line).

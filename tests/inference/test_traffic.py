@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
 from datetime import UTC, datetime
@@ -83,6 +84,61 @@ async def test_canary_share_is_sticky_and_shadow_is_only_logged(
         assert list(served.feature_names) == list(credit.spec().feature_names)
         assert len(served.feature_values) == len(served.feature_names) and served.features_sha256
         assert served.trace_id == answer.trace_id and served.entity_keys["loan_id"].string_value
+
+
+async def test_a_shadow_never_fails_production_whatever_features_it_reads(
+    registry: ModelRegistryStub,
+    credit: Credit,
+    start_inference: InferenceFactory,
+    db_pool: asyncpg.Pool,
+) -> None:
+    """A shadow reading a feature the store does not serve costs production nothing; one
+    reading other features than production gets them with a call of its own, logged."""
+    name = f"credit-{uuid.uuid4().hex[:8]}"
+    await create_model(registry, name)
+    v1 = await register(registry, credit, name, export(credit, seed=1))
+    gone = _reading(credit, {credit.features[0]: "gone_view:income"})
+    v2 = await register(registry, gone, name, export(gone, seed=2))
+    fewer = _reading(credit, {credit.features[0]: None})
+    v3 = await register(registry, fewer, name, export(fewer, seed=3))
+    await set_alias(registry, name, "production", v1)
+    await set_alias(registry, name, "shadow", v2)
+    async with start_inference(name) as inference:
+        await eventually(lambda: _is(inference, name, v1, "production"), what="v1 serves")
+        await eventually(lambda: _is(inference, name, v2, "shadow"), what="v2 shadows")
+        answers = [await predict(inference, name, [row(loan)]) for loan in credit.loan_ids[:20]]
+        assert {a.predictions[0].model_version for a in answers} == {v1}
+
+        await set_alias(registry, name, "shadow", v3)
+        await eventually(lambda: _is(inference, name, v3, "shadow"), what="v3 shadows")
+        decision = f"d-{uuid.uuid4().hex}"
+        await predict(inference, name, [row(credit.loan_ids[0], decision_id=decision)])
+
+        async def shadow_log() -> object | None:
+            logs = await inference_events(db_pool, "PredictionLogged")
+            return next(
+                (e for e in logs if e.decision_id == decision and e.arm == m.ARM_SHADOW), None
+            )
+
+        await eventually(shadow_log, what="v3's shadow log")
+        logged = await shadow_log()
+        assert logged.model_version == v3  # type: ignore[attr-defined]
+        assert list(logged.feature_names) == list(fewer.features)  # type: ignore[attr-defined]
+        assert len(logged.feature_values) == len(fewer.features)  # type: ignore[attr-defined]
+
+
+def _reading(credit: Credit, changes: dict[str, str | None]) -> Credit:
+    """``credit``'s model reading other features: each of ``changes`` renamed (or dropped,
+    for None), by name rather than through the feature service."""
+    renamed = {f: changes.get(f, f) for f in credit.features}
+    kept = {f: g for f, g in renamed.items() if g is not None}
+    return dataclasses.replace(
+        credit,
+        feature_service="",
+        features=tuple(kept.values()),
+        categorical=tuple(kept[f] for f in credit.categorical if f in kept),
+        train={g: credit.train[f] for f, g in kept.items()},
+    )
 
 
 async def test_online_score_equals_the_offline_score_of_the_same_entity(

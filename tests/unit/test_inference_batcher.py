@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 
 import pytest
 
-from services.inference.batching import Batcher, CostModel, DeadlinePassed, QueueFull
+from services.inference.batching import (
+    Batcher,
+    CostModel,
+    DeadlinePassed,
+    QueueFull,
+    ShuttingDown,
+)
 from services.inference.batching.cost_model import WaitInputs, wait_seconds
 
 
@@ -144,6 +152,72 @@ async def test_serving_rows_go_before_shadow_rows() -> None:
     serving.gate.set()
     await asyncio.gather(blocker, late_shadow, late_serving)
     assert order == ["serving", "shadow"]
+    await batcher.close()
+
+
+async def test_a_target_nothing_else_holds_is_freed() -> None:
+    """Versions replaced while rows of theirs ran (serving or shadow) are not kept alive by
+    the batcher: their runtimes' memory comes back without anyone telling it."""
+    batcher = _batcher()
+    batcher.start()
+    held: list[weakref.ref[Target]] = []
+    for priority in (0, 1):
+        target = Target(seconds=0.01, priority=priority)
+        held.append(weakref.ref(target))
+        await asyncio.gather(*(batcher.submit(target, [i], 1, None) for i in range(3)))
+        assert target.batches
+        del target
+    await asyncio.sleep(0)
+    gc.collect()
+
+    assert [ref() for ref in held] == [None, None]
+    assert batcher.queued_rows == 0
+    await batcher.close()
+
+
+async def test_close_answers_every_request_it_holds() -> None:
+    """Running, queued and late requests all hear that the service stops; none hangs."""
+    batcher = _batcher()
+    target = Target()
+    batcher.start()
+    target.gate.clear()
+    running = asyncio.create_task(batcher.submit(target, [1], 1, None))
+    await asyncio.sleep(0.05)  # taken by the executor, blocked in run_batch
+    queued = asyncio.create_task(batcher.submit(target, [2], 1, None))
+    await asyncio.sleep(0.01)
+
+    await batcher.close()
+    target.gate.set()
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(running, queued, return_exceptions=True), timeout=2
+    )
+
+    assert [type(o) for o in outcomes] == [ShuttingDown, ShuttingDown]
+    with pytest.raises(ShuttingDown):
+        await batcher.submit(target, [3], 1, None)
+
+
+async def test_starved_shadow_rows_never_refuse_serving_requests() -> None:
+    """Shadow rows wait behind serving rows; when they pile up it is the shadow's own
+    rows that are refused, never a serving request."""
+    batcher = _batcher(max_queued_rows=4)
+    serving, shadow = Target(), Target(priority=1)
+    batcher.start()
+    serving.gate.clear()
+    blocker = asyncio.create_task(batcher.submit(serving, [0], 1, None))
+    await asyncio.sleep(0.02)
+    shadows = [asyncio.create_task(batcher.submit(shadow, [i], 1, None)) for i in range(4)]
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFull):
+        await batcher.submit(shadow, [9], 1, None)
+    waiting = [asyncio.create_task(batcher.submit(serving, [i], 1, None)) for i in range(4)]
+    await asyncio.sleep(0)
+    serving.gate.set()
+
+    assert await asyncio.gather(blocker, *waiting) == [0, 0, 1, 2, 3]
+    assert await asyncio.gather(*shadows) == [0, 1, 2, 3]
+    assert batcher.stats.rejected_full == 0
+    assert batcher.stats.shadow_dropped == 1
     await batcher.close()
 
 

@@ -51,6 +51,7 @@ def _instance(
 ) -> metrics.InferenceInstance:
     batcher = Batcher(executors=1, max_batch_rows=8, max_queued_rows=64)
     batcher.stats.rejected_full = rejected
+    batcher.stats.shadow_dropped = 2 * rejected
     batcher.stats.batches, batcher.stats.rows = 4, 10
     logger = SimpleNamespace(written=7, dropped=dropped, pending=2)
     features = SimpleNamespace(stats=SimpleNamespace(calls=3, shared_calls=1))
@@ -111,6 +112,7 @@ def test_counters_sum_over_the_instances_of_the_process_and_stop_with_them(
     # Deltas: the suite may host inference services in this process too.
     counters = {
         "rejected": metrics.requests_rejected,
+        "shadow_dropped": metrics.shadow_requests_dropped,
         "dropped": metrics.logs_dropped,
         "written": metrics.logs_written,
         "batches": metrics.batches,
@@ -126,6 +128,7 @@ def test_counters_sum_over_the_instances_of_the_process_and_stop_with_them(
     added = {name: (_total(counter) or 0) - before[name] for name, counter in counters.items()}
     assert added == {
         "rejected": 3,
+        "shadow_dropped": 6,
         "dropped": 5,
         "written": 14,
         "batches": 8,

@@ -23,7 +23,7 @@ from services.inference.api import validate
 from services.inference.app.decision_log import EPOCH, DecisionLog, DecisionQuery
 from services.inference.app.predict import Predictor, PredictResult
 from services.inference.app.serving import ServingTable, Slot
-from services.inference.batching import DeadlinePassed, QueueFull
+from services.inference.batching import DeadlinePassed, QueueFull, ShuttingDown
 from services.inference.domain.errors import FeatureDeadline
 
 _PAGE_DEFAULT = 1000
@@ -101,6 +101,8 @@ class InferenceServicer(service_pb2_grpc.InferenceServicer):
             result = await self._predictor.predict(call)
         except QueueFull as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except ShuttingDown as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except (DeadlinePassed, FeatureDeadline) as exc:
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED,

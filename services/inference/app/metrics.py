@@ -13,6 +13,8 @@ logger keep anyway. Exported to Prometheus as (``{model, alias}`` for deployment
   batcher's work (rows / batches is the mean batch size);
 - ``lathe_inference_requests_expired_total`` (deadline passed before scoring),
   ``lathe_inference_requests_rejected_total`` (RESOURCE_EXHAUSTED: queue full),
+  ``lathe_inference_shadow_requests_dropped_total`` (shadow rows past their own bound:
+  the shadow falls behind serving traffic and logs fewer decisions),
   ``lathe_inference_queued_rows``;
 - ``lathe_inference_prediction_logs_written_total`` / ``_dropped_total`` (buffer full:
   training and off-policy data lost) and ``lathe_inference_prediction_logs_pending``;
@@ -101,6 +103,7 @@ batches = _total(lambda p: p.batcher.stats.batches)
 rows_scored = _total(lambda p: p.batcher.stats.rows)
 requests_expired = _total(lambda p: p.batcher.stats.dropped_expired)
 requests_rejected = _total(lambda p: p.batcher.stats.rejected_full)
+shadow_requests_dropped = _total(lambda p: p.batcher.stats.shadow_dropped)
 queued_rows = _total(lambda p: p.batcher.queued_rows)
 logs_written = _total(lambda p: p.logger.written)
 logs_dropped = _total(lambda p: p.logger.dropped)
@@ -160,6 +163,13 @@ INSTRUMENTS = (
         requests_rejected,
         "{request}",
         "Requests answered RESOURCE_EXHAUSTED (queue full)",
+        counter=True,
+    ),
+    Instrument(
+        "lathe.inference.shadow_requests_dropped",
+        shadow_requests_dropped,
+        "{request}",
+        "Shadow scorings dropped: too many shadow rows waited behind serving traffic",
         counter=True,
     ),
     Instrument(

@@ -11,7 +11,10 @@ For a request on model M and alias A (default production):
 3. each arm's rows go to the batcher (``batching.Batcher``), which applies the model's
    preprocessing and runs its runtime together with other requests' rows;
 4. sampled decisions are logged (``PredictionLogger``); a shadow version scores the
-   sampled rows after the response, off its path, and is only ever logged.
+   sampled rows after the response, off its path, and is only ever logged. Its features
+   never join the request's call (a shadow reading a feature the store no longer serves
+   must not fail production): it reuses the reply when that holds all it reads, else
+   fetches its own after the response.
 
 A request is carried by column (one list per entity key, request feature and per-row
 attribute), not as one object per row: per-row Python objects were most of a 256-row
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,6 +48,10 @@ from services.inference.store.features import FeatureQuery, FeatureRows, OnlineF
 
 _log = logging.getLogger(__name__)
 _ABSENT = frozenset((fs.FEATURE_STATUS_NOT_FOUND, fs.FEATURE_STATUS_EXPIRED))
+SHADOW_BUDGET_S = 5.0
+"""How long a shadow's feature call and its rows' wait behind serving traffic may take;
+past it the shadow's rows are dropped (a shadow under load is sampled, never queued
+without bound)."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,7 @@ class Predictor:
         self._batcher = batcher
         self._logger = logger
         self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._shadows_failing: set[tuple[str, int]] = set()
         self._incoming: dict[LoadedModel, int] = {}
 
     def incoming(self, model: LoadedModel) -> int:
@@ -193,7 +202,7 @@ class Predictor:
         rate = self._decision_rate if call.decide else self._logger.sample_rate
         logged = sampled_rows(decision_ids, rate)
         shadow = self._shadow(call) if logged else None
-        models = [arm.model for arm in arms] + ([shadow] if shadow else [])
+        models = [arm.model for arm in arms]
         features = await self._features.get(
             FeatureQuery(
                 feature_service=_common_service(models),
@@ -412,23 +421,60 @@ class Predictor:
         traceparent = current_traceparent()
 
         async def score_and_log() -> None:
+            deadline = time.monotonic() + SHADOW_BUDGET_S
             try:
-                vectors = [features.vectors[i] for i in logged]
-                rows = shadow.rows_from_reply(features.names, vectors, features.read_at_us)
-                scores = await self._batcher.submit(shadow.shadow_target, rows, len(vectors), None)
+                own = await self._shadow_features(call, shadow, logged, features, deadline)
+                rows = shadow.rows_from_reply(own.names, own.vectors, own.read_at_us)
+                scores = await self._batcher.submit(
+                    shadow.shadow_target, rows, len(logged), deadline
+                )
             except Exception as exc:  # a shadow never fails a request; it only logs
-                _log.debug("shadow scoring skipped: %s", exc)
+                self._shadow_failed(shadow, exc)
                 return
             arm = (SHADOW, m.ARM_SHADOW, 1.0)
             for k, i in enumerate(logged):
-                self._logger.offer(
-                    _log_message(call, i, arm, shadow, served, now, scores=scores[k].tolist()),
-                    traceparent,
+                message = _log_message(
+                    call, i, arm, shadow, served, now, scores=scores[k].tolist(), features=own, at=k
                 )
+                self._logger.offer(message, traceparent)
 
         task = asyncio.create_task(score_and_log())
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
+
+    def _shadow_failed(self, shadow: LoadedModel, error: Exception) -> None:
+        """Say once per shadow version why it scores nothing (then quietly: a shadow that
+        cannot read its features fails the same way for every sampled request)."""
+        version = (shadow.files.model_name, shadow.version)
+        if version in self._shadows_failing:
+            _log.debug("shadow %s v%d skipped: %s", *version, error)
+            return
+        self._shadows_failing.add(version)
+        _log.warning("shadow %s v%d scores nothing: %s", *version, error)
+
+    async def _shadow_features(
+        self,
+        call: PredictCall,
+        shadow: LoadedModel,
+        logged: list[int],
+        served: FeatureRows,
+        deadline: float,
+    ) -> FeatureRows:
+        """The shadow's features of the ``logged`` rows: from the request's reply when it
+        holds every one the shadow reads, else from a call of its own."""
+        if set(shadow.feature_names) <= set(served.names):
+            vectors = [served.vectors[i] for i in logged]
+            return FeatureRows(served.names, vectors, served.read_at_us)
+        return await self._features.get(
+            FeatureQuery(
+                feature_service=shadow.files.feature_service,
+                features=shadow.feature_names,
+                entities={k: [v[i] for i in logged] for k, v in call.entity_keys.items()},
+                request_data={k: [v[i] for i in logged] for k, v in call.request_features.items()},
+                rows=len(logged),
+                deadline=deadline,
+            )
+        )
 
 
 def _log_message(
@@ -440,12 +486,17 @@ def _log_message(
     now: datetime,
     *,
     scores: list[float] | None = None,
+    features: FeatureRows | None = None,
+    at: int = 0,
 ) -> ev.PredictionLogged:
     """Row ``i``'s log as scored by ``model`` on ``arm`` (alias, kind, share); a shadow
-    passes its own ``scores`` (it chooses no action)."""
+    passes its own ``scores`` (it chooses no action) and the features it read (row ``at``
+    of ``features``)."""
     alias, kind, share = arm
-    vector = result.vectors[i]
-    index = {n: k for k, n in enumerate(result.names)}
+    names = result.names if features is None else features.names
+    vector = result.vectors[i] if features is None else features.vectors[at]
+    read_at_us = result.read_at_us if features is None else features.read_at_us
+    index = {n: k for k, n in enumerate(names)}
     used = [index[n] for n in model.feature_names]
     values = [vector.values[k] for k in used]
     digest = hashlib.sha256()
@@ -486,8 +537,8 @@ def _log_message(
         message.policy_salt = policy.spec.salt
         message.exploration_json = policy.exploration_json
     message.predict_time.FromDatetime(now)
-    if result.read_at_us:
-        message.features_read_at.FromMicroseconds(result.read_at_us)
+    if read_at_us:
+        message.features_read_at.FromMicroseconds(read_at_us)
     return message
 
 

@@ -11,6 +11,11 @@ on its way (``incoming``: a lone client's next request cannot come before this a
 Requests whose deadline has passed (or whose caller went away) are dropped before
 computing. The queue is bounded in rows: past it,
 ``submit`` raises ``QueueFull`` (RESOURCE_EXHAUSTED) instead of letting latency grow.
+Shadow rows (priority 1) have a bound of their own, so a shadow starved by serving traffic
+drops its own rows and never makes serving requests wait or be refused.
+
+Queues hold their targets weakly: a version that no longer serves (and has no rows
+waiting) is freed with its runtime, whoever forgot to tell the batcher.
 
 Executors are asyncio tasks. A batch the target's cost model expects to take less than
 ``inline_below_s`` runs right there, on the event loop's thread; a longer one goes to a
@@ -35,6 +40,7 @@ import contextlib
 import logging
 import math
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +59,10 @@ class QueueFull(Exception):
 
 class DeadlinePassed(Exception):
     """The request's deadline passed before its rows were computed."""
+
+
+class ShuttingDown(Exception):
+    """The batcher stopped before the request's rows were computed."""
 
 
 class BatchTarget(Protocol):
@@ -79,7 +89,9 @@ class _Pending:
 
 @dataclass(eq=False)
 class _Queue:
-    target: BatchTarget
+    """A target's waiting requests; never a reference to the target itself, so that the
+    target (a model version and its runtime) is freed once nothing else holds it."""
+
     pending: deque[_Pending] = field(default_factory=deque)
     rows: int = 0
     decayed_requests: float = 0.0
@@ -113,6 +125,8 @@ class BatcherStats:
     largest_batch: int = 0
     inline: int = 0
     """Batches run on the event loop's thread (cheaper than the hop to a thread)."""
+    shadow_dropped: int = 0
+    """Shadow submissions refused because the shadow rows' own bound was reached."""
 
 
 class Batcher:
@@ -139,8 +153,11 @@ class Batcher:
         self.max_wait_s = max_wait_s
         self.batching = batching
         self.stats = BatcherStats()
-        self._queues: dict[int, _Queue] = {}
+        self._queues: weakref.WeakKeyDictionary[BatchTarget, _Queue] = weakref.WeakKeyDictionary()
         self._queued_rows = 0
+        self._shadow_rows = 0
+        """Of ``_queued_rows``, those of shadow targets (bounded apart)."""
+        self._closed = False
         self._work = asyncio.Event()
         self._idle = 0
         self._pool = ThreadPoolExecutor(max_workers=executors, thread_name_prefix="executor")
@@ -161,17 +178,20 @@ class Batcher:
         await self.close()
 
     async def close(self) -> None:
+        """Stop the executors; every request not answered yet (queued, in a batch being
+        computed, or submitted from now on) gets ``ShuttingDown``."""
+        self._closed = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        for queue in self._queues.values():
+        for queue in list(self._queues.values()):
             for pending in queue.pending:
-                if not pending.future.done():
-                    pending.future.set_exception(DeadlinePassed("the service is shutting down"))
+                _fail(pending, ShuttingDown("the service is shutting down; retry elsewhere"))
         self._queues.clear()
+        self._queued_rows = self._shadow_rows = 0
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -183,18 +203,15 @@ class Batcher:
     ) -> Any:
         """Queue ``part`` (``rows`` rows) for ``target``; its result once computed."""
         now = time.monotonic()
+        if self._closed:
+            raise ShuttingDown("the service is shutting down; retry elsewhere")
         if deadline is not None and deadline <= now:
             self.stats.dropped_expired += 1
             raise DeadlinePassed("the deadline had passed before the rows were queued")
-        if self._queued_rows + rows > self.max_queued_rows and self._queued_rows > 0:
-            self.stats.rejected_full += 1
-            raise QueueFull(
-                f"{self._queued_rows} rows are waiting for an executor (at most "
-                f"{self.max_queued_rows}); retry with backoff or add replicas"
-            )
-        queue = self._queues.get(id(target))
+        self._check_room(target, rows)
+        queue = self._queues.get(target)
         if queue is None:
-            queue = self._queues[id(target)] = _Queue(target)
+            queue = self._queues[target] = _Queue()
         if self._alone(target, rows):
             queue.arrive(rows, now)
             results, seconds = _timed(target, [part])
@@ -206,8 +223,25 @@ class Batcher:
         queue.rows += rows
         queue.arrive(rows, now)
         self._queued_rows += rows
+        if target.priority:
+            self._shadow_rows += rows
         self._work.set()
         return await future
+
+    def _check_room(self, target: BatchTarget, rows: int) -> None:
+        """``QueueFull`` past the bound of ``target``'s kind (serving rows and shadow rows
+        are bounded apart; one request bigger than the bound runs when nothing waits)."""
+        waiting = self._shadow_rows if target.priority else self._queued_rows - self._shadow_rows
+        if waiting + rows <= self.max_queued_rows or waiting == 0:
+            return
+        if target.priority:
+            self.stats.shadow_dropped += 1
+            raise QueueFull(f"{waiting} shadow rows are waiting; these are dropped")
+        self.stats.rejected_full += 1
+        raise QueueFull(
+            f"{waiting} rows are waiting for an executor (at most {self.max_queued_rows}); "
+            "retry with backoff or add replicas"
+        )
 
     def _alone(self, target: BatchTarget, rows: int) -> bool:
         """Whether a request can run right now, in the caller, without an executor's hop:
@@ -226,52 +260,48 @@ class Batcher:
         self.stats.largest_batch = max(self.stats.largest_batch, rows)
         self.stats.inline += inline
 
-    def forget(self, target: BatchTarget) -> None:
-        """Drop a target's (empty) queue once it is unloaded."""
-        queue = self._queues.get(id(target))
-        if queue is not None and not queue.pending:
-            del self._queues[id(target)]
-
     async def _executor(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            queue = await self._next_queue()
-            batch = self._take(queue, self.max_batch_rows if self.batching else 1)
-            if not batch:
-                continue
-            if self.batching:
-                batch += await self._maybe_wait(queue, batch)
-            rows = sum(p.rows for p in batch)
-            parts = [p.part for p in batch]
-            target = queue.target
-            try:
-                inline = target.cost.seconds(rows) < self.inline_below_s
-                if inline:
-                    results, seconds = _timed(target, parts)
-                else:
-                    results, seconds = await loop.run_in_executor(self._pool, _timed, target, parts)
-            except Exception as exc:
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
-                continue
-            target.cost.observe(rows, seconds)
-            self._count(rows, inline=inline)
-            for pending, result in zip(batch, results, strict=True):
-                if not pending.future.done():
-                    pending.future.set_result(result)
+            await self._serve(*await self._next_queue())
 
-    async def _next_queue(self) -> _Queue:
+    async def _serve(self, target: BatchTarget, queue: _Queue) -> None:
+        """One batch of ``target``'s (a method of its own: ``target`` is referenced only
+        while it runs, not while the executor waits for work)."""
+        batch = self._take(target, queue, self.max_batch_rows if self.batching else 1)
+        if not batch:
+            return
+        try:
+            if self.batching:
+                batch += await self._maybe_wait(target, queue, batch)
+            await self._run(target, batch)
+        except asyncio.CancelledError:
+            for pending in batch:  # taken, so ``close`` cannot see them: answer here
+                _fail(pending, ShuttingDown("the service is shutting down; retry elsewhere"))
+            raise
+
+    async def _run(self, target: BatchTarget, batch: list[_Pending]) -> None:
+        rows = sum(p.rows for p in batch)
+        parts = [p.part for p in batch]
+        try:
+            inline = target.cost.seconds(rows) < self.inline_below_s
+            if inline:
+                results, seconds = _timed(target, parts)
+            else:
+                loop = asyncio.get_running_loop()
+                results, seconds = await loop.run_in_executor(self._pool, _timed, target, parts)
+        except Exception as exc:
+            for pending in batch:
+                _fail(pending, exc)
+            return
+        target.cost.observe(rows, seconds)
+        self._count(rows, inline=inline)
+        for pending, result in zip(batch, results, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(result)
+
+    async def _next_queue(self) -> tuple[BatchTarget, _Queue]:
         while True:
-            best: _Queue | None = None
-            for queue in self._queues.values():
-                if not queue.pending:
-                    continue
-                if best is None or (queue.target.priority, queue.pending[0].enqueued) < (
-                    best.target.priority,
-                    best.pending[0].enqueued,
-                ):
-                    best = queue
+            best = self._oldest_waiting()
             if best is not None:
                 return best
             self._work.clear()
@@ -281,7 +311,22 @@ class Batcher:
             finally:
                 self._idle -= 1
 
-    def _take(self, queue: _Queue, max_rows: int, *, at_least_one: bool = True) -> list[_Pending]:
+    def _oldest_waiting(self) -> tuple[BatchTarget, _Queue] | None:
+        """The queue to serve next: serving before shadow, then the longest waiting. (Not
+        inlined in ``_next_queue``: its loop variables would hold a target while it waits.)"""
+        best: tuple[BatchTarget, _Queue] | None = None
+        for target, queue in list(self._queues.items()):
+            if queue.pending and (
+                best is None
+                or (target.priority, queue.pending[0].enqueued)
+                < (best[0].priority, best[1].pending[0].enqueued)
+            ):
+                best = (target, queue)
+        return best
+
+    def _take(
+        self, target: BatchTarget, queue: _Queue, max_rows: int, *, at_least_one: bool = True
+    ) -> list[_Pending]:
         """Pop requests in order up to ``max_rows`` (a bigger first one runs alone),
         dropping those whose deadline passed or whose caller left."""
         now = time.monotonic()
@@ -291,7 +336,7 @@ class Batcher:
             head = queue.pending[0]
             if head.future.done() or (head.deadline is not None and head.deadline <= now):
                 queue.pending.popleft()
-                self._dequeued(queue, head)
+                self._dequeued(target, queue, head)
                 if not head.future.done():
                     self.stats.dropped_expired += 1
                     head.future.set_exception(
@@ -301,30 +346,34 @@ class Batcher:
             if rows + head.rows > max_rows and (taken or not at_least_one):
                 break
             queue.pending.popleft()
-            self._dequeued(queue, head)
+            self._dequeued(target, queue, head)
             taken.append(head)
             rows += head.rows
             if rows >= max_rows:
                 break
         return taken
 
-    def _dequeued(self, queue: _Queue, pending: _Pending) -> None:
+    def _dequeued(self, target: BatchTarget, queue: _Queue, pending: _Pending) -> None:
         queue.rows -= pending.rows
         self._queued_rows -= pending.rows
+        if target.priority:
+            self._shadow_rows -= pending.rows
 
-    async def _maybe_wait(self, queue: _Queue, batch: list[_Pending]) -> list[_Pending]:
+    async def _maybe_wait(
+        self, target: BatchTarget, queue: _Queue, batch: list[_Pending]
+    ) -> list[_Pending]:
         rows = sum(p.rows for p in batch)
         now = time.monotonic()
         deadlines = [p.deadline for p in batch if p.deadline is not None]
         wait = wait_seconds(
-            queue.target.cost,
+            target.cost,
             WaitInputs(
                 queued_rows=rows + queue.rows,
                 max_batch_rows=self.max_batch_rows,
                 arrival_requests_per_s=queue.arrival_rate(now),
                 rows_per_request=queue.rows_per_request(),
                 idle_executors=self._idle,
-                incoming_requests=None if self.incoming is None else self.incoming(queue.target),
+                incoming_requests=None if self.incoming is None else self.incoming(target),
                 slack_s=(min(deadlines) - now) if deadlines else None,
                 max_wait_s=self.max_wait_s,
             ),
@@ -333,7 +382,12 @@ class Batcher:
             return []
         self.stats.waited += 1
         await asyncio.sleep(wait)
-        return self._take(queue, self.max_batch_rows - rows, at_least_one=False)
+        return self._take(target, queue, self.max_batch_rows - rows, at_least_one=False)
+
+
+def _fail(pending: _Pending, error: Exception) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(error)
 
 
 def _timed(target: BatchTarget, parts: list[Any]) -> tuple[Sequence[Any], float]:
