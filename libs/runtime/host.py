@@ -77,8 +77,7 @@ class ServiceHost:
         nats_client = None
         tasks: list[asyncio.Task[None]] = []
         drained = asyncio.Event()
-        """Set once in-flight calls have finished: background work stops then, since the
-        calls may need it to answer (a batcher's executors, a client's channel)."""
+        """Set once in-flight calls have finished: the service's serving support stops."""
         closers: Sequence[Callable[[], None]] = ()
         try:
             async with pool.acquire() as conn:
@@ -112,6 +111,8 @@ class ServiceHost:
             )
             self.relay = relay
             for work in (relay.run, *components.background):
+                tasks.append(asyncio.create_task(work(self._stop)))
+            for work in components.serving_support:
                 tasks.append(asyncio.create_task(work(drained)))
             watchdog = Watchdog(
                 name=spec.name.display_name,

@@ -18,9 +18,7 @@ from libs.grpckit.server import Registration
 from libs.messaging import EventStreamNames
 
 BackgroundTask = Callable[[asyncio.Event], Awaitable[None]]
-"""Runs until the event is set (consumers, schedulers). At stop the host sets it only once
-in-flight RPCs have drained (or the grace period ran out), so work that RPCs depend on (a
-batcher, a client of another service) keeps answering them until then."""
+"""Runs until the event is set (consumers, schedulers, a batcher)."""
 
 ReadinessCheck = Callable[[], str | None]
 """Whether a service can serve, beyond Postgres: None if it can, else why not (one line).
@@ -59,6 +57,12 @@ class ServiceComponents:
 
     registrations: Sequence[Registration]
     background: Sequence[BackgroundTask] = field(default_factory=tuple)
+    """Stopped at the stop signal: nothing new starts while calls drain (no job is
+    scheduled, no model loaded only to be dropped)."""
+    serving_support: Sequence[BackgroundTask] = field(default_factory=tuple)
+    """Work that calls in flight rely on (a batcher, a client of another service, the
+    writer of what calls log): stopped only once the calls drained, or the grace period
+    ran out, so that a stopping service still answers the calls it holds."""
     closers: Sequence[Callable[[], None]] = field(default_factory=tuple)
     """Run once RPCs have drained and background tasks ended (e.g. flush a local file)."""
     readiness: ReadinessCheck | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 from pydantic import Field
@@ -85,10 +86,18 @@ class InferenceSettings(BaseSettings):
     default_reward_window_s: float = Field(
         default=30 * 86400.0,
         gt=0,
+        allow_inf_nan=False,
         description="Censoring window of reward definitions not in reward_windows.",
     )
     log_buffer: int = Field(
         default=20_000, ge=1, description="Prediction logs held for writing; past it, dropped."
+    )
+    log_buffer_request_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="Rows of the requests whose logs are held for writing (a log is built at "
+        "the write from its whole request, kept until then); past it, a request's logs are "
+        "dropped. Bounds the logger's memory while Postgres is away.",
     )
     runtime_preference: str = Field(
         default="tensorrt,torch_cuda,onnxruntime_cpu",
@@ -120,13 +129,13 @@ class InferenceSettings(BaseSettings):
                 key, seconds = entry.split("=")
                 name, version = key.rsplit("@", 1)
                 window = float(seconds)
-                if not name or window <= 0:
+                if not name or not math.isfinite(window) or window <= 0:
                     raise ValueError
                 out[(name.strip(), int(version))] = window
             except ValueError:
                 raise ValueError(
                     f"LATHE_INFERENCE_REWARD_WINDOWS entry {entry!r}: write "
-                    "'<definition>@<version>=<seconds>', seconds > 0"
+                    "'<definition>@<version>=<seconds>', seconds a finite number > 0"
                 ) from None
         return out
 

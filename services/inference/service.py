@@ -65,7 +65,10 @@ def build_spec(inference: InferenceSettings | None = None) -> ServiceSpec:
             inline_below_s=settings.inline_below_s,
         )
         logger = PredictionLogger(
-            context.store, sample_rate=settings.log_sample_rate, capacity=settings.log_buffer
+            context.store,
+            sample_rate=settings.log_sample_rate,
+            capacity=settings.log_buffer,
+            max_request_rows=settings.log_buffer_request_rows,
         )
         recorder = DeploymentRecorder(context.store)
         follower = AliasFollower(
@@ -131,15 +134,8 @@ def build_spec(inference: InferenceSettings | None = None) -> ServiceSpec:
             registrations=[
                 lambda server: service_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
             ],
-            background=[
-                batcher.run,
-                logger.run,
-                consumer.run,
-                follower.run_reconcile,
-                loader.run,
-                join_rewards,
-                close_clients,
-            ],
+            background=[consumer.run, follower.run_reconcile, loader.run, join_rewards],
+            serving_support=[batcher.run, logger.run, close_clients],
             closers=[watch_metrics(InferenceInstance(table, batcher, logger, features))],
             readiness=table.not_ready_because,
             part_health=table.health_by_part,

@@ -84,6 +84,10 @@ async def test_bad_requests_get_clear_codes(
                 ),
                 "INVALID_ARGUMENT",
             ),
+            "decision id too long": (
+                rr.PredictRequest(model_name=name, rows=[row("L00001", decision_id="d" * 129)]),
+                "INVALID_ARGUMENT",
+            ),
             "wrong feature type": (
                 rr.PredictRequest(model_name=name, rows=[wrong_type]),
                 "INVALID_ARGUMENT",
@@ -107,6 +111,11 @@ async def test_bad_requests_get_clear_codes(
             got, details = await code(request)
             assert got == expected, (what, got, details)
             assert details and "internal" not in details.lower(), (what, details)
+        # Refused by inference itself, before any feature store call:
+        _, details = await code(cases["one key, two types"][0])
+        assert "one type in every row" in details
+        _, details = await code(cases["decision id too long"][0])
+        assert "at most 128 printable characters" in details
         # An expired deadline: DEADLINE_EXCEEDED, never INTERNAL.
         got, _ = await code(rr.PredictRequest(model_name=name, rows=[row("L00001")]), within_s=1e-6)
         assert got == "DEADLINE_EXCEEDED"

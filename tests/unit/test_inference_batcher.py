@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import threading
 import time
@@ -171,7 +172,34 @@ async def test_a_target_nothing_else_holds_is_freed() -> None:
     gc.collect()
 
     assert [ref() for ref in held] == [None, None]
+    await batcher.close()
+
+
+async def test_rows_of_a_cancelled_request_are_uncounted_even_when_its_target_goes() -> None:
+    """A queued request whose caller left, for a version nothing else holds any more: its
+    rows leave the count (or the queue bound would shrink for good) and the version goes."""
+    batcher = _batcher(max_queued_rows=4)
+    busy = Target()
+    batcher.start()
+    busy.gate.clear()
+    blocker = asyncio.create_task(batcher.submit(busy, [0], 1, None))
+    await asyncio.sleep(0.02)
+    replaced = Target()
+    held = weakref.ref(replaced)
+    waiting = asyncio.create_task(batcher.submit(replaced, [1, 2, 3], 3, None))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    del replaced
+    busy.gate.set()
+    await blocker
+    await asyncio.sleep(0.05)
+    gc.collect()
+
     assert batcher.queued_rows == 0
+    assert held() is None
+    assert await batcher.submit(busy, [2, 3], 2, None) == 5
     await batcher.close()
 
 

@@ -75,7 +75,13 @@ def predict_call(
         given = row.request_features
         if given or features:
             _request_features(i, given, features)
-        add_id(row.decision_id)
+        decision_id = row.decision_id
+        if decision_id and (len(decision_id) > MAX_DECISION_ID or not decision_id.isprintable()):
+            raise InvalidArgument(
+                f"rows[{i}].decision_id must be at most {MAX_DECISION_ID} printable "
+                "characters (e.g. your application's id, or leave it out for a generated one)"
+            )
+        add_id(decision_id)
         add_actions(row.eligible_actions)
     deadline = None
     if time_remaining_s is not None:
@@ -97,6 +103,8 @@ def predict_call(
     )
 
 
+MAX_DECISION_ID = 128
+"""Characters of a caller's decision id: it keys the decision's row and its logs."""
 _KIND_NAMES = {"int64_value": "an int64", "string_value": "a string", None: "empty"}
 
 

@@ -40,14 +40,17 @@ from libs.telemetry import current_traceparent
 from services.inference.app.model import LoadedModel
 from services.inference.app.prediction_log import PredictionLogger
 from services.inference.app.serving import CANARY, PRODUCTION, SHADOW, ServingTable, Slot
-from services.inference.batching import Batcher
+from services.inference.batching import Batcher, DeadlinePassed, QueueFull, ShuttingDown
 from services.inference.domain.decision_ids import new_decision_ids
+from services.inference.domain.errors import FeatureDeadline
 from services.inference.domain.policies import PolicyRefused, decide
 from services.inference.domain.routing import goes_to_canary, sampled_rows
 from services.inference.store.features import FeatureQuery, FeatureRows, OnlineFeatures
 
 _log = logging.getLogger(__name__)
 _ABSENT = frozenset((fs.FEATURE_STATUS_NOT_FOUND, fs.FEATURE_STATUS_EXPIRED))
+_SHED = (QueueFull, DeadlinePassed, ShuttingDown, FeatureDeadline)
+"""What shadow work gets when it is shed (a busy service, a stop), not a fault of its own."""
 SHADOW_BUDGET_S = 5.0
 """How long a shadow's feature call and its rows' wait behind serving traffic may take;
 past it the shadow's rows are dropped (a shadow under load is sampled, never queued
@@ -261,16 +264,15 @@ class Predictor:
             now = datetime.now(UTC)
             arm_of = {i: arm for arm in live for i in arm.rows}
             traceparent = current_traceparent()
-            for i in logged:
-                arm = arm_of[i]
-                # Built at the flush, off the response's path.
-                self._logger.offer(
-                    partial(
-                        _log_message, call, i, (arm.alias, arm.kind, arm.share), arm.model,
-                        result, now,
-                    ),
-                    traceparent,
-                )  # fmt: skip
+            # Built at the flush, off the response's path; until then they hold the request.
+            builders = [
+                partial(
+                    _log_message, call, i, (arm_of[i].alias, arm_of[i].kind, arm_of[i].share),
+                    arm_of[i].model, result, now,
+                )
+                for i in logged
+            ]  # fmt: skip
+            self._logger.offer_request(builders, traceparent, request_rows=n)
             if shadow is not None:
                 self._shadow_later(call, shadow, logged, result, features, now)
         return result
@@ -428,6 +430,9 @@ class Predictor:
                 scores = await self._batcher.submit(
                     shadow.shadow_target, rows, len(logged), deadline
                 )
+            except _SHED as exc:  # busy or stopping: shadow work is the first to go
+                _log.debug("shadow %s v%d skipped: %s", call.model_name, shadow.version, exc)
+                return
             except Exception as exc:  # a shadow never fails a request; it only logs
                 self._shadow_failed(shadow, exc)
                 return
@@ -444,7 +449,8 @@ class Predictor:
 
     def _shadow_failed(self, shadow: LoadedModel, error: Exception) -> None:
         """Say once per shadow version why it scores nothing (then quietly: a shadow that
-        cannot read its features fails the same way for every sampled request)."""
+        cannot read its features fails the same way for every sampled request). Work shed
+        under load or at a stop is not a failure (``_SHED``)."""
         version = (shadow.files.model_name, shadow.version)
         if version in self._shadows_failing:
             _log.debug("shadow %s v%d skipped: %s", *version, error)

@@ -79,6 +79,9 @@ class BatchTarget(Protocol):
 
 @dataclass(eq=False)
 class _Pending:
+    target: BatchTarget
+    """Held by each waiting request: a queue with rows waiting keeps its target (and so
+    its place in the weak dictionary and its rows' count) until they are taken."""
     part: Any
     rows: int
     deadline: float | None
@@ -89,8 +92,8 @@ class _Pending:
 
 @dataclass(eq=False)
 class _Queue:
-    """A target's waiting requests; never a reference to the target itself, so that the
-    target (a model version and its runtime) is freed once nothing else holds it."""
+    """A target's waiting requests. Only its waiting requests refer to the target, so an
+    empty queue never keeps a target (a model version and its runtime) alive."""
 
     pending: deque[_Pending] = field(default_factory=deque)
     rows: int = 0
@@ -126,7 +129,7 @@ class BatcherStats:
     inline: int = 0
     """Batches run on the event loop's thread (cheaper than the hop to a thread)."""
     shadow_dropped: int = 0
-    """Shadow submissions refused because the shadow rows' own bound was reached."""
+    """Shadow submissions shed: past the shadow rows' own bound, or their time budget."""
 
 
 class Batcher:
@@ -206,7 +209,7 @@ class Batcher:
         if self._closed:
             raise ShuttingDown("the service is shutting down; retry elsewhere")
         if deadline is not None and deadline <= now:
-            self.stats.dropped_expired += 1
+            self._expired(target)
             raise DeadlinePassed("the deadline had passed before the rows were queued")
         self._check_room(target, rows)
         queue = self._queues.get(target)
@@ -219,7 +222,7 @@ class Batcher:
             self._count(rows, inline=True)
             return results[0]
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        queue.pending.append(_Pending(part, rows, deadline, future, now))
+        queue.pending.append(_Pending(target, part, rows, deadline, future, now))
         queue.rows += rows
         queue.arrive(rows, now)
         self._queued_rows += rows
@@ -338,7 +341,7 @@ class Batcher:
                 queue.pending.popleft()
                 self._dequeued(target, queue, head)
                 if not head.future.done():
-                    self.stats.dropped_expired += 1
+                    self._expired(target)
                     head.future.set_exception(
                         DeadlinePassed("the deadline passed while the rows waited in the queue")
                     )
@@ -352,6 +355,13 @@ class Batcher:
             if rows >= max_rows:
                 break
         return taken
+
+    def _expired(self, target: BatchTarget) -> None:
+        """Count a request dropped for its deadline: a serving one, or shadow work shed."""
+        if target.priority:
+            self.stats.shadow_dropped += 1
+        else:
+            self.stats.dropped_expired += 1
 
     def _dequeued(self, target: BatchTarget, queue: _Queue, pending: _Pending) -> None:
         queue.rows -= pending.rows
