@@ -36,10 +36,10 @@ import asyncpg
 from lathe.inference.v1 import events_pb2 as ev
 from lathe.inference.v1 import message_pb2 as m
 from libs.errors import Unavailable
-from libs.eventstore import EventMetadata
 from services.inference.app.deployments import DeploymentRecorder
 from services.inference.app.loading import Loaded, LoadFailure, load_version
 from services.inference.app.model import LoadedModel
+from services.inference.app.outcomes import Key, PendingOutcomes
 from services.inference.app.serving import Activation, ServingTable, Slot
 from services.inference.domain.deployment import Deployment, Failure
 from services.inference.domain.parity import ParityResult
@@ -54,10 +54,6 @@ REPLICA = f"{socket.gethostname()}:{os.getpid()}"
 RETRY_FIRST_S = 2.0
 """First wait before loading a version again after a registry outage; doubles per outage."""
 RETRY_MAX_S = 30.0
-_NOT_RECORDED = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, Unavailable)
-"""Postgres errors, a lost connection: an outcome recorded later, not lost."""
-
-Key = tuple[str, str]
 
 
 class LoadVersion(Protocol):
@@ -76,15 +72,6 @@ class LoadVersion(Protocol):
 
 
 ReadDeployments = Callable[[asyncpg.Pool], Awaitable[list[Deployment]]]
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    """How handling a request ended here, until it is recorded."""
-
-    revision: int
-    """The request revision it answers."""
-    event: ev.DeploymentActivated | ev.DeploymentFailed
 
 
 @dataclass(frozen=True)
@@ -136,9 +123,7 @@ class DeploymentLoader:
         self._loading: dict[Key, int] = {}
         """The version being loaded, per alias (one load per alias at a time)."""
         self._backoff: dict[Key, _Backoff] = {}
-        self._outcomes: dict[Key, _Outcome] = {}
-        """Outcomes not recorded yet (at most one per alias: a newer one replaces it)."""
-        self._recording: set[Key] = set()
+        self._outcomes = PendingOutcomes(recorder)
 
     async def run(self, stop: asyncio.Event) -> None:
         caps = await self._capabilities()
@@ -192,7 +177,8 @@ class DeploymentLoader:
         slot.requested_version = state.requested_version
         if state.request_revision != slot.handled_revision:
             self._handle(slot, state)
-        self._record_later(key, state)
+        if self._outcomes.due(key, state.request_revision):
+            self._spawn(self._outcomes.record(key))
 
     def _handle(self, slot: Slot, state: Deployment) -> None:
         key = (slot.model_name, slot.alias)
@@ -245,7 +231,7 @@ class DeploymentLoader:
         finally:
             slot.loading = False
             del self._loading[key]
-        await self._record(key)
+        await self._outcomes.record(key)
 
     async def _load_and_apply(self, slot: Slot, version: int) -> None:
         key = (slot.model_name, slot.alias)
@@ -376,44 +362,10 @@ class DeploymentLoader:
             replica=REPLICA,
         )
 
-    # -- recording outcomes ------------------------------------------------------------------
-
     def _decided(
         self, slot: Slot, state: Deployment, event: ev.DeploymentActivated | ev.DeploymentFailed
     ) -> None:
-        self._outcomes[(slot.model_name, slot.alias)] = _Outcome(state.request_revision, event)
-
-    def _record_later(self, key: Key, state: Deployment) -> None:
-        outcome = self._outcomes.get(key)
-        if outcome is None or key in self._recording:
-            return
-        if outcome.revision != state.request_revision:
-            del self._outcomes[key]  # the alias moved on: no longer news (decide_outcome)
-            return
-        self._spawn(self._record(key))
-
-    async def _record(self, key: Key) -> None:
-        """Record the alias's outcome; kept for the next poll when Postgres cannot take it."""
-        outcome = self._outcomes.get(key)
-        if outcome is None or key in self._recording:
-            return
-        self._recording.add(key)
-        try:
-            await self._recorder.record_outcome(
-                *key, outcome.revision, outcome.event, EventMetadata(actor="inference")
-            )
-        except _NOT_RECORDED as exc:
-            _log.warning(
-                "%s/%s: could not record the outcome of revision %d (%s); retrying",
-                *key,
-                outcome.revision,
-                exc,
-            )
-            return
-        finally:
-            self._recording.discard(key)
-        if self._outcomes.get(key) is outcome:  # recorded, or no longer news: done either way
-            del self._outcomes[key]
+        self._outcomes.decided((slot.model_name, slot.alias), state.request_revision, event)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
