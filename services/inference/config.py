@@ -81,7 +81,8 @@ class InferenceSettings(BaseSettings):
         default="",
         description="Censoring window per reward definition, comma-separated "
         "'<definition>@<version>=<seconds>' (e.g. 'repaid_margin@1=7776000'); a reward later "
-        "than decide time + window is refused as past_window and the decision is censored.",
+        "than decide time + window is refused as past_window (one that arrives after the window "
+        "closed as arrived_late) and the decision is censored.",
     )
     default_reward_window_s: float = Field(
         default=30 * 86400.0,

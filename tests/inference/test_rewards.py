@@ -12,11 +12,12 @@ import asyncpg
 import pytest
 from nats.js import JetStreamContext
 
+from lathe.inference.v1 import events_pb2 as ev
 from lathe.inference.v1 import message_pb2 as m
 from lathe.inference.v1 import request_response_pb2 as rr
 from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
 from libs.config import LatheSettings
-from services.inference.store.decisions import refusal_counts
+from services.inference.store.decisions import insert_decisions
 from tests.inference.conftest import InferenceFactory
 from tests.inference.helpers import (
     Credit,
@@ -46,7 +47,7 @@ async def test_rewards_join_once_and_every_refusal_is_recorded(
     version = await register_policy(registry, credit, name, legacy_onnx(credit), logging_spec(name))
     await set_alias(registry, name, "production", version)
     subject = f"{test_settings.namespace}.ingest.outcomes"
-    windows = f"{definition}@1=3600,{definition}@2=1"
+    windows = f"{definition}@1=3600,{definition}@2=7200"
     async with start_inference(name, reward_windows=windows) as inference:
 
         async def serving() -> bool:
@@ -78,6 +79,24 @@ async def test_rewards_join_once_and_every_refusal_is_recorded(
 
         await eventually(logged, what="decisions logged")
         decided = (await page())[ids[0]].decision.predict_time.ToDatetime()
+        # A decision whose window closed an hour ago (as if logged then): CENSORED.
+        censored_id = f"old-{uuid.uuid4().hex[:6]}"
+        old = ev.PredictionLogged(
+            decision_id=censored_id,
+            model_name=name,
+            model_version=version,
+            chosen_action="decline",
+            action_probabilities=[1.0, 0, 0, 0],
+        )
+        old.predict_time.FromDatetime(decided - timedelta(hours=2))
+        async with db_pool.acquire() as conn:
+            await insert_decisions(conn, [old], [old.SerializeToString()])
+
+        async def censored() -> bool:
+            listed = (await page()).get(censored_id)
+            return listed is not None and listed.reward_status == m.REWARD_STATUS_CENSORED
+
+        await eventually(censored, what="the old decision listed as censored")
         at = decided.replace(tzinfo=None).isoformat() + "Z"
 
         def outcome(decision_id: str, reward: float, *, when: timedelta = timedelta(minutes=5),
@@ -92,8 +111,11 @@ async def test_rewards_join_once_and_every_refusal_is_recorded(
                 }
             ).encode()
 
+        sent: list[str] = []  # outcome ids: other tests' malformed refusals are not ours
+
         async def publish(data: bytes, msg_id: str | None = None) -> None:
-            await js.publish(subject, data, headers={"Nats-Msg-Id": msg_id or str(uuid.uuid4())})
+            sent.append(msg_id or str(uuid.uuid4()))
+            await js.publish(subject, data, headers={"Nats-Msg-Id": sent[-1]})
 
         await publish(outcome(ids[0], 1.5), "11111111-1111-4111-8111-111111111111")
         # The same message again (a producer's retry): deduplicated, not a duplicate reward.
@@ -105,6 +127,9 @@ async def test_rewards_join_once_and_every_refusal_is_recorded(
         await publish(outcome(ids[2], 2.0, when=timedelta(minutes=-5)))  # before the decision
         await publish(b'{"decision_id": "x"}')
         await publish(b"not json at all")
+        # Stamped inside the censored decision's window but published after it closed: the
+        # decision stays CENSORED.
+        await publish(outcome(censored_id, 3.0, when=timedelta(hours=-1, minutes=-55)))
         await publish(outcome(ids[3], 0.25))
         # A second definition (version 2) joins the same decision separately.
         await publish(outcome(ids[3], 7.0, version_=2, when=timedelta(seconds=0.5)))
@@ -115,12 +140,15 @@ async def test_rewards_join_once_and_every_refusal_is_recorded(
             "past_window": 1,
             "before_decision": 1,
             "malformed": 2,
+            "arrived_late": 1,
         }
 
         async def settled() -> bool:
-            counts = await refusal_counts(db_pool, "")
+            counts = await db_pool.fetchval(
+                "SELECT count(*) FROM inference.reward_refusals WHERE outcome_id = ANY($1)", sent
+            )
             return (
-                counts.get("malformed", 0) >= 2
+                counts >= sum(expected.values())
                 and (
                     await db_pool.fetchval(
                         "SELECT count(*) FROM inference.rewards WHERE definition = $1", definition
@@ -134,8 +162,8 @@ async def test_rewards_join_once_and_every_refusal_is_recorded(
         by_reason = dict(
             await db_pool.fetch(
                 "SELECT reason, count(*) FROM inference.reward_refusals "
-                "WHERE definition = $1 OR decision_id IN ('x', '') GROUP BY reason",
-                definition,
+                "WHERE outcome_id = ANY($1) GROUP BY reason",
+                sent,
             )
         )
         assert by_reason == expected
@@ -145,15 +173,10 @@ async def test_rewards_join_once_and_every_refusal_is_recorded(
         assert joined[ids[3]].reward == 0.25
         assert joined[ids[1]].reward_status == m.REWARD_STATUS_PENDING  # window still open
         assert joined[ids[2]].reward_status == m.REWARD_STATUS_PENDING
-        # Version 2's window is 1 s: the decisions without a reward are censored.
+        assert joined[censored_id].reward_status == m.REWARD_STATUS_CENSORED  # stays so
         second = await page(2)
         assert second[ids[3]].reward == 7.0
-        assert second[ids[0]].reward_status in (m.REWARD_STATUS_PENDING, m.REWARD_STATUS_CENSORED)
-
-        async def censored() -> bool:
-            return (await page(2))[ids[0]].reward_status == m.REWARD_STATUS_CENSORED
-
-        await eventually(censored, timeout_s=5, what="censored once the 1 s window closes")
+        assert second[ids[0]].reward_status == m.REWARD_STATUS_PENDING
 
         events = await inference_events(db_pool, "RewardJoined")
         mine = [e for e in events if e.reward_definition == definition]  # type: ignore[attr-defined]

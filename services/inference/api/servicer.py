@@ -9,7 +9,8 @@ costs nothing).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import re
+from datetime import UTC, datetime
 
 import grpc
 from opentelemetry import trace
@@ -24,8 +25,14 @@ from services.inference.app.decision_log import EPOCH, DecisionLog, DecisionQuer
 from services.inference.app.predict import Predictor, PredictResult
 from services.inference.app.serving import ServingTable, Slot
 from services.inference.batching import DeadlinePassed, QueueFull, ShuttingDown
+from services.inference.domain import rewards
 from services.inference.domain.errors import FeatureDeadline
 
+PAGE_TOKEN_KIND = "inference.ListDecisions.v2"
+"""ListDecisions' page tokens: the last row's position in the order decisions were
+written. v1 tokens (``<micros>:<decision id>``, by decide time) are refused."""
+_PAGE_TOKEN_FIELDS: dict[str, type[str] | type[int]] = {"xid": int, "after": str}
+_V1_TOKEN = re.compile(r"[0-9]+:.*", re.DOTALL)
 _PAGE_DEFAULT = 1000
 _PAGE_MAX = 10_000
 
@@ -59,8 +66,11 @@ class InferenceServicer(service_pb2_grpc.InferenceServicer):
     async def ListDecisions(
         self, request: rr.ListDecisionsRequest, context: grpc.aio.ServicerContext
     ) -> rr.ListDecisionsResponse:
-        name = validation.require(request.model_name, "model_name")
-        definition = validation.require(request.reward_definition, "reward_definition")
+        name = validation.resource_name(request.model_name, "model_name")
+        definition = request.reward_definition
+        problem = rewards.text_problem(definition, rewards.MAX_DEFINITION_BYTES)
+        if problem is not None:
+            raise InvalidArgument(f"reward_definition {problem}")
         version = request.reward_definition_version
         if version < 1:
             raise InvalidArgument("reward_definition_version must be >= 1 (as in the outcomes)")
@@ -73,9 +83,15 @@ class InferenceServicer(service_pb2_grpc.InferenceServicer):
             raise InvalidArgument("end_time is before start_time")
         after = _page_token(request.page_token)
         assert self._decisions is not None
-        return await self._decisions.page(
+        response, following = await self._decisions.page(
             DecisionQuery(name, definition, version, start, end, after, size)
         )
+        if following is not None:
+            xid, decision_id = following
+            response.next_page_token = validation.encode_page_token(
+                {"xid": xid, "after": decision_id}, kind=PAGE_TOKEN_KIND
+            )
+        return response
 
     async def _run(
         self,
@@ -196,18 +212,33 @@ def _time(request: rr.ListDecisionsRequest, field: str) -> datetime | None:
         raise InvalidArgument(f"{field} is not a valid time") from None
 
 
-def _page_token(token: str) -> tuple[datetime, str]:
-    if not token:
-        return EPOCH, ""
-    micros, sep, decision_id = token.partition(":")
-    try:
-        if not sep or not micros.isdigit():
-            raise ValueError
-        return EPOCH + timedelta(microseconds=int(micros)), decision_id
-    except (ValueError, OverflowError, OSError):
+def _page_token(token: str) -> tuple[int, str] | None:
+    """The position a ListDecisions page starts after (None: the first page)."""
+    if _V1_TOKEN.fullmatch(token):
         raise InvalidArgument(
-            "page_token is not one this service gave; pass next_page_token as returned"
-        ) from None
+            "page_token is from an earlier ListDecisions, which paged by decide time; this "
+            "one pages in the order decisions were written: list again without a page_token"
+        )
+    cursor = validation.decode_page_token(token, kind=PAGE_TOKEN_KIND, fields=_PAGE_TOKEN_FIELDS)
+    if not cursor:
+        return None
+    xid, decision_id = cursor["xid"], cursor["after"]
+    # Any decision id Decide logged may end a page (a page's id is not held to the outcome
+    # rules); what Postgres cannot even compare is refused: a lone surrogate, a negative xid.
+    if not isinstance(xid, int) or xid < 0 or not _utf8(str(decision_id)):
+        raise InvalidArgument(
+            "page_token does not hold a position this RPC gives: pass next_page_token from "
+            "the previous response unchanged, or leave it empty for the first page"
+        )
+    return xid, str(decision_id)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def deployment(slot: Slot) -> m.Deployment:

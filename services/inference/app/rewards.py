@@ -8,6 +8,13 @@ and version: a second reward is a duplicate whatever its message id) and appends
 ``RewardJoined`` to the stream ``reward-<decision>/<definition>@<version>``, or records
 a refusal with its reason and appends ``RewardRefused``. The tables are the counts
 (``store.decisions.refusal_counts``): nothing is counted outside the transaction.
+
+Every message ends in one of the two: ``parse_outcome`` bounds every value it lets
+through to what the tables and events hold, so no outcome fails the batch and is
+redelivered until JetStream drops it. An outcome joins only if it reached JetStream
+before its window closed and is handled, by Postgres's clock, within
+``JOIN_GRACE_S`` after: the clock ListDecisions reports ``CENSORED`` with, a margin
+later, so a decision reported censored is never joined afterwards.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
+from datetime import datetime
 
 import asyncpg
 from uuid6 import uuid7
@@ -73,7 +81,7 @@ class RewardJoiner:
                 refused.append(ev.RewardRefused(outcome_id=outcome_id, reason=rules.MALFORMED,
                                                 detail=str(exc)))  # fmt: skip
                 continue
-            reason = await self._join(conn, outcome, outcome_id)
+            reason = await self._join(conn, outcome, outcome_id, delivery.arrival_time)
             if reason is None:
                 continue
             refused.append(
@@ -98,7 +106,11 @@ class RewardJoiner:
             )
 
     async def _join(
-        self, conn: asyncpg.Connection, outcome: rules.Outcome, outcome_id: str
+        self,
+        conn: asyncpg.Connection,
+        outcome: rules.Outcome,
+        outcome_id: str,
+        arrived: datetime,
     ) -> tuple[str, str] | None:
         known = await store.decision(conn, outcome.decision_id)
         if known is None:
@@ -107,7 +119,9 @@ class RewardJoiner:
                 "the logs, or not yet written)"
             )
         window = self.window_s(outcome.definition, outcome.version)
-        late = rules.timing(outcome, known.decide_time, window)
+        late = rules.timing(outcome, known.decide_time, window) or rules.lateness(
+            outcome, known.decide_time, window, arrived, known.checked_at
+        )
         if late is not None:
             return late
         inserted = await store.insert_reward(

@@ -6,6 +6,12 @@ logger's flush); a reward row, or a refusal row, in the same transaction as the
 outcome consumer's processed-message record and its ``RewardJoined``/``RewardRefused``
 event. ``rewards``' key (decision, definition, version) is what makes a second reward
 for the same decision a duplicate, whichever process sees it.
+
+Pages of decisions follow the order they were written, (``written_xid``, decision id),
+and hold only rows of transactions that had all ended before the page's snapshot
+(``written_xid`` below its ``xmin``): no row can later appear before a page's last one,
+so paging never skips a decision written while a listing runs (migration 0003). A
+transaction left open anywhere in the cluster delays the newest rows, never loses them.
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ _INSERT_DECISIONS = """
     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bytea[])
     ON CONFLICT (decision_id) DO NOTHING"""
 _DECISION = """
-    SELECT model_name, model_version, decide_time FROM inference.decisions
-    WHERE decision_id = $1"""
+    SELECT model_name, model_version, decide_time, clock_timestamp() AS checked_at
+    FROM inference.decisions WHERE decision_id = $1"""
 _INSERT_REWARD = """
     INSERT INTO inference.rewards
         (decision_id, definition, definition_version, reward, reward_time, outcome_id)
@@ -38,14 +44,23 @@ _INSERT_REFUSAL = """
     VALUES ($1, $2, $3, $4, $5, $6)
     ON CONFLICT (outcome_id) DO NOTHING"""
 _PAGE = """
-    SELECT d.decision_id, d.decide_time, d.payload, r.reward, r.reward_time
+    SELECT d.decision_id, d.decide_time, d.payload, d.written_xid::text::bigint AS written_xid,
+           r.reward, r.reward_time, statement_timestamp() AS read_at
     FROM inference.decisions d
     LEFT JOIN inference.rewards r
         ON r.decision_id = d.decision_id AND r.definition = $2 AND r.definition_version = $3
     WHERE d.model_name = $1 AND d.decide_time >= $4 AND d.decide_time < $5
-      AND (d.decide_time, d.decision_id) > ($6, $7)
-    ORDER BY d.decide_time, d.decision_id
-    LIMIT $8"""
+      AND d.written_xid < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
+      AND {start}
+    ORDER BY d.written_xid, d.decision_id
+    LIMIT $6"""
+# The first page starts at the window's first written row (found by decide time), not
+# at the model's first: a week's listing does not walk a year of older rows.
+_FIRST_PAGE = _PAGE.format(
+    start="""d.written_xid >= (SELECT min(w.written_xid) FROM inference.decisions w
+        WHERE w.model_name = $1 AND w.decide_time >= $4 AND w.decide_time < $5)"""
+)
+_NEXT_PAGE = _PAGE.format(start="(d.written_xid, d.decision_id) > ($7::text::xid8, $8)")
 _COUNT_REFUSALS = """
     SELECT reason, count(*) AS n FROM inference.reward_refusals
     WHERE ($1 = '' OR definition = $1) GROUP BY reason"""
@@ -76,16 +91,22 @@ async def insert_decisions(
 
 @dataclass(frozen=True)
 class DecisionRef:
+    """A logged decision, as the reward join needs it."""
+
     model_name: str
     model_version: int
     decide_time: datetime
+    checked_at: datetime
+    """Postgres's clock when it was read (the clock statuses are reported with)."""
 
 
 async def decision(conn: asyncpg.Connection, decision_id: str) -> DecisionRef | None:
     row = await conn.fetchrow(_DECISION, decision_id)
     if row is None:
         return None
-    return DecisionRef(row["model_name"], row["model_version"], row["decide_time"])
+    return DecisionRef(
+        row["model_name"], row["model_version"], row["decide_time"], row["checked_at"]
+    )
 
 
 async def insert_reward(
@@ -123,12 +144,30 @@ async def refusal_counts(pool: asyncpg.Pool, definition: str = "") -> dict[str, 
 
 
 @dataclass(frozen=True)
-class DecisionRow:
+class Position:
+    """A row of a listing, in the order decisions were written; a page starts after it."""
+
+    written_xid: int
+    """The transaction that wrote the decision."""
     decision_id: str
+
+
+@dataclass(frozen=True)
+class DecisionRow:
+    """A logged decision with its reward of the listed definition, if any."""
+
+    position: Position
     decide_time: datetime
     payload: bytes
+    """The ``PredictionLogged`` event."""
     reward: float | None
     reward_time: datetime | None
+    read_at: datetime
+    """Postgres's clock when the page was read."""
+
+
+NO_END = datetime.max.replace(tzinfo=UTC)
+"""The end of an open-ended listing: every decision written so far."""
 
 
 async def page(
@@ -138,15 +177,24 @@ async def page(
     version: int,
     start: datetime,
     end: datetime,
-    after: tuple[datetime, str],
+    after: Position | None,
     limit: int,
 ) -> list[DecisionRow]:
-    rows = await pool.fetch(
-        _PAGE, model_name, definition, version, start, end, after[0], after[1], limit
-    )
+    """Decisions of ``model_name`` made in [start, end), in the order they were written,
+    after ``after`` (None: from the first)."""
+    args = (model_name, definition, version, start, end, limit)
+    if after is None:
+        rows = await pool.fetch(_FIRST_PAGE, *args)
+    else:
+        rows = await pool.fetch(_NEXT_PAGE, *args, str(after.written_xid), after.decision_id)
     return [
         DecisionRow(
-            r["decision_id"], r["decide_time"], bytes(r["payload"]), r["reward"], r["reward_time"]
+            Position(r["written_xid"], r["decision_id"]),
+            r["decide_time"],
+            bytes(r["payload"]),
+            r["reward"],
+            r["reward_time"],
+            r["read_at"],
         )
         for r in rows
     ]
