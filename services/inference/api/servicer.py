@@ -9,8 +9,7 @@ costs nothing).
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 from opentelemetry import trace
@@ -28,11 +27,6 @@ from services.inference.batching import DeadlinePassed, QueueFull, ShuttingDown
 from services.inference.domain import rewards
 from services.inference.domain.errors import FeatureDeadline
 
-PAGE_TOKEN_KIND = "inference.ListDecisions.v2"
-"""ListDecisions' page tokens: the last row's position in the order decisions were
-written. v1 tokens (``<micros>:<decision id>``, by decide time) are refused."""
-_PAGE_TOKEN_FIELDS: dict[str, type[str] | type[int]] = {"xid": int, "after": str}
-_V1_TOKEN = re.compile(r"[0-9]+:.*", re.DOTALL)
 _PAGE_DEFAULT = 1000
 _PAGE_MAX = 10_000
 
@@ -83,15 +77,9 @@ class InferenceServicer(service_pb2_grpc.InferenceServicer):
             raise InvalidArgument("end_time is before start_time")
         after = _page_token(request.page_token)
         assert self._decisions is not None
-        response, following = await self._decisions.page(
+        return await self._decisions.page(
             DecisionQuery(name, definition, version, start, end, after, size)
         )
-        if following is not None:
-            xid, decision_id = following
-            response.next_page_token = validation.encode_page_token(
-                {"xid": xid, "after": decision_id}, kind=PAGE_TOKEN_KIND
-            )
-        return response
 
     async def _run(
         self,
@@ -212,33 +200,18 @@ def _time(request: rr.ListDecisionsRequest, field: str) -> datetime | None:
         raise InvalidArgument(f"{field} is not a valid time") from None
 
 
-def _page_token(token: str) -> tuple[int, str] | None:
-    """The position a ListDecisions page starts after (None: the first page)."""
-    if _V1_TOKEN.fullmatch(token):
-        raise InvalidArgument(
-            "page_token is from an earlier ListDecisions, which paged by decide time; this "
-            "one pages in the order decisions were written: list again without a page_token"
-        )
-    cursor = validation.decode_page_token(token, kind=PAGE_TOKEN_KIND, fields=_PAGE_TOKEN_FIELDS)
-    if not cursor:
-        return None
-    xid, decision_id = cursor["xid"], cursor["after"]
-    # Any decision id Decide logged may end a page (a page's id is not held to the outcome
-    # rules); what Postgres cannot even compare is refused: a lone surrogate, a negative xid.
-    if not isinstance(xid, int) or xid < 0 or not _utf8(str(decision_id)):
-        raise InvalidArgument(
-            "page_token does not hold a position this RPC gives: pass next_page_token from "
-            "the previous response unchanged, or leave it empty for the first page"
-        )
-    return xid, str(decision_id)
-
-
-def _utf8(text: str) -> bool:
+def _page_token(token: str) -> tuple[datetime, str]:
+    if not token:
+        return EPOCH, ""
+    micros, sep, decision_id = token.partition(":")
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+        if not sep or not micros.isdigit():
+            raise ValueError
+        return EPOCH + timedelta(microseconds=int(micros)), decision_id
+    except (ValueError, OverflowError, OSError):
+        raise InvalidArgument(
+            "page_token is not one this service gave; pass next_page_token as returned"
+        ) from None
 
 
 def deployment(slot: Slot) -> m.Deployment:

@@ -7,17 +7,17 @@ may still join), ``CENSORED`` (none, and none ever will: the window closed, plus
 ``CENSOR_MARGIN_S`` for its transaction to commit). A decision reported censored is
 never joined later.
 
-Pages follow the order decisions were written (``store.decisions``), not decide time:
-a decision is written at the logger's flush, after later decisions may have been listed,
-and a cursor on decide time would skip it. A full page gives its last row's position,
-where the next one starts (the servicer's page token).
+Pages are ordered by (decide time, decision id) and end ``LISTING_HORIZON_S`` before
+Postgres's clock (``store.decisions``: past the logger's flush delay, so no decision is
+written behind a page's cursor); a full page gives its last row's pair, where the next one
+starts (the servicer's page token).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -27,6 +27,8 @@ from services.inference.domain import rewards as rules
 from services.inference.store import decisions
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+NO_END = datetime.max.replace(tzinfo=UTC)
+"""An open-ended listing's end (the store's horizon before now still applies)."""
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,9 @@ class DecisionQuery:
     start: datetime
     """Decisions made at or after this time."""
     end: datetime | None
-    """Decisions made before this time; None: every decision written so far."""
-    after: tuple[int, str] | None
-    """The last row of the previous page (its writing transaction, decision id); None:
-    the first page."""
+    """Decisions made before this time; None: up to the listing horizon before now."""
+    after: tuple[datetime, str]
+    """The last row of the previous page (``EPOCH, ""``: from the start)."""
     size: int
     """At most this many rows."""
 
@@ -57,10 +58,7 @@ class DecisionLog:
         self._pool = pool
         self._window_s = window_s
 
-    async def page(
-        self, query: DecisionQuery
-    ) -> tuple[rr.ListDecisionsResponse, tuple[int, str] | None]:
-        """The page, and where the next one starts (None: this one is the last)."""
+    async def page(self, query: DecisionQuery) -> rr.ListDecisionsResponse:
         window = self._window_s(query.definition, query.version)
         rows = await decisions.page(
             self._pool,
@@ -68,8 +66,8 @@ class DecisionLog:
             query.definition,
             query.version,
             query.start,
-            query.end or decisions.NO_END,
-            decisions.Position(*query.after) if query.after is not None else None,
+            query.end or NO_END,
+            query.after,
             query.size,
         )
         response = rr.ListDecisionsResponse(censoring_window_s=window)
@@ -84,7 +82,8 @@ class DecisionLog:
                 logged.reward_status = m.REWARD_STATUS_CENSORED
             else:
                 logged.reward_status = m.REWARD_STATUS_PENDING
-        if len(rows) < query.size:
-            return response, None
-        last = rows[-1].position
-        return response, (last.written_xid, last.decision_id)
+        if len(rows) == query.size:
+            last = rows[-1]
+            micros = (last.decide_time - EPOCH) // timedelta(microseconds=1)
+            response.next_page_token = f"{micros}:{last.decision_id}"
+        return response

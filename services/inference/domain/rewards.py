@@ -58,9 +58,11 @@ MAX_DEFINITION_BYTES = 256
 """A reward definition's UTF-8 length (a key column and part of the stream id)."""
 MAX_DEFINITION_VERSION = 2**31 - 1
 """Versions are int32 in the events and ``integer`` in Postgres."""
-JOIN_GRACE_S = 60.0
+JOIN_GRACE_S = 600.0
 """An outcome that reached JetStream by its window's close still joins when the consumer
-handles it within this long after the close (its lag, a redelivery after a failure)."""
+handles it within this long after the close (its lag, a redelivery after a failure, a
+short Postgres outage). Longer, and ListDecisions would wait longer before it may report
+a decision censored; shorter, and a routine consumer lag would refuse in-time outcomes."""
 CENSOR_MARGIN_S = 60.0
 """ListDecisions reports ``CENSORED`` this long after the last moment a join may be
 checked (close + ``JOIN_GRACE_S``): time for that join's transaction to commit."""

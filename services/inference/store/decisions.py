@@ -7,11 +7,12 @@ outcome consumer's processed-message record and its ``RewardJoined``/``RewardRef
 event. ``rewards``' key (decision, definition, version) is what makes a second reward
 for the same decision a duplicate, whichever process sees it.
 
-Pages of decisions follow the order they were written, (``written_xid``, decision id),
-and hold only rows of transactions that had all ended before the page's snapshot
-(``written_xid`` below its ``xmin``): no row can later appear before a page's last one,
-so paging never skips a decision written while a listing runs (migration 0003). A
-transaction left open anywhere in the cluster delays the newest rows, never loses them.
+Pages of decisions follow (decide time, decision id) and end ``LISTING_HORIZON_S`` before
+Postgres's clock: a decision is written at the logger's flush (0.2 s after it was made),
+so a page never reaches decisions that may still be written before its cursor. (Ordering
+by the writing transaction instead would never skip even a decision held back through a
+Postgres outage, but transaction ids are local to a cluster: after a dump and restore
+every old row would sort after the new ones and stay hidden.)
 """
 
 from __future__ import annotations
@@ -44,23 +45,16 @@ _INSERT_REFUSAL = """
     VALUES ($1, $2, $3, $4, $5, $6)
     ON CONFLICT (outcome_id) DO NOTHING"""
 _PAGE = """
-    SELECT d.decision_id, d.decide_time, d.payload, d.written_xid::text::bigint AS written_xid,
-           r.reward, r.reward_time, statement_timestamp() AS read_at
+    SELECT d.decision_id, d.decide_time, d.payload, r.reward, r.reward_time,
+           statement_timestamp() AS read_at
     FROM inference.decisions d
     LEFT JOIN inference.rewards r
         ON r.decision_id = d.decision_id AND r.definition = $2 AND r.definition_version = $3
-    WHERE d.model_name = $1 AND d.decide_time >= $4 AND d.decide_time < $5
-      AND d.written_xid < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
-      AND {start}
-    ORDER BY d.written_xid, d.decision_id
-    LIMIT $6"""
-# The first page starts at the window's first written row (found by decide time), not
-# at the model's first: a week's listing does not walk a year of older rows.
-_FIRST_PAGE = _PAGE.format(
-    start="""d.written_xid >= (SELECT min(w.written_xid) FROM inference.decisions w
-        WHERE w.model_name = $1 AND w.decide_time >= $4 AND w.decide_time < $5)"""
-)
-_NEXT_PAGE = _PAGE.format(start="(d.written_xid, d.decision_id) > ($7::text::xid8, $8)")
+    WHERE d.model_name = $1 AND d.decide_time >= $4
+      AND d.decide_time < least($5, statement_timestamp() - make_interval(secs => $9))
+      AND (d.decide_time, d.decision_id) > ($6, $7)
+    ORDER BY d.decide_time, d.decision_id
+    LIMIT $8"""
 _COUNT_REFUSALS = """
     SELECT reason, count(*) AS n FROM inference.reward_refusals
     WHERE ($1 = '' OR definition = $1) GROUP BY reason"""
@@ -143,20 +137,18 @@ async def refusal_counts(pool: asyncpg.Pool, definition: str = "") -> dict[str, 
     return {row["reason"]: int(row["n"]) for row in rows}
 
 
-@dataclass(frozen=True)
-class Position:
-    """A row of a listing, in the order decisions were written; a page starts after it."""
-
-    written_xid: int
-    """The transaction that wrote the decision."""
-    decision_id: str
+LISTING_HORIZON_S = 10.0
+"""How far behind Postgres's clock a listing ends: past the logger's flush delay (0.2 s,
+more under load), so every decision made before the end is written when it is read. A
+decision held back longer (the logger buffering through a Postgres outage) can be missing
+from a listing made while it was held: list again once the logger caught up."""
 
 
 @dataclass(frozen=True)
 class DecisionRow:
     """A logged decision with its reward of the listed definition, if any."""
 
-    position: Position
+    decision_id: str
     decide_time: datetime
     payload: bytes
     """The ``PredictionLogged`` event."""
@@ -166,10 +158,6 @@ class DecisionRow:
     """Postgres's clock when the page was read."""
 
 
-NO_END = datetime.max.replace(tzinfo=UTC)
-"""The end of an open-ended listing: every decision written so far."""
-
-
 async def page(
     pool: asyncpg.Pool,
     model_name: str,
@@ -177,19 +165,17 @@ async def page(
     version: int,
     start: datetime,
     end: datetime,
-    after: Position | None,
+    after: tuple[datetime, str],
     limit: int,
 ) -> list[DecisionRow]:
-    """Decisions of ``model_name`` made in [start, end), in the order they were written,
-    after ``after`` (None: from the first)."""
-    args = (model_name, definition, version, start, end, limit)
-    if after is None:
-        rows = await pool.fetch(_FIRST_PAGE, *args)
-    else:
-        rows = await pool.fetch(_NEXT_PAGE, *args, str(after.written_xid), after.decision_id)
+    """Decisions of ``model_name`` made in [start, end) (and ``LISTING_HORIZON_S`` before
+    now), ordered by (decide time, decision id), after ``after``."""
+    rows = await pool.fetch(
+        _PAGE, model_name, definition, version, start, end, *after, limit, LISTING_HORIZON_S
+    )
     return [
         DecisionRow(
-            Position(r["written_xid"], r["decision_id"]),
+            r["decision_id"],
             r["decide_time"],
             bytes(r["payload"]),
             r["reward"],
