@@ -146,7 +146,7 @@ async def decisioning(run: DemoRun) -> None:
         len(ids),
         lambda: sum(1 for r in downstream.predictions if r.message.decision_id in wanted),
     )
-    logged = {k: d for k, d in (await _list_decisions(run, name)).items() if k in wanted}
+    logged = await _list_decisions(run, name, wanted)
     with_propensity = sum(
         1
         for d in logged.values()
@@ -180,14 +180,11 @@ async def decisioning(run: DemoRun) -> None:
         for r in downstream.rewards
         if r.event_type == "RewardRefused" and r.message.decision_id in again
     )
-    listed = await _list_decisions(run, name)
-    joined = {
-        k: d
-        for k, d in listed.items()
-        if k in wanted and d.reward_status == im.REWARD_STATUS_JOINED
-    }
+    listed = await _list_decisions(run, name, wanted)
+    joined = {k: d for k, d in listed.items() if d.reward_status == im.REWARD_STATUS_JOINED}
     first_stands = all(
-        abs(joined[i].reward - r) < 1e-9 for i, r in zip(ids[:DUPLICATES], published, strict=False)
+        i in joined and abs(joined[i].reward - r) < 1e-9
+        for i, r in zip(ids[:DUPLICATES], published, strict=False)
     )
     run.console.print(
         f"{len(ids):,} rewards published on {run.state.namespace}.ingest.outcomes, "
@@ -429,7 +426,22 @@ async def _wait_until(
         bar.update(done)
 
 
-async def _list_decisions(run: DemoRun, name: str) -> dict[str, irr.LoggedDecision]:
+async def _list_decisions(
+    run: DemoRun, name: str, wanted: set[str]
+) -> dict[str, irr.LoggedDecision]:
+    """The ``wanted`` decisions as ListDecisions gives them, listed again until all are
+    there: a listing ends a moment before now (decisions still being written are not
+    passed), and these were just made."""
+    deadline = time.monotonic() + _PATIENCE_S
+    while True:
+        listed = await _list_all_decisions(run, name)
+        found = {k: d for k, d in listed.items() if k in wanted}
+        if len(found) == len(wanted) or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.5)
+
+
+async def _list_all_decisions(run: DemoRun, name: str) -> dict[str, irr.LoggedDecision]:
     out: dict[str, irr.LoggedDecision] = {}
     request = irr.ListDecisionsRequest(
         model_name=name,

@@ -7,8 +7,8 @@ outcome consumer's processed-message record and its ``RewardJoined``/``RewardRef
 event. ``rewards``' key (decision, definition, version) is what makes a second reward
 for the same decision a duplicate, whichever process sees it.
 
-Pages of decisions follow (decide time, decision id) and end ``LISTING_HORIZON_S`` before
-Postgres's clock: a decision is written at the logger's flush (0.2 s after it was made),
+Pages of decisions follow (decide time, decision id) and end ``LISTING_HORIZON_S`` (2 s)
+before Postgres's clock: a decision is written at the logger's flush (0.2 s after it was made),
 so a page never reaches decisions that may still be written before its cursor. (Ordering
 by the writing transaction instead would never skip even a decision held back through a
 Postgres outage, but transaction ids are local to a cluster: after a dump and restore
@@ -137,7 +137,7 @@ async def refusal_counts(pool: asyncpg.Pool, definition: str = "") -> dict[str, 
     return {row["reason"]: int(row["n"]) for row in rows}
 
 
-LISTING_HORIZON_S = 10.0
+LISTING_HORIZON_S = 2.0
 """How far behind Postgres's clock a listing ends: past the logger's flush delay (0.2 s,
 more under load), so every decision made before the end is written when it is read. A
 decision held back longer (the logger buffering through a Postgres outage) can be missing
