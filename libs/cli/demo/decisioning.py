@@ -436,8 +436,13 @@ async def _list_decisions(
     while True:
         listed = await _list_all_decisions(run, name)
         found = {k: d for k, d in listed.items() if k in wanted}
-        if len(found) == len(wanted) or time.monotonic() > deadline:
+        if len(found) == len(wanted):
             return found
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"ListDecisions lists {len(found):,} of the {len(wanted):,} decisions made "
+                f"after {_PATIENCE_S:.0f}s; see `lathe logs inference`"
+            )
         await asyncio.sleep(0.5)
 
 
