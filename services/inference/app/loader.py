@@ -29,7 +29,7 @@ import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 
@@ -56,21 +56,8 @@ RETRY_FIRST_S = 2.0
 RETRY_MAX_S = 30.0
 
 
-class LoadVersion(Protocol):
-    """``loading.load_version``'s signature (tests pass a fake)."""
-
-    async def __call__(
-        self,
-        registry: RegistryGateway,
-        model_name: str,
-        version: int,
-        *,
-        preference: tuple[str, ...],
-        options: BuildOptions,
-        engines: EngineCache | None,
-    ) -> Loaded: ...
-
-
+LoadVersion = Callable[..., Awaitable[Loaded]]
+"""``loading.load_version`` (tests pass a fake)."""
 ReadDeployments = Callable[[asyncpg.Pool], Awaitable[list[Deployment]]]
 
 
@@ -120,8 +107,6 @@ class DeploymentLoader:
         self._tasks: set[asyncio.Task[None]] = set()
         self._latest: dict[Key, Deployment] = {}
         """Each alias's deployment as last read: what a finished load is checked against."""
-        self._loading: dict[Key, int] = {}
-        """The version being loaded, per alias (one load per alias at a time)."""
         self._backoff: dict[Key, _Backoff] = {}
         self._outcomes = PendingOutcomes(recorder)
 
@@ -188,7 +173,8 @@ class DeploymentLoader:
         slot.removed = False
         if self._kept(slot, state.requested_version):
             self._activate_kept(slot, state)
-        elif key not in self._loading and not self._backing_off(key, state.requested_version):
+        elif not slot.loading and not self._backing_off(key, state.requested_version):
+            slot.loading = True  # one load per alias at a time; ``_load`` ends it
             self._spawn(self._load(slot, state.requested_version))
         # else: a load runs for this alias; when it ends it is checked against the newest
         # request, and a poll after it handles whatever that load does not answer.
@@ -223,15 +209,11 @@ class DeploymentLoader:
         self._decided(slot, state, self._activated(slot, reused=True))
 
     async def _load(self, slot: Slot, version: int) -> None:
-        key = (slot.model_name, slot.alias)
-        self._loading[key] = version
-        slot.loading = True
         try:
             await self._load_and_apply(slot, version)
         finally:
             slot.loading = False
-            del self._loading[key]
-        await self._outcomes.record(key)
+        await self._outcomes.record((slot.model_name, slot.alias))
 
     async def _load_and_apply(self, slot: Slot, version: int) -> None:
         key = (slot.model_name, slot.alias)
