@@ -11,6 +11,7 @@ from lathe.feature_store.v1 import message_pb2 as fs
 from lathe.inference.v1 import message_pb2 as m
 from lathe.inference.v1 import request_response_pb2 as rr
 from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
+from services.inference.api import validate
 from tests.inference.conftest import InferenceFactory
 from tests.inference.helpers import (
     Credit,
@@ -49,6 +50,9 @@ async def test_bad_requests_get_clear_codes(
 
         wrong_type = row("L00001")
         wrong_type.request_features["requested_amount"].CopyFrom(fs.Value(string_value="lots"))
+        many_features = row("L00001")
+        for i in range(validate.MAX_REQUEST_FEATURES):
+            many_features.request_features[f"unread_{i}"].CopyFrom(fs.Value(float64_value=1.0))
         int_keyed = m.PredictionInput(entity_keys={"loan_id": fs.Value(float64_value=1.5)})
         cases = {
             "unknown model": (rr.PredictRequest(model_name="nope", rows=[row("L1")]), "NOT_FOUND"),
@@ -88,6 +92,17 @@ async def test_bad_requests_get_clear_codes(
                 rr.PredictRequest(model_name=name, rows=[row("L00001", decision_id="d" * 129)]),
                 "INVALID_ARGUMENT",
             ),
+            "one decision id on two rows": (
+                rr.PredictRequest(
+                    model_name=name,
+                    rows=[row("L00001", decision_id="d-1"), row("L00002", decision_id="d-1")],
+                ),
+                "INVALID_ARGUMENT",
+            ),
+            "too many distinct request features": (
+                rr.PredictRequest(model_name=name, rows=[many_features]),
+                "INVALID_ARGUMENT",
+            ),
             "wrong feature type": (
                 rr.PredictRequest(model_name=name, rows=[wrong_type]),
                 "INVALID_ARGUMENT",
@@ -116,6 +131,20 @@ async def test_bad_requests_get_clear_codes(
         assert "one type in every row" in details
         _, details = await code(cases["decision id too long"][0])
         assert "at most 128 printable characters" in details
+        _, details = await code(cases["one decision id on two rows"][0])
+        assert "rows[0] and rows[1] have the same decision_id" in details
+        _, details = await code(cases["too many distinct request features"][0])
+        assert f"more than {validate.MAX_REQUEST_FEATURES} distinct request features" in details
+        # Page tokens this service never gives: non-ASCII digits, a foreign id, garbage.
+        for token in ("\u0661\u0662:x", "\uff11\uff12:x", "12:" + "d" * 129, "-5:x", "12", "x:y"):
+            listing = rr.ListDecisionsRequest(
+                model_name=name, reward_definition="repaid", reward_definition_version=1
+            )
+            listing.page_token = token
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await inference.ListDecisions(listing, timeout=5)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, token
+            assert "page_token is not one this service gave" in (refused.value.details() or "")
         # An expired deadline: DEADLINE_EXCEEDED, never INTERNAL.
         got, _ = await code(rr.PredictRequest(model_name=name, rows=[row("L00001")]), within_s=1e-6)
         assert got == "DEADLINE_EXCEEDED"

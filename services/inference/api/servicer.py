@@ -205,7 +205,9 @@ def _page_token(token: str) -> tuple[datetime, str]:
         return EPOCH, ""
     micros, sep, decision_id = token.partition(":")
     try:
-        if not sep or not micros.isdigit():
+        # ASCII digits only (str.isdigit accepts others); the id is a decision id.
+        ascii_digits = micros.isascii() and micros.isdigit()
+        if not sep or not ascii_digits or len(decision_id) > validate.MAX_DECISION_ID:
             raise ValueError
         return EPOCH + timedelta(microseconds=int(micros)), decision_id
     except (ValueError, OverflowError, OSError):

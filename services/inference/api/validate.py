@@ -28,6 +28,8 @@ def predict_call(
     decide: bool = False,
 ) -> PredictCall:
     """A Predict request, or a Decide request (the same fields), by column."""
+    # The deadline as the call arrived: validating a big request takes time of its own.
+    deadline = None if time_remaining_s is None else time.monotonic() + time_remaining_s
     model_name = validation.require(request.model_name, "model_name")
     alias = request.alias or DEFAULT_ALIAS
     rows = request.rows
@@ -49,6 +51,7 @@ def predict_call(
     columns = list(keys.items())
     kinds = {name: rows[0].entity_keys[name].WhichOneof("kind") for name in join_keys}
     add_id, add_actions = decision_ids.append, actions.append
+    rows_by_id: dict[str, int] = {}
     for i, row in enumerate(rows):
         entity = row.entity_keys
         # ``name in`` before ``entity[name]``: reading a missing key of a map would add it.
@@ -81,11 +84,15 @@ def predict_call(
                 f"rows[{i}].decision_id must be at most {MAX_DECISION_ID} printable "
                 "characters (e.g. your application's id, or leave it out for a generated one)"
             )
+        if decision_id:
+            first = rows_by_id.setdefault(decision_id, i)
+            if first != i:
+                raise InvalidArgument(
+                    f"rows[{first}] and rows[{i}] have the same decision_id {decision_id!r}: "
+                    "a decision id names one decision (its log and its outcomes)"
+                )
         add_id(decision_id)
         add_actions(row.eligible_actions)
-    deadline = None
-    if time_remaining_s is not None:
-        deadline = time.monotonic() + time_remaining_s
     return PredictCall(
         model_name=model_name,
         alias=validation.resource_name(alias, "alias"),
@@ -105,6 +112,10 @@ def predict_call(
 
 MAX_DECISION_ID = 128
 """Characters of a caller's decision id: it keys the decision's row and its logs."""
+MAX_REQUEST_FEATURES = 64
+"""Distinct request-feature names in one request. Each becomes a column as long as the
+request (rows without it hold an empty value), so without a bound a small request of
+rows each naming features of their own grows into rows x names values to copy and send."""
 _KIND_NAMES = {"int64_value": "an int64", "string_value": "a string", None: "empty"}
 
 
@@ -120,6 +131,12 @@ def _request_features(
             )
         column = columns.get(name)
         if column is None:
+            if len(columns) == MAX_REQUEST_FEATURES:
+                raise InvalidArgument(
+                    f"rows[{i}].request_features[{name!r}]: the rows name more than "
+                    f"{MAX_REQUEST_FEATURES} distinct request features; send only those "
+                    "the model's feature service reads"
+                )
             column = columns[name] = [_NULL] * i
         column.append(value)
     for column in columns.values():
