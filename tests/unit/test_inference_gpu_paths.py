@@ -103,6 +103,34 @@ def test_the_graph_as_a_torch_module_matches_onnx_runtime(family: str) -> None:
         assert result.ok, result.explain(f"{family} at batch {rows}")
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("family", ["mlp", "ft_transformer", "sequence_transformer"])
+def test_the_torch_module_keeps_every_tensor_on_the_inputs_device(
+    family: str, precision: str
+) -> None:
+    """On CUDA, an op refuses a CPU operand that is not 0-d (an index, a shape-derived
+    vector, a fill), so every tensor an op makes must be made on the inputs' device.
+    Fake CUDA tensors (shapes, dtypes and devices, no memory and no GPU) run the whole
+    forward here as a GPU would, device checks included."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from services.inference.runtimes.torch_cuda import half_module
+
+    onnx_bytes, feeds = _exported(family)
+    module = half_module(onnx_bytes) if precision == "fp16" else OnnxModule(onnx_bytes).eval()
+    with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
+        for name, buffer in list(module.named_buffers()):
+            setattr(module, name, torch.empty(buffer.shape, dtype=buffer.dtype, device="cuda"))
+        inputs = []
+        for name in module.input_names:
+            host = torch.from_numpy(feeds[name][:5])
+            dtype = torch.float16 if precision == "fp16" and host.is_floating_point() else None
+            inputs.append(torch.empty(host.shape, dtype=dtype or host.dtype, device="cuda"))
+        outputs = module(*inputs)
+
+    assert [(o.device.type, o.shape[0]) for o in outputs] == [("cuda", 5)] * len(outputs)
+
+
 @pytest.mark.parametrize("family", ["mlp", "ft_transformer", "sequence_transformer"])
 def test_the_fp16_graph_stays_within_the_fp16_tolerance(family: str) -> None:
     onnx_bytes, feeds = _exported(family)
@@ -238,7 +266,8 @@ def test_the_torch_cuda_runtime_compiles_once_caches_pads_and_matches_on_cpu(
     """``TorchCudaRuntime`` end to end with C++ kernels instead of CUDA ones (everything of
     the GPU path but the device): export, AOTInductor, the ``.pt2`` stored in the engine
     cache and loaded from it by a second replica, a 1-row batch padded to the exported
-    minimum of 2, too many rows refused, outputs equal to ONNX Runtime's."""
+    minimum of 2, a batch over the profile's maximum scored in slices (one request of
+    more rows than ``max_batch_rows`` runs alone), outputs equal to ONNX Runtime's."""
     from services.inference.runtimes.base import TORCH_CUDA
     from services.inference.runtimes.keys import BatchProfile, EngineKey
     from services.inference.runtimes.torch_cuda import TorchCudaRuntime
@@ -269,12 +298,11 @@ def test_the_torch_cuda_runtime_compiles_once_caches_pads_and_matches_on_cpu(
     assert not list(scratch.glob("lathe-aoti-*"))  # no package copy left behind per load
     reference = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     for runtime in (first, second):
-        for rows in (1, 2, 33, 128):
+        for rows in (1, 2, 33, 128, 129, 257):  # 129: slices of 128 and 1 (padded to 2)
             part = {k: v[:rows] for k, v in feeds.items()}
             result = compare(reference.run(None, part), runtime.run(part), tolerance("fp32"))
             assert result.ok, result.explain(f"AOTInductor runtime at batch {rows}")
-    with pytest.raises(ValueError, match="exceed the compiled profile"):
-        first.run({k: v[:129] for k, v in feeds.items()})
+            assert runtime.run(part)[0].shape[0] == rows
 
 
 def test_constants_in_number_form_are_read() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -53,3 +53,24 @@ class Runtime(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def run_in_slices(
+    run: Callable[[Mapping[str, np.ndarray]], list[np.ndarray]],
+    feeds: Mapping[str, np.ndarray],
+    max_rows: int,
+) -> list[np.ndarray]:
+    """``run`` over ``feeds`` in slices of at most ``max_rows`` rows, outputs joined.
+
+    A compiled engine accepts batches up to its profile's maximum (``max_batch_rows``),
+    but a batch can be bigger: one request of more rows than that runs alone, and the
+    warm-up and parity batches have fixed sizes. Those are scored slice by slice, never
+    refused."""
+    rows = next(iter(feeds.values())).shape[0]
+    if rows <= max_rows:
+        return run(feeds)
+    slices = [
+        run({name: array[start : start + max_rows] for name, array in feeds.items()})
+        for start in range(0, rows, max_rows)
+    ]
+    return [np.concatenate(outputs) for outputs in zip(*slices, strict=True)]

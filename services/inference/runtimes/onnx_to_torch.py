@@ -23,6 +23,10 @@ from onnx import numpy_helper
 from torch import nn
 
 Value = Any  # a torch.Tensor, or a list of ints for shape values
+Op = Callable[[list[Value], dict[str, Any], torch.device], Value]
+"""A node's computation: its inputs, its attributes, and the device its tensors live on
+(the graph inputs'): a tensor an op makes from Python values (indices, shapes, fills) is
+made there, since CUDA ops refuse a CPU operand that is not 0-d."""
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
@@ -92,22 +96,23 @@ class OnnxModule(nn.Module):
         for name, value in self._constants.items():
             env[name] = getattr(self, value) if isinstance(value, str) else value
         env.update(zip(self.input_names, inputs, strict=True))
+        device = inputs[0].device
         for node in self._nodes:
             args = [env[name] if name else None for name in node.input]
-            out = _OPS[node.op_type](args, _attrs(node))
+            out = _OPS[node.op_type](args, _attrs(node), device)
             outs = out if isinstance(out, tuple) else (out,)
             env.update(zip(node.output, outs, strict=False))
         return tuple(env[name] for name in self.output_names)
 
 
-def _tensor(v: Value) -> torch.Tensor:
+def _tensor(v: Value, device: torch.device) -> torch.Tensor:
     if isinstance(v, torch.Tensor):
         return v
-    return torch.tensor(v, dtype=torch.int64)
+    return torch.tensor(v, dtype=torch.int64, device=device)
 
 
-def _binary(fn: Callable[[Any, Any], Any]) -> Callable[[list[Value], dict[str, Any]], Value]:
-    def op(args: list[Value], _: dict[str, Any]) -> Value:
+def _binary(fn: Callable[[Any, Any], Any]) -> Op:
+    def op(args: list[Value], _: dict[str, Any], device: torch.device) -> Value:
         a, b = args
         if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
             la, lb = _as_list(a), _as_list(b)
@@ -117,7 +122,7 @@ def _binary(fn: Callable[[Any, Any], Any]) -> Callable[[list[Value], dict[str, A
                 lb = lb * len(la)
             out = [fn(x, y) for x, y in zip(la, lb, strict=True)]
             return out if _is_shape(a) or _is_shape(b) else out[0]
-        return fn(_tensor(a), _tensor(b))
+        return fn(_tensor(a, device), _tensor(b, device))
 
     return op
 
@@ -143,35 +148,35 @@ _NUMBER_CONSTANTS = (
 )
 
 
-def _gather(args: list[Value], attrs: dict[str, Any]) -> Value:
+def _gather(args: list[Value], attrs: dict[str, Any], device: torch.device) -> Value:
     data, index = args
     axis = attrs.get("axis", 0)
     if _is_shape(data):
         return data[index] if isinstance(index, int) else [data[i] for i in _as_list(index)]
-    index_t = _tensor(index)
+    index_t = _tensor(index, device)
     return torch.index_select(data, axis, index_t.reshape(-1)).reshape(
         *data.shape[:axis], *index_t.shape, *data.shape[axis + 1 :]
     )
 
 
-def _concat(args: list[Value], attrs: dict[str, Any]) -> Value:
+def _concat(args: list[Value], attrs: dict[str, Any], device: torch.device) -> Value:
     if all(not isinstance(a, torch.Tensor) or _small_int(a) for a in args) and any(
         not isinstance(a, torch.Tensor) for a in args
     ):
         return [x for a in args for x in _as_list(a)]
-    return torch.cat([_tensor(a) for a in args], dim=attrs["axis"])
+    return torch.cat([_tensor(a, device) for a in args], dim=attrs["axis"])
 
 
-def _reshape(args: list[Value], _: dict[str, Any]) -> Value:
+def _reshape(args: list[Value], _: dict[str, Any], device: torch.device) -> Value:
     target = _as_list(args[1])
     if _is_shape(args[0]) and len(target) == 1 and target[0] in (-1, len(args[0])):
         return args[0]  # a shape flattened to itself stays a shape (see _constant_of_shape)
-    data = _tensor(args[0])
+    data = _tensor(args[0], device)
     target = [data.shape[i] if s == 0 else s for i, s in enumerate(target)]
     return data.reshape(target)
 
 
-def _unsqueeze(args: list[Value], _: dict[str, Any]) -> Value:
+def _unsqueeze(args: list[Value], _: dict[str, Any], __: torch.device) -> Value:
     data, axes = args[0], _as_list(args[1])
     if not isinstance(data, torch.Tensor):
         return data if _is_shape(data) else [data]
@@ -180,7 +185,7 @@ def _unsqueeze(args: list[Value], _: dict[str, Any]) -> Value:
     return data
 
 
-def _squeeze(args: list[Value], _: dict[str, Any]) -> Value:
+def _squeeze(args: list[Value], _: dict[str, Any], __: torch.device) -> Value:
     data = args[0]
     if _is_shape(data):
         return data[0] if len(data) == 1 else data
@@ -191,21 +196,21 @@ def _squeeze(args: list[Value], _: dict[str, Any]) -> Value:
     return data.squeeze()
 
 
-def _slice(args: list[Value], _: dict[str, Any]) -> Value:
+def _slice(args: list[Value], _: dict[str, Any], __: torch.device) -> Value:
     data, starts, ends = args[0], _as_list(args[1]), _as_list(args[2])
     axes = _as_list(args[3]) if len(args) > 3 and args[3] is not None else list(range(len(starts)))
     steps = _as_list(args[4]) if len(args) > 4 and args[4] is not None else [1] * len(starts)
     if _is_shape(data):
         return data[slice(starts[0], min(ends[0], len(data)), steps[0])]
-    index = [slice(None)] * data.dim()
+    # aten.slice is what Python slicing lowers to, one axis at a time; called directly
+    # it also runs on fake CUDA tensors (the device test runs the graph without a GPU).
     for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
-        size = data.shape[a]
-        e = e if e < 2**62 else size
-        index[a] = slice(s, e, st)
-    return data[tuple(index)]
+        end = e if e < 2**62 else data.shape[a]
+        data = torch.ops.aten.slice.Tensor(data, a, s, end, st)
+    return data
 
 
-def _split(args: list[Value], attrs: dict[str, Any]) -> Value:
+def _split(args: list[Value], attrs: dict[str, Any], _: torch.device) -> Value:
     data = args[0]
     axis = attrs.get("axis", 0)
     if len(args) > 1 and args[1] is not None:
@@ -214,7 +219,7 @@ def _split(args: list[Value], attrs: dict[str, Any]) -> Value:
     return tuple(torch.chunk(data, parts, dim=axis))
 
 
-def _layer_norm(args: list[Value], attrs: dict[str, Any]) -> Value:
+def _layer_norm(args: list[Value], attrs: dict[str, Any], _: torch.device) -> Value:
     x, weight = args[0], args[1]
     bias = args[2] if len(args) > 2 else None
     axis = attrs.get("axis", -1)
@@ -222,7 +227,7 @@ def _layer_norm(args: list[Value], attrs: dict[str, Any]) -> Value:
     return torch.nn.functional.layer_norm(x, shape, weight, bias, attrs.get("epsilon", 1e-5))
 
 
-def _gemm(args: list[Value], attrs: dict[str, Any]) -> Value:
+def _gemm(args: list[Value], attrs: dict[str, Any], _: torch.device) -> Value:
     a, b = args[0], args[1]
     if attrs.get("transA"):
         a = a.transpose(0, 1)
@@ -234,7 +239,7 @@ def _gemm(args: list[Value], attrs: dict[str, Any]) -> Value:
     return out
 
 
-def _constant_of_shape(args: list[Value], attrs: dict[str, Any]) -> Value:
+def _constant_of_shape(args: list[Value], attrs: dict[str, Any], device: torch.device) -> Value:
     value = attrs.get("value")
     fill = np.array(numpy_helper.to_array(value)) if value is not None else np.zeros(1, np.float32)
     shape = _as_list(args[0])
@@ -243,18 +248,19 @@ def _constant_of_shape(args: list[Value], attrs: dict[str, Any]) -> Value:
         # ones, shape)) stays a shape, as the ops around it expect; as a tensor its
         # values would have to be read back, which torch.export cannot trace.
         return [int(fill.reshape(-1)[0])] * int(shape[0])
-    return torch.full(shape, float(fill.reshape(-1)[0]), dtype=torch.from_numpy(fill).dtype)
+    dtype = torch.from_numpy(fill).dtype
+    return torch.full(shape, float(fill.reshape(-1)[0]), dtype=dtype, device=device)
 
 
-def _where(args: list[Value], _: dict[str, Any]) -> Value:
+def _where(args: list[Value], _: dict[str, Any], device: torch.device) -> Value:
     cond, a, b = args
     if all(not isinstance(v, torch.Tensor) for v in (cond, a, b)):
         return [x if c else y for c, x, y in zip(cond, a, b, strict=True)]
-    return torch.where(_tensor(cond), _tensor(a), _tensor(b))
+    return torch.where(_tensor(cond, device), _tensor(a, device), _tensor(b, device))
 
 
-def _expand(args: list[Value], _: dict[str, Any]) -> Value:
-    data, shape = _tensor(args[0]), _as_list(args[1])
+def _expand(args: list[Value], _: dict[str, Any], device: torch.device) -> Value:
+    data, shape = _tensor(args[0], device), _as_list(args[1])
     shape = [s if s != 1 else -1 for s in shape]
     lead = len(shape) - data.dim()
     return data.reshape(*([1] * lead), *data.shape).expand(*shape)
@@ -271,15 +277,15 @@ TORCH_DTYPES = {
 }
 
 
-def _cast(args: list[Value], attrs: dict[str, Any]) -> Value:
+def _cast(args: list[Value], attrs: dict[str, Any], _: torch.device) -> Value:
     if not isinstance(args[0], torch.Tensor):
         return args[0]
     return args[0].to(TORCH_DTYPES[attrs["to"]])
 
 
-def _reduce_sum(args: list[Value], attrs: dict[str, Any]) -> Value:
+def _reduce_sum(args: list[Value], attrs: dict[str, Any], device: torch.device) -> Value:
     """ReduceSum at opset 13+: the axes are an optional input, not an attribute."""
-    data = _tensor(args[0])
+    data = _tensor(args[0], device)
     given = args[1] if len(args) > 1 else None
     axes = _as_list(given) if given is not None else attrs.get("axes", [])
     keep = bool(attrs.get("keepdims", 1))
@@ -290,22 +296,22 @@ def _reduce_sum(args: list[Value], attrs: dict[str, Any]) -> Value:
     return data.sum(dim=list(axes), keepdim=keep)
 
 
-_OPS: dict[str, Callable[[list[Value], dict[str, Any]], Value]] = {
+_OPS: dict[str, Op] = {
     "Add": _binary(lambda a, b: a + b),
     "Sub": _binary(lambda a, b: a - b),
     "Mul": _binary(lambda a, b: a * b),
     "Div": _binary(lambda a, b: a / b if isinstance(a, torch.Tensor) else a // b),
     "Equal": _binary(lambda a, b: a == b),
     "Pow": _binary(lambda a, b: a**b),
-    "MatMul": lambda a, _: a[0] @ a[1],
+    "MatMul": lambda a, _, __: a[0] @ a[1],
     "Gemm": _gemm,
-    "Relu": lambda a, _: torch.relu(a[0]),
-    "Sigmoid": lambda a, _: torch.sigmoid(a[0]),
-    "Tanh": lambda a, _: torch.tanh(a[0]),
-    "Erf": lambda a, _: torch.erf(a[0]),
-    "Sqrt": lambda a, _: torch.sqrt(a[0]),
-    "Softmax": lambda a, attrs: torch.softmax(a[0], dim=attrs.get("axis", -1)),
-    "Identity": lambda a, _: a[0],
+    "Relu": lambda a, _, __: torch.relu(a[0]),
+    "Sigmoid": lambda a, _, __: torch.sigmoid(a[0]),
+    "Tanh": lambda a, _, __: torch.tanh(a[0]),
+    "Erf": lambda a, _, __: torch.erf(a[0]),
+    "Sqrt": lambda a, _, __: torch.sqrt(a[0]),
+    "Softmax": lambda a, attrs, _: torch.softmax(a[0], dim=attrs.get("axis", -1)),
+    "Identity": lambda a, _, __: a[0],
     "Gather": _gather,
     "Concat": _concat,
     "Reshape": _reshape,
@@ -313,16 +319,16 @@ _OPS: dict[str, Callable[[list[Value], dict[str, Any]], Value]] = {
     "Squeeze": _squeeze,
     "Slice": _slice,
     "Split": _split,
-    "Transpose": lambda a, attrs: a[0].permute(*attrs["perm"]),
-    "Shape": lambda a, _: [len(a[0])] if _is_shape(a[0]) else list(a[0].shape),
+    "Transpose": lambda a, attrs, _: a[0].permute(*attrs["perm"]),
+    "Shape": lambda a, _, __: [len(a[0])] if _is_shape(a[0]) else list(a[0].shape),
     "LayerNormalization": _layer_norm,
     "ConstantOfShape": _constant_of_shape,
     "Where": _where,
     "Expand": _expand,
     "Cast": _cast,
-    "Not": lambda a, _: torch.logical_not(_tensor(a[0])),
+    "Not": lambda a, _, device: torch.logical_not(_tensor(a[0], device)),
     "ReduceSum": _reduce_sum,
-    "ReduceMean": lambda a, attrs: a[0].mean(
+    "ReduceMean": lambda a, attrs, _: a[0].mean(
         dim=attrs.get("axes"), keepdim=bool(attrs.get("keepdims", 1))
     ),
 }

@@ -22,7 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from services.inference.runtimes.base import TENSORRT, RuntimeInfo, RuntimeUnavailable
+from services.inference.runtimes.base import (
+    TENSORRT,
+    RuntimeInfo,
+    RuntimeUnavailable,
+    run_in_slices,
+)
 from services.inference.runtimes.keys import EngineKey
 
 _WORKSPACE_BYTES = 1 << 30
@@ -97,11 +102,11 @@ class TensorRtRuntime:
         return cls(plan, key, reason)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return run_in_slices(self._run_within_profile, feeds, self._max_rows)
+
+    def _run_within_profile(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         torch = self._torch
         context, stream = self._context()
-        rows = next(iter(feeds.values())).shape[0]
-        if rows > self._max_rows:
-            raise ValueError(f"{rows} rows exceed the engine's profile ({self._max_rows})")
         # Copies in, buffers and the engine all on this thread's stream: torch's side
         # streams do not wait for the default one, so inputs copied there could still be
         # in flight when the engine reads them, and buffers would be freed under it.

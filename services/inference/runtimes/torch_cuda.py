@@ -24,7 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from services.inference.runtimes.base import TORCH_CUDA, RuntimeInfo, RuntimeUnavailable
+from services.inference.runtimes.base import (
+    TORCH_CUDA,
+    RuntimeInfo,
+    RuntimeUnavailable,
+    run_in_slices,
+)
 from services.inference.runtimes.keys import BatchProfile, EngineKey
 
 _log = logging.getLogger(__name__)
@@ -160,6 +165,9 @@ class TorchCudaRuntime:
         return cls(call, names, info, key, device)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return run_in_slices(self._run_within_profile, feeds, self._max_rows)
+
+    def _run_within_profile(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         torch = self._torch
         inputs = []
         for name in self.input_names:
@@ -169,8 +177,6 @@ class TorchCudaRuntime:
                 tensor = tensor.half()
             inputs.append(tensor)
         rows = inputs[0].shape[0]
-        if rows > self._max_rows:
-            raise ValueError(f"{rows} rows exceed the compiled profile ({self._max_rows})")
         pad = 2 - rows if rows < 2 else 0  # the exported batch dimension starts at 2
         if pad:
             inputs = [torch.cat([t, t[:1].expand(pad, *t.shape[1:])]) for t in inputs]
