@@ -231,3 +231,123 @@ def test_parity_tolerances_by_precision() -> None:
     assert not compare(reference, [reference[0][:2]], 1.0).ok
     with pytest.raises(ValueError, match="precision"):
         tolerance("int8")
+
+
+class _RecordingTensorRt:
+    """What ``build_engine`` asks of the ``tensorrt`` module, recorded (the builder is
+    not installable here; ``tests/inference/test_gpu.py`` builds for real on a GPU host).
+    Names and signatures follow TensorRT 10's Python API."""
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity: int) -> None: ...
+
+    class NetworkDefinitionCreationFlag:
+        STRONGLY_TYPED = 1
+
+    class MemoryPoolType:
+        WORKSPACE = 0
+
+    class BuilderFlag:
+        FP16 = 0
+        TF32 = 7
+
+    def __init__(self, inputs: dict[str, tuple[int, ...]]) -> None:
+        self.calls: list[tuple[object, ...]] = []
+        recorder, calls = self, self.calls
+
+        class Tensor:
+            def __init__(self, name: str, shape: tuple[int, ...]) -> None:
+                self.name, self.shape = name, shape
+
+        class Network:
+            num_inputs = len(inputs)
+
+            def get_input(self, i: int) -> Tensor:
+                return Tensor(*list(inputs.items())[i])
+
+        class Config:
+            def set_memory_pool_limit(self, pool: int, size: int) -> None:
+                calls.append(("pool", pool, size))
+
+            def set_flag(self, flag: int) -> None:
+                calls.append(("set_flag", flag))
+
+            def clear_flag(self, flag: int) -> None:
+                calls.append(("clear_flag", flag))
+
+            def add_optimization_profile(self, profile: object) -> None:
+                calls.append(("profile", profile))
+
+        class Profile(dict[str, tuple[tuple[int, ...], ...]]):
+            def set_shape(self, name: str, *shapes: tuple[int, ...]) -> None:
+                self[name] = shapes
+
+        class Builder:
+            def __init__(self, logger: object) -> None: ...
+
+            def create_network(self, flags: int) -> Network:
+                calls.append(("network", flags))
+                return Network()
+
+            def create_builder_config(self) -> Config:
+                return Config()
+
+            def create_optimization_profile(self) -> Profile:
+                return Profile()
+
+            def build_serialized_network(self, network: Network, config: Config) -> bytes:
+                return b"plan"
+
+        class OnnxParser:
+            num_errors = 0
+
+            def __init__(self, network: Network, logger: object) -> None: ...
+
+            def parse(self, graph: bytes) -> bool:
+                recorder.parsed = graph
+                return True
+
+        self.Builder, self.OnnxParser = Builder, OnnxParser
+        self.parsed = b""
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_tensorrt_engine_is_strongly_typed_profiled_and_exact_in_fp32(
+    precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fp32 turns TF32 off (on by default, it rounds matmul inputs to 10 bits: ~1e-4 off
+    ONNX Runtime, past the 1e-5 bound); fp16 comes from the converted graph, never from a
+    builder precision flag; one profile spans the key's rows for every input."""
+    from services.inference.runtimes import fp16, tensorrt
+
+    trt = _RecordingTensorRt({"numeric": (-1, 3), "categorical": (-1, 1)})
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(fp16, "to_fp16", lambda graph: b"half:" + graph)
+    key = _key(precision=precision, profile=BatchProfile(1, 64, 512))
+
+    assert tensorrt.build_engine(b"graph", key) == b"plan"
+
+    assert ("network", 1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) in trt.calls
+    assert trt.parsed == (b"half:graph" if precision == "fp16" else b"graph")
+    assert not [c for c in trt.calls if c[0] == "set_flag"]
+    tf32_off = ("clear_flag", trt.BuilderFlag.TF32) in trt.calls
+    assert tf32_off == (precision == "fp32")
+    (profile,) = [c[1] for c in trt.calls if c[0] == "profile"]
+    assert profile == {
+        "numeric": ((1, 3), (64, 3), (512, 3)),
+        "categorical": ((1, 1), (64, 1), (512, 1)),
+    }
+
+
+def test_torch_batches_are_padded_to_the_export_minimum_or_to_power_of_two_buckets() -> None:
+    from services.inference.runtimes.torch_cuda import padded_rows
+
+    exported = [padded_rows(rows, 1024, bucketed=False) for rows in (1, 2, 3, 1000)]
+    bucketed = [padded_rows(rows, 1024, bucketed=True) for rows in (1, 2, 3, 5, 64, 65, 1000)]
+
+    assert exported == [2, 2, 3, 1000]  # AOTInductor's batch is dynamic from 2
+    assert bucketed == [2, 2, 4, 8, 64, 128, 1024]  # CUDA graphs: one per bucket
+    assert padded_rows(700, 700, bucketed=True) == 700  # never past the profile
+    assert padded_rows(1, 1, bucketed=True) == 2

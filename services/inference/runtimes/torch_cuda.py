@@ -76,8 +76,11 @@ def export_program(onnx_bytes: bytes, precision: str, profile: BatchProfile, dev
     import torch
 
     module = _module(onnx_bytes, precision, device)
-    examples = example_inputs(onnx_bytes, profile.opt_rows, precision, device)
-    batch = torch.export.Dim("batch", min=max(2, profile.min_rows), max=profile.max_rows)
+    # The exported batch starts at 2 (torch.export specialises a dimension of 1), so a
+    # profile of at most one row still exports, and run() pads a single row to two.
+    low, high = max(2, profile.min_rows), max(2, profile.max_rows)
+    examples = example_inputs(onnx_bytes, min(max(low, profile.opt_rows), high), precision, device)
+    batch = torch.export.Dim("batch", min=low, max=high)
     # forward(*inputs): the varargs are one argument, so their shapes are one tuple.
     shapes = (tuple({0: batch} for _ in examples),)
     with torch.no_grad():  # not process-wide: a service (or a test run) may train too
@@ -110,6 +113,14 @@ def example_inputs(onnx_bytes: bytes, rows: int, precision: str, device: str) ->
     return examples
 
 
+def padded_rows(rows: int, max_rows: int, *, bucketed: bool) -> int:
+    """Rows a batch of ``rows`` is run as: at least 2 (the exported batch dimension starts
+    there), and when ``bucketed`` the next power of two, within the profile."""
+    if not bucketed:
+        return max(2, rows)
+    return max(rows, min(1 << max(1, rows - 1).bit_length(), max(2, max_rows)))
+
+
 class TorchCudaRuntime:
     def __init__(
         self,
@@ -118,7 +129,11 @@ class TorchCudaRuntime:
         info: RuntimeInfo,
         key: EngineKey,
         device: str = "cuda",
+        *,
+        bucketed: bool = False,
     ):
+        """``bucketed``: pad batches to powers of two (CUDA graphs record one graph per
+        batch size they see; buckets keep that to ~log2(max rows) graphs)."""
         import torch
 
         self._torch = torch
@@ -127,6 +142,7 @@ class TorchCudaRuntime:
         self._lock = threading.Lock()
         self._half = key.precision == "fp16"
         self._max_rows = key.profile.max_rows
+        self._bucketed = bucketed
         self.input_names = input_names
         self.output_names = ("output",)
         self.info = info
@@ -159,9 +175,12 @@ class TorchCudaRuntime:
             try:
                 module = _module(onnx_bytes, key.precision, device)
                 call = torch.compile(module, mode="reduce-overhead")
+                with torch.no_grad():  # compiling is lazy: its errors surface here, not later
+                    call(*example_inputs(onnx_bytes, 2, key.precision, device))
             except Exception as inner:
                 raise RuntimeUnavailable(f"torch could not compile the graph: {inner}") from inner
             info = RuntimeInfo(TORCH_CUDA, key.precision, 0, "", reason + " (torch.compile)")
+            return cls(call, names, info, key, device, bucketed=True)
         return cls(call, names, info, key, device)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -177,7 +196,7 @@ class TorchCudaRuntime:
                 tensor = tensor.half()
             inputs.append(tensor)
         rows = inputs[0].shape[0]
-        pad = 2 - rows if rows < 2 else 0  # the exported batch dimension starts at 2
+        pad = padded_rows(rows, self._max_rows, bucketed=self._bucketed) - rows
         if pad:
             inputs = [torch.cat([t, t[:1].expand(pad, *t.shape[1:])]) for t in inputs]
         with self._lock, torch.no_grad():
