@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+from libs.runtime.cpus import available_cpus
 
 
 class InferenceSettings(BaseSettings):
@@ -34,7 +31,8 @@ class InferenceSettings(BaseSettings):
     executors: int = Field(
         default=0,
         ge=0,
-        description="Batch executors per process (one per core); 0: cores // processes.",
+        description="Batch executors per process (one per core); 0: cores // processes, "
+        "cores being the CPUs this process may use (affinity, capped by the cgroup's quota).",
     )
     runtime_threads: int = Field(
         default=1, ge=1, description="Threads per executor inside a CPU runtime."
@@ -141,4 +139,4 @@ class InferenceSettings(BaseSettings):
         return out
 
     def executor_count(self) -> int:
-        return self.executors or max(1, _cores() // self.processes)
+        return self.executors or max(1, available_cpus() // self.processes)

@@ -225,6 +225,46 @@ async def test_close_answers_every_request_it_holds() -> None:
         await batcher.submit(target, [3], 1, None)
 
 
+class ShortTarget(Target):
+    """Returns one result too few: a runtime bug the batcher must not turn into a hang."""
+
+    def run_batch(self, parts: Sequence[list[int]]) -> list[int]:
+        return super().run_batch(parts)[:-1]
+
+
+class BrokenCostTarget(Target):
+    """Its cost model fails after the batch ran: an error outside the runtime's call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cost.observe = self._fail  # type: ignore[method-assign]
+
+    def _fail(self, rows: int, seconds: float) -> None:
+        raise ArithmeticError("cost model broke")
+
+
+@pytest.mark.parametrize("faulty", [ShortTarget, BrokenCostTarget])
+async def test_a_failing_batch_fails_its_requests_and_the_executor_serves_on(
+    faulty: type[Target],
+) -> None:
+    batcher, good, blocker = _batcher(inline_below_s=0.0), Target(), Target()
+    bad = faulty()
+    batcher.start()
+    blocker.gate.clear()
+    held = asyncio.create_task(batcher.submit(blocker, [0], 1, None))
+    await asyncio.sleep(0.05)  # the only executor holds it: the next two queue as one batch
+    failing = [asyncio.create_task(batcher.submit(bad, [i], 1, None)) for i in (1, 2)]
+    await asyncio.sleep(0.01)
+    blocker.gate.set()
+
+    outcomes = await asyncio.wait_for(asyncio.gather(*failing, return_exceptions=True), 2)
+    assert await held == 0
+    assert all(isinstance(o, RuntimeError | ArithmeticError) for o in outcomes), outcomes
+    assert bad.batches == [[1, 1]]
+    assert await asyncio.wait_for(batcher.submit(good, [5], 1, None), 2) == 5
+    await asyncio.wait_for(batcher.close(), 2)
+
+
 async def test_starved_shadow_rows_never_refuse_serving_requests() -> None:
     """Shadow rows wait behind serving rows; when they pile up it is the shadow's own
     rows that are refused, never a serving request."""

@@ -36,7 +36,6 @@ that is the lone request of a quiet service, where every hop is latency.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -187,8 +186,12 @@ class Batcher:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a dead executor must not keep the queue unanswered
+                _log.exception("an executor had failed")
         self._tasks = []
         for queue in list(self._queues.values()):
             for pending in queue.pending:
@@ -281,6 +284,10 @@ class Batcher:
             for pending in batch:  # taken, so ``close`` cannot see them: answer here
                 _fail(pending, ShuttingDown("the service is shutting down; retry elsewhere"))
             raise
+        except Exception as exc:  # the batcher's own fault: answer the batch, keep serving
+            _log.exception("a batch of %d requests failed outside the runtime", len(batch))
+            for pending in batch:
+                _fail(pending, exc)
 
     async def _run(self, target: BatchTarget, batch: list[_Pending]) -> None:
         rows = sum(p.rows for p in batch)
@@ -292,6 +299,8 @@ class Batcher:
             else:
                 loop = asyncio.get_running_loop()
                 results, seconds = await loop.run_in_executor(self._pool, _timed, target, parts)
+            if len(results) != len(parts):
+                raise RuntimeError(f"{len(results)} results for a batch of {len(parts)} requests")
         except Exception as exc:
             for pending in batch:
                 _fail(pending, exc)
