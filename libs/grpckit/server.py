@@ -11,11 +11,15 @@ host passes ``LATHE_INSECURE``; the kit itself reads no settings).
 Several processes may share one port (``reuse_port``: SO_REUSEPORT, the kernel spreads
 connections over them) only when each asks for it; otherwise a second server on a
 port in use fails to start, so two services configured with the same address do not
-silently split each other's traffic.
+silently split each other's traffic. Processes that share a port also share their
+health: each publishes its own readiness and liveness combined with its siblings'
+(``set_siblings``, fed by ``libs.runtime.pod_health``), so a probe gets the pod's answer
+whichever process the kernel hands its connection to.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -94,12 +98,23 @@ class GrpcServer:
         )
         self.port: int | None = None
         self._parts: set[str] = set()
+        self._ready = False
+        """This process's own readiness, as ``set_serving`` last said."""
+        self._live = True
+        """This process's own liveness, as ``set_live`` last said."""
+        self._siblings_ready = True  # no siblings: this process alone decides
+        self._siblings_live = True
+        self._published: tuple[bool, bool] | None = None
+        """(readiness, liveness) as last published; None before ``start``."""
+        self._publishing = asyncio.Lock()
+        """The watchdog, the pod's beat and ``stop`` publish from separate tasks: one at a
+        time, so that two changes cannot interleave their names' updates."""
+        self._stopping = False
 
     async def start(self) -> int:
         """Listen (health NOT_SERVING until ``bind`` and ``set_serving``); returns the port."""
         self._refuse_open_network_without_consent()
-        await self._set_all(_NOT_SERVING)
-        await self._health.set(LIVENESS_SERVICE, _SERVING)
+        await self._publish()
         try:
             self.port = self.server.add_insecure_port(self.address)
         except RuntimeError as exc:
@@ -116,8 +131,21 @@ class GrpcServer:
             register(collector)
         self._handlers.add_generic_rpc_handlers([collector])
 
+    @property
+    def ready(self) -> bool:
+        """This process's own readiness (what ``set_serving`` last said), siblings aside."""
+        return self._ready
+
+    @property
+    def live(self) -> bool:
+        """This process's own liveness (what ``set_live`` last said), siblings aside."""
+        return self._live
+
     async def set_serving(self, serving: bool) -> None:
-        await self._set_all(_SERVING if serving else _NOT_SERVING)
+        """This process's own readiness (``""`` and the service names); published as
+        SERVING only while the siblings sharing the port are ready too."""
+        self._ready = serving
+        await self._publish()
 
     async def set_parts(self, statuses: Mapping[str, bool]) -> None:
         """Health of named parts of a service (``<gRPC service>/<part>``: serving or not);
@@ -129,14 +157,23 @@ class GrpcServer:
             await self._health.set(name, _SERVING if serving else _NOT_SERVING)
 
     async def set_live(self, live: bool) -> None:
-        """Liveness (``LIVENESS_SERVICE``): False asks the orchestrator for a restart."""
-        await self._health.set(LIVENESS_SERVICE, _SERVING if live else _NOT_SERVING)
+        """Liveness (``LIVENESS_SERVICE``): False asks the orchestrator for a restart (of
+        the whole pod when processes share the port: any one not live makes it so)."""
+        self._live = live
+        await self._publish()
+
+    async def set_siblings(self, *, ready: bool, live: bool) -> None:
+        """The combined health of the other processes sharing this port: readiness and
+        liveness are published as this process's own AND theirs. Never called with one
+        process, whose own health is what it publishes."""
+        self._siblings_ready, self._siblings_live = ready, live
+        await self._publish()
 
     async def stop(self, grace_s: float) -> None:
         """Stop accepting calls and let in-flight ones finish within ``grace_s``."""
-        await self._set_all(_NOT_SERVING)
+        self._stopping = True  # from here on nothing turns SERVING again
+        await self._publish()
         await self.set_parts(dict.fromkeys(self._parts, False))
-        await self._health.set(LIVENESS_SERVICE, _NOT_SERVING)
         await self.server.stop(grace_s)
 
     def _refuse_open_network_without_consent(self) -> None:
@@ -156,9 +193,19 @@ class GrpcServer:
             "LATHE_INSECURE=1 to accept that explicitly"
         )
 
-    async def _set_all(self, status: int) -> None:
-        for name in ("", *self._service_names):
-            await self._health.set(name, status)
+    async def _publish(self) -> None:
+        """Set the health names whose combined status changed (Watch streams see changes
+        only, and the pod's health is recomputed every 0.5 s)."""
+        async with self._publishing:
+            ready = self._ready and self._siblings_ready and not self._stopping
+            live = self._live and self._siblings_live and not self._stopping
+            was_ready, was_live = self._published or (None, None)
+            self._published = (ready, live)
+            if ready != was_ready:
+                for name in ("", *self._service_names):
+                    await self._health.set(name, _SERVING if ready else _NOT_SERVING)
+            if live != was_live:
+                await self._health.set(LIVENESS_SERVICE, _SERVING if live else _NOT_SERVING)
 
 
 def _is_loopback(address: str) -> bool:

@@ -9,8 +9,10 @@ NOT_SERVING, drain in-flight calls, stop background work, close.
 
 While running, a watchdog (``libs.runtime.watchdog``) keeps readiness (Postgres and
 the service's own readiness check) apart from liveness (would a restart help: the
-outbox relay stuck while Postgres and NATS answer). Everything is configured by the
-one ``LatheSettings`` object the host is given; nothing below it reads the environment.
+outbox relay stuck while Postgres and NATS answer). One of several processes sharing the
+port (``libs.runtime.processes``) also publishes its siblings' health combined with its
+own (``libs.runtime.pod_health``). Everything is configured by the one ``LatheSettings``
+object the host is given; nothing below it reads the environment.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import gc
 import logging
 import signal
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from libs.config import LatheSettings
 from libs.db import apply_migrations, connect_pool
@@ -28,6 +31,7 @@ from libs.eventstore import EventRelay, EventStore
 from libs.grpckit import GrpcServer
 from libs.messaging import EventStreamNames, connect_nats, ensure_stream
 from libs.runtime.memory import return_large_buffers_to_os
+from libs.runtime.pod_health import PodHealth, PodHealthFile
 from libs.runtime.spec import ServiceContext, ServiceSpec
 from libs.runtime.watchdog import Watchdog
 from libs.telemetry import configure_telemetry
@@ -38,9 +42,14 @@ _log = logging.getLogger(__name__)
 class ServiceHost:
     """Runs one service until it is asked to stop."""
 
-    def __init__(self, spec: ServiceSpec, settings: LatheSettings) -> None:
+    def __init__(
+        self, spec: ServiceSpec, settings: LatheSettings, *, pod_health_file: Path | None = None
+    ) -> None:
+        """``pod_health_file``: with several processes sharing the port, the pod's health
+        file (``libs.runtime.pod_health``); this process writes slot ``process_index``."""
         self._spec = spec
         self._settings = settings
+        self._pod_health_file = pod_health_file
         self._stop = asyncio.Event()
         self.started = asyncio.Event()
         """Set once the servicers are bound and background work runs; health may still be
@@ -67,6 +76,16 @@ class ServiceHost:
         )
         port = self.port = await server.start()
         _log.info("%s listening on port %d (NOT_SERVING until ready)", spec.name.display_name, port)
+        tasks: list[asyncio.Task[None]] = []
+        if self._pod_health_file is not None:
+            # From the first moment: siblings see this process as there but not ready yet.
+            pod = PodHealth(
+                name=spec.name.display_name,
+                file=PodHealthFile(self._pod_health_file),
+                index=settings.process_index,
+                server=server,
+            )
+            tasks.append(asyncio.create_task(pod.run(self._stop), name="pod-health"))
         pool = await connect_pool(
             settings.require_database_url(),
             max_size=20,
@@ -75,7 +94,6 @@ class ServiceHost:
             acquire_timeout_s=settings.db_acquire_timeout_s,
         )
         nats_client = None
-        tasks: list[asyncio.Task[None]] = []
         drained = asyncio.Event()
         """Set once in-flight calls have finished: the service's serving support stops."""
         closers: Sequence[Callable[[], None]] = ()
@@ -163,13 +181,15 @@ def run_service(
     *,
     sibling_metrics: Mapping[str, str] | None = None,
     on_stop: Callable[[], None] | None = None,
+    pod_health_file: Path | None = None,
 ) -> None:
     """Entry point of a service process: run until SIGTERM/SIGINT.
 
     ``sibling_metrics``: in the first of several processes of the service in one pod
     (``libs.runtime.processes``), the other processes' /metrics URLs by process index; its
     metrics port then serves them all. ``on_stop`` is called when the stop signal arrives
-    (before draining), e.g. to pass it on to those processes.
+    (before draining), e.g. to pass it on to those processes. ``pod_health_file``: in
+    each of those processes, the file through which their health is made pod-wide.
     """
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -186,7 +206,7 @@ def run_service(
         process_label=str(settings.process_index) if several else None,
         sibling_metrics=sibling_metrics,
     )
-    host = ServiceHost(spec, settings)
+    host = ServiceHost(spec, settings, pod_health_file=pod_health_file)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -11,6 +11,9 @@ starts the others and:
   exits non-zero when that one failed, so the orchestrator restarts the pod and its
   restart alert sees it. A pod serves with all its processes or not at all, never
   silently on fewer cores;
+- creates the pod's health file (``libs.runtime.pod_health``) that every process writes
+  its own health to and reads its siblings' from, so that each answers a probe with the
+  pod's health, not its own: the kernel hands each probe's connection to any of them;
 - passes its stop signal on as it arrives, so all drain side by side, and waits for them.
 """
 
@@ -26,9 +29,11 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 from libs.config import LatheSettings
 from libs.runtime.host import run_service
+from libs.runtime.pod_health import POD_HEALTH_FILE_ENV, create_pod_health_file
 from libs.runtime.spec import ServiceSpec
 
 _log = logging.getLogger(__name__)
@@ -40,16 +45,30 @@ def run_service_processes(spec: ServiceSpec, *, processes: int, module: str) -> 
     """Run ``spec`` as ``processes`` processes (``python -m module`` starts each)."""
     settings = LatheSettings()
     spec = dataclasses.replace(spec, reuse_port=processes > 1)
-    if processes <= 1 or settings.process_index > 0:
+    if processes <= 1:
         run_service(spec)
         return
+    if settings.process_index > 0:
+        # Read here, not in LatheSettings: a hand-over from the first process, not a setting.
+        handed_over = os.environ.get(POD_HEALTH_FILE_ENV)
+        if handed_over is None:
+            raise SystemExit(
+                f"LATHE_PROCESS_INDEX={settings.process_index} without {POD_HEALTH_FILE_ENV}: "
+                "the first process of a pod sets both for the ones it starts; start the pod "
+                "without LATHE_PROCESS_INDEX"
+            )
+        run_service(spec, pod_health_file=Path(handed_over))
+        return
+    health_file = create_pod_health_file(processes)
     metrics_ports = (
         {i: _free_loopback_port() for i in range(1, processes)}
         if settings.metrics_port is not None
         else {}
     )
     children = {
-        i: subprocess.Popen([sys.executable, "-m", module], env=_child_env(i, metrics_ports.get(i)))
+        i: subprocess.Popen(
+            [sys.executable, "-m", module], env=_child_env(i, metrics_ports.get(i), health_file)
+        )
         for i in range(1, processes)
     }
     watch = _ChildWatch(children)
@@ -67,10 +86,12 @@ def run_service_processes(spec: ServiceSpec, *, processes: int, module: str) -> 
                 str(i): f"http://127.0.0.1:{port}/metrics" for i, port in metrics_ports.items()
             },
             on_stop=stop_together,
+            pod_health_file=health_file,
         )
     finally:
         watch.stopping.set()
         _stop(children)
+        health_file.unlink(missing_ok=True)
     if watch.ended is not None and watch.ended[1] != 0:
         index, code = watch.ended
         raise SystemExit(
@@ -80,8 +101,12 @@ def run_service_processes(spec: ServiceSpec, *, processes: int, module: str) -> 
         )
 
 
-def _child_env(index: int, metrics_port: int | None) -> dict[str, str]:
-    env = {**os.environ, "LATHE_PROCESS_INDEX": str(index)}
+def _child_env(index: int, metrics_port: int | None, health_file: Path) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "LATHE_PROCESS_INDEX": str(index),
+        POD_HEALTH_FILE_ENV: str(health_file),
+    }
     if metrics_port is not None:
         env["LATHE_METRICS_PORT"] = str(metrics_port)
         env["LATHE_METRICS_HOST"] = "127.0.0.1"

@@ -16,6 +16,10 @@ e.g. inference's models) are published beside them as ``<gRPC service>/<part>``.
 
 Every change is logged once, when it happens, with its reason; nothing is logged while
 a state lasts. The checks run every 2 s (``WATCHDOG_INTERVAL_S``).
+
+What it sets is this process's own health. When several processes share the port
+(``libs.runtime.processes``), the server publishes it combined with theirs
+(``libs.runtime.pod_health``): a probe reaches any one of them and must get the pod's answer.
 """
 
 from __future__ import annotations
