@@ -263,6 +263,29 @@ async def test_any_failure_to_load_is_one_recorded_refusal_never_a_reload_loop(
         assert world.recorder.recorded[-1] == (revision, "DeploymentFailed", 2)
 
 
+async def test_a_refused_version_asked_for_again_is_loading_not_refused_until_it_fails() -> None:
+    """GetDeployment, its metric and the SDK's wait read ``refused``: a version asked for
+    again after a refusal (a transient cause, fixed) is loading, not refused by the old
+    attempt."""
+    async with running() as world:
+        await serving(world, 1)
+        world.loads.failures[2] = [LoadFailure("load", "unexpected MemoryError")]
+        world.request(2)
+        await until(lambda: world.slot.refused, "v2 refused")
+        first = world.slot.failure
+        await serving(world, 1)  # back to the version that serves
+        release = world.loads.hold(2)
+        world.loads.failures[2] = [LoadFailure("parity", "disagrees with ONNX Runtime")]
+        again = world.request(2)
+        await until(lambda: world.slot.loading, "v2 loads again")
+        await polls()
+        assert not world.slot.refused and world.slot.failure is None
+        release.set()
+        await until(lambda: world.slot.refused, "v2 refused again")
+        assert world.slot.failure is not first and world.slot.failure.stage == "parity"  # type: ignore[union-attr]
+        assert world.recorder.recorded[-1] == (again, "DeploymentFailed", 2)
+
+
 async def test_a_registry_outage_is_retried_with_backoff_and_never_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

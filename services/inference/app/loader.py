@@ -171,6 +171,8 @@ class DeploymentLoader:
             self._remove(slot, state)
             return
         slot.removed = False
+        if slot.refused:  # asked for again: this request's load decides, not the last one's
+            slot.failure = None
         if self._kept(slot, state.requested_version):
             self._activate_kept(slot, state)
         elif not slot.loading and not self._backing_off(key, state.requested_version):
