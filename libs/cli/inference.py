@@ -3,6 +3,7 @@
     lathe predict credit-default --entity loan_id=LC1 --feature requested_amount=12000
     lathe predict credit-default --entity loan_id=LC1 --entity loan_id=LC2   # two rows
     lathe predict card-fraud --entity card_id=4111,merchant_id=m-9   # a composite key
+    lathe predict credit-default -e loan_id=LC1 -f term=36 -f zip='"12345"'   # a string
     lathe deployments list
     lathe deployments show credit-default --alias canary
     lathe deployments wait credit-default --version 7   # after moving the alias
@@ -14,6 +15,8 @@ retried only where that is safe.
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -25,7 +28,7 @@ from rich.table import Table
 from lathe.inference.v1.service_pb2_grpc import InferenceStub
 from libs.config import LatheSettings
 from libs.grpckit import open_channel
-from libs.sdk.feature_store import Scalar
+from libs.sdk.feature_store import INT64_MAX, INT64_MIN, Scalar
 from libs.sdk.inference import DeploymentInfo, DeploymentRefused, InferenceClient, PredictRow
 
 deployments = typer.Typer(
@@ -33,7 +36,19 @@ deployments = typer.Typer(
 )
 console = Console()
 T = TypeVar("T")
-Timeout = Annotated[float, typer.Option("--timeout", help="Deadline of the call, in seconds.")]
+
+
+def _seconds(value: float) -> float:
+    """A --timeout: a finite number of seconds above 0 (typer reads "nan" and "-1" too)."""
+    if not math.isfinite(value) or value <= 0:
+        raise typer.BadParameter(f"{value} is not a number of seconds above 0")
+    return value
+
+
+Timeout = Annotated[
+    float,
+    typer.Option("--timeout", help="Deadline of the call, in seconds.", callback=_seconds),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -64,7 +79,8 @@ def predict(
             "--entity",
             "-e",
             help="One row's entity keys, e.g. loan_id=LC1 (several keys: a=1,b=x). "
-            "Repeat for more rows. Digits are int64 keys unless --string-keys.",
+            "Repeat for more rows. Digits are int64 keys unless they start with 0 or "
+            "--string-keys; quote a value to send it as a string: loan_id='\"42\"'.",
         ),
     ],
     feature: Annotated[
@@ -72,8 +88,10 @@ def predict(
         typer.Option(
             "--feature",
             "-f",
-            help="A request-time feature for every row, e.g. requested_amount=12000 "
-            "(numbers are float64, true/false bool, anything else a string).",
+            help="A request-time feature for every row, e.g. requested_amount=12000: "
+            "integers are int64 (a float64 feature takes them too), other numbers float64, "
+            "true/false bool, digits starting with 0 and anything else a string; quote a "
+            "value to send it as a string: zip='\"12345\"'.",
         ),
     ] = None,
     alias: Annotated[str, typer.Option(help="The alias to score with.")] = "production",
@@ -92,7 +110,7 @@ def predict(
         request_features = dict(_pair(f, _feature_value) for f in feature or [])
         rows = [
             PredictRow(
-                dict(_pair(k, str if string_keys else _key_value) for k in e.split(",")),
+                dict(_pair(k, _string if string_keys else _key_value) for k in e.split(",")),
                 request_features,
             )
             for e in entity
@@ -191,7 +209,8 @@ def wait_for_version(
     version: Annotated[int, typer.Option(help="The version that should serve.")],
     alias: Annotated[str, typer.Option(help="Which alias.")] = "production",
     timeout: Annotated[
-        float, typer.Option("--timeout", help="How long to wait, in seconds.")
+        float,
+        typer.Option("--timeout", help="How long to wait, in seconds.", callback=_seconds),
     ] = 120.0,
 ) -> None:
     """Until VERSION serves as ALIAS (e.g. after a promotion); exits 1 at once when
@@ -224,18 +243,56 @@ def _pair(text: str, parse: Callable[[str], Scalar]) -> tuple[str, Scalar]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
         raise ValueError(f"{text!r} is not name=value")
-    return name.strip(), parse(value.strip())
+    try:
+        return name.strip(), parse(value.strip())
+    except ValueError as error:
+        raise ValueError(f"{text}: {error}") from None
 
 
 def _key_value(text: str) -> str | int:
-    digits = text[1:] if text.startswith("-") else text
-    return int(text) if digits.isdigit() else text
+    """A quoted value: the string inside; a number (``_NUMBER``): an int64; else the text."""
+    quoted = _unquoted(text)
+    if quoted is not None:
+        return quoted
+    return _int64(text) if _NUMBER.fullmatch(text) else text
 
 
 def _feature_value(text: str) -> Scalar:
+    """As ``_key_value``, and true/false are bools, other numbers floats."""
+    quoted = _unquoted(text)
+    if quoted is not None:
+        return quoted
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
+    if _DIGITS.fullmatch(text):
+        return _int64(text) if _NUMBER.fullmatch(text) else text
     try:
         return float(text)
     except ValueError:
         return text
+
+
+def _string(text: str) -> str:
+    """--string-keys: the text (a quoted value: the string inside)."""
+    quoted = _unquoted(text)
+    return text if quoted is None else quoted
+
+
+_DIGITS = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?(0|[1-9][0-9]*)")
+"""Integer text that is a number: digits with a leading zero (02139, 00042) name
+something, a zip code or an id, and stay strings."""
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{text} does not fit an int64 (quote it for a string: '\"{text}\"')")
+    return value
+
+
+def _unquoted(text: str) -> str | None:
+    """The text inside double or single quotes ("02139"), else None."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    return None

@@ -21,6 +21,7 @@ e.g. to retry across processes) and is retried with it after an ambiguous failur
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -319,23 +320,57 @@ def to_column(values: Sequence[Scalar]) -> m.RepeatedValue:
     return m.RepeatedValue(values=[to_value(v) for v in values])
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""The range of an int64 value."""
+
+
 def to_value(obj: Scalar) -> m.Value:
-    """A Python scalar as a typed Value (naive datetimes are taken as UTC)."""
+    """A Python value as a typed Value: None (null), bool, int (int64), float, str,
+    datetime (naive: UTC) or a list of one of those; numpy's bool, integer and floating
+    scalars as the Python ones. Anything else is a ``TypeError`` — never its ``str()``,
+    which would send ``np.int64(5)`` as the string "5" (an int64 key then is unknown) or
+    a ``Decimal`` as text where a number is declared."""
+    obj = _python(obj)
     if obj is None:
         return m.Value()
     if isinstance(obj, bool):
         return m.Value(bool_value=obj)
     if isinstance(obj, int):
+        if not INT64_MIN <= obj <= INT64_MAX:
+            raise ValueError(f"{obj} does not fit an int64 value")
         return m.Value(int64_value=obj)
     if isinstance(obj, float):
         return m.Value(float64_value=obj)
+    if isinstance(obj, str):
+        return m.Value(string_value=obj)
     if isinstance(obj, datetime):
         value = m.Value()
         value.timestamp_value.FromDatetime(obj if obj.tzinfo else obj.replace(tzinfo=UTC))
         return value
     if isinstance(obj, list | tuple):
-        return _list_value(obj)
-    return m.Value(string_value=str(obj))
+        return _list_value([_python(x) for x in obj])
+    kind = type(obj)
+    raise TypeError(
+        f"a {kind.__module__}.{kind.__qualname__} is not a feature value: pass None, bool, "
+        "int, float, str, datetime or a list of one of those (convert it first, e.g. "
+        "float(d) for a Decimal, a datetime for a date, array.tolist() for an array)"
+    )
+
+
+def _python(obj: object) -> object:
+    """numpy's bool, integer and floating scalars as Python's bool, int and float; any
+    other object as it is. numpy is not imported here: if a numpy scalar exists, numpy
+    is already loaded."""
+    np = sys.modules.get("numpy")
+    if np is None or not isinstance(obj, np.generic):
+        return obj
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    return obj
 
 
 def _list_value(items: list[object] | tuple[object, ...]) -> m.Value:

@@ -26,6 +26,7 @@ has spent the budget.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -35,6 +36,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from lathe.feature_store.v1.message_pb2 import Value
 from lathe.inference.v1 import message_pb2 as m
 from lathe.inference.v1 import request_response_pb2 as rr
 from lathe.inference.v1.service_pb2_grpc import InferenceStub
@@ -55,9 +57,12 @@ class PredictRow:
     """One row to score."""
 
     entity_keys: Mapping[str, str | int]
-    """The entity's join keys, e.g. ``{"loan_id": "LC1"}``."""
+    """The entity's join keys, e.g. ``{"loan_id": "LC1"}``: strings or integers (numpy's
+    integers too)."""
     request_features: Mapping[str, Scalar] = field(default_factory=dict)
-    """Request-time inputs of on-demand features, e.g. ``{"requested_amount": 12000.0}``."""
+    """Request-time inputs of on-demand features, e.g. ``{"requested_amount": 12000.0}``
+    (``libs.sdk.feature_store.to_value`` types them; numpy scalars are taken, other
+    objects refused with TypeError); a None value is left out of the request."""
     decision_id: str = ""
     """Your id of this decision (outcomes join on it); "" lets the client make one."""
     eligible_actions: Sequence[str] = ()
@@ -282,31 +287,36 @@ class InferenceClient:
         poll_s: float = 0.1,
         on_progress: Callable[[str], None] | None = None,
     ) -> DeploymentInfo:
-        """Until the service serves ``version`` as ``alias`` of ``model_name``, warm (e.g.
-        after moving the alias in the registry). Raises ``DeploymentRefused`` as soon as
-        the service refused that version (it will not serve it: fix the model or move the
-        alias back), ``TimeoutError`` past ``timeout_s`` saying where the deployment stands.
-        ``on_progress`` hears that state each time it is read."""
+        """Until the service serves ``version`` as ``alias`` of ``model_name``, warm, with
+        the alias still there (e.g. after moving the alias in the registry). Raises
+        ``DeploymentRefused`` as soon as the service refused that version (it will not
+        serve it: fix the model or move the alias back), ``TimeoutError`` past
+        ``timeout_s`` saying where the deployment stands. Each poll waits at most the
+        client's ``timeout_s`` and never past the overall one; a poll that gets no answer
+        in time (a busy service) is polled again. ``on_progress`` hears the state each
+        time it is read."""
+        _check_seconds("timeout_s", timeout_s)
+        _check_seconds("poll_s", poll_s)
         deadline = time.monotonic() + timeout_s
+        seen = ""  # the deployment as last read
         while True:
+            poll_timeout = max(0.0, min(self._timeout_s, deadline - time.monotonic()))
             try:
-                deployment = await self.get_deployment(
-                    model_name, alias, timeout_s=max(0.1, min(self._timeout_s, timeout_s))
-                )
+                deployment = await self.get_deployment(model_name, alias, timeout_s=poll_timeout)
             except grpc.aio.AioRpcError as error:
-                if error.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
+                code = error.code()
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    where = f"no answer within {poll_timeout:.3g}s" + (f"; {seen}" if seen else "")
+                elif code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
+                    where = f"not deployed here yet ({code.name}: {error.details()})"
+                else:
                     raise
-                where = f"not deployed here yet ({error.code().name}: {error.details()})"
             else:
-                if deployment.serving_version == version and deployment.warm:
+                if _serves(deployment, version):
                     return deployment
-                if deployment.failure is not None and deployment.failure.version == version:
+                if _refused(deployment, version):
                     raise DeploymentRefused(deployment)
-                where = f"{deployment.state}, requested v{deployment.requested_version}, " + (
-                    f"serving v{deployment.serving_version}"
-                    if deployment.serving_version
-                    else "nothing serving"
-                )
+                where = seen = _where(deployment)
             if on_progress is not None:
                 on_progress(where)
             if time.monotonic() + poll_s > deadline:
@@ -315,6 +325,34 @@ class InferenceClient:
                     f"{timeout_s:g}s: {where}"
                 )
             await asyncio.sleep(poll_s)
+
+
+def _serves(deployment: DeploymentInfo, version: int) -> bool:
+    """``version`` serves warm and is still what the alias asks for."""
+    return (
+        deployment.serving_version == version
+        and deployment.requested_version == version
+        and deployment.warm
+    )
+
+
+def _refused(deployment: DeploymentInfo, version: int) -> bool:
+    """The service refused ``version`` and is not trying it again: the failure is that
+    version's and the deployment is FAILED (a reload of it reports LOADING)."""
+    failure = deployment.failure
+    return deployment.state == "failed" and failure is not None and failure.version == version
+
+
+def _where(deployment: DeploymentInfo) -> str:
+    serving = deployment.serving_version
+    return f"{deployment.state}, requested v{deployment.requested_version}, " + (
+        f"serving v{serving}" if serving else "nothing serving"
+    )
+
+
+def _check_seconds(name: str, seconds: float) -> None:
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, not {seconds!r}")
 
 
 class DeploymentRefused(Exception):
@@ -356,12 +394,31 @@ async def _retrying(
 
 def _row(row: PredictRow) -> m.PredictionInput:
     return m.PredictionInput(
-        entity_keys={k: to_value(v) for k, v in row.entity_keys.items()},
-        request_features={k: to_value(v) for k, v in row.request_features.items()},
+        entity_keys={k: _key(k, v) for k, v in row.entity_keys.items()},
+        # None: left out (the service refuses an empty value and says to leave it out).
+        request_features={
+            k: _typed(f"request feature {k!r}", v)
+            for k, v in row.request_features.items()
+            if v is not None
+        },
         # Made here, before the first try: a retry is the same decision.
         decision_id=row.decision_id or str(uuid.uuid4()),
         eligible_actions=list(row.eligible_actions),
     )
+
+
+def _key(name: str, key: object) -> Value:
+    if key is None:
+        raise TypeError(f"entity key {name!r} is None: every row needs a value for each key")
+    return _typed(f"entity key {name!r}", key)
+
+
+def _typed(what: str, value: object) -> Value:
+    """``to_value``, its TypeError or ValueError naming the key or feature."""
+    try:
+        return to_value(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{what}: {error}") from None
 
 
 def _predictions(response: rr.PredictResponse) -> Predictions:

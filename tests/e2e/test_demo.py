@@ -279,6 +279,8 @@ def _examples_run_against_the_platform(env: dict[str, str], model: str) -> None:
     )
     assert predicted.returncode == 0, predicted.stdout + predicted.stderr
     assert "LC00001: p(bad) " in predicted.stdout and "trace " in predicted.stdout
+    # The credit-default predictor, not the credit-line policy the demo promoted after it.
+    assert f"model {model}\n" in predicted.stdout, predicted.stdout
 
     subscribed = _run(
         protos_only,
