@@ -1,5 +1,8 @@
 """The fuzz test's platform: all four services on a database and namespace of their own.
 
+Inference runs as ``inference_corpus.fuzz_inference_spec`` builds it: following only the
+fuzz's own models, on the CPU, logging a sample of predictions and decisions.
+
 Their own database keeps the write fingerprints (which read every table of a service's
 schema before and after each call) small and untouched by the rest of the suite, and
 keeps what the fuzz creates out of the other tests' way. Both are removed after the run.
@@ -22,6 +25,7 @@ from pydantic import SecretStr
 from libs.config import LatheSettings, ServiceName
 from libs.db import connect_pool
 from tests.fuzz.corpus import seed_all
+from tests.fuzz.inference_corpus import fuzz_inference_spec
 from tests.fuzz.oracle import FINGERPRINT_FUNCTION
 from tests.fuzz.platform import FuzzPlatform
 from tests.fuzz.server_log import ErrorLog
@@ -70,22 +74,32 @@ async def fuzz_platform(
         pool = await connect_pool(fuzz_database, min_size=1, max_size=4)
         stack.push_async_callback(pool.close)
         await pool.execute(FINGERPRINT_FUNCTION)
+        inference, probe = fuzz_inference_spec()
         channels = {}
         for name in ServiceName:
-            await stack.enter_async_context(hosted(spec_of(name), settings))
+            spec = inference if name == ServiceName.INFERENCE else spec_of(name)
+            await stack.enter_async_context(hosted(spec, settings))
             channel = grpc.aio.insecure_channel(settings.service_addr(name))
             stack.push_async_callback(channel.close)
             channels[name] = channel
         errors = ErrorLog()
         errors.install()
         stack.callback(errors.remove)
-        platform = FuzzPlatform(pool, channels, TOKEN, discover_targets(), errors)
+        platform = FuzzPlatform(
+            pool,
+            channels,
+            TOKEN,
+            discover_targets(),
+            errors,
+            addresses={name: settings.service_addr(name) for name in ServiceName},
+            settlers={ServiceName.INFERENCE: probe.settled},
+        )
         await seed_all(platform)
         yield platform
         mean_ms = 1000 * platform.call_seconds / max(platform.calls, 1)
         print(  # shown with -s: where the fuzz test's time went
             f"\nfuzz: {platform.calls} calls in {platform.call_seconds:.1f} s "
-            f"({mean_ms:.1f} ms each, oracle included)"
+            f"({mean_ms:.1f} ms each, oracle included)\n{platform.summary()}"
         )
         report = os.environ.get("LATHE_FUZZ_FINDINGS")
         if report:

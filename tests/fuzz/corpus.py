@@ -6,8 +6,9 @@ and a protected alias; entities, batch, push and stream views, an on-demand view
 feature service, materialized and pushed values, training sets). Each call is kept
 as a seed the fuzz mutates a few fields at a time, and every value in its request and
 reply (names, versions, page tokens, snapshot ids) becomes a plausible value for
-fields of the same name anywhere. This is the one place that knows RPCs by name; an
-RPC missing here is still fuzzed from its descriptor alone.
+fields of the same name anywhere. Inference's corpus, which needs models that load,
+is ``inference_corpus``; these two are the only places that know RPCs by name, and an
+RPC missing from both is still fuzzed from its descriptor alone.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from libs.sdk.features import (
     on_demand_feature_view,
     repository_of,
 )
+from tests.fuzz.inference_corpus import seed_inference
 from tests.fuzz.platform import FuzzPlatform
 
 REGISTRY = ServiceName.MODEL_REGISTRY
@@ -495,3 +497,4 @@ async def _seed_composite_keys(platform: FuzzPlatform) -> None:
 async def seed_all(platform: FuzzPlatform) -> None:
     await seed_registry(platform)
     await seed_feature_store(platform)
+    await seed_inference(platform)

@@ -196,6 +196,41 @@ FOREIGN_PAGE_TOKENS: tuple[str, ...] = (
 )
 """Well-formed tokens (base64 of JSON) this service never issued."""
 
+_OTHER_DIGITS = (
+    "٠١٢٣٤٥٦٧٨٩",  # Arabic-Indic: str.isdigit() and int() both take them
+    "".join(chr(0xFF10 + d) for d in range(10)),  # fullwidth
+    "߀߁߂߃߄߅߆߇߈߉",  # NKo
+    "⁰¹²³⁴⁵⁶⁷⁸⁹",  # superscripts: isdigit() takes them, int() does not
+)
+
+
+def cursor_variants(value: str) -> tuple[str, ...]:
+    """Edited forms of a ``<number>:<id>`` cursor (a page token as some services write it),
+    or none when ``value`` has another shape: the number in other scripts' digits, out of
+    int64's and datetime's range, signed or spaced; the id empty, huge, with a NUL, or
+    with another separator in it."""
+    number, sep, rest = value.partition(":")
+    if not sep or not number or not all("0" <= c <= "9" for c in number):
+        return ()
+    digits = "0123456789"
+    return (
+        *(f"{number.translate(str.maketrans(digits, other))}:{rest}" for other in _OTHER_DIGITS),
+        f"{'9' * 40}:{rest}",
+        f"{2**63}:{rest}",
+        f"253402300800000000:{rest}",  # microseconds after 9999-12-31
+        f"0:{rest}",
+        f"-{number}:{rest}",
+        f" {number}:{rest}",
+        f"{number}_0:{rest}",  # int() takes underscores
+        f"{number}:",
+        f"{number}:{rest}\x00",
+        f"{number}:{'x' * 100_000}",
+        f"{number}:{rest}:{rest}",
+        f"{number}:\U0010ffff",
+        number,
+    )
+
+
 _STRINGS = st.one_of(
     st.sampled_from(SHARP_STRINGS),
     st.sampled_from(BOUNDARY_STRINGS),

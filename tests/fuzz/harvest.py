@@ -1,8 +1,9 @@
 """Plausible values, harvested from valid requests and their replies.
 
 Every scalar found under a field name becomes a candidate for any field of that name
-(``model_name`` -> the models that exist, ``page_token`` -> a real token), and every
-sub-message a candidate for its type; ``descriptor_strategies.Hints`` carries them.
+(``model_name`` -> the models that exist, ``page_token`` -> a reply's real
+``next_page_token``), and every sub-message a candidate for its type;
+``descriptor_strategies.Hints`` carries them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from tests.fuzz.descriptor_strategies import copy_of, is_map
+
+_ALSO_AS = {"next_page_token": "page_token"}
+"""Values that are plausible under another field's name too (a reply's next page token
+is what a request's page token takes)."""
 
 
 def harvest(
@@ -44,6 +49,8 @@ def _harvest_one(
                 _harvest_one(item, into, types)
             elif not (isinstance(item, bytes) and len(item) > 1_000_000):
                 _add(into.setdefault(fd.name, []), item)
+                if fd.name in _ALSO_AS:
+                    _add(into.setdefault(_ALSO_AS[fd.name], []), item)
 
 
 def _add(values: list[Any], value: Any) -> None:

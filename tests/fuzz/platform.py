@@ -17,7 +17,8 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -32,7 +33,7 @@ from libs.grpckit.server import LIVENESS_SERVICE
 from tests.fuzz.descriptor_strategies import Hints
 from tests.fuzz.findings import Findings, finding_type
 from tests.fuzz.harvest import harvest
-from tests.fuzz.oracle import Outcome, changed_tables, fingerprint, judge
+from tests.fuzz.oracle import Fingerprint, Outcome, changed_tables, fingerprint, judge
 from tests.fuzz.server_log import ErrorLog
 from tests.fuzz.targets import Body, FuzzTarget, call
 
@@ -65,12 +66,27 @@ class FuzzPlatform:
     targets: Sequence[FuzzTarget]
     errors: ErrorLog
     """ERROR records of the in-process services (installed on the root logger)."""
+    addresses: dict[ServiceName, str] = field(default_factory=dict)
+    """Where each service listens (for clients of the corpus's own, e.g. the test helpers')."""
+    settlers: dict[ServiceName, Callable[[], Awaitable[None]]] = field(default_factory=dict)
+    """Per service: wait until what a call wrote off its response path is written (a
+    call's own writes are then all in before its write fingerprint is taken)."""
+    preparers: dict[ServiceName, Callable[[], Awaitable[None]]] = field(default_factory=dict)
+    """Per service: put back what the corpus set up (another RPC's fuzz may have moved
+    it) before the fuzz of one of its RPCs starts."""
+    at_rest: dict[str, Fingerprint] = field(default_factory=dict)
+    """Per schema, its fingerprint after the last fuzzed call (what "nothing happened
+    since" looks like)."""
     findings: Findings = field(default_factory=Findings)
     seeds: dict[str, list[tuple[Message, ...]]] = field(default_factory=dict)
     """Valid requests (each a tuple: client-streaming calls send several) by RPC path."""
     calls: int = 0
     """Fuzzed calls made so far (with ``call_seconds``: where a run's time goes)."""
     call_seconds: float = 0.0
+    tally: dict[str, Counter[str]] = field(default_factory=dict)
+    """Per RPC (``<service>.<Method>``), fuzzed calls by status code."""
+    slowest: dict[str, float] = field(default_factory=dict)
+    """Per RPC, its slowest fuzzed call in seconds (shown, never judged: no timing rule)."""
     _by_field: dict[str, list[object]] = field(default_factory=dict)
     _by_type: dict[str, list[Message]] = field(default_factory=dict)
 
@@ -148,6 +164,7 @@ class FuzzPlatform:
         request_id = f"fuzz-{uuid.uuid4().hex}"
         code, details, replies = grpc.StatusCode.OK, "", ()
         self.errors.take()  # whatever earlier work logged is not this call's
+        sent = time.perf_counter()
         try:
             replies = tuple(
                 await call(
@@ -160,7 +177,12 @@ class FuzzPlatform:
             )
         except grpc.aio.AioRpcError as error:
             code, details = error.code(), error.details() or ""
-        changed = changed_tables(before, await fingerprint(self.pool, schema))
+        answered = time.perf_counter()
+        settle = self.settlers.get(target.service)
+        if settle is not None:
+            await settle()
+        after = self.at_rest[schema] = await fingerprint(self.pool, schema)
+        changed = changed_tables(before, after)
         new_events: tuple[str, ...] = ()
         if changed:
             rows = await self.pool.fetch(
@@ -176,6 +198,9 @@ class FuzzPlatform:
         health = await self._health(target)
         self.calls += 1
         self.call_seconds += time.perf_counter() - started
+        self.tally.setdefault(target.test_id, Counter())[code.name] += 1
+        took = answered - sent
+        self.slowest[target.test_id] = max(took, self.slowest.get(target.test_id, 0.0))
         return Outcome(
             code=code,
             details=details,
@@ -188,7 +213,7 @@ class FuzzPlatform:
 
     async def _health(self, target: FuzzTarget) -> str:
         # Liveness, not readiness: inference's readiness follows its production
-        # deployments, which the registry corpus points at artifacts that are no model.
+        # deployments, and the registry's fuzz may point one at an artifact that is no model.
         stub = health_pb2_grpc.HealthStub(self.channels[target.service])
         request = health_pb2.HealthCheckRequest(service=LIVENESS_SERVICE)
         try:
@@ -196,6 +221,20 @@ class FuzzPlatform:
         except grpc.aio.AioRpcError as error:
             return f"unreachable ({error.code().name})"
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    async def prepare(self, target: FuzzTarget) -> None:
+        """Before fuzzing ``target``: its service's corpus set-up put back, if it has one."""
+        prepare = self.preparers.get(target.service)
+        if prepare is not None:
+            await prepare()
+
+    def summary(self) -> str:
+        """Calls by RPC and status, and each RPC's slowest call (printed after a run)."""
+        lines = []
+        for name, codes in sorted(self.tally.items()):
+            counts = ", ".join(f"{code} {n}" for code, n in codes.most_common())
+            lines.append(f"  {name}: {counts}; slowest {self.slowest[name]:.2f} s")
+        return "\n".join(lines)
 
     # -- a list of requests, one after the other ---------------------------------------
 

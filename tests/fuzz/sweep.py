@@ -10,6 +10,11 @@ duplicated list...). For RPCs that change state each change goes twice: as it is
 with every other string "freshened" (a suffix appended) so that creates do not stop at
 ALREADY_EXISTS before the changed field is even looked at.
 
+Lists of messages also get changes of their own shape: grown to ``LONG_LISTS`` items
+(their own items repeated: a common cap, and one past it), grown with a map key of its
+own in every item (a name per row: as many distinct names as items), and every item's
+string set to the first item's (ids that should differ, the same).
+
 The unchanged requests go first (a valid request must pass the oracle too). Large
 requests have more (field, value) pairs than a CI run can afford; then each field of
 each message type gets each value once (at its first place) before the rest of the
@@ -32,6 +37,7 @@ from tests.fuzz.descriptor_strategies import (
     FOREIGN_PAGE_TOKENS,
     SHARP_STRINGS,
     copy_of,
+    cursor_variants,
     is_map,
     message_class,
 )
@@ -68,6 +74,8 @@ _LEAF_MESSAGES = {
     "google.protobuf.Timestamp": _TIMESTAMPS,
     "google.protobuf.Duration": _DURATIONS,
 }
+LONG_LISTS = (1_024, 1_025)
+"""Lengths a list of messages is grown to: a common cap, and one past it."""
 _UNSET_DEPTH = 2
 """Fields a request leaves unset are swept only this deep (their sub-fields multiply)."""
 
@@ -79,7 +87,9 @@ class Change:
     path: tuple[Step, ...]
     value: Any
     how: str
-    """"set", "clear", "empty", "duplicate" or "new-key"."""
+    """"set", "clear", "empty", "duplicate" or "new-key"; for a list of messages also
+    "grow" (``value``: the length), "distinct-keys" (``value``: the items' map field)
+    and "same" (``value``: the items' string field)."""
     owner: str = ""
     """Full name of the message type holding the field (groups alike changes)."""
 
@@ -93,7 +103,8 @@ def _boundary_values(fd: FieldDescriptor, current: Any) -> Sequence[Any]:
     if fd.type == FieldDescriptor.TYPE_MESSAGE:
         return _LEAF_MESSAGES.get(fd.message_type.full_name, ())
     if fd.type == FieldDescriptor.TYPE_STRING:
-        return (*SHARP_STRINGS, *FOREIGN_PAGE_TOKENS)
+        shaped = cursor_variants(current) if isinstance(current, str) else ()
+        return (*SHARP_STRINGS, *FOREIGN_PAGE_TOKENS, *shaped)
     if fd.type == FieldDescriptor.TYPE_BYTES:
         return _BYTES
     if fd.type == FieldDescriptor.TYPE_BOOL:
@@ -142,6 +153,8 @@ def _changes(message: Message, prefix: tuple[Step, ...], depth: int) -> Iterator
                 yield Change(here, None, "empty")
                 yield Change(here, None, "duplicate")
             if fd.type == FieldDescriptor.TYPE_MESSAGE and not _is_leaf_message(fd):
+                if items:
+                    yield from _list_changes(fd, items, here)
                 for index in range(min(len(items), 3)):
                     yield from changes(items[index], (*prefix, (fd.name, index)), depth + 1)
                 if not items and depth < _UNSET_DEPTH:
@@ -160,6 +173,56 @@ def _changes(message: Message, prefix: tuple[Step, ...], depth: int) -> Iterator
         else:
             for value in _boundary_values(fd, getattr(message, fd.name)):
                 yield Change(here, value, "set")
+
+
+def _list_changes(
+    fd: FieldDescriptor, items: Sequence[Message], here: tuple[Step, ...]
+) -> Iterator[Change]:
+    """Changes of a whole list of messages: longer, a key per item, a value for all."""
+    for length in LONG_LISTS:
+        if len(items) < length:
+            yield Change(here, length, "grow")
+    for sub in fd.message_type.fields:
+        keyed = is_map(sub) and sub.message_type.fields[0].type == FieldDescriptor.TYPE_STRING
+        if keyed and any(len(getattr(item, sub.name)) for item in items):
+            yield Change(here, sub.name, "distinct-keys")
+        text = sub.type == FieldDescriptor.TYPE_STRING and not sub.is_repeated
+        if text and len(items) > 1 and getattr(items[0], sub.name):
+            yield Change(here, sub.name, "same")
+
+
+def _grow(items: Any, length: int) -> None:
+    """Repeat the list's own items, in order, until it holds ``length``. A string field
+    whose values all differ (an id) stays distinct: copies get a suffix."""
+    existing = len(items)
+    ids = [
+        sub.name
+        for sub in items[0].DESCRIPTOR.fields
+        if sub.type == FieldDescriptor.TYPE_STRING
+        and not sub.is_repeated
+        and existing > 1
+        and all(getattr(item, sub.name) for item in items)
+        and len({getattr(item, sub.name) for item in items}) == existing
+    ]
+    for index in range(existing, length):
+        copy = items.add()
+        copy.CopyFrom(items[index % existing])
+        for name in ids:
+            setattr(copy, name, f"{getattr(copy, name)}~{index // existing}")
+
+
+def _distinct_keys(items: Any, map_name: str) -> None:
+    """Grow the list to the first of ``LONG_LISTS``, then give each item a key of its own
+    in its ``map_name`` map (holding the value of the first item's first entry)."""
+    _grow(items, LONG_LISTS[0])
+    entries = next(getattr(item, map_name) for item in items if len(getattr(item, map_name)))
+    key = next(iter(entries))
+    for index, item in enumerate(items):
+        target = getattr(item, map_name)
+        if isinstance(entries[key], Message):
+            target[f"{key}_{index}"].CopyFrom(entries[key])
+        else:
+            target[f"{key}_{index}"] = entries[key]
 
 
 def apply(message: Message, change: Change) -> Message:
@@ -181,6 +244,14 @@ def apply(message: Message, change: Change) -> Message:
     field = getattr(parent, name) if fd.is_repeated else None
     if change.how in ("clear", "empty"):
         parent.ClearField(name)
+    elif change.how == "grow":
+        _grow(field, change.value)
+    elif change.how == "distinct-keys":
+        _distinct_keys(field, change.value)
+    elif change.how == "same":
+        assert field is not None
+        for item in field[1:]:
+            setattr(item, change.value, getattr(field[0], change.value))
     elif change.how == "duplicate":
         assert field is not None
         if fd.type == FieldDescriptor.TYPE_MESSAGE:

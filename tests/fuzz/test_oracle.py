@@ -85,6 +85,20 @@ async def test_the_fingerprint_sees_inserts_updates_deletes_and_new_tables(
             ["message"],
         ),
         (_outcome(grpc.StatusCode.INVALID_ARGUMENT, details="ValueError: bad"), ["message"]),
+        (  # a user's on-demand function failing is quoted by design; ours never is
+            _outcome(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                details="on-demand view 'pay' failed on row 0: TypeError: unsupported operand",
+            ),
+            [],
+        ),
+        (
+            _outcome(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                details="on-demand view 'pay' failed on row 0: TypeError: x; KeyError: 'k'",
+            ),
+            ["message"],
+        ),
         (_outcome(health="NOT_SERVING"), ["health"]),
         (
             _outcome(grpc.StatusCode.ABORTED, details="moved", changed=("models (+1 rows)",)),
@@ -114,6 +128,24 @@ def test_a_read_only_rpc_that_writes_is_flagged_even_when_it_succeeds() -> None:
     assert GET.read_only and not CREATE.read_only
     wrote = _outcome(changed=("models (rows updated)",))
     assert [p.kind for p in judge(GET, wrote)] == ["read-wrote"]
+
+
+def test_a_call_may_log_what_it_served_but_only_when_it_succeeded() -> None:
+    predict = _target(ServiceName.INFERENCE, "Predict")
+    assert predict.read_only
+    logs = {
+        "changed": ("decisions (+2 rows)", "events (+2 rows)", "streams (+1 rows)"),
+        "new_events": ("PredictionLogged (another caller's)",) * 2,
+    }
+    assert judge(predict, _outcome(**logs)) == []
+    failed = _outcome(grpc.StatusCode.NOT_FOUND, details="no such loan", **logs)
+    assert [p.kind for p in judge(predict, failed)] == ["half-written"]
+    # Logs do not cover any other write made with them.
+    with_more = (*logs["changed"], "deployments (rows updated)")
+    also = _outcome(changed=with_more, new_events=logs["new_events"])
+    assert [p.kind for p in judge(predict, also)] == ["read-wrote"]
+    other = _outcome(changed=("events (+1 rows)",), new_events=("DeploymentRequested",))
+    assert [p.kind for p in judge(predict, other)] == ["read-wrote"]
 
 
 def test_messages_that_differ_only_in_values_have_one_shape() -> None:

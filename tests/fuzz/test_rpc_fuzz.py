@@ -93,6 +93,7 @@ def _garbage_requests(
 
 @pytest.mark.parametrize("target", TARGETS, ids=str)
 async def test_sweep(fuzz_platform: FuzzPlatform, target: FuzzTarget) -> None:
+    await fuzz_platform.prepare(target)
     # No valid request in the corpus: sweep an empty one (every field, from unset).
     sequences = fuzz_platform.seeds.get(target.path) or [(target.request_type(),)]
     requests = sweep(
@@ -106,6 +107,7 @@ async def test_sweep(fuzz_platform: FuzzPlatform, target: FuzzTarget) -> None:
 
 @pytest.mark.parametrize("target", TARGETS, ids=str)
 async def test_fields(fuzz_platform: FuzzPlatform, target: FuzzTarget) -> None:
+    await fuzz_platform.prepare(target)
     await fuzz_platform.explore(
         target, _field_requests(target, fuzz_platform), examples_per_method()
     )
@@ -113,6 +115,7 @@ async def test_fields(fuzz_platform: FuzzPlatform, target: FuzzTarget) -> None:
 
 @pytest.mark.parametrize("target", TARGETS, ids=str)
 async def test_garbage_bytes(fuzz_platform: FuzzPlatform, target: FuzzTarget) -> None:
+    await fuzz_platform.prepare(target)
     await fuzz_platform.explore(
         target, _garbage_requests(target, fuzz_platform), max(10, examples_per_method() // 3)
     )

@@ -122,6 +122,11 @@ class PredictionLogger:
             self._wake.set()
         return True
 
+    def flush_soon(self) -> None:
+        """Write what is buffered now instead of at the next interval (for a caller that
+        waits for logs to land, e.g. a test; the flush loop stays the only writer)."""
+        self._wake.set()
+
     @property
     def pending(self) -> int:
         """Logs waiting to be written (buffered, or built and not yet written)."""
