@@ -10,6 +10,11 @@ It needs nothing of Lathe but its published protos (the generated ``lathe.*`` mo
 protobuf message named by its ``Lathe-Event-Type`` header; ``Nats-Msg-Id`` is the
 event's id (deduplicate on it: JetStream delivers at least once). A durable consumer
 remembers where it stopped: run it again and it goes on from there.
+
+Building training data from ``PredictionLogged`` events: a client's retry is logged again
+as a new event under the same decision id, and shadow versions log the rows they scored
+under production's ids. Keep the latest ``predict_time`` per (model, decision id), and
+leave out ``ARM_SHADOW`` unless you study the shadow (docs/decisioning.md).
 """
 
 from __future__ import annotations

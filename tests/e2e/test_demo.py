@@ -223,14 +223,15 @@ async def _the_policy_loop_held(env: dict[str, str], d: dict) -> None:
     conn = await asyncpg.connect(env["LATHE_DATABASE_URL"])
     try:
         joined, distinct = await conn.fetchrow(
-            """SELECT count(*), count(DISTINCT r.decision_id) FROM inference.rewards r
-               JOIN inference.decisions d USING (decision_id) WHERE d.model_name = $1""",
+            """SELECT count(*), count(DISTINCT decision_id) FROM inference.rewards
+               WHERE model_name = $1""",
             name,
         )
         duplicates = await conn.fetchval(
             """SELECT count(*) FROM inference.reward_refusals f
-               JOIN inference.decisions d USING (decision_id)
-               WHERE d.model_name = $1 AND f.reason = 'duplicate'""",
+               WHERE f.reason = 'duplicate' AND EXISTS (
+                   SELECT 1 FROM inference.decisions d
+                   WHERE d.decision_id = f.decision_id AND d.model_name = $1)""",
             name,
         )
     finally:

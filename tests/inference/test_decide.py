@@ -169,3 +169,25 @@ async def _serving(inference, name: str, version: int) -> bool:  # type: ignore[
 
 async def _count(listed, n: int) -> bool:  # type: ignore[no-untyped-def]
     return len(await listed()) >= n
+
+
+async def test_decisions_whose_logs_are_dropped_are_not_reported_logged(
+    registry: ModelRegistryStub, credit: Credit, start_inference: InferenceFactory
+) -> None:
+    """A full log buffer drops a request's logs; the caller must hear so, or it publishes
+    outcomes for decisions that were never logged (refused as unknown_decision)."""
+    name = f"line-{uuid.uuid4().hex[:8]}"
+    await create_model(registry, name)
+    version = await register_policy(
+        registry, credit, name, legacy_onnx(credit), logging_spec(name, epsilon=0.3)
+    )
+    await set_alias(registry, name, "production", version)
+    async with start_inference(name, log_buffer=3, decision_log_sample_rate=1.0) as inference:
+        await eventually(lambda: _serving(inference, name, version), what="policy serving")
+        rows = [row(credit.loan_ids[i], decision_id=f"d-{uuid.uuid4().hex}") for i in range(5)]
+
+        too_many = await _decide(inference, name, rows)
+        fits = await _decide(inference, name, rows[:1])
+
+    assert [d.logged for d in too_many.decisions] == [False] * 5
+    assert [d.logged for d in fits.decisions] == [True]

@@ -137,8 +137,7 @@ async def test_a_learned_policy_is_gated_on_its_estimates_and_beats_the_logging_
 
         async def all_joined() -> bool:
             joined = await db_pool.fetchval(
-                "SELECT count(*) FROM inference.rewards r JOIN inference.decisions d "
-                "USING (decision_id) WHERE d.model_name = $1",
+                "SELECT count(*) FROM inference.rewards WHERE model_name = $1",
                 name,
             )
             return bool(joined == DECISIONS)

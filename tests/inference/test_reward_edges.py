@@ -43,11 +43,13 @@ async def joiner(db_pool: asyncpg.Pool, event_store: EventStore) -> AsyncIterato
     yield RewardJoiner(event_store, {}, WINDOW_S)
 
 
-async def _decide(conn: asyncpg.Connection, model: str, decision_id: str, at: datetime) -> None:
+async def _decide(
+    conn: asyncpg.Connection, model: str, decision_id: str, at: datetime, version: int = 1
+) -> None:
     log = ev.PredictionLogged(
         decision_id=decision_id,
         model_name=model,
-        model_version=1,
+        model_version=version,
         chosen_action="a",
         action_probabilities=[1.0],
         arm=m.ARM_PRIMARY,
@@ -135,6 +137,82 @@ async def test_every_outcome_is_joined_or_refused_once_whatever_it_holds(
         [str(d.event_id) for d in cases.values()],
     )
     assert counted == len(cases) - 1
+
+
+async def test_one_decision_id_under_two_models_keeps_both_and_an_outcome_joins_each(
+    db_pool: asyncpg.Pool, joiner: RewardJoiner
+) -> None:
+    """Two policies asked about one application under its id: before, the second model's
+    decision was dropped and its rewards joined the first model's decision."""
+    shared, suffix = f"app-{uuid.uuid4().hex}", uuid.uuid4().hex[:8]
+    line, apr = f"line-{suffix}", f"apr-{suffix}"
+    now = datetime.now(UTC)
+    async with db_pool.acquire() as conn:
+        await _decide(conn, line, shared, now - timedelta(minutes=2))
+        await _decide(conn, apr, shared, now - timedelta(minutes=1))
+    outcome = _delivery(_outcome(shared, now))
+
+    await _handle(db_pool, joiner, outcome)
+    again = _delivery(_outcome(shared, now))
+    await _handle(db_pool, joiner, again)
+
+    stored = await db_pool.fetch(
+        "SELECT model_name FROM inference.decisions WHERE decision_id = $1", shared
+    )
+    joined = await db_pool.fetch(
+        "SELECT model_name FROM inference.rewards WHERE outcome_id = $1", str(outcome.event_id)
+    )
+    assert sorted(r["model_name"] for r in stored) == sorted([line, apr])
+    assert sorted(r["model_name"] for r in joined) == sorted([line, apr])
+    assert (await _fate(db_pool, again))[0] == "duplicate"
+
+
+async def test_the_latest_decision_under_an_id_stands_until_a_reward_joins_it(
+    db_pool: asyncpg.Pool, joiner: RewardJoiner
+) -> None:
+    """A client's retry after a lost answer is made later than the attempt, and its answer
+    (perhaps from another version) is the one the client acted on: it replaces the attempt,
+    whichever is written first, in one batch or two; once a reward joined, nothing does."""
+    model, decision_id = f"retry-{uuid.uuid4().hex[:8]}", f"d-{uuid.uuid4().hex}"
+    now = datetime.now(UTC)
+
+    async def stored_version() -> int:
+        return int(
+            await db_pool.fetchval(
+                "SELECT model_version FROM inference.decisions "
+                "WHERE model_name = $1 AND decision_id = $2",
+                model,
+                decision_id,
+            )
+        )
+
+    def logged(version: int, at: datetime) -> ev.PredictionLogged:
+        log = ev.PredictionLogged(
+            decision_id=decision_id,
+            model_name=model,
+            model_version=version,
+            chosen_action="a",
+            action_probabilities=[1.0],
+            arm=m.ARM_PRIMARY,
+        )
+        log.predict_time.FromDatetime(at)
+        return log
+
+    async with db_pool.acquire() as conn:
+        attempt, retry = (
+            logged(1, now - timedelta(minutes=3)),
+            logged(2, now - timedelta(minutes=2)),
+        )
+        await insert_decisions(conn, [retry, attempt], [b"retry", b"attempt"])  # one batch
+        assert await stored_version() == 2
+        await _decide(conn, model, decision_id, now - timedelta(minutes=4), version=3)  # late
+        assert await stored_version() == 2
+        await _decide(conn, model, decision_id, now - timedelta(minutes=1), version=4)
+        assert await stored_version() == 4
+    await _handle(db_pool, joiner, _delivery(_outcome(decision_id, now)))
+    async with db_pool.acquire() as conn:
+        await _decide(conn, model, decision_id, now, version=5)
+    assert await stored_version() == 4
 
 
 async def test_an_outcome_arriving_after_the_window_never_joins_a_censored_decision(

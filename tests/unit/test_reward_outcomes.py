@@ -78,7 +78,10 @@ def _check(data: bytes) -> None:
         reward_definition=outcome.definition,
         reward_definition_version=outcome.version,
     ).SerializeToString()
-    assert len(reward_stream(outcome.decision_id, outcome.definition, outcome.version)) < 1400
+    assert (
+        len(reward_stream("m" * 200, outcome.decision_id, outcome.definition, outcome.version))
+        < 1400
+    )
     decided = datetime(2026, 1, 1, tzinfo=UTC)
     for window in (1.0, 3600.0, 1e15):  # a window past the year 9999 must not overflow
         rewards.timing(outcome, decided, window)
@@ -251,3 +254,10 @@ def test_list_decisions_reads_its_own_tokens() -> None:
     assert log.queries[1].after == (nine, "d-9")  # where the first page said the next starts
     forty_two = EPOCH + timedelta(microseconds=42)
     assert log.queries[2].after == (forty_two, "d-:\t7")  # any id Decide logged
+
+
+def test_reward_streams_of_different_decisions_never_meet() -> None:
+    """The stream name is the key of a join: any separator may be inside its parts."""
+    assert reward_stream("m", "a/b", "c", 1) != reward_stream("m", "a", "b/c", 1)
+    assert reward_stream("m1", "d", "x", 1) != reward_stream("m", "1d", "x", 1)
+    assert reward_stream("m", "d", "x@1", 2) != reward_stream("m", "d", "x", 12)

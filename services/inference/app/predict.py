@@ -28,7 +28,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 
@@ -272,7 +272,10 @@ class Predictor:
                 )
                 for i in logged
             ]  # fmt: skip
-            self._logger.offer_request(builders, traceparent, request_rows=n)
+            if not self._logger.offer_request(builders, traceparent, request_rows=n):
+                # The buffer is full (Postgres slow or away): these logs are dropped, and
+                # the caller must not publish outcomes for them as if they were logged.
+                result = replace(result, logged=frozenset())
             if shadow is not None:
                 self._shadow_later(call, shadow, logged, result, features, now)
         return result

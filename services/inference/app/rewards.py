@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Mapping
 from datetime import datetime
@@ -50,8 +51,13 @@ OUTCOMES_SOURCE = "outcomes"
 _RETRY_S = (0.2, 1.0, 5.0)
 
 
-def reward_stream(decision_id: str, definition: str, version: int) -> str:
-    return f"reward-{decision_id}/{definition}@{version}"
+def reward_stream(model_name: str, decision_id: str, definition: str, version: int) -> str:
+    """The stream of one decision's reward of one definition: its name is the key that
+    makes a second join a duplicate, so its parts are JSON-quoted (an id or a definition
+    may hold any separator: "a/b" + "c" and "a" + "b/c" must not meet)."""
+    return "reward-" + json.dumps(
+        [model_name, decision_id, definition, version], ensure_ascii=False
+    )
 
 
 class RewardJoiner:
@@ -112,12 +118,26 @@ class RewardJoiner:
         outcome_id: str,
         arrived: datetime,
     ) -> tuple[str, str] | None:
-        known = await store.decision(conn, outcome.decision_id)
-        if known is None:
+        decisions = await store.decisions_of_id(conn, outcome.decision_id)
+        if not decisions:
             return rules.UNKNOWN_DECISION, (
                 f"no logged decision {outcome.decision_id!r} (never made, not sampled into "
                 "the logs, or not yet written)"
             )
+        # An outcome names a decision id, not a model: every model's decision of that id
+        # (e.g. two policies asked about one application) is judged and joined on its own.
+        refusals = [await self._join_one(conn, outcome, outcome_id, arrived, d) for d in decisions]
+        joined = [r for r in refusals if r is None]
+        return None if joined else refusals[0]
+
+    async def _join_one(
+        self,
+        conn: asyncpg.Connection,
+        outcome: rules.Outcome,
+        outcome_id: str,
+        arrived: datetime,
+        known: store.DecisionRef,
+    ) -> tuple[str, str] | None:
         window = self.window_s(outcome.definition, outcome.version)
         late = rules.timing(outcome, known.decide_time, window) or rules.lateness(
             outcome, known.decide_time, window, arrived, known.checked_at
@@ -126,6 +146,7 @@ class RewardJoiner:
             return late
         inserted = await store.insert_reward(
             conn,
+            known.model_name,
             outcome.decision_id,
             outcome.definition,
             outcome.version,
@@ -135,7 +156,7 @@ class RewardJoiner:
         )
         if not inserted:
             return rules.DUPLICATE, (
-                f"decision {outcome.decision_id!r} already has a reward of "
+                f"{known.model_name}'s decision {outcome.decision_id!r} already has a reward of "
                 f"{outcome.definition}@{outcome.version}; the first one stands"
             )
         joined = ev.RewardJoined(
@@ -150,7 +171,9 @@ class RewardJoiner:
         joined.reward_time.FromDatetime(outcome.reward_time)
         joined.decide_time.FromDatetime(known.decide_time)
         await self._store.append(
-            reward_stream(outcome.decision_id, outcome.definition, outcome.version),
+            reward_stream(
+                known.model_name, outcome.decision_id, outcome.definition, outcome.version
+            ),
             [CATALOG.new_event(joined, EventMetadata(actor="inference",
                                                      correlation_id=outcome.decision_id))],
             expected_version=NO_STREAM,

@@ -4,8 +4,12 @@
 A decision row is written in the same transaction as its ``PredictionLogged`` event (the
 logger's flush); a reward row, or a refusal row, in the same transaction as the
 outcome consumer's processed-message record and its ``RewardJoined``/``RewardRefused``
-event. ``rewards``' key (decision, definition, version) is what makes a second reward
-for the same decision a duplicate, whichever process sees it.
+event. A decision is keyed by (model, decision id): two models asked under one id (an
+application's) each keep theirs. Of one model's decisions under one id, the latest made
+stands: a client's retry after a lost answer is made later than the attempt, and the
+retry's answer is the one it acted on (another version may have served it). A reward is
+keyed by (model, decision id, definition, version): a second one for the same decision is
+a duplicate, whichever process sees it.
 
 Pages of decisions follow (decide time, decision id) and end ``LISTING_HORIZON_S`` (2 s)
 before Postgres's clock: a decision is written at the logger's flush (0.2 s after it was made),
@@ -27,17 +31,26 @@ from lathe.inference.v1 import events_pb2 as ev
 from lathe.inference.v1 import message_pb2 as m
 
 _INSERT_DECISIONS = """
-    INSERT INTO inference.decisions (decision_id, model_name, model_version, decide_time, payload)
+    INSERT INTO inference.decisions AS d
+        (decision_id, model_name, model_version, decide_time, payload)
     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bytea[])
-    ON CONFLICT (decision_id) DO NOTHING"""
-_DECISION = """
+    ON CONFLICT (model_name, decision_id) DO UPDATE
+        SET model_version = excluded.model_version,
+            decide_time = excluded.decide_time,
+            payload = excluded.payload
+        WHERE excluded.decide_time > d.decide_time
+          AND NOT EXISTS (
+              SELECT 1 FROM inference.rewards r
+              WHERE r.model_name = d.model_name AND r.decision_id = d.decision_id)"""
+_DECISIONS_OF_ID = """
     SELECT model_name, model_version, decide_time, clock_timestamp() AS checked_at
-    FROM inference.decisions WHERE decision_id = $1"""
+    FROM inference.decisions WHERE decision_id = $1 ORDER BY model_name"""
 _INSERT_REWARD = """
     INSERT INTO inference.rewards
-        (decision_id, definition, definition_version, reward, reward_time, outcome_id)
-    VALUES ($1, $2, $3, $4, $5, $6)
-    ON CONFLICT (decision_id, definition, definition_version) DO NOTHING
+        (model_name, decision_id, definition, definition_version, reward, reward_time,
+         outcome_id)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    ON CONFLICT (model_name, decision_id, definition, definition_version) DO NOTHING
     RETURNING decision_id"""
 _INSERT_REFUSAL = """
     INSERT INTO inference.reward_refusals
@@ -49,7 +62,8 @@ _PAGE = """
            statement_timestamp() AS read_at
     FROM inference.decisions d
     LEFT JOIN inference.rewards r
-        ON r.decision_id = d.decision_id AND r.definition = $2 AND r.definition_version = $3
+        ON r.model_name = d.model_name AND r.decision_id = d.decision_id
+       AND r.definition = $2 AND r.definition_version = $3
     WHERE d.model_name = $1 AND d.decide_time >= $4
       AND d.decide_time < least($5, statement_timestamp() - make_interval(secs => $9))
       AND (d.decide_time, d.decision_id) > ($6, $7)
@@ -65,11 +79,17 @@ async def insert_decisions(
 ) -> int:
     """Rows for the logs that are a policy's served decision (not shadow), with their
     events' payloads (the same message, already serialised); how many."""
-    rows = [
-        (log, payload)
-        for log, payload in zip(logs, payloads, strict=True)
-        if log.chosen_action and log.action_probabilities and log.arm != m.ARM_SHADOW
-    ]
+    latest: dict[tuple[str, str], tuple[ev.PredictionLogged, bytes]] = {}
+    for log, payload in zip(logs, payloads, strict=True):
+        if not (log.chosen_action and log.action_probabilities and log.arm != m.ARM_SHADOW):
+            continue
+        key = (log.model_name, log.decision_id)
+        kept = latest.get(key)
+        # One row per key and statement (ON CONFLICT cannot update a row twice): a retry
+        # logged in the same batch as its attempt wins here as it would in the table.
+        if kept is None or _decided_at(log) > _decided_at(kept[0]):
+            latest[key] = (log, payload)
+    rows = list(latest.values())
     if not rows:
         return 0
     await conn.execute(
@@ -83,6 +103,10 @@ async def insert_decisions(
     return len(rows)
 
 
+def _decided_at(log: ev.PredictionLogged) -> tuple[int, int]:
+    return (log.predict_time.seconds, log.predict_time.nanos)
+
+
 @dataclass(frozen=True)
 class DecisionRef:
     """A logged decision, as the reward join needs it."""
@@ -94,17 +118,18 @@ class DecisionRef:
     """Postgres's clock when it was read (the clock statuses are reported with)."""
 
 
-async def decision(conn: asyncpg.Connection, decision_id: str) -> DecisionRef | None:
-    row = await conn.fetchrow(_DECISION, decision_id)
-    if row is None:
-        return None
-    return DecisionRef(
-        row["model_name"], row["model_version"], row["decide_time"], row["checked_at"]
-    )
+async def decisions_of_id(conn: asyncpg.Connection, decision_id: str) -> list[DecisionRef]:
+    """Every model's logged decision of ``decision_id`` (by model name)."""
+    rows = await conn.fetch(_DECISIONS_OF_ID, decision_id)
+    return [
+        DecisionRef(r["model_name"], r["model_version"], r["decide_time"], r["checked_at"])
+        for r in rows
+    ]
 
 
 async def insert_reward(
     conn: asyncpg.Connection,
+    model_name: str,
     decision_id: str,
     definition: str,
     version: int,
@@ -114,7 +139,14 @@ async def insert_reward(
 ) -> bool:
     """False when the decision already has a reward of this definition (a duplicate)."""
     row = await conn.fetchval(
-        _INSERT_REWARD, decision_id, definition, version, reward, reward_time, outcome_id
+        _INSERT_REWARD,
+        model_name,
+        decision_id,
+        definition,
+        version,
+        reward,
+        reward_time,
+        outcome_id,
     )
     return row is not None
 
