@@ -63,6 +63,17 @@ class ServiceHost:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def _report_early_end(self, task: asyncio.Task[None]) -> None:
+        """A background task that failed while the service runs is logged at once, not
+        only at shutdown: on-call engineers must hear that its work stopped."""
+        if self._stop.is_set() or task.cancelled() or task.exception() is None:
+            return
+        _log.error(
+            "background task %s failed; its work stopped until the service restarts",
+            task.get_name(),
+            exc_info=task.exception(),
+        )
+
     async def run(self) -> None:
         """Serve until ``request_stop``; telemetry must already be configured."""
         spec, settings = self._spec, self._settings
@@ -132,6 +143,8 @@ class ServiceHost:
                 tasks.append(asyncio.create_task(work(self._stop)))
             for work in components.serving_support:
                 tasks.append(asyncio.create_task(work(drained)))
+            for task in tasks:
+                task.add_done_callback(self._report_early_end)
             watchdog = Watchdog(
                 name=spec.name.display_name,
                 server=server,
@@ -143,6 +156,7 @@ class ServiceHost:
                 serving=self.serving,
                 part_health=components.part_health,
                 parts_of=spec.services[0].full_name if spec.services else "",
+                ready_without_postgres=components.ready_without_postgres,
             )
             await watchdog.start()
             tasks.append(asyncio.create_task(watchdog.run(self._stop)))

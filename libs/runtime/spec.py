@@ -71,6 +71,11 @@ class ServiceComponents:
     answered either way; only the health status (and so a load balancer) follows it."""
     part_health: PartHealth | None = None
     """Per-part health under the service's name (e.g. ``…Inference/credit-default``)."""
+    ready_without_postgres: bool = False
+    """Readiness ignores Postgres (only ``readiness`` decides): for a service that answers
+    its calls from memory through an outage (inference scores loaded models and buffers
+    its logs), where taking every replica out of rotation would turn a database blip into
+    an outage of the calls. Liveness and the logs still report the outage."""
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ class Watchdog:
         serving: asyncio.Event,
         part_health: PartHealth | None = None,
         parts_of: str = "",
+        ready_without_postgres: bool = False,
     ) -> None:
         """``serving`` is set once readiness first turns SERVING; ``part_health``'s parts are
         published as ``<parts_of>/<part>``."""
@@ -66,6 +67,7 @@ class Watchdog:
         self._nats = nats
         self._relay = relay
         self._readiness = readiness
+        self._ready_without_postgres = ready_without_postgres
         self._relay_stuck_after_s = relay_stuck_after_s
         self.serving = serving
         self._postgres_up = True  # it answered the migrations just now
@@ -141,7 +143,7 @@ class Watchdog:
     async def _check_readiness(self, stop: asyncio.Event | None) -> None:
         postgres_now = await _postgres_answers(self._pool)
         because = self._ask_the_service()
-        serving_after = postgres_now and because is None
+        serving_after = (postgres_now or self._ready_without_postgres) and because is None
         if postgres_now != self._postgres_up:
             self._postgres_up = postgres_now
             state = "answers again" if postgres_now else "lost"
@@ -177,7 +179,8 @@ class Watchdog:
         return str(because) or "its readiness check gave no reason"
 
     async def _publish(self) -> None:
-        ready = self._postgres_up and self._not_ready_because is None
+        postgres_ok = self._postgres_up or self._ready_without_postgres
+        ready = postgres_ok and self._not_ready_because is None
         if ready != self._ready:
             self._ready = ready
             await self._server.set_serving(ready)

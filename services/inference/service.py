@@ -139,6 +139,9 @@ def build_spec(inference: InferenceSettings | None = None) -> ServiceSpec:
             closers=[watch_metrics(InferenceInstance(table, batcher, logger, features))],
             readiness=table.not_ready_because,
             part_health=table.health_by_part,
+            # Predict scores loaded models and buffers its logs through a Postgres outage:
+            # out of rotation, every replica at once, it would fail every call instead.
+            ready_without_postgres=True,
         )
 
     return ServiceSpec(

@@ -60,6 +60,8 @@ def _spec(
     contexts: list[ServiceContext] | None = None,
     reuse_port: bool = False,
     parts: dict[str, bool] | None = None,
+    ready_without_postgres: bool = False,
+    background: tuple[Any, ...] = (),
 ) -> ServiceSpec:
     """A service with no RPCs of its own, hosted as the model registry's name; ``parts``
     (mutated by the test) is its per-part health."""
@@ -71,6 +73,8 @@ def _spec(
             registrations=(),
             readiness=readiness,
             part_health=None if parts is None else (lambda: dict(parts)),
+            ready_without_postgres=ready_without_postgres,
+            background=background,
         )
 
     return ServiceSpec(
@@ -225,6 +229,45 @@ async def test_the_service_readiness_check_and_postgres_decide_readiness_togethe
     assert len(_messages(caplog, "reports not ready")) == 2  # fraud/3; the raising check
     assert len(_messages(caplog, "readiness check failed")) == 1
     assert len(_messages(caplog, "reports ready")) == 3
+
+
+async def test_a_service_that_serves_from_memory_stays_ready_through_a_postgres_outage(
+    fresh_database_url: str, settings_for: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Inference's case: taking every replica out of rotation at once would fail every
+    call, which it answers from memory; the outage is still logged."""
+    caplog.set_level(logging.INFO, logger=_WATCHDOG_LOG)
+    server = urlparse(fresh_database_url)
+    async with cuttable_link(server.hostname or "127.0.0.1", server.port or 5432) as link:
+        proxied = server._replace(netloc=f"{server.username}@127.0.0.1:{link.port}").geturl()
+        spec = _spec(readiness=_Readiness(None), ready_without_postgres=True)
+        async with _running(spec, settings_for(proxied)) as host:
+            await _until_readiness(host, _SERVING, "SERVING once started")
+            await link.cut()
+            deadline = time.monotonic() + 10
+            while not _messages(caplog, "Postgres lost"):
+                assert time.monotonic() < deadline, "the outage was not noticed"
+                await asyncio.sleep(0.1)
+            await _stays(host, _SERVING, 2.5)
+
+    assert _messages(caplog, "Postgres lost") == ["model-registry: Postgres lost: SERVING"]
+
+
+async def test_a_background_task_that_fails_is_reported_at_once(
+    fresh_database_url: str, settings_for: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not only at shutdown: a reconciliation that died silently ran never again."""
+    caplog.set_level(logging.ERROR, logger="libs.runtime.host")
+
+    async def fails(stop: asyncio.Event) -> None:
+        await asyncio.sleep(0.1)
+        raise RuntimeError("the connection closed under a transaction")
+
+    async with _running(_spec(background=(fails,)), settings_for(fresh_database_url)):
+        deadline = time.monotonic() + 5
+        while not [r for r in caplog.records if "failed; its work stopped" in r.getMessage()]:
+            assert time.monotonic() < deadline, "the failure was not reported while running"
+            await asyncio.sleep(0.05)
 
 
 async def test_a_service_without_a_readiness_check_serves_once_started(

@@ -12,12 +12,22 @@ from services.inference.domain.deployment import Failure
 _LOADED = cast(LoadedModel, object())  # readiness only asks whether a version is loaded
 
 
-def test_no_deployment_is_ready() -> None:
-    assert ServingTable().not_ready_because() is None
+def _read() -> ServingTable:
+    """A table whose deployments the loader has read."""
+    table = ServingTable()
+    table.deployments_read = True
+    return table
+
+
+def test_no_deployment_is_ready_once_the_deployments_were_read() -> None:
+    table = ServingTable()
+    assert table.not_ready_because() == "the deployments to serve have not been read yet"
+    table.deployments_read = True
+    assert table.not_ready_because() is None
 
 
 def test_a_cold_production_deployment_is_not_ready_until_it_is_warm() -> None:
-    table = ServingTable()
+    table = _read()
     table.ensure("credit", "canary")  # a cold canary never holds readiness back
     production = table.ensure("credit", "production")
     assert table.not_ready_because() == "production of 'credit' is not warm yet, still loading"
@@ -27,7 +37,7 @@ def test_a_cold_production_deployment_is_not_ready_until_it_is_warm() -> None:
 
 
 def test_a_failed_load_says_why_and_counts_the_others() -> None:
-    table = ServingTable()
+    table = _read()
     for model in ("credit", "fraud"):
         table.ensure(model, "production")
     table.slot("credit", "production").failure = Failure(  # type: ignore[union-attr]
@@ -42,7 +52,7 @@ def test_a_failed_load_says_why_and_counts_the_others() -> None:
 
 
 def test_each_model_and_alias_has_a_health_part_serving_once_warm() -> None:
-    table = ServingTable()
+    table = _read()
     production = table.ensure("credit", "production")
     table.ensure("credit", "canary")
     table.ensure("fraud", "shadow").current = _LOADED  # no production: no model-level part

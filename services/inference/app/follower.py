@@ -131,8 +131,9 @@ class AliasFollower:
                 changed = await self.reconcile()
                 _log.info("reconciliation done: %d deployment(s) changed", changed)
                 return
-            except (Unavailable, OSError, asyncpg.PostgresError) as exc:
-                _log.warning("reconciliation waits for the registry (%s)", exc)
+            except (Unavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # InterfaceError: the connection closed under a transaction (Postgres lost).
+                _log.warning("reconciliation waits for the registry or Postgres (%s)", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
             delay = min(delay * 2, 10.0)

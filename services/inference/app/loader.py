@@ -154,6 +154,7 @@ class DeploymentLoader:
         for state in states:
             if self._follows(state.model_name, state.alias):
                 self._consider(state)
+        self._table.deployments_read = True  # the slots to warm exist now
 
     def _consider(self, state: Deployment) -> None:
         key = (state.model_name, state.alias)

@@ -62,6 +62,9 @@ class ServingTable:
 
     def __init__(self) -> None:
         self._slots: dict[tuple[str, str], Slot] = {}
+        self.deployments_read = False
+        """Set by the loader once it has read the deployments: before, an empty table
+        says nothing about what this process must serve."""
 
     def slot(self, model_name: str, alias: str) -> Slot | None:
         return self._slots.get((model_name, alias))
@@ -100,6 +103,8 @@ class ServingTable:
         """None when every production deployment this process follows is warm (or there
         is none), else which one is not and why: the service's readiness check, so a
         load balancer sends no traffic to a replica still loading its models."""
+        if not self.deployments_read:
+            return "the deployments to serve have not been read yet"
         cold = [
             slot
             for slot in self.slots()
