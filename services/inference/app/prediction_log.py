@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,10 @@ _log = logging.getLogger(__name__)
 _BUILD_SLICE = 16
 """Logs built per turn of the event loop at a flush (~20-40 us each)."""
 _BATCH_LOGS = 1000
+_RETRY_MAX_S = 5.0
+"""Longest wait between two tries while Postgres is away (doubling from the interval):
+requests keep waking the writer, and one try per request would flood a recovering
+Postgres with connection attempts."""
 
 LogSource = ev.PredictionLogged | Callable[[], ev.PredictionLogged]
 """A log, or its builder (called at the flush, off the response's path)."""
@@ -88,6 +93,8 @@ class PredictionLogger:
         self._max_request_rows = max_request_rows
         self._flush_rows = flush_rows
         self._interval_s = flush_interval_s
+        self._away_since: float | None = None
+        """When the current Postgres outage began (monotonic), as this writer saw it."""
         self._buffer: deque[_Entry] = deque()
         self._unwritten: deque[_Batch] = deque()
         """Built batches not known to be written yet, oldest first."""
@@ -133,11 +140,18 @@ class PredictionLogger:
         return len(self._buffer) + self._unwritten_logs
 
     async def run(self, stop: asyncio.Event) -> None:
+        retry_in = 0.0
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval_s)
+                if retry_in:  # Postgres away: requests' wake-ups wait for the next try
+                    await asyncio.wait_for(stop.wait(), retry_in)
+                else:
+                    await asyncio.wait_for(self._wake.wait(), self._interval_s)
             self._wake.clear()
-            await self.flush()
+            if await self.flush():
+                retry_in = 0.0
+            else:
+                retry_in = min(max(2 * retry_in, self._interval_s), _RETRY_MAX_S)
         await self.flush()
         if self.pending:
             _log.error(
@@ -145,8 +159,9 @@ class PredictionLogger:
             )
             self.dropped += self.pending
 
-    async def flush(self) -> None:
-        """Write what is buffered; returns early (keeping it) while Postgres is away."""
+    async def flush(self) -> bool:
+        """Write what is buffered; False when it returned early (keeping what is left)
+        because Postgres is away."""
         while self._unwritten or self._buffer:
             if not self._unwritten:
                 batch = await self._next_batch()
@@ -155,7 +170,14 @@ class PredictionLogger:
                 self._unwritten.append(batch)
                 self._unwritten_logs += len(batch.messages)
             if not await self._write_oldest():
-                return
+                return False
+        if self._away_since is not None:
+            _log.warning(
+                "Postgres takes prediction logs again after %.1f s",
+                time.monotonic() - self._away_since,
+            )
+            self._away_since = None
+        return True
 
     async def _next_batch(self) -> _Batch | None:
         taken = [self._buffer.popleft() for _ in range(min(len(self._buffer), _BATCH_LOGS))]
@@ -194,9 +216,15 @@ class PredictionLogger:
             self._settle(batch, written=True)
         except Exception as exc:
             if _unreachable(exc):
-                _log.warning(
-                    "could not write %d prediction logs (%s); retrying", len(batch.messages), exc
-                )
+                if self._away_since is None:  # once per outage, not once per try
+                    self._away_since = time.monotonic()
+                    _log.warning(
+                        "could not write %d prediction logs (%s); holding them and retrying "
+                        "with backoff (up to %.0f s apart)",
+                        self.pending,
+                        exc,
+                        _RETRY_MAX_S,
+                    )
                 return False
             self._refused(batch, exc)
         else:
