@@ -1,14 +1,20 @@
 """`lathe policies ...`: off-policy evaluation and learning of decision policies.
 
-    lathe policies evaluate credit-line --logs 7d --reward repaid_margin@1
+    lathe policies evaluate credit-line --logs 120d --reward repaid_margin@1
     lathe policies evaluate credit-line --version 3 --logs 2026-03-01..2026-03-08 \
         --reward repaid_margin@1
-    lathe policies learn credit-line --logs 30d --reward repaid_margin@1 --policy policy.json
+    lathe policies learn credit-line --logs 120d --reward repaid_margin@1 --policy policy.json
 
 ``evaluate`` prints each estimator's value and 95% interval beside the logging policy's
 realised value on the same decisions; ``learn`` registers the learned version with those
 numbers as metrics (what the registry's policy-value gate reads). Through the SDK's
 ``PolicyClient`` (libs/sdk/policies.py).
+
+A window without an explicit end ends one censoring window of the reward before now (the
+trainer's ``services/trainer/policies/window.py``): every decision in it has its reward or
+never will. With 90-day rewards, ``--logs 120d`` reads the 30 days that ended then; an
+explicit later end (``START..END``) reads the rewards arrived so far, and the decisions
+still pending are left out, counted and warned about (the gate refuses such a version).
 """
 
 from __future__ import annotations
@@ -33,7 +39,10 @@ console = Console()
 Logs = Annotated[
     str,
     typer.Option(
-        "--logs", help="Decisions to read: a duration back from now (7d, 12h) or START..END."
+        "--logs",
+        help="Decisions to read: a duration back from now (120d, 12h) or START..END in ISO "
+        "8601. Without an END the window ends one censoring window of the reward before now "
+        "(every reward settled); an END after that leaves the pending decisions out.",
     ),
 ]
 Reward = Annotated[
@@ -83,6 +92,7 @@ def evaluate(
     evaluated, evaluation = _run(lambda c: c.evaluate(model, window, version=version))
     console.print(f"{model} v{evaluated} on {evaluation.rows} decisions with rewards")
     console.print(evaluation_table(evaluation))
+    _warn_pending(evaluation)
 
 
 @app.command()
@@ -105,6 +115,20 @@ def learn(
     )
     console.print(f"registered {model} v{version}; held-out evaluation on {evaluation.rows} rows")
     console.print(evaluation_table(evaluation))
+    _warn_pending(evaluation)
+
+
+def _warn_pending(evaluation: message_pb2.PolicyEvaluation) -> None:
+    """Say so when the window reached decisions still awaiting their reward."""
+    if evaluation.excluded_pending <= 0:
+        return
+    console.print(
+        f"[yellow]warning:[/yellow] {evaluation.excluded_pending:,} decisions of the window "
+        "still await their reward and were left out: only the outcomes reported early "
+        "count, so these estimates are biased, and the registry's policy-value gate refuses "
+        "to promote a version evaluated on them. Leave the window's end open or move it "
+        "earlier, or wait for the rewards."
+    )
 
 
 def evaluation_table(evaluation: message_pb2.PolicyEvaluation) -> Table:

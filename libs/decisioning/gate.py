@@ -6,12 +6,24 @@ is ``ope.dr_gain`` (DR minus logging, with the *paired* interval: both are compu
 the same decisions, so their noise largely cancels). The candidate passes when its
 estimated gain is at least ``margin`` and the gain's lower bound is above 0 — "estimated
 value ≥ production's + margin, and the interval excludes doing worse".
+
+Before the numbers, where they came from: a candidate whose evaluation left out decisions
+still awaiting their reward (``opl.excluded_pending`` > 0, the trainer's count) fails,
+whatever its estimates. Rewards that arrive early are not a random share of them (in
+lending, declines and defaults are known early, repayments at term), so such estimates
+are biased in either direction; the trainer's default window ends where every reward
+has settled (``services/trainer/policies/window.py``), and only an explicit later end
+leaves decisions pending. Versions without the metric (not evaluated by the trainer)
+are judged on their estimates alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+PENDING_METRIC = "opl.excluded_pending"
+"""Decisions of the evaluation window left out because their reward had not arrived yet."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +45,17 @@ def promotion_gate(
     if missing:
         return GateVerdict(
             False, f"no OPE metrics {missing}: evaluate the policy on production's logs first"
+        )
+    pending = metrics.get(PENDING_METRIC, 0.0)
+    if not pending <= 0.0:
+        return GateVerdict(
+            False,
+            f"its evaluation left out {pending:.0f} decisions still awaiting their reward "
+            f"({PENDING_METRIC}): the rewards reported early are not a fair sample, so the "
+            "estimates are biased. Learn it again (lathe policies learn) on a window whose "
+            "rewards have settled: leave the window's end open (it then ends a censoring "
+            "window before now) or move it earlier, or wait until those rewards have arrived "
+            "or been censored",
         )
     gain, lower = metrics[needed[0]], metrics[needed[1]]
     production = metrics[needed[2]]

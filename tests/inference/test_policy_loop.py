@@ -4,6 +4,11 @@ policy learned and evaluated -> registered with its estimates -> the registry's 
 refuses a worse policy and accepts the better one -> inference serves it; and the
 learned policy's *true* value (known reward) beats the logging policy's.
 
+The rewards' censoring window is a day, so a window left open at its end (ending a day
+before now, where every reward has settled) holds none of these decisions and is refused;
+the jobs read explicit windows. One that reaches the probe decisions (no rewards: still
+pending) learns a version the gate refuses whatever its estimates.
+
 Rewards are the world's expected reward of the decision plus Gaussian noise (sd 0.05),
 as a reward definition of "expected margin on the line" would publish; Bernoulli
 repayment noise at this test's size (2,000 decisions) would make every interval too wide
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import grpc
@@ -30,6 +35,7 @@ from lathe.trainer.v1 import message_pb2 as tm
 from lathe.trainer.v1 import request_response_pb2 as trr
 from lathe.trainer.v1.service_pb2_grpc import TrainerStub
 from libs.config import LatheSettings, ServiceName
+from libs.decisioning.gate import PENDING_METRIC
 from libs.decisioning.spec import EpsilonGreedy
 from services.trainer.service import SPEC as TRAINER
 from tests.inference.conftest import InferenceFactory
@@ -83,6 +89,7 @@ async def test_a_learned_policy_is_gated_on_its_estimates_and_beats_the_logging_
 
         await eventually(lambda: serving(v1), what="v1 serving")
         logging_value = world.true_value(await _distributions(inference, name, credit, world))
+        begun = datetime.now(UTC)  # after the probe's decisions, which get no reward
 
         # 1. Decisions, logged with their propensities.
         made: dict[str, tuple[int, str]] = {}
@@ -144,33 +151,45 @@ async def test_a_learned_policy_is_gated_on_its_estimates_and_beats_the_logging_
 
         await eventually(all_joined, timeout_s=60, what="rewards joined")
 
-        # 3. Learn a better policy and a worse one from the logs; both registered.
-        logs = tm.DecisionLogWindow(reward_definition=DEFINITION, reward_definition_version=1)
-        learn_better = trr.LearnPolicyRequest(
-            model_name=name,
-            logs=logs,
-            policy_json=spec(name, EpsilonGreedy(0.05), f"{name}-v2").to_json().decode(),
-            seed=1,
-            request_id=f"learn-{name}",
-        )
-        better = await trainer.LearnPolicy(learn_better, timeout=300)
+        # 3. A window left open at its end ends a censoring window (a day) before now:
+        # none of these decisions' rewards has settled by then, and the job says so.
+        settled = tm.DecisionLogWindow(reward_definition=DEFINITION, reward_definition_version=1)
+        with pytest.raises(grpc.aio.AioRpcError) as unsettled:
+            await trainer.EvaluatePolicy(
+                trr.EvaluatePolicyRequest(model_name=name, version=v1, logs=settled), timeout=60
+            )
+        assert unsettled.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "has its reward settled" in (unsettled.value.details() or "")
+
+        # 4. Learn from the rewards arrived so far (explicit ends). Reaching back to the
+        # probe, whose decisions await their reward, leaves those out and counts them.
+        so_far = tm.DecisionLogWindow(reward_definition=DEFINITION, reward_definition_version=1)
+        so_far.end_time.FromDatetime(datetime.now(UTC))
+        rewarded = tm.DecisionLogWindow()
+        rewarded.CopyFrom(so_far)
+        rewarded.start_time.FromDatetime(begun)
+
+        async def learn(
+            logs: tm.DecisionLogWindow, epsilon: float, salt: str, request_id: str = ""
+        ) -> trr.LearnPolicyResponse:
+            policy = spec(name, EpsilonGreedy(epsilon), f"{name}-{salt}").to_json().decode()
+            request = trr.LearnPolicyRequest(
+                model_name=name, logs=logs, policy_json=policy, seed=1, request_id=request_id
+            )
+            return await trainer.LearnPolicy(request, timeout=300)
+
+        early = await learn(so_far, 0.05, "v2", f"learn-{name}")
         # A retry (its reply lost) registers nothing more: it gets the first call's version.
-        retried = await trainer.LearnPolicy(learn_better, timeout=300)
-        assert retried.version == better.version
-        worse = await trainer.LearnPolicy(
-            trr.LearnPolicyRequest(
-                model_name=name,
-                logs=logs,
-                policy_json=spec(name, EpsilonGreedy(1.0), f"{name}-v3").to_json().decode(),
-                seed=1,
-            ),
-            timeout=300,
-        )
+        retried = await learn(so_far, 0.05, "v2", f"learn-{name}")
+        assert retried.version == early.version
+        assert early.evaluation.excluded_pending >= loans  # the probe above: no rewards
+        better = await learn(rewarded, 0.05, "v3")
+        worse = await learn(rewarded, 1.0, "v4")
+        assert better.evaluation.excluded_pending == 0
         estimates = {e.estimator: e for e in better.evaluation.estimates}
         assert set(estimates) == {"ips", "snips", "dr", "dm", "logging", "dr_gain"}
         assert better.evaluation.production_version == v1
         assert better.evaluation.rows == round(DECISIONS * 0.3)
-        assert better.evaluation.excluded_pending >= loans  # the probe above: no rewards
         version = (
             await registry.GetModelVersion(
                 reg_rr.GetModelVersionRequest(model_name=name, version=better.version)
@@ -178,11 +197,12 @@ async def test_a_learned_policy_is_gated_on_its_estimates_and_beats_the_logging_
         ).model_version
         assert version.metrics["ope.dr.value"] == estimates["dr"].value
         assert version.metrics["opl.logging_version"] == v1
+        assert version.metrics[PENDING_METRIC] == 0
         assert {a.name for a in version.artifacts} >= {"model.onnx", "policy.json"}
 
         # The OPE job on a registered version (what `lathe policies evaluate` shows).
         evaluated = await trainer.EvaluatePolicy(
-            trr.EvaluatePolicyRequest(model_name=name, version=better.version, logs=logs),
+            trr.EvaluatePolicyRequest(model_name=name, version=better.version, logs=rewarded),
             timeout=300,
         )
         assert evaluated.evaluation.rows == DECISIONS
@@ -194,31 +214,36 @@ async def test_a_learned_policy_is_gated_on_its_estimates_and_beats_the_logging_
             "--version",
             str(better.version),
             "--logs",
-            "1h",
+            f"{begun.isoformat()}..{so_far.end_time.ToJsonString()}",
             "--reward",
             f"{DEFINITION}@1",
         )
         assert code == 0, output
         for label in ("IPS", "SNIPS", "DR", "logging policy (realised)", "95% interval"):
             assert label in output, output
+        assert "warning" not in output, output
         print(output)
 
-        # 4. The gate refuses the worse policy and accepts the better one.
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
+        # 5. The gate refuses the version learned beside pending rewards, and the worse
+        # policy, and accepts the better one.
+        async def promote(version: int) -> None:
             await registry.SetAlias(
                 reg_rr.SetAliasRequest(
-                    model_name=name, alias="production", version=worse.version, expected_version=v1
+                    model_name=name, alias="production", version=version, expected_version=v1
                 )
             )
-        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "below the margin" in (refused.value.details() or "")
-        await registry.SetAlias(
-            reg_rr.SetAliasRequest(
-                model_name=name, alias="production", version=better.version, expected_version=v1
-            )
-        )
 
-        # 5. Inference serves it, and its true value beats the logging policy's.
+        for refused_version, words in (
+            (early.version, "awaiting their reward"),
+            (worse.version, "below the margin"),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await promote(refused_version)
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert words in (refused.value.details() or "")
+        await promote(better.version)
+
+        # 6. Inference serves it, and its true value beats the logging policy's.
         await eventually(lambda: serving(better.version), what="the learned policy serving")
         learned_value = world.true_value(await _distributions(inference, name, credit, world))
         print(

@@ -195,7 +195,9 @@ async def decisioning(run: DemoRun) -> None:
 
     clock.lap("rewards")
     # 4. Learn from the logs: the better policy and a worse one, each evaluated and registered.
-    window = LogWindow(started, None, DEFINITION, 1)
+    # Every reward is in: an explicit end reads them now (left open, the window would end
+    # a censoring window before now, where every reward has settled).
+    window = LogWindow(started, datetime.now(UTC), DEFINITION, 1)
     policies = PolicyClient(run.c.trainer.stub, actor=ACTOR)
     learned_runs = []
     with run.progress("the trainer learns two policies from the logs (LearnPolicy)", 2) as bar:

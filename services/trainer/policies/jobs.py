@@ -10,6 +10,12 @@ window and evaluation on the newest part (``holdout``), then registration with t
 held-out estimates as metrics — ``opl.logging_version`` names the version whose
 decisions they were (production, when every decision was its own; 0 when the window
 mixes versions, which the registry's policy-value gate refuses).
+
+A window left open at its end ends where the reward's censoring window settled every
+decision's reward (``window``); ``opl.excluded_pending`` counts the decisions an explicit
+later end left out for want of a reward (the gate refuses a version with any). Nothing
+read from the clock is a metric: a retried LearnPolicy must ask the registry for the same
+version.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -34,12 +41,14 @@ from lathe.model_registry.v1 import message_pb2 as reg
 from lathe.model_registry.v1 import request_response_pb2 as reg_rr
 from lathe.model_registry.v1.service_pb2_grpc import ModelRegistryStub
 from lathe.trainer.v1 import message_pb2
+from libs.decisioning.gate import PENDING_METRIC
 from libs.decisioning.spec import PolicySpec, PolicySpecError
 from libs.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from libs.grpckit import open_channel
 from libs.preprocessing import PreprocessingSpec
 from libs.sdk.model_registry import ArtifactUpload, RegistryClient, VersionSpec
 from services.trainer.policies.decisions import Assembled, DecisionLogError, assemble, newest
+from services.trainer.policies.window import UnsettledWindow, bounds, unsettled_message
 from services.trainer.policies.worker import save_logs
 
 _REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -170,23 +179,38 @@ class PolicyJobs:
             raise FailedPrecondition(str(exc)) from None
 
     async def _decisions(self, request: irr.ListDecisionsRequest) -> list[irr.LoggedDecision]:
+        """The window's decisions, ending where rewards settled unless the caller chose
+        an end (a first one-row page of the window as asked says the reward's censoring
+        window, and whether there is any decision at all)."""
+        reward = f"{request.reward_definition}@{request.reward_definition_version}"
+        start = request.start_time.ToDatetime(UTC) if request.HasField("start_time") else None
+        end = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else None
         out: list[irr.LoggedDecision] = []
         page = irr.ListDecisionsRequest()
         page.CopyFrom(request)
-        page.page_size = 5000
         async with open_channel(self._inference) as channel:
             stub = InferenceStub(channel)
+            page.page_size = 1
+            first = await _list(stub, page)
+            window_s = first.censoring_window_s
+            try:
+                span = bounds(
+                    start, end, now=datetime.now(UTC), censoring_window_s=window_s, reward=reward
+                )
+            except UnsettledWindow as exc:
+                raise FailedPrecondition(str(exc)) from None
+            if not span.explicit_end:
+                page.end_time.FromDatetime(span.end)
+            page.page_size = 5000
             while True:
-                try:
-                    answer = await stub.ListDecisions(page, timeout=60)
-                except grpc.aio.AioRpcError as error:
-                    if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                        raise InvalidArgument(f"logs: {error.details()}") from None
-                    raise _unavailable("the inference service", error) from None
+                answer = await _list(stub, page)
                 out.extend(answer.decisions)
                 if not answer.next_page_token:
-                    return out
+                    break
                 page.page_token = answer.next_page_token
+        if first.decisions and not out and not span.explicit_end:
+            raise FailedPrecondition(unsettled_message(start, span.settled, window_s, reward))
+        return out
 
     async def _run(
         self,
@@ -252,6 +276,15 @@ class _Metrics(dict):  # type: ignore[type-arg]
     """The worker's metrics, and the files it was asked to keep."""
 
     files: dict[str, bytes]
+
+
+async def _list(stub: InferenceStub, page: irr.ListDecisionsRequest) -> irr.ListDecisionsResponse:
+    try:
+        return await stub.ListDecisions(page, timeout=60)
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            raise InvalidArgument(f"logs: {error.details()}") from None
+        raise _unavailable("the inference service", error) from None
 
 
 async def _policy_files(stub: ModelRegistryStub, model_name: str, version: int) -> PolicyFiles:
@@ -338,7 +371,7 @@ def _evaluation(
     full = {
         **{k: float(v) for k, v in metrics.items()},
         "opl.logging_version": float(logging_version),
-        "opl.excluded_pending": float(excluded.pending),
+        PENDING_METRIC: float(excluded.pending),
         "opl.excluded_censored": float(excluded.censored),
         "opl.excluded_bad_distribution": float(excluded.bad_distribution),
     }
