@@ -43,6 +43,7 @@ from lathe.feature_store.v1 import message_pb2 as fs
 from lathe.feature_store.v1 import request_response_pb2 as fsr
 from lathe.feature_store.v1.service_pb2_grpc import FeatureStoreStub
 from libs.errors import FailedPrecondition, InvalidArgument, Unavailable
+from libs.grpckit.client import CHANNEL_OPTIONS
 from services.inference.domain.errors import FeatureDeadline
 
 _METHOD = "/lathe.feature_store.v1.FeatureStore/GetOnlineFeatures"
@@ -124,13 +125,9 @@ class OnlineFeatures:
         self, address: str, *, max_in_flight: int = 1, max_rows_per_call: int = 4096
     ) -> None:
         """``max_in_flight`` 0: every request calls alone, whatever else is out."""
-        self._channel = grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ],
-        )
+        # The kit's options (message sizes, reconnect backoff capped at 2 s: a feature store
+        # back from an outage answers Predict again within seconds, not minutes).
+        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = FeatureStoreStub(self._channel)
         self._max_in_flight = max_in_flight
         self._max_rows = max_rows_per_call
