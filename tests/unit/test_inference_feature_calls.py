@@ -21,7 +21,7 @@ from lathe.feature_store.v1 import message_pb2 as fs
 from lathe.feature_store.v1 import request_response_pb2 as fsr
 from lathe.feature_store.v1 import service_pb2_grpc
 from libs.errors import InvalidArgument
-from services.inference.store.features import FeatureQuery, OnlineFeatures
+from services.inference.store.features import MAX_CALL_S, FeatureQuery, OnlineFeatures
 
 
 class EchoFeatures(service_pb2_grpc.FeatureStoreServicer):
@@ -157,6 +157,20 @@ async def test_calls_carry_the_deadline_and_the_trace(store: tuple[EchoFeatures,
     await asyncio.gather(first, *shared)
     _, remaining, _ = servicer.calls[-1]
     assert remaining is not None and 3.0 < remaining <= 4.5  # the latest of the two
+    await features.close()
+
+
+async def test_a_call_never_outlives_the_cap_even_without_a_deadline(
+    store: tuple[EchoFeatures, str],
+) -> None:
+    """A request without a deadline (or with a long one) must not leave a call that a
+    silent connection holds for minutes, with every later request of its kind waiting."""
+    servicer, address = store
+    features = OnlineFeatures(address, max_in_flight=1)
+    await features.get(_query(["L1"]))
+    await features.get(_query(["L2"], deadline=time.monotonic() + 3600))
+    remaining = [call[1] for call in servicer.calls]
+    assert all(r is not None and r <= MAX_CALL_S + 0.5 for r in remaining), remaining
     await features.close()
 
 

@@ -47,6 +47,10 @@ from libs.grpckit.client import CHANNEL_OPTIONS
 from services.inference.domain.errors import FeatureDeadline
 
 _METHOD = "/lathe.feature_store.v1.FeatureStore/GetOnlineFeatures"
+MAX_CALL_S = 10.0
+"""The longest a feature call may take, whatever its requests' deadlines: one stuck on a
+silent connection would otherwise hold every later request of its kind of rows (they
+wait to share the next call) until the kernel gives the connection up, minutes later."""
 _SPAN_ATTRIBUTES = {
     "rpc.system": "grpc",
     "rpc.service": "lathe.feature_store.v1.FeatureStore",
@@ -249,7 +253,8 @@ class OnlineFeatures:
             request.feature_service = first.feature_service
         else:
             request.feature_list.features.extend(first.features)
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        remaining = MAX_CALL_S if deadline is None else deadline - time.monotonic()
+        timeout = max(0.0, min(remaining, MAX_CALL_S))
         read_at_us = time.time_ns() // 1000
         self.stats.calls += 1
         if len(queries) > 1:
