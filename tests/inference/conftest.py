@@ -45,7 +45,9 @@ async def start_inference(
             **overrides,
         }
         settings = InferenceSettings(models=",".join(models), **given)  # type: ignore[arg-type]
-        async with hosted(build_spec(settings), test_settings):
+        # Started, not SERVING: a test may hold readiness back (a production version it
+        # makes inference refuse); each waits for what it needs.
+        async with hosted(build_spec(settings), test_settings, until_serving=False):
             address = test_settings.service_addr(ServiceName.INFERENCE)
             async with grpc.aio.insecure_channel(address) as channel:
                 yield InferenceStub(channel)
