@@ -43,9 +43,8 @@ async def joiner(db_pool: asyncpg.Pool, event_store: EventStore) -> AsyncIterato
     yield RewardJoiner(event_store, {}, WINDOW_S)
 
 
-async def _decide(
-    conn: asyncpg.Connection, model: str, decision_id: str, at: datetime, version: int = 1
-) -> None:
+def _logged(model: str, decision_id: str, at: datetime, version: int = 1) -> ev.PredictionLogged:
+    """A policy's served decision, as its log event."""
     log = ev.PredictionLogged(
         decision_id=decision_id,
         model_name=model,
@@ -55,6 +54,13 @@ async def _decide(
         arm=m.ARM_PRIMARY,
     )
     log.predict_time.FromDatetime(at)
+    return log
+
+
+async def _decide(
+    conn: asyncpg.Connection, model: str, decision_id: str, at: datetime, version: int = 1
+) -> None:
+    log = _logged(model, decision_id, at, version)
     await insert_decisions(conn, [log], [log.SerializeToString()])
 
 
@@ -186,23 +192,9 @@ async def test_the_latest_decision_under_an_id_stands_until_a_reward_joins_it(
             )
         )
 
-    def logged(version: int, at: datetime) -> ev.PredictionLogged:
-        log = ev.PredictionLogged(
-            decision_id=decision_id,
-            model_name=model,
-            model_version=version,
-            chosen_action="a",
-            action_probabilities=[1.0],
-            arm=m.ARM_PRIMARY,
-        )
-        log.predict_time.FromDatetime(at)
-        return log
-
     async with db_pool.acquire() as conn:
-        attempt, retry = (
-            logged(1, now - timedelta(minutes=3)),
-            logged(2, now - timedelta(minutes=2)),
-        )
+        attempt = _logged(model, decision_id, now - timedelta(minutes=3), version=1)
+        retry = _logged(model, decision_id, now - timedelta(minutes=2), version=2)
         await insert_decisions(conn, [retry, attempt], [b"retry", b"attempt"])  # one batch
         assert await stored_version() == 2
         await _decide(conn, model, decision_id, now - timedelta(minutes=4), version=3)  # late
