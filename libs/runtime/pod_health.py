@@ -71,7 +71,7 @@ class Slot:
     heartbeat: float
     """``time.monotonic()`` at its last beat; 0.0 while it has not beaten yet (starting)."""
     ready: bool
-    """Its own readiness: Postgres answers and the service's readiness check passes."""
+    """Its own readiness, as its watchdog last set it (``GrpcServer.set_serving``)."""
     live: bool
     """Its own liveness: False when a restart would help (e.g. its relay is stuck)."""
 
